@@ -1,0 +1,1 @@
+"""sensing-node: a GB/T 28181 video aggregation node."""

@@ -1,0 +1,150 @@
+"""Operator HTTP API: /healthz (open) and /api/* (Bearer token).
+
+Every time in a response is ISO 8601 with the offset of the node's zone (`node.timezone`).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..registry import Device, iso
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+NODE: web.AppKey[Node] = web.AppKey("node")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/api/"):
+        token = request.app[NODE].settings.node.api_token
+        header = request.headers.get("Authorization", "")
+        scheme, _, supplied = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            supplied.strip().encode(), token.encode()
+        ):
+            return web.json_response(
+                {"error": "missing or wrong bearer token"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="sensing-node"'},
+            )
+    return await handler(request)
+
+
+def device_json(node: Node, dev: Device) -> dict[str, Any]:
+    tz = node.settings.node.tz
+    return {
+        "id": dev.id,
+        "name": dev.name,
+        "manufacturer": dev.manufacturer,
+        "model": dev.model,
+        "firmware": dev.firmware,
+        "transport": dev.transport,
+        "remote": dev.remote,
+        "online": dev.online,
+        "registered_at": iso(dev.registered_at, tz),
+        "last_keepalive": iso(dev.last_keepalive, tz),
+        "expires_at": iso(dev.expires_at, tz),
+        "channel_count": len(dev.channels),
+        "gb_version": dev.gb_version,
+        "user_agent": dev.user_agent,
+    }
+
+
+CHANNEL_FIELDS = {
+    "Manufacturer": "manufacturer",
+    "Model": "model",
+    "Owner": "owner",
+    "CivilCode": "civil_code",
+    "Address": "address",
+    "Parental": "parental",
+    "ParentID": "parent_id",
+    "RegisterWay": "register_way",
+    "Secrecy": "secrecy",
+    "IPAddress": "ip_address",
+    "Port": "port",
+    "Longitude": "longitude",
+    "Latitude": "latitude",
+    "PTZType": "ptz_type",
+    "BusinessGroupID": "business_group_id",
+}
+
+
+def channel_json(dev: Device, channel_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": channel_id,
+        "device_id": dev.id,
+        "name": fields.get("Name", ""),
+        "status": fields.get("Status", ""),
+    }
+    for src, dst in CHANNEL_FIELDS.items():
+        if src in fields:
+            out[dst] = fields[src]
+    out["catalog"] = fields  # every field as the device sent it
+    return out
+
+
+async def healthz(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    reasons = node.health_problems()
+    body = {
+        "status": "degraded" if reasons else "ok",
+        "reasons": reasons,
+        "node_id": node.settings.node.id,
+        "devices": len(node.registry),
+        "online": node.registry.online_count(),
+    }
+    return web.json_response(body)
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return web.json_response([device_json(node, d) for d in node.registry])
+
+
+async def get_device(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    dev = node.registry.get(request.match_info["device_id"])
+    if dev is None:
+        return web.json_response({"error": "unknown device"}, status=404)
+    return web.json_response(device_json(node, dev))
+
+
+async def list_channels(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    device_id = request.query.get("device_id")
+    return web.json_response(
+        [
+            channel_json(dev, cid, fields)
+            for dev, cid, fields in node.registry.channels()
+            if device_id is None or dev.id == device_id
+        ]
+    )
+
+
+async def stats(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    body = node.stats.as_dict()
+    body["devices"] = len(node.registry)
+    body["online"] = node.registry.online_count()
+    body["channels"] = sum(1 for _ in node.registry.channels())
+    body["transactions"] = {
+        "server": node.endpoint.tx.server_transaction_count,
+        "client": node.endpoint.tx.client_transaction_count,
+    }
+    return web.json_response(body)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/devices", list_devices)
+    app.router.add_get("/api/devices/{device_id}", get_device)
+    app.router.add_get("/api/channels", list_channels)
+    app.router.add_get("/api/stats", stats)

@@ -1,0 +1,141 @@
+"""Wiring: one aiohttp Application holding the registry, SIP endpoint, registrar and queries.
+
+`cleanup_ctx` starts them in order (store, SIP port, housekeeping, simulated cameras) and stops
+them in reverse on shutdown, flushing the registry to SQLite last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from .api.routes import NODE, add_routes, bearer_auth
+from .queries import DeviceQueries
+from .registrar import Registrar
+from .registry import Registry
+from .settings import Settings
+from .simulator import CameraConfig, SimulatedCamera
+from .stats import Stats
+from .store import Store
+from .transport.sip import SipEndpoint
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """The running node; tests create one with `settings_for_tests` and a real port."""
+
+    def __init__(self, settings: Settings, *, wall: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.wall = wall
+        self.stats = Stats()
+        self.store = Store(settings.node.data_dir / "registry.sqlite3")
+        self.registry = Registry(
+            self.store, keepalive_timeout_s=settings.devices.keepalive_timeout_s
+        )
+        self.registrar = Registrar(settings, self.registry, self.stats, wall=wall)
+        self.endpoint = SipEndpoint(self.registrar.on_request, stats=self.stats)
+        self.registrar.endpoint = self.endpoint
+        self.queries: DeviceQueries | None = None
+        self.sip_address: tuple[str, int] = ("", 0)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._flush_error: str | None = None
+        self.simulators: list[SimulatedCamera] = []
+
+    async def start(self) -> None:
+        node = self.settings.node
+        loop = asyncio.get_running_loop()
+        valid = await loop.run_in_executor(self.store.executor, self.registry.load, self.wall())
+        log.info("registry loaded: %d devices, %d still registered", len(self.registry), valid)
+        self.sip_address = await self.endpoint.listen(node.sip_host, node.sip_port)
+        log.info("SIP listening on %s:%d (UDP and TCP)", *self.sip_address)
+        self.queries = DeviceQueries(
+            self.endpoint, self.registry, self.stats, node_id=node.id, realm=node.realm
+        )
+        self.registrar.queries = self.queries
+        self.queries.start()
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
+        await self._start_simulators()
+
+    async def _start_simulators(self) -> None:
+        """Built-in cameras (`simulator.cameras`) registering over loopback, for the demo."""
+        sim = self.settings.simulator
+        node = self.settings.node
+        host = "127.0.0.1" if self.sip_address[0] in ("0.0.0.0", "") else self.sip_address[0]
+        for i in range(1, sim.cameras + 1):
+            device_id = f"{node.id[:10]}132{node.id[13]}{i:06d}"
+            camera = SimulatedCamera(
+                CameraConfig(
+                    server=(host, self.sip_address[1]),
+                    device_id=device_id,
+                    password=self.settings.devices.password_for(device_id),
+                    channels=sim.channels_per_camera,
+                    transport="udp" if i % 2 else "tcp",
+                    server_id=node.id,
+                    name=f"Simulated camera {i}",
+                )
+            )
+            self.simulators.append(camera)
+            self._tasks.append(asyncio.create_task(self._run_simulator(camera)))
+
+    async def _run_simulator(self, camera: SimulatedCamera) -> None:
+        try:
+            await camera.start()
+            log.info("simulated camera %s registered over %s: %s", camera.device_id,
+                     camera.config.transport, camera.registered)
+            await asyncio.Event().wait()
+        finally:
+            await camera.stop()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.queries is not None:
+            await self.queries.stop()
+        await self.endpoint.close()
+        await self.registry.flush(self.wall())
+        await asyncio.get_running_loop().run_in_executor(None, self.store.close)
+
+    async def _housekeeping(self) -> None:
+        """Offline sweeps and batched SQLite writes, twice a second."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = self.wall()
+            self.registry.sweep(now)
+            try:
+                await self.registry.flush(now)
+                self._flush_error = None
+            except Exception as exc:  # disk full, permissions: report, keep serving
+                self._flush_error = f"registry store: {exc}"
+                log.error("writing the registry failed: %s", exc)
+
+    def health_problems(self) -> list[str]:
+        problems = []
+        if self.endpoint.udp is None or self.endpoint.tcp_server is None:
+            problems.append("SIP port not listening")
+        if self._flush_error:
+            problems.append(self._flush_error)
+        if len(self.registrar.pending) > self.registrar.max_pending // 2:
+            problems.append("MESSAGE backlog above half its limit")
+        return problems
+
+
+async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
+    node = app[NODE]
+    await node.start()
+    yield
+    await node.stop()
+
+
+def build_app(settings: Settings, *, wall: Callable[[], float] = time.time) -> web.Application:
+    app = web.Application(middlewares=[bearer_auth])
+    app[NODE] = Node(settings, wall=wall)
+    app.cleanup_ctx.append(_node_ctx)
+    add_routes(app)
+    return app

@@ -1,0 +1,204 @@
+"""Queries the node sends to devices (Catalog, DeviceInfo) and the assembly of their answers.
+
+A query is a MESSAGE in its own client transaction; the device answers 200 and later sends the
+result as separate MESSAGEs with the same SN (GB/T 28181-2016 9.5.2). Catalog answers come in
+parts: items are collected per (device, SN) until SumNum distinct channels arrived, or until
+the parts stop for `catalog_silence_s` (devices miscount), or the first part never comes.
+
+Work is bounded: a burst of registrations queues device IDs (deduplicated) and at most
+`max_inflight` queries run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sip import manscdp
+from sip.manscdp import ManscdpMessage
+from sip.message import Headers, Request
+from sip.transaction import Peer
+
+from .registry import Device, Registry
+from .stats import Stats
+
+if TYPE_CHECKING:
+    from .transport.sip import SipEndpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Collector:
+    device_id: str
+    done: asyncio.Future[None]
+    items: dict[str, dict[str, str]] = field(default_factory=dict)
+    sum_num: int | None = None
+    silence: asyncio.TimerHandle | None = None
+    result: ManscdpMessage | None = None
+
+
+class DeviceQueries:
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        registry: Registry,
+        stats: Stats,
+        *,
+        node_id: str,
+        realm: str,
+        max_inflight: int = 64,
+        max_queued: int = 100_000,
+        answer_timeout_s: float = 120.0,
+        catalog_silence_s: float = 5.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.registry = registry
+        self.stats = stats
+        self.node_id = node_id
+        self.realm = realm
+        self.max_inflight = max_inflight
+        self.max_queued = max_queued
+        self.answer_timeout_s = answer_timeout_s
+        self.catalog_silence_s = catalog_silence_s
+        self._queue: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._workers: list[asyncio.Task[None]] = []
+        self._wakeup = asyncio.Event()
+        self._pending: dict[tuple[str, str, int], _Collector] = {}
+        self._sn = itertools.count(random.randint(1, 99_999))
+        self._call_seq = itertools.count(1)
+        self._call_prefix = f"{random.getrandbits(48):012x}"
+        self.completed = 0
+
+    def start(self) -> None:
+        for _ in range(self.max_inflight):
+            self._workers.append(asyncio.create_task(self._worker()))
+
+    async def stop(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+
+    # ----- scheduling -----
+    def device_registered(self, dev: Device) -> None:
+        """Queue the catalog and device-info queries for a newly (re)registered device."""
+        if dev.id in self._queued or len(self._queue) >= self.max_queued:
+            return
+        self._queued.add(dev.id)
+        self._queue.append(dev.id)
+        self._wakeup.set()
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            device_id = self._queue.popleft()
+            self._queued.discard(device_id)
+            dev = self.registry.get(device_id)
+            if dev is None or not dev.online:
+                continue
+            try:
+                await self.refresh(dev)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("queries to %s failed: %s", device_id, exc)
+
+    async def refresh(self, dev: Device) -> None:
+        info = await self.query(dev, "DeviceInfo")
+        if info is not None:
+            self.registry.update_info(
+                dev.id,
+                name=info.get("DeviceName") or "",
+                manufacturer=info.get("Manufacturer") or "",
+                model=info.get("Model") or "",
+                firmware=info.get("Firmware") or "",
+            )
+        collector = await self.catalog(dev)
+        if collector is not None:
+            self.registry.set_channels(dev.id, collector.items)
+        self.completed += 1
+
+    # ----- one query -----
+    def _build(self, dev: Device, cmd_type: str, sn: int) -> tuple[Request, Peer]:
+        host, port = dev.host_port
+        peer = Peer(dev.transport, host, port)
+        body = manscdp.build_manscdp("Query", cmd_type, sn, dev.id, encoding=dev.charset)
+        headers = Headers()
+        headers.add("Via", self.endpoint.via(dev.transport))
+        headers.add("From", f"<sip:{self.node_id}@{self.realm}>;tag={random.getrandbits(32):x}")
+        headers.add("To", f"<sip:{dev.id}@{self.realm}>")
+        headers.add("Call-ID", f"{self._call_prefix}{next(self._call_seq)}@{self.realm}")
+        headers.add("CSeq", "1 MESSAGE")
+        headers.add("Max-Forwards", "70")
+        headers.add("Content-Type", "Application/MANSCDP+xml")
+        uri = f"sip:{dev.id}@{dev.remote}"
+        return Request(headers=headers, body=body, method="MESSAGE", uri=uri), peer
+
+    async def _send(self, dev: Device, cmd_type: str) -> _Collector:
+        sn = next(self._sn) % 1_000_000 or 1
+        loop = asyncio.get_running_loop()
+        collector = _Collector(dev.id, loop.create_future())
+        self._pending[(dev.id, cmd_type.lower(), sn)] = collector
+        request, peer = self._build(dev, cmd_type, sn)
+        try:
+            response = await self.endpoint.request(request, peer)
+            if response.status != 200:
+                raise RuntimeError(f"{cmd_type} query answered {response.status}")
+            await asyncio.wait_for(asyncio.shield(collector.done), self.answer_timeout_s)
+        except Exception:
+            if not collector.items:
+                raise
+            # Some catalog parts came before the device went quiet: keep what we have.
+        finally:
+            self._pending.pop((dev.id, cmd_type.lower(), sn), None)
+            if collector.silence is not None:
+                collector.silence.cancel()
+        return collector
+
+    async def query(self, dev: Device, cmd_type: str) -> ManscdpMessage | None:
+        collector = await self._send(dev, cmd_type)
+        return collector.result
+
+    async def catalog(self, dev: Device) -> _Collector | None:
+        return await self._send(dev, "Catalog")
+
+    # ----- answers -----
+    def response_received(self, dev: Device, msg: ManscdpMessage) -> None:
+        collector = self._pending.get((dev.id, msg.cmd_type.lower(), msg.sn))
+        if collector is None or collector.done.done():
+            log.debug("unsolicited %s SN %s from %s", msg.cmd_type, msg.sn, dev.id)
+            return
+        if msg.cmd_type != "Catalog":
+            collector.result = msg
+            collector.done.set_result(None)
+            return
+        if msg.sum_num is not None:
+            collector.sum_num = msg.sum_num
+        for item in msg.items:
+            item_id = item.get("DeviceID")
+            if item_id:  # devices sometimes send items without an ID: nothing to key them by
+                collector.items[item_id] = item
+        if collector.sum_num is not None and len(collector.items) >= collector.sum_num:
+            self._finish(collector)
+            return
+        if collector.silence is not None:
+            collector.silence.cancel()
+        loop = asyncio.get_running_loop()
+        collector.silence = loop.call_later(self.catalog_silence_s, self._finish, collector)
+
+    @staticmethod
+    def _finish(collector: _Collector) -> None:
+        if collector.silence is not None:
+            collector.silence.cancel()
+        if not collector.done.done():
+            collector.done.set_result(None)
+

@@ -1,0 +1,277 @@
+"""GB/T 28181 registrar and MESSAGE policy (GB/T 28181-2016 9.1, 9.5, 9.6, 9.10).
+
+REGISTER: device ID check (403 Invalid Device ID / Device Not Allowed), digest challenge (401,
+with stale=true for expired nonces), 403 on a wrong password with per-source rate limiting,
+200 with the GB28181 `Date` header (time sync) and the granted `Expires`; `Expires: 0` unregisters.
+
+MESSAGE: a device without a valid registration gets 403 Device Not Registered (devices take a
+failed keepalive as a reason to register again). A body that is not acceptable MANSCDP (hostile
+XML, undecodable, oversized) gets 400; anything else is answered 200 at once and its content is
+handled afterwards, from a bounded queue (503 with Retry-After when it is full).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sip import auth, ids
+from sip.errors import ParseError
+from sip.manscdp import ManscdpMessage, parse_manscdp
+from sip.message import Request, Response
+from sip.transaction import RequestReceived
+
+from .ratelimit import FailureLockout, TokenBuckets
+from .registry import Device, Registry
+from .settings import Settings
+from .stats import Stats
+
+if TYPE_CHECKING:
+    from .queries import DeviceQueries
+    from .transport.sip import SipEndpoint
+
+log = logging.getLogger(__name__)
+
+GB_VERSIONS = {"1.0": "2011", "1.1": "2011", "2.0": "2016", "3.0": "2022"}
+MIN_EXPIRES = 60
+
+
+class Registrar:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        stats: Stats,
+        *,
+        wall: Callable[[], float] = time.time,
+        max_pending: int = 10_000,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.stats = stats
+        self.wall = wall
+        self.endpoint: SipEndpoint | None = None
+        self.queries: DeviceQueries | None = None
+        self.nonces = auth.NonceFactory(os.urandom(16), lifetime_s=300.0)
+        self.to_tag = os.urandom(4).hex()
+        # A device may send a burst (catalog parts) but not a flood.
+        self.message_buckets = TokenBuckets(rate=50.0, burst=200.0)
+        self.register_buckets = TokenBuckets(rate=2.0, burst=10.0)
+        self.auth_lockout = FailureLockout(limit=5, window_s=60.0, lockout_s=60.0)
+        self.pending: deque[tuple[Device, ManscdpMessage]] = deque()
+        self.max_pending = max_pending
+        self._drain_scheduled = False
+
+    # ----- dispatch -----
+    def on_request(self, event: RequestReceived) -> None:
+        method = event.request.method
+        if method == "REGISTER":
+            self._register(event)
+        elif method == "MESSAGE":
+            self._message(event)
+        elif method == "OPTIONS":
+            self._answer(event, 200)
+        elif method == "ACK":
+            return
+        elif method in ("INVITE", "BYE", "CANCEL", "NOTIFY", "SUBSCRIBE", "INFO"):
+            self._answer(event, 405 if method != "BYE" else 481)
+        else:
+            self._answer(event, 501)
+
+    def _answer(
+        self, event: RequestReceived, status: int, reason: str | None = None
+    ) -> Response:
+        response = Response.for_request(event.request, status, reason, to_tag=self.to_tag)
+        assert self.endpoint is not None
+        self.endpoint.respond(event, response)
+        return response
+
+    def _reply(self, event: RequestReceived, response: Response) -> None:
+        assert self.endpoint is not None
+        self.endpoint.respond(event, response)
+
+    # ----- REGISTER -----
+    def _register(self, event: RequestReceived) -> None:
+        req = event.request
+        now = self.wall()
+        try:
+            device_id = req.from_.uri.user or ""
+        except ParseError:
+            self._answer(event, 400, "Bad From Header")
+            return
+        problem = ids.check_device_id(device_id)
+        if problem is not None:
+            log.info("REGISTER refused: %r from %s: %s", device_id, event.peer.host, problem)
+            self._answer(event, 403, "Invalid Device ID")
+            return
+        if not self.settings.devices.allowed(device_id):
+            self._answer(event, 403, "Device Not Allowed")
+            return
+        source = f"{event.peer.host}/{device_id}"
+        if self.auth_lockout.locked(source, now):
+            self.stats.auth_rate_limited += 1
+            self._answer(event, 403, "Too Many Failed Attempts")
+            return
+        if not self.register_buckets.allow(device_id, now):
+            self._overloaded(event, "flooded")
+            return
+        if self.registry.full(device_id):
+            self._overloaded(event, "registry_full")
+            return
+        header = req.headers.get("Authorization")
+        if header is None:
+            self._challenge(event, now, stale=False)
+            return
+        try:
+            creds = auth.parse_digest(header)
+        except ParseError:
+            self._answer(event, 400, "Bad Authorization Header")
+            return
+        verdict = self.nonces.check(creds.get("nonce", ""), now)
+        if verdict != "ok":
+            self._challenge(event, now, stale=verdict == "stale")
+            return
+        password = self.settings.devices.password_for(device_id)
+        if creds.get("realm") != self.settings.node.realm or not auth.verify(
+            creds, method="REGISTER", password=password
+        ):
+            self.stats.auth_failures += 1
+            self.auth_lockout.fail(source, now)
+            log.warning("REGISTER %s from %s: wrong credentials", device_id, event.peer.host)
+            self._answer(event, 403, "Forbidden")
+            return
+        self.auth_lockout.succeed(source)
+        self._accept(event, device_id, now)
+
+    def _challenge(self, event: RequestReceived, now: float, *, stale: bool) -> None:
+        response = Response.for_request(event.request, 401, to_tag=self.to_tag)
+        value = auth.build_challenge(self.settings.node.realm, self.nonces.make(now), stale=stale)
+        response.headers.add("WWW-Authenticate", value)
+        self._reply(event, response)
+
+    def _accept(self, event: RequestReceived, device_id: str, now: float) -> None:
+        req = event.request
+        expires = requested_expires(req)
+        response = Response.for_request(req, 200, to_tag=self.to_tag)
+        contact = req.headers.get("Contact") or ""
+        gb_ver = req.headers.get("X-GB-Ver")
+        if expires == 0:
+            self.registry.unregister(device_id, now)
+            response.headers.add("Expires", "0")
+        else:
+            granted = min(max(expires, MIN_EXPIRES), self.settings.devices.register_expires_s)
+            peer = event.peer
+            dev, fresh = self.registry.register(
+                device_id,
+                now=now,
+                expires=granted,
+                transport=peer.transport,
+                remote=f"{peer.host}:{peer.port}",
+                contact=contact,
+                call_id=req.call_id,
+                user_agent=req.headers.get("User-Agent") or "",
+                gb_version=GB_VERSIONS.get(gb_ver.strip(), gb_ver.strip()) if gb_ver else None,
+            )
+            if contact:
+                response.headers.add("Contact", contact)
+            response.headers.add("Expires", str(granted))
+            if self.settings.devices.time_sync:
+                response.headers.add("Date", gb_date(now, self.settings))
+            if fresh and self.queries is not None:
+                self.queries.device_registered(dev)
+        if gb_ver:
+            response.headers.add("X-GB-Ver", gb_ver)
+        self._reply(event, response)
+
+    def _overloaded(self, event: RequestReceived, kind: str) -> None:
+        self.stats.dropped[kind] += 1
+        response = Response.for_request(event.request, 503, to_tag=self.to_tag)
+        response.headers.add("Retry-After", "5")
+        self._reply(event, response)
+
+    # ----- MESSAGE -----
+    def _message(self, event: RequestReceived) -> None:
+        req = event.request
+        now = self.wall()
+        try:
+            device_id = req.from_.uri.user or ""
+        except ParseError:
+            self._answer(event, 400, "Bad From Header")
+            return
+        dev = self.registry.get(device_id)
+        if dev is None or not dev.registered(now):
+            self._answer(event, 403, "Device Not Registered")
+            return
+        if not self.message_buckets.allow(device_id, now):
+            self._overloaded(event, "flooded")
+            return
+        try:
+            msg = parse_manscdp(req.body)
+        except ParseError as exc:
+            log.warning("MESSAGE from %s refused: %s", device_id, exc)
+            self._answer(event, 400, "Bad MANSCDP Body")
+            return
+        dev.charset = answer_charset(msg, req.body, dev.charset)
+        if msg.cmd_type == "Keepalive":
+            peer = event.peer
+            self.registry.keepalive(
+                device_id, now=now, transport=peer.transport, remote=f"{peer.host}:{peer.port}"
+            )
+            self._answer(event, 200)
+            return
+        if msg.root != "Response":
+            self._answer(event, 200)  # notifications (Alarm, MediaStatus ...) come later
+            return
+        if len(self.pending) >= self.max_pending:
+            self._overloaded(event, "overloaded")
+            return
+        self._answer(event, 200)
+        self.pending.append((dev, msg))
+        if not self._drain_scheduled and self.endpoint is not None:
+            self._drain_scheduled = True
+            self.endpoint.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        for _ in range(len(self.pending)):
+            dev, msg = self.pending.popleft()
+            try:
+                if self.queries is not None:
+                    self.queries.response_received(dev, msg)
+            except Exception:
+                log.exception("error handling %s from %s", msg.cmd_type, dev.id)
+
+
+def requested_expires(req: Request) -> int:
+    """Expires header, else the Contact's expires parameter, else 3600 (devices omit both)."""
+    text = req.headers.get("Expires")
+    if text is None:
+        contact = req.headers.get("Contact") or ""
+        for param in contact.split(";")[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "expires":
+                text = value
+    if text is not None and text.strip().isdigit():
+        return min(int(text.strip()), 2**31 - 1)
+    return 3600
+
+
+def gb_date(now: float, settings: Settings) -> str:
+    """GB/T 28181 9.10.3 time sync: local time, milliseconds, no zone."""
+    moment = datetime.fromtimestamp(now, settings.node.tz)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def answer_charset(msg: ManscdpMessage, body: bytes, previous: str) -> str:
+    """The encoding label to answer a device with: what it really sent, named as it names it."""
+    declared = (msg.declared_encoding or "").upper()
+    if msg.encoding == "UTF-8":
+        if body.isascii():
+            return declared or previous  # nothing to learn from ASCII but the label
+        return "UTF-8"
+    return declared if declared.startswith("GB") else "GB18030"

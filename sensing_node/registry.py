@@ -1,0 +1,250 @@
+"""Devices and channels known to the node: registration state, keepalives, catalog.
+
+The registry holds everything in memory (one object per device, a dict of channels per device)
+and persists it through `Store` in batches. Time is passed in as wall-clock seconds (`now`),
+because registration expiry must survive a restart of the node.
+
+Online rules (GB/T 28181-2016 9.1, 9.6): a device is online after a successful REGISTER and on
+every keepalive while its registration is valid; it goes offline when it unregisters, when the
+registration expires, or when no keepalive came for `keepalive_timeout_s`. After a restart, a
+device whose registration has not expired is accepted again on its next keepalive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from typing import Any
+
+from .store import DEVICE_COLUMNS, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Device:
+    id: str
+    name: str = ""
+    manufacturer: str = ""
+    model: str = ""
+    firmware: str = ""
+    transport: str = "udp"
+    remote: str = ""  # "host:port" of the last packet seen from the device (NAT-safe)
+    contact: str = ""
+    user_agent: str = ""
+    gb_version: str | None = None
+    charset: str = "GB2312"  # encoding label to answer the device with
+    call_id: str = ""
+    registered_at: float | None = None
+    last_keepalive: float | None = None
+    expires_at: float | None = None
+    online: bool = False
+    channels: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def registered(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at > now
+
+    def row(self) -> tuple[Any, ...]:
+        return tuple(
+            int(self.online) if name == "online" else getattr(self, name) for name in DEVICE_COLUMNS
+        )
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.remote.rpartition(":")
+        return host.strip("[]"), int(port or 5060)
+
+
+def iso(ts: float | None, tz: tzinfo) -> str | None:
+    """Epoch seconds -> ISO 8601 with an explicit offset in the node's zone."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz).isoformat(timespec="milliseconds")
+
+
+class Registry:
+    """In-memory device registry with write-behind persistence and expiry sweeps."""
+
+    def __init__(
+        self,
+        store: Store | None,
+        *,
+        keepalive_timeout_s: float,
+        max_devices: int = 100_000,
+        on_change: Callable[[Device, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.max_devices = max_devices
+        self.on_change = on_change
+        self.devices: dict[str, Device] = {}
+        self._dirty: set[str] = set()
+        self._dirty_channels: set[str] = set()
+        self._flushing: asyncio.Future[None] | None = None
+
+    # ----- persistence -----
+    def load(self, now: float) -> int:
+        """Read the store at start-up; returns how many registrations are still valid."""
+        if self.store is None:
+            return 0
+        rows, channels = self.store.load()
+        valid = 0
+        for row in rows:
+            dev = Device(**{k: row[k] for k in DEVICE_COLUMNS if k != "online"})
+            # Online survives a restart only while both the registration and the keepalive
+            # window hold; the next keepalive brings a device back otherwise.
+            dev.online = bool(
+                row["online"]
+                and dev.registered(now)
+                and dev.last_keepalive is not None
+                and now - dev.last_keepalive < self.keepalive_timeout_s
+            )
+            valid += dev.registered(now)
+            self.devices[dev.id] = dev
+        for device_id, channel_id, fields in channels:
+            dev = self.devices.get(device_id)
+            if dev is not None:
+                dev.channels[channel_id] = fields
+        return valid
+
+    def snapshot_dirty(
+        self, now: float
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, list[tuple[str, dict[str, str]]], float]]]:
+        rows = [self.devices[d].row() for d in self._dirty if d in self.devices]
+        chans = [
+            (d, list(self.devices[d].channels.items()), now)
+            for d in self._dirty_channels
+            if d in self.devices
+        ]
+        self._dirty.clear()
+        self._dirty_channels.clear()
+        return rows, chans
+
+    async def flush(self, now: float) -> None:
+        """Write dirty devices and channel lists in one transaction on the writer thread."""
+        if self.store is None or not (self._dirty or self._dirty_channels):
+            return
+        rows, chans = self.snapshot_dirty(now)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.store.executor, self.store.write, rows, chans)
+
+    @property
+    def dirty_count(self) -> int:
+        return len(self._dirty) + len(self._dirty_channels)
+
+    # ----- mutations -----
+    def get(self, device_id: str) -> Device | None:
+        return self.devices.get(device_id)
+
+    def full(self, device_id: str) -> bool:
+        return device_id not in self.devices and len(self.devices) >= self.max_devices
+
+    def register(
+        self,
+        device_id: str,
+        *,
+        now: float,
+        expires: int,
+        transport: str,
+        remote: str,
+        contact: str,
+        call_id: str,
+        user_agent: str = "",
+        gb_version: str | None = None,
+    ) -> tuple[Device, bool]:
+        """Record a successful REGISTER; returns the device and whether it is new or
+        re-registered after a reboot (new Call-ID, or previously offline)."""
+        dev = self.devices.get(device_id)
+        if dev is None:
+            dev = self.devices[device_id] = Device(id=device_id)
+        fresh = not dev.online or dev.call_id != call_id
+        dev.transport = transport
+        dev.remote = remote
+        dev.contact = contact
+        dev.call_id = call_id
+        if user_agent:
+            dev.user_agent = user_agent
+        if gb_version:
+            dev.gb_version = gb_version
+        if fresh or dev.registered_at is None:
+            dev.registered_at = now
+        dev.expires_at = now + expires
+        dev.last_keepalive = now
+        self._set_online(dev, True)
+        self._dirty.add(device_id)
+        return dev, fresh
+
+    def unregister(self, device_id: str, now: float) -> Device | None:
+        dev = self.devices.get(device_id)
+        if dev is None:
+            return None
+        dev.expires_at = now
+        self._set_online(dev, False)
+        self._dirty.add(device_id)
+        return dev
+
+    def keepalive(self, device_id: str, *, now: float, transport: str, remote: str) -> bool:
+        """A keepalive arrived; False if the device has no valid registration."""
+        dev = self.devices.get(device_id)
+        if dev is None or not dev.registered(now):
+            return False
+        dev.last_keepalive = now
+        dev.transport = transport
+        dev.remote = remote
+        self._set_online(dev, True)
+        self._dirty.add(device_id)
+        return True
+
+    def update_info(self, device_id: str, **fields: str) -> None:
+        dev = self.devices.get(device_id)
+        if dev is None:
+            return
+        for name, value in fields.items():
+            if value:
+                setattr(dev, name, value)
+        self._dirty.add(device_id)
+
+    def set_channels(self, device_id: str, items: dict[str, dict[str, str]]) -> None:
+        dev = self.devices.get(device_id)
+        if dev is None:
+            return
+        dev.channels = items
+        self._dirty_channels.add(device_id)
+
+    def sweep(self, now: float) -> list[Device]:
+        """Take devices offline whose registration expired or whose keepalives stopped."""
+        gone = []
+        timeout = self.keepalive_timeout_s
+        for dev in self.devices.values():
+            if not dev.online:
+                continue
+            if not dev.registered(now) or now - (dev.last_keepalive or 0.0) >= timeout:
+                self._set_online(dev, False)
+                self._dirty.add(dev.id)
+                gone.append(dev)
+        return gone
+
+    def _set_online(self, dev: Device, online: bool) -> None:
+        if dev.online != online:
+            dev.online = online
+            log.info("device %s %s (%s)", dev.id, "online" if online else "offline", dev.remote)
+            if self.on_change is not None:
+                self.on_change(dev, "online" if online else "offline")
+
+    # ----- queries -----
+    def __iter__(self) -> Iterator[Device]:
+        return iter(self.devices.values())
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def online_count(self) -> int:
+        return sum(1 for d in self.devices.values() if d.online)
+
+    def channels(self) -> Iterator[tuple[Device, str, dict[str, str]]]:
+        for dev in self.devices.values():
+            for cid, fields in dev.channels.items():
+                yield dev, cid, fields

@@ -1,0 +1,711 @@
+"""Node configuration: one YAML file, read into frozen dataclasses.
+
+Operators edit the file by hand, so the loader reports every problem at once, one line each, as
+``file:line: key.path: what is wrong``, instead of stopping at the first. Line numbers come from
+PyYAML's node API (``yaml.compose``), which keeps the position of every key and value.
+
+The schema is a table. Each section is a tuple of `Key` declarations (name, parser, default, doc)
+plus a function that builds the section's dataclass from the parsed values. A new section needs a
+dataclass, a key table, a builder, one `Section` entry in `SECTIONS` and a field on `Settings`.
+
+Relative paths (``node.data_dir``) resolve against the directory that holds the config file, so
+the node finds the same data whatever directory it is started from.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import ipaddress
+import json
+import os
+import re
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+import yaml
+
+__all__ = [
+    "ConfigError", "DeviceOverride", "DevicesSettings", "Key", "NodeSettings", "SECTIONS",
+    "Section", "Settings", "SimulatorSettings", "load_settings", "parse_settings",
+    "settings_for_tests", "system_timezone",
+]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. `problems` holds every reason, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+# --- The settings the rest of the node sees ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceOverride:
+    """Settings for one device ("one device, one archive"); None means "use the default"."""
+
+    password: str | None = None
+    name: str | None = None
+    address: str | None = None
+    longitude: float | None = None
+    latitude: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    id: str
+    realm: str
+    sip_host: str
+    sip_port: int
+    media_ip: str
+    rtp_port_min: int
+    rtp_port_max: int
+    http_host: str
+    http_port: int
+    api_token: str
+    data_dir: Path
+    timezone_name: str | None
+
+    @cached_property
+    def tz(self) -> datetime.tzinfo:
+        """The configured zone, or the system's local zone when `timezone_name` is None."""
+        if self.timezone_name is None:
+            return system_timezone()
+        return zoneinfo.ZoneInfo(self.timezone_name)
+
+
+@dataclass(frozen=True)
+class DevicesSettings:
+    password: str
+    allow: tuple[str, ...]
+    register_expires_s: int
+    keepalive_timeout_s: int
+    time_sync: bool
+    overrides: Mapping[str, DeviceOverride]
+
+    def password_for(self, device_id: str) -> str:
+        """The digest password for `device_id`: its own if it has one, else the default."""
+        override = self.overrides.get(device_id)
+        if override is not None and override.password is not None:
+            return override.password
+        return self.password
+
+    def allowed(self, device_id: str) -> bool:
+        """Whether `device_id` may register: an empty allow list admits every ID."""
+        return not self.allow or device_id.startswith(self.allow)
+
+
+@dataclass(frozen=True)
+class SimulatorSettings:
+    cameras: int
+    channels_per_camera: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    node: NodeSettings
+    devices: DevicesSettings
+    simulator: SimulatorSettings
+    source: str
+
+
+def system_timezone() -> datetime.tzinfo:
+    """The local zone as the C library sees it, with its DST rules when they can be found."""
+    name = os.environ.get("TZ", "").removeprefix(":")
+    try:
+        if name:
+            return zoneinfo.ZoneInfo(name)
+        # Most systems link /etc/localtime into the zone database; its path names the zone.
+        key = Path("/etc/localtime").resolve().as_posix().partition("zoneinfo/")[2]
+        with open("/etc/localtime", "rb") as file:
+            return zoneinfo.ZoneInfo.from_file(file, key=key or "localtime")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        # A POSIX rule such as TZ="CST-8", or no zone database: keep today's offset.
+        return datetime.datetime.now().astimezone().tzinfo or datetime.UTC
+
+
+# --- Schema machinery ---------------------------------------------------------------------------
+
+_TAG = "tag:yaml.org,2002:"
+_KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean",
+          "null": "an empty value", "timestamp": "a date", "binary": "binary data"}
+_CONSTRUCT = yaml.constructor.SafeConstructor()
+_REQUIRED: Any = object()
+
+
+class _Invalid(Exception):
+    """A value is unusable; the message is reported at the value's line."""
+
+
+class _Reported(Exception):
+    """A value is unusable and its problems have already been reported."""
+
+
+class _Reader:
+    """Collects problems, each tied to a file and line, while one document is read."""
+
+    def __init__(self, filename: str, base_dir: Path) -> None:
+        self.filename = filename
+        self.base_dir = base_dir
+        self._found: list[tuple[int, str]] = []
+
+    def report(self, where: yaml.Node | int | None, path: str, message: str) -> None:
+        line = where.start_mark.line + 1 if isinstance(where, yaml.Node) else where or 1
+        text = f"{path}: {message}" if path else message
+        self._found.append((line, f"{self.filename}:{line}: {text}"))
+
+    @property
+    def problems(self) -> list[str]:
+        """Every problem so far, in file order (the sort is stable within one line)."""
+        return [text for _, text in sorted(self._found, key=lambda found: found[0])]
+
+
+class _Ctx(NamedTuple):
+    """What a parser may need beyond the node: somewhere to report, and its own key path."""
+
+    reader: _Reader
+    path: str
+
+
+Parser = Callable[[yaml.Node, _Ctx], Any]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: how to parse it, its default (if it has one) and what it means."""
+
+    name: str
+    parse: Parser
+    default: Any = _REQUIRED
+    doc: str = ""
+
+
+@dataclass
+class _Parsed:
+    """The values read from one mapping, plus the nodes needed to report cross-key problems."""
+
+    values: dict[str, Any]
+    nodes: dict[str, yaml.Node]
+    complete: bool = True
+
+
+@dataclass(frozen=True)
+class Section:
+    """A top-level mapping: its keys, and the function that turns their values into settings."""
+
+    name: str
+    keys: tuple[Key, ...]
+    build: Callable[[_Reader, _Parsed], Any]
+
+
+def _describe(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    kind = _KINDS.get(node.tag.removeprefix(_TAG), node.tag)
+    return f"{kind} ({node.value})" if node.value else kind
+
+
+def _is_null(node: yaml.Node | None) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "null"
+
+
+def _quoted(text: str) -> str:
+    # A JSON string is also a valid YAML double-quoted string.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    if close:
+        return f'; did you mean "{close[0]}"?'
+    return "; expected one of: " + ", ".join(choices)
+
+
+def _entries(
+    reader: _Reader, node: yaml.Node | None, path: str
+) -> list[tuple[str, yaml.Node, yaml.Node]] | None:
+    """The (name, key node, value node) triples of a mapping, or None if it is not one.
+
+    An absent or empty value counts as an empty mapping, so a section whose keys are all
+    commented out still works. Duplicate keys are reported: YAML would silently keep the last.
+    """
+    if node is None or _is_null(node):
+        return []
+    if not isinstance(node, yaml.MappingNode):
+        reader.report(node, path, f"expected a mapping of keys, got {_describe(node)}")
+        return None
+    seen: dict[str, yaml.Node] = {}
+    entries: list[tuple[str, yaml.Node, yaml.Node]] = []
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            reader.report(key_node, path, f"a key must be plain text, got {_describe(key_node)}")
+            continue
+        name = key_node.value
+        if name in seen:
+            first = seen[name].start_mark.line + 1
+            reader.report(key_node, _join(path, name), f"duplicate key (first given on line {first})")
+            continue
+        seen[name] = key_node
+        entries.append((name, key_node, value_node))
+    return entries
+
+
+def _read_mapping(
+    reader: _Reader,
+    node: yaml.Node | None,
+    path: str,
+    keys: tuple[Key, ...],
+    anchor: yaml.Node | None,
+    homes: Mapping[str, str] | None = None,
+) -> _Parsed:
+    """Parse a mapping against a key table; `anchor` is where missing keys are reported."""
+    parsed = _Parsed({}, {})
+    entries = _entries(reader, node, path)
+    if entries is None:
+        parsed.complete = False
+        return parsed
+    table = {key.name: key for key in keys}
+    empty: dict[str, yaml.Node] = {}
+    for name, key_node, value_node in entries:
+        key = table.get(name)
+        if key is None:
+            home = (homes or {}).get(name)
+            hint = f'; it belongs under "{home}:"' if home else _suggest(name, list(table))
+            reader.report(key_node, _join(path, name), "unknown key" + hint)
+        elif _is_null(value_node):
+            empty[name] = key_node  # "key:" with nothing after it means the same as leaving it out
+        else:
+            parsed.nodes[name] = value_node
+            try:
+                parsed.values[name] = key.parse(value_node, _Ctx(reader, _join(path, name)))
+            except _Invalid as exc:
+                reader.report(value_node, _join(path, name), str(exc))
+                parsed.complete = False
+            except _Reported:
+                parsed.complete = False
+    for key in keys:
+        if key.name in parsed.nodes:
+            continue
+        if key.default is not _REQUIRED:
+            parsed.values[key.name] = key.default
+            continue
+        parsed.complete = False
+        if key.name in empty:
+            reader.report(empty[key.name], _join(path, key.name), "must not be empty")
+        else:
+            reader.report(anchor, _join(path, key.name), "required, but not given")
+    return parsed
+
+
+def _key_node(mapping: yaml.Node | None, name: str) -> yaml.Node | None:
+    if isinstance(mapping, yaml.MappingNode):
+        for key_node, _ in mapping.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == name:
+                return key_node
+    return mapping
+
+
+# --- Parsers for single values ------------------------------------------------------------------
+
+
+def _string(node: yaml.Node, what: str = "a string") -> str:
+    if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "str":
+        return node.value
+    if isinstance(node, yaml.ScalarNode) and node.value:
+        raise _Invalid(
+            f"expected {what}, got {_describe(node)}; "
+            f"put it in quotes if you mean the text: {_quoted(node.value)}"
+        )
+    raise _Invalid(f"expected {what}, got {_describe(node)}")
+
+
+def _text(node: yaml.Node, ctx: _Ctx) -> str:
+    value = _string(node)
+    if not value.strip():
+        raise _Invalid("must not be empty")
+    return value
+
+
+def _device_id(node: yaml.Node, type_code: str | None = None) -> str:
+    if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "int":
+        raise _Invalid(
+            f"a device ID must be quoted: YAML reads {node.value} as a number, which drops "
+            f"leading zeros; write {_quoted(node.value)}"
+        )
+    value = _string(node, "a 20-digit ID")
+    if not re.fullmatch(r"[0-9]{20}", value):
+        raise _Invalid(f"expected exactly 20 digits (0-9), got {len(value)} characters: {_quoted(value)}")
+    if type_code is not None and value[10:13] != type_code:
+        raise _Invalid(
+            f"digits 11-13 are the type code and must be {type_code}, got {value[10:13]}"
+        )
+    return value
+
+
+def _node_id(node: yaml.Node, ctx: _Ctx) -> str:
+    return _device_id(node, type_code="200")  # GB/T 28181 annex D: 200 is a central platform
+
+
+def _realm(node: yaml.Node, ctx: _Ctx) -> str:
+    value = _string(node)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", value):
+        raise _Invalid(f"expected a SIP domain such as 3101120000, got {_quoted(value)}")
+    return value
+
+
+class _HostPort(NamedTuple):
+    host: str
+    port: int
+
+
+def _listen(node: yaml.Node, ctx: _Ctx) -> _HostPort:
+    text = _string(node, "host:port")
+    bracketed = text.startswith("[")
+    if bracketed:
+        host, colon, port = text[1:].partition("]:")
+    else:
+        host, colon, port = text.rpartition(":")
+        if ":" in host:
+            raise _Invalid(f"write an IPv6 address in brackets, as [::]:5060; got {text!r}")
+    if not colon:
+        raise _Invalid(f"expected host:port, such as 0.0.0.0:5060 or [::]:5060; got {text!r}")
+    version = 6 if bracketed else 4
+    try:
+        valid = ipaddress.ip_address(host).version == version
+    except ValueError:
+        valid = False
+    if not valid:
+        raise _Invalid(f"{host!r} is not an IPv{version} address (in {text!r})")
+    if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise _Invalid(f"the port must be a number from 0 to 65535, got {port!r}")
+    return _HostPort(host, int(port))
+
+
+def _media_ip(node: yaml.Node, ctx: _Ctx) -> str:
+    text = _string(node, "an IP address")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise _Invalid(f"expected an IPv4 or IPv6 address, got {text!r}") from None
+    if address.is_unspecified:
+        raise _Invalid(f"{text} cannot be reached; give the address devices send media to")
+    return str(address)
+
+
+def _port_range(node: yaml.Node, ctx: _Ctx) -> tuple[int, int]:
+    text = _string(node, "a port range such as 30000-30999")
+    match = re.fullmatch(r"\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*", text)
+    if not match:
+        raise _Invalid(f"expected a port range such as 30000-30999, got {text!r}")
+    low, high = int(match[1]), int(match[2])
+    if not (1024 <= low <= 65535 and 1024 <= high <= 65535):
+        raise _Invalid(f"ports must lie within 1024..65535, got {low}-{high}")
+    if low > high:
+        raise _Invalid(f"the low port must not exceed the high port, got {low}-{high}")
+    return low, high
+
+
+def _path(node: yaml.Node, ctx: _Ctx) -> Path:
+    return Path(_text(node, ctx)).expanduser()
+
+
+def _zone(node: yaml.Node, ctx: _Ctx) -> str:
+    name = _string(node, "a time zone name such as Asia/Shanghai")
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        close = difflib.get_close_matches(name, sorted(zoneinfo.available_timezones()), n=1)
+        hint = f'; did you mean "{close[0]}"?' if close else " (an IANA name such as Asia/Shanghai)"
+        raise _Invalid(f"unknown time zone {name!r}{hint}") from None
+    return name
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Parser:
+    def parse(node: yaml.Node, ctx: _Ctx) -> int:
+        if not (isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "int"):
+            hint = ""
+            if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "str":
+                hint = "; remove the quotes" if node.value.strip().isdigit() else ""
+            raise _Invalid(f"expected a whole number, got {_describe(node)}{hint}")
+        value: int = _CONSTRUCT.construct_yaml_int(node)
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"at least {minimum}" if maximum is None else f"{minimum}..{maximum}"
+            raise _Invalid(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _boolean(node: yaml.Node, ctx: _Ctx) -> bool:
+    if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "bool":
+        return bool(_CONSTRUCT.construct_yaml_bool(node))
+    raise _Invalid(f"expected true or false, got {_describe(node)}")
+
+
+def _degrees(limit: float) -> Parser:
+    def parse(node: yaml.Node, ctx: _Ctx) -> float:
+        if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "int":
+            value = float(_CONSTRUCT.construct_yaml_int(node))
+        elif isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "float":
+            value = _CONSTRUCT.construct_yaml_float(node)
+        else:
+            raise _Invalid(f"expected a number of degrees, got {_describe(node)}")
+        if not -limit <= value <= limit:  # also rejects .nan
+            raise _Invalid(f"must lie within -{limit:g}..{limit:g} degrees, got {node.value}")
+        return value
+
+    return parse
+
+
+def _prefixes(node: yaml.Node, ctx: _Ctx) -> tuple[str, ...]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise _Invalid(f'expected a list of ID prefixes such as ["31011200"], got {_describe(node)}')
+    prefixes: list[str] = []
+    failed = False
+    for index, item in enumerate(node.value):
+        try:
+            if isinstance(item, yaml.ScalarNode) and item.tag == _TAG + "int":
+                raise _Invalid(f"quote the prefix, as {_quoted(item.value)}: YAML reads "
+                               "an unquoted one as a number, which drops leading zeros")
+            value = _string(item, "an ID prefix")
+            if not re.fullmatch(r"[0-9]{1,20}", value):
+                raise _Invalid(f"expected 1 to 20 digits (0-9), got {_quoted(value)}")
+            prefixes.append(value)
+        except _Invalid as exc:
+            ctx.reader.report(item, f"{ctx.path}[{index}]", str(exc))
+            failed = True
+    if failed:
+        raise _Reported
+    return tuple(prefixes)
+
+
+OVERRIDE_KEYS: tuple[Key, ...] = (
+    Key("password", _text, None, "digest password of this device instead of devices.password"),
+    Key("name", _text, None, "name shown in the API and the catalog"),
+    Key("address", _text, None, "where the device is installed"),
+    Key("longitude", _degrees(180), None, "WGS-84 longitude, degrees east"),
+    Key("latitude", _degrees(90), None, "WGS-84 latitude, degrees north"),
+)
+
+
+def _overrides(node: yaml.Node, ctx: _Ctx) -> Mapping[str, DeviceOverride]:
+    entries = _entries(ctx.reader, node, ctx.path)
+    if entries is None:
+        raise _Reported
+    result: dict[str, DeviceOverride] = {}
+    failed = False
+    for name, key_node, value_node in entries:
+        path = _join(ctx.path, name)
+        try:
+            device_id = _device_id(key_node)
+        except _Invalid as exc:
+            ctx.reader.report(key_node, path, str(exc))
+            failed = True
+            continue
+        parsed = _read_mapping(ctx.reader, value_node, path, OVERRIDE_KEYS, anchor=key_node)
+        if parsed.complete:
+            result[device_id] = DeviceOverride(**parsed.values)
+        failed = failed or not parsed.complete
+    if failed:
+        raise _Reported
+    return MappingProxyType(result)
+
+
+# --- The schema ---------------------------------------------------------------------------------
+
+NODE_KEYS: tuple[Key, ...] = (
+    Key("id", _node_id, "34020000002000000001", "20-digit GB/T 28181 code of this node"),
+    Key("realm", _realm, None, "SIP domain; default: the first 10 digits of id"),
+    Key("sip_listen", _listen, _HostPort("0.0.0.0", 5060), "UDP and TCP SIP address"),
+    Key("media_ip", _media_ip, "127.0.0.1", "address put in SDP for devices to send media to"),
+    Key("rtp_ports", _port_range, (30000, 30999), "local ports for RTP, as low-high"),
+    Key("http_listen", _listen, _HostPort("127.0.0.1", 8080), "address of the HTTP API"),
+    Key("api_token", _text, doc="Bearer token required on /api/*"),
+    Key("data_dir", _path, Path("data"), "recordings and state; relative to the config file"),
+    Key("timezone", _zone, None, "IANA zone for the Date header and file names; default: system"),
+)
+
+
+def _build_node(reader: _Reader, parsed: _Parsed) -> NodeSettings:
+    v = parsed.values
+    return NodeSettings(
+        id=v["id"],
+        realm=v["realm"] or v["id"][:10],
+        sip_host=v["sip_listen"].host,
+        sip_port=v["sip_listen"].port,
+        media_ip=v["media_ip"],
+        rtp_port_min=v["rtp_ports"][0],
+        rtp_port_max=v["rtp_ports"][1],
+        http_host=v["http_listen"].host,
+        http_port=v["http_listen"].port,
+        api_token=v["api_token"],
+        data_dir=(reader.base_dir / v["data_dir"]).resolve(),
+        timezone_name=v["timezone"],
+    )
+
+
+DEVICES_KEYS: tuple[Key, ...] = (
+    Key("password", _text, doc="default digest password; no default, it must be set"),
+    Key("allow", _prefixes, (), "ID prefixes allowed to register; empty: every ID"),
+    Key("register_expires_s", _integer(60), 3600, "longest registration granted, seconds"),
+    Key("keepalive_timeout_s", _integer(1), 180, "silence after which a device is offline"),
+    Key("time_sync", _boolean, True, "send the Date header in REGISTER 200 OK"),
+    Key("overrides", _overrides, MappingProxyType({}), "per-device settings by 20-digit ID"),
+)
+
+
+def _build_devices(reader: _Reader, parsed: _Parsed) -> DevicesSettings:
+    devices = DevicesSettings(**parsed.values)
+    for device_id in devices.overrides:
+        if not devices.allowed(device_id):
+            where = _key_node(parsed.nodes.get("overrides"), device_id)
+            reader.report(
+                where,
+                f"devices.overrides.{device_id}",
+                "this device is not covered by devices.allow, so it could never register; "
+                "add the ID or a prefix of it to devices.allow",
+            )
+    return devices
+
+
+SIMULATOR_KEYS: tuple[Key, ...] = (
+    Key("cameras", _integer(0), 0, "number of built-in simulated cameras"),
+    Key("channels_per_camera", _integer(1), 1, "video channels on each simulated camera"),
+)
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("node", NODE_KEYS, _build_node),
+    Section("devices", DEVICES_KEYS, _build_devices),
+    Section("simulator", SIMULATOR_KEYS, lambda _, parsed: SimulatorSettings(**parsed.values)),
+)
+
+
+# --- Entry points -------------------------------------------------------------------------------
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Read and check the config file at `path`; raise `ConfigError` listing every problem."""
+    name = os.fspath(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{name}: cannot read the config file: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([f"{name}:{line}: the file must be UTF-8 text ({exc.reason})"]) from None
+    return parse_settings(text, name, base_dir=Path(path).parent)
+
+
+def parse_settings(text: str, filename: str = "<string>", base_dir: Path | None = None) -> Settings:
+    """Check YAML `text`; `base_dir` anchors relative paths (default: the working directory)."""
+    reader = _Reader(filename, Path.cwd() if base_dir is None else Path(base_dir))
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        line, message = _syntax_error(exc, text)
+        reader.report(line, "", f"YAML syntax error: {message}")
+        raise ConfigError(reader.problems) from None
+    settings = _read_document(reader, root)
+    if reader.problems or settings is None:
+        raise ConfigError(reader.problems)
+    return settings
+
+
+def _syntax_error(exc: yaml.YAMLError, text: str) -> tuple[int, str]:
+    """The line and the text of a YAML syntax error."""
+    if isinstance(exc, yaml.reader.ReaderError):  # bad characters: only a character offset
+        return text.count("\n", 0, exc.position) + 1, f"{exc.reason} (U+{exc.character:04X})"
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return 1, str(exc)
+    mark = exc.problem_mark or exc.context_mark
+    message = exc.problem or str(exc)
+    if exc.context and exc.context_mark:
+        message += f" ({exc.context} on line {exc.context_mark.line + 1})"
+    if "'\\t'" in message:
+        message += "; indent with spaces, not tabs"
+    return (mark.line + 1 if mark else 1), message
+
+
+def _read_document(reader: _Reader, root: yaml.Node | None) -> Settings | None:
+    names = [section.name for section in SECTIONS]
+    if root is not None and not isinstance(root, yaml.MappingNode) and not _is_null(root):
+        reader.report(
+            root, "", f"the top level must be a mapping of sections ({', '.join(names)}), "
+            f"got {_describe(root)}"
+        )
+        return None
+    homes = {key.name: section.name for section in SECTIONS for key in section.keys}
+    given: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for name, key_node, value_node in _entries(reader, root, "") or []:
+        if name in names:
+            given[name] = (key_node, value_node)
+        elif name in homes:
+            reader.report(key_node, name, f'unknown section; the key belongs under "{homes[name]}:"')
+        else:
+            reader.report(key_node, name, "unknown section" + _suggest(name, names))
+    built: dict[str, Any] = {}
+    for section in SECTIONS:
+        key_node, value_node = given.get(section.name, (None, None))
+        parsed = _read_mapping(reader, value_node, section.name, section.keys, key_node, homes)
+        if parsed.complete:
+            built[section.name] = section.build(reader, parsed)
+    if len(built) < len(SECTIONS):
+        return None
+    return Settings(source=reader.filename, **built)
+
+
+def settings_for_tests(data_dir: Path, **overrides: object) -> Settings:
+    """Settings on loopback with ephemeral SIP and HTTP ports (port 0), storing under `data_dir`.
+
+    Each override names a key by its dotted path, e.g. ``**{"devices.keepalive_timeout_s": 5}``;
+    as a keyword argument, write the dots as double underscores: ``devices__keepalive_timeout_s=5``.
+    """
+    document: dict[str, Any] = {
+        "node": {
+            "sip_listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            "media_ip": "127.0.0.1",
+            "api_token": "test-token",
+            "data_dir": str(data_dir),
+        },
+        "devices": {"password": "test-password"},
+    }
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.replace("__", ".").split(".")
+        target = document
+        for name in parents:
+            target = target.setdefault(name, {})
+        target[leaf] = _plain(value)
+    text = yaml.safe_dump(document, sort_keys=False)
+    return parse_settings(text, "<settings_for_tests>", base_dir=Path(data_dir))
+
+
+def _plain(value: object) -> object:
+    """Turn test values into what `yaml.safe_dump` writes back as the same YAML."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    return value

@@ -1,0 +1,320 @@
+"""SIP over UDP and TCP on one port: a thin asyncio adapter around `sip.TransactionLayer`.
+
+Datagrams go to `sip.message.parse_message`, TCP byte streams to `sip.stream.StreamParser`.
+Parsed messages pass through the transaction layer; new requests reach the application through
+`on_request`, answers to our own requests resolve the futures returned by `request()`. Bad input
+is answered 400 where the request can still be addressed, otherwise dropped and counted; an
+exception in the application is logged and never reaches the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from sip.errors import MessageTooLarge, ParseError
+from sip.message import MAX_MESSAGE_SIZE, Request, Response, parse_message
+from sip.salvage import salvage_error_response
+from sip.stream import StreamParser
+from sip.transaction import (
+    Peer,
+    RequestReceived,
+    ResponseReceived,
+    TimerValues,
+    TransactionLayer,
+    TransactionTimedOut,
+)
+
+from ..stats import Stats
+
+log = logging.getLogger(__name__)
+
+RequestHandler = Callable[[RequestReceived], None]
+
+
+class TransactionTimeout(Exception):
+    """No final response came within Timer F (64*T1)."""
+
+
+class SipEndpoint:
+    """One SIP port (UDP and TCP) plus the transaction layer and request futures."""
+
+    def __init__(
+        self,
+        on_request: RequestHandler,
+        *,
+        stats: Stats | None = None,
+        timers: TimerValues | None = None,
+        advertise_host: str | None = None,
+        max_tcp_connections: int = 20_000,
+        udp_rcvbuf: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.on_request = on_request
+        self.stats = stats or Stats()
+        self.tx = TransactionLayer(timers)
+        self.advertise_host = advertise_host
+        self.max_tcp_connections = max_tcp_connections
+        self.udp_rcvbuf = udp_rcvbuf
+        self.udp: asyncio.DatagramTransport | None = None
+        self.tcp_server: asyncio.AbstractServer | None = None
+        self.connections: dict[Peer, _SipTcpConnection] = {}
+        self.local: tuple[str, int] = ("0.0.0.0", 0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._futures: dict[tuple[str, str], asyncio.Future[Response]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._housekeeping: asyncio.TimerHandle | None = None
+        self._branch_prefix = "z9hG4bK" + os.urandom(4).hex()
+        self._branch_seq = itertools.count(1)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "endpoint not started"
+        return self._loop
+
+    # ----- start / stop -----
+    async def listen(self, host: str, port: int, *, tcp: bool = True) -> tuple[str, int]:
+        """Bind UDP and TCP on the same port (port 0 picks one free for both)."""
+        self._loop = asyncio.get_running_loop()
+        for _attempt in range(20):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.udp_rcvbuf)
+                sock.bind((host, port))
+                bound_port = sock.getsockname()[1]
+                if tcp:
+                    self.tcp_server = await self.loop.create_server(
+                        lambda: _SipTcpConnection(self), host, bound_port, reuse_address=True
+                    )
+            except OSError:
+                sock.close()
+                if port != 0:
+                    raise
+                continue  # the TCP side of an ephemeral UDP port was taken: try another
+            break
+        else:
+            raise OSError("no port free for both UDP and TCP")
+        self.udp, _ = await self.loop.create_datagram_endpoint(
+            lambda: _SipUdpProtocol(self), sock=sock
+        )
+        self.local = (host, bound_port)
+        if self.advertise_host is None:
+            self.advertise_host = host if host not in ("0.0.0.0", "") else "127.0.0.1"
+        self._schedule_housekeeping()
+        return self.local
+
+    async def open_udp(self, host: str = "127.0.0.1") -> tuple[str, int]:
+        """Client-only use (camera simulator): a UDP socket on an ephemeral port, no TCP."""
+        return await self.listen(host, 0, tcp=False)
+
+    async def connect_tcp(self, host: str, port: int) -> Peer:
+        """Open a TCP connection to a server (camera simulator, upward cascade)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._schedule_housekeeping()
+        _, proto = await self.loop.create_connection(lambda: _SipTcpConnection(self), host, port)
+        assert isinstance(proto, _SipTcpConnection) and proto.peer is not None
+        if self.advertise_host is None:
+            sockname = proto.transport.get_extra_info("sockname") if proto.transport else None
+            self.advertise_host = sockname[0] if sockname else host
+            self.local = (self.advertise_host or host, sockname[1] if sockname else 0)
+        return proto.peer
+
+    async def close(self) -> None:
+        for handle in (self._timer, self._housekeeping):
+            if handle is not None:
+                handle.cancel()
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_exception(ConnectionAbortedError("SIP endpoint closed"))
+        self._futures.clear()
+        for conn in list(self.connections.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+            await self.tcp_server.wait_closed()
+        if self.udp is not None:
+            self.udp.close()
+
+    # ----- input -----
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        peer = Peer("udp", addr[0], addr[1])
+        if not data.strip(b"\r\n\x00 "):
+            return  # keep-alive padding some devices send over UDP
+        try:
+            message = parse_message(data)
+        except ParseError as exc:
+            self._reject(data, exc, peer)
+            return
+        self.message_received(message, peer)
+
+    def message_received(self, message: Request | Response, peer: Peer) -> None:
+        try:
+            events = self.tx.receive(message, peer, self.loop.time())
+        except ParseError as exc:  # a header the transaction layer needs is malformed
+            self._reject(message.to_bytes(), exc, peer)
+            return
+        if isinstance(message, Request):
+            self.stats.requests_received[message.method] += 1
+            if not events:
+                self.stats.retransmissions_absorbed += 1
+        else:
+            self.stats.responses_received[message.status] += 1
+        for event in events:
+            if isinstance(event, RequestReceived):
+                try:
+                    self.on_request(event)
+                except Exception:
+                    log.exception("error handling %s from %s", event.request.method, peer)
+                    self.respond(event, Response.for_request(event.request, 500))
+            elif isinstance(event, ResponseReceived) and event.final and event.key is not None:
+                fut = self._futures.pop(event.key, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(event.response)
+        self._flush()
+
+    def _reject(self, data: bytes, exc: ParseError, peer: Peer) -> None:
+        kind = "oversized" if isinstance(exc, MessageTooLarge) else "malformed"
+        answer = salvage_error_response(data, exc.status_hint, _reason(exc))
+        if answer is None:
+            self.stats.dropped[kind] += 1
+            log.info("dropped %s message from %s:%s: %s", kind, peer.host, peer.port, exc)
+            return
+        self.stats.bad_requests += 1
+        self.stats.responses_sent[exc.status_hint] += 1
+        log.info("answered %s to %s:%s: %s", exc.status_hint, peer.host, peer.port, exc)
+        self.tx.send_raw(answer, peer)
+        self._flush()
+
+    # ----- output -----
+    def respond(self, event: RequestReceived, response: Response) -> None:
+        self.stats.responses_sent[response.status] += 1
+        self.tx.respond(event.key, response, event.peer, self.loop.time())
+        self._flush()
+
+    def request(self, request: Request, peer: Peer) -> asyncio.Future[Response]:
+        """Send a request in a client transaction; the future gets the final response."""
+        fut: asyncio.Future[Response] = self.loop.create_future()
+        if peer.reliable and peer not in self.connections:
+            fut.set_exception(ConnectionError(f"no TCP connection to {peer.host}:{peer.port}"))
+            return fut
+        key = self.tx.request(request, peer, self.loop.time())
+        self._futures[key] = fut
+        self._flush()
+        self._arm_timer()
+        return fut
+
+    def new_branch(self) -> str:
+        return f"{self._branch_prefix}{next(self._branch_seq)}"
+
+    def via(self, transport: str) -> str:
+        host = self.advertise_host or self.local[0]
+        return f"SIP/2.0/{transport.upper()} {host}:{self.local[1]};rport;branch={self.new_branch()}"
+
+    def _flush(self) -> None:
+        for data, peer in self.tx.datagrams_to_send():
+            if peer.transport == "udp":
+                if self.udp is not None:
+                    self.udp.sendto(data, (peer.host, peer.port))
+            else:
+                conn = self.connections.get(peer)
+                if conn is not None and conn.transport is not None:
+                    conn.transport.write(data)
+                else:
+                    self.stats.dropped["no_connection"] += 1
+
+    # ----- timers -----
+    def _arm_timer(self) -> None:
+        deadline = self.tx.next_deadline()
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if self._timer_when <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_when = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        for event in self.tx.handle_timer(self.loop.time()):
+            if isinstance(event, TransactionTimedOut):
+                fut = self._futures.pop(event.key, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(
+                        TransactionTimeout(f"{event.request.method} to {event.peer.host} timed out")
+                    )
+        self._flush()
+        self._arm_timer()
+
+    def _schedule_housekeeping(self) -> None:
+        def tick() -> None:
+            self.tx.expire(self.loop.time())
+            self._housekeeping = self.loop.call_later(1.0, tick)
+
+        self._housekeeping = self.loop.call_later(1.0, tick)
+
+
+def _reason(exc: ParseError) -> str:
+    if isinstance(exc, MessageTooLarge):
+        return "Message Too Large"
+    text = str(exc).split("\n")[0][:60]
+    return "Bad Request - " + "".join(ch for ch in text if " " <= ch < "\x7f")
+
+
+class _SipUdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: SipEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.endpoint.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error: %s", exc)
+
+
+class _SipTcpConnection(asyncio.Protocol):
+    """One TCP connection; framing by Content-Length, CRLF pings answered with CRLF."""
+
+    def __init__(self, endpoint: SipEndpoint) -> None:
+        self.endpoint = endpoint
+        self.parser = StreamParser(MAX_MESSAGE_SIZE)
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = Peer("tcp", host, port)
+        ep = self.endpoint
+        if len(ep.connections) >= ep.max_tcp_connections:
+            ep.stats.dropped["tcp_refused"] += 1
+            transport.close()
+            return
+        ep.connections[self.peer] = self
+        ep.stats.tcp_connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None and self.transport is not None
+        try:
+            items = self.parser.feed(data)
+        except ParseError as exc:
+            self.endpoint._reject(bytes(self.parser.pending_head()), exc, self.peer)
+            self.transport.close()
+            return
+        for item in items:
+            if isinstance(item, (Request, Response)):
+                self.endpoint.message_received(item, self.peer)
+            else:
+                self.transport.write(b"\r\n")  # pong (RFC 5626 section 4.4.1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.endpoint.connections.get(self.peer) is self:
+            del self.endpoint.connections[self.peer]
+        self.transport = None

@@ -1,0 +1,344 @@
+"""HTTP Digest authentication for SIP (RFC 2617, RFC 3261 section 22, GB/T 28181 section 9.1).
+
+Server side: `build_challenge` makes the WWW-Authenticate value, `NonceFactory` issues stateless
+nonces that expire, `verify` checks an Authorization header parsed by `parse_digest`.
+Client side (camera simulator, registration to an upper platform): `build_authorization`.
+
+GB/T 28181 devices hash the `uri` they put in the Authorization header, which often differs from
+the Request-URI, so `verify` uses the credentials' own `uri`. The challenge usually offers
+`qop="auth"` but many devices answer in the RFC 2069 form without qop; both are accepted.
+Comparisons are constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import struct
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+from .errors import LocalProtocolError, ParseError
+
+__all__ = [
+    "parse_digest",
+    "compute_response",
+    "build_challenge",
+    "build_authorization",
+    "verify",
+    "NonceFactory",
+    "NonceStatus",
+    "SUPPORTED_ALGORITHMS",
+]
+
+_Hash = Callable[[bytes], "hashlib._Hash"]
+
+# algorithm name (upper case) -> (hash constructor, session variant)
+_ALGORITHMS: dict[str, tuple[_Hash, bool]] = {
+    "MD5": (hashlib.md5, False),
+    "MD5-SESS": (hashlib.md5, True),
+    "SHA-256": (hashlib.sha256, False),
+    "SHA-256-SESS": (hashlib.sha256, True),
+}
+SUPPORTED_ALGORITHMS = frozenset(_ALGORITHMS)
+
+# One `name = value` pair: the value is a quoted string (group 2) or a token (group 3) and must
+# be followed by a separator (comma or whitespace) or the end. Separators before it are skipped.
+_PARAM = re.compile(
+    r"[\s,]*([A-Za-z0-9_.!%*+`'~-]+)[ \t]*=[ \t]*"
+    r'(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^\s,"]*))(?=[\s,]|$)',
+    re.DOTALL,
+)
+_TAIL = re.compile(r"[\s,]*")
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_NEEDS_QUOTING = re.compile(r'["\\]')
+
+
+def parse_digest(value: str) -> dict[str, str]:
+    """Parse `Digest name=value, name="quoted value", ...` into a dict with lower-case names.
+
+    Quoted strings lose their quotes and backslash escapes; whitespace and commas between pairs
+    are tolerated liberally. Raises `ParseError` for another scheme, a missing or unterminated
+    value, a duplicated parameter or trailing garbage.
+    """
+    text = value.strip()
+    if text[:6].lower() != "digest" or (len(text) > 6 and not text[6].isspace()):
+        raise ParseError("authentication scheme is not Digest")
+    pos = 6
+    end = len(text)
+    params: dict[str, str] = {}
+    match = _PARAM.match
+    while True:
+        m = match(text, pos)
+        if m is None:
+            break
+        name, quoted, token = m.groups()
+        if quoted is None:
+            val = token
+        elif "\\" in quoted:
+            val = _ESCAPE.sub(r"\1", quoted)
+        else:
+            val = quoted
+        name = name.lower()
+        if name in params:
+            raise ParseError(f"duplicate Digest parameter {name!r}")
+        params[name] = val
+        pos = m.end()
+    tail = _TAIL.match(text, pos)
+    if tail is None or tail.end() != end:
+        raise ParseError("malformed Digest parameter list")
+    if not params:
+        raise ParseError("empty Digest parameter list")
+    return params
+
+
+def _hex(fn: _Hash, text: str) -> str:
+    return fn(text.encode("utf-8")).hexdigest()
+
+
+def _format_nc(nc: int | str) -> str:
+    return f"{nc:08x}" if isinstance(nc, int) else nc
+
+
+def compute_response(
+    *,
+    username: str,
+    realm: str,
+    password: str | None = None,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: int | str | None = None,
+    cnonce: str | None = None,
+    algorithm: str = "MD5",
+    ha1: str | None = None,
+) -> str:
+    """The Digest `response` value (hex).
+
+    `HA1 = H(username:realm:password)` (or the precomputed `ha1`), `HA2 = H(method:uri)`;
+    without qop `H(HA1:nonce:HA2)`, with qop=auth `H(HA1:nonce:nc:cnonce:qop:HA2)`. `nc` may be
+    an int (formatted as 8 hex digits) or the string as sent. Raises `ValueError` for an
+    unsupported algorithm or qop (auth-int needs the body and is not used by GB/T 28181).
+    """
+    entry = _ALGORITHMS.get(algorithm.upper())
+    if entry is None:
+        raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+    fn, session = entry
+    if ha1 is None:
+        if password is None:
+            raise ValueError("either password or ha1 is required")
+        ha1 = _hex(fn, f"{username}:{realm}:{password}")
+    if session:
+        ha1 = _hex(fn, f"{ha1}:{nonce}:{cnonce or ''}")
+    ha2 = _hex(fn, f"{method}:{uri}")
+    if qop is None:
+        return _hex(fn, f"{ha1}:{nonce}:{ha2}")
+    if qop.lower() != "auth":
+        raise ValueError(f"unsupported qop {qop!r}")
+    if nc is None or cnonce is None:
+        raise ValueError("qop=auth needs nc and cnonce")
+    return _hex(fn, f"{ha1}:{nonce}:{_format_nc(nc)}:{cnonce}:{qop}:{ha2}")
+
+
+def compute_ha1(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
+    """`H(username:realm:password)`, which a registrar may store instead of the password."""
+    entry = _ALGORITHMS.get(algorithm.upper())
+    if entry is None:
+        raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+    return _hex(entry[0], f"{username}:{realm}:{password}")
+
+
+def verify(
+    credentials: Mapping[str, str],
+    *,
+    method: str,
+    password: str | None = None,
+    ha1: str | None = None,
+) -> bool:
+    """Check the `response` of parsed Authorization credentials against the password.
+
+    Uses the credentials' own `username`, `realm`, `nonce` and `uri`; qop=auth and the form
+    without qop are both accepted (also when the challenge offered qop and the client ignored
+    it). Checking that the nonce is ours and fresh (`NonceFactory.check`), that the username
+    belongs to the device and that the realm is ours is the caller's job. Missing parameters,
+    an unsupported algorithm or qop, or a wrong response give False. `ha1` may replace the
+    password (see `compute_ha1`).
+    """
+    try:
+        username = credentials["username"]
+        realm = credentials["realm"]
+        nonce = credentials["nonce"]
+        uri = credentials["uri"]
+        given = credentials["response"]
+    except KeyError:
+        return False
+    qop = credentials.get("qop") or None
+    try:
+        expected = compute_response(
+            username=username,
+            realm=realm,
+            password=password,
+            method=method,
+            uri=uri,
+            nonce=nonce,
+            qop=qop,
+            nc=credentials.get("nc"),
+            cnonce=credentials.get("cnonce"),
+            algorithm=credentials.get("algorithm") or "MD5",
+            ha1=ha1,
+        )
+    except ValueError:
+        return False
+    # Hex digests compare case-insensitively; compare_digest needs ASCII on both sides.
+    given_b = given.lower().encode("ascii", "replace")
+    return hmac.compare_digest(expected.encode("ascii"), given_b)
+
+
+def _quote(value: str) -> str:
+    if _NEEDS_QUOTING.search(value):
+        value = _NEEDS_QUOTING.sub(lambda m: "\\" + m.group(0), value)
+    return f'"{value}"'
+
+
+def build_challenge(
+    realm: str,
+    nonce: str,
+    *,
+    qop: bool = True,
+    stale: bool = False,
+    algorithm: str = "MD5",
+    opaque: str | None = None,
+) -> str:
+    """The WWW-Authenticate value, e.g. `Digest realm="4101050000",nonce="...",algorithm=MD5,
+    qop="auth"`, plus `,stale=true` when the client's nonce merely expired (RFC 2617 3.2.1)."""
+    parts = [f"Digest realm={_quote(realm)}", f"nonce={_quote(nonce)}", f"algorithm={algorithm}"]
+    if qop:
+        parts.append('qop="auth"')
+    if opaque is not None:
+        parts.append(f"opaque={_quote(opaque)}")
+    if stale:
+        parts.append("stale=true")
+    return ",".join(parts)
+
+
+def build_authorization(
+    challenge: Mapping[str, str],
+    *,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    cnonce: str,
+    nc: int = 1,
+) -> str:
+    """The Authorization value answering a parsed WWW-Authenticate `challenge`.
+
+    Uses qop=auth when the challenge offers it (a comma-separated list), echoes `opaque`, and
+    keeps the challenge's algorithm spelling. Raises `LocalProtocolError` when the challenge
+    lacks realm or nonce or asks for something we cannot do.
+    """
+    try:
+        realm = challenge["realm"]
+        nonce = challenge["nonce"]
+    except KeyError as exc:
+        raise LocalProtocolError(f"challenge without {exc.args[0]}") from None
+    algorithm = challenge.get("algorithm") or "MD5"
+    offered = {q.strip().lower() for q in challenge.get("qop", "").split(",")}
+    qop = "auth" if "auth" in offered else None
+    try:
+        response = compute_response(
+            username=username,
+            realm=realm,
+            password=password,
+            method=method,
+            uri=uri,
+            nonce=nonce,
+            qop=qop,
+            nc=nc,
+            cnonce=cnonce,
+            algorithm=algorithm,
+        )
+    except ValueError as exc:
+        raise LocalProtocolError(str(exc)) from None
+    parts = [
+        f"Digest username={_quote(username)}",
+        f"realm={_quote(realm)}",
+        f"nonce={_quote(nonce)}",
+        f"uri={_quote(uri)}",
+        f'response="{response}"',
+        f"algorithm={algorithm}",
+    ]
+    if qop is not None:
+        parts += [f"cnonce={_quote(cnonce)}", "qop=auth", f"nc={_format_nc(nc)}"]
+    if "opaque" in challenge:
+        parts.append(f"opaque={_quote(challenge['opaque'])}")
+    return ", ".join(parts)
+
+
+# -- stateless nonces ---------------------------------------------------------------------------
+
+NonceStatus = Literal["ok", "stale", "invalid"]
+
+_NONCE_BODY = struct.Struct("!qI")  # issue time in ms (signed), per-factory counter
+_MAC_SIZE = 8
+_NONCE_HEX_LEN = 2 * (_NONCE_BODY.size + _MAC_SIZE)
+# A nonce issued up to this far "in the future" is accepted (float rounding between callers).
+_FUTURE_SLACK_MS = 1000
+
+
+class NonceFactory:
+    """Issues and checks nonces that need no server-side state.
+
+    A nonce is 40 lower-case hex digits: the issue time (milliseconds of the caller's clock,
+    normally monotonic), a counter that makes every nonce of this factory distinct, and a
+    64-bit truncated HMAC-SHA256 over both under `secret`. `check` answers "invalid" for
+    anything we did not sign, "stale" once `lifetime_s` has passed (the registrar then
+    challenges again with `stale=true`, so the device retries without re-prompting), and "ok"
+    otherwise. A correctly signed nonce from the future (the clock restarted while the secret
+    was kept) is also "stale". Replays within the lifetime are not detected here.
+    """
+
+    __slots__ = ("_mac", "_lifetime_ms", "_counter")
+
+    def __init__(self, secret: bytes, lifetime_s: float = 300.0) -> None:
+        if len(secret) < 16:
+            raise ValueError("nonce secret must be at least 16 bytes")
+        if lifetime_s <= 0:
+            raise ValueError("nonce lifetime must be positive")
+        self._mac = hmac.new(secret, digestmod=hashlib.sha256)
+        self._lifetime_ms = int(lifetime_s * 1000)
+        self._counter = 0
+
+    @property
+    def lifetime_s(self) -> float:
+        return self._lifetime_ms / 1000
+
+    def _sign(self, body: bytes) -> bytes:
+        mac = self._mac.copy()
+        mac.update(body)
+        return mac.digest()[:_MAC_SIZE]
+
+    def make(self, now: float) -> str:
+        """A fresh nonce issued at `now` (seconds)."""
+        self._counter = (self._counter + 1) & 0xFFFFFFFF
+        body = _NONCE_BODY.pack(round(now * 1000), self._counter)
+        return (body + self._sign(body)).hex()
+
+    def check(self, nonce: str, now: float) -> NonceStatus:
+        """"ok", "stale" (ours but expired) or "invalid" (not ours, garbled)."""
+        if len(nonce) != _NONCE_HEX_LEN:
+            return "invalid"
+        try:
+            raw = bytes.fromhex(nonce)
+        except ValueError:
+            return "invalid"
+        body, mac = raw[: _NONCE_BODY.size], raw[_NONCE_BODY.size :]
+        if not hmac.compare_digest(self._sign(body), mac):
+            return "invalid"
+        issued_ms, _ = _NONCE_BODY.unpack(body)
+        age_ms = round(now * 1000) - issued_ms
+        if age_ms > self._lifetime_ms or age_ms < -_FUTURE_SLACK_MS:
+            return "stale"
+        return "ok"
