@@ -1,4 +1,7 @@
-"""Command line: `sensing-node run | check-config | simulate-camera` (also `python -m sensing_node`)."""
+"""Command line: `sensing-node run | check-config | simulate-camera`.
+
+Also available as `python -m sensing_node`.
+"""
 
 from __future__ import annotations
 
@@ -51,8 +54,10 @@ def _settings_or_exit(path: str):  # type: ignore[no-untyped-def]
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings_or_exit(args.file)
     node = settings.node
-    print(f"{args.file}: OK (node {node.id}, realm {node.realm}, SIP {node.sip_host}:{node.sip_port},"
-          f" HTTP {node.http_host}:{node.http_port})")
+    print(
+        f"{args.file}: OK (node {node.id}, realm {node.realm}, "
+        f"SIP {node.sip_host}:{node.sip_port}, HTTP {node.http_host}:{node.http_port})"
+    )
     return 0
 
 

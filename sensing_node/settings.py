@@ -22,7 +22,7 @@ import os
 import re
 import zoneinfo
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
@@ -41,7 +41,7 @@ class ConfigError(Exception):
     """The configuration cannot be used. `problems` holds every reason, one line each."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
+        super().__init__(list(problems))
         self.problems = list(problems)
 
     def __str__(self) -> str:
@@ -64,6 +64,8 @@ class DeviceOverride:
 
 @dataclass(frozen=True)
 class NodeSettings:
+    """The ``node:`` section: identity, listening addresses, storage and time zone."""
+
     id: str
     realm: str
     sip_host: str
@@ -87,6 +89,8 @@ class NodeSettings:
 
 @dataclass(frozen=True)
 class DevicesSettings:
+    """The ``devices:`` section: who may register, with which password, and for how long."""
+
     password: str
     allow: tuple[str, ...]
     register_expires_s: int
@@ -108,12 +112,16 @@ class DevicesSettings:
 
 @dataclass(frozen=True)
 class SimulatorSettings:
+    """The ``simulator:`` section: built-in simulated cameras for the demo and tests."""
+
     cameras: int
     channels_per_camera: int
 
 
 @dataclass(frozen=True)
 class Settings:
+    """The whole checked configuration; `source` names the file it came from."""
+
     node: NodeSettings
     devices: DevicesSettings
     simulator: SimulatorSettings
@@ -218,8 +226,9 @@ def _describe(node: yaml.Node) -> str:
     return f"{kind} ({node.value})" if node.value else kind
 
 
-def _is_null(node: yaml.Node | None) -> bool:
-    return isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "null"
+def _is(node: yaml.Node | None, kind: str) -> bool:
+    """Whether `node` is a scalar that YAML reads as `kind` (str, int, float, bool, null)."""
+    return isinstance(node, yaml.ScalarNode) and node.tag == _TAG + kind
 
 
 def _quoted(text: str) -> str:
@@ -246,7 +255,7 @@ def _entries(
     An absent or empty value counts as an empty mapping, so a section whose keys are all
     commented out still works. Duplicate keys are reported: YAML would silently keep the last.
     """
-    if node is None or _is_null(node):
+    if node is None or _is(node, "null"):
         return []
     if not isinstance(node, yaml.MappingNode):
         reader.report(node, path, f"expected a mapping of keys, got {_describe(node)}")
@@ -260,7 +269,7 @@ def _entries(
         name = key_node.value
         if name in seen:
             first = seen[name].start_mark.line + 1
-            reader.report(key_node, _join(path, name), f"duplicate key (first given on line {first})")
+            reader.report(key_node, _join(path, name), f"duplicate key (first on line {first})")
             continue
         seen[name] = key_node
         entries.append((name, key_node, value_node))
@@ -289,7 +298,7 @@ def _read_mapping(
             home = (homes or {}).get(name)
             hint = f'; it belongs under "{home}:"' if home else _suggest(name, list(table))
             reader.report(key_node, _join(path, name), "unknown key" + hint)
-        elif _is_null(value_node):
+        elif _is(value_node, "null"):
             empty[name] = key_node  # "key:" with nothing after it means the same as leaving it out
         else:
             parsed.nodes[name] = value_node
@@ -314,20 +323,12 @@ def _read_mapping(
     return parsed
 
 
-def _key_node(mapping: yaml.Node | None, name: str) -> yaml.Node | None:
-    if isinstance(mapping, yaml.MappingNode):
-        for key_node, _ in mapping.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.value == name:
-                return key_node
-    return mapping
-
-
 # --- Parsers for single values ------------------------------------------------------------------
 
 
 def _string(node: yaml.Node, what: str = "a string") -> str:
-    if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "str":
-        return node.value
+    if _is(node, "str"):
+        return str(node.value)
     if isinstance(node, yaml.ScalarNode) and node.value:
         raise _Invalid(
             f"expected {what}, got {_describe(node)}; "
@@ -344,23 +345,22 @@ def _text(node: yaml.Node, ctx: _Ctx) -> str:
 
 
 def _device_id(node: yaml.Node, type_code: str | None = None) -> str:
-    if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "int":
+    if _is(node, "int"):
         raise _Invalid(
             f"a device ID must be quoted: YAML reads {node.value} as a number, which drops "
             f"leading zeros; write {_quoted(node.value)}"
         )
     value = _string(node, "a 20-digit ID")
     if not re.fullmatch(r"[0-9]{20}", value):
-        raise _Invalid(f"expected exactly 20 digits (0-9), got {len(value)} characters: {_quoted(value)}")
+        raise _Invalid(f"expected exactly 20 digits (0-9), got {_quoted(value)}")
     if type_code is not None and value[10:13] != type_code:
-        raise _Invalid(
-            f"digits 11-13 are the type code and must be {type_code}, got {value[10:13]}"
-        )
+        raise _Invalid(f"digits 11-13 (the type code) must be {type_code}, got {value[10:13]}")
     return value
 
 
 def _node_id(node: yaml.Node, ctx: _Ctx) -> str:
-    return _device_id(node, type_code="200")  # GB/T 28181 annex D: 200 is a central platform
+    # Type 200 is a central signalling (SIP) server in the GB/T 28181 annex D coding scheme.
+    return _device_id(node, type_code="200")
 
 
 def _realm(node: yaml.Node, ctx: _Ctx) -> str:
@@ -437,33 +437,31 @@ def _zone(node: yaml.Node, ctx: _Ctx) -> str:
     return name
 
 
-def _integer(minimum: int, maximum: int | None = None) -> Parser:
+def _integer(minimum: int) -> Parser:
     def parse(node: yaml.Node, ctx: _Ctx) -> int:
-        if not (isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "int"):
-            hint = ""
-            if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "str":
-                hint = "; remove the quotes" if node.value.strip().isdigit() else ""
+        if not _is(node, "int"):
+            quoted_number = _is(node, "str") and node.value.strip().isdigit()
+            hint = "; remove the quotes" if quoted_number else ""
             raise _Invalid(f"expected a whole number, got {_describe(node)}{hint}")
         value: int = _CONSTRUCT.construct_yaml_int(node)
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"at least {minimum}" if maximum is None else f"{minimum}..{maximum}"
-            raise _Invalid(f"must be {bound}, got {value}")
+        if value < minimum:
+            raise _Invalid(f"must be at least {minimum}, got {value}")
         return value
 
     return parse
 
 
 def _boolean(node: yaml.Node, ctx: _Ctx) -> bool:
-    if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "bool":
+    if _is(node, "bool"):
         return bool(_CONSTRUCT.construct_yaml_bool(node))
     raise _Invalid(f"expected true or false, got {_describe(node)}")
 
 
 def _degrees(limit: float) -> Parser:
     def parse(node: yaml.Node, ctx: _Ctx) -> float:
-        if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "int":
+        if _is(node, "int"):
             value = float(_CONSTRUCT.construct_yaml_int(node))
-        elif isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "float":
+        elif _is(node, "float"):
             value = _CONSTRUCT.construct_yaml_float(node)
         else:
             raise _Invalid(f"expected a number of degrees, got {_describe(node)}")
@@ -476,14 +474,16 @@ def _degrees(limit: float) -> Parser:
 
 def _prefixes(node: yaml.Node, ctx: _Ctx) -> tuple[str, ...]:
     if not isinstance(node, yaml.SequenceNode):
-        raise _Invalid(f'expected a list of ID prefixes such as ["31011200"], got {_describe(node)}')
+        raise _Invalid(f'expected a list of prefixes such as ["31011200"], got {_describe(node)}')
     prefixes: list[str] = []
     failed = False
     for index, item in enumerate(node.value):
         try:
-            if isinstance(item, yaml.ScalarNode) and item.tag == _TAG + "int":
-                raise _Invalid(f"quote the prefix, as {_quoted(item.value)}: YAML reads "
-                               "an unquoted one as a number, which drops leading zeros")
+            if _is(item, "int"):
+                raise _Invalid(
+                    f"quote the prefix, as {_quoted(item.value)}: YAML reads an unquoted one "
+                    "as a number, which drops leading zeros"
+                )
             value = _string(item, "an ID prefix")
             if not re.fullmatch(r"[0-9]{1,20}", value):
                 raise _Invalid(f"expected 1 to 20 digits (0-9), got {_quoted(value)}")
@@ -573,14 +573,14 @@ DEVICES_KEYS: tuple[Key, ...] = (
 
 def _build_devices(reader: _Reader, parsed: _Parsed) -> DevicesSettings:
     devices = DevicesSettings(**parsed.values)
-    for device_id in devices.overrides:
-        if not devices.allowed(device_id):
-            where = _key_node(parsed.nodes.get("overrides"), device_id)
+    overrides = parsed.nodes.get("overrides")
+    for key_node, _ in overrides.value if isinstance(overrides, yaml.MappingNode) else ():
+        if not devices.allowed(key_node.value):
             reader.report(
-                where,
-                f"devices.overrides.{device_id}",
-                "this device is not covered by devices.allow, so it could never register; "
-                "add the ID or a prefix of it to devices.allow",
+                key_node,
+                f"devices.overrides.{key_node.value}",
+                "not covered by devices.allow, so this device could never register; "
+                "add its ID or a prefix of it to devices.allow",
             )
     return devices
 
@@ -648,7 +648,7 @@ def _syntax_error(exc: yaml.YAMLError, text: str) -> tuple[int, str]:
 
 def _read_document(reader: _Reader, root: yaml.Node | None) -> Settings | None:
     names = [section.name for section in SECTIONS]
-    if root is not None and not isinstance(root, yaml.MappingNode) and not _is_null(root):
+    if root is not None and not isinstance(root, yaml.MappingNode) and not _is(root, "null"):
         reader.report(
             root, "", f"the top level must be a mapping of sections ({', '.join(names)}), "
             f"got {_describe(root)}"
@@ -660,7 +660,7 @@ def _read_document(reader: _Reader, root: yaml.Node | None) -> Settings | None:
         if name in names:
             given[name] = (key_node, value_node)
         elif name in homes:
-            reader.report(key_node, name, f'unknown section; the key belongs under "{homes[name]}:"')
+            reader.report(key_node, name, f'unknown section; it belongs under "{homes[name]}:"')
         else:
             reader.report(key_node, name, "unknown section" + _suggest(name, names))
     built: dict[str, Any] = {}
@@ -679,17 +679,12 @@ def settings_for_tests(data_dir: Path, **overrides: object) -> Settings:
 
     Each override names a key by its dotted path, e.g. ``**{"devices.keepalive_timeout_s": 5}``;
     as a keyword argument, write the dots as double underscores: ``devices__keepalive_timeout_s=5``.
+    Relative paths resolve against the working directory.
     """
-    document: dict[str, Any] = {
-        "node": {
-            "sip_listen": "127.0.0.1:0",
-            "http_listen": "127.0.0.1:0",
-            "media_ip": "127.0.0.1",
-            "api_token": "test-token",
-            "data_dir": str(data_dir),
-        },
-        "devices": {"password": "test-password"},
-    }
+    loopback = "127.0.0.1"
+    node = {"sip_listen": f"{loopback}:0", "http_listen": f"{loopback}:0", "media_ip": loopback}
+    node |= {"api_token": "test-token", "data_dir": os.fspath(Path(data_dir).absolute())}
+    document: dict[str, Any] = {"node": node, "devices": {"password": "test-password"}}
     for dotted, value in overrides.items():
         *parents, leaf = dotted.replace("__", ".").split(".")
         target = document
@@ -697,7 +692,7 @@ def settings_for_tests(data_dir: Path, **overrides: object) -> Settings:
             target = target.setdefault(name, {})
         target[leaf] = _plain(value)
     text = yaml.safe_dump(document, sort_keys=False)
-    return parse_settings(text, "<settings_for_tests>", base_dir=Path(data_dir))
+    return parse_settings(text, "<settings_for_tests>")
 
 
 def _plain(value: object) -> object:

@@ -327,7 +327,7 @@ class NonceFactory:
         return (body + self._sign(body)).hex()
 
     def check(self, nonce: str, now: float) -> NonceStatus:
-        """"ok", "stale" (ours but expired) or "invalid" (not ours, garbled)."""
+        """Classify `nonce` at `now`: "ok", "stale" (ours but expired) or "invalid" (not ours)."""
         if len(nonce) != _NONCE_HEX_LEN:
             return "invalid"
         try:

@@ -1,77 +1,56 @@
-"""SIP requests and responses: parsing from bytes and serialising back (RFC 3261 section 7).
+"""SIP requests and responses: parsing bytes and serialising back (RFC 3261 sections 7, 20, 25).
 
-`parse_message` takes one UDP datagram (or one framed TCP message, see `stream.py`) and returns a
-`Request` or `Response`, or raises `ParseError`. Header names keep their spelling for faithful
-re-serialisation but are looked up case-insensitively, with the compact forms of RFC 3261
-section 7.3.3 mapped to their long names. Bodies stay bytes: MANSCDP bodies are decoded by
-`manscdp.py`, which knows about GB2312 and friends.
+`parse_message` takes one UDP datagram and returns a `Request` or `Response`, or raises
+`ParseError`; `stream.py` frames TCP byte streams with the same head parser. Header fields live
+in `headers.Headers` (re-exported here). Bodies stay bytes: MANSCDP bodies (GB/T 28181 appendix
+A) are decoded by `manscdp.py`, which knows about GB2312 and friends.
+
+What the parser checks (so that the accessors of a parsed message never fail): the start line;
+that Via, From, To, Call-ID and CSeq are present, and that single-valued headers are not
+repeated (RFC 4475 section 3.3.8); the syntax of From, To, Contact, Route, Record-Route, Via,
+Call-ID, CSeq and Content-Length. Checks that depend on the receiving element (URI scheme,
+Require, Date, expiry ranges) live in `validate_request` and `validate_response`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from .errors import LocalProtocolError, MessageTooLarge, ParseError
-from .uri import NameAddr, Uri, Via, split_top_level
+from .headers import COMPACT_FORMS, LIST_HEADERS, Headers, header_key
+from .uri import (
+    NameAddr,
+    Uri,
+    Via,
+    is_contact_list,
+    is_name_addr,
+    is_name_addr_list,
+    is_request_uri,
+    is_via_list,
+)
 
 __all__ = [
+    "COMPACT_FORMS",
+    "LIST_HEADERS",
     "MAX_MESSAGE_SIZE",
+    "REASONS",
     "Headers",
     "Message",
     "Request",
     "Response",
+    "find_head_end",
+    "header_key",
+    "parse_cseq",
+    "parse_head",
+    "parse_head_and_body",
     "parse_message",
-    "REASONS",
+    "validate_request",
+    "validate_response",
 ]
 
 MAX_MESSAGE_SIZE = 64 * 1024
-
-COMPACT_FORMS = {
-    "a": "accept-contact",
-    "b": "referred-by",
-    "c": "content-type",
-    "d": "request-disposition",
-    "e": "content-encoding",
-    "f": "from",
-    "i": "call-id",
-    "j": "reject-contact",
-    "k": "supported",
-    "l": "content-length",
-    "m": "contact",
-    "n": "identity-info",
-    "o": "event",
-    "r": "refer-to",
-    "s": "subject",
-    "t": "to",
-    "u": "allow-events",
-    "v": "via",
-    "x": "session-expires",
-    "y": "identity",
-}
-
-# Headers whose grammar is a comma-separated list, so that `Via: a, b` is two values.
-# Others (Authorization, WWW-Authenticate, Date, ...) contain commas inside one value.
-LIST_HEADERS = frozenset(
-    {
-        "via",
-        "contact",
-        "route",
-        "record-route",
-        "allow",
-        "supported",
-        "require",
-        "proxy-require",
-        "unsupported",
-        "accept",
-        "accept-encoding",
-        "accept-language",
-        "allow-events",
-        "content-encoding",
-        "in-reply-to",
-    }
-)
 
 REASONS = {
     100: "Trying",
@@ -85,9 +64,11 @@ REASONS = {
     408: "Request Timeout",
     413: "Request Entity Too Large",
     415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
     420: "Bad Extension",
     423: "Interval Too Brief",
     481: "Call/Transaction Does Not Exist",
+    483: "Too Many Hops",
     486: "Busy Here",
     487: "Request Terminated",
     488: "Not Acceptable Here",
@@ -99,109 +80,39 @@ REASONS = {
     513: "Message Too Large",
 }
 
-_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
-_HEADER_NAME = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+# Methods of RFC 3261 and its extensions; a CSeq mismatch on any other method earns 501.
+KNOWN_METHODS = frozenset(
+    "ACK BYE CANCEL INFO INVITE MESSAGE NOTIFY OPTIONS PRACK PUBLISH REFER REGISTER SUBSCRIBE "
+    "UPDATE".split()
+)
 
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_TOKENS = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]*")
+_DIGITS = re.compile(r"[0-9]+")
+_VERSION = re.compile(r"[Ss][Ii][Pp]/[0-9]+\.[0-9]+")
+_STATUS = re.compile(r"[1-6][0-9][0-9]")
+# callid = word [ "@" word ]; any visible ASCII is accepted.
+_CALL_ID = re.compile(r"[!-~]+")
+_CSEQ = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
 
-def header_key(name: str) -> str:
-    """The lookup key of a header name: lower case, compact form expanded."""
-    key = name.lower()
-    return COMPACT_FORMS.get(key, key)
-
-
-class Headers:
-    """An ordered, case-insensitive multimap of header fields.
-
-    Each stored field is one header line as received (`Via: a, b` stays one line); `get_all`
-    splits list-valued headers into their values.
-    """
-
-    __slots__ = ("_fields",)
-
-    def __init__(self, fields: list[tuple[str, str]] | None = None) -> None:
-        # (key, name-as-written, value)
-        self._fields: list[tuple[str, str, str]] = []
-        for name, value in fields or ():
-            self.add(name, value)
-
-    def add(self, name: str, value: str) -> None:
-        self._fields.append((header_key(name), name, value))
-
-    def set(self, name: str, value: str) -> None:
-        """Replace every field of this name by one, at the position of the first."""
-        key = header_key(name)
-        for i, (k, _, _) in enumerate(self._fields):
-            if k == key:
-                self._fields[i] = (key, name, value)
-                self._fields[i + 1 :] = [f for f in self._fields[i + 1 :] if f[0] != key]
-                return
-        self._fields.append((key, name, value))
-
-    def remove(self, name: str) -> None:
-        key = header_key(name)
-        self._fields = [f for f in self._fields if f[0] != key]
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        """The first value of a header (the first list element for list headers)."""
-        key = header_key(name)
-        for k, _, v in self._fields:
-            if k == key:
-                if key in LIST_HEADERS:
-                    return split_top_level(v, ",")[0].strip()
-                return v
-        return default
-
-    def get_all(self, name: str) -> list[str]:
-        key = header_key(name)
-        values: list[str] = []
-        for k, _, v in self._fields:
-            if k != key:
-                continue
-            if key in LIST_HEADERS:
-                values.extend(p.strip() for p in split_top_level(v, ",") if p.strip())
-            else:
-                values.append(v)
-        return values
-
-    def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        key = header_key(name)
-        return any(k == key for k, _, _ in self._fields)
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        for _, name, value in self._fields:
-            yield name, value
-
-    def __len__(self) -> int:
-        return len(self._fields)
-
-    def normalized(self) -> list[tuple[str, list[str]]]:
-        """Fields as (key, values) in order, for comparing two messages for equivalence."""
-        out: list[tuple[str, list[str]]] = []
-        for key, _, value in self._fields:
-            if key in LIST_HEADERS:
-                vals = [p.strip() for p in split_top_level(value, ",") if p.strip()]
-            else:
-                vals = [value.strip()]
-            if out and out[-1][0] == key and key in LIST_HEADERS:
-                out[-1][1].extend(vals)
-            else:
-                out.append((key, vals))
-        return out
-
-    def copy(self) -> Headers:
-        new = Headers()
-        new._fields = list(self._fields)
-        return new
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Headers):
-            return NotImplemented
-        return self.normalized() == other.normalized()
-
-    def __repr__(self) -> str:
-        return f"Headers({list(self)!r})"
+# Single-valued headers a parser must not see twice (RFC 4475 sections 3.3.8 and 3.3.9).
+_SINGLE = frozenset(
+    {"from", "to", "call-id", "cseq", "content-length", "content-type", "max-forwards"}
+)
+_REQUIRED = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
+_CHECKS: dict[str, Callable[[str], bool]] = {
+    "via": is_via_list,
+    "from": is_name_addr,
+    "to": is_name_addr,
+    "contact": is_contact_list,
+    "route": is_name_addr_list,
+    "record-route": is_name_addr_list,
+    "call-id": lambda value: _CALL_ID.fullmatch(value) is not None,
+    "cseq": lambda value: _CSEQ.fullmatch(value) is not None,
+    "content-length": lambda value: _DIGITS.fullmatch(value) is not None,
+    "content-type": bool,
+    "max-forwards": lambda value: True,
+}
 
 
 @dataclass(eq=False)
@@ -241,8 +152,19 @@ class Message:
         return Via.parse(self._required("Via"))
 
     @property
+    def contacts(self) -> list[NameAddr]:
+        """Every Contact value in order; `[NameAddr(wildcard=True)]` for `Contact: *`."""
+        return [NameAddr.parse(v) for v in self.headers.get_all("Contact")]
+
+    @property
     def content_type(self) -> str:
         return (self.headers.get("Content-Type") or "").strip().lower()
+
+    @property
+    def expires(self) -> int | None:
+        """The Expires header in seconds, None if absent; ParseError beyond 2**32-1 (20.19)."""
+        value = self.headers.get("Expires")
+        return None if value is None else _delta_seconds(value, "Expires")
 
     def _required(self, name: str) -> str:
         value = self.headers.get(name)
@@ -254,14 +176,23 @@ class Message:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        """Serialise; Content-Length is always written and always matches the body."""
+        """Serialise; Content-Length is always written and always matches the body.
+
+        Raises LocalProtocolError if a start line or header field would break the framing
+        (CR or LF in it) or cannot be encoded.
+        """
         lines = [self._start_line()]
         for name, value in self.headers:
             if header_key(name) != "content-length":
                 lines.append(f"{name}: {value}")
         lines.append(f"Content-Length: {len(self.body)}")
-        head = "\r\n".join(lines) + "\r\n\r\n"
-        return head.encode("utf-8", "surrogateescape") + self.body
+        head = "\r\n".join(lines)
+        if head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1:
+            raise LocalProtocolError("CR or LF inside a start line or header field")
+        try:
+            return (head + "\r\n\r\n").encode("utf-8", "surrogateescape") + self.body
+        except UnicodeEncodeError as exc:
+            raise LocalProtocolError(f"header text cannot be encoded: {exc}") from None
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
@@ -269,7 +200,9 @@ class Message:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message) or type(self) is not type(other):
             return NotImplemented
-        return self._start_line() == other._start_line() and self._comparable() == other._comparable()
+        if self._start_line() != other._start_line():
+            return False
+        return self._comparable() == other._comparable()
 
     def _comparable(self) -> tuple[object, ...]:
         fields = [(k, v) for k, v in self.headers.normalized() if k != "content-length"]
@@ -287,6 +220,12 @@ class Request(Message):
     @property
     def request_uri(self) -> Uri:
         return Uri.parse(self.uri)
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards as an int (leading zeros allowed), None if absent."""
+        value = self.headers.get("Max-Forwards")
+        return None if value is None else _delta_seconds(value, "Max-Forwards")
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri} call-id={self.call_id!r}>"
@@ -335,18 +274,33 @@ class Response(Message):
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
-    number, _, method = value.strip().partition(" ")
-    method = method.strip()
-    if not number.isdigit() or len(number) > 10 or not method or not _TOKEN.match(method):
-        raise ParseError(f"bad CSeq {value!r}")
-    seq = int(number)
+    """Parse `CSeq: 0009 INVITE` into (9, "INVITE"); the number must be below 2**31 (8.1.1.5)."""
+    match = _CSEQ.fullmatch(value.strip(" \t"))
+    if match is None:
+        raise ParseError(f"bad CSeq {value[:80]!r}")
+    seq = int(match[1])
     if seq >= 2**31:
-        raise ParseError(f"CSeq number out of range: {value!r}")
-    return seq, method
+        raise ParseError(f"CSeq number out of range: {value[:80]!r}")
+    return seq, match[2]
+
+
+def _delta_seconds(value: str, name: str) -> int:
+    value = value.strip(" \t")
+    if _DIGITS.fullmatch(value) is None:
+        raise ParseError(f"bad {name} {value[:80]!r}")
+    digits = value.lstrip("0") or "0"
+    if len(digits) > 10 or int(digits) > 2**32 - 1:
+        raise ParseError(f"{name} out of range: {value[:80]!r}")
+    return int(digits)
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
 
 
 def parse_message(data: bytes, max_size: int = MAX_MESSAGE_SIZE) -> Request | Response:
-    """Parse one SIP message from a datagram; trailing octets after the body are ignored."""
+    """Parse one SIP message from a datagram; trailing octets after the body are ignored
+    (RFC 3261 section 18.3, RFC 4475 section 3.1.1.8). Raises ParseError or MessageTooLarge."""
     message, _ = parse_head_and_body(data, max_size=max_size, datagram=True)
     assert message is not None
     return message
@@ -355,15 +309,26 @@ def parse_message(data: bytes, max_size: int = MAX_MESSAGE_SIZE) -> Request | Re
 def find_head_end(data: bytes | bytearray, start: int = 0) -> tuple[int, int]:
     """Find the empty line ending the header block: (end of headers, start of body), or (-1, -1).
 
-    Accepts CRLF CRLF and, from liberal senders, LF LF.
+    Line ends may be CRLF or, from liberal senders, bare LF, in any mix.
     """
-    crlf = data.find(b"\r\n\r\n", start)
-    lf = data.find(b"\n\n", start)
-    if crlf >= 0 and (lf < 0 or crlf <= lf):
-        return crlf, crlf + 4
+    crlf = data.find(b"\n\r\n", start)
+    lf = data.find(b"\n\n", start, len(data) if crlf < 0 else crlf + 2)
     if lf >= 0:
-        return lf, lf + 2
-    return -1, -1
+        pos, body_start = lf, lf + 2
+    elif crlf >= 0:
+        pos, body_start = crlf, crlf + 3
+    else:
+        return -1, -1
+    if pos > 0 and data[pos - 1] == 0x0D:
+        pos -= 1
+    return pos, body_start
+
+
+def _skip_line_breaks(data: bytes | bytearray) -> int:
+    """RFC 3261 section 7.5: CRLFs before the start line are ignored."""
+    if data[:1] not in (b"\r", b"\n"):
+        return 0
+    return len(data) - len(data.lstrip(b"\r\n"))
 
 
 def parse_head_and_body(
@@ -373,101 +338,211 @@ def parse_head_and_body(
 
     For a datagram the body is framed by Content-Length (or runs to the end without one). For a
     stream, returns (None, 0) while more bytes are needed; otherwise (message, bytes consumed).
+    `stream.StreamParser` is the incremental form for TCP.
     """
     if datagram and len(data) > max_size:
         raise MessageTooLarge(f"message of {len(data)} bytes exceeds {max_size}")
-    head_end, body_start = find_head_end(data)
+    start = _skip_line_breaks(data)
+    head_end, body_start = find_head_end(data, start)
     if head_end < 0:
-        if len(data) > max_size:
+        if len(data) - start > max_size:
             raise MessageTooLarge(f"header block exceeds {max_size} bytes")
         if datagram:
             raise ParseError("no empty line after the headers")
         return None, 0
-    head = data[:head_end].decode("utf-8", "surrogateescape")
-    message = _parse_head(head)
-    length_text = message.headers.get("Content-Length")
-    if length_text is None:
+    if head_end - start > max_size:
+        raise MessageTooLarge(f"header block exceeds {max_size} bytes")
+    message, length = parse_head(data[start:head_end])
+    if length is None:
         if not datagram:
             raise ParseError("missing Content-Length on a stream transport")
         body_end = len(data)
     else:
-        length_text = length_text.strip()
-        if not length_text.isdigit() or len(length_text) > 9:
-            raise ParseError(f"bad Content-Length {length_text!r}")
-        body_end = body_start + int(length_text)
-        if body_end > max_size:
-            raise MessageTooLarge(f"message of {body_end} bytes exceeds {max_size}")
+        body_end = body_start + length
+        if datagram and body_end > len(data):
+            raise ParseError("Content-Length larger than the message")
+        if body_end - start > max_size:
+            raise MessageTooLarge(f"message of {body_end - start} bytes exceeds {max_size}")
         if body_end > len(data):
-            if datagram:
-                raise ParseError("Content-Length larger than the message")
             return None, 0
     message.body = bytes(data[body_start:body_end])
     return message, body_end
 
 
-def _unfold(head: str) -> list[str]:
-    """Split the header block into logical lines, joining folded continuation lines."""
-    lines: list[str] = []
-    for raw in head.split("\n"):
-        if raw.endswith("\r"):
-            raw = raw[:-1]
-        if raw[:1] in (" ", "\t"):
-            if not lines:
-                raise ParseError("message starts with whitespace")
-            lines[-1] = lines[-1] + " " + raw.strip()
-        else:
-            lines.append(raw)
+def parse_head(head: bytes | bytearray) -> tuple[Request | Response, int | None]:
+    """Parse a start line and header block (without the empty line) into a message with an
+    empty body; also returns the Content-Length, None if there is none."""
+    lines = _split_lines(head.decode("utf-8", "surrogateescape"))
+    start = lines[0]
+    if start[:4].upper() == "SIP/":
+        version, status, reason = _parse_status_line(start)
+        fields = _parse_fields(lines)
+        seen = _check_fields(fields)
+        parse_cseq(seen["cseq"])
+        message: Request | Response = Response(status=status, reason=reason, version=version)
+    else:
+        method, uri, version = _parse_request_line(start)
+        fields = _parse_fields(lines)
+        seen = _check_fields(fields)
+        _, cseq_method = parse_cseq(seen["cseq"])
+        if cseq_method != method:
+            hint = 400 if method in KNOWN_METHODS else 501
+            raise ParseError(f"CSeq method {cseq_method!r} does not match {method!r}", hint)
+        message = Request(method=method, uri=uri, version=version)
+    message.headers._fields = fields
+    length = seen.get("content-length")
+    return message, None if length is None else _content_length(length)
+
+
+def _content_length(value: str) -> int:
+    digits = value.lstrip("0") or "0"
+    # Anything this long exceeds every size cap; never hand int() an unbounded digit string.
+    return int(digits) if len(digits) <= 10 else 10**10
+
+
+def _split_lines(text: str) -> list[str]:
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+        if "\r" in text:
+            raise ParseError("bare CR in the header block")
+    lines = text.split("\n")
+    if "\n " in text or "\n\t" in text:
+        lines = _unfold(lines)
     return lines
 
 
-def _parse_head(head: str) -> Request | Response:
-    lines = _unfold(head.lstrip("\r\n"))
-    start = lines[0]
-    headers = Headers()
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
+def _unfold(lines: list[str]) -> list[str]:
+    """Join folded continuation lines: the line break and leading whitespace become one SP."""
+    groups: list[list[str]] = []
+    for line in lines:
+        if groups and line[:1] in (" ", "\t"):
+            groups[-1].append(line.lstrip(" \t"))
+        else:
+            groups.append([line])
+    return [" ".join(group) for group in groups]
+
+
+def _parse_fields(lines: list[str]) -> list[tuple[str, str, str]]:
+    """Header lines (after the start line) as (key, name-as-written, value) triples."""
+    fields: list[tuple[str, str, str]] = []
+    names: list[str] = []
+    compact = COMPACT_FORMS
+    for i in range(1, len(lines)):
+        name, colon, value = lines[i].partition(":")
+        if not colon:
+            raise ParseError(f"malformed header line {lines[i][:80]!r}")
         name = name.rstrip(" \t")
-        if not colon or not _HEADER_NAME.match(name):
-            raise ParseError(f"malformed header line {line[:80]!r}")
-        headers.add(name, value.strip(" \t"))
-    if start.startswith("SIP/"):
-        return _parse_status_line(start, headers)
-    return _parse_request_line(start, headers)
+        names.append(name)
+        key = name.lower()
+        fields.append((compact.get(key, key), name, value.strip(" \t")))
+    if not all(names) or _TOKENS.fullmatch("".join(names)) is None:
+        bad = next(n for n in names if not n or _TOKEN.fullmatch(n) is None)
+        raise ParseError(f"malformed header name {bad[:80]!r}")
+    return fields
 
 
-def _parse_status_line(line: str, headers: Headers) -> Response:
-    version, _, rest = line.partition(" ")
-    code, _, reason = rest.partition(" ")
+def _check_fields(fields: list[tuple[str, str, str]]) -> dict[str, str]:
+    """Check the headers the stack relies on; returns the first value of each of them."""
+    seen: dict[str, str] = {}
+    for key, name, value in fields:
+        check = _CHECKS.get(key)
+        if check is None:
+            continue
+        if key in seen:
+            if key in _SINGLE and not (key == "content-length" and seen[key] == value):
+                raise ParseError(f"more than one {name} header")
+        else:
+            seen[key] = value
+        if not check(value):
+            raise ParseError(f"malformed {name} header {value[:80]!r}")
+    for key, name in _REQUIRED.items():
+        if key not in seen:
+            raise ParseError(f"missing {name} header")
+    return seen
+
+
+def _check_version(version: str) -> None:
+    if _VERSION.fullmatch(version) is None:
+        raise ParseError(f"malformed SIP version {version[:40]!r}")
     if version.upper() != "SIP/2.0":
         raise ParseError(f"unsupported SIP version {version!r}", status_hint=505)
-    if len(code) != 3 or not code.isdigit() or code[0] == "0":
-        raise ParseError(f"bad status code {code!r}")
-    _check_common(headers)
-    return Response(headers=headers, status=int(code), reason=reason, version=version)
 
 
-def _parse_request_line(line: str, headers: Headers) -> Request:
+def _parse_status_line(line: str) -> tuple[str, int, str]:
+    # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase; an empty phrase is fine
+    # (RFC 4475 section 3.1.1.13), and so is a missing SP before it.
+    version, _, rest = line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    _check_version(version)
+    if _STATUS.fullmatch(code) is None:
+        raise ParseError(f"bad status code {code[:40]!r}")
+    return version, int(code), reason
+
+
+def _parse_request_line(line: str) -> tuple[str, str, str]:
+    # Request-Line = Method SP Request-URI SP SIP-Version, single SPs (RFC 4475 3.1.2.9-10).
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
         raise ParseError(f"malformed request line {line[:80]!r}")
     method, uri, version = parts
-    if not _TOKEN.match(method):
+    if _TOKEN.fullmatch(method) is None:
         raise ParseError(f"bad method {method[:40]!r}")
-    if not version.upper().startswith("SIP/"):
-        raise ParseError(f"malformed request line {line[:80]!r}")
-    if version.upper() != "SIP/2.0":
-        raise ParseError(f"unsupported SIP version {version!r}", status_hint=505)
-    if ":" not in uri or "<" in uri or ">" in uri:
+    _check_version(version)
+    if not is_request_uri(uri):
         raise ParseError(f"bad Request-URI {uri[:80]!r}")
-    _check_common(headers)
-    _, cseq_method = parse_cseq(headers.get("CSeq") or "")
-    if cseq_method != method:
-        raise ParseError(f"CSeq method {cseq_method!r} does not match {method!r}")
-    return Request(headers=headers, method=method, uri=uri, version=version)
+    return method, uri, version
 
 
-def _check_common(headers: Headers) -> None:
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        if name not in headers:
-            raise ParseError(f"missing {name} header")
-    parse_cseq(headers.get("CSeq") or "")
+# --------------------------------------------------------------------------------------------
+# Checks above the parser
+
+
+_MONTHS = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
+# SIP-date = rfc1123-date (always GMT, 20.17), or the local time GB/T 28181 section 9.10 uses.
+_DATE = re.compile(
+    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{{2}} (?:{_MONTHS}) [0-9]{{4}} "
+    r"[0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
+    r"|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,3})?"
+)
+_MAGIC_COOKIE = "z9hG4bK"
+
+
+def validate_request(request: Request, *, supported: Collection[str] = ()) -> None:
+    """Checks an endpoint applies to a well-formed request before acting on it (RFC 3261 8.2).
+
+    Raises ParseError whose `status_hint` is the answer: 400 for a Max-Forwards above 255, an
+    Expires or contact expires beyond 2**32-1, a Date that is neither RFC 1123 GMT nor the
+    GB/T 28181 form, a branch that is only the magic cookie, or a REGISTER whose To is not a
+    SIP URI; 416 for a Request-URI scheme other than sip/sips; 420 for a Require option not in
+    `supported` (the adapter lists them in Unsupported).
+    """
+    max_forwards = request.max_forwards
+    if max_forwards is not None and max_forwards > 255:
+        raise ParseError(f"Max-Forwards {max_forwards} above 255")
+    request.expires  # noqa: B018 - raises ParseError when malformed or out of range
+    for contact in request.contacts:
+        expires = contact.params.get("expires")
+        if expires is not None:
+            _delta_seconds(expires, "contact expires")
+    date = request.headers.get("Date")
+    if date is not None and _DATE.fullmatch(date.strip()) is None:
+        raise ParseError(f"bad Date {date[:80]!r}")
+    if request.top_via.branch == _MAGIC_COOKIE:
+        raise ParseError("Via branch is only the magic cookie")
+    if request.request_uri.scheme not in ("sip", "sips"):
+        raise ParseError(f"unsupported Request-URI scheme in {request.uri[:80]!r}", 416)
+    if request.method == "REGISTER" and request.to.uri.scheme not in ("sip", "sips"):
+        raise ParseError("REGISTER To is not a SIP URI")
+    if request.method not in ("ACK", "CANCEL"):
+        unknown = [opt for opt in request.headers.get_all("Require") if opt not in supported]
+        if unknown:
+            raise ParseError(f"unsupported extension(s): {', '.join(unknown)}", 420)
+
+
+def validate_response(response: Response) -> None:
+    """Checks a UAC applies to a well-formed response: exactly one Via (RFC 3261 8.1.3.3).
+
+    A response failing them is discarded, never answered (`status_hint` is only informative).
+    """
+    if len(response.headers.get_all("Via")) != 1:
+        raise ParseError("a response to this element must carry exactly one Via")

@@ -214,7 +214,8 @@ class SipEndpoint:
 
     def via(self, transport: str) -> str:
         host = self.advertise_host or self.local[0]
-        return f"SIP/2.0/{transport.upper()} {host}:{self.local[1]};rport;branch={self.new_branch()}"
+        branch = self.new_branch()
+        return f"SIP/2.0/{transport.upper()} {host}:{self.local[1]};rport;branch={branch}"
 
     def _flush(self) -> None:
         for data, peer in self.tx.datagrams_to_send():
@@ -288,8 +289,7 @@ class _SipTcpConnection(asyncio.Protocol):
         self.peer: Peer | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = Peer("tcp", host, port)
         ep = self.endpoint

@@ -1,0 +1,78 @@
+"""Shared constants and /proc helpers for the benchmark processes.
+
+Every benchmark process (node, echo server, load generator) is a separate Python process pinned
+to its own core; the helpers here read another process's CPU time and resident memory from
+/proc so that no process has to measure itself while it is under load.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+NODE_ID = "31011200002000000001"
+REALM = "3101120000"
+PASSWORD = "12345678"
+REQUEST_URI = f"sip:{NODE_ID}@{REALM}"
+ALLOW_PREFIX = "31011200"
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def device_id(serial: int) -> str:
+    """A valid 20-digit IPC code (type 132) in the node's area; `serial` below 10**7."""
+    return f"{REALM}132{serial:07d}"
+
+
+def pin(cpu: int | None) -> str:
+    """Pin the calling process (and the threads it creates later) to one CPU."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return "not pinned"
+    available = os.sched_getaffinity(0)
+    if cpu not in available:
+        return f"not pinned (cpu {cpu} not in {sorted(available)})"
+    os.sched_setaffinity(0, {cpu})
+    return f"cpu {cpu}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of every thread of `pid`, in seconds.
+
+    Uses the nanosecond counters of /proc/PID/task/*/schedstat when the kernel has them, else the
+    clock-tick counters of /proc/PID/stat (10 ms resolution).
+    """
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        for tid in tasks:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of `pid` in KiB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of an already sorted list, nearest rank."""
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values), max(1, math.ceil(q * len(sorted_values))))
+    return sorted_values[k - 1]

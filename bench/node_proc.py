@@ -1,0 +1,147 @@
+"""The node under test in its own process, pinned to one core, steered over stdin.
+
+    python bench/node_proc.py --data-dir /tmp/x --cpu 0
+
+Starts `sensing_node.node.Node` exactly as `sensing-node run` does (same settings parser, uvloop
+policy, logging format and level), minus the HTTP API, on 127.0.0.1 with an ephemeral SIP port.
+It prints one JSON line with the port and PID, then answers one JSON line per command line:
+
+    info            RSS, devices, online devices, live transactions, counters
+    trace on        start tracemalloc (slows everything; for the memory pass only)
+    expire          release all server transactions now (as Timer J would) and collect garbage
+    profile on      start cProfile on the event loop thread
+    profile off P   stop it and write the stats (pstats format) to file P
+    quit            stop the node (flushes the registry) and exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import json
+import logging
+import os
+import sys
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ALLOW_PREFIX, NODE_ID, PASSWORD, pin, rss_kib  # noqa: E402
+
+
+class Control:
+    def __init__(self, node, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+        self.node = node
+        self.stop = stop
+        self.buffer = b""
+        self.profile: cProfile.Profile | None = None
+
+    def readable(self) -> None:
+        chunk = os.read(sys.stdin.fileno(), 65536)
+        if not chunk:
+            self.stop.set()
+            return
+        self.buffer += chunk
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            reply = self.command(line.decode().split())
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
+
+    def command(self, words: list[str]) -> dict[str, object]:
+        node = self.node
+        if not words:
+            return {}
+        if words[0] == "info":
+            queries = node.queries
+            return {
+                "rss_kib": rss_kib(os.getpid()),
+                "traced_bytes": tracemalloc.get_traced_memory()[0]
+                if tracemalloc.is_tracing()
+                else None,
+                "devices": len(node.registry),
+                "online": node.registry.online_count(),
+                "server_transactions": node.endpoint.tx.server_transaction_count,
+                "client_transactions": node.endpoint.tx.client_transaction_count,
+                "queued_queries": len(queries._queue) if queries is not None else None,
+                "dirty": node.registry.dirty_count,
+                "stats": node.stats.as_dict(),
+            }
+        if words[0] == "trace" and words[1:] == ["on"]:
+            tracemalloc.start()
+            return {"tracing": True}
+        if words[0] == "expire":
+            node.endpoint.tx.expire(node.endpoint.loop.time() + 3600.0)
+            gc.collect()
+            return {"server_transactions": node.endpoint.tx.server_transaction_count}
+        if words[0] == "profile" and words[1:2] == ["on"]:
+            self.profile = cProfile.Profile()
+            self.profile.enable()
+            return {"profiling": "cProfile"}
+        if words[0] == "profile" and words[1:2] == ["off"]:
+            if self.profile is not None:
+                self.profile.disable()
+                self.profile.dump_stats(words[2])
+                self.profile = None
+            return {"profile": words[2]}
+        if words[0] == "quit":
+            self.stop.set()
+            return {"stopping": True}
+        return {"error": f"unknown command {' '.join(words)!r}"}
+
+
+async def run(data_dir: Path) -> None:
+    from sensing_node.node import Node
+    from sensing_node.settings import settings_for_tests
+
+    settings = settings_for_tests(
+        data_dir,
+        **{
+            "node.id": NODE_ID,
+            "devices.password": PASSWORD,
+            "devices.allow": [ALLOW_PREFIX],
+            "devices.keepalive_timeout_s": 180,
+        },
+    )
+    node = Node(settings)
+    await node.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    control = Control(node, stop)
+    loop.add_reader(sys.stdin.fileno(), control.readable)
+    ready = {"sip_port": node.sip_address[1], "pid": os.getpid(),
+             "loop": type(loop).__module__, "rss_kib": rss_kib(os.getpid())}
+    sys.stdout.write(json.dumps(ready) + "\n")
+    sys.stdout.flush()
+    await stop.wait()
+    loop.remove_reader(sys.stdin.fileno())
+    await node.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--cpu", type=int, default=None)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args()
+    pin(args.cpu)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from sensing_node.__main__ import check_layout, install_event_loop_policy
+
+    problem = check_layout()
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 3
+    install_event_loop_policy()
+    asyncio.run(run(Path(args.data_dir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from sensing_node.api.routes import NODE
+from sensing_node.node import Node, build_app
+from sensing_node.settings import settings_for_tests
+
+TOKEN = "test-token"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """The node runs on uvloop; the registration tests also run on the stock loop (fallback)."""
+    import uvloop
+
+    factories: dict[str, Any] = {"uvloop": uvloop.new_event_loop}
+    if item.module is not None and item.module.__name__.endswith("test_registration"):
+        factories["asyncio"] = asyncio.new_event_loop
+    return factories
+PASSWORD = "12345678"
+
+
+@dataclass
+class RunningNode:
+    node: Node
+    client: TestClient
+    headers: dict[str, str]
+
+    @property
+    def sip(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.node.sip_address[1])
+
+    async def get(self, path: str) -> Any:
+        response = await self.client.get(path, headers=self.headers)
+        assert response.status == 200, (path, response.status, await response.text())
+        return await response.json()
+
+
+StartNode = Callable[..., Awaitable[RunningNode]]
+
+
+@pytest.fixture
+async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
+    clients: list[TestClient] = []
+
+    async def start(data_dir: Path | None = None, **overrides: Any) -> RunningNode:
+        values = {
+            "node.api_token": TOKEN,
+            "devices.password": PASSWORD,
+            "devices.allow": ["31011200", "34020000"],
+        }
+        values.update({k.replace("__", "."): v for k, v in overrides.items()})
+        settings = settings_for_tests(data_dir or tmp_path / "data", **values)
+        app = build_app(settings)
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return RunningNode(app[NODE], client, {"Authorization": f"Bearer {TOKEN}"})
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+async def stop(running: RunningNode) -> None:
+    await running.client.close()

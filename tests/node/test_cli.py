@@ -1,0 +1,165 @@
+"""The command line as an operator uses it: separate processes, real files, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sensing_node", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["check-config"], ["simulate-camera"]])
+def test_help(command):
+    result = cli(*command, "--help")
+    assert result.returncode == 0
+    assert "usage: sensing-node" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "node.example.yaml"])
+def test_shipped_configs_are_valid(name):
+    result = cli("check-config", f"config/{name}")
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_bad_config_lists_every_problem_with_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "node:\n"
+        "  id: \"1234\"\n"
+        "  rtp_ports: \"40000-30000\"\n"
+        "  api_token: t\n"
+        "  colour: blue\n"
+        "devices:\n"
+        "  password: \"\"\n"
+    )
+    result = cli("check-config", str(bad))
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith(str(bad))]
+    assert any(":2: node.id:" in line for line in lines), result.stderr
+    assert any(":3: node.rtp_ports:" in line for line in lines), result.stderr
+    assert any(":5: node.colour:" in line for line in lines), result.stderr
+    assert any(":7: devices.password:" in line for line in lines), result.stderr
+    # `run` refuses the same file without starting.
+    assert cli("run", "-c", str(bad)).returncode != 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_with_simulated_cameras_and_stop_on_sigterm(tmp_path):
+    sip_port, http_port = free_port(), free_port()
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        "node:\n"
+        "  id: \"31011200002000000001\"\n"
+        f"  sip_listen: \"127.0.0.1:{sip_port}\"\n"
+        f"  http_listen: \"127.0.0.1:{http_port}\"\n"
+        "  api_token: \"secret\"\n"
+        f"  data_dir: \"{tmp_path / 'data'}\"\n"
+        "devices:\n"
+        "  password: \"12345678\"\n"
+        "simulator:\n"
+        "  cameras: 2\n"
+        "  channels_per_camera: 3\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sensing_node", "run", "-c", str(config)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        devices = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{http_port}/api/devices",
+                    headers={"Authorization": "Bearer secret"},
+                )
+                devices = json.loads(urllib.request.urlopen(req, timeout=2).read())
+                if len(devices) == 2 and all(d["online"] and d["channel_count"] == 3
+                                             for d in devices):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert len(devices) == 2, devices
+        assert {d["transport"] for d in devices} == {"udp", "tcp"}
+        assert all(d["channel_count"] == 3 for d in devices), devices
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert "stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (tmp_path / "data" / "registry.sqlite3").exists()
+
+
+def test_simulate_camera_command_registers_to_a_running_node(tmp_path):
+    sip_port, http_port = free_port(), free_port()
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        "node:\n"
+        f"  sip_listen: \"127.0.0.1:{sip_port}\"\n"
+        f"  http_listen: \"127.0.0.1:{http_port}\"\n"
+        "  api_token: \"secret\"\n"
+        f"  data_dir: \"{tmp_path / 'data'}\"\n"
+        "devices:\n"
+        "  password: \"pw\"\n"
+    )
+    node = subprocess.Popen([sys.executable, "-m", "sensing_node", "run", "-c", str(config)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cam = None
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        cam = subprocess.Popen(
+            [sys.executable, "-m", "sensing_node", "simulate-camera", "--server",
+             f"127.0.0.1:{sip_port}", "--id", "34020000001320000009", "--password", "pw",
+             "--transport", "tcp", "--channels", "2"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert cam.stdout is not None
+        line = cam.stdout.readline()
+        assert "REGISTER -> 200" in line, line
+        cam.send_signal(signal.SIGINT)
+        cam.communicate(timeout=10)
+        assert cam.returncode == 0
+        wrong = subprocess.run(
+            [sys.executable, "-m", "sensing_node", "simulate-camera", "--server",
+             f"127.0.0.1:{sip_port}", "--id", "34020000001320000008", "--password", "nope"],
+            cwd=ROOT, capture_output=True, text=True, timeout=20,
+        )
+        assert wrong.returncode == 1 and "REGISTER -> 403" in wrong.stdout
+    finally:
+        for proc in (cam, node):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,257 @@
+"""A running node on loopback: registration, keepalives, catalog, API, over UDP and TCP."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import pytest
+
+from sensing_node.simulator import CameraConfig, SimulatedCamera
+from sip import manscdp
+
+from .conftest import PASSWORD, RunningNode, StartNode
+from .sipclient import TcpPeer, UdpPeer, message_bytes, register, register_bytes
+
+CAMERA = "31011200001320000001"
+
+
+async def wait_for(predicate, timeout: float = 5.0, step: float = 0.02):
+    """Poll `predicate` until it is truthy; bounded so a broken node fails the test."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(step)
+
+
+def camera(running: RunningNode, device_id: str = CAMERA, **kw) -> SimulatedCamera:
+    config = CameraConfig(server=running.sip, device_id=device_id, password=PASSWORD, **kw)
+    return SimulatedCamera(config)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_simulated_camera_registers_and_is_catalogued(start_node: StartNode, transport):
+    running = await start_node()
+    cam = camera(running, channels=6, transport=transport, name="Gate")
+    await cam.start(keepalives=False)
+    try:
+        assert cam.registered
+        reply = cam.last_register_response
+        assert reply is not None and reply.status == 200
+        assert reply.headers.get("Expires") == "3600"
+        # GB28181 time sync: local time with milliseconds and no zone.
+        datetime.strptime(reply.headers.get("Date") or "", "%Y-%m-%dT%H:%M:%S.%f")
+        node = running.node
+        await wait_for(lambda: len(node.registry.get(CAMERA).channels) == 6)
+        await wait_for(lambda: node.registry.get(CAMERA).manufacturer)
+        dev = await running.get(f"/api/devices/{CAMERA}")
+        assert dev["online"] is True
+        assert dev["transport"] == transport
+        assert dev["remote"] == f"127.0.0.1:{cam.endpoint.local[1]}" or transport == "tcp"
+        assert dev["channel_count"] == 6
+        assert dev["name"] == "Gate"
+        assert dev["manufacturer"] == "sensing-node"
+        # Times carry an explicit offset.
+        assert datetime.fromisoformat(dev["registered_at"]).utcoffset() is not None
+        assert datetime.fromisoformat(dev["expires_at"]) > datetime.fromisoformat(
+            dev["registered_at"]
+        )
+        channels = await running.get("/api/channels")
+        assert sorted(c["id"] for c in channels) == sorted(cam.channel_ids)
+        assert all(c["device_id"] == CAMERA and c["status"] == "ON" for c in channels)
+        assert "通道" in channels[0]["name"]  # Chinese names survive GB2312 on the wire
+        # Keepalive keeps it online and refreshes last_keepalive.
+        before = node.registry.get(CAMERA).last_keepalive
+        assert (await cam.send_keepalive()).status == 200
+        assert node.registry.get(CAMERA).last_keepalive > before
+    finally:
+        await cam.stop()
+    dev = await running.get(f"/api/devices/{CAMERA}")
+    assert dev["online"] is False  # unregistered, but still listed
+
+
+async def test_wrong_password_never_registers_and_is_rate_limited(start_node: StartNode):
+    running = await start_node()
+    peer = await UdpPeer.open(running.sip)
+    try:
+        for attempt in range(5):
+            reply = await register(peer, CAMERA, "wrong-password", call_id=f"bad-{attempt}")
+            assert reply.status == 403
+        assert running.node.registry.get(CAMERA) is None
+        stats = await running.get("/api/stats")
+        assert stats["auth_failures"] == 5
+        # The sixth attempt from the same source is refused before any challenge.
+        peer.send(register_bytes(CAMERA, peer.port, call_id="bad-6"))
+        reply = await peer.recv()
+        assert reply.status == 403 and reply.reason == "Too Many Failed Attempts"
+        # Other devices are not affected.
+        ok = await register(peer, "31011200001320000002", PASSWORD, call_id="good")
+        assert ok.status == 200
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize(
+    ("device_id", "reason"),
+    [
+        ("3101120000132000001", "Invalid Device ID"),  # 19 digits
+        ("3101120000132000000X", "Invalid Device ID"),
+        ("44010000001320000001", "Device Not Allowed"),  # prefix outside allow
+    ],
+)
+async def test_bad_ids_get_403_with_reason(start_node: StartNode, device_id, reason):
+    running = await start_node()
+    peer = await UdpPeer.open(running.sip)
+    try:
+        peer.send(register_bytes(device_id, peer.port))
+        reply = await peer.recv()
+        assert (reply.status, reply.reason) == (403, reason)
+    finally:
+        peer.close()
+
+
+async def test_register_retransmission_gets_cached_response(start_node: StartNode):
+    running = await start_node()
+    peer = await UdpPeer.open(running.sip)
+    try:
+        data = register_bytes(CAMERA, peer.port, branch="z9hG4bKretrans")
+        peer.send(data)
+        first = await peer.recv_raw()
+        peer.send(data)
+        second = await peer.recv_raw()
+        assert first == second  # same nonce: replayed, not processed twice
+        stats = await running.get("/api/stats")
+        assert stats["retransmissions_absorbed"] == 1
+        assert stats["requests_received"]["REGISTER"] == 2
+    finally:
+        peer.close()
+
+
+async def test_stale_nonce_gets_401_stale(start_node: StartNode):
+    running = await start_node()
+    node = running.node
+    peer = await UdpPeer.open(running.sip)
+    try:
+        peer.send(register_bytes(CAMERA, peer.port))
+        challenge = await peer.recv()
+        from sip import auth
+
+        params = auth.parse_digest(challenge.headers.get("WWW-Authenticate") or "")
+        authorization = auth.build_authorization(
+            params, username=CAMERA, password=PASSWORD, method="REGISTER",
+            uri="sip:31011200002000000001@3101120000", cnonce="abc",
+        )
+        clock = node.registrar.wall
+        node.registrar.wall = lambda: clock() + 3600  # the nonce is an hour old now
+        peer.send(register_bytes(CAMERA, peer.port, cseq=2, authorization=authorization))
+        reply = await peer.recv()
+        assert reply.status == 401
+        assert "stale=true" in (reply.headers.get("WWW-Authenticate") or "").lower()
+    finally:
+        peer.close()
+
+
+async def test_unregister_and_expiry(start_node: StartNode):
+    running = await start_node()
+    peer = await UdpPeer.open(running.sip)
+    try:
+        assert (await register(peer, CAMERA, PASSWORD)).status == 200
+        assert running.node.registry.get(CAMERA).online
+        reply = await register(peer, CAMERA, PASSWORD, expires=0, call_id="reg-1")
+        assert reply.status == 200
+        dev = await running.get(f"/api/devices/{CAMERA}")
+        assert dev["online"] is False
+        # Not registered any more: a keepalive is refused.
+        peer.send(message_bytes(CAMERA, peer.port, manscdp.keepalive(1, CAMERA)))
+        refused = await peer.recv()
+        assert (refused.status, refused.reason) == (403, "Device Not Registered")
+    finally:
+        peer.close()
+
+
+async def test_keepalive_timeout_takes_device_offline_and_keepalive_brings_it_back(
+    start_node: StartNode,
+):
+    running = await start_node(devices__keepalive_timeout_s=1)
+    peer = await UdpPeer.open(running.sip)
+    registry = running.node.registry
+    try:
+        assert (await register(peer, CAMERA, PASSWORD)).status == 200
+        await wait_for(lambda: not registry.get(CAMERA).online, timeout=4.0)
+        peer.send(message_bytes(CAMERA, peer.port, manscdp.keepalive(2, CAMERA)))
+        assert (await peer.recv()).status == 200
+        assert registry.get(CAMERA).online
+    finally:
+        peer.close()
+
+
+async def test_expires_header_is_honoured_and_capped(start_node: StartNode):
+    running = await start_node(devices__register_expires_s=600)
+    peer = await UdpPeer.open(running.sip)
+    try:
+        reply = await register(peer, CAMERA, PASSWORD, expires=120)
+        assert reply.headers.get("Expires") == "120"
+        reply = await register(peer, CAMERA, PASSWORD, expires=86400, call_id="again")
+        assert reply.headers.get("Expires") == "600"
+    finally:
+        peer.close()
+
+
+async def test_x_gb_ver_is_recorded_and_echoed(start_node: StartNode):
+    running = await start_node()
+    peer = await UdpPeer.open(running.sip)
+    try:
+        reply = await register(peer, CAMERA, PASSWORD, extra="X-GB-Ver: 3.0")
+        assert reply.headers.get("X-GB-Ver") == "3.0"
+        dev = await running.get(f"/api/devices/{CAMERA}")
+        assert dev["gb_version"] == "2022"
+    finally:
+        peer.close()
+
+
+async def test_time_sync_off_leaves_date_out(start_node: StartNode):
+    running = await start_node(devices__time_sync=False)
+    peer = await UdpPeer.open(running.sip)
+    try:
+        reply = await register(peer, CAMERA, PASSWORD)
+        assert reply.status == 200 and "Date" not in reply.headers
+    finally:
+        peer.close()
+
+
+async def test_tcp_register_with_split_segments(start_node: StartNode):
+    running = await start_node()
+    peer = await TcpPeer.open(running.sip)
+    try:
+        data = register_bytes(CAMERA, peer.port, transport="TCP")
+        for i in range(0, len(data), 7):  # one message across many segments
+            peer.send(data[i : i + 7])
+            await peer.writer.drain()
+        assert (await peer.recv()).status == 401
+        # Two messages in one segment, with a CRLF keep-alive ping between them.
+        peer.send(register_bytes("31011200001320000002", peer.port, transport="TCP") + b"\r\n\r\n"
+                  + register_bytes("31011200001320000003", peer.port, transport="TCP"))
+        assert (await peer.recv()).status == 401
+        assert (await peer.recv()).status == 401
+        reply = await register(peer, CAMERA, PASSWORD, transport="TCP", call_id="tcp-1")
+        assert reply.status == 200
+        assert (await running.get(f"/api/devices/{CAMERA}"))["transport"] == "tcp"
+    finally:
+        peer.close()
+
+
+async def test_api_requires_bearer_token(start_node: StartNode):
+    running = await start_node()
+    for path in ("/api/devices", "/api/channels", "/api/stats", f"/api/devices/{CAMERA}"):
+        assert (await running.client.get(path)).status == 401
+        bad = {"Authorization": "Bearer nope"}
+        assert (await running.client.get(path, headers=bad)).status == 401
+    health = await running.client.get("/healthz")
+    assert health.status == 200
+    assert (await health.json())["status"] == "ok"
+    missing = await running.client.get("/api/devices/31011200001329999999", headers=running.headers)
+    assert missing.status == 404
