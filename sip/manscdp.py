@@ -77,8 +77,8 @@ _ELEMENTS = {
     for name in (
         "CmdType", "SN", "DeviceID", "Status", "Info", "SumNum", "DeviceList", "Item", "Name",
         "Manufacturer", "Model", "Owner", "CivilCode", "Block", "Address", "Parental",
-        "ParentID", "SafetyWay", "RegisterWay", "CertNum", "Certifiable", "ErrCode", "EndTime",
-        "Secrecy", "IPAddress", "Port", "Password", "Longitude", "Latitude", "PTZType",
+        "ParentID", "SafetyWay", "RegisterWay", "CertNum", "Certifiable", "ErrCode", "Secrecy",
+        "IPAddress", "Port", "Password", "Longitude", "Latitude", "PTZType",
         "PositionType", "RoomType", "UseType", "SupplyLightType", "DirectionType", "Resolution",
         "BusinessGroupID", "DownloadSpeed", "SVCSpaceSupportMode", "SVCTimeSupportMode",
         "SecurityLevelCode", "StreamNumberList", "GrassrootsCode", "PointType", "Event",
@@ -237,15 +237,16 @@ def _flatten_into(out: dict[str, str], container: ET.Element, skip: frozenset[st
                     out[el.tag] = _text(el)
 
 
-def _is_list(el: ET.Element) -> bool:
-    return any(k.lower() == "num" for k in el.attrib) or any(c.tag == "Item" for c in el)
-
-
-def _num_attribute(el: ET.Element) -> int | None:
+def _num_attribute(el: ET.Element) -> str | None:
+    """The raw `Num` attribute (any case) of a list element, or None."""
     for k, v in el.attrib.items():
         if k.lower() == "num":
-            return _uint(v)
+            return v
     return None
+
+
+def _is_list(el: ET.Element) -> bool:
+    return _num_attribute(el) is not None or el.find("Item") is not None
 
 
 def _xml_candidates(text: str) -> Iterator[str]:
@@ -271,11 +272,11 @@ def _parse_xml(text: str) -> ET.Element:
     raise ManscdpError(f"malformed XML: {error}")
 
 
-def parse_manscdp(data: bytes) -> ManscdpMessage:
-    """Parse one MANSCDP body; raise `ManscdpError` for anything unacceptable."""
+def _body_text(data: bytes) -> tuple[str, str, str | None]:
+    """Decode, refuse DTDs, strip BOM/whitespace/NULs and the XML declaration."""
     if len(data) > MAX_BODY_SIZE:
         raise ManscdpError("MANSCDP body exceeds 64 KiB", status_hint=513)
-    text, encoding, declared = decode_body(bytes(data))
+    text, encoding, declared = decode_body(data)
     if _HOSTILE.search(text):
         raise ManscdpError("DTD/entities not allowed")
     text = text.lstrip(_BOM + " \t\r\n").rstrip("\x00 \t\r\n")
@@ -284,65 +285,55 @@ def parse_manscdp(data: bytes) -> ManscdpMessage:
         text = text[m.end() :].lstrip(" \t\r\n")
     if not text:
         raise ManscdpError("empty MANSCDP body")
+    return text, encoding, declared
+
+
+def parse_manscdp(data: bytes) -> ManscdpMessage:
+    """Parse one MANSCDP body; raise `ManscdpError` for anything unacceptable."""
+    text, encoding, declared = _body_text(bytes(data))
     root = _parse_xml(text)
     for el in root.iter():
         el.tag = _canonical(el.tag)
     root_name = _ROOTS.get(root.tag.lower())
     if root_name is None:
         raise ManscdpError(f"unknown MANSCDP root element {root.tag[:40]!r}", status_hint=415)
-
-    cmd_type: str | None = None
-    sn: int | None = None
-    device_id: str | None = None
-    fields: dict[str, str] = {}
-    items: list[dict[str, str]] = []
+    msg = ManscdpMessage(root_name, "", -1, "", encoding=encoding, declared_encoding=declared,
+                         element=root)  # fmt: skip
     list_el: ET.Element | None = None
     containers: list[ET.Element] = []
     for child in root:
         tag = child.tag
-        if tag == "CmdType" and cmd_type is None:
+        if tag == "CmdType" and not msg.cmd_type:
             value = _text(child)
-            cmd_type = _CMD_TYPES.get(value.lower(), value)
-        elif tag == "SN" and sn is None:
+            msg.cmd_type = _CMD_TYPES.get(value.lower(), value)
+        elif tag == "SN" and msg.sn < 0:
             sn = _uint(child.text)
             if sn is None:
                 raise ManscdpError("SN is not a non-negative integer")
-        elif tag == "DeviceID" and device_id is None:
-            device_id = _text(child)
-        elif len(child) == 0 and not child.attrib:
-            if tag not in fields and tag not in _RESERVED:
-                fields[tag] = _text(child)
+            msg.sn = sn
+        elif tag == "DeviceID" and not msg.device_id:
+            msg.device_id = _text(child)
+        elif len(child) == 0 and _num_attribute(child) is None:
+            if tag not in msg.fields and tag not in _RESERVED:
+                msg.fields[tag] = _text(child)
         elif list_el is None and _is_list(child):
             list_el = child
         else:
             containers.append(child)
-    for container in containers:
-        _flatten_into(fields, container, _RESERVED)
-    if not cmd_type:
+    if not msg.cmd_type:
         raise ManscdpError("missing CmdType")
-    if sn is None:
+    if msg.sn < 0:
         raise ManscdpError("missing SN")
-    list_num: int | None = None
+    for container in containers:
+        _flatten_into(msg.fields, container, _RESERVED)
     if list_el is not None:
-        list_num = _num_attribute(list_el)
-        for item_el in list_el:
-            if item_el.tag == "Item":
-                item: dict[str, str] = {}
-                _flatten_into(item, item_el, frozenset())
-                items.append(item)
-    return ManscdpMessage(
-        root=root_name,
-        cmd_type=cmd_type,
-        sn=sn,
-        device_id=device_id or "",
-        fields=fields,
-        items=items,
-        list_num=list_num,
-        encoding=encoding,
-        declared_encoding=declared,
-        list_name=list_el.tag if list_el is not None else None,
-        element=root,
-    )
+        msg.list_name = list_el.tag
+        msg.list_num = _uint(_num_attribute(list_el))
+        for item_el in list_el.iterfind("Item"):
+            item: dict[str, str] = {}
+            _flatten_into(item, item_el, frozenset())
+            msg.items.append(item)
+    return msg
 
 
 # -- building -----------------------------------------------------------------------------------

@@ -287,6 +287,10 @@ def test_flattening_nested_fields_and_items():
     ).encode()
     items = parse_manscdp(body).items  # Info flattened, item-level BusinessGroupID first
     assert items == [{"DeviceID": "9", "BusinessGroupID": "A", "PTZType": "3"}]
+    # A leaf with attributes is still a field; only the first list element gives items.
+    body = envelope('<Name lang="zh">x</Name><A Num="1"><Item><B>1</B></Item></A><C Num="0"/>')
+    msg = parse_manscdp(body.encode())
+    assert msg.fields == {"Name": "x"} and (msg.list_name, msg.items) == ("A", [{"B": "1"}])
 
 
 def test_empty_list_and_list_without_num():

@@ -1,0 +1,106 @@
+"""Where the node's event-loop thread spends its time, from a cProfile dump.
+
+    python bench/profile_report.py FILE.prof
+
+Two views: the hot path cut into disjoint groups (cumulative time of the functions that start
+each stage, as a share of all profiled time), and the top functions by their own time.
+"""
+
+from __future__ import annotations
+
+import pstats
+import sys
+from typing import Any
+
+# (label, [(path suffix, function name), ...], [(path suffix, function name) to subtract])
+GROUPS: list[tuple[str, list[tuple[str, str]], list[tuple[str, str]]]] = [
+    ("parse the datagram (`sip.message.parse_message`)",
+     [("sip/message.py", "parse_message")], []),
+    ("transaction lookup (`TransactionLayer.receive`, incl. `server_key` -> `top_via`)",
+     [("sip/transaction.py", "receive")], []),
+    ("build the response (`Response.for_request`)",
+     [("sip/message.py", "for_request")], []),
+    ("serialise the response (`Message.to_bytes`)",
+     [("sip/message.py", "to_bytes")], []),
+    ("transaction bookkeeping (`TransactionLayer.respond` without `to_bytes`)",
+     [("sip/transaction.py", "respond")], [("sip/message.py", "to_bytes")]),
+    ("`sendto` per response (`SipEndpoint._flush`)",
+     [("sensing_node/transport/sip.py", "_flush")], []),
+    ("parse the From header again (`Message.from_`)",
+     [("sip/message.py", "from_")], []),
+    ("digest: `parse_digest`, `verify`, nonce `check`/`make`, `build_challenge`",
+     [("sip/auth.py", "parse_digest"), ("sip/auth.py", "verify"), ("sip/auth.py", "check"),
+      ("sip/auth.py", "make"), ("sip/auth.py", "build_challenge")], []),
+    ("MANSCDP body (`parse_manscdp`, XML parser)",
+     [("sip/manscdp.py", "parse_manscdp")], []),
+    ("logging (`Logger.info` per device online, formatting, write)",
+     [("logging/__init__.py", "info"), ("logging/__init__.py", "debug"),
+      ("logging/__init__.py", "warning")], []),
+    ("housekeeping every 0.5 s (`Node._housekeeping`: `Registry.sweep`, SQLite snapshot)",
+     [("sensing_node/node.py", "_housekeeping")], []),
+]  # fmt: skip
+
+
+def _match(key: tuple[str, int, str], wanted: tuple[str, str]) -> bool:
+    path, _, name = key
+    return name == wanted[1] and path.replace("\\", "/").endswith(wanted[0])
+
+
+def summarize(path: str, top: int = 15) -> dict[str, Any]:
+    stats = pstats.Stats(path)
+    raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in raw.values())  # own time of every function
+
+    def cumulative(wanted: tuple[str, str]) -> float:
+        return sum(entry[3] for key, entry in raw.items() if _match(key, wanted))
+
+    groups = []
+    accounted = 0.0
+    for label, plus, minus in GROUPS:
+        seconds = sum(cumulative(w) for w in plus) - sum(cumulative(w) for w in minus)
+        if seconds <= 0:
+            continue
+        accounted += seconds
+        groups.append({"label": label, "seconds": seconds, "share": seconds / total})
+    groups.sort(key=lambda g: -g["seconds"])
+    rest = max(0.0, total - accounted)
+    groups.append({"label": "everything else (registrar and registry logic, uvloop callbacks)",
+                   "seconds": rest, "share": rest / total if total else 0.0})
+
+    own = sorted(raw.items(), key=lambda item: -item[1][2])[:top]
+    top_list = []
+    for (file, line, name), entry in own:
+        short = file
+        for marker in ("/work/main/", "/lib/python3"):
+            if marker in file:
+                short = file.split(marker, 1)[1]
+                if marker == "/lib/python3":
+                    short = "stdlib " + short.split("/", 1)[1]
+                break
+        where = f"{short}:{line}" if line else short
+        top_list.append({
+            "function": f"{name} ({where})" if file != "~" else name,
+            "calls": entry[1],
+            "own_s": entry[2],
+            "share": entry[2] / total if total else 0.0,
+        })
+    return {"total_s": total, "groups": groups, "top": top_list}
+
+
+def markdown(summary: dict[str, Any], ops: int | None = None) -> str:
+    lines = ["| stage | share | µs per op (profiled) |", "|---|---:|---:|"]
+    for g in summary["groups"]:
+        per = f"{g['seconds'] / ops * 1e6:.1f}" if ops else ""
+        lines.append(f"| {g['label']} | {g['share'] * 100:.1f}% | {per} |")
+    lines += ["", "| function (own time) | calls | share |", "|---|---:|---:|"]
+    for t in summary["top"]:
+        name = t["function"].replace("|", "\\|")
+        lines.append(f"| `{name}` | {t['calls']} | {t['share'] * 100:.1f}% |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for file in sys.argv[1:]:
+        print(f"## {file}\n")
+        print(markdown(summarize(file)))
+        print()
