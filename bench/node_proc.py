@@ -93,7 +93,7 @@ class Control:
         return {"error": f"unknown command {' '.join(words)!r}"}
 
 
-async def run(data_dir: Path) -> None:
+async def run(data_dir: Path, pinned: str) -> None:
     from sensing_node.node import Node
     from sensing_node.settings import settings_for_tests
 
@@ -113,7 +113,7 @@ async def run(data_dir: Path) -> None:
     control = Control(node, stop)
     loop.add_reader(sys.stdin.fileno(), control.readable)
     ready = {"sip_port": node.sip_address[1], "pid": os.getpid(),
-             "loop": type(loop).__module__, "rss_kib": rss_kib(os.getpid())}
+             "loop": type(loop).__module__, "rss_kib": rss_kib(os.getpid()), "pinned": pinned}
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     await stop.wait()
@@ -127,7 +127,7 @@ def main() -> int:
     parser.add_argument("--cpu", type=int, default=None)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args()
-    pin(args.cpu)
+    pinned = pin(args.cpu)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -139,7 +139,7 @@ def main() -> int:
         print(problem, file=sys.stderr)
         return 3
     install_event_loop_policy()
-    asyncio.run(run(Path(args.data_dir)))
+    asyncio.run(run(Path(args.data_dir), pinned))
     return 0
 
 

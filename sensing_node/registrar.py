@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sip import auth, ids
+from sip import auth, ids, manscdp
 from sip.errors import ParseError
 from sip.manscdp import ManscdpMessage, parse_manscdp
 from sip.message import Request, Response
@@ -263,8 +263,7 @@ def requested_expires(req: Request) -> int:
 
 def gb_date(now: float, settings: Settings) -> str:
     """GB/T 28181 9.10.3 time sync: local time, milliseconds, no zone."""
-    moment = datetime.fromtimestamp(now, settings.node.tz)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+    return manscdp.format_gb_time(datetime.fromtimestamp(now, settings.node.tz), millis=True)
 
 
 def answer_charset(msg: ManscdpMessage, body: bytes, previous: str) -> str:

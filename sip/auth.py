@@ -24,6 +24,7 @@ from .errors import LocalProtocolError, ParseError
 __all__ = [
     "parse_digest",
     "compute_response",
+    "compute_ha1",
     "build_challenge",
     "build_authorization",
     "verify",

@@ -31,6 +31,7 @@ __all__ = [
     "parse_civil_code",
     "is_civil_code",
     "classify_catalog_id",
+    "CatalogKind",
     "type_name",
     "REGISTRABLE_TYPES",
     "VIDEO_TYPES",

@@ -39,10 +39,16 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def device_json(node: Node, dev: Device) -> dict[str, Any]:
+    """A device as the API shows it; the operator's override entry ("one device, one archive")
+    takes precedence over what the device reports about itself."""
     tz = node.settings.node.tz
+    archive = node.settings.devices.overrides.get(dev.id)
     return {
         "id": dev.id,
-        "name": dev.name,
+        "name": (archive.name if archive and archive.name else None) or dev.name,
+        "address": archive.address if archive else None,
+        "longitude": archive.longitude if archive else None,
+        "latitude": archive.latitude if archive else None,
         "manufacturer": dev.manufacturer,
         "model": dev.model,
         "firmware": dev.firmware,

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable
 
 from sip.errors import MessageTooLarge, ParseError
-from sip.message import MAX_MESSAGE_SIZE, Request, Response, parse_message
+from sip.message import MAX_MESSAGE_SIZE, Request, Response, parse_message, validate_request
 from sip.salvage import salvage_error_response
 from sip.stream import StreamParser
 from sip.transaction import (
@@ -167,6 +167,8 @@ class SipEndpoint:
             self.stats.responses_received[message.status] += 1
         for event in events:
             if isinstance(event, RequestReceived):
+                if not self._valid(event):
+                    continue
                 try:
                     self.on_request(event)
                 except Exception:
@@ -177,6 +179,20 @@ class SipEndpoint:
                 if fut is not None and not fut.done():
                     fut.set_result(event.response)
         self._flush()
+
+    def _valid(self, event: RequestReceived) -> bool:
+        """RFC 3261 8.2 checks on a well-formed request; answers the error itself if not."""
+        try:
+            validate_request(event.request)
+        except ParseError as exc:
+            response = Response.for_request(event.request, exc.status_hint, _reason(exc))
+            if exc.status_hint == 420:
+                required = event.request.headers.get_all("Require")
+                response.headers.add("Unsupported", ", ".join(required))
+            self.stats.bad_requests += 1
+            self.respond(event, response)
+            return False
+        return True
 
     def _reject(self, data: bytes, exc: ParseError, peer: Peer) -> None:
         kind = "oversized" if isinstance(exc, MessageTooLarge) else "malformed"

@@ -39,7 +39,7 @@ class UdpPeer(asyncio.DatagramProtocol):
         assert self.transport is not None
         self.transport.sendto(data)
 
-    async def recv(self, timeout: float = 3.0) -> Response:
+    async def recv(self, timeout: float = 5.0) -> Response:
         """The next response; requests from the node (its queries) are set aside."""
         while True:
             message = parse_message(await self.recv_raw(timeout))
@@ -47,7 +47,7 @@ class UdpPeer(asyncio.DatagramProtocol):
                 return message
             self.requests.append(message)
 
-    async def recv_raw(self, timeout: float = 3.0) -> bytes:
+    async def recv_raw(self, timeout: float = 5.0) -> bytes:
         while True:
             data = await asyncio.wait_for(self.queue.get(), timeout)
             if not data.startswith(b"MESSAGE "):
@@ -88,7 +88,7 @@ class TcpPeer:
     def send(self, data: bytes) -> None:
         self.writer.write(data)
 
-    async def recv(self, timeout: float = 3.0) -> Response:
+    async def recv(self, timeout: float = 5.0) -> Response:
         while not self.pending:
             data = await asyncio.wait_for(self.reader.read(65536), timeout)
             if not data:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime
 
 import pytest
@@ -255,3 +256,41 @@ async def test_api_requires_bearer_token(start_node: StartNode):
     assert (await health.json())["status"] == "ok"
     missing = await running.client.get("/api/devices/31011200001329999999", headers=running.headers)
     assert missing.status == 404
+
+
+async def test_node_timezone_and_operator_archive_show_in_the_api(start_node: StartNode):
+    running = await start_node(
+        node__timezone="Asia/Shanghai",
+        devices__overrides={CAMERA: {"name": "Gate 1", "address": "East gate",
+                                     "longitude": 121.4, "latitude": 31.1}},
+    )
+    peer = await UdpPeer.open(running.sip)
+    try:
+        reply = await register(peer, CAMERA, PASSWORD)
+        date = datetime.strptime(reply.headers.get("Date") or "", "%Y-%m-%dT%H:%M:%S.%f")
+        dev = await running.get(f"/api/devices/{CAMERA}")
+        registered = datetime.fromisoformat(dev["registered_at"])
+        assert registered.utcoffset().total_seconds() == 8 * 3600
+        # The Date header is the same local (Beijing) time, without a zone.
+        assert abs((registered.replace(tzinfo=None) - date).total_seconds()) < 2
+        assert (dev["name"], dev["address"], dev["longitude"]) == ("Gate 1", "East gate", 121.4)
+    finally:
+        peer.close()
+
+
+async def test_unanswered_query_is_retransmitted_then_abandoned(start_node: StartNode):
+    """The node's own MESSAGE queries retransmit over UDP on Timer E (T1 = 0.5 s, doubling)."""
+    running = await start_node()
+    peer = await UdpPeer.open(running.sip)
+    try:
+        assert (await register(peer, CAMERA, PASSWORD)).status == 200
+        await asyncio.sleep(1.8)  # first send at 0, retransmits at 0.5 and 1.5 s
+        with contextlib.suppress(TimeoutError):
+            while True:
+                await peer.recv_raw(timeout=0.1)
+        queries = [q for q in peer.requests if b"<CmdType>DeviceInfo</CmdType>" in q.body]
+        assert len(queries) == 3
+        assert len({q.top_via.branch for q in queries}) == 1  # the same transaction
+        assert running.node.endpoint.tx.client_transaction_count == 1
+    finally:
+        peer.close()
