@@ -30,6 +30,7 @@ bench: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
+	$(BIN)/python -m mypy sip rtp
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis

@@ -54,6 +54,7 @@ from common import (  # noqa: E402
     percentile,
     pin,
     rss_kib,
+    thread_cpu_seconds,
 )
 
 T1 = 0.5
@@ -287,15 +288,16 @@ class LoadGenerator:
         self.stray = 0
 
     # ----- measuring -----
-    def _sample(self) -> tuple[float, float, float | None]:
+    def _sample(self) -> tuple[float, float, float | None, dict[str, float]]:
         t = os.times()
         server = cpu_seconds(self.cpu_pid) if self.cpu_pid else None
-        return time.perf_counter(), t.user + t.system, server
+        threads = thread_cpu_seconds(self.cpu_pid) if self.cpu_pid else {}
+        return time.perf_counter(), t.user + t.system, server, threads
 
     def _phase_report(
         self,
-        before: tuple[float, float, float | None],
-        after: tuple[float, float, float | None],
+        before: tuple[float, float, float | None, dict[str, float]],
+        after: tuple[float, float, float | None, dict[str, float]],
         ops: int,
     ) -> dict[str, object]:
         wall = after[0] - before[0]
@@ -311,6 +313,12 @@ class LoadGenerator:
             if ops:
                 out["server_cpu_us_per_op"] = round(cpu / ops * 1e6, 2)
             out["server_rss_kib"] = rss_kib(self.cpu_pid)  # type: ignore[arg-type]
+            # Threads other than the event loop's (the SQLite writer, the executor pool).
+            out["server_cpu_s_by_thread"] = {
+                name: round(sec - before[3].get(name, 0.0), 4)
+                for name, sec in after[3].items()
+                if sec - before[3].get(name, 0.0) > 0
+            }
         return out
 
     # ----- the loop -----

@@ -105,9 +105,9 @@ class Registry:
             valid += dev.registered(now)
             self.devices[dev.id] = dev
         for device_id, channel_id, fields in channels:
-            dev = self.devices.get(device_id)
-            if dev is not None:
-                dev.channels[channel_id] = fields
+            owner = self.devices.get(device_id)
+            if owner is not None:
+                owner.channels[channel_id] = fields
         return valid
 
     def snapshot_dirty(

@@ -180,3 +180,27 @@ async def test_registration_burst_is_bounded(start_node: StartNode):
         assert (await health.json())["status"] == "ok"
     finally:
         peer.close()
+
+
+async def test_health_is_degraded_with_reason_when_the_registry_cannot_be_written(
+    start_node: StartNode,
+):
+    running = await start_node()
+    store = running.node.store
+
+    def broken_write(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    store.write = broken_write  # type: ignore[method-assign]
+    peer = await UdpPeer.open(running.sip)
+    try:
+        assert (await register(peer, CAMERA, PASSWORD)).status == 200  # still serving
+        for _ in range(50):
+            body = await (await running.client.get("/healthz")).json()
+            if body["status"] == "degraded":
+                break
+            await asyncio.sleep(0.1)
+        assert body["status"] == "degraded"
+        assert any("No space left" in reason for reason in body["reasons"])
+    finally:
+        peer.close()
