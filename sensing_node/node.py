@@ -99,7 +99,10 @@ class Node:
         if self.queries is not None:
             await self.queries.stop()
         await self.endpoint.close()
-        await self.registry.flush(self.wall())
+        try:
+            await self.registry.flush(self.wall())
+        except Exception as exc:
+            log.error("final write of the registry failed: %s", exc)
         await asyncio.get_running_loop().run_in_executor(None, self.store.close)
 
     async def _housekeeping(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from sip import manscdp
 
 from .conftest import PASSWORD, StartNode
