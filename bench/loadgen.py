@@ -155,7 +155,9 @@ class RegisterFlow(Flow):
         self.devs = [device_id(first + j).encode() for j in range(count)]
         # HA1 = MD5(username:realm:password) is what a camera keeps; HA2 is the same for all.
         pw = PASSWORD.encode()
-        self.ha1 = [hashlib.md5(d + b":" + realm + b":" + pw).hexdigest().encode() for d in self.devs]
+        self.ha1 = [
+            hashlib.md5(d + b":" + realm + b":" + pw).hexdigest().encode() for d in self.devs
+        ]
         self.ha2 = hashlib.md5(b"REGISTER:" + REQUEST_URI.encode()).hexdigest().encode()
         self.step = bytearray(count)  # 1: waiting for 401, 2: waiting for 200
         self.t_start = [0.0] * count

@@ -248,16 +248,16 @@ class Registrar:
 
 
 def requested_expires(req: Request) -> int:
-    """Expires header, else the Contact's expires parameter, else 3600 (devices omit both)."""
-    text = req.headers.get("Expires")
-    if text is None:
-        contact = req.headers.get("Contact") or ""
-        for param in contact.split(";")[1:]:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "expires":
-                text = value
-    if text is not None and text.strip().isdigit():
-        return min(int(text.strip()), 2**31 - 1)
+    """Expires header, else the Contact's expires parameter, else 3600 (devices omit both).
+
+    Both were range-checked by `validate_request` before the registrar sees the request.
+    """
+    if req.expires is not None:
+        return req.expires
+    for contact in req.contacts:
+        value = contact.params.get("expires")
+        if value is not None:
+            return int(value.strip())
     return 3600
 
 

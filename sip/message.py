@@ -29,10 +29,12 @@ from .uri import (
     is_name_addr_list,
     is_request_uri,
     is_via_list,
+    split_top_level,
 )
 
 __all__ = [
     "COMPACT_FORMS",
+    "KNOWN_METHODS",
     "LIST_HEADERS",
     "MAX_MESSAGE_SIZE",
     "REASONS",
@@ -93,6 +95,8 @@ _VERSION = re.compile(r"[Ss][Ii][Pp]/[0-9]+\.[0-9]+")
 _STATUS = re.compile(r"[1-6][0-9][0-9]")
 # callid = word [ "@" word ]; any visible ASCII is accepted.
 _CALL_ID = re.compile(r"[!-~]+")
+# The end of the last header line and the empty line: one pass, stopping at the first match.
+_EMPTY_LINE = re.compile(rb"\n\r?\n")
 _CSEQ = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
 
 # Single-valued headers a parser must not see twice (RFC 4475 sections 3.3.8 and 3.3.9).
@@ -110,7 +114,8 @@ _CHECKS: dict[str, Callable[[str], bool]] = {
     "call-id": lambda value: _CALL_ID.fullmatch(value) is not None,
     "cseq": lambda value: _CSEQ.fullmatch(value) is not None,
     "content-length": lambda value: _DIGITS.fullmatch(value) is not None,
-    "content-type": bool,
+    # Only checked for repetition: their syntax matters above the parser, if at all.
+    "content-type": lambda value: True,
     "max-forwards": lambda value: True,
 }
 
@@ -311,17 +316,13 @@ def find_head_end(data: bytes | bytearray, start: int = 0) -> tuple[int, int]:
 
     Line ends may be CRLF or, from liberal senders, bare LF, in any mix.
     """
-    crlf = data.find(b"\n\r\n", start)
-    lf = data.find(b"\n\n", start, len(data) if crlf < 0 else crlf + 2)
-    if lf >= 0:
-        pos, body_start = lf, lf + 2
-    elif crlf >= 0:
-        pos, body_start = crlf, crlf + 3
-    else:
+    match = _EMPTY_LINE.search(data, start)
+    if match is None:
         return -1, -1
+    pos = match.start()
     if pos > 0 and data[pos - 1] == 0x0D:
         pos -= 1
-    return pos, body_start
+    return pos, match.end()
 
 
 def _skip_line_breaks(data: bytes | bytearray) -> int:
@@ -505,6 +506,9 @@ _DATE = re.compile(
     r"|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,3})?"
 )
 _MAGIC_COOKIE = "z9hG4bK"
+# A quick look for a branch that is only the magic cookie (RFC 4475 section 3.2.1).
+_BARE_COOKIE = re.compile(r"[ \t]*;[ \t]*(?i:branch)[ \t]*=[ \t]*z9hG4bK[ \t]*(?:;|\Z)")
+_VALIDATED = frozenset({"max-forwards", "expires", "contact", "date", "require"})
 
 
 def validate_request(request: Request, *, supported: Collection[str] = ()) -> None:
@@ -516,27 +520,40 @@ def validate_request(request: Request, *, supported: Collection[str] = ()) -> No
     SIP URI; 416 for a Request-URI scheme other than sip/sips; 420 for a Require option not in
     `supported` (the adapter lists them in Unsupported).
     """
-    max_forwards = request.max_forwards
-    if max_forwards is not None and max_forwards > 255:
-        raise ParseError(f"Max-Forwards {max_forwards} above 255")
-    request.expires  # noqa: B018 - raises ParseError when malformed or out of range
-    for contact in request.contacts:
-        expires = contact.params.get("expires")
-        if expires is not None:
-            _delta_seconds(expires, "contact expires")
-    date = request.headers.get("Date")
-    if date is not None and _DATE.fullmatch(date.strip()) is None:
-        raise ParseError(f"bad Date {date[:80]!r}")
-    if request.top_via.branch == _MAGIC_COOKIE:
+    values: dict[str, list[str]] = {}
+    for key, _, value in request.headers._fields:
+        if key in _VALIDATED:
+            values.setdefault(key, []).append(value)
+    _check_values(values)
+    top_via = request.headers.get("Via") or ""
+    if _BARE_COOKIE.search(top_via) and Via.parse(top_via).branch == _MAGIC_COOKIE:
         raise ParseError("Via branch is only the magic cookie")
-    if request.request_uri.scheme not in ("sip", "sips"):
+    if request.uri.partition(":")[0].lower() not in ("sip", "sips"):
         raise ParseError(f"unsupported Request-URI scheme in {request.uri[:80]!r}", 416)
     if request.method == "REGISTER" and request.to.uri.scheme not in ("sip", "sips"):
         raise ParseError("REGISTER To is not a SIP URI")
-    if request.method not in ("ACK", "CANCEL"):
+    if "require" in values and request.method not in ("ACK", "CANCEL"):
         unknown = [opt for opt in request.headers.get_all("Require") if opt not in supported]
         if unknown:
             raise ParseError(f"unsupported extension(s): {', '.join(unknown)}", 420)
+
+
+def _check_values(values: dict[str, list[str]]) -> None:
+    for value in values.get("max-forwards", [])[:1]:
+        if _delta_seconds(value, "Max-Forwards") > 255:
+            raise ParseError(f"Max-Forwards {value[:20]!r} above 255")
+    for value in values.get("expires", []):
+        _delta_seconds(value, "Expires")
+    for value in values.get("contact", []):
+        if "expires" not in value.lower():
+            continue
+        for item in split_top_level(value, ","):
+            expires = NameAddr.parse(item).params.get("expires")
+            if expires is not None:
+                _delta_seconds(expires, "contact expires")
+    for value in values.get("date", []):
+        if _DATE.fullmatch(value.strip(" \t")) is None:
+            raise ParseError(f"bad Date {value[:80]!r}")
 
 
 def validate_response(response: Response) -> None:

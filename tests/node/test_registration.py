@@ -294,3 +294,33 @@ async def test_unanswered_query_is_retransmitted_then_abandoned(start_node: Star
         assert running.node.endpoint.tx.client_transaction_count == 1
     finally:
         peer.close()
+
+
+async def test_contact_expires_parameter_is_used_when_expires_header_is_missing(
+    start_node: StartNode,
+):
+    """Some devices send only `Contact: <...>;expires=N` (wvp answers them 400)."""
+    running = await start_node()
+    peer = await UdpPeer.open(running.sip)
+    try:
+        data = register_bytes(CAMERA, peer.port).replace(b"Expires: 3600\r\n", b"")
+        data = data.replace(b">\r\nMax-Forwards", b">;expires=900\r\nMax-Forwards")
+        peer.send(data)
+        challenge = await peer.recv()
+        assert challenge.status == 401
+        from sip import auth
+
+        params = auth.parse_digest(challenge.headers.get("WWW-Authenticate") or "")
+        authorization = auth.build_authorization(
+            params, username=CAMERA, password=PASSWORD, method="REGISTER",
+            uri="sip:31011200002000000001@3101120000", cnonce="c0ffee",
+        )
+        second = data.replace(b"CSeq: 1 REGISTER", b"CSeq: 2 REGISTER").replace(
+            b"Content-Length: 0", f"Authorization: {authorization}\r\nContent-Length: 0".encode()
+        )
+        second = second.replace(b"branch=z9hG4bK", b"branch=z9hG4bKx")
+        peer.send(second)
+        reply = await peer.recv()
+        assert reply.status == 200 and reply.headers.get("Expires") == "900"
+    finally:
+        peer.close()

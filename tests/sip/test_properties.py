@@ -213,15 +213,15 @@ def test_stream_takes_any_bytes_in_any_chunks(data: bytes, cuts: list[int]) -> N
 # --- generated messages ----------------------------------------------------------------------
 
 token = st.text(TOKEN_CHARS, min_size=1, max_size=10)
-label = st.from_regex(r"[a-z0-9]([a-z0-9\-]{0,8}[a-z0-9])?", fullmatch=True)
+label = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
 host = st.one_of(
     st.lists(label, min_size=1, max_size=3).map(".".join),
     st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t))),
     st.just("[2001:db8::1]"),
-    st.from_regex(r"[0-9]{10}", fullmatch=True),
+    st.integers(0, 9_999_999_999).map("{:010d}".format),
 )
 port = st.one_of(st.none(), st.integers(0, 65535))
-escaped = st.from_regex(r"(%[0-9A-F]{2})", fullmatch=True)
+escaped = st.integers(0, 255).map("%{:02X}".format)
 user = st.lists(
     st.one_of(token, escaped, st.sampled_from(["&", "=", "+", "$", ",", ";", "?", "/"])),
     min_size=1,
@@ -245,7 +245,7 @@ def sip_uri(draw: st.DrawFn, *, bare: bool = False) -> str:
 
 
 quoted = st.text(
-    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters='"\\'), max_size=8
+    st.characters(exclude_categories=("Cs", "Cc"), exclude_characters='"\\'), max_size=8
 ).map(lambda s: f'"{s}"') | st.just('"a \\" b \\\\"')
 display = st.one_of(st.none(), quoted, st.lists(token, min_size=1, max_size=3).map(" ".join))
 
@@ -275,7 +275,7 @@ def spelling(long: str, compact: str | None = None) -> st.SearchStrategy[str]:
     return st.sampled_from(names)
 
 
-value_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=20).map(
+value_text = st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=20).map(
     lambda s: s.strip(" \t")
 )
 extension_name = token.filter(lambda name: header_key(name) not in CHECKED)
@@ -321,7 +321,7 @@ def requests(draw: st.DrawFn) -> Request:
 
 @st.composite
 def responses(draw: st.DrawFn) -> Response:
-    reason = draw(st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=20))
+    reason = draw(st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=20))
     return Response(
         status=draw(st.integers(100, 699)),
         reason=reason,
