@@ -6,7 +6,8 @@ Starts `sensing_node.node.Node` exactly as `sensing-node run` does (same setting
 policy, logging format and level), minus the HTTP API, on 127.0.0.1 with an ephemeral SIP port.
 It prints one JSON line with the port and PID, then answers one JSON line per command line:
 
-    info            RSS, devices, online devices, live transactions, counters
+    info            RSS, devices, online devices, live transactions, counters, garbage
+                    collections per generation with their total and longest pause
     trace on        start tracemalloc (slows everything; for the memory pass only)
     expire          release all server transactions now (as Timer J would) and collect garbage
     profile on      start cProfile on the event loop thread
@@ -24,6 +25,7 @@ import json
 import logging
 import os
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -32,12 +34,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ALLOW_PREFIX, NODE_ID, PASSWORD, pin, rss_kib  # noqa: E402
 
 
+class GcWatch:
+    """Counts garbage collections per generation and their pauses (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.count = [0, 0, 0]
+        self.total = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        gc.callbacks.append(self.callback)
+
+    def callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        gen = info["generation"]
+        pause = time.perf_counter() - self.started
+        self.count[gen] += 1
+        self.total[gen] += pause
+        if pause > self.longest[gen]:
+            self.longest[gen] = pause
+
+    def report(self) -> dict[str, list[float]]:
+        return {
+            "collections": list(self.count),
+            "total_ms": [round(t * 1000, 2) for t in self.total],
+            "longest_ms": [round(t * 1000, 2) for t in self.longest],
+        }
+
+
 class Control:
     def __init__(self, node, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
         self.node = node
         self.stop = stop
         self.buffer = b""
         self.profile: cProfile.Profile | None = None
+        self.gc = GcWatch()
 
     def readable(self) -> None:
         chunk = os.read(sys.stdin.fileno(), 65536)
@@ -69,6 +101,8 @@ class Control:
                 "queued_queries": len(queries._queue) if queries is not None else None,
                 "dirty": node.registry.dirty_count,
                 "stats": node.stats.as_dict(),
+                "gc": self.gc.report(),
+                "gc_tracked_objects": len(gc.get_objects()),
             }
         if words[0] == "trace" and words[1:] == ["on"]:
             tracemalloc.start()

@@ -327,8 +327,8 @@ class _SipTcpConnection(asyncio.Protocol):
         for item in items:
             if isinstance(item, (Request, Response)):
                 self.endpoint.message_received(item, self.peer)
-            else:
-                self.transport.write(b"\r\n")  # pong (RFC 5626 section 4.4.1)
+            elif item.pong_due:
+                self.transport.write(b"\r\n")  # pong to a double-CRLF ping (RFC 5626 4.4.1)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None and self.endpoint.connections.get(self.peer) is self:

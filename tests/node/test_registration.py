@@ -324,3 +324,17 @@ async def test_contact_expires_parameter_is_used_when_expires_header_is_missing(
         assert reply.status == 200 and reply.headers.get("Expires") == "900"
     finally:
         peer.close()
+
+
+async def test_tcp_double_crlf_ping_gets_a_pong(start_node: StartNode):
+    running = await start_node()
+    peer = await TcpPeer.open(running.sip)
+    try:
+        peer.send(b"\r\n\r\n")
+        assert await asyncio.wait_for(peer.reader.read(16), 3) == b"\r\n"
+        peer.send(b"\r\n")  # a lone CRLF is padding, not a ping: no answer
+        peer.send(register_bytes(CAMERA, peer.port, transport="TCP"))
+        data = await asyncio.wait_for(peer.reader.read(12), 3)
+        assert data.startswith(b"SIP/2.0 401"), data
+    finally:
+        peer.close()
