@@ -58,6 +58,9 @@ class SipEndpoint:
         self.tx = TransactionLayer(timers)
         self.advertise_host = advertise_host
         self.max_tcp_connections = max_tcp_connections
+        # A TCP peer that stops in the middle of a message (Content-Length larger than what it
+        # sends, RFC 4475 3.1.2.2) is disconnected after this long.
+        self.partial_message_timeout_s = 32.0
         self.udp_rcvbuf = udp_rcvbuf
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp_server: asyncio.AbstractServer | None = None
@@ -303,6 +306,7 @@ class _SipTcpConnection(asyncio.Protocol):
         self.parser = StreamParser(MAX_MESSAGE_SIZE)
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
+        self._stall: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -324,13 +328,26 @@ class _SipTcpConnection(asyncio.Protocol):
             self.endpoint._reject(bytes(self.parser.pending_head()), exc, self.peer)
             self.transport.close()
             return
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self.parser.buffered:
+            loop = asyncio.get_running_loop()
+            self._stall = loop.call_later(self.endpoint.partial_message_timeout_s, self._stalled)
         for item in items:
             if isinstance(item, (Request, Response)):
                 self.endpoint.message_received(item, self.peer)
             elif item.pong_due:
                 self.transport.write(b"\r\n")  # pong to a double-CRLF ping (RFC 5626 4.4.1)
 
+    def _stalled(self) -> None:
+        self.endpoint.stats.dropped["tcp_stalled"] += 1
+        if self.transport is not None:
+            self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
         if self.peer is not None and self.endpoint.connections.get(self.peer) is self:
             del self.endpoint.connections[self.peer]
         self.transport = None

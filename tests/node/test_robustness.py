@@ -206,3 +206,17 @@ async def test_health_is_degraded_with_reason_when_the_registry_cannot_be_writte
         assert any("No space left" in reason for reason in body["reasons"])
     finally:
         peer.close()
+
+
+async def test_tcp_peer_stalling_inside_a_message_is_disconnected(start_node: StartNode):
+    """RFC 4475 clerr.dat over TCP: wait for the rest, then close when none comes."""
+    running = await start_node()
+    running.node.endpoint.partial_message_timeout_s = 0.3
+    peer = await TcpPeer.open(running.sip)
+    try:
+        data = register_bytes(CAMERA, 5060, transport="TCP")
+        peer.send(data.replace(b"Content-Length: 0", b"Content-Length: 9999") + b"partial body")
+        assert await asyncio.wait_for(peer.reader.read(), 5) == b""
+        assert (await running.get("/api/stats"))["dropped"]["tcp_stalled"] == 1
+    finally:
+        peer.close()
