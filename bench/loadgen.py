@@ -14,7 +14,8 @@ rate (open loop), retransmits on a timer like a UDP client transaction (T1 = 500
     regrate  the same for the next N devices, started at `--reg-rate` per second (open loop).
     ka       one keepalive MESSAGE per registered device, `--ka-rounds` times (closed loop).
     quiet    send nothing for `--quiet` seconds (the node's background cost).
-    idle     keepalives at N/60 per second for `--idle` seconds: every device once a minute.
+    idle     keepalives at N/`--idle-interval` (60) per second for `--idle` seconds: every
+             device once a minute.
 
 With `--cpu-pid` the CPU time of that process (the node) is read from /proc at the start and end
 of each phase, so the report has the server's CPU seconds per transaction and its utilisation.

@@ -1,6 +1,6 @@
 """The node under test in its own process, pinned to one core, steered over stdin.
 
-    python bench/node_proc.py --data-dir /tmp/x --cpu 0
+    python bench/node_proc.py --data-dir /tmp/x --cpu 0 [--gc-freeze 0.5]
 
 Starts `sensing_node.node.Node` exactly as `sensing-node run` does (same settings parser, uvloop
 policy, logging format and level), minus the HTTP API, on 127.0.0.1 with an ephemeral SIP port.
@@ -127,7 +127,15 @@ class Control:
         return {"error": f"unknown command {' '.join(words)!r}"}
 
 
-async def run(data_dir: Path, pinned: str) -> None:
+async def freeze_every(seconds: float) -> None:
+    """Experiment: move every object alive to the permanent generation every `seconds`, so
+    that full collections only scan what was allocated since (`gc.freeze`)."""
+    while True:
+        await asyncio.sleep(seconds)
+        gc.freeze()
+
+
+async def run(data_dir: Path, pinned: str, gc_freeze: float) -> None:
     from sensing_node.node import Node
     from sensing_node.settings import settings_for_tests
 
@@ -146,11 +154,14 @@ async def run(data_dir: Path, pinned: str) -> None:
     stop = asyncio.Event()
     control = Control(node, stop)
     loop.add_reader(sys.stdin.fileno(), control.readable)
+    freezer = asyncio.ensure_future(freeze_every(gc_freeze)) if gc_freeze > 0 else None
     ready = {"sip_port": node.sip_address[1], "pid": os.getpid(),
              "loop": type(loop).__module__, "rss_kib": rss_kib(os.getpid()), "pinned": pinned}
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     await stop.wait()
+    if freezer is not None:
+        freezer.cancel()
     loop.remove_reader(sys.stdin.fileno())
     await node.stop()
 
@@ -160,6 +171,8 @@ def main() -> int:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--cpu", type=int, default=None)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--gc-freeze", type=float, default=0.0, metavar="SECONDS",
+                        help="experiment: call gc.freeze() every SECONDS (0: never)")
     args = parser.parse_args()
     pinned = pin(args.cpu)
     logging.basicConfig(
@@ -173,7 +186,7 @@ def main() -> int:
         print(problem, file=sys.stderr)
         return 3
     install_event_loop_policy()
-    asyncio.run(run(Path(args.data_dir), pinned))
+    asyncio.run(run(Path(args.data_dir), pinned, args.gc_freeze))
     return 0
 
 

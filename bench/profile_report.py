@@ -24,7 +24,7 @@ GROUPS: list[tuple[str, list[tuple[str, str]], list[tuple[str, str]]]] = [
      [("sip/message.py", "to_bytes")], []),
     ("transaction bookkeeping (`TransactionLayer.respond` without `to_bytes`)",
      [("sip/transaction.py", "respond")], [("sip/message.py", "to_bytes")]),
-    ("request checks (`validate_request`: Contact, To, Request-URI, Via parsed again)",
+    ("request checks (`validate_request`: To of a REGISTER parsed again, Via split again)",
      [("sip/message.py", "validate_request")], []),
     ("registrar policy (`check_device_id`, allow list, rate limits, Expires, `gb_date`)",
      [("sip/ids.py", "check_device_id"), ("sensing_node/settings.py", "allowed"),
