@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -22,6 +23,12 @@ from typing import Any
 from .store import DEVICE_COLUMNS, Store
 
 log = logging.getLogger(__name__)
+
+_row_values = operator.attrgetter(*DEVICE_COLUMNS)
+
+# A keepalive is written to the store only when this much older than the stored one: enough
+# to restore "online" after a restart, without one SQLite row per keepalive.
+KEEPALIVE_PERSIST_INTERVAL_S = 30.0
 
 
 @dataclass(slots=True)
@@ -43,14 +50,14 @@ class Device:
     expires_at: float | None = None
     online: bool = False
     channels: dict[str, dict[str, str]] = field(default_factory=dict)
+    stored_keepalive: float = 0.0  # last_keepalive as last written to the store
+
+    def row(self) -> tuple[Any, ...]:
+        self.stored_keepalive = self.last_keepalive or 0.0
+        return _row_values(self)
 
     def registered(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at > now
-
-    def row(self) -> tuple[Any, ...]:
-        return tuple(
-            int(self.online) if name == "online" else getattr(self, name) for name in DEVICE_COLUMNS
-        )
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -83,7 +90,7 @@ class Registry:
         self.devices: dict[str, Device] = {}
         self._dirty: set[str] = set()
         self._dirty_channels: set[str] = set()
-        self._flushing: asyncio.Future[None] | None = None
+        self._changes: dict[str, list[Any]] = {"online": [0, []], "offline": [0, []]}
 
     # ----- persistence -----
     def load(self, now: float) -> int:
@@ -192,10 +199,13 @@ class Registry:
         if dev is None or not dev.registered(now):
             return False
         dev.last_keepalive = now
-        dev.transport = transport
-        dev.remote = remote
-        self._set_online(dev, True)
-        self._dirty.add(device_id)
+        if not dev.online or dev.remote != remote or dev.transport != transport:
+            dev.transport = transport
+            dev.remote = remote
+            self._set_online(dev, True)
+            self._dirty.add(device_id)
+        elif now - dev.stored_keepalive >= KEEPALIVE_PERSIST_INTERVAL_S:
+            self._dirty.add(device_id)
         return True
 
     def update_info(self, device_id: str, **fields: str) -> None:
@@ -230,9 +240,23 @@ class Registry:
     def _set_online(self, dev: Device, online: bool) -> None:
         if dev.online != online:
             dev.online = online
-            log.info("device %s %s (%s)", dev.id, "online" if online else "offline", dev.remote)
+            state = "online" if online else "offline"
+            log.debug("device %s %s (%s)", dev.id, state, dev.remote)
+            changes = self._changes[state]
+            changes[0] += 1
+            if len(changes[1]) < 5:
+                changes[1].append(dev.id)
             if self.on_change is not None:
-                self.on_change(dev, "online" if online else "offline")
+                self.on_change(dev, state)
+
+    def log_changes(self) -> None:
+        """One log line per state for the transitions since the last call (a burst of 10,000
+        registrations is two lines, not 10,000)."""
+        for state, (count, sample) in self._changes.items():
+            if count:
+                more = f" and {count - len(sample)} more" if count > len(sample) else ""
+                log.info("%d device(s) %s: %s%s", count, state, ", ".join(sample), more)
+        self._changes = {"online": [0, []], "offline": [0, []]}
 
     # ----- queries -----
     def __iter__(self) -> Iterator[Device]:

@@ -59,10 +59,19 @@ LIST_HEADERS = frozenset(
 )
 
 
+_KEY_CACHE: dict[str, str] = {}
+_KEY_CACHE_LIMIT = 512  # header names as spelled by peers; bounded against hostile variety
+
+
 def header_key(name: str) -> str:
     """The lookup key of a header name: lower case, compact form expanded."""
-    key = name.lower()
-    return COMPACT_FORMS.get(key, key)
+    key = _KEY_CACHE.get(name)
+    if key is None:
+        lowered = name.lower()
+        key = COMPACT_FORMS.get(lowered, lowered)
+        if len(_KEY_CACHE) < _KEY_CACHE_LIMIT:
+            _KEY_CACHE[name] = key
+    return key
 
 
 class Headers:
@@ -102,10 +111,14 @@ class Headers:
         key = header_key(name)
         for k, _, v in self._fields:
             if k == key:
-                if key in LIST_HEADERS:
+                if key in LIST_HEADERS and "," in v:
                     return split_top_level(v, ",")[0].strip()
                 return v
         return default
+
+    def fields(self) -> list[tuple[str, str, str]]:
+        """The stored fields as (key, name as written, value), for serialisers."""
+        return self._fields
 
     def get_all(self, name: str) -> list[str]:
         key = header_key(name)

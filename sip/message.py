@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from .errors import LocalProtocolError, MessageTooLarge, ParseError
 from .headers import COMPACT_FORMS, LIST_HEADERS, Headers, header_key
@@ -31,6 +32,8 @@ from .uri import (
     is_via_list,
     split_top_level,
 )
+
+_T = TypeVar("_T")
 
 __all__ = [
     "COMPACT_FORMS",
@@ -127,26 +130,39 @@ class Message:
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
     version: str = "SIP/2.0"
+    # Parsed header values, keyed by header; an entry is reused only while the header's text is
+    # the very same string, so editing `headers` never yields a stale value.
+    _parsed: dict[str, tuple[str, Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
-    # --- convenience accessors (parsed on demand) ---
+    def _cached(self, name: str, parse: Callable[[str], _T]) -> _T:
+        raw = self._required(name)
+        hit = self._parsed.get(name)
+        if hit is not None and hit[0] is raw:
+            return cast(_T, hit[1])
+        value = parse(raw)
+        self._parsed[name] = (raw, value)
+        return value
+
+    # --- convenience accessors (parsed on demand, once per header text) ---
     @property
     def call_id(self) -> str:
         return self.headers.get("Call-ID") or ""
 
     @property
     def cseq(self) -> tuple[int, str]:
-        value = self.headers.get("CSeq")
-        if value is None:
-            raise ParseError("missing CSeq header")
-        return parse_cseq(value)
+        return self._cached("CSeq", parse_cseq)
 
     @property
     def from_(self) -> NameAddr:
-        return NameAddr.parse(self._required("From"))
+        """The From value; shared with later calls, so treat it as read-only."""
+        return self._cached("From", NameAddr.parse)
 
     @property
     def to(self) -> NameAddr:
-        return NameAddr.parse(self._required("To"))
+        """The To value; shared with later calls, so treat it as read-only."""
+        return self._cached("To", NameAddr.parse)
 
     @property
     def vias(self) -> list[Via]:
@@ -154,7 +170,8 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        return Via.parse(self._required("Via"))
+        """The first Via value; shared with later calls, so treat it as read-only."""
+        return self._cached("Via", Via.parse)
 
     @property
     def contacts(self) -> list[NameAddr]:
@@ -187,9 +204,11 @@ class Message:
         (CR or LF in it) or cannot be encoded.
         """
         lines = [self._start_line()]
-        for name, value in self.headers:
-            if header_key(name) != "content-length":
-                lines.append(f"{name}: {value}")
+        lines.extend(
+            f"{name}: {value}"
+            for key, name, value in self.headers.fields()
+            if key != "content-length"
+        )
         lines.append(f"Content-Length: {len(self.body)}")
         head = "\r\n".join(lines)
         if head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1:
@@ -236,6 +255,9 @@ class Request(Message):
         return f"<Request {self.method} {self.uri} call-id={self.call_id!r}>"
 
 
+_COPIED_TO_RESPONSES = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+
 @dataclass(eq=False)
 class Response(Message):
     status: int = 200
@@ -260,14 +282,12 @@ class Response(Message):
         if "Via" not in request.headers:
             raise LocalProtocolError("cannot answer a request without Via")
         headers = Headers()
-        for name, value in request.headers:
-            key = header_key(name)
-            if key in ("via", "from", "call-id", "cseq"):
-                headers.add(name, value)
-            elif key == "to":
-                if to_tag and ";tag=" not in value.replace(" ", "").lower():
+        copied = headers.fields()
+        for key, name, value in request.headers.fields():
+            if key in _COPIED_TO_RESPONSES:
+                if key == "to" and to_tag and ";tag=" not in value.replace(" ", "").lower():
                     value = f"{value};tag={to_tag}"
-                headers.add(name, value)
+                copied.append((key, name, value))
         return cls(
             headers=headers,
             status=status,
