@@ -105,25 +105,28 @@ class DeviceQueries:
             dev = self.registry.get(device_id)
             if dev is None or not dev.online:
                 continue
-            try:
-                await self.refresh(dev)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.info("queries to %s failed: %s", device_id, exc)
+            await self.refresh(dev)
 
     async def refresh(self, dev: Device) -> None:
-        info = await self.query(dev, "DeviceInfo")
-        if info is not None:
-            self.registry.update_info(
-                dev.id,
-                name=info.get("DeviceName") or "",
-                manufacturer=info.get("Manufacturer") or "",
-                model=info.get("Model") or "",
-                firmware=info.get("Firmware") or "",
-            )
-        collector = await self.catalog(dev)
-        if collector is not None:
+        """DeviceInfo, then Catalog; a device that ignores one still gets the other asked."""
+        try:
+            info = await self.query(dev, "DeviceInfo")
+        except Exception as exc:
+            log.info("DeviceInfo query to %s failed: %s", dev.id, exc)
+        else:
+            if info is not None:
+                self.registry.update_info(
+                    dev.id,
+                    name=info.get("DeviceName") or "",
+                    manufacturer=info.get("Manufacturer") or "",
+                    model=info.get("Model") or "",
+                    firmware=info.get("Firmware") or "",
+                )
+        try:
+            collector = await self.catalog(dev)
+        except Exception as exc:
+            log.info("Catalog query to %s failed: %s", dev.id, exc)
+        else:
             self.registry.set_channels(dev.id, collector.items)
         self.completed += 1
 
@@ -168,7 +171,7 @@ class DeviceQueries:
         collector = await self._send(dev, cmd_type)
         return collector.result
 
-    async def catalog(self, dev: Device) -> _Collector | None:
+    async def catalog(self, dev: Device) -> _Collector:
         return await self._send(dev, "Catalog")
 
     # ----- answers -----

@@ -142,3 +142,29 @@ async def test_real_nvr_catalog_and_device_info_fill_the_registry(start_node: St
         assert device["manufacturer"] and device["channel_count"] == 2
     finally:
         peer.close()
+
+
+async def test_device_that_never_answers_device_info_still_gets_its_catalog_read(
+    start_node: StartNode,
+):
+    running = await start_node(devices__allow=[])
+    queries = running.node.queries
+    assert queries is not None
+    queries.answer_timeout_s = 0.5
+    ipc = "34020000001320000002"
+    peer = await UdpPeer.open(running.sip)
+    try:
+        assert (await register(peer, ipc, PASSWORD)).status == 200
+        info_query, _ = await next_query(peer, "DeviceInfo")
+        await answer(peer, info_query)  # 200, and then silence
+        catalog_query, sn = await next_query(peer, "Catalog")
+        await answer(peer, catalog_query)
+        peer.send(with_sn(CORPUS / "catalog-response-hikvision-ipc-01.sip", sn, "z9hG4bKipc"))
+        assert (await peer.recv()).status == 200
+        for _ in range(100):
+            if running.node.registry.get(ipc).channels:
+                break
+            await asyncio.sleep(0.05)
+        assert len(running.node.registry.get(ipc).channels) == 2
+    finally:
+        peer.close()
