@@ -99,11 +99,7 @@ class Registrar:
     def _register(self, event: RequestReceived) -> None:
         req = event.request
         now = self.wall()
-        try:
-            device_id = req.from_.uri.user or ""
-        except ParseError:
-            self._answer(event, 400, "Bad From Header")
-            return
+        device_id = req.from_.uri.user or ""  # the parser has checked From already
         problem = ids.check_device_id(device_id)
         if problem is not None:
             log.info("REGISTER refused: %r from %s: %s", device_id, event.peer.host, problem)
@@ -198,11 +194,7 @@ class Registrar:
     def _message(self, event: RequestReceived) -> None:
         req = event.request
         now = self.wall()
-        try:
-            device_id = req.from_.uri.user or ""
-        except ParseError:
-            self._answer(event, 400, "Bad From Header")
-            return
+        device_id = req.from_.uri.user or ""
         dev = self.registry.get(device_id)
         if dev is None or not dev.registered(now):
             self._answer(event, 403, "Device Not Registered")

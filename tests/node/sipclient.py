@@ -157,6 +157,15 @@ def message_bytes(device_id: str, port: int, body: bytes, *, branch: str | None 
     return head.encode() + b"\r\n\r\n" + body
 
 
+def answer_challenge(challenge: Response, device_id: str, password: str) -> str:
+    """The Authorization value a device sends back for a 401."""
+    params = auth.parse_digest(challenge.headers.get("WWW-Authenticate") or "")
+    return auth.build_authorization(
+        params, username=device_id, password=password, method="REGISTER",
+        uri="sip:31011200002000000001@3101120000", cnonce="0a4f113b",
+    )
+
+
 async def register(peer: UdpPeer | TcpPeer, device_id: str, password: str, *,
                    transport: str = "UDP", expires: int = 3600, call_id: str = "reg-1",
                    extra: str = "") -> Response:
@@ -166,11 +175,7 @@ async def register(peer: UdpPeer | TcpPeer, device_id: str, password: str, *,
     challenge = await peer.recv()
     if challenge.status != 401:
         return challenge
-    params = auth.parse_digest(challenge.headers.get("WWW-Authenticate") or "")
-    authorization = auth.build_authorization(
-        params, username=device_id, password=password, method="REGISTER",
-        uri="sip:31011200002000000001@3101120000", cnonce="0a4f113b",
-    )
+    authorization = answer_challenge(challenge, device_id, password)
     peer.send(register_bytes(device_id, peer.port, transport=transport, call_id=call_id, cseq=2,
                              expires=expires, authorization=authorization, extra=extra))
     return await peer.recv()

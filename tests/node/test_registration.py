@@ -12,7 +12,14 @@ from sensing_node.simulator import CameraConfig, SimulatedCamera
 from sip import manscdp
 
 from .conftest import PASSWORD, RunningNode, StartNode
-from .sipclient import TcpPeer, UdpPeer, message_bytes, register, register_bytes
+from .sipclient import (
+    TcpPeer,
+    UdpPeer,
+    answer_challenge,
+    message_bytes,
+    register,
+    register_bytes,
+)
 
 CAMERA = "31011200001320000001"
 
@@ -139,13 +146,7 @@ async def test_stale_nonce_gets_401_stale(start_node: StartNode):
     try:
         peer.send(register_bytes(CAMERA, peer.port))
         challenge = await peer.recv()
-        from sip import auth
-
-        params = auth.parse_digest(challenge.headers.get("WWW-Authenticate") or "")
-        authorization = auth.build_authorization(
-            params, username=CAMERA, password=PASSWORD, method="REGISTER",
-            uri="sip:31011200002000000001@3101120000", cnonce="abc",
-        )
+        authorization = answer_challenge(challenge, CAMERA, PASSWORD)
         clock = node.registrar.wall
         node.registrar.wall = lambda: clock() + 3600  # the nonce is an hour old now
         peer.send(register_bytes(CAMERA, peer.port, cseq=2, authorization=authorization))
@@ -308,13 +309,7 @@ async def test_contact_expires_parameter_is_used_when_expires_header_is_missing(
         peer.send(data)
         challenge = await peer.recv()
         assert challenge.status == 401
-        from sip import auth
-
-        params = auth.parse_digest(challenge.headers.get("WWW-Authenticate") or "")
-        authorization = auth.build_authorization(
-            params, username=CAMERA, password=PASSWORD, method="REGISTER",
-            uri="sip:31011200002000000001@3101120000", cnonce="c0ffee",
-        )
+        authorization = answer_challenge(challenge, CAMERA, PASSWORD)
         second = data.replace(b"CSeq: 1 REGISTER", b"CSeq: 2 REGISTER").replace(
             b"Content-Length: 0", f"Authorization: {authorization}\r\nContent-Length: 0".encode()
         )
