@@ -83,13 +83,8 @@ class Registrar:
         else:
             self._answer(event, 501)
 
-    def _answer(
-        self, event: RequestReceived, status: int, reason: str | None = None
-    ) -> Response:
-        response = Response.for_request(event.request, status, reason, to_tag=self.to_tag)
-        assert self.endpoint is not None
-        self.endpoint.respond(event, response)
-        return response
+    def _answer(self, event: RequestReceived, status: int, reason: str | None = None) -> None:
+        self._reply(event, Response.for_request(event.request, status, reason, to_tag=self.to_tag))
 
     def _reply(self, event: RequestReceived, response: Response) -> None:
         assert self.endpoint is not None
@@ -206,7 +201,8 @@ class Registrar:
             msg = parse_manscdp(req.body)
         except ParseError as exc:
             log.warning("MESSAGE from %s refused: %s", device_id, exc)
-            self._answer(event, 400, "Bad MANSCDP Body")
+            reason = "Bad MANSCDP Body" if exc.status_hint == 400 else None
+            self._answer(event, exc.status_hint, reason)
             return
         dev.charset = answer_charset(msg, req.body, dev.charset)
         if msg.cmd_type == "Keepalive":

@@ -36,13 +36,25 @@ async def test_hostile_and_undecodable_bodies_get_400_and_others_are_unaffected(
                      + b"</DeviceID></Notify>"):
             bad.send(message_bytes(CAMERA, bad.port, body))
             reply = await bad.recv()
-            assert reply.status in (400, 513), body[:30]
+            assert (reply.status, reply.reason) == (400, "Bad MANSCDP Body"), body[:30]
             # The other device carries on as if nothing happened.
             good.send(message_bytes(OTHER, good.port, manscdp.keepalive(1, OTHER)))
             assert (await good.recv()).status == 200
     finally:
         bad.close()
         good.close()
+
+
+async def test_unknown_manscdp_root_gets_415(start_node: StartNode):
+    running = await start_node()
+    peer = await UdpPeer.open(running.sip)
+    try:
+        assert (await register(peer, CAMERA, PASSWORD)).status == 200
+        body = b"<Frobnicate><CmdType>Keepalive</CmdType><SN>1</SN></Frobnicate>"
+        peer.send(message_bytes(CAMERA, peer.port, body))
+        assert (await peer.recv()).status == 415
+    finally:
+        peer.close()
 
 
 async def test_garbage_is_dropped_and_counted_and_node_keeps_serving(start_node: StartNode):
