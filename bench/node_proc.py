@@ -1,18 +1,24 @@
 """The node under test in its own process, pinned to one core, steered over stdin.
 
-    python bench/node_proc.py --data-dir /tmp/x --cpu 0 [--gc-freeze 0.5]
+    python bench/node_proc.py --data-dir /tmp/x --cpu 0 [--no-gc-freeze]
 
 Starts `sensing_node.node.Node` exactly as `sensing-node run` does (same settings parser, uvloop
 policy, logging format and level), minus the HTTP API, on 127.0.0.1 with an ephemeral SIP port.
 It prints one JSON line with the port and PID, then answers one JSON line per command line:
 
     info            RSS, devices, online devices, live transactions, counters, garbage
-                    collections per generation with their total and longest pause
+                    collections per generation with their total and longest pause, objects
+                    tracked and frozen, the longest `Registry.sweep` and `snapshot_dirty`
     trace on        start tracemalloc (slows everything; for the memory pass only)
     expire          release all server transactions now (as Timer J would) and collect garbage
     profile on      start cProfile on the event loop thread
     profile off P   stop it and write the stats (pstats format) to file P
     quit            stop the node (flushes the registry) and exit
+
+`--no-gc-freeze` is an experiment: the node without the garbage collector handling of
+`Node._housekeeping` (`gc.freeze()` every tick, `gc.unfreeze()` and a full collection every
+`FULL_GC_INTERVAL_S`). `gc.freeze` becomes a no-op in this process before the node starts, and the
+periodic full collection is switched off, so the collector runs as CPython schedules it.
 """
 
 from __future__ import annotations
@@ -38,10 +44,12 @@ class GcWatch:
     """Counts garbage collections per generation and their pauses (gc.callbacks)."""
 
     def __init__(self) -> None:
+        self.created = time.perf_counter()
         self.started = 0.0
         self.count = [0, 0, 0]
         self.total = [0.0, 0.0, 0.0]
         self.longest = [0.0, 0.0, 0.0]
+        self.full: list[tuple[float, float]] = []  # (seconds since start, pause) of full ones
         gc.callbacks.append(self.callback)
 
     def callback(self, phase: str, info: dict[str, int]) -> None:
@@ -54,13 +62,39 @@ class GcWatch:
         self.total[gen] += pause
         if pause > self.longest[gen]:
             self.longest[gen] = pause
+        if gen == 2 and len(self.full) < 100:
+            self.full.append((self.started - self.created, pause))
 
-    def report(self) -> dict[str, list[float]]:
+    def report(self) -> dict[str, object]:
         return {
             "collections": list(self.count),
             "total_ms": [round(t * 1000, 2) for t in self.total],
             "longest_ms": [round(t * 1000, 2) for t in self.longest],
+            "full_at_s_ms": [(round(at, 2), round(pause * 1000, 2)) for at, pause in self.full],
         }
+
+
+class Timed:
+    """Wraps a method of one object and keeps its longest run (housekeeping parts)."""
+
+    def __init__(self, owner: object, name: str) -> None:
+        self.inner = getattr(owner, name)
+        self.longest = 0.0
+        self.calls = 0
+        setattr(owner, name, self)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        t0 = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            elapsed = time.perf_counter() - t0
+            self.calls += 1
+            if elapsed > self.longest:
+                self.longest = elapsed
+
+    def report(self) -> dict[str, float]:
+        return {"calls": self.calls, "longest_ms": round(self.longest * 1000, 3)}
 
 
 class Control:
@@ -70,6 +104,8 @@ class Control:
         self.buffer = b""
         self.profile: cProfile.Profile | None = None
         self.gc = GcWatch()
+        self.sweep = Timed(node.registry, "sweep")
+        self.snapshot = Timed(node.registry, "snapshot_dirty")
 
     def readable(self) -> None:
         chunk = os.read(sys.stdin.fileno(), 65536)
@@ -102,7 +138,11 @@ class Control:
                 "dirty": node.registry.dirty_count,
                 "stats": node.stats.as_dict(),
                 "gc": self.gc.report(),
+                # gc.get_objects() leaves out the permanent generation that gc.freeze() fills
                 "gc_tracked_objects": len(gc.get_objects()),
+                "gc_frozen_objects": gc.get_freeze_count(),
+                "sweep": self.sweep.report(),
+                "snapshot_dirty": self.snapshot.report(),
             }
         if words[0] == "trace" and words[1:] == ["on"]:
             tracemalloc.start()
@@ -127,17 +167,20 @@ class Control:
         return {"error": f"unknown command {' '.join(words)!r}"}
 
 
-async def freeze_every(seconds: float) -> None:
-    """Experiment: move every object alive to the permanent generation every `seconds`, so
-    that full collections only scan what was allocated since (`gc.freeze`)."""
-    while True:
-        await asyncio.sleep(seconds)
-        gc.freeze()
+def no_gc_freeze() -> None:
+    """Experiment: the node without its garbage collector handling (see the module doc)."""
+    import sensing_node.node
+
+    gc.freeze = lambda: None  # `Node._housekeeping` looks it up on the module at every tick
+    sensing_node.node.FULL_GC_INTERVAL_S = float("inf")
 
 
-async def run(data_dir: Path, pinned: str, gc_freeze: float) -> None:
+async def run(data_dir: Path, pinned: str, freeze: bool) -> None:
     from sensing_node.node import Node
     from sensing_node.settings import settings_for_tests
+
+    if not freeze:
+        no_gc_freeze()
 
     settings = settings_for_tests(
         data_dir,
@@ -154,14 +197,12 @@ async def run(data_dir: Path, pinned: str, gc_freeze: float) -> None:
     stop = asyncio.Event()
     control = Control(node, stop)
     loop.add_reader(sys.stdin.fileno(), control.readable)
-    freezer = asyncio.ensure_future(freeze_every(gc_freeze)) if gc_freeze > 0 else None
     ready = {"sip_port": node.sip_address[1], "pid": os.getpid(),
-             "loop": type(loop).__module__, "rss_kib": rss_kib(os.getpid()), "pinned": pinned}
+             "loop": type(loop).__module__, "rss_kib": rss_kib(os.getpid()), "pinned": pinned,
+             "gc_freeze": freeze}
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     await stop.wait()
-    if freezer is not None:
-        freezer.cancel()
     loop.remove_reader(sys.stdin.fileno())
     await node.stop()
 
@@ -171,8 +212,9 @@ def main() -> int:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--cpu", type=int, default=None)
     parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--gc-freeze", type=float, default=0.0, metavar="SECONDS",
-                        help="experiment: call gc.freeze() every SECONDS (0: never)")
+    parser.add_argument("--no-gc-freeze", action="store_true",
+                        help="experiment: the node without gc.freeze() and its periodic full "
+                        "collection")
     args = parser.parse_args()
     pinned = pin(args.cpu)
     logging.basicConfig(
@@ -186,7 +228,7 @@ def main() -> int:
         print(problem, file=sys.stderr)
         return 3
     install_event_loop_policy()
-    asyncio.run(run(Path(args.data_dir), pinned, args.gc_freeze))
+    asyncio.run(run(Path(args.data_dir), pinned, not args.no_gc_freeze))
     return 0
 
 

@@ -59,3 +59,24 @@ class FailureLockout:
 
     def succeed(self, key: str) -> None:
         self._state.pop(key, None)
+
+
+class LogThrottle:
+    """At most one log line per key per `interval_s`; the lines held back are counted into the
+    next one, so a peer sending garbage cannot flood the log."""
+
+    def __init__(self, interval_s: float = 1.0, max_keys: int = 10_000) -> None:
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._last: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def allow(self, key: str, now: float) -> int | None:
+        """None to hold the line back; otherwise how many were held back before it."""
+        last, held = self._last.pop(key, (float("-inf"), 0))
+        if now - last < self.interval_s:
+            self._last[key] = (last, held + 1)
+            return None
+        if len(self._last) >= self.max_keys:
+            self._last.popitem(last=False)
+        self._last[key] = (now, 0)
+        return held

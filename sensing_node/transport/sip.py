@@ -29,6 +29,7 @@ from sip.transaction import (
     TransactionTimedOut,
 )
 
+from ..ratelimit import LogThrottle
 from ..stats import Stats
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class SipEndpoint:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._housekeeping: asyncio.TimerHandle | None = None
+        self.log_throttle = LogThrottle(interval_s=1.0)
         self._branch_prefix = "z9hG4bK" + os.urandom(4).hex()
         self._branch_seq = itertools.count(1)
 
@@ -200,13 +202,19 @@ class SipEndpoint:
     def _reject(self, data: bytes, exc: ParseError, peer: Peer) -> None:
         kind = "oversized" if isinstance(exc, MessageTooLarge) else "malformed"
         answer = salvage_error_response(data, exc.status_hint, _reason(exc))
+        held = self.log_throttle.allow(peer.host, self.loop.time())
+        suffix = f" ({held} more from this host not logged)" if held else ""
         if answer is None:
             self.stats.dropped[kind] += 1
-            log.info("dropped %s message from %s:%s: %s", kind, peer.host, peer.port, exc)
+            if held is not None:
+                log.info("dropped %s message from %s:%s: %s%s", kind, peer.host, peer.port, exc,
+                         suffix)
             return
         self.stats.bad_requests += 1
         self.stats.responses_sent[exc.status_hint] += 1
-        log.info("answered %s to %s:%s: %s", exc.status_hint, peer.host, peer.port, exc)
+        if held is not None:
+            log.info("answered %s to %s:%s: %s%s", exc.status_hint, peer.host, peer.port, exc,
+                     suffix)
         self.tx.send_raw(answer, peer)
         self._flush()
 
