@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 
 from sensing_node.simulator import CameraConfig, SimulatedCamera
-from sip import manscdp
+from sip import auth, manscdp
 
 from .conftest import PASSWORD, RunningNode, StartNode
 from .sipclient import (
@@ -333,3 +333,62 @@ async def test_tcp_double_crlf_ping_gets_a_pong(start_node: StartNode):
         assert data.startswith(b"SIP/2.0 401"), data
     finally:
         peer.close()
+
+
+async def test_digest_without_qop_is_accepted(start_node: StartNode):
+    """Devices that ignore the offered qop answer with the RFC 2069 form."""
+    running = await start_node()
+    peer = await UdpPeer.open(running.sip)
+    try:
+        peer.send(register_bytes(CAMERA, peer.port))
+        challenge = await peer.recv()
+        params = auth.parse_digest(challenge.headers.get("WWW-Authenticate") or "")
+        params.pop("qop")
+        authorization = auth.build_authorization(
+            params, username=CAMERA, password=PASSWORD, method="REGISTER",
+            uri="sip:31011200002000000001@3101120000", cnonce="unused",
+        )
+        assert "qop" not in authorization and "cnonce" not in authorization
+        peer.send(register_bytes(CAMERA, peer.port, cseq=2, authorization=authorization))
+        assert (await peer.recv()).status == 200
+    finally:
+        peer.close()
+
+
+async def test_simulated_camera_answers_device_status(start_node: StartNode):
+    running = await start_node()
+    cam = camera(running, channels=1)
+    await cam.start(keepalives=False)
+    try:
+        dev = running.node.registry.get(CAMERA)
+        assert running.node.queries is not None
+        status = await running.node.queries.query(dev, "DeviceStatus")
+        assert status is not None
+        assert (status.get("Online"), status.get("Status")) == ("ONLINE", "OK")
+        assert cam.queries_answered["DeviceStatus"] == 1
+    finally:
+        await cam.stop()
+
+
+@pytest.mark.parametrize(
+    ("body", "previous", "expected"),
+    [
+        ('<?xml version="1.0" encoding="GB2312"?><Notify><CmdType>Keepalive</CmdType>'
+         "<SN>1</SN><DeviceID>1</DeviceID></Notify>".encode(), "UTF-8", "GB2312"),
+        ("<Notify><CmdType>Keepalive</CmdType><SN>1</SN><DeviceID>1</DeviceID></Notify>"
+         .encode(), "GB18030", "GB18030"),
+        ('<?xml version="1.0" encoding="GB2312"?><Response><CmdType>Catalog</CmdType>'
+         "<SN>1</SN><DeviceID>1</DeviceID><Name>东门</Name></Response>".encode(), "GB2312",
+         "UTF-8"),
+        ('<?xml version="1.0" encoding="UTF-8"?><Response><CmdType>Catalog</CmdType>'
+         "<SN>1</SN><DeviceID>1</DeviceID><Name>东门</Name></Response>".encode("gb18030"),
+         "UTF-8", "GB18030"),
+    ],
+    ids=["ascii-declared-gb2312", "ascii-undeclared", "utf8-bytes-declared-gb2312",
+         "gbk-bytes-declared-utf8"],
+)
+def test_node_answers_in_the_encoding_the_device_really_uses(body, previous, expected):
+    from sensing_node.registrar import answer_charset
+    from sip.manscdp import parse_manscdp
+
+    assert answer_charset(parse_manscdp(body), body, previous) == expected
