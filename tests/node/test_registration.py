@@ -373,10 +373,10 @@ async def test_simulated_camera_answers_device_status(start_node: StartNode):
 @pytest.mark.parametrize(
     ("body", "previous", "expected"),
     [
-        ('<?xml version="1.0" encoding="GB2312"?><Notify><CmdType>Keepalive</CmdType>'
-         "<SN>1</SN><DeviceID>1</DeviceID></Notify>".encode(), "UTF-8", "GB2312"),
-        ("<Notify><CmdType>Keepalive</CmdType><SN>1</SN><DeviceID>1</DeviceID></Notify>"
-         .encode(), "GB18030", "GB18030"),
+        (b'<?xml version="1.0" encoding="GB2312"?><Notify><CmdType>Keepalive</CmdType>'
+         b"<SN>1</SN><DeviceID>1</DeviceID></Notify>", "UTF-8", "GB2312"),
+        (b"<Notify><CmdType>Keepalive</CmdType><SN>1</SN><DeviceID>1</DeviceID></Notify>"
+, "GB18030", "GB18030"),
         ('<?xml version="1.0" encoding="GB2312"?><Response><CmdType>Catalog</CmdType>'
          "<SN>1</SN><DeviceID>1</DeviceID><Name>东门</Name></Response>".encode(), "GB2312",
          "UTF-8"),
