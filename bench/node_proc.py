@@ -1,6 +1,6 @@
 """The node under test in its own process, pinned to one core, steered over stdin.
 
-    python bench/node_proc.py --data-dir /tmp/x --cpu 0 [--no-gc-freeze]
+    python bench/node_proc.py --data-dir /tmp/x --cpu 0 [--no-gc-freeze] [--persist-every-keepalive]
 
 Starts `sensing_node.node.Node` exactly as `sensing-node run` does (same settings parser, uvloop
 policy, logging format and level), minus the HTTP API, on 127.0.0.1 with an ephemeral SIP port.
@@ -11,6 +11,8 @@ It prints one JSON line with the port and PID, then answers one JSON line per co
                     tracked and frozen, the longest `Registry.sweep` and `snapshot_dirty`
     trace on        start tracemalloc (slows everything; for the memory pass only)
     expire          release all server transactions now (as Timer J would) and collect garbage
+    full-gc         time what `Node._housekeeping` does every `FULL_GC_INTERVAL_S`:
+                    `gc.unfreeze()`, a full collection, `gc.freeze()` again
     profile on      start cProfile on the event loop thread
     profile off P   stop it and write the stats (pstats format) to file P
     quit            stop the node (flushes the registry) and exit
@@ -19,6 +21,12 @@ It prints one JSON line with the port and PID, then answers one JSON line per co
 `Node._housekeeping` (`gc.freeze()` every tick, `gc.unfreeze()` and a full collection every
 `FULL_GC_INTERVAL_S`). `gc.freeze` becomes a no-op in this process before the node starts, and the
 periodic full collection is switched off, so the collector runs as CPython schedules it.
+
+`--persist-every-keepalive` is another: `sensing_node.registry.KEEPALIVE_PERSIST_INTERVAL_S` set
+to 0, so that every keepalive marks its device for the next SQLite write. That is what the node
+does with devices keeping alive once a minute (each keepalive comes more than the 30 s interval
+after the stored one), which the benchmark's compressed timeline, a few seconds between a
+device's registration and its keepalives, does not show otherwise.
 """
 
 from __future__ import annotations
@@ -74,6 +82,22 @@ class GcWatch:
         }
 
 
+class FreezeWatch:
+    """Notes when the node first calls `gc.freeze()` (installed in its place)."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.calls = 0
+        self.real = gc.freeze
+        gc.freeze = self  # `Node._housekeeping` looks it up on the module at every tick
+
+    def __call__(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.calls += 1
+        self.real()
+
+
 class Timed:
     """Wraps a method of one object and keeps its longest run (housekeeping parts)."""
 
@@ -98,8 +122,10 @@ class Timed:
 
 
 class Control:
-    def __init__(self, node, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, node, stop: asyncio.Event,  # type: ignore[no-untyped-def]
+                 freezes: FreezeWatch | None) -> None:
         self.node = node
+        self.freezes = freezes
         self.stop = stop
         self.buffer = b""
         self.profile: cProfile.Profile | None = None
@@ -141,6 +167,9 @@ class Control:
                 # gc.get_objects() leaves out the permanent generation that gc.freeze() fills
                 "gc_tracked_objects": len(gc.get_objects()),
                 "gc_frozen_objects": gc.get_freeze_count(),
+                "first_freeze_at_s": None
+                if self.freezes is None or self.freezes.first is None
+                else round(self.freezes.first - self.gc.created, 3),
                 "sweep": self.sweep.report(),
                 "snapshot_dirty": self.snapshot.report(),
             }
@@ -151,6 +180,13 @@ class Control:
             node.endpoint.tx.expire(node.endpoint.loop.time() + 3600.0)
             gc.collect()
             return {"server_transactions": node.endpoint.tx.server_transaction_count}
+        if words[0] == "full-gc":
+            objects = len(gc.get_objects()) + gc.get_freeze_count()
+            t0 = time.perf_counter()
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+            return {"objects": objects, "ms": round((time.perf_counter() - t0) * 1000, 2)}
         if words[0] == "profile" and words[1:2] == ["on"]:
             self.profile = cProfile.Profile()
             self.profile.enable()
@@ -175,10 +211,30 @@ def no_gc_freeze() -> None:
     sensing_node.node.FULL_GC_INTERVAL_S = float("inf")
 
 
-async def run(data_dir: Path, pinned: str, freeze: bool) -> None:
+def persist_every_keepalive(node) -> None:  # type: ignore[no-untyped-def]
+    """Experiment: every keepalive written, whatever the devices' keepalive period."""
+    node.registry.keepalive_persist_s = 0.0  # read at every keepalive
+
+
+def constants(node) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """The node's limits the report quotes, as this process has them."""
+    import sensing_node.node
+
+    tx = node.endpoint.tx
+    return {
+        "full_gc_interval_s": sensing_node.node.FULL_GC_INTERVAL_S,
+        "keepalive_persist_interval_s": node.registry.keepalive_persist_s,
+        "keepalive_timeout_s": node.registry.keepalive_timeout_s,
+        "max_server_transactions": tx.max_server_transactions,
+        "timer_j_s": 64 * tx.timers.t1,
+    }
+
+
+async def run(data_dir: Path, pinned: str, freeze: bool, persist_all: bool) -> None:
     from sensing_node.node import Node
     from sensing_node.settings import settings_for_tests
 
+    freezes = FreezeWatch() if freeze else None
     if not freeze:
         no_gc_freeze()
 
@@ -192,14 +248,17 @@ async def run(data_dir: Path, pinned: str, freeze: bool) -> None:
         },
     )
     node = Node(settings)
+    if persist_all:
+        persist_every_keepalive(node)
     await node.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    control = Control(node, stop)
+    control = Control(node, stop, freezes)
     loop.add_reader(sys.stdin.fileno(), control.readable)
     ready = {"sip_port": node.sip_address[1], "pid": os.getpid(),
              "loop": type(loop).__module__, "rss_kib": rss_kib(os.getpid()), "pinned": pinned,
-             "gc_freeze": freeze}
+             "gc_freeze": freeze, "persist_every_keepalive": persist_all,
+             "constants": constants(node)}
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     await stop.wait()
@@ -215,6 +274,8 @@ def main() -> int:
     parser.add_argument("--no-gc-freeze", action="store_true",
                         help="experiment: the node without gc.freeze() and its periodic full "
                         "collection")
+    parser.add_argument("--persist-every-keepalive", action="store_true",
+                        help="experiment: every keepalive marks its device for the SQLite write")
     args = parser.parse_args()
     pinned = pin(args.cpu)
     logging.basicConfig(
@@ -228,7 +289,8 @@ def main() -> int:
         print(problem, file=sys.stderr)
         return 3
     install_event_loop_policy()
-    asyncio.run(run(Path(args.data_dir), pinned, not args.no_gc_freeze))
+    asyncio.run(run(Path(args.data_dir), pinned, not args.no_gc_freeze,
+                    args.persist_every_keepalive))
     return 0
 
 

@@ -12,42 +12,43 @@ import pstats
 import sys
 from typing import Any
 
-# (label, [(path suffix, function name), ...], [(path suffix, function name) to subtract])
-GROUPS: list[tuple[str, list[tuple[str, str]], list[tuple[str, str]]]] = [
-    ("parse the datagram (`sip.message.parse_message`)",
+# (id, label, [(path suffix, function name), ...], [(path suffix, function name) to subtract])
+GROUPS: list[tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]] = [
+    ("parse", "parse the datagram (`sip.message.parse_message`: split, header checks by regex)",
      [("sip/message.py", "parse_message")], []),
-    ("transaction lookup (`TransactionLayer.receive`, incl. `server_key` -> `top_via`)",
+    ("lookup", "transaction lookup (`TransactionLayer.receive`, incl. `server_key` -> `top_via`)",
      [("sip/transaction.py", "receive")], []),
-    ("build the response (`Response.for_request`)",
+    ("build", "build the response (`Response.for_request`)",
      [("sip/message.py", "for_request")], []),
-    ("serialise the response (`Message.to_bytes`)",
+    ("serialise", "serialise the response (`Message.to_bytes`)",
      [("sip/message.py", "to_bytes")], []),
-    ("transaction bookkeeping (`TransactionLayer.respond` without `to_bytes`)",
+    ("bookkeeping", "transaction bookkeeping (`TransactionLayer.respond` without `to_bytes`)",
      [("sip/transaction.py", "respond")], [("sip/message.py", "to_bytes")]),
-    ("request checks (`validate_request`: To of a REGISTER parsed again, Via split again)",
+    ("checks", "request checks (`validate_request`, incl. parsing the To of a REGISTER)",
      [("sip/message.py", "validate_request")], []),
-    ("registrar policy (`check_device_id`, allow list, rate limits, Expires, `gb_date`)",
+    ("policy", "registrar policy (`check_device_id`, allow list, rate limits, Expires, `gb_date`)",
      [("sip/ids.py", "check_device_id"), ("sensing_node/settings.py", "allowed"),
       ("sensing_node/ratelimit.py", "allow"), ("sensing_node/ratelimit.py", "locked"),
       ("sensing_node/ratelimit.py", "succeed"), ("sensing_node/registrar.py", "requested_expires"),
       ("sensing_node/registrar.py", "gb_date"), ("sensing_node/registrar.py", "answer_charset")],
      []),
-    ("registry update (`Registry.register`/`keepalive`, without the log line)",
+    ("registry", "registry update (`Registry.register`/`keepalive`, without `_set_online`)",
      [("sensing_node/registry.py", "register"), ("sensing_node/registry.py", "keepalive")],
      [("sensing_node/registry.py", "_set_online")]),
-    ("`sendto` per response (`SipEndpoint._flush`)",
+    ("sendto", "`sendto` per response (`SipEndpoint._flush`)",
      [("sensing_node/transport/sip.py", "_flush")], []),
-    ("parse the From header again (`Message.from_`)",
+    ("from", "From parsed into a `NameAddr` (`Message.from_`, after the parser's check)",
      [("sip/message.py", "from_")], []),
-    ("digest: `parse_digest`, `verify`, nonce `check`/`make`, `build_challenge`",
+    ("digest", "digest: `parse_digest`, `verify`, nonce `check`/`make`, `build_challenge`",
      [("sip/auth.py", "parse_digest"), ("sip/auth.py", "verify"), ("sip/auth.py", "check"),
       ("sip/auth.py", "make"), ("sip/auth.py", "build_challenge")], []),
-    ("MANSCDP body (`parse_manscdp`, XML parser)",
+    ("manscdp", "MANSCDP body (`parse_manscdp`: keepalive pattern, else the XML parser)",
      [("sip/manscdp.py", "parse_manscdp")], []),
-    ("logging (`Logger.info` per device online, formatting, write)",
+    ("logging", "logging (`Logger.debug` per online/offline change, off at INFO; other lines)",
      [("logging/__init__.py", "info"), ("logging/__init__.py", "debug"),
       ("logging/__init__.py", "warning")], []),
-    ("housekeeping every 0.5 s (`Node._housekeeping`: `Registry.sweep`, SQLite snapshot)",
+    ("housekeeping", "housekeeping every 0.5 s (`Node._housekeeping`: `gc.freeze`, "
+     "`Registry.sweep`, SQLite snapshot)",
      [("sensing_node/node.py", "_housekeeping")], []),
 ]  # fmt: skip
 
@@ -71,16 +72,17 @@ def summarize(path: str, top: int = 15) -> dict[str, Any]:
 
     groups = []
     accounted = 0.0
-    for label, plus, minus in GROUPS:
+    for group_id, label, plus, minus in GROUPS:
         seconds = sum(cumulative(w) for w in plus) - sum(cumulative(w) for w in minus)
         if seconds <= 0:
             continue
         accounted += seconds
-        groups.append({"label": label, "seconds": seconds, "share": seconds / total})
+        groups.append({"id": group_id, "label": label, "seconds": seconds,
+                       "share": seconds / total})
     groups.sort(key=lambda g: -g["seconds"])
     rest = max(0.0, total - accounted)
-    groups.append({"label": "everything else (dispatch, registrar glue, counters, uvloop)",
-                   "seconds": rest, "share": rest / total if total else 0.0})
+    groups.append({"id": "rest", "label": "everything else (dispatch, registrar glue, counters, "
+                   "uvloop)", "seconds": rest, "share": rest / total if total else 0.0})
 
     own = sorted(raw.items(), key=lambda item: -item[1][2])[:top]
     top_list = []

@@ -10,7 +10,8 @@ that the node/echo ratio holds on a noisy machine.
 
 Passes:
   rounds x N   echo loop, minimal registrar, node (register, keepalive, quiet, idle, half load)
-  gc-freeze    the node's pass once more with gc.freeze() every 0.5 s (an experiment)
+  experiments  the node's pass once more without its gc.freeze(), and once more with every
+               keepalive written to SQLite (one run each)
   sipp x N     SIPp registering the same number of devices (fixed rate, then at the goal rate)
   profile      cProfile of the node's loop thread while registering, keeping alive and idling
   memory       tracemalloc (10,000 devices) and RSS (50,000 devices) of the node
@@ -62,6 +63,44 @@ GOAL_REGISTER_TPS = 15_000  # REGISTER transactions per second on one core
 GOAL_REGISTER_P99_MS = 20.0
 GOAL_KEEPALIVE_PS = 15_000
 GOAL_IDLE_CPU = 0.02  # 10,000 devices, one keepalive per minute each
+
+# The run recorded in docs/benchmarks.md by commit 1f287b6, on this machine with this harness:
+# the node as of commit a1e96b4, before the hot-path, logging, persistence and gc.freeze()
+# changes. The History table and "What was done" compare this run with it.
+EARLIER: dict[str, Any] = {
+    "date": "2026-11-26",
+    "commit": "a1e96b4",
+    "reg_tps": 6_520,
+    "ka_ps": 7_635,
+    "idle_pct": 6.73,
+    "half_p99_ms": 17.4,
+    "half_p999_ms": 25.15,
+    "half_max_ms": 75.8,
+    "reg_cpu_us": 153.3,
+    "ka_cpu_us": 130.9,
+    "gc2_count": 4,
+    "gc2_longest_ms": 74.8,
+    "idle_writer_pct": 0.21,  # threads other than the event loop in the idle phase
+    "header_key_per_msg": 34,  # registration profile
+    "share_build_reg": 0.138,  # `Response.for_request` + `Message.to_bytes`, registration
+    "share_logging_reg": 0.082,
+    "share_manscdp_ka": 0.164,
+}
+
+
+def node_commit() -> str:
+    """The commit the measured node comes from (read-only git calls), marked if sip/ or
+    sensing_node/ differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=ROOT, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "sip", "sensing_node"],
+                               cwd=ROOT, timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip() + (" + uncommitted changes" if dirty else "")
 
 
 def log(text: str) -> None:
@@ -153,6 +192,7 @@ class NodeProcess:
         self.pid: int = ready["pid"]
         self.start_rss_kib: int = ready["rss_kib"]
         self.pinned: str = ready.get("pinned", "")
+        self.constants: dict[str, float] = ready.get("constants", {})
 
     def cmd(self, text: str) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -285,6 +325,9 @@ def node_pass(args: argparse.Namespace, workdir: Path, cpus: tuple[int | None, i
         out["node_before"] = before
         out["node_after"] = node.cmd("info")
         out["node_pinned"] = node.pinned
+        out["node_constants"] = node.constants
+        # After the figures above: what the node does every FULL_GC_INTERVAL_S, timed once.
+        out["full_gc"] = node.cmd("full-gc")
     return out
 
 
@@ -503,7 +546,25 @@ def collect(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
     m["gc2_longest_ms"] = series(lambda r: r["node_after"]["gc"]["longest_ms"][2])
     m["gc2_count"] = series(lambda r: r["node_after"]["gc"]["collections"][2])
     m["gc2_total_ms"] = series(lambda r: r["node_after"]["gc"]["total_ms"][2])
+    m["gc01_longest_ms"] = series(lambda r: max(r["node_after"]["gc"]["longest_ms"][:2]))
+    m["gc2_first_freeze_s"] = series(lambda r: r["node_after"]["first_freeze_at_s"])
+    m["gc2_after_freeze"] = series(lambda r: len(
+        [at for at, _ in r["node_after"]["gc"]["full_at_s_ms"]
+         if at >= r["node_after"]["first_freeze_at_s"]]))
+    m["gc2_after_freeze_longest_ms"] = series(lambda r: max(
+        (ms for at, ms in r["node_after"]["gc"]["full_at_s_ms"]
+         if at >= r["node_after"]["first_freeze_at_s"]), default=0.0))
     m["gc_tracked"] = series(lambda r: r["node_after"]["gc_tracked_objects"])
+    m["gc_frozen"] = series(lambda r: r["node_after"]["gc_frozen_objects"])
+    m["full_gc_ms"] = series(lambda r: r["full_gc"]["ms"])
+    m["full_gc_objects"] = series(lambda r: r["full_gc"]["objects"])
+    m["devices_at_end"] = series(lambda r: r["node_after"]["devices"])
+    m["sweep_longest"] = series(lambda r: r["node_after"]["sweep"]["longest_ms"])
+    m["snapshot_longest"] = series(lambda r: r["node_after"]["snapshot_dirty"]["longest_ms"])
+    # From the first registration to the last idle keepalive (which goes to a device registered
+    # at the start), with the load generator's 1 s settling pause before the quiet phase.
+    m["idle_span_s"] = series(lambda r: 1.0 + sum(
+        ph(r, "node", p)["wall_s"] for p in ("reg", "ka", "quiet", "idle")))
     m["rss_per_device"] = series(lambda r: (ph(r, "node", "reg")["server_rss_kib"]
                                             - r["node_before"]["rss_kib"]) * 1024 / n)
     m["rss_start_mib"] = series(lambda r: r["node_before"]["rss_kib"] / 1024)
@@ -543,6 +604,10 @@ def sipp_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def plural(count: float, noun: str) -> str:
+    return f"{fmt(count)} {noun}" + ("" if round(count) == 1 else "s")
+
+
 def verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
@@ -550,10 +615,11 @@ def verdict(ok: bool) -> str:
 def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
               sipp: dict[str, Any], profile: dict[str, Any] | None, memory: dict[str, Any],
               rounds: list[dict[str, Any]], elapsed: float, command: str,
-              freeze: dict[str, Any] | None = None) -> str:
+              experiments: dict[str, Any] | None = None) -> str:
     n = args.devices
     L: list[str] = []
     add = L.append
+    consts: dict[str, float] = rounds[0].get("node_constants", {}) if rounds else {}
 
     add("# Benchmarks")
     add("")
@@ -600,7 +666,7 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
     elif reg_p99["median"] < GOAL_REGISTER_P99_MS:
         half_verdict = "under 20 ms in the median, over in the worst round"
     else:
-        half_verdict = "over 20 ms in the median; see the garbage collection experiment"
+        half_verdict = "over 20 ms in the median; see the experiments and the latency tail"
     add(f"| ≥ {GOAL_REGISTER_TPS:,} REGISTER transactions/s on one core | "
         f"{spread('node_reg_tps')}/s ({fmt(reg_tps['median'] / 2)} registrations/s, "
         f"each a 401 and a 200 transaction); CPU-bound capacity "
@@ -625,6 +691,28 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
         f"{fmt(traced.get('steady_bytes_per_device', float('nan')))} B of Python heap; "
         f"{fmt(m['rss_per_device']['median'])} B of RSS right after registering "
         f"(with the transaction cache) | |")
+    add("")
+
+    # --- history
+    add("## History")
+    add("")
+    same = ("same machine and harness" if n == 10_000 and args.window == 256 else
+             f"but this run had {n:,} devices and {args.window} in flight, so its row does not "
+             "compare")
+    runs = ("three rounds each" if args.runs == 3 else
+            f"three rounds (first row) and {plural(args.runs, 'round')} (this run)")
+    add(f"Medians of {runs}, {same}. The first row is "
+        f"the run recorded by commit 1f287b6 (the node as of {EARLIER['commit']}, before the "
+        "changes listed under \"What was done\" below); the second is this run.")
+    add("")
+    add("| date | node commit | REGISTER transactions/s | keepalive MESSAGEs/s | "
+        "idle, % of a core | half-load p99 authorized REGISTER → 200, ms |")
+    add("|---|---|---:|---:|---:|---:|")
+    add(f"| {EARLIER['date']} | {EARLIER['commit']} | {fmt(EARLIER['reg_tps'])} | "
+        f"{fmt(EARLIER['ka_ps'])} | {EARLIER['idle_pct']:.2f} | {EARLIER['half_p99_ms']:.1f} |")
+    add(f"| {info['date'][:10]} | {info.get('commit', 'unknown')} | "
+        f"{fmt(m['node_reg_tps']['median'])} | {fmt(m['node_ka_ps']['median'])} | "
+        f"{m['idle_util']['median'] * 100:.2f} | {m['half_p99_auth']['median']:.1f} |")
     add("")
 
     # --- results
@@ -694,7 +782,16 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
     add("| **Garbage collection in the node (whole round)** | | |")
     row("full (generation 2) collections", "gc2_count")
     row("longest full collection, ms", "gc2_longest_ms", 1)
-    row("objects tracked by the collector at the end of the round", "gc_tracked")
+    row("longest young (generation 0 or 1) collection, ms", "gc01_longest_ms", 2)
+    row("objects left to the collector at the end of the round (`gc.get_objects()`)",
+        "gc_tracked")
+    row("objects frozen by `gc.freeze()` at the end of the round", "gc_frozen")
+    row("`gc.unfreeze()` + `gc.collect()` as done every "
+        f"{consts.get('full_gc_interval_s', float('nan')):.0f} s, timed after the round, ms",
+        "full_gc_ms", 1)
+    add("| **Housekeeping on the event loop (whole round)** | | |")
+    row("longest `Registry.sweep`, ms", "sweep_longest", 2)
+    row("longest `Registry.snapshot_dirty`, ms", "snapshot_longest", 2)
     add("| **Memory** | | |")
     row("node RSS at start, MiB", "rss_start_mib", 1)
     row(f"RSS growth per device after registering {n:,}, bytes", "rss_per_device")
@@ -718,41 +815,55 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
     row("echo: server CPU while registering, share of its core", "echo_reg_server_util", 2)
     add("")
 
-    # --- gc experiment
-    if freeze:
-        add("### Experiment: full garbage collections and the latency tail")
+    # --- experiments
+    exp = {k: collect([v], args) for k, v in (experiments or {}).items()}
+    if exp:
+        persist_s = consts.get("keepalive_persist_interval_s", float("nan"))
+        full_gc_s = consts.get("full_gc_interval_s", float("nan"))
+        add("### Experiments: the garbage collector and keepalive writes")
         add("")
-        add("The same node pass (same phases, same load) once more, with `bench/node_proc.py "
-            "--gc-freeze 0.5` calling `gc.freeze()` every half second, so that a full "
-            "collection only scans objects allocated since the last freeze. Not a node setting: "
-            "a measurement of what that change to the node would give. One run.")
+        add("The node's pass (same phases, same load) once more for each change below, made by "
+            "`bench/node_proc.py` in the node's process before it starts. One run each.")
         add("")
-        add("| measurement | node as it is (median of rounds) | with `gc.freeze()` every 0.5 s |")
-        add("|---|---:|---:|")
-        fp = freeze["node"]["phases"]
-        fa = freeze["node_after"]
+        add(f"- *Without `gc.freeze()`* (`--no-gc-freeze`): `gc.freeze` is a no-op and the full "
+            f"collection every {full_gc_s:.0f} s is off, so full collections walk every device "
+            "and cached transaction again, as before `Node._housekeeping` froze them.")
+        add(f"- *Every keepalive written* (`--persist-every-keepalive`): "
+            f"`Registry.keepalive_persist_s` is 0. A keepalive marks its device for the next "
+            f"SQLite write only when the stored one is {persist_s:.0f} s old (half the keepalive "
+            f"timeout); with devices keeping alive once a minute that is every other keepalive. "
+            f"In the rounds every keepalive comes "
+            f"within {fmt(m['idle_span_s']['median'])} s of its device's registration, so "
+            + ("none is written" if m["idle_span_s"]["max"] < persist_s else
+               "few are written")
+            + "; this column is the upper bound, one row per keepalive.")
+        add("")
+        cols = [("no_freeze", "without `gc.freeze()`"), ("persist", "every keepalive written")]
+        cols = [(k, title) for k, title in cols if k in exp]
+        add("| measurement | node as it is (median of rounds) | "
+            + " | ".join(title for _, title in cols) + " |")
+        add("|---|---:|" + "---:|" * len(cols))
         lines = [
-            ("REGISTER transactions/s, saturated", m["node_reg_tps"]["median"],
-             2 * fp["reg"]["rate_per_s"], 0),
-            ("CPU per REGISTER transaction, µs", m["node_reg_cpu_us"]["median"],
-             fp["reg"]["server_cpu_s"] / (2 * n) * 1e6, 1),
-            ("keepalive MESSAGEs/s", m["node_ka_ps"]["median"], fp["ka"]["rate_per_s"], 0),
-            ("half load: p99 authorized REGISTER → 200, ms", m["half_p99_auth"]["median"],
-             fp["regrate"]["latency_authorized_ms"]["p99"], 2),
-            ("half load: p99.9, ms", m["half_p999_auth"]["median"],
-             fp["regrate"]["latency_authorized_ms"]["p999"], 2),
-            ("half load: slowest, ms", m["half_max_auth"]["median"],
-             fp["regrate"]["latency_authorized_ms"]["max"], 1),
-            ("half load: p99 whole exchange, ms", m["half_p99_exchange"]["median"],
-             fp["regrate"]["latency_exchange_ms"]["p99"], 2),
-            ("idle CPU, % of one core", m["idle_util"]["median"] * 100,
-             fp["idle"]["server_cpu_util"] * 100, 2),
-            ("full collections", m["gc2_count"]["median"], fa["gc"]["collections"][2], 0),
-            ("longest full collection, ms", m["gc2_longest_ms"]["median"],
-             fa["gc"]["longest_ms"][2], 1),
+            ("REGISTER transactions/s, saturated", "node_reg_tps", 0, 1.0),
+            ("CPU per REGISTER transaction, µs", "node_reg_cpu_us", 1, 1.0),
+            ("keepalive MESSAGEs/s, saturated", "node_ka_ps", 0, 1.0),
+            ("CPU per keepalive MESSAGE, µs", "node_ka_cpu_us", 1, 1.0),
+            ("half load: p99 authorized REGISTER → 200, ms", "half_p99_auth", 2, 1.0),
+            ("half load: p99.9, ms", "half_p999_auth", 2, 1.0),
+            ("half load: slowest, ms", "half_max_auth", 1, 1.0),
+            ("half load: p99 whole exchange, ms", "half_p99_exchange", 2, 1.0),
+            ("idle CPU, % of one core", "idle_util", 2, 100.0),
+            ("idle: threads other than the event loop (SQLite writer), % of one core",
+             "idle_other_threads", 2, 100.0),
+            ("full collections", "gc2_count", 0, 1.0),
+            ("longest full collection, ms", "gc2_longest_ms", 1, 1.0),
+            ("objects left to the collector at the end", "gc_tracked", 0, 1.0),
+            ("longest `Registry.snapshot_dirty`, ms", "snapshot_longest", 2, 1.0),
         ]
-        for label, before_value, after_value, digits in lines:
-            add(f"| {label} | {fmt(before_value, digits)} | {fmt(after_value, digits)} |")
+        for label, key, digits, scale in lines:
+            cells = [fmt(m[key]["median"] * scale, digits)]
+            cells += [fmt(exp[k][key]["median"] * scale, digits) for k, _ in cols]
+            add(f"| {label} | " + " | ".join(cells) + " |")
         add("")
 
     # --- sipp
@@ -837,7 +948,7 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
         add(profile_markdown(p["summary"]).replace(" | µs per op (profiled) |", " | |"))
         add("")
 
-    add(reflow(analysis(m, profile, memory, n, freeze)))
+    add(reflow(analysis(m, profile, memory, n, exp, consts, rounds)))
     add("")
 
     # --- method
@@ -892,47 +1003,102 @@ def reflow(text: str, width: int = 100) -> str:
 
 
 def analysis(m: dict[str, Any], profile: dict[str, Any] | None, memory: dict[str, Any],
-             n: int, freeze: dict[str, Any] | None) -> str:
-    """The 'what would close the gap' section, with this run's figures in it."""
+             n: int, exp: dict[str, dict[str, Any]], consts: dict[str, float],
+             rounds: list[dict[str, Any]]) -> str:
+    """What was done and what remains to meet the goals, with this run's figures in it."""
+    nan = float("nan")
     budget = 1e6 / GOAL_REGISTER_TPS
     reg_cpu, ka_cpu = m["node_reg_cpu_us"]["median"], m["node_ka_cpu_us"]["median"]
     echo_cpu, min_cpu = m["echo_reg_cpu_us"]["median"], m["minimal_reg_cpu_us"]["median"]
     reg_tps = m["node_reg_tps"]["median"]
 
-    def share(kind: str, prefix: str) -> float:
-        if not profile:
-            return float("nan")
-        return sum(g["share"] for g in profile[kind]["summary"]["groups"]
-                   if g["label"].startswith(prefix))
+    def med(key: str, src: dict[str, Any] | None = None) -> float:
+        src = m if src is None else src
+        return src[key]["median"] if key in src else nan
 
-    def pct(x: float) -> str:
-        return "n/a" if x != x else f"{x * 100:.0f}%"
+    def share(kind: str, *ids: str) -> float:
+        if not profile:
+            return nan
+        return sum(g["share"] for g in profile[kind]["summary"]["groups"] if g.get("id") in ids)
+
+    def pct(x: float, digits: int = 0) -> str:
+        return "n/a" if x != x else f"{x * 100:.{digits}f}%"
+
+    def per_s(us: float) -> str:
+        return fmt(1e6 / us) if us == us and us > 0 else "n/a"
 
     def calls(kind: str, name: str) -> float:
         if not profile:
-            return float("nan")
+            return nan
         items = profile[kind]["loadgen"]["items"] * (2 if kind == "reg" else 1)
         total = profile[kind]["summary"].get("calls", {}).get(name, 0)
-        return total / items if total else float("nan")
+        return total / items if total else nan
 
-    parse_reg = share("reg", "parse the datagram") + share("reg", "request checks")
-    reparse_reg = share("reg", "transaction lookup") + share("reg", "parse the From")
-    parse_ka = share("ka", "parse the datagram") + share("ka", "request checks")
-    reparse_ka = share("ka", "transaction lookup") + share("ka", "parse the From")
-    build_reg = share("reg", "build the response") + share("reg", "serialise")
-    build_ka = share("ka", "build the response") + share("ka", "serialise")
-    xml_ka = share("ka", "MANSCDP")
-    log_reg = share("reg", "logging")
-    send_reg, send_ka = share("reg", "`sendto`"), share("ka", "`sendto`")
-    removable_reg = parse_reg + reparse_reg + build_reg + log_reg
-    left_reg = reg_cpu * (1 - removable_reg) if removable_reg == removable_reg else float("nan")
-    removable_ka = parse_ka + reparse_ka + build_ka + xml_ka
-    left_ka = ka_cpu * (1 - removable_ka) if removable_ka == removable_ka else float("nan")
+    # The stages a bytes-level fast path would replace, and those a single-pass parser touches.
+    replaced = ("parse", "lookup", "from", "checks", "build", "serialise", "manscdp")
+    parsing = ("parse", "lookup", "from", "checks")
+    fast_reg, fast_ka = share("reg", *replaced), share("ka", *replaced)
+    kept_reg, kept_ka = reg_cpu * (1 - fast_reg), ka_cpu * (1 - fast_ka)
+    parse_reg, parse_ka = share("reg", *parsing), share("ka", *parsing)
+    left_reg, left_ka = reg_cpu * (1 - parse_reg), ka_cpu * (1 - parse_ka)
+    digest_us = reg_cpu * share("reg", "digest")
+    send_reg, send_ka = share("reg", "sendto"), share("ka", "sendto")
+    build_reg = share("reg", "build", "serialise")
     hk = calls("reg", "header_key")
     fm = calls("reg", "<method 'fullmatch' of 're.Pattern' objects>")
+    e = EARLIER
+
+    # --- the garbage collector
+    nf = exp.get("no_freeze", {})
+    nf_p99, nf_count, nf_longest = med("half_p99_auth", nf), med("gc2_count", nf), med(
+        "gc2_longest_ms", nf)
+    p99, p999, slowest = med("half_p99_auth"), med("half_p999_auth"), med("half_max_auth")
+    if nf:
+        tail_moved = ("so the freeze is what moved the tail"
+                      if nf_p99 > 2 * p99 else "so the freeze alone does not explain the change")
+        freeze_effect = (f"Without the freeze the same node has a half-load p99 of "
+                         f"{nf_p99:.1f} ms in this run ({plural(nf_count, 'full collection')}, "
+                         f"the longest {nf_longest:.0f} ms; experiment above), {tail_moved}.")
+        nf_cpu = med("node_reg_cpu_us", nf)
+        freeze_cpu = (f" It also saves CPU: {nf_cpu:.1f} µs per REGISTER transaction without "
+                      f"it (one run), {reg_cpu:.1f} µs with it." if nf_cpu > reg_cpu * 1.05
+                      else "")
+    else:
+        freeze_effect, freeze_cpu = "", ""
+    full_gc_s = consts.get("full_gc_interval_s", nan)
+    after = m["gc2_after_freeze"]
+    if m["gc2_count"]["max"] == 0:
+        full_text = "no full collection ran during a round"
+    elif after["n"] and after["max"] == 0:
+        which = ("the one full collection of a round" if m["gc2_count"]["median"] == 1 else
+                 f"the {plural(m['gc2_count']['median'], 'full collection')} of a round")
+        full_text = (f"{which} ({m['gc2_longest_ms']['median']:.0f} ms at the longest) ran "
+                     f"before the node's first `gc.freeze()` "
+                     f"({m['gc2_first_freeze_s']['median']:.2f} s after start), none after it")
+    elif after["n"]:
+        full_text = (f"{plural(after['median'], 'full collection')} ran after the node's "
+                     f"first `gc.freeze()` in a round, the longest "
+                     f"{m['gc2_after_freeze_longest_ms']['median']:.1f} ms")
+    else:
+        full_text = (f"{plural(m['gc2_count']['median'], 'full collection')} ran in a round, "
+                     f"the longest {m['gc2_longest_ms']['median']:.0f} ms")
+
+    # --- keepalive writes
+    ps = exp.get("persist", {})
+    persist_s = consts.get("keepalive_persist_interval_s", nan)
+    if ps:
+        persist_text = (
+            f"With every keepalive written (the upper bound; once-a-minute keepalives write "
+            f"half of them), the idle "
+            f"phase costs {med('idle_util', ps) * 100:.2f}% of a core (writer thread "
+            f"{med('idle_other_threads', ps) * 100:.2f}%) and the keepalive pass reaches "
+            f"{fmt(med('node_ka_ps', ps))}/s at {med('node_ka_cpu_us', ps):.0f} µs each "
+            "(experiment above).")
+    else:
+        persist_text = ""
+
+    # --- idle
     idle_us, echo_idle_us = m["idle_us"]["median"], m["echo_idle_us"]["median"]
-    gain_reg = reg_cpu / left_reg if left_reg > 0 else float("nan")
-    gain_ka = ka_cpu / left_ka if left_ka > 0 else float("nan")
     echo_ka_cpu = m["echo_ka_cpu_us"]["median"]
     echo_idle = m["echo_idle_util"]["median"]
     if echo_idle >= 0.75 * GOAL_IDLE_CPU:
@@ -944,16 +1110,30 @@ def analysis(m: dict[str, Any], profile: dict[str, Any] | None, memory: dict[str
         wake_text = (f"waking up per datagram takes {echo_idle / GOAL_IDLE_CPU * 100:.0f}% of the "
                      f"2% budget, leaving {max(0.0, GOAL_IDLE_CPU - echo_idle) * 100:.2f}% for "
                      f"the node's work, which takes {node_part * 100:.2f}%.")
-    if freeze:
-        fr = freeze["node"]["phases"]["regrate"]["latency_authorized_ms"]
-        freeze_text = (
-            f"Run with `gc.freeze()` every half second (experiment above), the same half-load "
-            f"pass has a p99 of {fr['p99']:.1f} ms and a slowest response of {fr['max']:.0f} ms.")
-    else:
-        freeze_text = ""
+
+    # --- transaction cache
     traced = memory.get("traced", {})
-    per_tx = ((traced.get("with_transactions_bytes_per_device", float("nan"))
-               - traced.get("steady_bytes_per_device", float("nan"))) / 2)
+    per_tx = ((traced.get("with_transactions_bytes_per_device", nan)
+               - traced.get("steady_bytes_per_device", nan)) / 2)
+    cap = consts.get("max_server_transactions", nan)
+    timer_j = consts.get("timer_j_s", nan)
+    cap_rate = cap / timer_j if timer_j else nan
+    goal_entries = GOAL_REGISTER_TPS * timer_j
+    cap_now = ("already above that rate" if reg_tps > cap_rate
+               else "below that rate, but the goal is above it")
+    if kept_reg == kept_reg and 1e6 / kept_reg >= 1.15 * GOAL_REGISTER_TPS:
+        fast_verdict = ("It is the only item here that can reach 15,000 REGISTER "
+                        "transactions/s with a margin.")
+    else:
+        fast_verdict = ("Even so it only just reaches 15,000 REGISTER transactions/s unless the "
+                        "stages it keeps shrink too, the digest first.")
+    if left_reg == left_reg and 1e6 / left_reg < GOAL_REGISTER_TPS:
+        parse_verdict = ("short of the goal even then: worth doing for everything the fast path "
+                         "leaves, not enough on its own.")
+    else:
+        parse_verdict = ("which only just reaches the goal, and these stages would shrink rather "
+                         "than vanish: worth doing for everything the fast path leaves, not "
+                         "enough on its own.")
 
     return f"""
 ## What it would take to meet the goals
@@ -963,76 +1143,134 @@ The node is CPU-bound: in the saturated passes its core is
 {m["node_reg_loadgen_util"]["median"] * 100:.0f}% busy. A REGISTER transaction costs
 {reg_cpu:.0f} µs of node CPU and a keepalive {ka_cpu:.0f} µs; 15,000 per second on one core
 leaves {budget:.1f} µs, a factor of {reg_cpu / budget:.1f} (registration) and
-{ka_cpu / budget:.1f} (keepalive) to find. On the same core the bare echo loop spends
+{ka_cpu / budget:.1f} (keepalive) still to find. On the same core the bare echo loop spends
 {echo_cpu:.1f} µs per transaction (datagram in, datagram out: uvloop and the kernel) and the
 minimal registrar {min_cpu:.1f} µs (the same with digest checks and a dict of devices), so the
-gap is Python work per message in the node, not the event loop or the kernel. In order of
-yield (shares are of the loop thread's profiled time, tables above):
+gap is Python work per message in the node, not the event loop or the kernel.
 
-1. **Parse each header once** (registration {pct(parse_reg + reparse_reg)}, keepalive
-   {pct(parse_ka + reparse_ka)}). `sip.message.parse_message` checks From, To, Via, Contact,
-   Call-ID and CSeq with full-match regular expressions (`_check_fields` / `_CHECKS`,
-   {fm:.0f} full matches per message), and then the same headers are parsed again for use:
-   `TransactionLayer.receive` → `server_key` → `Message.top_via` parses the Via,
-   `Registrar._register` / `_message` → `Message.from_` parse From, and
-   `SipEndpoint._valid` → `validate_request` parses the To of every REGISTER and splits the
-   Via once more. Every `Headers.get` recomputes `header_key` ({hk:.0f} calls per message in
-   the registration profile) and re-splits list headers such as Via (`split_top_level`).
-   Parsing Via, From and To once, where they are checked, and keeping the objects on the
-   message (with the lookup key stored once per field) removes the repeats.
-2. **Build responses from the request's header lines** (registration {pct(build_reg)},
-   keepalive {pct(build_ka)}). `Response.for_request` walks all request headers and
-   recomputes `header_key` for each (and `Headers.add` once more for the copied ones);
-   `Message.to_bytes` walks them again with `header_key` and counts CR/LF over the result.
-   The Via/From/To/Call-ID/CSeq lines of a parsed request are already checked text: keep
-   them as they came and join them with a precomputed status line (`SIP/2.0 200 OK`),
-   adding the To tag.
-3. **Keepalive fast path** (keepalive {pct(xml_ka)}). `Registrar._message` puts every
-   keepalive through `parse_manscdp` (an `XMLParser`, decoding, canonicalisation). A
-   keepalive body is about 170 bytes of fixed shape; a strict bytes pattern for
-   `<CmdType>Keepalive</CmdType>` with `<SN>`, `<DeviceID>` and `<Status>`, falling back to
-   the full parser for anything else, takes the XML parser out of the commonest message.
-4. **No INFO line per device** (registration {pct(log_reg)}). `Registry._set_online` logs
-   `device … online` for every registration: a `LogRecord`, a formatted time stamp and a
-   write each. A counter with one summary line per second (or DEBUG) keeps the information;
-   10,000 devices coming back after an outage otherwise cost 10,000 log lines.
+### What was done
+
+The node as of {e["commit"]} answered {fmt(e["reg_tps"])} REGISTER transactions/s at
+{e["reg_cpu_us"]:.0f} µs each and {fmt(e["ka_ps"])} keepalives/s at {e["ka_cpu_us"]:.0f} µs
+each, with a half-load p99 of {e["half_p99_ms"]:.1f} ms (History above). This run:
+{fmt(reg_tps)}/s at {reg_cpu:.0f} µs, {fmt(m["node_ka_ps"]["median"])}/s at
+{ka_cpu:.0f} µs, p99 {p99:.1f} ms. The changes, with what the figures show of each:
+
+1. **The garbage collector is kept off long-lived objects.** `Node._housekeeping` calls
+   `gc.freeze()` every 0.5 s, which moves every object the collector then tracks (devices,
+   cached transactions, modules) into the permanent generation that collections skip; every
+   `FULL_GC_INTERVAL_S` ({full_gc_s:.0f} s) it calls `gc.unfreeze()` and `gc.collect()` so
+   that frozen reference cycles are still freed. At half load the p99 went from
+   {e["half_p99_ms"]:.1f} to {p99:.1f} ms, the p99.9 from {e["half_p999_ms"]:.1f} to
+   {p999:.1f} ms and the slowest from {e["half_max_ms"]:.0f} to {slowest:.0f} ms; full
+   collections per round from {e["gc2_count"]} (longest {e["gc2_longest_ms"]:.0f} ms) to
+   {fmt(m["gc2_count"]["median"])} (longest {m["gc2_longest_ms"]["median"]:.0f} ms).
+   {freeze_effect}{freeze_cpu}
+2. **Header names and values are worked out once.** `header_key` caches the key of up to 512
+   header spellings; `Headers.get` splits a list header only when it holds a comma;
+   `Message.from_`, `.to`, `.top_via` and `.cseq` parse on first use and keep the result on
+   the message (`Message._cached`, reused while the header text is the same string);
+   `Response.for_request` and `Message.to_bytes` walk the stored (key, name, value) triples
+   of `Headers.fields()` instead of recomputing keys. `header_key` calls per message in the
+   registration profile: {e["header_key_per_msg"]} before, {fmt(hk)} now; building and
+   serialising the response: {pct(e["share_build_reg"])} of the registration profile before,
+   {pct(build_reg)} now.
+3. **Plain keepalive bodies skip the XML parser.** `parse_manscdp` matches the plain keepalive
+   (ASCII, no DTD, only CmdType, SN, DeviceID, Status and an empty Info) with a strict bytes
+   pattern, `_PLAIN_KEEPALIVE`, and hands anything else to `parse_manscdp_xml`. The MANSCDP
+   share of the keepalive profile went from {pct(e["share_manscdp_ka"])} to
+   {pct(share("ka", "manscdp"))}.
+4. **No log line per device.** `Registry._set_online` logs each device's change at DEBUG, and
+   `Registry.log_changes` writes one INFO line per state (online, offline) per housekeeping
+   tick with a count and up to five device IDs: a burst of {n:,} registrations is one line
+   per half second instead of {n:,}. Logging went from {pct(e["share_logging_reg"])} of the
+   registration profile to
+   {pct(share("reg", "logging"), 1)}.
+5. **Fewer and cheaper SQLite rows.** `Device.row` is an `operator.attrgetter`, and a
+   keepalive marks its device for the next write only when its state or address changed or
+   the stored keepalive is `Registry.keepalive_persist_s` ({persist_s:.0f} s, half the
+   keepalive timeout) old. In the
+   idle phase the writer thread went from {e["idle_writer_pct"]:.2f}% of a core to
+   {m["idle_other_threads"]["median"] * 100:.2f}%, but only because the rounds compress
+   time: every keepalive in them comes within {fmt(m["idle_span_s"]["median"])} s of the
+   registration. Devices keeping alive once a minute, as in the idle goal, have every other
+   keepalive written (the stored one is {persist_s:.0f} s old at the second). {persist_text}
+
+### What remains, in order of yield
+
+Shares are of the loop thread's profiled time (tables above).
+
+1. **A bytes-level fast path for the common REGISTER and keepalive** (it replaces stages that
+   are {pct(fast_reg)} of the registration and {pct(fast_ka)} of the keepalive profile). The
+   minimal registrar (`bench/echo.py --minimal`) answers the same traffic at {min_cpu:.1f} µs
+   per transaction: it finds the few headers it needs with bytes searches and copies the
+   Via, From, To, Call-ID and CSeq lines into a response built from a fixed status line. In
+   the node, a REGISTER or keepalive MESSAGE of the usual shape (one Via with an RFC 3261
+   branch, no folded, compact or repeated headers, the plain keepalive body) would be
+   recognised in `SipEndpoint.datagram_received` before `parse_message`, checked with a few
+   bytes operations, put through the same registrar policy, digest check and registry
+   update, and answered the same way; everything else, and anything the fast path is not sure
+   of, keeps going through `parse_message`, `validate_request` and the transaction layer. The
+   fast path still has to enter each answer in the transaction cache so that retransmissions
+   are absorbed, and, like `_PLAIN_KEEPALIVE` (tests/sip/test_manscdp_keepalive.py), be shown
+   to answer exactly as the full path does. The stages it keeps (digest
+   {digest_us:.0f} µs, policy, registry, `sendto`, transaction bookkeeping, housekeeping,
+   dispatch) cost about {kept_reg:.0f} µs per REGISTER transaction and {kept_ka:.0f} µs per
+   keepalive today (≈ {per_s(kept_reg)} and ≈ {per_s(kept_ka)} per second), to which its own
+   bytes work adds a few µs; part of the dispatch cost would go as well. {fast_verdict}
+2. **A single-pass parser** (the stages it touches are {pct(parse_reg)} of the registration
+   and {pct(parse_ka)} of the keepalive profile). Every message that does not take the fast
+   path goes through `sip.message.parse_head`: `_parse_fields` splits the header lines,
+   `_check_fields` matches Via, From, To, Contact, Call-ID, CSeq and Content-Length against
+   the `_CHECKS` patterns (`is_via_list`, `is_name_addr`, `is_contact_list` ...), and
+   `parse_cseq` matches the CSeq once more. Then the accessors parse the same text again with
+   other patterns, once each now that they are cached: `server_key` → `Message.top_via`
+   (`Via.parse`), `Registrar._register` / `_message` → `Message.from_` (`NameAddr.parse`), and
+   `validate_request` → `Message.to` for a REGISTER ({fmt(fm)} `fullmatch` calls per message
+   in the registration profile). A parser that builds the Via, From and To objects where it
+   checks them, with one pattern per header whose groups give both the verdict and the
+   fields, and keeps them on the message, removes the second pass. Even if these stages cost
+   nothing, a REGISTER transaction would still take about {left_reg:.0f} µs and a keepalive
+   {left_ka:.0f} µs (≈ {per_s(left_reg)} and ≈ {per_s(left_ka)} per second), {parse_verdict}
+3. **A deadline heap instead of `Registry.sweep`** (idle CPU and the latency tail). Twice a
+   second `Registry.sweep` walks every device and checks each online one: its longest run in
+   a round took {m["sweep_longest"]["median"]:.1f} ms, with up to
+   {fmt(m["devices_at_end"]["median"])} devices registered, and housekeeping is
+   {pct(share("idle", "housekeeping"))} of the loop thread's time in the idle profile. A heap
+   of (deadline, device ID), the deadline being the earlier of the registration's expiry and
+   the last keepalive plus `keepalive_timeout_s`, popped only while its top is due and
+   checked against the device when popped (a keepalive moves the deadline later without
+   touching the heap; the popped entry goes back in with the new deadline), makes each tick
+   cost in proportion to the devices that are due instead of all of them.
+4. **The server transaction cache against Timer J.** `TransactionLayer` keeps each answered
+   UDP transaction for Timer J ({timer_j:.0f} s) to absorb retransmissions, in an
+   `OrderedDict` of at most `max_server_transactions` ({fmt(cap)}) entries;
+   `_receive_request` evicts the oldest one at the cap. Above {fmt(cap)} / {timer_j:.0f} s =
+   {fmt(cap_rate)} transactions/s, kept up for more than {timer_j:.0f} s, entries go before
+   their Timer J ends, and a retransmission of an evicted request is handled again as a new
+   one instead of getting the cached answer. The node is {cap_now} ({fmt(reg_tps)}/s
+   saturated); the goal rate needs {fmt(goal_entries)} entries, about
+   {goal_entries * per_tx / 2**20:,.0f} MiB at the {fmt(per_tx)} bytes per cached transaction
+   measured below. Not a gain in speed, but what keeps the gains correct.
 5. **`sendto` per response** (registration {pct(send_reg)}, keepalive {pct(send_ka)}). One
-   system call per datagram; uvloop has no batched send. This is the floor, and what the echo
-   loop measures.
+   system call per datagram; uvloop has no batched send. This is the floor that the echo loop
+   measures, and it stays whatever else is done.
 
-Together items 1–4 are {pct(removable_reg)} of the registration time and
-{pct(removable_ka)} of the keepalive time; even if they cost nothing, a REGISTER transaction
-would still take about {left_reg:.0f} µs and a keepalive about {left_ka:.0f} µs
-(≈ {1e6 / left_reg if left_reg > 0 else float("nan"):,.0f} and
-≈ {1e6 / left_ka if left_ka > 0 else float("nan"):,.0f} per second).
-So these changes raise the ceiling by at most {gain_reg:.1f}× (registration) and
-{gain_ka:.1f}× (keepalive): removing them entirely would {"only just reach" if left_reg <= budget
-else "still miss"} 15,000 REGISTER transactions/s, and in practice they shrink rather than
-vanish. Reaching the goal with a margin takes a
-hot path of the minimal registrar's shape, where the common REGISTER and keepalive are
-recognised and answered with a few bytes operations (no header objects, no per-message
-allocations beyond the response), with the full parser, `validate_request` and the
-transaction layer kept for everything else and for retransmissions. The registrar's policy
-(`check_device_id`, the allow list, rate limits, nonce and digest) fits in that budget: the
-minimal registrar does its digest work in {min_cpu:.1f} µs per transaction.
-
-**The latency tail is the garbage collector.** At half load the median authorized REGISTER
-is answered in {m["half_p50_auth"]["median"]:.2f} ms but the p99 is
-{m["half_p99_auth"]["median"]:.1f} ms and the slowest {m["half_max_auth"]["median"]:.0f} ms:
-CPython's full (generation 2) collections scan every tracked object, and the node keeps many
-alive (each `Device`, and for 32 s each answered transaction with its `_ServerTx`, `Peer` and
-key tuple; {m["gc_tracked"]["median"]:,.0f} tracked objects at the end of a round). The
-longest full collection in a round took {m["gc2_longest_ms"]["median"]:.0f} ms, and it grows
-with the number of devices and with the transaction rate. {freeze_text} In the node this is a
-`gc.freeze()` call at the end of `Node._housekeeping` (it costs nothing and leaves reference
-counting as it is; objects frozen while part of a reference cycle are then never collected,
-so an occasional `gc.unfreeze()` with a collection at a quiet moment, or a higher
-`gc.set_threshold`, goes with it). Keeping fewer tracked objects per cached transaction in
-`TransactionLayer._server` (the response bytes and the peer as plain tuples of strings and
-ints, which the collector stops tracking) shortens the collections as well. Most of what
-remains of the tail comes from `Node._housekeeping` every half second: `Registry.sweep` over
-all devices, `snapshot_dirty`, and the SQLite writer thread holding the GIL while it binds
-the rows.
+**The latency tail.** At half load the median authorized REGISTER is answered in
+{m["half_p50_auth"]["median"]:.2f} ms, the p99 in {p99:.1f} ms, the p99.9 in {p999:.1f} ms and
+the slowest in {slowest:.0f} ms. The collector no longer sets it: at the end of a round
+{fmt(m["gc_tracked"]["median"])} objects were left to it and {fmt(m["gc_frozen"]["median"])}
+frozen, and {full_text}. What remains is work that holds the loop between two datagrams:
+`Registry.sweep` (longest {m["sweep_longest"]["median"]:.1f} ms, item 3),
+`Registry.snapshot_dirty` building the rows of the devices changed in the last half second
+(longest {m["snapshot_longest"]["median"]:.1f} ms; at half load about
+{fmt(m["half_rate"]["median"] / 4)} registrations per tick), young collections (longest
+{m["gc01_longest_ms"]["median"]:.1f} ms), and the SQLite writer thread taking the GIL while it
+binds those rows. The full collection every {full_gc_s / 60:.0f} minutes stays: timed at the
+end of a round, with {fmt(m["devices_at_end"]["median"])} devices and
+{fmt(m["full_gc_objects"]["median"])} objects, `gc.unfreeze()` and `gc.collect()` took
+{m["full_gc_ms"]["median"]:.0f} ms. Once in ten minutes it stays out of the p99, but the
+requests that arrive meanwhile wait that long, and it grows with the number of devices.
 
 **Idle keepalives.** {n:,} devices keeping alive once a minute is {n / 60:.0f} MESSAGEs per
 second, and the node then spends {idle_us:.0f} µs per keepalive ({ka_cpu:.0f} µs when
@@ -1040,23 +1278,19 @@ saturated): each keepalive wakes the loop alone, with cold caches. The bare echo
 {echo_idle_us:.0f} µs per datagram at the same rate
 ({m["echo_idle_util"]["median"] * 100:.2f}% of a core) against {echo_ka_cpu:.1f} µs when
 busy; {wake_text} The node spends {m["idle_ratio"]["median"]:.1f} times what the echo loop
-does at this rate; its own part shrinks with items 1–3;
-the housekeeping is small in comparison ({m["quiet_util"]["median"] * 100:.2f}% of a core with
-no traffic: `Registry.sweep` walking all devices twice a second, the SQLite snapshot of dirty
-devices via `Device.row`). A heap of keepalive deadlines would make the sweep independent of
-the device count, and `operator.attrgetter(*DEVICE_COLUMNS)` in `Device.row` would make the
-snapshot several times cheaper.
+does at this rate. Its own part shrinks with items 1 and 2. With no traffic at all it uses
+{m["quiet_util"]["median"] * 100:.2f}% of a core for its timers and housekeeping ticks, of
+which `Registry.sweep` is the part that grows with the device count (item 3). The idle
+figure of the rounds writes no keepalive to SQLite
+(item 5 of what was done); the steady state with once-a-minute keepalives is the "every
+keepalive written" column of the experiments.
 
 **Memory.** A registered device costs about {traced.get("steady_bytes_per_device", 0):,.0f}
-bytes of Python heap once its transactions are gone (the `Device`, its strings, its rate-limit
-bucket, the queued DeviceInfo/Catalog query). Each answered UDP transaction is kept for
-Timer J (32 s) with its response, about {per_tx:,.0f} bytes, which is why RSS grows by
-{m["rss_per_device"]["median"]:,.0f} bytes per device during a registration burst. At the goal
-rate that cache would hold up to `TransactionLayer.max_server_transactions` (200,000)
-entries, about {200_000 * per_tx / 2**20:,.0f} MiB; above 200,000 / 32 s = 6,250
-transactions/s the cap starts evicting transactions before Timer J ends, so retransmitted
-requests would no longer be absorbed. The node already answers {reg_tps:,.0f}/s when
-saturated, so the cap matters as soon as it gets faster.
+bytes of Python heap once its transactions are gone (the `Device` and its strings, its
+rate-limit buckets, its place in the DeviceInfo/Catalog query queue). Each answered UDP
+transaction is kept for Timer J with its response, about {per_tx:,.0f} bytes, which is why
+RSS grows by {m["rss_per_device"]["median"]:,.0f} bytes per device during a registration
+burst; see item 4 for what that means at the goal rate.
 """
 
 
@@ -1098,6 +1332,11 @@ METHOD = """
 - **Memory.** RSS of the node process before and right after registering {n:,} devices (server
   transactions still cached for Timer J); a separate node under tracemalloc for the Python heap
   per device after the transactions are released; and RSS with {mem:,} devices.
+- **Collector and housekeeping.** `bench/node_proc.py` records the pause of every garbage
+  collection through `gc.callbacks`, notes when the node first calls `gc.freeze()`, and wraps
+  `Registry.sweep` and `Registry.snapshot_dirty` to keep their longest run. After the round's
+  figures are taken it times `gc.unfreeze()` and `gc.collect()` once, as the node does every
+  `FULL_GC_INTERVAL_S`.
 - **Profile.** cProfile in a separate node (not in the timed rounds).
 - **Noise.** Other processes' CPU use during each measurement is computed from `/proc/stat`
   minus our processes, and reported above.
@@ -1117,8 +1356,9 @@ def main() -> int:
     parser.add_argument("--memory-devices", type=int, default=50_000,
                         help="devices for the RSS memory pass (0 skips it)")
     parser.add_argument("--no-sipp", action="store_true")
-    parser.add_argument("--no-gc-experiment", action="store_true",
-                        help="skip the node run with gc.freeze() every 0.5 s")
+    parser.add_argument("--no-experiments", action="store_true",
+                        help="skip the node runs without gc.freeze() and with every keepalive "
+                        "written")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--json", help="also write every raw figure to this file")
@@ -1128,6 +1368,7 @@ def main() -> int:
     started = time.perf_counter()
     info = machine()
     info["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    info["commit"] = node_commit()
     cpus_available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if len(cpus_available) >= 2:
         cpus: tuple[int | None, int | None] = (cpus_available[0], cpus_available[1])
@@ -1153,10 +1394,14 @@ def main() -> int:
                 f"idle {nd['idle']['server_cpu_util'] * 100:.2f}% of a core, "
                 f"other load {r['node_other_load']:.2f} cores")
         m = collect(rounds, args)
-        freeze: dict[str, Any] | None = None
-        if not args.no_gc_experiment:
-            log("experiment: the node with gc.freeze() every 0.5 s ...")
-            freeze = node_pass(args, tmp / "gc-freeze", cpus, ["--gc-freeze", "0.5"])
+        experiments: dict[str, Any] = {}
+        if not args.no_experiments:
+            log("experiment: the node without gc.freeze() ...")
+            experiments["no_freeze"] = node_pass(args, tmp / "no-gc-freeze", cpus,
+                                                 ["--no-gc-freeze"])
+            log("experiment: the node writing every keepalive ...")
+            experiments["persist"] = node_pass(args, tmp / "persist-every", cpus,
+                                               ["--persist-every-keepalive"])
         sipp_results: dict[str, Any] = {}
         if not args.no_sipp and shutil.which("sipp"):
             half = max(100.0, m["half_rate"]["median"] / 2)  # registrations per second
@@ -1195,11 +1440,11 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "rounds": rounds,
                                                "sipp": sipp_results, "profile": profile,
-                                               "gc_freeze": freeze},
+                                               "experiments": experiments},
                                               indent=1, default=str))
     if not args.no_doc:
         text = write_doc(info, args, m, sipp_results, profile, memory, rounds, elapsed,
-                         command, freeze)
+                         command, experiments)
         DOC.parent.mkdir(parents=True, exist_ok=True)
         DOC.write_text(text)
         log(f"wrote {os.path.relpath(DOC, ROOT)} ({elapsed:.0f} s)")

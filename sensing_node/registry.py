@@ -26,9 +26,6 @@ log = logging.getLogger(__name__)
 
 _row_values = operator.attrgetter(*DEVICE_COLUMNS)
 
-# A keepalive is written to the store only when this much older than the stored one: enough
-# to restore "online" after a restart, without one SQLite row per keepalive.
-KEEPALIVE_PERSIST_INTERVAL_S = 30.0
 
 
 @dataclass(slots=True)
@@ -85,6 +82,10 @@ class Registry:
     ) -> None:
         self.store = store
         self.keepalive_timeout_s = keepalive_timeout_s
+        # A keepalive is written to the store only when the stored one is half a timeout old:
+        # a restart within that half still finds the device online, and a device keeping alive
+        # every 60 s (timeout 180 s) costs a row every other keepalive, not every one.
+        self.keepalive_persist_s = keepalive_timeout_s / 2
         self.max_devices = max_devices
         self.on_change = on_change
         self.devices: dict[str, Device] = {}
@@ -204,7 +205,7 @@ class Registry:
             dev.remote = remote
             self._set_online(dev, True)
             self._dirty.add(device_id)
-        elif now - dev.stored_keepalive >= KEEPALIVE_PERSIST_INTERVAL_S:
+        elif now - dev.stored_keepalive >= self.keepalive_persist_s:
             self._dirty.add(device_id)
         return True
 
