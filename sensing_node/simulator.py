@@ -12,7 +12,6 @@ import asyncio
 import itertools
 import logging
 import os
-import random
 from dataclasses import dataclass
 
 from sip import auth, manscdp
@@ -257,6 +256,3 @@ class SimulatedCamera:
         )
         return await self.endpoint.request(request, self.server_peer)
 
-
-def random_device_id(prefix: str = "3101120000", type_code: str = "132") -> str:
-    return f"{prefix}{type_code}0{random.randint(0, 999_999):06d}"

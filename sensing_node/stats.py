@@ -16,7 +16,7 @@ class Stats:
         self.auth_failures = 0
         self.auth_rate_limited = 0
         self.retransmissions_absorbed = 0
-        self.tcp_connections = 0
+        self.tcp_connections_accepted = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -28,5 +28,5 @@ class Stats:
             "auth_failures": self.auth_failures,
             "auth_rate_limited": self.auth_rate_limited,
             "retransmissions_absorbed": self.retransmissions_absorbed,
-            "tcp_connections": self.tcp_connections,
+            "tcp_connections_accepted": self.tcp_connections_accepted,
         }

@@ -223,10 +223,6 @@ class TransactionLayer:
                         self._server.move_to_end(key)
         self._out.append(Outgoing(data, peer))
 
-    def send_stateless(self, message: Request | Response, peer: Peer) -> None:
-        """Queue a message outside any transaction (ACK, a 400 to a malformed request...)."""
-        self._out.append(Outgoing(message.to_bytes(), peer))
-
     def send_raw(self, data: bytes, peer: Peer) -> None:
         self._out.append(Outgoing(data, peer))
 

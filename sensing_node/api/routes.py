@@ -141,6 +141,7 @@ async def stats(request: web.Request) -> web.Response:
     body["devices"] = len(node.registry)
     body["online"] = node.registry.online_count()
     body["channels"] = sum(1 for _ in node.registry.channels())
+    body["tcp_connections"] = len(node.endpoint.connections)
     body["transactions"] = {
         "server": node.endpoint.tx.server_transaction_count,
         "client": node.endpoint.tx.client_transaction_count,

@@ -232,9 +232,15 @@ class SipEndpoint:
             return fut
         key = self.tx.request(request, peer, self.loop.time())
         self._futures[key] = fut
+        fut.add_done_callback(lambda done: self._request_done(key, done))
         self._flush()
         self._arm_timer()
         return fut
+
+    def _request_done(self, key: tuple[str, str], fut: asyncio.Future[Response]) -> None:
+        if fut.cancelled():  # the caller gave up: stop retransmitting for it
+            self._futures.pop(key, None)
+            self.tx.cancel(key)
 
     def new_branch(self) -> str:
         return f"{self._branch_prefix}{next(self._branch_seq)}"
@@ -326,7 +332,7 @@ class _SipTcpConnection(asyncio.Protocol):
             transport.close()
             return
         ep.connections[self.peer] = self
-        ep.stats.tcp_connections += 1
+        ep.stats.tcp_connections_accepted += 1
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None and self.transport is not None

@@ -392,3 +392,23 @@ def test_node_answers_in_the_encoding_the_device_really_uses(body, previous, exp
     from sip.manscdp import parse_manscdp
 
     assert answer_charset(parse_manscdp(body), body, previous) == expected
+
+
+async def test_abandoned_query_stops_its_retransmissions(start_node: StartNode):
+    running = await start_node()
+    peer = await UdpPeer.open(running.sip)
+    try:
+        assert (await register(peer, CAMERA, PASSWORD)).status == 200
+        await asyncio.sleep(0.1)
+        endpoint = running.node.endpoint
+        assert endpoint.tx.client_transaction_count == 1  # the DeviceInfo query, unanswered
+        assert running.node.queries is not None
+        await running.node.queries.stop()  # cancels the waiting query
+        assert endpoint.tx.client_transaction_count == 0
+        await asyncio.sleep(1.2)  # Timer E would have fired at 0.5 s and 1.5 s
+        with contextlib.suppress(TimeoutError):
+            while True:
+                await peer.recv_raw(timeout=0.1)
+        assert len(peer.requests) == 1  # the first send only, no retransmission
+    finally:
+        peer.close()
