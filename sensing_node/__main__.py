@@ -71,13 +71,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run(settings) -> int:  # type: ignore[no-untyped-def]
     from aiohttp import web
 
-    from .node import build_app
+    from .node import StartupError, build_app
 
     app = build_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.node.http_host, settings.node.http_port)
-    await site.start()
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.node.http_host, settings.node.http_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen for HTTP on {settings.node.http_host}:"
+                f"{settings.node.http_port}: {exc.strerror or exc}"
+            ) from exc
+    except StartupError as exc:
+        log.error("%s", exc)
+        await runner.cleanup()
+        return 1
     log.info("HTTP API on http://%s:%d", settings.node.http_host, settings.node.http_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

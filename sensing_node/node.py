@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -27,6 +28,10 @@ from .transport.sip import SipEndpoint
 log = logging.getLogger(__name__)
 
 FULL_GC_INTERVAL_S = 600.0
+
+
+class StartupError(Exception):
+    """The node cannot start (a port is taken, the data directory is unusable ...)."""
 
 
 class Node:
@@ -52,9 +57,20 @@ class Node:
     async def start(self) -> None:
         node = self.settings.node
         loop = asyncio.get_running_loop()
-        valid = await loop.run_in_executor(self.store.executor, self.registry.load, self.wall())
+        try:
+            valid = await loop.run_in_executor(
+                self.store.executor, self.registry.load, self.wall()
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(f"cannot open the registry in {self.store.path}: {exc}") from exc
         log.info("registry loaded: %d devices, %d still registered", len(self.registry), valid)
-        self.sip_address = await self.endpoint.listen(node.sip_host, node.sip_port)
+        try:
+            self.sip_address = await self.endpoint.listen(node.sip_host, node.sip_port)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen for SIP on {node.sip_host}:{node.sip_port} (UDP and TCP): "
+                f"{exc.strerror or exc}"
+            ) from exc
         log.info("SIP listening on %s:%d (UDP and TCP)", *self.sip_address)
         self.queries = DeviceQueries(
             self.endpoint, self.registry, self.stats, node_id=node.id, realm=node.realm

@@ -163,3 +163,31 @@ def test_simulate_camera_command_registers_to_a_running_node(tmp_path):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.parametrize("taken", ["sip", "http"])
+def test_run_names_a_taken_port_and_exits_non_zero(tmp_path, taken):
+    sip_port, http_port = free_port(), free_port()
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        "node:\n"
+        f"  sip_listen: \"127.0.0.1:{sip_port}\"\n"
+        f"  http_listen: \"127.0.0.1:{http_port}\"\n"
+        "  api_token: \"secret\"\n"
+        f"  data_dir: \"{tmp_path / 'data'}\"\n"
+        "devices:\n"
+        "  password: \"pw\"\n"
+    )
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if taken == "sip" else
+                            socket.SOCK_STREAM)
+    try:
+        blocker.bind(("127.0.0.1", sip_port if taken == "sip" else http_port))
+        if taken == "http":
+            blocker.listen()
+        result = cli("run", "-c", str(config))
+    finally:
+        blocker.close()
+    assert result.returncode == 1
+    port = sip_port if taken == "sip" else http_port
+    assert f"cannot listen for {taken.upper()} on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
