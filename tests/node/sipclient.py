@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 
 from sip import auth
 from sip.message import Request, Response, parse_message
@@ -19,9 +20,12 @@ class UdpPeer(asyncio.DatagramProtocol):
     @classmethod
     async def open(cls, server: tuple[str, int]) -> UdpPeer:
         loop = asyncio.get_running_loop()
-        _, proto = await loop.create_datagram_endpoint(
-            cls, local_addr=("127.0.0.1", 0), remote_addr=server
-        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # Room for the answers to a burst sent before the first one is read.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.bind(("127.0.0.1", 0))
+        sock.connect(server)
+        _, proto = await loop.create_datagram_endpoint(cls, sock=sock)
         return proto
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
