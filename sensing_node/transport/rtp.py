@@ -1,0 +1,469 @@
+"""RTP media receivers for GB/T 28181 streams: UDP, and RFC 4571 TCP in both roles.
+
+A thin asyncio layer over the sans-I/O `rtp` package. Each stream gets one even local port from
+`PortPool` (GB/T 28181 media uses one port per stream). Packets are checked against
+the expected source (the device's host; its port and SSRC are latched from the first good packet
+unless given, since devices often send from a port other than the one in their SDP), put back in
+sequence order by `rtp.reorder.ReorderBuffer` and handed to an `RtpSink` in order. Everything
+else (RTCP, other sources or SSRCs, bytes that are not RTP) is dropped and counted.
+
+TCP media (GB/T 28181-2022 section 4.3.6, RFC 4571 framing) is either passive (we listen, the
+device connects; one connection per session) or active (we connect to the port in the device's
+SDP answer, retrying for a while because the device may open it late).
+
+The receive path is the hot path: no logging and no objects per packet beyond the payload view
+and one tuple; the kernel buffer of every RTP socket is raised to `rcvbuf` (1 MiB by default),
+because keyframe bursts overflow the default on loopback and LAN alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rtp.errors import RtpError
+from rtp.framing import Deframer
+from rtp.packet import RtpPacket, is_rtcp, peek_rtp_header
+from rtp.ps import AccessUnit, PsDemuxer
+from rtp.reorder import ReorderBuffer
+
+__all__ = [
+    "MediaIngest",
+    "PortPool",
+    "PortsExhausted",
+    "RtpReceiveConfig",
+    "RtpSink",
+    "TcpRtpReceiver",
+    "UdpRtpReceiver",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RCVBUF = 1 << 20
+_rcvbuf_warned = False
+
+# (payload, sequence, timestamp, marker): what the reorder buffer holds per packet.
+_Item = tuple[memoryview, int, int, bool]
+
+
+class PortsExhausted(RuntimeError):
+    """Every port of the RTP range is in use (by us or by someone else)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RtpReceiveConfig:
+    """Receive settings shared by the UDP and TCP receivers.
+
+    :param reorder_window: packets held behind a gap before it is given up.
+    :param max_delay_s: longest wait for a missing packet.
+    :param rcvbuf: SO_RCVBUF asked for on every RTP socket.
+    :param connect_attempts: tries of an active TCP connection before giving up.
+    :param connect_retry_s: pause between those tries.
+    """
+
+    reorder_window: int = 64
+    max_delay_s: float = 0.2
+    rcvbuf: int = DEFAULT_RCVBUF
+    connect_attempts: int = 4
+    connect_retry_s: float = 1.0
+
+
+class RtpSink(Protocol):
+    """Receives the packets of one stream in sequence order.
+
+    `payload` is valid only during the call; a sink that keeps it must copy it.
+    """
+
+    def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None: ...
+
+
+def set_rcvbuf(sock: socket.socket, size: int) -> int:
+    """Ask for a `size`-byte receive buffer and return what the kernel granted.
+
+    Linux reports twice the value it accepted (the extra half is its bookkeeping). When the
+    kernel caps the request (net.core.rmem_max), SO_RCVBUFFORCE is tried, and if the buffer is
+    still short a warning is logged once per process.
+    """
+    global _rcvbuf_warned
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if granted < size and hasattr(socket, "SO_RCVBUFFORCE"):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, size)
+        except OSError:
+            pass  # not privileged
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if granted < size and not _rcvbuf_warned:
+        _rcvbuf_warned = True
+        log.warning(
+            "RTP socket receive buffer capped at %d bytes (asked %d); raise net.core.rmem_max "
+            "or keyframe bursts may be lost", granted, size,
+        )
+    return granted
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class PortPool:
+    """Even local ports from the configured RTP range (node.rtp_ports), one per stream.
+
+    A port someone else holds is skipped and tried again later; `PortsExhausted` is raised when
+    no port of the range can be bound.
+    """
+
+    def __init__(self, low: int, high: int, *, rcvbuf: int = DEFAULT_RCVBUF) -> None:
+        if not 0 < low <= high <= 0xFFFF:
+            raise ValueError("RTP port range must be 1-65535, low <= high")
+        ports = range(low + (low & 1), high + 1, 2)
+        if not ports:
+            raise ValueError("RTP port range holds no even port")
+        self.low, self.high, self.rcvbuf = low, high, rcvbuf
+        self._free: deque[int] = deque(ports)
+        self._in_use: set[int] = set()
+
+    @property
+    def in_use(self) -> int:
+        return len(self._in_use)
+
+    @property
+    def capacity(self) -> int:
+        return len(self._free) + len(self._in_use)
+
+    async def acquire_udp(self, host: str) -> tuple[socket.socket, int]:
+        """A bound, non-blocking UDP socket with the large receive buffer, and its port."""
+        return self._acquire(host, socket.SOCK_DGRAM)
+
+    async def acquire_tcp(self, host: str) -> tuple[socket.socket, int]:
+        """A bound, listening, non-blocking TCP socket with the large receive buffer."""
+        return self._acquire(host, socket.SOCK_STREAM)
+
+    def release(self, port: int) -> None:
+        """Give a port back (the caller has closed its socket); unknown ports are ignored."""
+        if port in self._in_use:
+            self._in_use.discard(port)
+            self._free.append(port)
+
+    def _acquire(self, host: str, kind: socket.SocketKind) -> tuple[socket.socket, int]:
+        for _ in range(len(self._free)):
+            port = self._free.popleft()
+            sock = socket.socket(_family(host), kind)
+            try:
+                if kind == socket.SOCK_STREAM:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                set_rcvbuf(sock, self.rcvbuf)  # before listen(): accepted sockets inherit it
+                sock.bind((host, port))
+                if kind == socket.SOCK_STREAM:
+                    sock.listen(4)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                self._free.append(port)  # held by another process for now
+                continue
+            self._in_use.add(port)
+            return sock, port
+        raise PortsExhausted(
+            f"no free even RTP port in {self.low}-{self.high} on {host} "
+            f"({len(self._in_use)} held by this node)"
+        )
+
+
+class _RtpReceiver:
+    """What the UDP and TCP receivers share: SSRC check, reorder buffer, timer, counters."""
+
+    def __init__(self, sink: RtpSink, config: RtpReceiveConfig | None = None) -> None:
+        self.config = config or RtpReceiveConfig()
+        self.sink = sink
+        self._deliver = sink.on_packet
+        self.reorder: ReorderBuffer[_Item] = ReorderBuffer(
+            self.config.reorder_window, self.config.max_delay_s
+        )
+        self.ssrc: int | None = None
+        self.packets = 0
+        self.bytes = 0
+        self.rtcp = 0
+        self.dropped_foreign = 0
+        self.dropped_invalid = 0
+        self.sink_errors = 0
+        self.last_packet_at: float | None = None
+        self.rcvbuf = 0
+        self.port = 0
+        self._pool: PortPool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # Counters kept by the reorder buffer.
+    @property
+    def lost(self) -> int:
+        return self.reorder.lost
+
+    @property
+    def reordered(self) -> int:
+        return self.reorder.reordered
+
+    @property
+    def duplicates(self) -> int:
+        return self.reorder.duplicates
+
+    def _receive(self, data: bytes) -> bool:
+        """One packet of the stream; True if it was RTP of the expected SSRC."""
+        if is_rtcp(data):
+            self.rtcp += 1
+            return False
+        header = peek_rtp_header(data)
+        if header is None:
+            try:
+                packet = RtpPacket.parse(data)  # padding, or not RTP at all
+            except RtpError:
+                self.dropped_invalid += 1
+                return False
+            seq, ts, ssrc, marker = packet.sequence, packet.timestamp, packet.ssrc, packet.marker
+            payload = memoryview(packet.payload)
+        else:
+            _, seq, ts, ssrc, marker, offset = header
+            payload = memoryview(data)[offset:]
+        if ssrc != self.ssrc:
+            if self.ssrc is not None:
+                self.dropped_foreign += 1
+                return False
+            self.ssrc = ssrc
+        assert self._loop is not None
+        now = self._loop.time()
+        self.packets += 1
+        self.bytes += len(data)
+        self.last_packet_at = now
+        out = self.reorder.push(seq, (payload, seq, ts, marker), now)
+        self._release(out)
+        if len(out) != 1 and self._timer is None:
+            self._arm_timer()  # something is held: a gap, or a possible source restart
+        return True
+
+    def _release(self, items: list[_Item]) -> None:
+        deliver = self._deliver
+        try:
+            for payload, seq, ts, marker in items:
+                deliver(payload, seq, ts, marker)
+        except Exception:
+            self.sink_errors += 1
+            if self.sink_errors == 1:
+                log.exception("RTP sink failed (further failures are only counted)")
+
+    def _arm_timer(self) -> None:
+        deadline = self.reorder.next_deadline()
+        if deadline is not None and self._loop is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        assert self._loop is not None
+        self._release(self.reorder.flush(self._loop.time()))
+        self._arm_timer()
+
+    def _finish(self) -> None:
+        """Stop the timer, hand over what is held, give the port back."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._release(self.reorder.drain())
+        if self._pool is not None:
+            self._pool.release(self.port)
+            self._pool = None
+
+
+class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
+    """One stream on one UDP port. Create with `open`; stop with `close`."""
+
+    def __init__(self, sink: RtpSink, config: RtpReceiveConfig | None = None) -> None:
+        super().__init__(sink, config)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.source: Any = None  # the latched (host, port)
+        self._source_host: str | None = None
+
+    @classmethod
+    async def open(
+        cls, host: str, pool: PortPool, sink: RtpSink, config: RtpReceiveConfig | None = None
+    ) -> UdpRtpReceiver:
+        """Bind a port from `pool` on `host` and start receiving into `sink`."""
+        self = cls(sink, config)
+        sock, self.port = await pool.acquire_udp(host)
+        self._pool = pool
+        self.rcvbuf = set_rcvbuf(sock, self.config.rcvbuf)
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
+        except BaseException:
+            sock.close()
+            pool.release(self.port)
+            raise
+        return self
+
+    def expect(self, source_host: str | None = None, ssrc: int | None = None) -> None:
+        """Accept packets only from `source_host` (any host if None) and of `ssrc`.
+
+        The source port, and the SSRC when None, are taken from the first RTP packet accepted.
+        """
+        self._source_host = source_host
+        self.source = None
+        self.ssrc = ssrc
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if addr != self.source:
+            if self.source is not None or (
+                self._source_host is not None and addr[0] != self._source_host
+            ):
+                self.dropped_foreign += 1
+            elif self._receive(data):
+                self.source = addr
+            return
+        self._receive(data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors for a receive-only socket say nothing useful
+
+    def close(self) -> None:
+        """Close the socket, release held packets to the sink and the port to the pool."""
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        self._finish()
+
+
+class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
+    """One stream over one RFC 4571 TCP connection: passive (`listen_tcp`) or active
+    (`connect_tcp`). Stop with `close`; `closed` is set when the connection ends."""
+
+    def __init__(self, sink: RtpSink, config: RtpReceiveConfig | None = None) -> None:
+        super().__init__(sink, config)
+        self.deframer = Deframer()
+        self.transport: asyncio.Transport | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.peer: Any = None
+        self.refused_connections = 0
+        self.connect_attempts = 0
+        self.closed = asyncio.Event()
+        self._claimed = False
+
+    async def listen_tcp(self, host: str, pool: PortPool) -> tuple[asyncio.AbstractServer, int]:
+        """Passive role: listen on a port from `pool`; the first connection carries the stream.
+
+        Later connections are closed at once and counted in `refused_connections`.
+        """
+        sock, port = await pool.acquire_tcp(host)
+        self._loop = asyncio.get_running_loop()
+        try:
+            server = await self._loop.create_server(self._accept, sock=sock)
+        except BaseException:
+            sock.close()
+            pool.release(port)
+            raise
+        self.server, self.port, self._pool = server, port, pool
+        return server, port
+
+    async def connect_tcp(self, host: str, port: int) -> None:
+        """Active role: connect to the device's SDP port, retrying while it is not listening.
+
+        The device opens its port only once it has answered the INVITE, so the first tries may
+        be refused; they are repeated up to `connect_attempts` times, `connect_retry_s` apart
+        (GB/T 28181-2022 App. D: reconnect at least a second apart, at least three tries).
+        """
+        loop = self._loop = asyncio.get_running_loop()
+        self._claimed = True
+        last: OSError | None = None
+        for attempt in range(self.config.connect_attempts):
+            if attempt:
+                await asyncio.sleep(self.config.connect_retry_s)
+            self.connect_attempts += 1
+            sock = socket.socket(_family(host), socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                self.rcvbuf = set_rcvbuf(sock, self.config.rcvbuf)
+                await loop.sock_connect(sock, (host, port))
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            await loop.create_connection(lambda: self, sock=sock)
+            return
+        raise ConnectionError(
+            f"RTP over TCP: {host}:{port} refused {self.connect_attempts} tries: {last}"
+        )
+
+    def _accept(self) -> asyncio.BaseProtocol:
+        if self._claimed:
+            return _RefusedConnection(self)
+        self._claimed = True
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self.peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and not self.rcvbuf:
+            self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.deframer.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        for packet in self.deframer.buffer_updated(nbytes):
+            self._receive(packet)  # type: ignore[arg-type]  # always bytes here
+
+    def expect(self, ssrc: int | None = None) -> None:
+        """Accept only `ssrc` (None: the first packet's SSRC is latched)."""
+        self.ssrc = ssrc
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._release(self.reorder.drain())
+        self.closed.set()
+
+    def close(self) -> None:
+        """Close the connection and the listening socket; release the port."""
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self._finish()
+
+
+class _RefusedConnection(asyncio.Protocol):
+    """A second connection to a passive TCP session port: closed as soon as it is made."""
+
+    def __init__(self, owner: TcpRtpReceiver) -> None:
+        self.owner = owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.owner.refused_connections += 1
+        transport.close()
+
+
+class MediaIngest:
+    """An `RtpSink` that demuxes the PS payloads into access units.
+
+    Units go to `on_unit`, or are collected in `units` when no callback is given.
+    """
+
+    def __init__(self, on_unit: Callable[[AccessUnit], None] | None = None) -> None:
+        self.demuxer = PsDemuxer()
+        self.units: list[AccessUnit] = []
+        self.on_unit = on_unit if on_unit is not None else self.units.append
+
+    def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+        for unit in self.demuxer.feed(payload):
+            self.on_unit(unit)
+
+    def flush(self) -> None:
+        """End of stream: emit the units still open in the demuxer."""
+        for unit in self.demuxer.flush():
+            self.on_unit(unit)

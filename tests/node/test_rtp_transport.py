@@ -1,0 +1,465 @@
+"""RTP receivers over real loopback sockets: UDP, TCP passive and active, port pool, counters.
+
+A camera's stream is made from the frames of gb_h264_zlm.ps (read with PyAV), muxed again with
+`PsMuxer` and cut into RTP packets; what the receiver's `MediaIngest` demuxes must be PyAV's
+packets, byte for byte and in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+from collections.abc import Callable
+
+import av
+import pytest
+
+from rtp.framing import frame
+from rtp.nal import is_keyframe
+from rtp.psmux import PsMuxer, RtpPacketizer
+from sensing_node.transport.rtp import (
+    MediaIngest,
+    PortPool,
+    PortsExhausted,
+    RtpReceiveConfig,
+    TcpRtpReceiver,
+    UdpRtpReceiver,
+)
+from tests.conftest import DATA
+
+SSRC = 0x0BEBDFA1
+HOST = "127.0.0.1"
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def stream() -> tuple[list[bytes], list[bytes]]:
+    """(PyAV's video packet bytes, the RTP packets carrying them)."""
+    with av.open(str(DATA / "media" / "gb_h264_zlm.ps"), format="mpeg") as container:
+        frames = [
+            (bytes(p), p.pts, p.is_keyframe)
+            for p in container.demux(video=0)
+            if p.size
+        ]
+    muxer = PsMuxer("h264")
+    packetizer = RtpPacketizer(SSRC, sequence=65000)  # wraps during the stream
+    packets: list[bytes] = []
+    for data, pts, key in frames:
+        ps = muxer.mux_video(data, pts, keyframe=key or is_keyframe("h264", data))
+        packets += packetizer.packetize(ps, pts)
+    return [data for data, _, _ in frames], packets
+
+
+@pytest.fixture
+def pool() -> PortPool:
+    return PortPool(*free_even_range(40))
+
+
+def free_even_range(count: int) -> tuple[int, int]:
+    """A stretch of ports whose first one is free right now (the pool skips busy ones)."""
+    rng = random.Random()
+    for _ in range(100):
+        low = rng.randrange(20000, 30000, 2)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((HOST, low))
+            except OSError:
+                continue
+        return low, low + 2 * count - 1
+    raise AssertionError("no free port found")
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not met in time")
+
+
+class Sender:
+    """A device's UDP socket."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.bind((HOST, 0))
+
+    async def send(self, datagrams: list[bytes], port: int, pace: int = 50) -> None:
+        for index, datagram in enumerate(datagrams):
+            self.sock.sendto(datagram, (HOST, port))
+            if index % pace == pace - 1:
+                await asyncio.sleep(0.001)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def with_ssrc(packet: bytes, ssrc: int) -> bytes:
+    return packet[:8] + struct.pack("!I", ssrc) + packet[12:]
+
+
+def frames_of(ingest: MediaIngest) -> list[bytes]:
+    ingest.flush()
+    return [unit.data for unit in ingest.units]
+
+
+# --- UDP ------------------------------------------------------------------------------------
+
+
+async def test_udp_stream_arrives_whole_and_in_order(stream, pool):
+    expected, packets = stream
+    ingest = MediaIngest()
+    receiver = await UdpRtpReceiver.open(HOST, pool, ingest)
+    sender = Sender()
+    source = sender.sock.getsockname()
+    try:
+        await sender.send(packets, receiver.port)
+        await until(lambda: receiver.packets == len(packets))
+    finally:
+        sender.close()
+        receiver.close()
+    assert len(expected) == 250
+    assert frames_of(ingest) == expected
+    assert (receiver.lost, receiver.reordered, receiver.duplicates) == (0, 0, 0)
+    assert receiver.bytes == sum(map(len, packets))
+    assert receiver.ssrc == SSRC and receiver.source == source
+    assert receiver.last_packet_at is not None
+    assert receiver.dropped_foreign == receiver.dropped_invalid == receiver.rtcp == 0
+    assert pool.in_use == 0
+
+
+async def test_udp_socket_gets_a_large_receive_buffer(pool):
+    receiver = await UdpRtpReceiver.open(HOST, pool, MediaIngest())
+    try:
+        assert receiver.transport is not None
+        sock = receiver.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= MIB
+        assert receiver.rcvbuf >= MIB
+    finally:
+        receiver.close()
+
+
+async def test_udp_reordered_and_duplicated_packets_come_out_in_order(stream, pool):
+    expected, packets = stream
+    rng = random.Random(7)
+    mixed = packets[:1]  # the first packet to arrive sets where the stream starts
+    for start in range(1, len(packets), 8):
+        window = packets[start : start + 8]
+        rng.shuffle(window)
+        mixed += window
+    duplicated = mixed[::37]
+    for index, packet in enumerate(duplicated):
+        mixed.insert(index * 38 + 5, packet)
+    ingest = MediaIngest()
+    receiver = await UdpRtpReceiver.open(HOST, pool, ingest)
+    sender = Sender()
+    try:
+        await sender.send(mixed, receiver.port)
+        await until(lambda: receiver.packets == len(mixed))
+    finally:
+        sender.close()
+        receiver.close()
+    assert frames_of(ingest) == expected
+    assert receiver.lost == 0
+    assert receiver.reordered > 0
+    assert receiver.duplicates == len(duplicated)
+
+
+async def test_foreign_sources_ssrcs_rtcp_and_garbage_are_dropped_and_counted(stream, pool):
+    expected, packets = stream
+    ingest = MediaIngest()
+    receiver = await UdpRtpReceiver.open(HOST, pool, ingest)
+    receiver.expect(HOST, None)
+    device, intruder = Sender(), Sender()
+    receiver_report = bytes.fromhex("81C90007") + struct.pack("!I", SSRC) + bytes(24)
+    garbage = [b"", b"hello", b"\x00" * 40, bytes.fromhex("80") + bytes(5)]
+    try:
+        await device.send(packets[:1], receiver.port)
+        await until(lambda: receiver.packets == 1)
+        sent = 1
+        for start in range(1, len(packets), 40):
+            chunk = packets[start : start + 40]
+            await intruder.send(chunk[:2], receiver.port)  # same SSRC, other socket
+            await device.send([with_ssrc(p, SSRC ^ 1) for p in chunk[:3]], receiver.port)
+            await device.send([receiver_report, *garbage], receiver.port)
+            await device.send(chunk, receiver.port)
+            sent += len(chunk)
+            await until(lambda sent=sent: receiver.packets == sent)
+        rounds = len(range(1, len(packets), 40))
+    finally:
+        device.close()
+        intruder.close()
+        receiver.close()
+    assert frames_of(ingest) == expected
+    assert receiver.packets == len(packets)
+    assert receiver.dropped_foreign == rounds * 5
+    assert receiver.rtcp == rounds
+    assert receiver.dropped_invalid == rounds * len(garbage)  # an empty datagram counts too
+    assert receiver.lost == receiver.duplicates == 0
+
+
+async def test_expected_ssrc_and_host_are_enforced(stream, pool):
+    _, packets = stream
+    ingest = MediaIngest()
+    receiver = await UdpRtpReceiver.open(HOST, pool, ingest)
+    sender = Sender()
+    try:
+        receiver.expect("127.0.0.2", SSRC)
+        await sender.send(packets[:10], receiver.port)
+        await until(lambda: receiver.dropped_foreign == 10)
+        receiver.expect(HOST, SSRC ^ 1)
+        await sender.send(packets[:10], receiver.port)
+        await until(lambda: receiver.dropped_foreign == 20)
+        assert receiver.source is None  # nothing was accepted, nothing latched
+        receiver.expect(HOST, SSRC)
+        await sender.send(packets[:10], receiver.port)
+        await until(lambda: receiver.packets == 10)
+    finally:
+        sender.close()
+        receiver.close()
+
+
+async def test_a_missing_packet_is_given_up_by_the_timer(stream, pool):
+    _, packets = stream
+    seqs: list[int] = []
+
+    class Recorder:
+        def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+            seqs.append(seq)
+
+    config = RtpReceiveConfig(reorder_window=1000, max_delay_s=0.05)
+    receiver = await UdpRtpReceiver.open(HOST, pool, Recorder(), config)
+    sender = Sender()
+    sent = packets[:20] + packets[21:60]
+    try:
+        await sender.send(sent, receiver.port)
+        await until(lambda: receiver.packets == len(sent))
+        assert len(seqs) == 20  # the rest waits for the gap
+        await until(lambda: len(seqs) == len(sent))  # no more traffic: the timer flushes
+        assert receiver.lost == 1
+        assert receiver._timer is None
+    finally:
+        sender.close()
+        receiver.close()
+    expected = [struct.unpack_from("!H", p, 2)[0] for p in sent]
+    assert seqs == expected
+
+
+async def test_udp_burst_of_20000_packets_arrives_whole(stream, pool):
+    """20,000 packets through the receiver with its 1 MiB buffer: none lost, none reordered.
+    (What a packet costs is a benchmark's business, not a test's.)"""
+    _, packets = stream
+    burst = (packets * (20_000 // len(packets) + 1))[:20_000]
+    packetizer_seq = [struct.pack("!H", i & 0xFFFF) for i in range(len(burst))]
+    burst = [p[:2] + s + p[4:] for p, s in zip(burst, packetizer_seq, strict=True)]
+    count = 0
+
+    class Counter:
+        def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+            nonlocal count
+            count += 1
+
+    receiver = await UdpRtpReceiver.open(HOST, pool, Counter())
+    sender = Sender()
+    try:
+        await sender.send(burst, receiver.port, pace=200)
+        await until(lambda: receiver.packets == len(burst), timeout=20)
+    finally:
+        sender.close()
+        receiver.close()
+    assert count == len(burst) and receiver.lost == 0 and receiver.reordered == 0
+
+
+# --- TCP ------------------------------------------------------------------------------------
+
+
+def framed_chunks(packets: list[bytes], seed: int) -> list[bytes]:
+    data = b"".join(frame(p) for p in packets)
+    rng = random.Random(seed)
+    chunks, pos = [], 0
+    while pos < len(data):
+        size = rng.choice((1, 2, 3, 100, 1500, 5000, 70000))
+        chunks.append(data[pos : pos + size])
+        pos += size
+    return chunks
+
+
+async def write_all(writer: asyncio.StreamWriter, chunks: list[bytes]) -> None:
+    for index, chunk in enumerate(chunks):
+        writer.write(chunk)
+        if index % 20 == 0:
+            await writer.drain()
+    await writer.drain()
+
+
+async def test_tcp_passive_accepts_one_connection(stream, pool):
+    expected, packets = stream
+    ingest = MediaIngest()
+    receiver = TcpRtpReceiver(ingest)
+    receiver.expect(SSRC)
+    server, port = await receiver.listen_tcp(HOST, pool)
+    assert server.sockets and receiver.port == port
+    try:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        chunks = framed_chunks(packets, seed=1)
+        half = len(chunks) // 2
+        await write_all(writer, chunks[:half])
+        second_reader, second_writer = await asyncio.open_connection(HOST, port)
+        assert await asyncio.wait_for(second_reader.read(), 5) == b""  # closed by the receiver
+        second_writer.close()
+        await write_all(writer, chunks[half:])
+        writer.close()
+        await asyncio.wait_for(receiver.closed.wait(), 5)
+        assert receiver.rcvbuf >= MIB
+    finally:
+        receiver.close()
+    assert frames_of(ingest) == expected
+    assert receiver.packets == len(packets)
+    assert receiver.refused_connections == 1
+    assert receiver.dropped_foreign == receiver.dropped_invalid == receiver.lost == 0
+    assert pool.in_use == 0
+
+
+async def test_tcp_wrong_ssrc_and_garbage_frames_are_dropped(stream, pool):
+    expected, packets = stream
+    ingest = MediaIngest()
+    receiver = TcpRtpReceiver(ingest)
+    _, port = await receiver.listen_tcp(HOST, pool)
+    mixed: list[bytes] = []
+    for index, packet in enumerate(packets):
+        mixed.append(packet)
+        if index % 50 == 10:
+            mixed += [with_ssrc(packet, 1), b"not rtp", bytes.fromhex("81C80000")]
+    try:
+        _, writer = await asyncio.open_connection(HOST, port)
+        await write_all(writer, framed_chunks(mixed, seed=2))
+        writer.close()
+        await asyncio.wait_for(receiver.closed.wait(), 5)
+    finally:
+        receiver.close()
+    rounds = len(range(10, len(packets), 50))
+    assert frames_of(ingest) == expected
+    assert (receiver.dropped_foreign, receiver.dropped_invalid, receiver.rtcp) == (
+        rounds, rounds, rounds,
+    )
+
+
+def device_server(packets: list[bytes]) -> Callable[..., object]:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await write_all(writer, framed_chunks(packets, seed=3))
+        writer.close()
+
+    return serve
+
+
+async def test_tcp_active_connects_to_the_device(stream):
+    expected, packets = stream
+    device = await asyncio.start_server(device_server(packets), HOST, 0)
+    port = device.sockets[0].getsockname()[1]
+    ingest = MediaIngest()
+    receiver = TcpRtpReceiver(ingest)
+    try:
+        await receiver.connect_tcp(HOST, port)
+        await asyncio.wait_for(receiver.closed.wait(), 5)
+    finally:
+        receiver.close()
+        device.close()
+        await device.wait_closed()
+    assert frames_of(ingest) == expected
+    assert receiver.connect_attempts == 1 and receiver.rcvbuf >= MIB
+
+
+async def test_tcp_active_retries_until_the_device_listens(stream):
+    expected, packets = stream
+    reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reserved.bind((HOST, 0))  # bound but not listening: connections are refused
+    port = reserved.getsockname()[1]
+    servers: list[asyncio.AbstractServer] = []
+
+    async def start_listening_late() -> None:
+        await asyncio.sleep(0.12)
+        reserved.listen(1)
+        servers.append(await asyncio.start_server(device_server(packets), sock=reserved))
+
+    ingest = MediaIngest()
+    receiver = TcpRtpReceiver(ingest, RtpReceiveConfig(connect_attempts=10, connect_retry_s=0.05))
+    late = asyncio.create_task(start_listening_late())
+    try:
+        await receiver.connect_tcp(HOST, port)
+        await asyncio.wait_for(receiver.closed.wait(), 5)
+    finally:
+        await late
+        receiver.close()
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+    assert frames_of(ingest) == expected
+    assert 2 <= receiver.connect_attempts <= 10
+
+
+async def test_tcp_active_gives_up_after_the_configured_tries():
+    reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reserved.bind((HOST, 0))
+    port = reserved.getsockname()[1]
+    receiver = TcpRtpReceiver(MediaIngest(), RtpReceiveConfig(connect_attempts=3,
+                                                              connect_retry_s=0.01))
+    try:
+        with pytest.raises(ConnectionError, match="refused 3 tries"):
+            await receiver.connect_tcp(HOST, port)
+    finally:
+        reserved.close()
+    assert receiver.connect_attempts == 3
+
+
+# --- port pool ------------------------------------------------------------------------------
+
+
+async def test_pool_skips_busy_ports_runs_out_and_reuses_released_ones():
+    low, _ = free_even_range(2)
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind((HOST, low))
+    pool = PortPool(low, low + 3)  # even ports: low, low + 2
+    sockets: list[socket.socket] = []
+    try:
+        sock, port = await pool.acquire_udp(HOST)
+        sockets.append(sock)
+        assert port == low + 2 and port % 2 == 0
+        with pytest.raises(PortsExhausted, match=f"{low}-{low + 3}"):
+            await pool.acquire_udp(HOST)
+        sock.close()
+        pool.release(port)
+        sock, again = await pool.acquire_udp(HOST)
+        sockets.append(sock)
+        assert again == port
+        blocker.close()
+        sock, freed = await pool.acquire_udp(HOST)
+        sockets.append(sock)
+        assert freed == low
+        assert (pool.in_use, pool.capacity) == (2, 2)
+    finally:
+        blocker.close()
+        for sock in sockets:
+            sock.close()
+
+
+def test_pool_rejects_ranges_without_even_ports():
+    with pytest.raises(ValueError, match="no even port"):
+        PortPool(30001, 30001)
+    with pytest.raises(ValueError):
+        PortPool(0, 10)
+    assert PortPool(30001, 30010).capacity == 5  # 30002 ... 30010
+
+
+async def test_pool_tcp_ports_come_from_the_same_range():
+    low, high = free_even_range(4)
+    pool = PortPool(low, high)
+    receiver = TcpRtpReceiver(MediaIngest())
+    _, port = await receiver.listen_tcp(HOST, pool)
+    try:
+        assert low <= port <= high and port % 2 == 0 and pool.in_use == 1
+    finally:
+        receiver.close()
+    assert pool.in_use == 0
