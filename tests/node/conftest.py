@@ -71,3 +71,15 @@ async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
 
 async def stop(running: RunningNode) -> None:
     await running.client.close()
+
+
+async def wait_for(predicate, timeout: float = 5.0, step: float = 0.02):
+    """Poll `predicate` until it is truthy; bounded so a broken node fails the test."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(step)

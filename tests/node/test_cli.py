@@ -66,21 +66,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_run_with_simulated_cameras_and_stop_on_sigterm(tmp_path):
+def write_config(tmp_path: Path, extra: str = "", password: str = "pw") -> tuple[Path, int, int]:
+    """A node config on free loopback ports under `tmp_path`: (file, SIP port, HTTP port)."""
     sip_port, http_port = free_port(), free_port()
     config = tmp_path / "node.yaml"
     config.write_text(
         "node:\n"
-        "  id: \"31011200002000000001\"\n"
         f"  sip_listen: \"127.0.0.1:{sip_port}\"\n"
         f"  http_listen: \"127.0.0.1:{http_port}\"\n"
         "  api_token: \"secret\"\n"
         f"  data_dir: \"{tmp_path / 'data'}\"\n"
         "devices:\n"
-        "  password: \"12345678\"\n"
-        "simulator:\n"
-        "  cameras: 2\n"
-        "  channels_per_camera: 3\n"
+        f"  password: \"{password}\"\n" + extra
+    )
+    return config, sip_port, http_port
+
+
+def test_run_with_simulated_cameras_and_stop_on_sigterm(tmp_path):
+    config, _, http_port = write_config(
+        tmp_path, "simulator:\n  cameras: 2\n  channels_per_camera: 3\n", password="12345678"
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "sensing_node", "run", "-c", str(config)],
@@ -117,17 +121,7 @@ def test_run_with_simulated_cameras_and_stop_on_sigterm(tmp_path):
 
 
 def test_simulate_camera_command_registers_to_a_running_node(tmp_path):
-    sip_port, http_port = free_port(), free_port()
-    config = tmp_path / "node.yaml"
-    config.write_text(
-        "node:\n"
-        f"  sip_listen: \"127.0.0.1:{sip_port}\"\n"
-        f"  http_listen: \"127.0.0.1:{http_port}\"\n"
-        "  api_token: \"secret\"\n"
-        f"  data_dir: \"{tmp_path / 'data'}\"\n"
-        "devices:\n"
-        "  password: \"pw\"\n"
-    )
+    config, sip_port, http_port = write_config(tmp_path)
     node = subprocess.Popen([sys.executable, "-m", "sensing_node", "run", "-c", str(config)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cam = None
@@ -167,17 +161,7 @@ def test_simulate_camera_command_registers_to_a_running_node(tmp_path):
 
 @pytest.mark.parametrize("taken", ["sip", "http"])
 def test_run_names_a_taken_port_and_exits_non_zero(tmp_path, taken):
-    sip_port, http_port = free_port(), free_port()
-    config = tmp_path / "node.yaml"
-    config.write_text(
-        "node:\n"
-        f"  sip_listen: \"127.0.0.1:{sip_port}\"\n"
-        f"  http_listen: \"127.0.0.1:{http_port}\"\n"
-        "  api_token: \"secret\"\n"
-        f"  data_dir: \"{tmp_path / 'data'}\"\n"
-        "devices:\n"
-        "  password: \"pw\"\n"
-    )
+    config, sip_port, http_port = write_config(tmp_path)
     blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if taken == "sip" else
                             socket.SOCK_STREAM)
     try:

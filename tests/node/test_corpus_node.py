@@ -10,7 +10,7 @@ import pytest
 
 from sip.message import Request, Response, parse_message
 
-from .conftest import PASSWORD, StartNode
+from .conftest import PASSWORD, StartNode, wait_for
 from .sipclient import UdpPeer, register
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
@@ -128,10 +128,7 @@ async def test_real_nvr_catalog_and_device_info_fill_the_registry(start_node: St
                           "z9hG4bKcat1"))
         assert (await peer.recv()).status == 200
         registry = running.node.registry
-        for _ in range(100):
-            if registry.get(nvr).channels:
-                break
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: registry.get(nvr).channels)
         channels = await running.get(f"/api/channels?device_id={nvr}")
         assert {c["id"]: c["status"] for c in channels} == {
             "34020000001320000001": "ON",
@@ -161,10 +158,7 @@ async def test_device_that_never_answers_device_info_still_gets_its_catalog_read
         await answer(peer, catalog_query)
         peer.send(with_sn(CORPUS / "catalog-response-hikvision-ipc-01.sip", sn, "z9hG4bKipc"))
         assert (await peer.recv()).status == 200
-        for _ in range(100):
-            if running.node.registry.get(ipc).channels:
-                break
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: running.node.registry.get(ipc).channels)
         assert len(running.node.registry.get(ipc).channels) == 2
     finally:
         peer.close()

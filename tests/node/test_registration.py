@@ -11,7 +11,7 @@ import pytest
 from sensing_node.simulator import CameraConfig, SimulatedCamera
 from sip import auth, manscdp
 
-from .conftest import PASSWORD, RunningNode, StartNode
+from .conftest import PASSWORD, RunningNode, StartNode, wait_for
 from .sipclient import (
     TcpPeer,
     UdpPeer,
@@ -22,18 +22,6 @@ from .sipclient import (
 )
 
 CAMERA = "31011200001320000001"
-
-
-async def wait_for(predicate, timeout: float = 5.0, step: float = 0.02):
-    """Poll `predicate` until it is truthy; bounded so a broken node fails the test."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(step)
 
 
 def camera(running: RunningNode, device_id: str = CAMERA, **kw) -> SimulatedCamera:
