@@ -116,6 +116,7 @@ def cmd_simulate_camera(args: argparse.Namespace) -> int:
         transport=args.transport,
         server_id=args.server_id,
         keepalive_interval_s=args.keepalive_interval,
+        media_codec=args.codec,
     )
     install_event_loop_policy()
 
@@ -158,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser(
         "simulate-camera",
         help="run one simulated GB/T 28181 camera",
-        description="Register a simulated camera to a node, keep it alive, answer queries.",
+        description="Register a simulated camera to a node, keep it alive, answer queries, and "
+        "stream a test pattern as PS over RTP to each INVITE.",
     )
     sim.add_argument("--server", required=True, help="node SIP address HOST:PORT")
     sim.add_argument("--id", required=True, help="20-digit device ID")
@@ -168,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--server-id", help="node ID for the Request-URI (default: the domain)")
     sim.add_argument(
         "--keepalive-interval", type=float, default=60.0, help="seconds between keepalives"
+    )
+    sim.add_argument(
+        "--codec", choices=("h264", "h265"), default="h264", help="video codec (default h264)"
     )
     sim.set_defaults(func=cmd_simulate_camera)
     return parser

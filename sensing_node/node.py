@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from .api.routes import NODE, add_routes, bearer_auth
+from .media import StreamHub
 from .queries import DeviceQueries
 from .registrar import Registrar
 from .registry import Registry
@@ -49,6 +50,8 @@ class Node:
         self.endpoint = SipEndpoint(self.registrar.on_request, stats=self.stats)
         self.registrar.endpoint = self.endpoint
         self.queries: DeviceQueries | None = None
+        self.media = StreamHub(settings, self.registry, self.endpoint, wall=wall)
+        self.registrar.media = self.media
         self.sip_address: tuple[str, int] = ("", 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_error: str | None = None
@@ -77,6 +80,7 @@ class Node:
         )
         self.registrar.queries = self.queries
         self.queries.start()
+        self.media.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         await self._start_simulators()
 
@@ -115,6 +119,7 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.media.close()  # BYE to every device still streaming
         if self.queries is not None:
             await self.queries.stop()
         await self.endpoint.close()

@@ -32,6 +32,7 @@ from .settings import Settings
 from .stats import Stats
 
 if TYPE_CHECKING:
+    from .media import StreamHub
     from .queries import DeviceQueries
     from .transport.sip import SipEndpoint
 
@@ -57,6 +58,7 @@ class Registrar:
         self.wall = wall
         self.endpoint: SipEndpoint | None = None
         self.queries: DeviceQueries | None = None
+        self.media: StreamHub | None = None
         self.nonces = auth.NonceFactory(os.urandom(16), lifetime_s=300.0)
         self.to_tag = os.urandom(4).hex()
         # A device may send a burst (catalog parts) but not a flood.
@@ -78,8 +80,13 @@ class Registrar:
             self._answer(event, 200)
         elif method == "ACK":
             return
-        elif method in ("INVITE", "BYE", "CANCEL", "NOTIFY", "SUBSCRIBE", "INFO"):
-            self._answer(event, 405 if method != "BYE" else 481)
+        elif method == "BYE":
+            if self.media is None or not self.media.on_request(event):
+                self._answer(event, 481)
+        elif method == "CANCEL":
+            self._answer(event, 481)  # we accept no INVITE, so there is nothing to cancel
+        elif method in ("INVITE", "NOTIFY", "SUBSCRIBE", "INFO"):
+            self._answer(event, 405)
         else:
             self._answer(event, 501)
 

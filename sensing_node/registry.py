@@ -91,6 +91,7 @@ class Registry:
         self.devices: dict[str, Device] = {}
         self._dirty: set[str] = set()
         self._dirty_channels: set[str] = set()
+        self._channel_owner: dict[str, str] = {}
         self._changes: dict[str, list[Any]] = {"online": [0, []], "offline": [0, []]}
 
     # ----- persistence -----
@@ -116,6 +117,7 @@ class Registry:
             owner = self.devices.get(device_id)
             if owner is not None:
                 owner.channels[channel_id] = fields
+                self._channel_owner[channel_id] = device_id
         return valid
 
     def snapshot_dirty(
@@ -222,7 +224,12 @@ class Registry:
         dev = self.devices.get(device_id)
         if dev is None:
             return
+        for channel_id in dev.channels:
+            if self._channel_owner.get(channel_id) == device_id:
+                del self._channel_owner[channel_id]
         dev.channels = items
+        for channel_id in items:
+            self._channel_owner[channel_id] = device_id
         self._dirty_channels.add(device_id)
 
     def sweep(self, now: float) -> list[Device]:
@@ -268,6 +275,14 @@ class Registry:
 
     def online_count(self) -> int:
         return sum(1 for d in self.devices.values() if d.online)
+
+    def channel_device(self, channel_id: str) -> Device | None:
+        """The device whose catalog lists `channel_id`; a device's own ID names the device
+        itself (an IPC that takes INVITEs to its device ID, as many do)."""
+        owner = self._channel_owner.get(channel_id)
+        if owner is not None:
+            return self.devices.get(owner)
+        return self.devices.get(channel_id)
 
     def channels(self) -> Iterator[tuple[Device, str, dict[str, str]]]:
         for dev in self.devices.values():

@@ -31,8 +31,9 @@ from typing import Any, NamedTuple
 import yaml
 
 __all__ = [
-    "ConfigError", "DeviceOverride", "DevicesSettings", "Key", "NodeSettings", "SECTIONS",
-    "Section", "Settings", "SimulatorSettings", "load_settings", "parse_settings",
+    "ChannelOverride", "ChannelsSettings", "ConfigError", "DeviceOverride", "DevicesSettings",
+    "Key", "MediaSettings", "NodeSettings", "SECTIONS", "Section", "Settings",
+    "SimulatorSettings", "TRANSPORTS", "load_settings", "parse_settings",
     "settings_for_tests", "system_timezone",
 ]
 
@@ -118,6 +119,45 @@ class SimulatorSettings:
     channels_per_camera: int
 
 
+TRANSPORTS = ("udp", "tcp-passive", "tcp-active")
+STREAMS = ("main", "sub")
+
+
+@dataclass(frozen=True)
+class MediaSettings:
+    """The ``media:`` section: how live streams are pulled from devices."""
+
+    transport: str
+    timeout_s: int
+    rtp_payload_max: int
+    linger_s: int
+    answer_timeout_s: int
+
+
+@dataclass(frozen=True)
+class ChannelOverride:
+    """Settings for one channel; None means "use the default"."""
+
+    stream: str | None = None
+    transport: str | None = None
+
+
+@dataclass(frozen=True)
+class ChannelsSettings:
+    """The ``channels:`` section: per-channel choices such as main or sub stream."""
+
+    overrides: Mapping[str, ChannelOverride]
+
+    def stream_for(self, channel_id: str) -> str:
+        """"main" or "sub": the stream to ask the device for."""
+        override = self.overrides.get(channel_id)
+        return override.stream if override is not None and override.stream else "main"
+
+    def transport_for(self, channel_id: str, default: str) -> str:
+        override = self.overrides.get(channel_id)
+        return override.transport if override is not None and override.transport else default
+
+
 @dataclass(frozen=True)
 class Settings:
     """The whole checked configuration; `source` names the file it came from."""
@@ -125,6 +165,8 @@ class Settings:
     node: NodeSettings
     devices: DevicesSettings
     simulator: SimulatorSettings
+    media: MediaSettings
+    channels: ChannelsSettings
     source: str
 
 
@@ -591,10 +633,79 @@ SIMULATOR_KEYS: tuple[Key, ...] = (
 )
 
 
+def _choice(choices: tuple[str, ...]) -> Parser:
+    def parse(node: yaml.Node, ctx: _Ctx) -> str:
+        value = _string(node, "one of " + ", ".join(choices))
+        if value not in choices:
+            raise _Invalid(f"unknown value {_quoted(value)}" + _suggest(value, list(choices)))
+        return value
+
+    return parse
+
+
+def _bounded(minimum: int, maximum: int) -> Parser:
+    check = _integer(minimum)
+
+    def parse(node: yaml.Node, ctx: _Ctx) -> int:
+        value: int = check(node, ctx)
+        if value > maximum:
+            raise _Invalid(f"must be at most {maximum}, got {value}")
+        return value
+
+    return parse
+
+
+MEDIA_KEYS: tuple[Key, ...] = (
+    Key("transport", _choice(TRANSPORTS), "udp",
+        "how streams are pulled: udp | tcp-passive (the node listens) | tcp-active (it connects)"),
+    Key("timeout_s", _integer(1), 10, "no media for this long: BYE, and re-INVITE if still wanted"),
+    # An RFC 4571 frame holds 65535 bytes, 12 of them the RTP header.
+    Key("rtp_payload_max", _bounded(188, 65523), 1400, "largest RTP payload the node sends"),
+    Key("linger_s", _integer(0), 5, "keep an unwatched stream this long before BYE"),
+    Key("answer_timeout_s", _integer(1), 10, "wait this long for a device to answer an INVITE"),
+)
+
+CHANNEL_KEYS: tuple[Key, ...] = (
+    Key("stream", _choice(STREAMS), None, "main or sub stream of the channel"),
+    Key("transport", _choice(TRANSPORTS), None, "media.transport for this channel"),
+)
+
+
+def _channel_overrides(node: yaml.Node, ctx: _Ctx) -> Mapping[str, ChannelOverride]:
+    entries = _entries(ctx.reader, node, ctx.path)
+    if entries is None:
+        raise _Reported
+    result: dict[str, ChannelOverride] = {}
+    failed = False
+    for name, key_node, value_node in entries:
+        path = _join(ctx.path, name)
+        try:
+            channel_id = _device_id(key_node)
+        except _Invalid as exc:
+            ctx.reader.report(key_node, path, str(exc))
+            failed = True
+            continue
+        parsed = _read_mapping(ctx.reader, value_node, path, CHANNEL_KEYS, anchor=key_node)
+        if parsed.complete:
+            result[channel_id] = ChannelOverride(**parsed.values)
+        failed = failed or not parsed.complete
+    if failed:
+        raise _Reported
+    return MappingProxyType(result)
+
+
+CHANNELS_KEYS: tuple[Key, ...] = (
+    Key("overrides", _channel_overrides, MappingProxyType({}),
+        "per-channel settings by 20-digit channel ID"),
+)
+
+
 SECTIONS: tuple[Section, ...] = (
     Section("node", NODE_KEYS, _build_node),
     Section("devices", DEVICES_KEYS, _build_devices),
     Section("simulator", SIMULATOR_KEYS, lambda _, parsed: SimulatorSettings(**parsed.values)),
+    Section("media", MEDIA_KEYS, lambda _, parsed: MediaSettings(**parsed.values)),
+    Section("channels", CHANNELS_KEYS, lambda _, parsed: ChannelsSettings(**parsed.values)),
 )
 
 

@@ -3,22 +3,36 @@
 It behaves like a real device: REGISTER with digest auth (answering the 401 challenge, and a
 stale nonce), keepalive MESSAGEs on an interval (re-registering after three failures, as
 devices do), and answers to Catalog (in several parts), DeviceInfo and DeviceStatus queries,
-each as a separate MESSAGE after the 200 OK. Media comes with the live-media work.
+each as a separate MESSAGE after the 200 OK.
+
+It also answers live-view INVITEs for its channels (docs/gb28181.md section 4): the offer's
+transport decides how media flows (`RTP/AVP`: UDP; `TCP/RTP/AVP` with `a=setup:passive`: the
+camera connects; `a=setup:active`: the camera listens on the port of its answer), the 200 OK
+carries an SDP answer with `y=` (by default the offered SSRC) and `f=`, media starts on the ACK
+and stops on BYE; a CANCEL before the answer gets 487. Each dialog streams an encoded test
+clip as PS over RTP, paced in real time (`simmedia.MediaSender`). `CameraConfig` has knobs for
+the failures a node must survive: another final status, no answer at all, an answer but no
+media, another SSRC or none, and `stop_media` for a stream that dies without a BYE.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
-from dataclasses import dataclass
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from sip import auth, manscdp
 from sip.errors import ParseError
 from sip.message import Headers, Request, Response
+from sip.sdp import MediaDescription, Origin, SessionDescription, build_sdp, parse_sdp
 from sip.transaction import Peer, RequestReceived
 
+from .simmedia import Clip, MediaSender, load_clip
 from .transport.sip import SipEndpoint
 
 log = logging.getLogger(__name__)
@@ -40,6 +54,48 @@ class CameraConfig:
     firmware: str = "V1.0"
     charset: str = "GB2312"
     catalog_items_per_message: int = 4
+    # Media, and how the camera misbehaves on INVITE (the defaults make a normal device).
+    media_codec: str = "h264"
+    invite_status: int = 200  # another final status answers every INVITE with it
+    answer_invite: bool = True  # False: never answer (the node's INVITE times out)
+    answer_delay_s: float = 0.0  # the final answer comes this much after the 100 Trying
+    send_media: bool = True  # False: answer and take the ACK, but send nothing
+    # None: echo the offered y= (a new one when the offer has none); "": answer without y=;
+    # digits: answer and send with this SSRC, as some devices and platforms do.
+    answer_ssrc: str | None = None
+
+
+@dataclass
+class MediaSession:
+    """One answered INVITE: a channel streamed under one dialog, keyed by its Call-ID.
+
+    `transport` is the sender's role: "udp", "tcp-connect" (the node listens) or "tcp-listen"
+    (the node connects to `local_port`). `remote` is where the offer asked the media to go.
+    """
+
+    call_id: str
+    channel_id: str
+    transport: str
+    ssrc: int
+    remote: tuple[str, int]
+    sender: MediaSender
+    local_port: int
+    session_name: str = "Play"
+    stream_number: int | None = None
+    subject: str | None = None
+    acked: bool = False
+    invite: RequestReceived | None = field(default=None, repr=False)
+    response: Response | None = field(default=None, repr=False)
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+@dataclass
+class _PendingInvite:
+    """An INVITE not answered yet (CANCEL can still end it)."""
+
+    event: RequestReceived
+    to_tag: str
+    task: asyncio.Task[None] | None = None
 
 
 def channel_ids(device_id: str, count: int) -> list[str]:
@@ -69,6 +125,15 @@ class SimulatedCamera:
         self._task: asyncio.Task[None] | None = None
         self._call_seq = itertools.count(1)
         self.channel_ids = channel_ids(config.device_id, config.channels)
+        if config.answer_ssrc and not (config.answer_ssrc.isascii() and
+                                       config.answer_ssrc.isdigit()):
+            raise ValueError(f"answer_ssrc must be digits: {config.answer_ssrc!r}")
+        self.media_sessions: dict[str, MediaSession] = {}
+        self.invites_received = 0
+        self.byes_received = 0
+        self._pending: dict[str, _PendingInvite] = {}
+        # Final non-2xx answers by Call-ID, re-sent to a retransmitted INVITE for 64*T1.
+        self._finals: OrderedDict[str, tuple[float, Response]] = OrderedDict()
 
     @property
     def device_id(self) -> str:
@@ -85,6 +150,13 @@ class SimulatedCamera:
             self._task = asyncio.create_task(self._keepalive_loop())
 
     async def stop(self, *, unregister: bool = True) -> None:
+        for pending in self._pending.values():
+            if pending.task is not None:
+                pending.task.cancel()
+        self._pending.clear()
+        for session in self.media_sessions.values():
+            self._end_session(session)
+        self.media_sessions.clear()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -153,12 +225,25 @@ class SimulatedCamera:
                 except Exception as exc:
                     log.info("%s: re-register failed: %s", self.device_id, exc)
 
-    # ----- queries from the node -----
+    # ----- requests from the node -----
     def _on_request(self, event: RequestReceived) -> None:
+        match event.request.method:
+            case "MESSAGE":
+                self._on_message(event)
+            case "INVITE":
+                self._on_invite(event)
+            case "ACK":
+                self._on_ack(event.request)
+            case "BYE":
+                self._on_bye(event)
+            case "CANCEL":
+                self._on_cancel(event)
+            case _:
+                self.endpoint.respond(event, Response.for_request(event.request, 405,
+                                                                  to_tag="sim"))
+
+    def _on_message(self, event: RequestReceived) -> None:
         request = event.request
-        if request.method != "MESSAGE":
-            self.endpoint.respond(event, Response.for_request(request, 405, to_tag="sim"))
-            return
         try:
             msg = manscdp.parse_manscdp(request.body)
         except ParseError:
@@ -230,6 +315,287 @@ class SimulatedCamera:
             "Status": "ON",
         }
 
+    # ----- live media: INVITE, ACK, BYE, CANCEL -----
+    def _on_invite(self, event: RequestReceived) -> None:
+        request = event.request
+        call_id = request.call_id
+        if self._resend_answer(event):
+            return
+        if request.to.tag:  # a re-INVITE: keep the session as it is
+            session = self.media_sessions.get(call_id)
+            if session is None or session.response is None:
+                self._reply(event, 481)
+            else:
+                response = Response.for_request(request, 200)
+                self._add_answer(response, session.response.body, session.channel_id)
+                self.endpoint.respond(event, response)
+            return
+        self.invites_received += 1
+        channel = self._channel_of(request)
+        if channel is None:
+            self._reject_invite(event, 404)
+            return
+        try:
+            offer = parse_sdp(request.body)
+        except ParseError as exc:
+            log.info("%s: INVITE with bad SDP: %s", self.device_id, exc)
+            self._reject_invite(event, 400)
+            return
+        video = offer.video
+        encoding = video.rtpmap.get(96, "PS/90000") if video is not None else ""
+        if (video is None or offer.address is None or not video.port
+                or 96 not in video.formats or not encoding.upper().startswith("PS/")):
+            self._reject_invite(event, 488)
+            return
+        pending = _PendingInvite(event, os.urandom(4).hex())
+        self._pending[call_id] = pending
+        if self.config.answer_invite:
+            loop = asyncio.get_running_loop()
+            pending.task = loop.create_task(self._answer_invite(pending, channel, offer))
+
+    async def _answer_invite(
+        self, pending: _PendingInvite, channel: str, offer: SessionDescription
+    ) -> None:
+        cfg = self.config
+        request = pending.event.request
+        call_id = request.call_id
+        sender: MediaSender | None = None
+        try:
+            self.endpoint.respond(pending.event, Response.for_request(request, 100))
+            if cfg.answer_delay_s > 0:
+                await asyncio.sleep(cfg.answer_delay_s)
+            if self._pending.get(call_id) is not pending:
+                return  # cancelled meanwhile
+            if cfg.invite_status != 200:
+                self._finish_pending(pending, cfg.invite_status)
+                return
+            loop = asyncio.get_running_loop()
+            clip = await loop.run_in_executor(None, functools.partial(load_clip, cfg.media_codec))
+            session_name = offer.session_name or "Play"
+            offered = offer.ssrc if offer.ssrc_int is not None else None
+            answered = cfg.answer_ssrc if cfg.answer_ssrc else offered
+            if answered is None:
+                answered = self._new_ssrc(history=session_name != "Play")
+            video = offer.video
+            assert video is not None and offer.address is not None
+            transport = _sender_transport(video)
+            remote = (offer.address, video.port)
+            sender = MediaSender(
+                clip, int(answered) & 0xFFFFFFFF, transport, remote,
+                local_host=self._media_host(),
+            )
+            port = await sender.prepare()
+        except Exception:
+            log.exception("%s: cannot answer INVITE %s", self.device_id, call_id)
+            if sender is not None:
+                sender.stop()
+            if self._pending.get(call_id) is pending:
+                self._finish_pending(pending, 500)
+            return
+        if self._pending.pop(call_id, None) is not pending:
+            sender.stop()  # cancelled while the port was being bound
+            return
+        stream_number = (video.attribute("streamnumber") or "").strip()
+        session = MediaSession(
+            call_id=call_id,
+            channel_id=channel,
+            transport=transport,
+            ssrc=sender.ssrc,
+            remote=remote,
+            sender=sender,
+            local_port=port,
+            session_name=session_name,
+            stream_number=int(stream_number) if stream_number.isdigit() else None,
+            subject=request.headers.get("Subject"),
+            invite=pending.event,
+        )
+        self._replace_same_subject(session)
+        answer = self._answer_sdp(
+            session, offer, None if cfg.answer_ssrc == "" else answered, clip
+        )
+        response = Response.for_request(request, 200, to_tag=pending.to_tag)
+        self._add_answer(response, build_sdp(answer), channel)
+        session.response = response
+        self.media_sessions[call_id] = session
+        self.endpoint.respond(pending.event, response)
+        log.info("%s: INVITE for %s answered (%s, SSRC %d)", self.device_id, channel,
+                 transport, session.ssrc)
+        self._await_ack(call_id, pending.event.peer.reliable)
+
+    def _answer_sdp(
+        self, session: MediaSession, offer: SessionDescription, ssrc: str | None, clip: Clip
+    ) -> SessionDescription:
+        host = self._media_host()
+        if session.transport == "udp":
+            proto, attributes = "RTP/AVP", [("sendonly", None), ("rtpmap", "96 PS/90000")]
+        else:
+            setup = "active" if session.transport == "tcp-connect" else "passive"
+            proto = "TCP/RTP/AVP"
+            attributes = [
+                ("sendonly", None),
+                ("rtpmap", "96 PS/90000"),
+                ("setup", setup),
+                ("connection", "new"),
+            ]
+        video = MediaDescription.from_attributes("video", session.local_port, proto, [96],
+                                                 attributes)
+        return SessionDescription(
+            version=0,
+            origin=Origin(session.channel_id, "0", "0", "IN", "IP6" if ":" in host else "IP4",
+                          host),
+            session_name=session.session_name,
+            connection_address=host,
+            timing=offer.timing,
+            media=[video],
+            ssrc=ssrc,
+            f=_f_line(clip),
+        )
+
+    def _add_answer(self, response: Response, body: bytes, channel: str) -> None:
+        response.headers.add("Contact", f"<sip:{channel}@{self._contact_hostport()}>")
+        response.headers.add("User-Agent", "sensing-node simulated camera")
+        response.headers.add("Content-Type", "application/sdp")
+        response.body = body
+
+    def _await_ack(self, call_id: str, reliable: bool) -> None:
+        """Re-send the 200 until the ACK (UDP: T1 doubling up to T2), give up after 64*T1.
+
+        RFC 3261 13.3.1.4: the UAS, not a transaction, retransmits a 2xx to INVITE.
+        """
+        timers = self.endpoint.tx.timers
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 64 * timers.t1
+
+        def tick(interval: float) -> None:
+            session = self.media_sessions.get(call_id)
+            if session is None or session.acked:
+                return
+            if loop.time() >= deadline:
+                log.info("%s: no ACK for %s, session dropped", self.device_id, call_id)
+                self._end_session(self.media_sessions.pop(call_id))
+                return
+            assert session.invite is not None and session.response is not None
+            if not reliable:
+                self.endpoint.respond(session.invite, session.response)
+            wait = min(2 * interval, timers.t2) if not reliable else deadline - loop.time()
+            session.timer = loop.call_later(wait, tick, wait)
+
+        first = timers.t1 if not reliable else 64 * timers.t1
+        self.media_sessions[call_id].timer = loop.call_later(first, tick, first)
+
+    def _on_ack(self, request: Request) -> None:
+        session = self.media_sessions.get(request.call_id)
+        if session is None or session.acked:
+            return  # the ACK of a non-2xx, or a repeated one
+        session.acked = True
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+        if self.config.send_media:
+            session.sender.start()
+
+    def _on_bye(self, event: RequestReceived) -> None:
+        self.byes_received += 1
+        session = self.media_sessions.pop(event.request.call_id, None)
+        if session is None:
+            self._reply(event, 481)
+            return
+        self._end_session(session)
+        self._reply(event, 200)
+        log.info("%s: BYE for %s, %d frames sent", self.device_id, session.channel_id,
+                 session.sender.frames_sent)
+
+    def _on_cancel(self, event: RequestReceived) -> None:
+        call_id = event.request.call_id
+        pending = self._pending.get(call_id)
+        if pending is not None and pending.event.request.cseq[0] == event.request.cseq[0]:
+            self._reply(event, 200)
+            self._finish_pending(pending, 487)
+        elif call_id in self.media_sessions or call_id in self._finals:
+            self._reply(event, 200)  # answered already: the CANCEL changes nothing
+        else:
+            self._reply(event, 481)
+
+    def stop_media(self, call_id: str | None = None) -> None:
+        """Stop sending without a BYE, as a camera whose stream dies; dialogs stay up."""
+        for session in list(self.media_sessions.values()):
+            if call_id is None or session.call_id == call_id:
+                session.sender.stop()
+
+    def _end_session(self, session: MediaSession) -> None:
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+        session.sender.stop()
+
+    def _replace_same_subject(self, session: MediaSession) -> None:
+        """A new INVITE naming a stream already sent replaces it (media keepalive annex)."""
+        sender_part = (session.subject or "").split(",")[0]
+        if not sender_part:
+            return
+        for old in list(self.media_sessions.values()):
+            if (old.subject or "").split(",")[0] == sender_part:
+                self._end_session(self.media_sessions.pop(old.call_id))
+
+    def _resend_answer(self, event: RequestReceived) -> bool:
+        """Answer a retransmitted INVITE as before; True if it was one."""
+        request = event.request
+        call_id = request.call_id
+        pending = self._pending.get(call_id)
+        if pending is not None:
+            if pending.task is not None:  # answering: say so again
+                self.endpoint.respond(event, Response.for_request(request, 100))
+            return True
+        session = self.media_sessions.get(call_id)
+        if session is not None and session.response is not None:
+            if session.response.cseq == request.cseq and not request.to.tag:
+                self.endpoint.respond(event, session.response)
+                return True
+        final = self._finals.get(call_id)
+        if final is not None and final[1].cseq == request.cseq:
+            self.endpoint.respond(event, final[1])
+            return True
+        return False
+
+    def _reject_invite(self, event: RequestReceived, status: int) -> None:
+        response = Response.for_request(event.request, status, to_tag=os.urandom(4).hex())
+        self._remember_final(event.request.call_id, response)
+        self.endpoint.respond(event, response)
+
+    def _finish_pending(self, pending: _PendingInvite, status: int) -> None:
+        request = pending.event.request
+        self._pending.pop(request.call_id, None)
+        response = Response.for_request(request, status, to_tag=pending.to_tag)
+        self._remember_final(request.call_id, response)
+        self.endpoint.respond(pending.event, response)
+
+    def _remember_final(self, call_id: str, response: Response) -> None:
+        now = self.endpoint.loop.time()
+        horizon = now - 64 * self.endpoint.tx.timers.t1
+        while self._finals and next(iter(self._finals.values()))[0] < horizon:
+            self._finals.popitem(last=False)
+        self._finals[call_id] = (now, response)
+
+    def _reply(self, event: RequestReceived, status: int) -> None:
+        self.endpoint.respond(event, Response.for_request(event.request, status, to_tag="sim"))
+
+    def _channel_of(self, request: Request) -> str | None:
+        """The channel an INVITE asks for: the Request-URI user, else the To user."""
+        users: list[str | None] = []
+        try:
+            users.append(request.request_uri.user)
+            users.append(request.to.uri.user)
+        except ParseError:
+            pass
+        return next((user for user in users if user in self.channel_ids), None)
+
+    def _new_ssrc(self, *, history: bool) -> str:
+        """A y= value as GB/T 28181 App. F builds it, with a random stream number."""
+        return f"{1 if history else 0}{self.device_id[3:8]}{random.randrange(10000):04d}"
+
+    def _media_host(self) -> str:
+        return self.endpoint.advertise_host or "127.0.0.1"
+
     # ----- plumbing -----
     def _contact_hostport(self) -> str:
         host = self.endpoint.advertise_host or "127.0.0.1"
@@ -256,3 +622,25 @@ class SimulatedCamera:
         )
         return await self.endpoint.request(request, self.server_peer)
 
+
+
+def _sender_transport(video: MediaDescription) -> str:
+    """The camera's role from the offer: `a=setup` names the node's role, we take the other.
+
+    A TCP offer without `a=setup` (or with actpass) leaves the choice to us: front-end devices
+    are TCP clients by default (GB/T 28181-2016 App. L).
+    """
+    if not video.is_tcp:
+        return "udp"
+    return "tcp-listen" if video.setup == "active" else "tcp-connect"
+
+
+_RESOLUTIONS = {(176, 144): "1", (352, 288): "2", (704, 576): "3", (720, 576): "4",
+                (1280, 720): "5", (1920, 1080): "6"}
+
+
+def _f_line(clip: Clip) -> str:
+    """`f=v/<codec>/<resolution>/<fps>/<rate type>/<kbps>a///`: video only, variable rate."""
+    codec = "2" if clip.codec == "h264" else "5"
+    resolution = _RESOLUTIONS.get((clip.width, clip.height), f"{clip.width}x{clip.height}")
+    return f"v/{codec}/{resolution}/{clip.fps}/2/{clip.kbps}a///"

@@ -386,7 +386,9 @@ def play_offer(
     """The offer a GB platform sends to a device to pull a channel's stream (2016 App. F, C.2).
 
     `transport` is "udp", "tcp-passive" (we listen on `port`, the device connects) or
-    "tcp-active" (we connect to the address in the answer). Playback and Download carry
+    "tcp-active" (we connect to the address in the answer). `stream_number` (0 main, 1 sub...)
+    is offered as `a=streamnumber` and as the vendor attributes `a=stream`, `a=streamprofile`
+    and `a=streamMode`. Playback and Download carry
     `u=<channel>:0` and the `start`/`stop` range in Unix seconds; Play keeps `t=0 0`.
     """
     if transport not in _TRANSPORTS:
@@ -408,7 +410,15 @@ def play_offer(
     if setup is not None:
         attributes += [("setup", setup), ("connection", "new")]
     if stream_number is not None:
-        attributes.append(("streamnumber", str(stream_number)))
+        # GB/T 28181-2022 names the stream with a=streamnumber; devices made before it read
+        # their vendor's own attribute instead (the variants wvp sends), so all are offered.
+        number = str(stream_number)
+        attributes += [
+            ("streamnumber", number),
+            ("stream", number),
+            ("streamprofile", number),
+            ("streamMode", "MAIN" if stream_number == 0 else "SUB"),
+        ]
     if download_speed is not None:
         attributes.append(("downloadspeed", str(download_speed)))
     live = session == "Play"

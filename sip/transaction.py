@@ -273,7 +273,7 @@ class TransactionLayer:
         tx = self._client.get(key)
         if isinstance(tx, _InviteClientTx):
             return self._invite_response(key, tx, response, peer, now)
-        if method in ("INVITE", "ACK", "CANCEL"):
+        if tx is None and method in ("INVITE", "ACK", "CANCEL"):
             return [ResponseReceived(None, response, peer, response.status >= 200)]
         if tx is None or tx.done:
             self.stray_responses += 1

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..media import StreamError
 from ..registry import Device, iso
+from ..settings import TRANSPORTS
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -149,9 +151,63 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def list_streams(request: web.Request) -> web.Response:
+    return web.json_response(request.app[NODE].media.snapshot())
+
+
+async def ended_streams(request: web.Request) -> web.Response:
+    """The last sessions that ended or failed, newest first, each with its reason."""
+    return web.json_response(list(reversed(request.app[NODE].media.ended)))
+
+
+async def start_live(request: web.Request) -> web.Response:
+    """Start (or join) a channel's live ingest; 200 once the device answered and was ACKed."""
+    node = request.app[NODE]
+    transport = None
+    if request.can_read_body:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "the body must be JSON")
+        if not isinstance(body, dict):
+            return _error(400, "the body must be a JSON object")
+        transport = body.get("transport")
+        if transport is not None and transport not in TRANSPORTS:
+            return _error(400, f"transport must be one of {', '.join(TRANSPORTS)}")
+    try:
+        stream = await node.media.hold(request.match_info["channel_id"], transport)
+    except StreamError as exc:
+        return web.json_response(
+            {"error": exc.reason, "sip_status": exc.sip_status}, status=exc.status
+        )
+    return web.json_response(stream.as_json())
+
+
+async def stop_live(request: web.Request) -> web.Response:
+    """Drop the operator's hold; with nobody else consuming, BYE goes out at once."""
+    node = request.app[NODE]
+    channel_id = request.match_info["channel_id"]
+    stream = await node.media.release(channel_id)
+    if stream is None:
+        return _error(404, f"no live stream for channel {channel_id}")
+    return web.json_response({
+        "channel_id": channel_id,
+        "stopped": stream.state == "ended",
+        "consumers": len(stream.consumers),
+    })
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/devices", list_devices)
     app.router.add_get("/api/devices/{device_id}", get_device)
     app.router.add_get("/api/channels", list_channels)
     app.router.add_get("/api/stats", stats)
+    app.router.add_get("/api/streams", list_streams)
+    app.router.add_get("/api/streams/ended", ended_streams)
+    app.router.add_post("/api/channels/{channel_id}/live", start_live)
+    app.router.add_delete("/api/channels/{channel_id}/live", stop_live)

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -283,7 +283,7 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
         super().__init__(sink, config)
         self.transport: asyncio.DatagramTransport | None = None
         self.source: Any = None  # the latched (host, port)
-        self._source_host: str | None = None
+        self._source_hosts: frozenset[str] | None = None
 
     @classmethod
     async def open(
@@ -303,12 +303,21 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
             raise
         return self
 
-    def expect(self, source_host: str | None = None, ssrc: int | None = None) -> None:
+    def expect(
+        self, source_host: str | Iterable[str] | None = None, ssrc: int | None = None
+    ) -> None:
         """Accept packets only from `source_host` (any host if None) and of `ssrc`.
 
-        The source port, and the SSRC when None, are taken from the first RTP packet accepted.
+        `source_host` may be several addresses (a device behind NAT sends from its public
+        address but names its private one in SDP). The source port, and the SSRC when None,
+        are taken from the first RTP packet accepted.
         """
-        self._source_host = source_host
+        if source_host is None:
+            self._source_hosts = None
+        elif isinstance(source_host, str):
+            self._source_hosts = frozenset((source_host,))
+        else:
+            self._source_hosts = frozenset(source_host)
         self.source = None
         self.ssrc = ssrc
 
@@ -318,7 +327,7 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if addr != self.source:
             if self.source is not None or (
-                self._source_host is not None and addr[0] != self._source_host
+                self._source_hosts is not None and addr[0] not in self._source_hosts
             ):
                 self.dropped_foreign += 1
             elif self._receive(data):

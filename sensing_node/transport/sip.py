@@ -35,6 +35,7 @@ from ..stats import Stats
 log = logging.getLogger(__name__)
 
 RequestHandler = Callable[[RequestReceived], None]
+ResponseHandler = Callable[[ResponseReceived], None]
 
 
 class TransactionTimeout(Exception):
@@ -55,6 +56,9 @@ class SipEndpoint:
         udp_rcvbuf: int = 4 * 1024 * 1024,
     ) -> None:
         self.on_request = on_request
+        # Final responses nobody waits for: 2xx retransmissions to an INVITE (the TU ACKs each
+        # one again, RFC 3261 13.2.2.4) and answers that arrive after the caller gave up.
+        self.on_response: ResponseHandler | None = None
         self.stats = stats or Stats()
         self.tx = TransactionLayer(timers)
         self.advertise_host = advertise_host
@@ -179,10 +183,16 @@ class SipEndpoint:
                 except Exception:
                     log.exception("error handling %s from %s", event.request.method, peer)
                     self.respond(event, Response.for_request(event.request, 500))
-            elif isinstance(event, ResponseReceived) and event.final and event.key is not None:
-                fut = self._futures.pop(event.key, None)
+            elif isinstance(event, ResponseReceived) and event.final:
+                fut = self._futures.pop(event.key, None) if event.key is not None else None
                 if fut is not None and not fut.done():
                     fut.set_result(event.response)
+                elif self.on_response is not None:
+                    try:
+                        self.on_response(event)
+                    except Exception:
+                        log.exception("error handling a %d response from %s",
+                                      event.response.status, peer)
         self._flush()
 
     def _valid(self, event: RequestReceived) -> bool:
@@ -236,6 +246,11 @@ class SipEndpoint:
         self._flush()
         self._arm_timer()
         return fut
+
+    def send(self, message: Request | Response, peer: Peer) -> None:
+        """Send outside any transaction: the ACK for a 2xx, which the TU sends itself."""
+        self.tx.send_raw(message.to_bytes(), peer)
+        self._flush()
 
     def _request_done(self, key: tuple[str, str], fut: asyncio.Future[Response]) -> None:
         if fut.cancelled():  # the caller gave up: stop retransmitting for it

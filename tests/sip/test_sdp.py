@@ -375,6 +375,9 @@ def test_play_offer_tcp(transport: str, setup: str) -> None:
         f"a=setup:{setup}",
         "a=connection:new",
         "a=streamnumber:1",
+        "a=stream:1",
+        "a=streamprofile:1",
+        "a=streamMode:SUB",
         "y=0105000001",
     ]
     video = sd.video

@@ -1,0 +1,856 @@
+"""Live streams: INVITE sessions with devices, and the stream hub that shares them.
+
+One `LiveStream` per channel pulls the device's PS-over-RTP stream (GB/T 28181-2016 9.2, live
+play with `s=Play`) and hands it to any number of `Consumer`s: the recorder, the cascade, a web
+preview. The first subscriber starts the INVITE; when the last one leaves, the stream lingers for
+`media.linger_s` and then ends with BYE.
+
+An attempt goes: allocate a port (UDP, or TCP for the two TCP modes) and an SSRC (`y=`, unique
+among running streams), INVITE with the SDP offer and the Subject header, wait for the final
+answer (`media.answer_timeout_s`, then CANCEL), build the dialog from the 2xx, ACK, and watch the
+media. The device's answer is taken as devices really send it: its own `y=` wins over ours, a
+missing `y=` means the SSRC is learnt from the first packet, and for UDP the media may come from
+the SDP address or from the device's signalling address (NAT).
+
+A stream ends an attempt when no media came for `media.timeout_s` (also right after the ACK), when
+the device hangs up (BYE) or closes the TCP media connection. While somebody still consumes it,
+the stream is invited again with exponential backoff; the reason stays visible in the API
+(`last_error`) and in the list of ended sessions. Each attempt releases its port and SSRC.
+
+Per packet, the stream only feeds the PS demuxer (and the consumers that asked for RTP payloads);
+everything else happens per frame or on the hub's half-second tick. A consumer must not block:
+`on_unit` is called on the event loop, and one that raises is counted, not allowed to disturb the
+others. `FrameQueue` is the consumer for asynchronous readers: bounded, it drops frames up to
+the next keyframe when its reader falls behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from rtp.ps import AccessUnit, PsDemuxer
+from rtp.sps import find_video_format
+from sip.dialog import Dialog
+from sip.errors import SipError
+from sip.headers import Headers
+from sip.message import Request, Response
+from sip.sdp import SessionDescription, build_sdp, gb_ssrc, parse_sdp, play_offer, subject_header
+from sip.transaction import Peer, RequestReceived, ResponseReceived
+
+from .registry import Device, Registry, iso
+from .settings import TRANSPORTS, Settings
+from .transport.rtp import (
+    PortPool,
+    PortsExhausted,
+    RtpReceiveConfig,
+    TcpRtpReceiver,
+    UdpRtpReceiver,
+)
+from .transport.sip import SipEndpoint, TransactionTimeout
+
+__all__ = ["Consumer", "FrameQueue", "LiveStream", "StreamError", "StreamHub"]
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5
+ACK_CACHE_S = 32.0  # 64*T1: how long a 2xx to our INVITE may be retransmitted
+GOP_MAX_BYTES = 32 * 1024 * 1024
+GOP_MAX_UNITS = 2000
+ENDED_KEPT = 100
+
+
+class StreamError(Exception):
+    """A stream could not be started. `status` is the HTTP status the API answers with
+    (404 unknown channel, 409 device offline, 502 refused by the device, 503 no resources,
+    504 no answer); `sip_status` is the device's SIP status when it sent one."""
+
+    def __init__(self, status: int, reason: str, sip_status: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.sip_status = sip_status
+
+
+class Consumer:
+    """What subscribes to a live stream. Override what you need; every call is on the loop and
+    must return quickly.
+
+    :cvar persistent: keep the stream pulled through failures (a recorder); others are dropped
+        when the attempt they wait for fails.
+    :cvar wants_rtp: also call `on_rtp` with every RTP payload, in sequence order.
+    """
+
+    name = "consumer"
+    persistent = False
+    wants_rtp = False
+
+    def on_unit(self, unit: AccessUnit) -> None:
+        """A demuxed frame; `unit.ps_bytes` are the original PS bytes that carried it."""
+
+    def on_rtp(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+        """An RTP payload, valid only during the call."""
+
+    def on_gap(self, reason: str) -> None:
+        """The media stopped (`reason`); the stream is being invited again."""
+
+    def on_end(self, reason: str) -> None:
+        """The stream ended for good for this consumer."""
+
+
+class FrameQueue(Consumer):
+    """A bounded frame queue for an asynchronous reader (`await get()`).
+
+    When the reader falls `maxsize` frames behind, frames are dropped (and counted) until the
+    next video keyframe, so the reader resumes with a decodable picture and the ingest never waits.
+    `get()` raises `EOFError` with the reason once the stream has ended.
+    """
+
+    name = "queue"
+
+    def __init__(self, maxsize: int = 250) -> None:
+        self.maxsize = maxsize
+        self.items: deque[AccessUnit] = deque()
+        self.dropped = 0
+        self.ended: str | None = None
+        self._skipping = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def on_unit(self, unit: AccessUnit) -> None:
+        if self._skipping:
+            if not (unit.keyframe and unit.stream_id >= 0xE0):
+                self.dropped += 1
+                return
+            self._skipping = False
+        if len(self.items) >= self.maxsize:
+            self.dropped += len(self.items) + 1
+            self.items.clear()
+            self._skipping = not (unit.keyframe and unit.stream_id >= 0xE0)
+            if self._skipping:
+                return
+        self.items.append(unit)
+        self._wake()
+
+    def on_end(self, reason: str) -> None:
+        self.ended = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> AccessUnit:
+        while not self.items:
+            if self.ended is not None:
+                raise EOFError(self.ended)
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self.items.popleft()
+
+
+class _ApiHold(Consumer):
+    """Keeps a stream started with POST /api/channels/{id}/live until DELETE."""
+
+    name = "api"
+
+
+class LiveStream:
+    """The ingest of one channel: its INVITE attempts, receiver, demuxer and consumers."""
+
+    def __init__(self, hub: StreamHub, channel_id: str, device_id: str, transport: str) -> None:
+        self.hub = hub
+        self.channel_id = channel_id
+        self.device_id = device_id
+        self.transport = transport
+        self.stream = hub.settings.channels.stream_for(channel_id)
+        self.consumers: list[Consumer] = []
+        self._rtp_consumers: tuple[Consumer, ...] = ()
+        self.state = "starting"  # starting | playing | retrying | ended
+        self.started_at = hub.wall()
+        self.playing_since: float | None = None  # wall time of the current attempt's ACK
+        self.last_error: str | None = None
+        self.end_reason: str | None = None
+        self.attempts = 0
+        # The current attempt.
+        self.ssrc: str | None = None
+        self.ssrc_value: int | None = None
+        self.serial: int | None = None
+        self.remote: str | None = None
+        self.call_id: str | None = None
+        self.dialog: Dialog | None = None
+        self.peer: Peer | None = None
+        self.receiver: UdpRtpReceiver | TcpRtpReceiver | None = None
+        self.demuxer = PsDemuxer()
+        self.acked_at: float | None = None  # loop time
+        # What the media looks like.
+        self.codec: str | None = None
+        self.width: int | None = None
+        self.height: int | None = None
+        self.fps: float | None = None
+        self.bitrate_bps: int | None = None
+        self.frames = 0
+        self.consumer_errors = 0
+        self._totals = {"packets": 0, "bytes": 0, "lost": 0, "reordered": 0, "duplicates": 0,
+                        "dropped_foreign": 0}
+        self._window: deque[tuple[float, int, int]] = deque(maxlen=11)  # (t, bytes, frames)
+        self.gop: list[AccessUnit] = []
+        self._gop_bytes = 0
+        self._task: asyncio.Task[None] | None = None
+        self._attempt: asyncio.Future[None] | None = None
+        self._ended: asyncio.Future[tuple[str, bool]] | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._stop_reason: str | None = None
+
+    # ----- life cycle -----
+    def start(self) -> None:
+        self._attempt = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(), name=f"stream {self.channel_id}")
+
+    async def wait_playing(self) -> None:
+        """Return once an attempt is playing; raise its StreamError if it fails."""
+        if self.state == "playing":
+            return
+        if self.state == "ended" or self._attempt is None:
+            raise StreamError(410, self.end_reason or "stream ended")
+        await asyncio.shield(self._attempt)
+
+    def stop(self, reason: str) -> None:
+        """End the stream now: BYE if a dialog is up, resources released, consumers told."""
+        if self.state == "ended" or self._task is None:
+            return
+        self._stop_reason = reason
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result((reason, True))
+        else:
+            self._task.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        hub = self.hub
+        loop = asyncio.get_running_loop()
+        backoff = hub.backoff_min_s
+        reason = "stopped"
+        try:
+            while True:
+                self.attempts += 1
+                began = loop.time()
+                try:
+                    await self._invite()
+                except StreamError as exc:
+                    self._teardown(bye=True)
+                    self._settle_attempt(exc)
+                    self.last_error = reason = exc.reason
+                    log.warning("stream %s: %s", self.channel_id, exc.reason)
+                    self._record_ended(exc.reason)
+                    if not any(c.persistent for c in self.consumers):
+                        return
+                else:
+                    self._settle_attempt(None)
+                    self._ended = loop.create_future()
+                    reason, bye = await self._ended
+                    self._ended = None
+                    self._teardown(bye=bye)
+                    self._record_ended(reason)
+                    if self._stop_reason is not None or not self.consumers:
+                        return
+                    self.last_error = reason
+                    log.warning("stream %s: %s; inviting again in %.0f s", self.channel_id,
+                                reason, backoff)
+                    if loop.time() - began > hub.backoff_reset_s:
+                        backoff = hub.backoff_min_s
+                self.state = "retrying"
+                self._attempt = loop.create_future()
+                for consumer in list(self.consumers):
+                    self._call(consumer, consumer.on_gap, reason)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, hub.backoff_max_s)
+        except asyncio.CancelledError:
+            reason = self._stop_reason or "node stopping"
+            self._teardown(bye=True)
+            self._record_ended(reason)
+        finally:
+            self._close(reason)
+
+    def _close(self, reason: str) -> None:
+        self.state = "ended"
+        self.end_reason = reason
+        self._settle_attempt(StreamError(502, reason))
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        consumers, self.consumers = self.consumers, []
+        self._rtp_consumers = ()
+        for consumer in consumers:
+            self._call(consumer, consumer.on_end, reason)
+        self.hub._forget(self)
+        log.info("stream %s ended: %s", self.channel_id, reason)
+
+    def _settle_attempt(self, error: StreamError | None) -> None:
+        attempt = self._attempt
+        if attempt is None or attempt.done():
+            return
+        if error is None:
+            attempt.set_result(None)
+        else:
+            attempt.set_exception(error)
+            attempt.exception()  # nobody may be waiting: do not log it as never retrieved
+
+    # ----- consumers -----
+    def add(self, consumer: Consumer, *, from_keyframe: bool = True) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if consumer in self.consumers:
+            return
+        self.consumers.append(consumer)
+        self._rtp_consumers = tuple(c for c in self.consumers if c.wants_rtp)
+        if from_keyframe:
+            for unit in self.gop:
+                self._call(consumer, consumer.on_unit, unit)
+
+    def remove(self, consumer: Consumer, *, linger: bool = True) -> None:
+        if consumer not in self.consumers:
+            return
+        self.consumers.remove(consumer)
+        self._rtp_consumers = tuple(c for c in self.consumers if c.wants_rtp)
+        if self.consumers or self.state == "ended":
+            return
+        linger_s = self.hub.settings.media.linger_s if linger else 0
+        if linger_s > 0:
+            loop = asyncio.get_running_loop()
+            self._linger = loop.call_later(linger_s, self._linger_over)
+        else:
+            self.stop("no consumers left")
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        if not self.consumers:
+            self.stop(f"nobody watched for {self.hub.settings.media.linger_s} s")
+
+    def _call(self, consumer: Consumer, method: Callable[..., None], *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:
+            self._failed(consumer)
+
+    def _failed(self, consumer: Consumer) -> None:
+        self.consumer_errors += 1
+        if self.consumer_errors == 1:
+            log.exception("stream %s: consumer %s failed (further failures only counted)",
+                          self.channel_id, consumer.name)
+
+    # ----- media (the hot path) -----
+    def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+        for consumer in self._rtp_consumers:
+            self._call(consumer, consumer.on_rtp, payload, seq, ts, marker)
+        units = self.demuxer.feed(payload)
+        if units:
+            self._units(units)
+
+    def _units(self, units: list[AccessUnit]) -> None:
+        for unit in units:
+            if unit.stream_id >= 0xE0:  # video
+                self.frames += 1
+                if unit.keyframe:
+                    self._keyframe(unit)
+                    self.gop, self._gop_bytes = [unit], len(unit.ps_bytes)
+                elif self.gop:
+                    self._cache(unit)
+            elif self.gop:
+                self._cache(unit)
+            for consumer in self.consumers:
+                try:
+                    consumer.on_unit(unit)
+                except Exception:
+                    self._failed(consumer)
+
+    def _cache(self, unit: AccessUnit) -> None:
+        self.gop.append(unit)
+        self._gop_bytes += len(unit.ps_bytes)
+        if self._gop_bytes > GOP_MAX_BYTES or len(self.gop) > GOP_MAX_UNITS:
+            self.gop, self._gop_bytes = [], 0  # a GOP this long is not worth caching
+
+    def _keyframe(self, unit: AccessUnit) -> None:
+        if self.codec != unit.codec or self.width is None:
+            self.codec = unit.codec
+            if unit.codec in ("h264", "h265"):
+                video = find_video_format(unit.codec, unit.data)
+                if video is not None:
+                    self.width, self.height = video.width, video.height
+
+    # ----- one attempt -----
+    async def _invite(self) -> None:
+        hub = self.hub
+        settings = hub.settings
+        device = hub.device_for(self.channel_id)
+        self.device_id = device.id
+        self.peer = peer = Peer(device.transport, *device.host_port)
+        self.serial = hub.allocate_serial()
+        self.ssrc = gb_ssrc(settings.node.id, self.serial, history=False)
+        self.ssrc_value = int(self.ssrc)
+        self.demuxer = PsDemuxer()
+        self.gop, self._gop_bytes = [], 0
+        self.codec = self.width = self.height = None
+        port = await self._open_receiver()
+        offer = play_offer(
+            node_id=settings.node.id,
+            media_ip=settings.node.media_ip,
+            port=port,
+            transport=self.transport,
+            ssrc=self.ssrc,
+            channel_id=self.channel_id,
+            stream_number=0 if self.stream == "main" else 1,
+        )
+        invite = hub.build_invite(device, self.channel_id, peer, offer, self.ssrc)
+        self.call_id = invite.call_id
+        hub.by_call_id[invite.call_id] = self
+        response = await hub.send_invite(invite, peer)
+        if response.status >= 300:
+            raise StreamError(
+                502, f"device answered {response.status} {response.reason}".rstrip(),
+                sip_status=response.status,
+            )
+        try:
+            self.dialog = Dialog.from_2xx(invite, response)
+        except SipError as exc:
+            raise StreamError(502, f"device sent an unusable 200 OK: {exc}") from None
+        try:
+            answer = parse_sdp(response.body)
+            self._expect(answer, device)
+        except (SipError, ValueError) as exc:
+            hub.ack(self.dialog, peer)
+            raise StreamError(502, f"device sent an unusable SDP answer: {exc}") from None
+        hub.ack(self.dialog, peer)
+        if self.transport == "tcp-active":
+            assert isinstance(self.receiver, TcpRtpReceiver) and self.remote is not None
+            host, _, media_port = self.remote.rpartition(":")
+            try:
+                await self.receiver.connect_tcp(host.strip("[]"), int(media_port))
+            except (ConnectionError, OSError) as exc:
+                raise StreamError(502, f"cannot connect to the device's media port: {exc}") \
+                    from None
+        loop = asyncio.get_running_loop()
+        self.acked_at = loop.time()
+        self.playing_since = hub.wall()
+        self.state = "playing"
+        self._window.clear()
+        log.info("stream %s playing: %s from %s, SSRC %s", self.channel_id, self.transport,
+                 self.remote, self.ssrc)
+
+    async def _open_receiver(self) -> int:
+        hub = self.hub
+        host = hub.media_bind_host
+        try:
+            if self.transport == "udp":
+                udp = await UdpRtpReceiver.open(host, hub.pool, self, hub.receive_config)
+                self.receiver = udp
+                return udp.port
+            tcp = TcpRtpReceiver(self, hub.receive_config)
+            self.receiver = tcp
+            # tcp-active needs no listener, but its offer still names a port of ours, and
+            # holding it keeps the offer truthful; a connection to it is refused.
+            _, port = await tcp.listen_tcp(host, hub.pool)
+            return port
+        except PortsExhausted as exc:
+            raise StreamError(503, str(exc)) from None
+        except OSError as exc:
+            raise StreamError(503, f"cannot open an RTP port: {exc}") from None
+
+    def _expect(self, answer: SessionDescription, device: Device) -> None:
+        """Point the receiver at what the answer says (the device's y= wins over ours)."""
+        video = answer.video or (answer.media[0] if answer.media else None)
+        if video is None:
+            raise ValueError("no m= line")
+        wants_tcp = self.transport != "udp"
+        if video.is_tcp != wants_tcp:
+            raise ValueError(f"answered {video.proto} to a {self.transport} offer")
+        address = answer.address or device.host_port[0]
+        self.remote = f"{address}:{video.port}"
+        if answer.ssrc_int is not None:
+            if answer.ssrc != self.ssrc:
+                log.info("stream %s: device chose SSRC %s (offered %s)", self.channel_id,
+                         answer.ssrc, self.ssrc)
+            self.ssrc, self.ssrc_value = answer.ssrc, answer.ssrc_int
+        else:
+            self.ssrc_value = None  # learnt from the first packet
+        receiver = self.receiver
+        if isinstance(receiver, UdpRtpReceiver):
+            hosts = {device.host_port[0]}
+            if address not in ("0.0.0.0", "::"):
+                hosts.add(address)
+            receiver.expect(hosts, self.ssrc_value)
+        elif isinstance(receiver, TcpRtpReceiver):
+            receiver.expect(self.ssrc_value)
+
+    def _teardown(self, *, bye: bool) -> None:
+        """Hang up (if asked and a dialog is up) and release the port and the SSRC."""
+        hub = self.hub
+        if bye and self.dialog is not None and self.peer is not None:
+            hub.bye(self.dialog, self.peer)
+        self.dialog = None
+        receiver = self.receiver
+        if receiver is not None:
+            for key in self._totals:
+                self._totals[key] += getattr(receiver, key)
+            receiver.close()
+            self.receiver = None
+        for unit in self.demuxer.flush():
+            self._units([unit])
+        if self.serial is not None:
+            hub.release_serial(self.serial)
+            self.serial = None
+        if self.call_id is not None:
+            hub.by_call_id.pop(self.call_id, None)
+        self.acked_at = None
+        self.playing_since = None
+        self.gop, self._gop_bytes = [], 0
+
+    def end_attempt(self, reason: str, *, bye: bool = True) -> None:
+        """The current attempt is over (timeout, device BYE, closed connection)."""
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result((reason, bye))
+
+    def _record_ended(self, reason: str) -> None:
+        self.hub.ended.append({
+            "channel_id": self.channel_id,
+            "device_id": self.device_id,
+            "transport": self.transport,
+            "ssrc": self.ssrc,
+            "reason": reason,
+            "started_at": iso(self.started_at, self.hub.settings.node.tz),
+            "ended_at": iso(self.hub.wall(), self.hub.settings.node.tz),
+        })
+
+    # ----- the hub's tick -----
+    def tick(self, now: float) -> None:
+        receiver = self.receiver
+        if self.state != "playing" or receiver is None or self.acked_at is None:
+            return
+        timeout = self.hub.settings.media.timeout_s
+        last = receiver.last_packet_at
+        if isinstance(receiver, TcpRtpReceiver) and receiver.closed.is_set():
+            self.end_attempt("the device closed the media connection")
+        elif last is None and now - self.acked_at >= timeout:
+            self.end_attempt(f"no media within {timeout} s after ACK")
+        elif last is not None and now - last >= timeout:
+            self.end_attempt(f"no media for {timeout} s")
+        window = self._window
+        window.append((now, receiver.bytes, self.frames))
+        first = window[0]
+        span = now - first[0]
+        if span >= 1.0:
+            self.bitrate_bps = int((receiver.bytes - first[1]) * 8 / span)
+            self.fps = round((self.frames - first[2]) / span, 1)
+
+    def counter(self, name: str) -> int:
+        receiver = self.receiver
+        return self._totals[name] + (getattr(receiver, name) if receiver is not None else 0)
+
+    def as_json(self) -> dict[str, Any]:
+        tz = self.hub.settings.node.tz
+        return {
+            "channel_id": self.channel_id,
+            "device_id": self.device_id,
+            "transport": self.transport,
+            "stream": self.stream,
+            "state": self.state,
+            "ssrc": self.ssrc,
+            "remote": self.remote,
+            "codec": self.codec,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+            "bitrate_bps": self.bitrate_bps,
+            "packets": self.counter("packets"),
+            "lost": self.counter("lost"),
+            "reordered": self.counter("reordered"),
+            "duplicates": self.counter("duplicates"),
+            "dropped_foreign": self.counter("dropped_foreign"),
+            "frames": self.frames,
+            "consumers": len(self.consumers),
+            "started_at": iso(self.started_at, tz),
+            "playing_since": iso(self.playing_since, tz),
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+        }
+
+
+class StreamHub:
+    """All live streams of the node, one per channel, and their SIP plumbing."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        endpoint: SipEndpoint,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.endpoint = endpoint
+        self.wall = wall
+        node = settings.node
+        self.pool = PortPool(node.rtp_port_min, node.rtp_port_max)
+        self.receive_config = RtpReceiveConfig()
+        # Bind RTP where devices are told to send it; a wildcard SIP address means "any".
+        self.media_bind_host = node.media_ip if node.sip_host not in ("0.0.0.0", "::") else \
+            ("::" if ":" in node.media_ip else "0.0.0.0")
+        self.streams: dict[str, LiveStream] = {}
+        self.by_call_id: dict[str, LiveStream] = {}
+        self.ended: deque[dict[str, Any]] = deque(maxlen=ENDED_KEPT)
+        self.backoff_min_s = 1.0
+        self.backoff_max_s = 30.0
+        self.backoff_reset_s = 30.0  # an attempt that played this long resets the backoff
+        self._serials: set[int] = set()
+        self._next_serial = 1
+        self._acks: dict[str, tuple[bytes, Peer, float]] = {}  # Call-ID -> our ACK
+        self._holds: dict[str, _ApiHold] = {}
+        self._tick_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+        endpoint.on_response = self.on_response
+
+    # ----- start / stop -----
+    def start(self) -> None:
+        self._tick_task = asyncio.create_task(self._ticker())
+
+    async def close(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.stop("node stopping")
+        await asyncio.gather(*(s.wait_closed() for s in list(self.streams.values())))
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            await asyncio.gather(self._tick_task, return_exceptions=True)
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = loop.time()
+            for stream in list(self.streams.values()):
+                stream.tick(now)
+            for call_id, (_, _, expires) in list(self._acks.items()):
+                if expires <= now:
+                    del self._acks[call_id]
+
+    # ----- subscribing -----
+    def device_for(self, channel_id: str) -> Device:
+        device = self.registry.channel_device(channel_id)
+        if device is None:
+            raise StreamError(404, f"unknown channel {channel_id}")
+        if not device.online:
+            raise StreamError(409, f"device {device.id} is offline")
+        return device
+
+    async def subscribe(
+        self,
+        channel_id: str,
+        consumer: Consumer,
+        *,
+        transport: str | None = None,
+        from_keyframe: bool = True,
+    ) -> LiveStream:
+        """Join the channel's stream, starting it if needed; returns once it plays.
+
+        `transport` applies only when this call starts the stream (the default comes from
+        `channels.overrides` and `media.transport`). Raises StreamError when the stream cannot
+        be started; a persistent consumer stays subscribed and the stream keeps trying.
+        """
+        if transport is not None and transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}")
+        stream = self.streams.get(channel_id)
+        if stream is None:
+            device = self.device_for(channel_id)
+            chosen = transport or self.settings.channels.transport_for(
+                channel_id, self.settings.media.transport
+            )
+            stream = LiveStream(self, channel_id, device.id, chosen)
+            self.streams[channel_id] = stream
+            stream.start()
+        stream.add(consumer, from_keyframe=from_keyframe)
+        try:
+            await stream.wait_playing()
+        except StreamError:
+            if not consumer.persistent:
+                stream.remove(consumer, linger=False)
+            raise
+        except asyncio.CancelledError:
+            stream.remove(consumer, linger=False)
+            raise
+        return stream
+
+    def unsubscribe(self, channel_id: str, consumer: Consumer, *, linger: bool = True) -> None:
+        stream = self.streams.get(channel_id)
+        if stream is not None:
+            stream.remove(consumer, linger=linger)
+
+    async def hold(self, channel_id: str, transport: str | None = None) -> LiveStream:
+        """Start (or join) a stream on an operator's request; it runs until `release`."""
+        hold = self._holds.get(channel_id)
+        if hold is None:
+            hold = self._holds[channel_id] = _ApiHold()
+        try:
+            return await self.subscribe(channel_id, hold, transport=transport)
+        except BaseException:
+            stream = self.streams.get(channel_id)
+            if stream is None or hold not in stream.consumers:
+                self._holds.pop(channel_id, None)
+            raise
+
+    async def release(self, channel_id: str) -> LiveStream | None:
+        """Drop the operator's hold; with no other consumer the stream ends at once (BYE)."""
+        hold = self._holds.pop(channel_id, None)
+        stream = self.streams.get(channel_id)
+        if stream is None:
+            return None
+        if hold is not None:
+            stream.remove(hold, linger=False)
+        if not stream.consumers:
+            stream.stop("stopped by the operator")
+            await stream.wait_closed()
+        return stream
+
+    def _forget(self, stream: LiveStream) -> None:
+        if self.streams.get(stream.channel_id) is stream:
+            del self.streams[stream.channel_id]
+        self._holds.pop(stream.channel_id, None)
+
+    # ----- SSRC serials (the last 4 digits of y=) -----
+    def allocate_serial(self) -> int:
+        for _ in range(9999):
+            serial = self._next_serial
+            self._next_serial = serial % 9999 + 1
+            if serial not in self._serials:
+                self._serials.add(serial)
+                return serial
+        raise StreamError(503, "all 9999 live SSRCs are in use")
+
+    def release_serial(self, serial: int) -> None:
+        self._serials.discard(serial)
+
+    # ----- SIP -----
+    def build_invite(
+        self, device: Device, channel_id: str, peer: Peer, offer: SessionDescription, ssrc: str
+    ) -> Request:
+        node = self.settings.node
+        endpoint = self.endpoint
+        host, port = device.host_port
+        contact_host = endpoint.advertise_host or endpoint.local[0]
+        headers = Headers()
+        headers.add("Via", endpoint.via(peer.transport))
+        headers.add("Max-Forwards", "70")
+        headers.add("From", f"<sip:{node.id}@{node.realm}>;tag={os.urandom(6).hex()}")
+        headers.add("To", f"<sip:{channel_id}@{device.id[:10]}>")
+        headers.add("Call-ID", f"{os.urandom(10).hex()}@{contact_host}")
+        headers.add("CSeq", "1 INVITE")
+        headers.add("Contact", f"<sip:{node.id}@{contact_host}:{endpoint.local[1]}>")
+        headers.add("Subject", subject_header(channel_id, ssrc, node.id, 0))
+        headers.add("User-Agent", "sensing-node")
+        headers.add("Content-Type", "APPLICATION/SDP")
+        uri_host = f"[{host}]" if ":" in host else host
+        return Request(
+            headers=headers, body=build_sdp(offer), method="INVITE",
+            uri=f"sip:{channel_id}@{uri_host}:{port}",
+        )
+
+    async def send_invite(self, invite: Request, peer: Peer) -> Response:
+        """The final response to `invite`; CANCEL after `media.answer_timeout_s`."""
+        timeout = self.settings.media.answer_timeout_s
+        future = self.endpoint.request(invite, peer)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            self._abandon(invite, peer, future)
+            raise StreamError(504, f"no answer to INVITE within {timeout} s") from None
+        except asyncio.CancelledError:
+            self._abandon(invite, peer, future)
+            raise
+        except TransactionTimeout:
+            raise StreamError(504, "no answer to INVITE (transaction timed out)") from None
+        except ConnectionError as exc:
+            raise StreamError(502, f"cannot reach the device: {exc}") from None
+
+    def _abandon(self, invite: Request, peer: Peer, future: asyncio.Future[Response]) -> None:
+        """Give up on an unanswered INVITE: CANCEL it, and hang up if a 2xx still comes."""
+        if not future.done():
+            headers = Headers()
+            for name in ("Via", "From", "To", "Call-ID"):
+                headers.add(name, invite.headers.get(name) or "")
+            headers.add("Max-Forwards", "70")
+            headers.add("CSeq", f"{invite.cseq[0]} CANCEL")
+            cancel = Request(headers=headers, method="CANCEL", uri=invite.uri)
+            self._background_request(cancel, peer)
+
+        def answered(done: asyncio.Future[Response]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return
+            response = done.result()
+            if 200 <= response.status < 300:
+                try:
+                    dialog = Dialog.from_2xx(invite, response)
+                except SipError:
+                    return
+                log.info("late 200 OK for an abandoned INVITE (%s): ACK and BYE", invite.call_id)
+                self.ack(dialog, peer)
+                self.bye(dialog, peer)
+
+        future.add_done_callback(answered)
+
+    def ack(self, dialog: Dialog, peer: Peer) -> None:
+        """ACK a 2xx, and remember the ACK to repeat it for retransmissions of the 2xx."""
+        ack = dialog.ack(self.endpoint.via(peer.transport))
+        data = ack.to_bytes()
+        loop = asyncio.get_running_loop()
+        self._acks[dialog.call_id] = (data, peer, loop.time() + ACK_CACHE_S)
+        self.endpoint.send(ack, peer)
+
+    def bye(self, dialog: Dialog, peer: Peer) -> None:
+        bye = dialog.request("BYE", self.endpoint.via(peer.transport))
+        self._background_request(bye, peer)
+
+    def _background_request(self, request: Request, peer: Peer) -> None:
+        future = self.endpoint.request(request, peer)
+        self._background.add(future)
+
+        def done(fut: asyncio.Future[Response]) -> None:
+            self._background.discard(fut)
+            if not fut.cancelled() and fut.exception() is not None:
+                log.info("%s to %s:%s failed: %s", request.method, peer.host, peer.port,
+                         fut.exception())
+
+        future.add_done_callback(done)
+
+    def on_response(self, event: ResponseReceived) -> None:
+        """A final response nobody waited for: repeat our ACK for a retransmitted 2xx."""
+        response = event.response
+        if response.cseq[1] != "INVITE" or not 200 <= response.status < 300:
+            return
+        cached = self._acks.get(response.call_id)
+        if cached is not None:
+            data, peer, _ = cached
+            self.endpoint.tx.send_raw(data, peer)
+            self.endpoint._flush()
+
+    def on_request(self, event: RequestReceived) -> bool:
+        """A BYE from a device for one of our streams; False if it belongs to none."""
+        request = event.request
+        stream = self.by_call_id.get(request.call_id)
+        if request.method != "BYE" or stream is None or stream.dialog is None \
+                or not stream.dialog.match(request):
+            return False
+        self.endpoint.respond(event, Response.for_request(request, 200))
+        stream.dialog = None  # hung up by the device: no BYE from us
+        stream.end_attempt("the device hung up (BYE)", bye=False)
+        return True
+
+    # ----- API -----
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [stream.as_json() for stream in self.streams.values()]

@@ -1,0 +1,303 @@
+"""Live play end to end on loopback: a running node pulls simulated cameras' streams.
+
+The cameras are `SimulatedCamera`s that register, answer the catalog and answer INVITE with a
+real paced PS-over-RTP stream (PyAV-encoded clip), so every step (SDP offer and answer, ACK,
+RTP over UDP / TCP passive / TCP active, PS demux, BYE) runs as it does against a device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from rtp.packet import build_rtp
+from rtp.ps import AccessUnit
+from sensing_node.media import Consumer, FrameQueue
+from sensing_node.simmedia import load_clip
+from sensing_node.simulator import CameraConfig, SimulatedCamera
+
+from .conftest import PASSWORD, RunningNode, StartNode, wait_for
+
+CAMERA = "31011200001320000001"
+TRANSPORTS = ["udp", "tcp-passive", "tcp-active"]
+
+Setup = Callable[..., Awaitable[tuple[RunningNode, SimulatedCamera]]]
+
+
+@pytest.fixture
+async def live(start_node: StartNode) -> AsyncIterator[Setup]:
+    """A node plus one registered, catalogued camera; both stopped at the end."""
+    cameras: list[SimulatedCamera] = []
+
+    async def setup(
+        node: dict[str, Any] | None = None, **camera: Any
+    ) -> tuple[RunningNode, SimulatedCamera]:
+        running = await start_node(**{"media.timeout_s": 2, **(node or {})})
+        config = CameraConfig(server=running.sip, device_id=CAMERA, password=PASSWORD,
+                              **camera)
+        cam = SimulatedCamera(config)
+        cameras.append(cam)
+        await cam.start(keepalives=False)
+        device = running.node.registry.get(CAMERA)
+        await wait_for(lambda: device is not None and len(device.channels) == config.channels)
+        return running, cam
+
+    yield setup
+    for cam in cameras:
+        await cam.stop(unregister=False)
+
+
+async def post_live(running: RunningNode, channel: str, body: Any = None) -> tuple[int, Any]:
+    response = await running.client.post(
+        f"/api/channels/{channel}/live", json=body, headers=running.headers
+    )
+    return response.status, await response.json()
+
+
+async def delete_live(running: RunningNode, channel: str) -> tuple[int, Any]:
+    response = await running.client.delete(
+        f"/api/channels/{channel}/live", headers=running.headers
+    )
+    return response.status, await response.json()
+
+
+async def frames_of(queue: FrameQueue, count: int) -> list[AccessUnit]:
+    return [await asyncio.wait_for(queue.get(), 5.0) for _ in range(count)]
+
+
+def assert_clip_frames(units: list[AccessUnit], codec: str, *, from_keyframe: bool = True) -> None:
+    """The frames are the camera's clip, byte for byte and in order (across its loop)."""
+    clip = [data for data, _, _ in load_clip(codec).frames]
+    video = [u for u in units if u.stream_id >= 0xE0]
+    assert video[0].keyframe or not from_keyframe
+    start = clip.index(video[0].data)
+    for i, unit in enumerate(video):
+        assert unit.data == clip[(start + i) % len(clip)], i
+        assert unit.codec == codec
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_live_play_over_each_transport(live: Setup, transport: str) -> None:
+    sip = "udp" if transport == "udp" else "tcp"
+    running, cam = await live(transport=sip)
+    hub = running.node.media
+    channel = cam.channel_ids[0]
+
+    status, stream = await post_live(running, channel, {"transport": transport})
+    assert status == 200, stream
+    assert stream["transport"] == transport
+    assert stream["channel_id"] == channel and stream["device_id"] == CAMERA
+    assert stream["ssrc"] and stream["ssrc"][0] == "0" and len(stream["ssrc"]) == 10
+    session = next(iter(cam.media_sessions.values()))
+    assert session.ssrc == int(stream["ssrc"])  # the camera sends with the offered y=
+    assert session.subject == f"{channel}:{stream['ssrc']},{running.node.settings.node.id}:0"
+    assert session.stream_number == 0
+
+    queue = FrameQueue()
+    await hub.subscribe(channel, queue)
+    units = await frames_of(queue, 40)  # more than one GOP of the 25-frame GOP clip
+    assert_clip_frames(units, "h264")
+
+    listed = await wait_for(lambda: hub.snapshot()[0]["fps"] is not None and hub.snapshot())
+    (item,) = listed
+    assert item["codec"] == "h264" and (item["width"], item["height"]) == (640, 360)
+    assert item["packets"] > 0 and item["lost"] == 0 and item["dropped_foreign"] == 0
+    assert item["consumers"] == 2
+    assert item["bitrate_bps"] > 0
+    assert (await running.get("/api/streams"))[0]["channel_id"] == channel
+
+    hub.unsubscribe(channel, queue)
+    status, body = await delete_live(running, channel)
+    assert status == 200 and body["stopped"] is True
+    await wait_for(lambda: cam.byes_received == 1 and not cam.media_sessions)
+    assert await running.get("/api/streams") == []
+    assert hub.pool.in_use == 0 and not hub._serials
+    ended = await running.get("/api/streams/ended")
+    assert ended[0]["reason"] == "stopped by the operator"
+
+
+async def test_h265_stream_and_its_picture_size(live: Setup) -> None:
+    running, cam = await live(media_codec="h265")
+    hub = running.node.media
+    channel = cam.channel_ids[0]
+    queue = FrameQueue()
+    stream = await hub.subscribe(channel, queue)
+    assert_clip_frames(await frames_of(queue, 30), "h265")
+    assert (stream.codec, stream.width, stream.height) == ("h265", 640, 360)
+
+
+async def test_a_second_consumer_starts_at_the_cached_keyframe(live: Setup) -> None:
+    running, cam = await live()
+    hub = running.node.media
+    channel = cam.channel_ids[0]
+    first = FrameQueue()
+    stream = await hub.subscribe(channel, first)
+    await frames_of(first, 35)  # past the second keyframe
+    second = FrameQueue()
+    await hub.subscribe(channel, second)
+    assert len(cam.media_sessions) == 1 and cam.invites_received == 1  # one ingest
+    cached = len(second.items)
+    assert cached >= 1 and second.items[0].keyframe
+    units = await frames_of(second, cached + 5)
+    assert_clip_frames(units, "h264")
+    assert len(stream.consumers) == 2
+
+
+async def test_a_slow_consumer_stalls_nobody(live: Setup) -> None:
+    running, cam = await live()
+    hub = running.node.media
+    channel = cam.channel_ids[0]
+    slow, fast = FrameQueue(maxsize=5), FrameQueue()
+
+    class Broken(Consumer):
+        name = "broken"
+
+        def on_unit(self, unit: AccessUnit) -> None:
+            raise RuntimeError("consumer bug")
+
+    stream = await hub.subscribe(channel, slow)
+    await hub.subscribe(channel, Broken())
+    await hub.subscribe(channel, fast)
+    units = await frames_of(fast, 30)
+    assert_clip_frames(units, "h264")
+    assert slow.dropped > 0 and len(slow.items) <= 5
+    assert slow.items[0].keyframe  # it resumes at a keyframe
+    assert stream.consumer_errors >= 30
+
+
+async def test_sub_stream_is_offered_when_configured(live: Setup) -> None:
+    channel = "31011200001310000101"  # the simulator's first channel of CAMERA
+    running, cam = await live({"channels.overrides": {channel: {"stream": "sub"}}})
+    assert cam.channel_ids[0] == channel
+    await running.node.media.hold(channel)
+    session = next(iter(cam.media_sessions.values()))
+    assert session.stream_number == 1
+    assert running.node.media.snapshot()[0]["stream"] == "sub"
+
+
+@pytest.mark.parametrize("answer_ssrc", ["0987654321", ""])
+async def test_the_devices_own_ssrc_or_none(live: Setup, answer_ssrc: str) -> None:
+    running, cam = await live(answer_ssrc=answer_ssrc)
+    channel = cam.channel_ids[0]
+    queue = FrameQueue()
+    stream = await running.node.media.subscribe(channel, queue)
+    assert_clip_frames(await frames_of(queue, 10), "h264")
+    session = next(iter(cam.media_sessions.values()))
+    if answer_ssrc:
+        assert stream.ssrc == answer_ssrc == f"{session.ssrc:010d}"
+    assert stream.receiver is not None and stream.receiver.ssrc == session.ssrc
+
+
+async def test_unknown_channel_is_404_and_offline_device_409(live: Setup) -> None:
+    running, cam = await live()
+    status, body = await post_live(running, "31011200001310099999")
+    assert status == 404 and "unknown channel" in body["error"]
+    running.node.registry.get(CAMERA).online = False
+    status, body = await post_live(running, cam.channel_ids[0])
+    assert status == 409 and "offline" in body["error"]
+    status, body = await post_live(running, cam.channel_ids[0], {"transport": "quic"})
+    assert status == 400
+    assert (await delete_live(running, cam.channel_ids[0]))[0] == 404
+
+
+async def test_device_refusal_is_502_with_its_status(live: Setup) -> None:
+    running, cam = await live(invite_status=486)
+    status, body = await post_live(running, cam.channel_ids[0])
+    assert status == 502 and body["sip_status"] == 486
+    assert "486" in body["error"]
+    hub = running.node.media
+    assert hub.streams == {} and hub.pool.in_use == 0 and not hub._serials
+    ended = await running.get("/api/streams/ended")
+    assert "486" in ended[0]["reason"]
+
+
+async def test_no_answer_is_504_and_the_invite_is_cancelled(live: Setup) -> None:
+    running, cam = await live({"media.answer_timeout_s": 1}, answer_invite=False)
+    status, body = await post_live(running, cam.channel_ids[0])
+    assert status == 504 and "no answer" in body["error"]
+    # The CANCEL reaches the camera, which ends the INVITE with 487.
+    await wait_for(lambda: not cam._pending)
+    await wait_for(lambda: running.node.endpoint.stats.responses_received[487] == 1)
+    assert running.node.media.pool.in_use == 0
+
+
+async def test_no_media_after_ack_ends_the_session_and_it_is_invited_again(live: Setup) -> None:
+    running, cam = await live({"media.timeout_s": 1}, send_media=False)
+    hub = running.node.media
+    hub.backoff_min_s = 0.2
+    status, _ = await post_live(running, cam.channel_ids[0])
+    assert status == 200  # the device answered and was ACKed
+    stream = hub.streams[cam.channel_ids[0]]
+    await wait_for(lambda: cam.byes_received >= 1, timeout=5)
+    assert stream.last_error == "no media within 1 s after ACK"
+    await wait_for(lambda: stream.attempts >= 2 and cam.invites_received >= 2, timeout=5)
+    ended = await running.get("/api/streams/ended")
+    assert ended[-1]["reason"] == "no media within 1 s after ACK"
+    await delete_live(running, cam.channel_ids[0])
+    assert hub.pool.in_use == 0
+
+
+async def test_stopped_media_is_torn_down_and_resumed(live: Setup) -> None:
+    running, cam = await live({"media.timeout_s": 1})
+    hub = running.node.media
+    hub.backoff_min_s = 0.2
+    channel = cam.channel_ids[0]
+    queue = FrameQueue()
+    stream = await hub.subscribe(channel, queue)
+    await frames_of(queue, 5)
+    first_ssrc = stream.ssrc
+    cam.stop_media()
+    await wait_for(lambda: stream.last_error == "no media for 1 s", timeout=5)
+    await wait_for(lambda: stream.state == "playing" and stream.attempts == 2, timeout=5)
+    assert cam.byes_received >= 1
+    queue.items.clear()
+    units = await frames_of(queue, 40)
+    first_key = next(i for i, u in enumerate(units) if u.keyframe)
+    assert_clip_frames(units[first_key:], "h264")
+    assert stream.ssrc != first_ssrc  # the SSRC of the first attempt was released
+
+
+async def test_packets_from_a_stranger_are_dropped_and_counted(live: Setup) -> None:
+    running, cam = await live()
+    channel = cam.channel_ids[0]
+    queue = FrameQueue()
+    stream = await running.node.media.subscribe(channel, queue)
+    await frames_of(queue, 3)
+    receiver = stream.receiver
+    assert receiver is not None and stream.ssrc_value is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spoofer:
+        for seq in range(50):  # same SSRC, right port, wrong source
+            packet = build_rtp(96, seq, 0, stream.ssrc_value, True, b"\x00\x00\x01\xba" * 8)
+            spoofer.sendto(packet, ("127.0.0.1", receiver.port))
+    await wait_for(lambda: stream.counter("dropped_foreign") == 50)
+    assert_clip_frames(await frames_of(queue, 30), "h264", from_keyframe=False)
+    assert stream.counter("lost") == 0
+
+
+async def test_linger_then_bye_when_nobody_watches(live: Setup) -> None:
+    running, cam = await live({"media.linger_s": 1})
+    hub = running.node.media
+    channel = cam.channel_ids[0]
+    queue = FrameQueue()
+    await hub.subscribe(channel, queue)
+    hub.unsubscribe(channel, queue)
+    await asyncio.sleep(0.3)
+    assert channel in hub.streams and cam.byes_received == 0  # still lingering
+    again = FrameQueue()
+    await hub.subscribe(channel, again)  # rejoins without a new INVITE
+    assert cam.invites_received == 1
+    hub.unsubscribe(channel, again)
+    await wait_for(lambda: cam.byes_received == 1, timeout=4)
+    assert channel not in hub.streams
+    assert queue.ended is None and again.ended is None  # they had left before
+
+
+async def test_node_shutdown_hangs_up(live: Setup) -> None:
+    running, cam = await live()
+    await running.node.media.hold(cam.channel_ids[0])
+    await running.client.close()
+    await wait_for(lambda: cam.byes_received == 1)
