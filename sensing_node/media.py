@@ -536,7 +536,9 @@ class LiveStream:
             return
         timeout = self.hub.settings.media.timeout_s
         last = receiver.last_packet_at
-        if isinstance(receiver, TcpRtpReceiver) and receiver.closed.is_set():
+        if self.demuxer.refusal is not None:
+            self.end_attempt(f"unusable media: {self.demuxer.refusal}")
+        elif isinstance(receiver, TcpRtpReceiver) and receiver.closed.is_set():
             self.end_attempt("the device closed the media connection")
         elif last is None and now - self.acked_at >= timeout:
             self.end_attempt(f"no media within {timeout} s after ACK")

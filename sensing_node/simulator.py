@@ -516,6 +516,31 @@ class SimulatedCamera:
         else:
             self._reply(event, 481)
 
+    async def hang_up(self, call_id: str | None = None) -> list[Response]:
+        """End streams from the camera's side with a BYE in each dialog (as a device that is
+        rebooting or whose channel went away); returns the node's answers."""
+        answers = []
+        for session in list(self.media_sessions.values()):
+            if call_id is not None and session.call_id != call_id:
+                continue
+            if session.invite is None or session.response is None:
+                continue
+            invite = session.invite.request
+            self.media_sessions.pop(session.call_id, None)
+            self._end_session(session)
+            contact = invite.contacts[0].uri if invite.contacts else None
+            headers = Headers()
+            headers.add("Via", self.endpoint.via(self.config.transport))
+            headers.add("From", session.response.headers.get("To") or "")
+            headers.add("To", invite.headers.get("From") or "")
+            headers.add("Call-ID", session.call_id)
+            headers.add("CSeq", f"{next(self.cseq)} BYE")
+            headers.add("Max-Forwards", "70")
+            bye = Request(headers=headers, method="BYE",
+                          uri=str(contact) if contact else f"sip:{self.config.server_id}")
+            answers.append(await self.endpoint.request(bye, self.server_peer))
+        return answers
+
     def stop_media(self, call_id: str | None = None) -> None:
         """Stop sending without a BYE, as a camera whose stream dies; dialogs stay up."""
         for session in list(self.media_sessions.values()):

@@ -301,3 +301,50 @@ async def test_node_shutdown_hangs_up(live: Setup) -> None:
     await running.node.media.hold(cam.channel_ids[0])
     await running.client.close()
     await wait_for(lambda: cam.byes_received == 1)
+
+
+async def test_a_device_bye_ends_the_attempt_and_a_watched_stream_is_invited_again(
+    live: Setup,
+) -> None:
+    running, cam = await live()
+    hub = running.node.media
+    hub.backoff_min_s = 0.2
+    channel = cam.channel_ids[0]
+    queue = FrameQueue()
+    stream = await hub.subscribe(channel, queue)
+    (answer,) = await cam.hang_up()
+    assert answer.status == 200
+    assert stream.last_error == "the device hung up (BYE)"
+    await wait_for(lambda: stream.state == "playing" and stream.attempts == 2, timeout=5)
+    assert cam.byes_received == 0  # the node did not hang up a dialog that was gone
+    queue.items.clear()
+    units = await frames_of(queue, 30)
+    first_key = next(i for i, u in enumerate(units) if u.keyframe)
+    assert_clip_frames(units[first_key:], "h264")
+
+
+async def test_a_bye_for_no_dialog_is_481(live: Setup) -> None:
+    running, cam = await live()
+    await running.node.media.hold(cam.channel_ids[0])
+    session = next(iter(cam.media_sessions.values()))
+    session.call_id = "not-a-call@nowhere"  # the BYE then names a dialog the node never had
+    cam.media_sessions = {session.call_id: session}
+    (answer,) = await cam.hang_up()
+    assert answer.status == 481
+
+
+async def test_mpeg_ts_instead_of_ps_ends_the_attempt_with_the_reason(live: Setup) -> None:
+    running, cam = await live(send_media=False)
+    hub = running.node.media
+    hub.backoff_min_s = 5.0  # keep the second attempt out of the way
+    stream = await hub.hold(cam.channel_ids[0])
+    assert stream.receiver is not None and stream.ssrc_value is not None
+    ts_packet = b"\x47\x40\x00\x10" + b"\xff" * 184
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as device:
+        for seq in range(40):  # 7 TS packets per RTP packet, as TS-over-RTP senders do
+            rtp = build_rtp(33, seq, seq * 3600, stream.ssrc_value, False, ts_packet * 7)
+            device.sendto(rtp, ("127.0.0.1", stream.receiver.port))
+    await wait_for(lambda: stream.last_error is not None, timeout=3)
+    assert "MPEG-TS" in stream.last_error and "not MPEG-PS" in stream.last_error
+    assert cam.byes_received == 1
+    assert stream.frames == 0
