@@ -462,3 +462,84 @@ def test_explicit_timezone_gives_a_zoneinfo(local_zone: Callable[[str | None], N
     assert settings.node.timezone_name == "Asia/Shanghai"
     assert settings.node.tz == zoneinfo.ZoneInfo("Asia/Shanghai")
     assert WINTER.replace(tzinfo=settings.node.tz).utcoffset() == datetime.timedelta(hours=8)
+
+
+# --- media, channels and recording --------------------------------------------------------------
+
+
+def test_media_and_recording_defaults() -> None:
+    settings = parse_settings(MINIMAL)
+    media = settings.media
+    assert (media.transport, media.timeout_s, media.rtp_payload_max, media.linger_s) == (
+        "udp", 10, 1400, 5)
+    rec = settings.recording
+    assert (rec.retention_days, rec.segment_s, rec.min_free_gb, rec.channels) == (30, 60, 5.0, None)
+    assert rec.root(settings.node) == settings.node.data_dir / "recordings"
+    assert rec.wants("31011200001310000001", 3, 600)  # "all"
+    assert settings.channels.stream_for("31011200001310000001") == "main"
+
+
+def test_recording_schedules(tmp_path: Path) -> None:
+    text = MINIMAL + """recording:
+  dir: rec
+  channels:
+    "31011200001310000001": always
+    "31011200001310000002": off
+    "31011200001310000003": {mon-fri: "08:00-18:00", sun: ["22:00-02:00"], daily: "12:00-12:30"}
+"""
+    settings = load_settings(write(tmp_path, text))
+    rec = settings.recording
+    assert rec.root(settings.node) == (tmp_path / "rec").resolve()
+    one, two, three = (f"3101120000131000000{i}" for i in (1, 2, 3))
+    assert rec.wants(one, 6, 0) and not rec.wants(two, 0, 600)
+    assert rec.wants(three, 0, 8 * 60) and not rec.wants(three, 0, 18 * 60)
+    assert not rec.wants(three, 5, 9 * 60)  # Saturday
+    assert rec.wants(three, 5, 12 * 60 + 10)  # daily window
+    assert rec.wants(three, 6, 23 * 60) and rec.wants(three, 0, 60)  # Sunday into Monday
+    assert not rec.wants("31011200001310000009", 0, 600)  # not listed
+
+
+def test_recording_list_of_channels_means_always() -> None:
+    settings = parse_settings(MINIMAL + 'recording: {channels: ["31011200001310000001"]}\n')
+    assert settings.recording.wants("31011200001310000001", 2, 3)
+    assert not settings.recording.wants("31011200001310000002", 2, 3)
+
+
+def test_recording_problems_are_reported_with_lines(tmp_path: Path) -> None:
+    text = MINIMAL + """recording:
+  retention_days: 7
+  channels:
+    "31011200001310000003": {mon-fry: "08:00-18:00", tue: "25:00-26:00", wed: "08:00-08:00"}
+    12345: always
+"""
+    problems = problems_of(write(tmp_path, text))
+    assert any(":6: recording.channels.31011200001310000003.mon-fry: expected a day" in p
+               for p in problems)
+    assert any("tue: not a time of day" in p for p in problems)
+    assert any("wed: the window" in p and "is empty" in p for p in problems)
+    assert any(":7: recording.channels.12345" in p for p in problems)
+    short = problems_of(write(tmp_path, MINIMAL + "recording:\n  retention_days: 7\n"))
+    assert short == [f"{tmp_path / 'node.yaml'}:4: recording.retention_days: 7 days is below the "
+                     "30 days district rules require; set recording.allow_short_retention: "
+                     "true if this node is not bound by them"]
+    allowed = parse_settings(
+        MINIMAL + "recording: {retention_days: 7, allow_short_retention: true}\n")
+    assert allowed.recording.retention_days == 7
+
+
+def test_channel_overrides_and_media_choices(tmp_path: Path) -> None:
+    text = MINIMAL + """media: {transport: tcp-pasive}
+channels:
+  overrides:
+    "31011200001310000001": {stream: sub, transport: tcp-active}
+    "31011200001310000002": {stream: third}
+"""
+    problems = problems_of(write(tmp_path, text))
+    assert any('media.transport: unknown value "tcp-pasive"; did you mean "tcp-passive"?' in p
+               for p in problems)
+    assert any("31011200001310000002.stream" in p for p in problems)
+    good = parse_settings(text.replace("tcp-pasive", "tcp-passive").replace(
+        '\n    "31011200001310000002": {stream: third}', ""))
+    assert good.channels.stream_for("31011200001310000001") == "sub"
+    assert good.channels.transport_for("31011200001310000001", "udp") == "tcp-active"
+    assert good.channels.transport_for("31011200001310000002", "udp") == "udp"
