@@ -1,4 +1,5 @@
-"""Command line: `sensing-node run | check-config | simulate-camera`.
+"""Command line: `sensing-node run | check-config | simulate-camera | verify-recordings |
+verify-audit | plan-storage`.
 
 Also available as `python -m sensing_node`.
 """
@@ -49,6 +50,82 @@ def _settings_or_exit(path: str):  # type: ignore[no-untyped-def]
         print(str(exc), file=sys.stderr)
         print(f"{path}: {len(exc.problems)} problem(s); the node was not started", file=sys.stderr)
         sys.exit(2)
+
+
+def cmd_verify_recordings(args: argparse.Namespace) -> int:
+    """Recompute every segment's SHA-256 and each channel's hash chain against the index."""
+    from recorder.index import RecordIndex
+    from recorder.service import root_index
+    from recorder.verify import verify
+
+    settings = _settings_or_exit(args.config)
+    root = settings.recording.root(settings.node)
+    if not root_index(root).exists():
+        print(f"{root}: no recordings index", file=sys.stderr)
+        return 1
+    index = RecordIndex(root_index(root))
+    try:
+        report = verify(root, index, args.channel)
+    finally:
+        index.close()
+    for path in report.altered:
+        print(f"ALTERED    {path}")
+    for path in report.missing:
+        print(f"MISSING    {path}")
+    for path in report.unindexed:
+        print(f"UNINDEXED  {path}")
+    for brk in report.chain_breaks:
+        print(f"CHAIN      {brk.path} (channel {brk.channel_id}): links to {brk.found}, "
+              f"expected {brk.expected}")
+    for path in report.partial:
+        print(f"OPEN       {path} (being written, or left by a crash until the next start)")
+    verdict = "OK" if report.ok else "FAILED"
+    print(f"{verdict}: {report.checked} segments checked in {root}")
+    return 0 if report.ok else 1
+
+
+def cmd_verify_audit(args: argparse.Namespace) -> int:
+    """Check every audit row's hash and the chain between rows."""
+    from recorder.audit import AuditLog
+
+    settings = _settings_or_exit(args.config)
+    path = settings.node.data_dir / "audit.sqlite3"
+    if not path.exists():
+        print(f"{path}: no audit log", file=sys.stderr)
+        return 1
+    with AuditLog(path) as audit:
+        report = audit.verify()
+    if report.altered:
+        print("ALTERED rows: " + ", ".join(map(str, report.altered)))
+    if report.unlinked:
+        print("UNLINKED rows (deleted or inserted before them): "
+              + ", ".join(map(str, report.unlinked)))
+    if not report.triggers:
+        print("the append-only triggers are missing")
+    verdict = "OK" if report.ok else "FAILED"
+    print(f"{verdict}: {report.rows} audit rows in {path}")
+    return 0 if report.ok else 1
+
+
+def cmd_plan_storage(args: argparse.Namespace) -> int:
+    """Observed bitrate of each channel x retention against the disk."""
+    import time
+
+    from recorder.index import RecordIndex
+    from recorder.service import root_index
+
+    from .recording import plan_storage
+
+    settings = _settings_or_exit(args.config)
+    root = settings.recording.root(settings.node)
+    root.mkdir(parents=True, exist_ok=True)
+    index = RecordIndex(root_index(root))
+    try:
+        plan = plan_storage(index, root, settings.recording.retention_days, time.time())
+    finally:
+        index.close()
+    print("\n".join(plan.lines()))
+    return 0 if plan.fits else 1
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -175,6 +252,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--codec", choices=("h264", "h265"), default="h264", help="video codec (default h264)"
     )
     sim.set_defaults(func=cmd_simulate_camera)
+
+    ver = sub.add_parser(
+        "verify-recordings",
+        help="check recordings against their hashes and chains",
+        description="Recompute the SHA-256 of every segment and each channel's hash chain; list "
+        "every altered, missing or unindexed file. Exit status 1 if anything is wrong.",
+    )
+    ver.add_argument("-c", "--config", required=True, help="the node's YAML file")
+    ver.add_argument("--channel", help="only this channel")
+    ver.set_defaults(func=cmd_verify_recordings)
+
+    aud = sub.add_parser(
+        "verify-audit",
+        help="check the audit log's hash chain",
+        description="Check every audit row's hash and the chain; exit status 1 if broken.",
+    )
+    aud.add_argument("-c", "--config", required=True, help="the node's YAML file")
+    aud.set_defaults(func=cmd_verify_audit)
+
+    plan = sub.add_parser(
+        "plan-storage",
+        help="estimate the disk the retention period needs",
+        description="Per channel: observed bitrate x retention_days, against the disk's free "
+        "space. Exit status 1 if the disk cannot hold the retention period.",
+    )
+    plan.add_argument("-c", "--config", required=True, help="the node's YAML file")
+    plan.set_defaults(func=cmd_plan_storage)
     return parser
 
 

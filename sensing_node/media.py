@@ -96,6 +96,9 @@ class Consumer:
     def on_rtp(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
         """An RTP payload, valid only during the call."""
 
+    def on_loss(self, packets: int) -> None:
+        """`packets` RTP packets never arrived; the frames around them may be damaged."""
+
     def on_gap(self, reason: str) -> None:
         """The media stopped (`reason`); the stream is being invited again."""
 
@@ -186,6 +189,7 @@ class LiveStream:
         self.peer: Peer | None = None
         self.receiver: UdpRtpReceiver | TcpRtpReceiver | None = None
         self.demuxer = PsDemuxer()
+        self._next_seq = -1  # the RTP sequence number expected next; -1 before the first
         self.acked_at: float | None = None  # loop time
         # What the media looks like.
         self.codec: str | None = None
@@ -349,11 +353,24 @@ class LiveStream:
 
     # ----- media (the hot path) -----
     def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+        if seq != self._next_seq:
+            if self._next_seq >= 0:
+                self._discontinuity((seq - self._next_seq) & 0xFFFF)
+        self._next_seq = (seq + 1) & 0xFFFF
         for consumer in self._rtp_consumers:
             self._call(consumer, consumer.on_rtp, payload, seq, ts, marker)
         units = self.demuxer.feed(payload)
         if units:
             self._units(units)
+
+    def _discontinuity(self, missing: int) -> None:
+        """Packets were given up (or the sender restarted its sequence): hand out what was
+        complete before the hole, start demuxing afresh, and tell the consumers."""
+        self._units(self.demuxer.flush())
+        self.demuxer = PsDemuxer()
+        self.gop, self._gop_bytes = [], 0
+        for consumer in list(self.consumers):
+            self._call(consumer, consumer.on_loss, missing)
 
     def _units(self, units: list[AccessUnit]) -> None:
         for unit in units:
@@ -397,6 +414,7 @@ class LiveStream:
         self.ssrc = gb_ssrc(settings.node.id, self.serial, history=False)
         self.ssrc_value = int(self.ssrc)
         self.demuxer = PsDemuxer()
+        self._next_seq = -1
         self.gop, self._gop_bytes = [], 0
         self.codec = self.width = self.height = None
         port = await self._open_receiver()

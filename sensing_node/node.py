@@ -18,6 +18,7 @@ from aiohttp import web
 from .api.routes import NODE, add_routes, bearer_auth
 from .media import StreamHub
 from .queries import DeviceQueries
+from .recording import RecordingService
 from .registrar import Registrar
 from .registry import Registry
 from .settings import Settings
@@ -52,6 +53,8 @@ class Node:
         self.queries: DeviceQueries | None = None
         self.media = StreamHub(settings, self.registry, self.endpoint, wall=wall)
         self.registrar.media = self.media
+        self.recording = RecordingService(settings, self.media, self.registry, wall=wall)
+        self.registrar.recording = self.recording
         self.sip_address: tuple[str, int] = ("", 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_error: str | None = None
@@ -81,6 +84,11 @@ class Node:
         self.registrar.queries = self.queries
         self.queries.start()
         self.media.start()
+        try:
+            await self.recording.start()
+        except OSError as exc:
+            raise StartupError(f"cannot open the recordings in {self.recording.root}: {exc}") \
+                from exc
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         await self._start_simulators()
 
@@ -119,6 +127,7 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.recording.stop()  # open segments closed, hashed and indexed
         await self.media.close()  # BYE to every device still streaming
         if self.queries is not None:
             await self.queries.stop()
@@ -163,6 +172,7 @@ class Node:
             problems.append("SIP port not listening")
         if self._flush_error:
             problems.append(self._flush_error)
+        problems += self.recording.problems()
         if len(self.registrar.pending) > self.registrar.max_pending // 2:
             problems.append("MESSAGE backlog above half its limit")
         return problems

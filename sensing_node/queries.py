@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from sip import manscdp
 from sip.manscdp import ManscdpMessage
-from sip.message import Headers, Request
+from sip.message import Headers, Request, Response
 from sip.transaction import Peer
 
 from .registry import Device, Registry
@@ -132,9 +132,17 @@ class DeviceQueries:
 
     # ----- one query -----
     def _build(self, dev: Device, cmd_type: str, sn: int) -> tuple[Request, Peer]:
+        body = manscdp.build_manscdp("Query", cmd_type, sn, dev.id, encoding=dev.charset)
+        return self.message_to(dev, body)
+
+    async def send(self, dev: Device, body: bytes) -> Response:
+        """Send one MANSCDP body (an answer to the device's own query) in a MESSAGE."""
+        request, peer = self.message_to(dev, body)
+        return await self.endpoint.request(request, peer)
+
+    def message_to(self, dev: Device, body: bytes) -> tuple[Request, Peer]:
         host, port = dev.host_port
         peer = Peer(dev.transport, host, port)
-        body = manscdp.build_manscdp("Query", cmd_type, sn, dev.id, encoding=dev.charset)
         headers = Headers()
         headers.add("Via", self.endpoint.via(dev.transport))
         headers.add("From", f"<sip:{self.node_id}@{self.realm}>;tag={random.getrandbits(32):x}")

@@ -34,6 +34,7 @@ from .stats import Stats
 if TYPE_CHECKING:
     from .media import StreamHub
     from .queries import DeviceQueries
+    from .recording import RecordingService
     from .transport.sip import SipEndpoint
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Registrar:
         self.endpoint: SipEndpoint | None = None
         self.queries: DeviceQueries | None = None
         self.media: StreamHub | None = None
+        self.recording: RecordingService | None = None
         self.nonces = auth.NonceFactory(os.urandom(16), lifetime_s=300.0)
         self.to_tag = os.urandom(4).hex()
         # A device may send a burst (catalog parts) but not a flood.
@@ -219,6 +221,10 @@ class Registrar:
             )
             self._answer(event, 200)
             return
+        if msg.root == "Query" and msg.cmd_type == "RecordInfo" and self.recording is not None:
+            self._answer(event, 200)
+            self.endpoint.loop.create_task(self._record_info(dev, msg))  # type: ignore[union-attr]
+            return
         if msg.root != "Response":
             self._answer(event, 200)  # notifications (Alarm, MediaStatus ...) come later
             return
@@ -230,6 +236,19 @@ class Registrar:
         if not self._drain_scheduled and self.endpoint is not None:
             self._drain_scheduled = True
             self.endpoint.loop.call_soon(self._drain)
+
+    async def _record_info(self, dev: Device, query: ManscdpMessage) -> None:
+        """Answer a RecordInfo query from our own index, one MESSAGE per part, in order."""
+        assert self.recording is not None and self.queries is not None
+        try:
+            parts = await self.recording.record_info(query)
+            for body in parts:
+                response = await self.queries.send(dev, body)
+                if response.status >= 300:
+                    log.info("RecordInfo answer to %s refused: %d", dev.id, response.status)
+                    return
+        except Exception as exc:
+            log.warning("RecordInfo answer to %s failed: %s", dev.id, exc)
 
     def _drain(self) -> None:
         self._drain_scheduled = False

@@ -5,11 +5,15 @@ Every time in a response is ISO 8601 with the offset of the node's zone (`node.t
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from recorder.export import ExportError, export_mp4, export_ps, plan_export
 
 from ..media import StreamError
 from ..registry import Device, iso
@@ -144,6 +148,7 @@ async def stats(request: web.Request) -> web.Response:
     body["online"] = node.registry.online_count()
     body["channels"] = sum(1 for _ in node.registry.channels())
     body["tcp_connections"] = len(node.endpoint.connections)
+    body["recording"] = node.recording.stats()
     body["transactions"] = {
         "server": node.endpoint.tx.server_transaction_count,
         "client": node.endpoint.tx.client_transaction_count,
@@ -174,12 +179,21 @@ async def start_live(request: web.Request) -> web.Response:
         transport = body.get("transport")
         if transport is not None and transport not in TRANSPORTS:
             return _error(400, f"transport must be one of {', '.join(TRANSPORTS)}")
+    channel_id = request.match_info["channel_id"]
     try:
-        stream = await node.media.hold(request.match_info["channel_id"], transport)
+        stream = await node.media.hold(channel_id, transport)
     except StreamError as exc:
+        await node.recording.log_access(
+            actor=_actor(request), action="live_view", channel_id=channel_id,
+            purpose=_purpose(request), result="error", detail=exc.reason,
+        )
         return web.json_response(
             {"error": exc.reason, "sip_status": exc.sip_status}, status=exc.status
         )
+    await node.recording.log_access(
+        actor=_actor(request), action="live_view", channel_id=channel_id,
+        purpose=_purpose(request), result="ok", detail=stream.transport,
+    )
     return web.json_response(stream.as_json())
 
 
@@ -197,6 +211,156 @@ async def stop_live(request: web.Request) -> web.Response:
     })
 
 
+# ----- recordings -----
+def _actor(request: web.Request) -> str:
+    """Who is asking: the operator named by an authenticating proxy (X-User), else the token,
+    with the client's address either way."""
+    user = request.headers.get("X-User", "").strip()[:100]
+    return f"{user or 'api-token'}@{request.remote or '?'}"
+
+
+def _purpose(request: web.Request) -> str | None:
+    text = (request.query.get("purpose") or request.headers.get("X-Purpose") or "").strip()
+    return text[:500] or None
+
+
+class _BadQuery(Exception):
+    pass
+
+
+def _time(request: web.Request, name: str) -> float:
+    """An ISO 8601 query time; without an offset it is the node's local time."""
+    text = request.query.get(name)
+    if not text:
+        raise _BadQuery(f"{name} is required (ISO 8601)")
+    try:
+        value = datetime.fromisoformat(text.replace(" ", "+", 1) if text.count(" ") == 1
+                                       and "T" in text else text)
+    except ValueError:
+        raise _BadQuery(f"{name}: not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=request.app[NODE].settings.node.tz)
+    return value.timestamp()
+
+
+def _range(request: web.Request) -> tuple[str, float, float]:
+    channel = request.query.get("channel", "")
+    if not channel:
+        raise _BadQuery("channel is required")
+    start, end = _time(request, "start"), _time(request, "end")
+    if end <= start:
+        raise _BadQuery("end must be after start")
+    return channel, start, end
+
+
+async def search_recordings(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    try:
+        channel, start, end = _range(request)
+    except _BadQuery as exc:
+        return _error(400, str(exc))
+    segments, gaps = await node.recording.search(channel, start, end)
+    tz = node.settings.node.tz
+    await node.recording.log_access(
+        actor=_actor(request), action="search", channel_id=channel, range_start=start,
+        range_end=end, purpose=_purpose(request), result="ok",
+        detail=f"{len(segments)} segments, {len(gaps)} gaps",
+    )
+    return web.json_response({
+        "segments": [
+            {"channel_id": row.channel_id, "start": iso(row.start_wall, tz),
+             "end": iso(row.end_wall, tz), "bytes": row.bytes, "frames": row.frames,
+             "codec": row.codec, "sha256": row.sha256}
+            for row in segments
+        ],
+        "gaps": [
+            {"start": iso(gap.start_wall, tz), "end": iso(gap.end_wall, tz), "reason": gap.reason}
+            for gap in gaps
+        ],
+    })
+
+
+async def export_recording(request: web.Request) -> web.StreamResponse:
+    """The range as MP4 (stream copy) or as the original PS, streamed as it is produced."""
+    node = request.app[NODE]
+    try:
+        channel, start, end = _range(request)
+    except _BadQuery as exc:
+        return _error(400, str(exc))
+    fmt = request.query.get("format", "mp4")
+    if fmt not in ("mp4", "ps"):
+        return _error(400, "format must be mp4 or ps")
+    purpose = _purpose(request)
+    actor = _actor(request)
+    if purpose is None:
+        await node.recording.log_access(
+            actor=actor, action="export", channel_id=channel, range_start=start, range_end=end,
+            result="denied", detail="no purpose given",
+        )
+        return _error(400, "an export needs a purpose (purpose=... or the X-Purpose header)")
+    refs = await node.recording.segment_refs(channel, start, end)
+    loop = asyncio.get_running_loop()
+    try:
+        plan = await loop.run_in_executor(None, plan_export, refs, start, end)
+    except ExportError as exc:
+        await node.recording.log_access(
+            actor=actor, action="export", channel_id=channel, range_start=start, range_end=end,
+            purpose=purpose, result="empty", detail=str(exc),
+        )
+        return _error(404, str(exc))
+    chunks: Iterator[bytes] = export_mp4(plan) if fmt == "mp4" else export_ps(plan)
+    stamp = datetime.fromtimestamp(plan.start_wall, node.settings.node.tz).strftime("%Y%m%dT%H%M%S")
+    response = web.StreamResponse(headers={
+        "Content-Type": "video/mp4" if fmt == "mp4" else "video/MP2P",
+        "Content-Disposition": f'attachment; filename="{channel}-{stamp}.{fmt}"',
+    })
+    await response.prepare(request)
+    sent, result, detail = 0, "ok", ""
+    try:
+        while True:
+            chunk = await loop.run_in_executor(None, next, chunks, None)
+            if chunk is None:
+                break
+            await response.write(chunk)
+            sent += len(chunk)
+    except (ExportError, OSError, ConnectionError) as exc:
+        result, detail = "error", str(exc)
+    finally:
+        await loop.run_in_executor(None, chunks.close)  # type: ignore[attr-defined]
+        await node.recording.log_access(
+            actor=actor, action="export", channel_id=channel, range_start=plan.start_wall,
+            range_end=plan.end_wall, purpose=purpose, result=result,
+            detail=f"{fmt}, {sent} bytes" + (f": {detail}" if detail else ""),
+        )
+    await response.write_eof()
+    return response
+
+
+async def audit_log(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    filters: dict[str, Any] = {}
+    for name in ("actor", "action"):
+        if request.query.get(name):
+            filters[name] = request.query[name]
+    if request.query.get("channel"):
+        filters["channel_id"] = request.query["channel"]
+    try:
+        for name in ("start", "end"):
+            if request.query.get(name):
+                filters[name] = _time(request, name)
+        filters["limit"] = min(int(request.query.get("limit", "1000")), 10_000)
+    except (_BadQuery, ValueError) as exc:
+        return _error(400, str(exc))
+    tz = node.settings.node.tz
+    entries = await node.recording.audit_query(**filters)
+    return web.json_response([
+        {"id": e.id, "at": iso(e.at, tz), "actor": e.actor, "action": e.action,
+         "channel_id": e.channel_id, "start": iso(e.range_start, tz), "end": iso(e.range_end, tz),
+         "purpose": e.purpose, "result": e.result, "detail": e.detail, "hash": e.hash}
+        for e in entries
+    ])
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -211,3 +375,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/streams/ended", ended_streams)
     app.router.add_post("/api/channels/{channel_id}/live", start_live)
     app.router.add_delete("/api/channels/{channel_id}/live", stop_live)
+    app.router.add_get("/api/recordings", search_recordings)
+    app.router.add_get("/api/recordings/export", export_recording)
+    app.router.add_get("/api/audit", audit_log)

@@ -1,0 +1,415 @@
+"""Segment files: the original PS bytes of one channel, cut at video keyframes (GB/T 28181 App. C).
+
+A segment is a byte-exact run of the PS stream as the camera sent it, starting at the pack header
+that introduces a video keyframe (``rtp.ps.AccessUnit.ps_bytes`` of consecutive units
+concatenate to the stream), so each file plays on its own. Layout::
+
+    <root>/<channel>/<YYYY-MM-DD>/<YYYYmmddTHHMMSS.fff>.ps       (local time of the first frame)
+    <root>/<channel>/<YYYY-MM-DD>/<YYYYmmddTHHMMSS.fff>.ps.part  (while being written)
+
+Life of a segment: units are batched in memory and written about 1 MiB at a time; on close the
+file is fsync'd, renamed from ``.part`` and its directory fsync'd, and only then indexed, with
+the SHA-256 computed while writing and the channel's previous hash (the chain). A ``.part`` left
+by a crash is finished by ``recorder.recovery``.
+
+Every write goes through :func:`_write`, so tests can inject ``ENOSPC``. A failed write ends the
+segment at the last unit written completely (truncate, fsync, index) and records a gap until
+the next keyframe that can be written.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from pathlib import Path
+
+from rtp.ps import AccessUnit
+
+from .index import RecordIndex, SegmentRow
+
+__all__ = [
+    "PART_SUFFIX",
+    "SEGMENT_SUFFIX",
+    "SegmentWriter",
+    "check_channel_id",
+    "fsync_dir",
+    "local_tz",
+    "parse_segment_name",
+    "segment_name",
+]
+
+log = logging.getLogger("recorder.segments")
+
+SEGMENT_SUFFIX = ".ps"
+PART_SUFFIX = ".ps.part"
+BUFFER_BYTES = 1 << 20  # batch size of file writes
+PTS_WRAP = 1 << 33
+_NAME_FORMAT = "%Y%m%dT%H%M%S"
+
+
+def _write(fd: int, data: memoryview) -> int:
+    """The only place segment bytes reach the disk (tests patch it to inject errors)."""
+    return os.write(fd, data)
+
+
+def local_tz() -> tzinfo:
+    """The node's local time zone as currently in effect."""
+    found = datetime.now().astimezone().tzinfo
+    assert found is not None
+    return found
+
+
+def check_channel_id(channel_id: str) -> str:
+    """A channel ID becomes a directory name: refuse anything that is not a plain name."""
+    if (
+        not channel_id
+        or channel_id in (".", "..")
+        or any(c in channel_id for c in "/\\\0")
+        or channel_id != channel_id.strip()
+    ):
+        raise ValueError(f"channel id {channel_id!r} cannot be used as a directory name")
+    return channel_id
+
+
+def segment_name(start_wall: float, tz: tzinfo) -> tuple[str, str]:
+    """(day directory, file name without suffix) for a segment starting at ``start_wall``."""
+    seconds, millis = divmod(round(start_wall * 1000), 1000)
+    moment = datetime.fromtimestamp(seconds, tz)
+    return moment.strftime("%Y-%m-%d"), f"{moment.strftime(_NAME_FORMAT)}.{millis:03d}"
+
+
+def parse_segment_name(name: str, tz: tzinfo) -> float | None:
+    """Start wall time from a segment file name (``.ps`` or ``.ps.part``), None if not one."""
+    stem = name.removesuffix(".part").removesuffix(SEGMENT_SUFFIX)
+    stem = stem.split("_", 1)[0]  # "_1" marks a name taken twice in the same millisecond
+    try:
+        moment = datetime.strptime(stem, _NAME_FORMAT + ".%f")
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=tz).timestamp()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or file creation in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_video(unit: AccessUnit) -> bool:
+    return 0xE0 <= unit.stream_id <= 0xEF
+
+
+@dataclass(slots=True)
+class _Unit:
+    """A unit sitting in the write buffer: where it ends there, and what it adds to the row."""
+
+    end: int
+    wall: float
+    pts: int | None
+    video: bool
+
+
+@dataclass(slots=True)
+class _Open:
+    """The segment being written."""
+
+    rel: str
+    part: Path
+    fd: int
+    start_wall: float
+    codec: str
+    sha: hashlib._Hash = field(default_factory=hashlib.sha256)
+    buffer: bytearray = field(default_factory=bytearray)
+    pending: list[_Unit] = field(default_factory=list)
+    written: int = 0  # bytes in the file
+    frames: int = 0
+    start_pts: int | None = None
+    end_pts: int | None = None
+    last_wall: float = 0.0
+
+
+class SegmentWriter:
+    """Writes one channel's access units into segment files and indexes them (synchronous).
+
+    :param segment_s: target duration; a segment is cut at the first video keyframe at or after
+        this many seconds (wall clock) since it started.
+    :param tz: local time zone for directory and file names.
+    :param buffer_bytes: write batch size.
+
+    ``write()``, ``gap()``, ``lost()`` and ``close()`` return the segment rows they indexed.
+    Counters: ``units``, ``bytes``, ``dropped_units`` (not written: before a keyframe),
+    ``segments_closed``, ``write_errors``; ``last_error`` holds the latest error text.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        index: RecordIndex,
+        channel_id: str,
+        *,
+        segment_s: float = 60.0,
+        tz: tzinfo | None = None,
+        buffer_bytes: int = BUFFER_BYTES,
+        log_errors: bool = True,
+    ) -> None:
+        if segment_s < 1:
+            raise ValueError(f"segment_s must be at least 1 second, not {segment_s}")
+        self.root = Path(root)
+        self.index = index
+        self.channel_id = check_channel_id(channel_id)
+        self.segment_s = float(segment_s)
+        self.tz = tz if tz is not None else local_tz()
+        self.buffer_bytes = buffer_bytes
+        self.log_errors = log_errors
+        self.units = 0
+        self.bytes = 0
+        self.dropped_units = 0
+        self.segments_closed = 0
+        self.write_errors = 0
+        self.last_error: str | None = None
+        self._open: _Open | None = None
+        self._prev_sha: str | None = index.chain_head(channel_id)
+        self._gap: tuple[float, str] | None = None  # a gap that ends at the next keyframe
+        self._frame_s = 0.0  # last video frame interval from PTS, for end times
+        self._last_pts: int | None = None
+        self._last_wall = 0.0
+
+    @property
+    def recording(self) -> bool:
+        """Whether a segment is open (False before the first keyframe and after a gap)."""
+        return self._open is not None
+
+    # -- public API --------------------------------------------------------------------------
+
+    def write(self, unit: AccessUnit, wall: float) -> list[SegmentRow]:
+        """Append ``unit`` (received at ``wall``, Unix seconds); cut a segment when due."""
+        video = _is_video(unit)
+        if video:
+            self._track_frame_interval(unit.pts)
+            self._last_wall = wall + self._frame_s  # where a gap still open at close ends
+        closed: list[SegmentRow] = []
+        seg = self._open
+        if video and unit.keyframe:
+            if seg is not None and (
+                not 0 <= wall - seg.start_wall < self.segment_s  # due, or the clock stepped back
+                or unit.codec != seg.codec
+            ):
+                closed += self._close(end_wall=wall)
+                seg = None
+            if seg is None:
+                seg = self._start(unit, wall)
+        if seg is None:
+            self.dropped_units += 1
+            return closed
+        seg.buffer += unit.ps_bytes
+        seg.pending.append(_Unit(len(seg.buffer), wall, unit.pts, video))
+        self.units += 1
+        if len(seg.buffer) >= self.buffer_bytes:
+            closed += self._flush(seg)
+        return closed
+
+    def gap(self, start_wall: float, end_wall: float, reason: str) -> list[SegmentRow]:
+        """The channel was not received from ``start_wall`` to ``end_wall`` (camera offline,
+        stream restart...): end the open segment, record the gap, wait for a keyframe."""
+        closed = self._close()
+        if self._gap is not None:  # an earlier loss that never resumed ends where this starts
+            self.index.add_gap(self.channel_id, self._gap[0], start_wall, self._gap[1])
+            self._gap = None
+        self.index.add_gap(self.channel_id, start_wall, end_wall, reason)
+        return closed
+
+    def lost(self, wall: float, reason: str = "packet loss") -> list[SegmentRow]:
+        """Data was lost at ``wall``: end the open segment there and skip to the next keyframe;
+        the gap is recorded when writing resumes."""
+        seg = self._open
+        start = wall if seg is None else self._end_of(seg)
+        closed = self._close()
+        if self._gap is None:
+            self._gap = (start, reason)
+        return closed
+
+    def flush(self) -> list[SegmentRow]:
+        """Write the buffered bytes of the open segment to its ``.part`` file (no fsync)."""
+        seg = self._open
+        return self._flush(seg) if seg is not None and seg.buffer else []
+
+    def close(self) -> list[SegmentRow]:
+        """End the open segment (durable and indexed on return) and any gap still open."""
+        closed = self._close()
+        if self._gap is not None:
+            start, reason = self._gap
+            self._gap = None
+            self.index.add_gap(self.channel_id, start, max(start, self._last_wall), reason)
+        return closed
+
+    # -- segment life --------------------------------------------------------------------------
+
+    def _track_frame_interval(self, pts: int | None) -> None:
+        if pts is None:
+            return
+        if self._last_pts is not None:
+            step = ((pts - self._last_pts) % PTS_WRAP) / 90000.0
+            if 0.0 < step <= 1.0:
+                self._frame_s = step
+        self._last_pts = pts
+
+    def _start(self, unit: AccessUnit, wall: float) -> _Open | None:
+        day, name = segment_name(wall, self.tz)
+        directory = self.root / self.channel_id / day
+        try:
+            if not directory.is_dir():
+                directory.mkdir(parents=True, exist_ok=True)
+                fsync_dir(directory.parent)
+                fsync_dir(self.root)
+            stem, n = name, 0
+            while (directory / f"{stem}{SEGMENT_SUFFIX}").exists() or (
+                directory / f"{stem}{PART_SUFFIX}"
+            ).exists():
+                n += 1
+                stem = f"{name}_{n}"
+            part = directory / f"{stem}{PART_SUFFIX}"
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            self._error("cannot open a segment", exc)
+            if self._gap is None:
+                self._gap = (wall, _reason(exc))
+            return None
+        if self._gap is not None:
+            self.index.add_gap(self.channel_id, self._gap[0], wall, self._gap[1])
+            self._gap = None
+        rel = f"{self.channel_id}/{day}/{stem}{SEGMENT_SUFFIX}"
+        self._open = _Open(rel, part, fd, wall, unit.codec, last_wall=wall)
+        return self._open
+
+    def _flush(self, seg: _Open) -> list[SegmentRow]:
+        """Write the buffer out; on an error end the segment at the last complete unit."""
+        done = 0
+        try:
+            with memoryview(seg.buffer) as view:
+                while done < len(view):
+                    # released even when _write raises, so the buffer can be resized after
+                    with view[done:] as rest:
+                        done += _write(seg.fd, rest)
+        except OSError as exc:
+            return self._fail(seg, done, exc)
+        self._commit(seg, len(seg.buffer), len(seg.pending))
+        return []
+
+    def _commit(self, seg: _Open, size: int, count: int) -> None:
+        """The first ``size`` buffered bytes (``count`` units) are in the file."""
+        with memoryview(seg.buffer) as view:
+            seg.sha.update(view[:size])
+        for item in seg.pending[:count]:
+            if item.video:
+                seg.frames += 1
+                if item.pts is not None:
+                    if seg.start_pts is None:
+                        seg.start_pts = item.pts
+                    seg.end_pts = item.pts
+            seg.last_wall = item.wall
+        seg.written += size
+        self.bytes += size
+        del seg.buffer[:size]
+        del seg.pending[:count]
+
+    def _fail(self, seg: _Open, done: int, exc: OSError) -> list[SegmentRow]:
+        """A write failed after ``done`` buffered bytes reached the file."""
+        self._error(f"writing {seg.part} failed", exc)
+        count = 0
+        while count < len(seg.pending) and seg.pending[count].end <= done:
+            count += 1
+        keep = seg.pending[count - 1].end if count else 0
+        resume = seg.pending[count].wall
+        self._commit(seg, keep, count)
+        seg.buffer.clear()
+        seg.pending.clear()
+        closed: list[SegmentRow] = []
+        try:
+            os.ftruncate(seg.fd, seg.written)
+        except OSError as again:
+            self._error(f"cannot truncate {seg.part}; left for recovery", again)
+            self._abandon(seg)
+        else:
+            closed = self._finish(seg, end_wall=resume)
+        if self._gap is None:
+            self._gap = (resume, _reason(exc))
+        return closed
+
+    def _end_of(self, seg: _Open) -> float:
+        last = seg.pending[-1].wall if seg.pending else seg.last_wall
+        return last + self._frame_s
+
+    def _close(self, end_wall: float | None = None) -> list[SegmentRow]:
+        seg = self._open
+        if seg is None:
+            return []
+        if end_wall is None:
+            end_wall = self._end_of(seg)
+        if seg.buffer:
+            closed = self._flush(seg)
+            if self._open is None:  # the flush failed and ended the segment itself
+                return closed
+        return self._finish(seg, end_wall)
+
+    def _finish(self, seg: _Open, end_wall: float) -> list[SegmentRow]:
+        """Make the file durable, rename it, then index it."""
+        self._open = None
+        if seg.written == 0:
+            os.close(seg.fd)
+            seg.part.unlink()  # nothing was written: not a recording
+            return []
+        final = seg.part.with_name(seg.part.name.removesuffix(".part"))
+        try:
+            os.fsync(seg.fd)
+            os.close(seg.fd)
+            seg.fd = -1
+            os.rename(seg.part, final)
+            fsync_dir(final.parent)
+        except OSError as exc:
+            self._error(f"cannot make {seg.part} durable; left for recovery", exc)
+            if seg.fd >= 0:
+                os.close(seg.fd)
+            return []
+        sha = seg.sha.hexdigest()
+        row = self.index.add_segment(
+            channel_id=self.channel_id,
+            path=seg.rel,
+            start_wall=seg.start_wall,
+            end_wall=max(end_wall, seg.start_wall),
+            start_pts=seg.start_pts,
+            end_pts=seg.end_pts,
+            bytes=seg.written,
+            frames=seg.frames,
+            codec=seg.codec,
+            sha256=sha,
+            prev_sha256=self._prev_sha,
+        )
+        self._prev_sha = sha
+        self.segments_closed += 1
+        return [row]
+
+    def _abandon(self, seg: _Open) -> None:
+        self._open = None
+        try:
+            os.close(seg.fd)
+        except OSError:
+            pass
+
+    def _error(self, what: str, exc: OSError) -> None:
+        self.write_errors += 1
+        self.last_error = f"{what}: {exc}"
+        if self.log_errors:
+            log.error("channel %s: %s: %s", self.channel_id, what, exc)
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk full"
+    return f"write error: {exc.strerror or exc}"

@@ -1,0 +1,422 @@
+"""Recording: keeps the planned channels pulled through the stream hub and written by the recorder.
+
+`RecordingService` decides every few seconds which channels should be recorded now
+(`recording.channels`: all, a list, or weekly schedules in the node's zone) and subscribes a
+persistent `ChannelRecording` consumer to each, which keeps the stream invited through faults.
+Frames go to `recorder.service.Recorder`, whose writer thread does the file writes, hashing,
+fsync and indexing, so the event loop only queues them. Losses and interruptions become gaps in
+the index.
+
+It also watches the disk (`recording.min_free_gb`: alarm in the log, `/healthz`, `/api/stats`;
+nothing in retention is ever deleted to make room), runs the retention sweeper hourly, answers
+searches and RecordInfo queries from the index (on a reader thread with its own connection), and
+writes the audit log of who fetched what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from recorder.audit import AuditLog
+from recorder.export import SegmentRef
+from recorder.index import GapRow, RecordIndex, SegmentRow
+from recorder.retention import sweep
+from recorder.service import Recorder, root_index
+from rtp.ps import AccessUnit
+from sip import manscdp
+
+from .media import Consumer, StreamError, StreamHub
+from .registry import Registry
+from .settings import RecordingSettings, Settings
+
+__all__ = ["ChannelRecording", "RecordingService", "StoragePlan", "plan_storage"]
+
+log = logging.getLogger(__name__)
+
+RECONCILE_S = 2.0
+DISK_CHECK_S = 30.0
+SWEEP_S = 3600.0
+GB = 1_000_000_000
+DAY = 86400.0
+
+
+class ChannelRecording(Consumer):
+    """The recorder's subscription to one channel: frames in, gaps noted."""
+
+    name = "recorder"
+    persistent = True
+
+    def __init__(self, service: RecordingService, channel_id: str) -> None:
+        self.service = service
+        self.channel_id = channel_id
+        self.units = 0
+
+    def on_unit(self, unit: AccessUnit) -> None:
+        recorder = self.service.recorder
+        if recorder is not None:
+            self.units += 1
+            recorder.submit(self.channel_id, unit, self.service.wall())
+
+    def on_loss(self, packets: int) -> None:
+        self._lost(f"{packets} RTP packet(s) lost")
+
+    def on_gap(self, reason: str) -> None:
+        self._lost(reason)
+
+    def on_end(self, reason: str) -> None:
+        self._lost(reason)
+        self.service.ended(self)
+
+    def _lost(self, reason: str) -> None:
+        # The writer closes the open segment and records the gap when frames resume.
+        recorder = self.service.recorder
+        if recorder is not None:
+            recorder.lost(self.channel_id, self.service.wall(), reason)
+
+
+@dataclass(frozen=True)
+class StoragePlan:
+    """What the configured retention needs against what the disk offers."""
+
+    root: Path
+    retention_days: int
+    per_channel: dict[str, float]  # channel -> bytes per day, as observed in the index
+    needed_bytes: float  # for the whole retention period
+    stored_bytes: int  # what the recordings hold now
+    free_bytes: int
+    total_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_bytes <= self.stored_bytes + self.free_bytes
+
+    def lines(self) -> list[str]:
+        out = [f"recordings in {self.root}: retention {self.retention_days} days"]
+        for channel, per_day in sorted(self.per_channel.items()):
+            out.append(f"  {channel}: {per_day * 8 / DAY / 1e6:.2f} Mbit/s observed, "
+                       f"{per_day / GB:.1f} GB/day, {per_day * self.retention_days / GB:.1f} GB "
+                       f"for {self.retention_days} days")
+        if not self.per_channel:
+            out.append("  no recorded channel yet: nothing observed to estimate from")
+        out.append(f"needed {self.needed_bytes / GB:.1f} GB; recorded {self.stored_bytes / GB:.1f}"
+                   f" GB + free {self.free_bytes / GB:.1f} GB of {self.total_bytes / GB:.1f} GB")
+        out.append("the disk can hold the retention period" if self.fits else
+                   "WARNING: the disk cannot hold the retention period")
+        return out
+
+
+def plan_storage(index: RecordIndex, root: Path, retention_days: int, now: float) -> StoragePlan:
+    """Observed bytes per day of every channel (over the last week) times the retention."""
+    per_channel = index.bytes_per_day(since=now - 7 * DAY)
+    stored = index.total_bytes()
+    usage = shutil.disk_usage(root)
+    return StoragePlan(
+        root=root,
+        retention_days=retention_days,
+        per_channel=per_channel,
+        needed_bytes=sum(per_channel.values()) * retention_days,
+        stored_bytes=stored,
+        free_bytes=usage.free,
+        total_bytes=usage.total,
+    )
+
+
+class RecordingService:
+    """Recording of the planned channels, plus search, RecordInfo and the audit log."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        hub: StreamHub,
+        registry: Registry,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.config: RecordingSettings = settings.recording
+        self.hub = hub
+        self.registry = registry
+        self.wall = wall
+        self.root = self.config.root(settings.node)
+        self.recorder: Recorder | None = None
+        self.audit: AuditLog | None = None
+        self.recordings: dict[str, ChannelRecording] = {}
+        self.disk_alarm: str | None = None
+        self.free_bytes: int | None = None
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="recordings-reader")
+        self._read_index: RecordIndex | None = None
+        self._audit_thread = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
+        self._task: asyncio.Task[None] | None = None
+        self._subscribing: dict[str, asyncio.Task[Any]] = {}
+
+    # ----- start / stop -----
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        tz = self.settings.node.tz
+        self.recorder = await loop.run_in_executor(None, lambda: Recorder(
+            self.root, segment_s=self.config.segment_s, tz=tz, clock=self.wall,
+        ))
+        audit_path = self.settings.node.data_dir / "audit.sqlite3"
+        self.audit = await loop.run_in_executor(self._audit_thread, AuditLog, audit_path)
+        await self._check_disk()
+        await self._warn_if_too_small()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Unsubscribe, then close every open segment (durable, hashed, indexed)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._subscribing.values():
+            task.cancel()
+        await asyncio.gather(*self._subscribing.values(), return_exceptions=True)
+        for channel_id, consumer in list(self.recordings.items()):
+            self.hub.unsubscribe(channel_id, consumer, linger=False)
+        self.recordings.clear()
+        loop = asyncio.get_running_loop()
+        if self.recorder is not None:
+            recorder, self.recorder = self.recorder, None
+            await loop.run_in_executor(None, recorder.close)
+        await loop.run_in_executor(self._reader, self._close_reader)
+        self._reader.shutdown(wait=True)
+        if self.audit is not None:
+            audit, self.audit = self.audit, None
+            await loop.run_in_executor(self._audit_thread, audit.close)
+        self._audit_thread.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_disk = loop.time() + DISK_CHECK_S
+        next_sweep = loop.time() + 60.0
+        while True:
+            self.reconcile()
+            await asyncio.sleep(RECONCILE_S)
+            if self.recorder is not None:
+                # Buffered bytes reach the .part files every few seconds, so a crash loses
+                # at most that much (recovery finishes the files at the next start).
+                self.recorder.flush(timeout=0)
+            now = loop.time()
+            if now >= next_disk:
+                next_disk = now + DISK_CHECK_S
+                await self._check_disk()
+            if now >= next_sweep:
+                next_sweep = now + SWEEP_S
+                await self.sweep()
+
+    # ----- which channels -----
+    def wanted(self) -> set[str]:
+        local = datetime.fromtimestamp(self.wall(), self.settings.node.tz)
+        weekday, minute = local.weekday(), local.hour * 60 + local.minute
+        return {
+            channel_id
+            for _, channel_id, _ in self.registry.channels()
+            if self.config.wants(channel_id, weekday, minute)
+        }
+
+    def reconcile(self) -> None:
+        """Subscribe the channels due now, unsubscribe the others."""
+        wanted = self.wanted()
+        for channel_id in list(self.recordings):
+            if channel_id not in wanted:
+                self._stop_recording(channel_id)
+        for channel_id in wanted:
+            consumer = self.recordings.get(channel_id)
+            stream = self.hub.streams.get(channel_id)
+            attached = consumer is not None and stream is not None and consumer in stream.consumers
+            if attached or channel_id in self._subscribing:
+                continue
+            device = self.registry.channel_device(channel_id)
+            if device is None or not device.online:
+                continue  # tried again once the device is back
+            if consumer is None:
+                consumer = self.recordings[channel_id] = ChannelRecording(self, channel_id)
+            self._subscribing[channel_id] = asyncio.create_task(
+                self._subscribe(channel_id, consumer)
+            )
+
+    async def _subscribe(self, channel_id: str, consumer: ChannelRecording) -> None:
+        try:
+            await self.hub.subscribe(channel_id, consumer)
+            log.info("recording %s", channel_id)
+        except StreamError as exc:
+            # The consumer is persistent: the stream keeps trying on its own.
+            log.warning("recording %s: %s (retrying)", channel_id, exc.reason)
+        finally:
+            self._subscribing.pop(channel_id, None)
+
+    def _stop_recording(self, channel_id: str) -> None:
+        consumer = self.recordings.pop(channel_id)
+        task = self._subscribing.pop(channel_id, None)
+        if task is not None:
+            task.cancel()
+        self.hub.unsubscribe(channel_id, consumer)
+        if self.recorder is not None:
+            self.recorder.close_channel(channel_id)
+        log.info("recording %s stopped (not planned now)", channel_id)
+
+    def ended(self, consumer: ChannelRecording) -> None:
+        """A stream ended under the consumer; `reconcile` subscribes it again."""
+
+    # ----- disk and retention -----
+    async def _check_disk(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            usage = await loop.run_in_executor(None, shutil.disk_usage, self.root)
+        except OSError as exc:
+            self._alarm(f"recordings disk: cannot read free space: {exc}")
+            return
+        self.free_bytes = usage.free
+        limit = self.config.min_free_gb * GB
+        if usage.free < limit:
+            self._alarm(f"recordings disk: {usage.free / GB:.1f} GB free, below min_free_gb "
+                        f"{self.config.min_free_gb:g}")
+        elif self.disk_alarm is not None:
+            log.warning("recordings disk: %.1f GB free again", usage.free / GB)
+            self.disk_alarm = None
+
+    def _alarm(self, text: str) -> None:
+        if self.disk_alarm is None:
+            log.error("%s; recording continues while space lasts, nothing in retention is "
+                      "deleted", text)
+        self.disk_alarm = text
+
+    async def sweep(self) -> list[SegmentRow]:
+        """Delete segments past retention (only those), oldest first; logged by the sweeper."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._sweep)
+
+    def _sweep(self) -> list[SegmentRow]:
+        index = self._index()
+        return sweep(self.root, index, self.config.retention_days, self.wall(),
+                     allow_short=self.config.allow_short_retention)
+
+    async def _warn_if_too_small(self) -> None:
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(self._reader, self.storage_plan)
+        if not plan.fits:
+            for line in plan.lines():
+                log.warning("%s", line)
+
+    def storage_plan(self) -> StoragePlan:
+        return plan_storage(self._index(), self.root, self.config.retention_days, self.wall())
+
+    def problems(self) -> list[str]:
+        problems = [self.disk_alarm] if self.disk_alarm else []
+        recorder = self.recorder
+        if recorder is not None and recorder.last_error and recorder.write_errors:
+            problems.append(f"recorder: {recorder.last_error}")
+        return problems
+
+    def stats(self) -> dict[str, Any]:
+        recorder = self.recorder
+        return {
+            "channels": len(self.recordings),
+            "free_bytes": self.free_bytes,
+            "disk_alarm": self.disk_alarm,
+            "units": recorder.units if recorder else 0,
+            "bytes": recorder.bytes if recorder else 0,
+            "segments_closed": recorder.segments_closed if recorder else 0,
+            "write_errors": recorder.write_errors if recorder else 0,
+            "dropped_units": recorder.dropped_units if recorder else 0,
+            "queue_depth": recorder.queue_depth if recorder else 0,
+            "last_error": recorder.last_error if recorder else None,
+        }
+
+    # ----- reading the index (one reader thread, its own connection) -----
+    def _index(self) -> RecordIndex:
+        if self._read_index is None:
+            self._read_index = RecordIndex(root_index(self.root))
+        return self._read_index
+
+    def _close_reader(self) -> None:
+        if self._read_index is not None:
+            self._read_index.close()
+            self._read_index = None
+
+    async def search(
+        self, channel_id: str, start: float, end: float
+    ) -> tuple[list[SegmentRow], list[GapRow]]:
+        loop = asyncio.get_running_loop()
+
+        def query() -> tuple[list[SegmentRow], list[GapRow]]:
+            index = self._index()
+            return index.segments(channel_id, start, end), index.gaps(channel_id, start, end)
+
+        return await loop.run_in_executor(self._reader, query)
+
+    async def segment_refs(self, channel_id: str, start: float, end: float) -> list[SegmentRef]:
+        segments, _ = await self.search(channel_id, start, end)
+        return [
+            SegmentRef(self.root / row.path, row.start_wall, row.start_pts, row.codec,
+                       row.end_wall)
+            for row in segments
+        ]
+
+    async def record_info(self, query: manscdp.ManscdpMessage) -> list[bytes]:
+        """Response/RecordInfo bodies for a Query/RecordInfo, from the index."""
+        tz = self.settings.node.tz
+        fields = query.fields
+        channel_id = query.device_id
+        try:
+            start = manscdp.parse_gb_time(fields.get("StartTime", ""), tz).timestamp()
+            end = manscdp.parse_gb_time(fields.get("EndTime", ""), tz).timestamp()
+        except ValueError:
+            start, end = 0.0, 0.0
+        segments, _ = await self.search(channel_id, start, end) if end > start else ([], [])
+        name = channel_id
+        device = self.registry.channel_device(channel_id)
+        if device is not None:
+            name = device.channels.get(channel_id, {}).get("Name", "") or device.name or name
+        items = record_items(segments, channel_id, name, self.settings.node.id, tz)
+        return manscdp.response_parts(
+            "RecordInfo", query.sn, channel_id, items, list_name="RecordList",
+            fields=[("Name", name)], per_message=10, max_bytes=8000,
+        )
+
+    # ----- audit -----
+    async def log_access(self, **entry: Any) -> None:
+        """Append to the audit log (actor, action, channel_id, range_start, range_end,
+        purpose, result, detail); on its own thread so the loop never waits for SQLite."""
+        audit = self.audit
+        if audit is None:
+            return
+        loop = asyncio.get_running_loop()
+        entry.setdefault("at", self.wall())
+        await loop.run_in_executor(self._audit_thread, lambda: audit.append(**entry))
+
+    async def audit_query(self, **filters: Any) -> list[Any]:
+        audit = self.audit
+        if audit is None:
+            return []
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._audit_thread, lambda: audit.query(**filters))
+
+
+def record_items(
+    segments: Sequence[SegmentRow], channel_id: str, name: str, recorder_id: str, tz: Any
+) -> list[dict[str, manscdp.XmlValue]]:
+    """RecordList items (GB/T 28181-2016 A.2.6.6): one per segment."""
+    return [
+        {
+            "DeviceID": channel_id,
+            "Name": name,
+            "FilePath": row.path,
+            "Address": "",
+            "StartTime": manscdp.format_gb_time(datetime.fromtimestamp(row.start_wall, tz)),
+            "EndTime": manscdp.format_gb_time(datetime.fromtimestamp(row.end_wall, tz)),
+            "Secrecy": 0,
+            "Type": "time",
+            "RecorderID": recorder_id,
+            "FileSize": row.bytes,
+        }
+        for row in segments
+    ]

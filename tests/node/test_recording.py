@@ -1,0 +1,354 @@
+"""Recording end to end: a running node records a simulated camera, answers searches, exports,
+RecordInfo queries, keeps an audit log, and survives a real `kill -9`.
+
+Segments are one second long here (`recording.segment_s: 1`) so that a few seconds of the
+camera's 25 fps stream (keyframe every second) give several files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+from recorder.index import RecordIndex
+from rtp.ps import PsDemuxer
+from sensing_node.simulator import CameraConfig, SimulatedCamera
+from sip import manscdp
+from sip.message import Request, Response, parse_message
+
+from .conftest import PASSWORD, RunningNode, StartNode, wait_for
+from .sipclient import UdpPeer, message_bytes, register
+from .test_cli import ROOT, write_config
+
+CAMERA = "31011200001320000001"
+CHANNEL = "31011200001310000101"  # the simulator's first channel of CAMERA
+TZ_QUERY = "%Y-%m-%dT%H:%M:%S.%f"
+
+
+@pytest.fixture
+async def recording(start_node: StartNode, tmp_path: Path):
+    cameras: list[SimulatedCamera] = []
+
+    async def setup(**overrides: Any) -> tuple[RunningNode, SimulatedCamera]:
+        values = {"recording.channels": [CHANNEL], "recording.segment_s": 1,
+                  "node.timezone": "Asia/Shanghai", **overrides}
+        running = await start_node(**values)
+        cam = SimulatedCamera(CameraConfig(server=running.sip, device_id=CAMERA,
+                                           password=PASSWORD))
+        cameras.append(cam)
+        await cam.start(keepalives=False)
+        return running, cam
+
+    yield setup
+    for cam in cameras:
+        await cam.stop(unregister=False)
+
+
+async def segments_of(running: RunningNode, count: int, timeout: float = 15.0) -> list[Any]:
+    service = running.node.recording
+
+    async def enough() -> list[Any]:
+        rows, _ = await service.search(CHANNEL, 0, 4e9)
+        return rows if len(rows) >= count else []
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = await enough()
+        if rows:
+            return rows
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"fewer than {count} segments recorded")
+
+
+def local(ts: float) -> str:
+    """A query time without offset: the node's zone (Asia/Shanghai) applies."""
+    from zoneinfo import ZoneInfo
+
+    return datetime.fromtimestamp(ts, ZoneInfo("Asia/Shanghai")).strftime(TZ_QUERY)
+
+
+def decoded_frames(data: bytes, fmt: str) -> int:
+    with av.open(io.BytesIO(data), format=fmt) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+async def test_records_searches_and_audits(recording) -> None:
+    running, cam = await recording()
+    rows = await segments_of(running, 3)
+    root = running.node.recording.root
+    previous = None
+    for row in rows[:3]:
+        data = (root / row.path).read_bytes()
+        assert row.path.startswith(f"{CHANNEL}/")
+        assert hashlib.sha256(data).hexdigest() == row.sha256 and len(data) == row.bytes
+        assert data.startswith(b"\x00\x00\x01\xba")  # a keyframe pack opens every segment
+        assert decoded_frames(data, "mpeg") == row.frames  # plays on its own
+        if previous is not None:
+            assert row.prev_sha256 == previous.sha256  # the hash chain
+        previous = row
+
+    start, end = rows[0].start_wall - 60, rows[-1].end_wall + 60
+    response = await running.client.get(
+        "/api/recordings", headers=running.headers,
+        params={"channel": CHANNEL, "start": local(start), "end": local(end)},
+    )
+    assert response.status == 200
+    body = await response.json()
+    assert [s["sha256"] for s in body["segments"]][:3] == [r.sha256 for r in rows[:3]]
+    first = body["segments"][0]
+    assert first["codec"] == "h264" and first["channel_id"] == CHANNEL
+    assert datetime.fromisoformat(first["start"]).utcoffset() == timedelta(hours=8)
+    assert body["gaps"] == []
+
+    bad = await running.client.get("/api/recordings", headers=running.headers,
+                                   params={"channel": CHANNEL, "start": "yesterday"})
+    assert bad.status == 400
+    audit = await running.get("/api/audit")
+    assert audit[0]["action"] == "search" and audit[0]["channel_id"] == CHANNEL
+    assert audit[0]["actor"].startswith("api-token@")
+
+
+async def test_export_needs_a_purpose_and_streams_ps_and_mp4(recording) -> None:
+    running, _ = await recording()
+    rows = await segments_of(running, 4)
+    start, end = rows[1].start_wall + 0.3, rows[2].end_wall - 0.3  # mid-GOP at both ends
+    params = {"channel": CHANNEL, "start": local(start), "end": local(end)}
+    client, headers = running.client, running.headers
+
+    refused = await client.get("/api/recordings/export", headers=headers,
+                               params={**params, "format": "ps"})
+    assert refused.status == 400 and "purpose" in (await refused.json())["error"]
+
+    response = await client.get("/api/recordings/export", headers=headers,
+                                params={**params, "format": "ps", "purpose": "case 2026-17"})
+    assert response.status == 200
+    ps = await response.read()
+    root = running.node.recording.root
+    # The original bytes, starting at the keyframe pack that opens segment 1.
+    assert ps.startswith((root / rows[1].path).read_bytes()[:4096])
+    demuxer = PsDemuxer()
+    units = [u for u in demuxer.feed(ps) + demuxer.flush() if u.stream_id >= 0xE0]
+    assert units[0].keyframe and len(units) >= 25
+
+    response = await client.get("/api/recordings/export",
+                                headers={**headers, "X-Purpose": "incident 4711"},
+                                params={**params, "format": "mp4"})
+    assert response.status == 200 and response.headers["Content-Type"] == "video/mp4"
+    mp4 = await response.read()
+    assert decoded_frames(mp4, "mp4") == len(units)  # the same frames as the PS export
+
+    audit = await running.get("/api/audit?action=export")
+    assert [(a["result"], a["purpose"]) for a in audit] == [
+        ("ok", "incident 4711"), ("ok", "case 2026-17"), ("denied", None)]
+
+
+async def test_shutdown_closes_the_open_segment(recording) -> None:
+    running, _ = await recording(**{"recording.segment_s": 60})
+    await wait_for(lambda: running.node.recording.stats()["units"] > 30, timeout=10)
+    root = running.node.recording.root
+    await running.client.close()  # what SIGTERM does
+    assert not list(root.rglob("*.part"))
+    index = RecordIndex(root / "index.sqlite3")
+    try:
+        (row,) = index.segments(CHANNEL)
+    finally:
+        index.close()
+    data = (root / row.path).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == row.sha256
+    assert row.frames > 30 and decoded_frames(data, "mpeg") == row.frames
+
+
+async def test_low_disk_raises_the_alarm_and_keeps_recording(recording) -> None:
+    running, _ = await recording(**{"recording.min_free_gb": 10**9})
+    health = await running.client.get("/healthz")
+    body = await health.json()
+    assert body["status"] == "degraded"
+    assert any("below min_free_gb" in reason for reason in body["reasons"])
+    stats = await running.get("/api/stats")
+    assert "below min_free_gb" in stats["recording"]["disk_alarm"]
+    await segments_of(running, 2)  # recording goes on
+
+
+async def test_record_info_query_is_answered_from_the_index(recording) -> None:
+    running, _ = await recording()
+    rows = await segments_of(running, 3)
+    platform = "31011200001320000009"  # any registered peer may ask for now
+    peer = await UdpPeer.open(running.sip)
+    try:
+        assert (await register(peer, platform, PASSWORD)).status == 200
+        start = datetime.fromtimestamp(rows[0].start_wall - 5)
+        end = datetime.fromtimestamp(rows[-1].end_wall + 5)
+        from zoneinfo import ZoneInfo
+
+        tz = ZoneInfo("Asia/Shanghai")
+        query = manscdp.record_info_query(77, CHANNEL, start.astimezone(tz), end.astimezone(tz),
+                                          tz=tz)
+        peer.send(message_bytes(platform, peer.port, query))
+        assert (await peer.recv()).status == 200
+        answers: list[manscdp.ManscdpMessage] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not answers:
+            try:
+                data = await asyncio.wait_for(peer.queue.get(), 0.5)
+            except TimeoutError:
+                data = b""
+            pending = [parse_message(data)] if data else []
+            pending += peer.requests
+            peer.requests = []
+            for message in pending:
+                if isinstance(message, Request) and message.method == "MESSAGE":
+                    peer.send(Response.for_request(message, 200, to_tag="p").to_bytes())
+                    body = manscdp.parse_manscdp(message.body)
+                    if body.cmd_type == "RecordInfo":
+                        answers.append(body)
+        (answer,) = answers
+        assert answer.root == "Response" and answer.sn == 77 and answer.device_id == CHANNEL
+        assert answer.sum_num is not None and answer.sum_num >= len(rows)
+        assert len(answer.items) == answer.sum_num  # one part for a short list
+        item = answer.items[0]
+        assert item["FilePath"] == rows[0].path and item["Type"] == "time"
+        assert int(item["FileSize"]) == rows[0].bytes
+        assert manscdp.parse_gb_time(item["StartTime"], tz).timestamp() == int(rows[0].start_wall)
+    finally:
+        peer.close()
+
+
+# ----- a real process, killed -----------------------------------------------------------------
+
+def _get(port: int, path: str) -> Any:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                     headers={"Authorization": "Bearer secret"})
+    return json.loads(urllib.request.urlopen(request, timeout=2).read())
+
+
+def test_kill_9_mid_segment_then_recovery_verification_and_tamper_reports(tmp_path: Path) -> None:
+    config, _, http_port = write_config(
+        tmp_path,
+        "simulator:\n  cameras: 1\n"
+        "recording:\n  segment_s: 600\n",  # the first segment is still open when killed
+        password="12345678",
+    )
+    root = tmp_path / "data" / "recordings"
+    node = subprocess.Popen([sys.executable, "-m", "sensing_node", "run", "-c", str(config)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        part: list[Path] = []
+        while time.monotonic() < deadline:
+            part = [p for p in root.rglob("*.part") if p.stat().st_size > 100_000]
+            if part:
+                break
+            time.sleep(0.2)
+        assert part, "no partial segment was written"
+        os.kill(node.pid, signal.SIGKILL)
+        node.wait(10)
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    (partial,) = part
+    assert node.returncode == -signal.SIGKILL
+
+    # The next start recovers it: truncated to whole packs, hashed, indexed, playable.
+    node = subprocess.Popen([sys.executable, "-m", "sensing_node", "run", "-c", str(config)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if not partial.exists():
+                break
+            time.sleep(0.2)
+        assert not partial.exists()
+        while time.monotonic() < deadline:  # let the second run record a little too
+            if any(p.stat().st_size > 0 for p in root.rglob("*.part")):
+                break
+            time.sleep(0.2)
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(20) == 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    index = RecordIndex(root / "index.sqlite3")
+    try:
+        rows = index.segments()
+    finally:
+        index.close()
+    recovered = [r for r in rows if r.recovered]
+    assert len(recovered) == 1 and len(rows) >= 2  # plus the one the second run closed
+    data = (root / recovered[0].path).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == recovered[0].sha256
+    assert decoded_frames(data, "mpeg") == recovered[0].frames > 0
+
+    cli = [sys.executable, "-m", "sensing_node"]
+    ok = subprocess.run([*cli, "verify-recordings", "-c", str(config)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.strip().endswith(f"segments checked in {root}")
+
+    plan = subprocess.run([*cli, "plan-storage", "-c", str(config)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert "Mbit/s observed" in plan.stdout and "retention 30 days" in plan.stdout
+
+    # Alter one byte of one segment, delete another, add a stray file: all three reported.
+    altered, deleted = rows[0], rows[1]
+    with open(root / altered.path, "r+b") as file:
+        file.seek(1000)
+        byte = file.read(1)
+        file.seek(1000)
+        file.write(bytes([byte[0] ^ 0xFF]))
+    (root / deleted.path).unlink()
+    stray = root / rows[0].channel_id / "2020-01-01" / "20200101T000000.000.ps"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"\x00\x00\x01\xba")
+    bad = subprocess.run([*cli, "verify-recordings", "-c", str(config)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert f"ALTERED    {altered.path}" in bad.stdout
+    assert f"MISSING    {deleted.path}" in bad.stdout
+    assert "UNINDEXED" in bad.stdout and "20200101T000000.000.ps" in bad.stdout
+
+    audit_ok = subprocess.run([*cli, "verify-audit", "-c", str(config)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    assert audit_ok.returncode == 0 and audit_ok.stdout.startswith("OK")
+
+
+async def test_audit_log_tampering_is_reported_by_verify_audit(recording, tmp_path: Path) -> None:
+    running, _ = await recording()
+    await segments_of(running, 1)
+    for _ in range(3):
+        response = await running.client.post(f"/api/channels/{CHANNEL}/live",
+                                             headers=running.headers)
+        assert response.status == 200
+    data_dir = running.node.settings.node.data_dir
+    await running.client.close()
+    db = sqlite3.connect(data_dir / "audit.sqlite3")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("UPDATE audit SET purpose = 'rewritten' WHERE id = 2")
+    db.execute("DROP TRIGGER audit_no_update")
+    db.execute("UPDATE audit SET actor = 'someone else' WHERE id = 2")
+    db.commit()
+    db.close()
+    config = tmp_path / "verify.yaml"
+    config.write_text(f'node: {{api_token: "t", data_dir: "{data_dir}"}}\n'
+                      'devices: {password: "p"}\n')
+    result = subprocess.run([sys.executable, "-m", "sensing_node", "verify-audit", "-c",
+                             str(config)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "ALTERED rows: 2" in result.stdout and result.stdout.splitlines()[-1].startswith(
+        "FAILED: 3 audit rows")

@@ -1,0 +1,283 @@
+"""recorder.segments: keyframe-aligned byte-exact segments from real media, gaps, disk full."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import recorder.segments
+from recorder.index import RecordIndex, SegmentRow
+from recorder.segments import SegmentWriter, parse_segment_name, segment_name
+from recorder.verify import verify
+from rtp.ps import AccessUnit, PsDemuxer
+from tests.recorder.media import (
+    CHANNEL,
+    FPS,
+    T0,
+    TZ,
+    decode,
+    feed,
+    is_video,
+    stream,
+    timed,
+    units,
+)
+
+GB_FILES = ["gb_h264_zlm.ps", "gb_h265_zlm.ps", "gb_h264_alaw_zlm.ps"]
+FFMPEG_FILES = ["h264_640x360_25fps_10s_ffmpeg.ps", "h265_640x360_25fps_10s_ffmpeg.ps"]
+PACK_START = b"\x00\x00\x01\xba"
+
+
+def writer(root: Path, index: RecordIndex, **kwargs: object) -> SegmentWriter:
+    kwargs.setdefault("segment_s", 2)
+    return SegmentWriter(root, index, CHANNEL, tz=TZ, **kwargs)  # type: ignore[arg-type]
+
+
+def record(root: Path, index: RecordIndex, name: str, **kwargs: object) -> list[SegmentRow]:
+    w = writer(root, index, **kwargs)
+    return feed(w, units(name)) + w.close()
+
+
+def contents(root: Path, rows: list[SegmentRow]) -> list[bytes]:
+    return [(root / row.path).read_bytes() for row in rows]
+
+
+def first_video(data: bytes) -> AccessUnit:
+    """The first whole video frame of a segment on its own.
+
+    In FFmpeg's 2048-byte packs a frame can start inside a PES, so the pack that begins a
+    keyframe also carries the tail of the frame before it; that tail demuxes as a first unit
+    which is skipped here.
+    """
+    demuxer = PsDemuxer()
+    video = [u for u in demuxer.feed(data) + demuxer.flush() if is_video(u)]
+    return video[0] if video[0].keyframe else video[1]
+
+
+@pytest.mark.parametrize("name", GB_FILES + FFMPEG_FILES)
+def test_segments_are_the_stream_cut_at_keyframes(root, index, name):
+    rows = record(root, index, name)
+    files = contents(root, rows)
+    assert b"".join(files) == stream(name)[units(name)[0].offset :]
+    assert len(rows) == 5  # 250 frames, keyframe every 25, cut at the first one after 2 s
+    for row, data in zip(rows, files, strict=True):
+        assert data.startswith(PACK_START)
+        assert first_video(data).keyframe
+        assert row.bytes == len(data)
+        assert row.sha256 == hashlib.sha256(data).hexdigest()
+        assert row.frames == 50 == len(decode(root / row.path))
+        assert row.codec == units(name)[0].codec
+        assert not row.recovered
+    assert [row.prev_sha256 for row in rows] == [None] + [row.sha256 for row in rows[:-1]]
+    assert index.segments(CHANNEL) == rows
+
+
+@pytest.mark.parametrize("name", GB_FILES)
+def test_each_segment_decodes_on_its_own(root, index, name):
+    rows = record(root, index, name)
+    numbers = [decode(root / row.path) for row in rows]
+    assert [len(n) for n in numbers] == [row.frames for row in rows]
+    flat = [n for segment in numbers for n in segment]
+    assert flat == [(25 + k) % 250 for k in range(250)]  # the media's counter starts at 25
+
+
+def test_index_rows_carry_times_pts_and_names(root, index):
+    rows = record(root, index, "gb_h264_zlm.ps")
+    video = [u for u in units("gb_h264_zlm.ps") if is_video(u)]
+    assert rows[0].path == f"{CHANNEL}/2026-11-26/20261126T160512.123.ps"
+    for k, row in enumerate(rows):
+        assert row.start_wall == pytest.approx(T0 + 2 * k)
+        assert row.end_wall == pytest.approx(T0 + 2 * k + 2)
+        assert row.start_pts == video[50 * k].pts
+        assert row.end_pts == video[50 * k + 49].pts
+    assert not list(root.rglob("*.part"))
+
+
+def test_nothing_is_indexed_before_the_file_is_durable(root, index):
+    w = writer(root, index, segment_s=60)
+    feed(w, units("gb_h264_zlm.ps")[:40])
+    (part,) = root.rglob("*.ps.part")
+    assert part.stat().st_size == 0  # still batched in memory (writes go out 1 MiB at a time)
+    assert index.segments(CHANNEL) == []
+    (row,) = w.close()
+    assert not part.exists()
+    expected = b"".join(u.ps_bytes for u in units("gb_h264_zlm.ps")[:40])
+    assert (root / row.path).read_bytes() == expected
+
+
+def test_small_write_batches_reach_the_part_file_while_open(root, index):
+    w = writer(root, index, segment_s=60, buffer_bytes=64 * 1024)
+    feed(w, units("gb_h264_zlm.ps")[:100])
+    (part,) = root.rglob("*.ps.part")
+    expected = b"".join(u.ps_bytes for u in units("gb_h264_zlm.ps")[:100])
+    assert 0 < part.stat().st_size <= len(expected)
+    assert expected.startswith(part.read_bytes())
+
+
+def test_units_before_the_first_keyframe_are_dropped(root, index):
+    w = writer(root, index)
+    rows = feed(w, units("gb_h264_zlm.ps")[10:]) + w.close()
+    assert w.dropped_units == 15
+    start = units("gb_h264_zlm.ps")[25].offset
+    assert b"".join(contents(root, rows)) == stream("gb_h264_zlm.ps")[start:]
+
+
+def test_packet_loss_resumes_at_the_next_keyframe_with_a_gap(root, index):
+    items = list(timed(units("gb_h264_zlm.ps")))
+    w = writer(root, index)
+    rows: list[SegmentRow] = []
+    for k, (unit, wall) in enumerate(items):
+        if k == 60:
+            rows += w.lost(wall)
+        rows += w.write(unit, wall)
+    rows += w.close()
+    assert w.dropped_units == 15  # frames 60..74, up to the keyframe at 75
+    assert [row.start_wall - T0 for row in rows] == pytest.approx([0, 2, 3, 5, 7, 9])
+    (gap,) = index.gaps(CHANNEL)
+    assert gap.reason == "packet loss"
+    assert (gap.start_wall, gap.end_wall) == pytest.approx((T0 + 60 / FPS, T0 + 3))
+    assert rows[1].end_wall == pytest.approx(gap.start_wall)
+    data = contents(root, rows)
+    assert b"".join(data[:2]) == b"".join(u.ps_bytes for u in units("gb_h264_zlm.ps")[:60])
+    assert b"".join(data[2:]) == stream("gb_h264_zlm.ps")[units("gb_h264_zlm.ps")[75].offset :]
+    assert [len(decode(root / row.path)) for row in rows] == [row.frames for row in rows]
+    assert verify(root, index).ok
+
+
+def test_a_gap_reported_by_the_caller_ends_the_segment(root, index):
+    w = writer(root, index)
+    first = feed(w, units("gb_h264_zlm.ps")[:75])
+    closed = w.gap(T0 + 3, T0 + 100, "camera offline")
+    later = feed(w, units("gb_h264_zlm.ps")[75:], t0=T0 + 100) + w.close()
+    rows = first + closed + later
+    assert len(closed) == 1 and closed[0].end_wall == pytest.approx(T0 + 3)
+    assert [(g.start_wall, g.end_wall, g.reason) for g in index.gaps(CHANNEL)] == [
+        (T0 + 3, T0 + 100, "camera offline")
+    ]
+    assert index.gaps(CHANNEL, T0 + 200, T0 + 300) == []
+    assert [row.prev_sha256 for row in rows[1:]] == [row.sha256 for row in rows[:-1]]
+    assert b"".join(contents(root, rows)) == stream("gb_h264_zlm.ps")
+
+
+def test_a_codec_change_starts_a_new_segment(root, index):
+    w = writer(root, index, segment_s=60)
+    rows = feed(w, units("gb_h264_zlm.ps")[:30])
+    rows += feed(w, units("gb_h265_zlm.ps")[:30], t0=T0 + 30 / FPS) + w.close()
+    assert [(row.codec, row.frames) for row in rows] == [("h264", 30), ("h265", 30)]
+    assert [len(decode(root / row.path)) for row in rows] == [30, 30]
+
+
+def test_a_clock_stepped_back_cuts_at_the_next_keyframe(root, index):
+    w = writer(root, index, segment_s=60)
+    rows = feed(w, units("gb_h264_zlm.ps")[:30])
+    rows += feed(w, units("gb_h264_zlm.ps")[30:60], t0=T0 - 3600) + w.close()
+    assert [(row.start_wall, row.frames) for row in rows] == [(T0, 50), (T0 - 3600 + 20 / FPS, 10)]
+
+
+def test_names_follow_the_local_time_zone():
+    assert segment_name(T0, TZ) == ("2026-11-26", "20261126T160512.123")
+    assert parse_segment_name("20261126T160512.123.ps", TZ) == pytest.approx(T0)
+    assert parse_segment_name("20261126T160512.123_1.ps.part", TZ) == pytest.approx(T0)
+    assert parse_segment_name("notes.ps", TZ) is None
+
+
+def test_settings_are_checked(root, index):
+    with pytest.raises(ValueError, match="at least 1 second"):
+        SegmentWriter(root, index, CHANNEL, segment_s=0.5)
+    for bad in ["", "..", "a/b", " 3402"]:
+        with pytest.raises(ValueError, match="directory name"):
+            SegmentWriter(root, index, bad)
+
+
+class DiskFull:
+    """Stands in for os.write: the disk holds ``room`` more bytes, then ENOSPC."""
+
+    def __init__(self, room: float) -> None:
+        self.room = room
+        self.failures = 0
+
+    def __call__(self, fd: int, data: memoryview) -> int:
+        if self.room <= 0:
+            self.failures += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = os.write(fd, data[: int(min(len(data), self.room))])
+        self.room -= n
+        return n
+
+
+def test_disk_full_keeps_what_was_written_and_resumes_at_a_keyframe(root, index, monkeypatch):
+    disk = DiskFull(room=200_000)
+    monkeypatch.setattr(recorder.segments, "_write", disk)
+    items = list(timed(units("gb_h264_zlm.ps")))
+    w = writer(root, index, buffer_bytes=16 * 1024)
+    rows: list[SegmentRow] = []
+    for k, (unit, wall) in enumerate(items):
+        if k == 120:  # space comes back (the sweeper ran)
+            disk.room = float("inf")
+        rows += w.write(unit, wall)
+    rows += w.close()
+    assert disk.failures >= 1 and w.write_errors == disk.failures
+    assert "No space left" in (w.last_error or "")
+    (cut, *_) = [row for row in rows if row.end_wall - row.start_wall < 2]
+    data = contents(root, rows)
+    source = stream("gb_h264_zlm.ps")
+    offsets = {u.offset for u in units("gb_h264_zlm.ps")} | {len(source)}
+    for row, blob in zip(rows, data, strict=True):
+        start = source.find(blob)
+        assert start in offsets and start + len(blob) in offsets  # whole units, byte-exact
+        assert blob.startswith(PACK_START) and first_video(blob).keyframe
+        assert row.sha256 == hashlib.sha256(blob).hexdigest()
+        assert len(decode(root / row.path)) == row.frames
+    assert sum(len(blob) for blob in data[: rows.index(cut) + 1]) <= 200_000
+    gaps = index.gaps(CHANNEL)
+    assert gaps and all(g.reason == "disk full" for g in gaps)
+    assert gaps[0].start_wall == pytest.approx(cut.end_wall)
+    assert rows[-1].start_wall >= gaps[-1].end_wall
+    assert rows[-1].end_wall == pytest.approx(T0 + 10)
+    assert not list(root.rglob("*.part"))
+    assert verify(root, index).ok
+
+
+def test_disk_full_before_anything_was_written_leaves_no_file(root, index, monkeypatch):
+    monkeypatch.setattr(recorder.segments, "_write", DiskFull(room=0))
+    w = writer(root, index)
+    rows = feed(w, units("gb_h264_zlm.ps")[:60]) + w.close()
+    assert rows == [] and not list(root.rglob("*.ps*"))
+    gaps = [
+        (round(g.start_wall - T0, 3), round(g.end_wall - T0, 3), g.reason) for g in index.gaps()
+    ]
+    assert gaps == [(0, 2, "disk full"), (2, 60 / FPS, "disk full")]
+    assert w.write_errors == 2  # the flush at the cut (frame 50) and the one at close
+
+
+PREFIX = units("gb_h264_zlm.ps")[:130]
+PREFIX_BYTES = b"".join(u.ps_bytes for u in PREFIX)
+
+
+@settings(max_examples=15)
+@given(
+    cuts=st.lists(st.integers(1, len(PREFIX_BYTES) - 1), max_size=40, unique=True),
+    buffer_bytes=st.integers(1, 300_000),
+    segment_s=st.sampled_from([1, 2, 60]),
+)
+def test_chunking_and_batching_do_not_change_the_files(cuts, buffer_bytes, segment_s):
+    demuxer = PsDemuxer()
+    edges = [0, *sorted(cuts), len(PREFIX_BYTES)]
+    fed: list[AccessUnit] = []
+    for a, b in zip(edges, edges[1:], strict=False):
+        fed += demuxer.feed(PREFIX_BYTES[a:b])
+    fed += demuxer.flush()
+    with tempfile.TemporaryDirectory() as tmp, RecordIndex(Path(tmp) / "i.sqlite3") as idx:
+        w = SegmentWriter(tmp, idx, CHANNEL, segment_s=segment_s, tz=TZ, buffer_bytes=buffer_bytes)
+        rows = feed(w, fed) + w.close()
+        files = contents(Path(tmp), rows)
+    assert b"".join(files) == PREFIX_BYTES
+    expected_starts = [PREFIX[k].offset for k in range(0, 130, 25 * segment_s)][: len(files)]
+    assert [PREFIX_BYTES.find(f) for f in files] == expected_starts
