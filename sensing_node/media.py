@@ -209,6 +209,7 @@ class LiveStream:
         self._ended: asyncio.Future[tuple[str, bool]] | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._stop_reason: str | None = None
+        self._late_wall: float | None = None
 
     # ----- life cycle -----
     def start(self) -> None:
@@ -282,6 +283,11 @@ class LiveStream:
             self._record_ended(reason)
         finally:
             self._close(reason)
+
+    def unit_wall(self) -> float:
+        """The wall time a consumer should give the unit it is handed now: the present, except
+        for the units flushed out when an attempt ends, which arrived with the last packet."""
+        return self._late_wall if self._late_wall is not None else self.hub.wall()
 
     def _close(self, reason: str) -> None:
         self.state = "ended"
@@ -516,12 +522,16 @@ class LiveStream:
         self.dialog = None
         receiver = self.receiver
         if receiver is not None:
+            if receiver.last_packet_at is not None:
+                # What is still held arrived with the last packet, not now.
+                loop = asyncio.get_running_loop()
+                self._late_wall = hub.wall() - (loop.time() - receiver.last_packet_at)
             for key in self._totals:
                 self._totals[key] += getattr(receiver, key)
-            receiver.close()
+            receiver.close()  # hands over the packets the reorder buffer still held
             self.receiver = None
-        for unit in self.demuxer.flush():
-            self._units([unit])
+        self._units(self.demuxer.flush())
+        self._late_wall = None
         if self.serial is not None:
             hub.release_serial(self.serial)
             self.serial = None

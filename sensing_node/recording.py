@@ -64,7 +64,9 @@ class ChannelRecording(Consumer):
         recorder = self.service.recorder
         if recorder is not None:
             self.units += 1
-            recorder.submit(self.channel_id, unit, self.service.wall())
+            stream = self.service.hub.streams.get(self.channel_id)
+            wall = stream.unit_wall() if stream is not None else self.service.wall()
+            recorder.submit(self.channel_id, unit, wall)
 
     def on_loss(self, packets: int) -> None:
         self._lost(f"{packets} RTP packet(s) lost")
@@ -77,7 +79,8 @@ class ChannelRecording(Consumer):
         self.service.ended(self)
 
     def _lost(self, reason: str) -> None:
-        # The writer closes the open segment and records the gap when frames resume.
+        # The writer ends the open segment after its last frame and records the gap from
+        # there once frames resume.
         recorder = self.service.recorder
         if recorder is not None:
             recorder.lost(self.channel_id, self.service.wall(), reason)

@@ -352,3 +352,32 @@ async def test_audit_log_tampering_is_reported_by_verify_audit(recording, tmp_pa
     assert result.returncode == 1
     assert "ALTERED rows: 2" in result.stdout and result.stdout.splitlines()[-1].startswith(
         "FAILED: 3 audit rows")
+
+
+async def test_an_interrupted_stream_is_recorded_as_a_gap(recording) -> None:
+    running, cam = await recording(**{"media.timeout_s": 1})
+    running.node.media.backoff_min_s = 0.2
+    await segments_of(running, 1)
+    cam.stop_media()  # the camera's stream dies; the node times out and invites again
+    stopped = time.time()
+    service = running.node.recording
+    deadline = time.monotonic() + 15
+    gaps: list[Any] = []
+    while time.monotonic() < deadline and not gaps:
+        await asyncio.sleep(0.3)
+        _, gaps = await service.search(CHANNEL, 0, 4e9)
+    (gap,) = gaps
+    assert gap.reason == "no media for 1 s"
+    assert stopped - 1.5 < gap.start_wall <= stopped + 0.1  # where the media stopped
+    assert gap.end_wall - gap.start_wall >= 1.0  # until the stream was back
+    rows: list[Any] = []
+    while time.monotonic() < deadline and not rows:
+        await asyncio.sleep(0.3)
+        rows, _ = await service.search(CHANNEL, gap.end_wall, 4e9)
+    assert rows[0].start_wall >= gap.end_wall - 0.05  # recording resumed after it
+    response = await running.client.get(
+        "/api/recordings", headers=running.headers,
+        params={"channel": CHANNEL, "start": local(stopped - 30), "end": local(stopped + 60)},
+    )
+    body = await response.json()
+    assert [g["reason"] for g in body["gaps"]] == ["no media for 1 s"]
