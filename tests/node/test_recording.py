@@ -381,3 +381,29 @@ async def test_an_interrupted_stream_is_recorded_as_a_gap(recording) -> None:
     )
     body = await response.json()
     assert [g["reason"] for g in body["gaps"]] == ["no media for 1 s"]
+
+
+def test_a_long_record_list_is_split_over_several_messages() -> None:
+    from zoneinfo import ZoneInfo
+
+    from recorder.index import SegmentRow
+    from sensing_node.recording import record_items
+
+    tz = ZoneInfo("Asia/Shanghai")
+    rows = [
+        SegmentRow(id=i, channel_id=CHANNEL, path=f"{CHANNEL}/2026-11-26/{i}.ps",
+                   start_wall=1_795_000_000.0 + 60 * i, end_wall=1_795_000_060.0 + 60 * i,
+                   start_pts=0, end_pts=0, bytes=1000 + i, frames=1500, codec="h264",
+                   sha256="0" * 64, prev_sha256=None, recovered=False)
+        for i in range(25)
+    ]
+    items = record_items(rows, CHANNEL, "Gate", "31011200002000000001", tz)
+    parts = manscdp.response_parts("RecordInfo", 9, CHANNEL, items, list_name="RecordList",
+                                   fields=[("Name", "Gate")], per_message=10, max_bytes=8000)
+    messages = [manscdp.parse_manscdp(part) for part in parts]
+    assert [len(m.items) for m in messages] == [10, 10, 5]
+    assert all(m.sum_num == 25 and m.sn == 9 and m.get("Name") == "Gate" for m in messages)
+    got = [item for m in messages for item in m.items]
+    assert [int(item["FileSize"]) for item in got] == [row.bytes for row in rows]
+    assert got[0]["StartTime"] == datetime.fromtimestamp(rows[0].start_wall, tz).strftime(
+        "%Y-%m-%dT%H:%M:%S")
