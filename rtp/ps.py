@@ -1,8 +1,9 @@
 """Incremental MPEG program stream demuxer (ISO/IEC 13818-1 2.5.3-2.5.4; GB/T 28181 App. C.1).
 
 Bytes go in (cut anywhere, e.g. the concatenated payloads of PS-over-RTP packets), access units
-come out. The parser walks start codes with ``bytes.find`` and copies PES payloads in slices, so
-the cost is per structure, not per byte.
+come out. The parser walks start codes with ``bytes.find`` (a regular expression in video
+payloads) and copies PES payloads in slices, so the Python-level cost is per structure, not per
+byte.
 
 Structures: pack header (MPEG-2 with stuffing, MPEG-1 tolerated), system header (skipped by
 length), program stream map (the latest one wins), PES packets for video 0xE0-0xEF and audio
@@ -31,12 +32,24 @@ Bytes before the first segment are dropped and counted in ``skipped_bytes``. Uni
 segment order, so ``b"".join(u.ps_bytes for u in units) == stream[units[0].offset:]``.
 
 Bad input never raises: undecodable bytes are skipped up to the next start code and counted in
-``resyncs`` and ``skipped_bytes``. MPEG-TS and bare Annex-B elementary streams are recognised and
-refused through ``refusal`` instead of being parsed as PS.
+``resyncs`` and ``skipped_bytes``. A PES packet is read for the bytes its PES_packet_length
+announces, except that an H.264/H.265 video PES ends early at a system start code in its payload:
+no NAL header byte is 0xB9 or more and emulation prevention keeps ``00 00 01`` out of NAL units,
+so the PES lost bytes (a lost RTP packet, say) and the pack header, system header, PSM or PES
+header found there are parsed as such. The damaged frame ends there and the next one comes out
+whole, with its PTS. Such PES packets are counted in ``truncated_pes`` (and ``resyncs``). Audio
+(G.711 and AAC payloads can hold any bytes), private and unknown streams and other video codecs
+(MPEG-4 part 2 has start codes from 0xBA up) are read by length, so a loss inside one of them
+may still cost the structures that follow. The check searches each video payload for ``00 00 01``
+followed by 0xB9..0xFF; the last 3 buffered payload bytes are held back until more input comes,
+since a start code may begin there, so the result does not depend on where the input is cut.
+MPEG-TS and bare Annex-B elementary streams are recognised and refused through ``refusal``
+instead of being parsed as PS.
 """
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
@@ -46,6 +59,10 @@ from .nal import detect_video_codec, is_keyframe, next_access_unit
 __all__ = ["STREAM_TYPES", "AccessUnit", "PsDemuxer"]
 
 _START = b"\x00\x00\x01"
+# 00 00 01 then a stream id (0xB9..0xFF: end code, pack, system header, PSM, PES packets). No
+# H.264/H.265 NAL header byte is that large (forbidden_zero_bit), and emulation prevention keeps
+# 00 00 01 out of NAL units, so inside H.264/H.265 payload this means bytes were lost.
+_SYSTEM_CODE = re.compile(b"\x00\x00\x01[\xb9-\xff]")
 _PACK = 0xBA
 _END = 0xB9
 _SYSTEM_HEADER = 0xBB
@@ -122,7 +139,8 @@ def _timestamp(b: bytes | bytearray, i: int) -> int:
 class PsDemuxer:
     """Incremental MPEG-PS demuxer: ``feed()`` bytes, get :class:`AccessUnit` objects back.
 
-    Counters: ``packs``, ``pes_packets``, ``psm_updates``, ``resyncs``, ``skipped_bytes``.
+    Counters: ``packs``, ``pes_packets``, ``psm_updates``, ``resyncs``, ``truncated_pes``,
+    ``skipped_bytes``.
     ``detected`` is ``None`` until the stream type is known, then ``"MPEG-PS"``, ``"MPEG-TS"`` or
     ``"bare H.264 elementary stream"`` (``H.265`` / ``Annex-B`` likewise); for anything but PS
     ``refusal`` holds the reason and further input is ignored.
@@ -136,6 +154,7 @@ class PsDemuxer:
         self.pes_packets = 0
         self.psm_updates = 0
         self.resyncs = 0
+        self.truncated_pes = 0
         self.skipped_bytes = 0
         self._buf = bytearray()
         self._base = 0  # stream offset of _buf[0]
@@ -268,11 +287,22 @@ class PsDemuxer:
         buf = self._buf
         n = len(buf)
         if self._left > 0:
-            stop = min(n, pos + self._left)
-            self._left -= stop - pos
+            end = pos + self._left
+            stop = min(n, end)
+            if _is_video(self._sid):
+                # a system start code beginning inside the payload (its 4th byte buffered)
+                found = _SYSTEM_CODE.search(buf, pos, min(end + 3, n))
+                if found is not None:
+                    pos = self._check_truncated(pos, found.start(), end)
+                    if not self._left:
+                        return pos
+                if not final and end > n - 3:
+                    stop = max(pos, n - 3)  # one may begin in the last 3 bytes: wait for them
+            self._left = end - stop
         else:
-            stop = self._next_system_code(pos)
-            if stop >= 0:
+            found = _SYSTEM_CODE.search(buf, pos)
+            if found is not None:
+                stop = found.start()
                 self._left = 0
             else:
                 stop = n if final else max(pos, n - 3)
@@ -284,14 +314,37 @@ class PsDemuxer:
             self._left = 0
         return stop
 
-    def _next_system_code(self, pos: int) -> int:
+    def _check_truncated(self, pos: int, code: int, end: int) -> int:
+        """A system start code at ``code`` lies inside the video PES payload ending at ``end``.
+
+        For H.264/H.265 it cannot be payload: the PES lost bytes, so it ends at ``code``
+        (``_left`` becomes 0) and the structure there is parsed. For other codecs the search
+        goes on. Until the codec is known, the payload before each code is appended first, as
+        it may reveal the codec; the decision thus depends on the bytes before the code only,
+        never on how the input was cut. Returns the position up to which payload was consumed.
+        """
         buf = self._buf
-        k = buf.find(_START, pos)
-        while k >= 0 and k + 3 < len(buf):
-            if buf[k + 3] >= _END:
-                return k
-            k = buf.find(_START, k + 3)
-        return -1
+        sid = self._sid
+        limit = min(end + 3, len(buf))
+        while True:
+            codec = self._codec(sid)
+            if codec not in _NAL_CODECS and sid not in self._codecs and code > pos:
+                self._append(sid, buf[pos:code])
+                pos = code
+                codec = self._codec(sid)
+            if codec in _NAL_CODECS:
+                if code > pos:
+                    self._append(sid, buf[pos:code])
+                self._left = 0
+                self.truncated_pes += 1
+                self.resyncs += 1
+                self._garbage = True  # a broken structure at ``code`` is the same resync
+                return code
+            found = _SYSTEM_CODE.search(buf, code + 1, limit)
+            if found is None:
+                self._left = end - pos
+                return pos
+            code = found.start()
 
     def _structure(self, i: int, final: bool) -> int:
         """Handle the structure at ``i``: its size, 0 if incomplete, -1 if invalid."""

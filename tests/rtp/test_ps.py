@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rtp.ps import AccessUnit, PsDemuxer
+from rtp.psmux import PsMuxer
 from tests.conftest import DATA, load
 
 GB_FILES = ["gb_h264_zlm.ps", "gb_h265_zlm.ps", "gb_h264_alaw_zlm.ps"]
@@ -430,6 +431,104 @@ def test_hikvision_truncated_pack_header_resyncs() -> None:
     units = demuxer.feed(stream) + demuxer.flush()
     assert [u.data for u in units] == frames
     assert demuxer.resyncs == 1 and demuxer.skipped_bytes == 4  # the bare 00 00 01 BA
+
+
+# -- (h) a PES that lost bytes -----------------------------------------------------------------
+
+IDR = b"\x00\x00\x00\x01\x65\x88" + b"\x11" * 3000
+INTER = b"\x00\x00\x00\x01\x41\x9a" + b"\x22" * 3000
+
+
+def demux_counted(data: bytes) -> tuple[list[AccessUnit], tuple[int, int, int]]:
+    demuxer = PsDemuxer()
+    units = demuxer.feed(data) + demuxer.flush()
+    return units, (demuxer.truncated_pes, demuxer.resyncs, demuxer.skipped_bytes)
+
+
+@pytest.mark.parametrize("lost", [1, 2, 3, 4, 1400])
+def test_lost_bytes_before_a_keyframe_leave_that_keyframe_whole(lost: int) -> None:
+    # The frame's PES length still counts the lost bytes; the keyframe's pack header, system
+    # header, PSM and PES header that follow must not be read as its payload (with 1 to 3 bytes
+    # lost, the PES "ends" inside the pack start code).
+    muxer = PsMuxer("h264")
+    first = muxer.mux_video(IDR, 3600, keyframe=True)
+    second = muxer.mux_video(INTER, 7200)
+    third = muxer.mux_video(IDR, 10800, keyframe=True)
+    stream = first + second[:-lost] + third
+    units, counters = demux_counted(stream)
+    assert [(u.pts, u.keyframe, u.data) for u in units] == [
+        (3600, True, IDR),
+        (7200, False, INTER[:-lost]),
+        (10800, True, IDR),
+    ]
+    assert units[2].ps_bytes == third and units[1].ps_bytes == second[:-lost]
+    assert counters == (1, 1, 0)  # one truncated PES, nothing skipped
+    assert demux(stream, list(range(1, len(stream)))) == units
+
+
+def test_lost_bytes_inside_a_multi_pes_keyframe_leave_the_next_frame_whole() -> None:
+    # 150 kB keyframe in three PES packets; 1400 bytes lost from the middle of the second one,
+    # whose length then reaches past the third one and over both frames that follow.
+    body = bytes(range(1, 256)) * 600  # no zero byte: no start code inside
+    big = b"\x00\x00\x00\x01\x65\x88" + body
+    muxer = PsMuxer("h264")
+    first = muxer.mux_video(big, 3600, keyframe=True)
+    second = muxer.mux_video(INTER, 7200)
+    third = muxer.mux_video(INTER, 10800)
+    pes1 = first.index(b"\x00\x00\x01\xe0")
+    pes2 = first.index(b"\x00\x00\x01\xe0", pes1 + 1)
+    pes3 = first.index(b"\x00\x00\x01\xe0", pes2 + 1)
+    gap = (pes2 + pes3) // 2
+    stream = first[:gap] + first[gap + 1400 :] + second + third
+    at = (pes2 - pes1 - 14) + (gap - pes2 - 9)  # where the gap falls in the frame's data
+    expected = [
+        (3600, True, big[:at] + big[at + 1400 :]),
+        (7200, False, INTER),
+        (10800, False, INTER),
+    ]
+    units, counters = demux_counted(stream)
+    assert [(u.pts, u.keyframe, u.data) for u in units] == expected
+    assert [u.ps_bytes for u in units[1:]] == [second, third]
+    assert counters == (1, 1, 0)
+    assert demux(stream, list(range(1, len(stream), 1400))) == units
+    assert demux(stream, list(range(gap - 200, gap + 200))) == units
+
+
+def test_without_psm_the_codec_is_learnt_before_a_pes_is_cut() -> None:
+    # No PSM: the codec is only known from the NAL headers before the stray start code, whether
+    # the bytes come in one piece or one by one.
+    stream = PACK + pes(0xE0, IDR, pts=3600)[:-100] + PACK + pes(0xE0, IDR, pts=7200)
+    units, counters = demux_counted(stream)
+    assert [(u.pts, u.codec, u.data) for u in units] == [
+        (3600, "h264", IDR[:-100]),
+        (7200, "h264", IDR),
+    ]
+    assert counters == (1, 1, 0)
+    assert demux(stream, list(range(1, len(stream)))) == units
+
+
+def test_system_start_codes_in_audio_private_and_mpeg4_payloads_are_payload() -> None:
+    # G.711 and private data may hold any bytes, MPEG-4 part 2 has start codes 0xBA-0xC3: those
+    # PES packets are read for their whole length.
+    fake = PACK + b"\x00\x00\x01\xe0\x00\x08\x80\x00\x00" + b"\x00\x00\x01\xbd"
+    sound = b"\xd5" * 100 + fake + b"\xd5" * 100
+    private = b"\x00\x00\x01\xbd" + len(fake).to_bytes(2, "big") + fake
+    vop = b"\x00\x00\x01\xb6\x10" + b"\x33" * 500 + b"\x00\x00\x01\xc3" + b"\x44" * 40
+    streams = [(0x1B, 0xE0), (0x10, 0xE1), (0x90, 0xC0)]
+    stream = PACK + psm(streams) + pes(0xE0, IDR, pts=3600) + pes(0xE1, vop, pts=3600)
+    stream += PACK + private + pes(0xC0, sound, pts=3600)
+    stream += PACK + pes(0xE0, INTER, pts=7200) + pes(0xE1, vop, pts=7200)
+    stream += b"\x00\x00\x01\xb9"
+    units, counters = demux_counted(stream)
+    assert [(u.stream_id, u.codec, u.pts, u.data) for u in units] == [
+        (0xE0, "h264", 3600, IDR),
+        (0xE1, "mpeg4", 3600, vop),
+        (0xC0, "g711a", 3600, sound),
+        (0xE0, "h264", 7200, INTER),
+        (0xE1, "mpeg4", 7200, vop),
+    ]
+    assert counters == (0, 0, 0)
+    assert demux(stream, list(range(1, len(stream)))) == units
 
 
 # -- performance -------------------------------------------------------------------------------

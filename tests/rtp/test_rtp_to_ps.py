@@ -35,11 +35,6 @@ FIRST_SEQUENCE = 65000
 SSRC = 0x2818_1001
 PT = 96
 
-# The largest PES packet there can be: start code, stream id, 16-bit length, then that many
-# bytes. A packet lost inside a PES leaves the demuxer counting the rest of that PES on bytes
-# that came after the gap, so at most this many bytes later it is back on real structures.
-PES_MAX = 6 + 0xFFFF
-
 
 @dataclass(frozen=True)
 class Capture:
@@ -197,14 +192,17 @@ def test_reordered_and_duplicated_packets_give_the_reference(data: st.DataObject
 def resync_point(cap: Capture, lost: set[int]) -> int:
     """Index in the reference of the first keyframe the demuxer must get right after the losses.
 
-    That is the first video keyframe starting ``PES_MAX`` bytes or more after the end of the last
-    lost packet (the PES cut by the loss is counted on the bytes that follow); len(reference) if
-    there is none.
+    That is the first video keyframe starting at or after the end of the last lost packet;
+    len(reference) if there is none. A video PES that lost bytes ends at the first system start
+    code after the gap (H.264/H.265 payload cannot hold one), so the next pack header is parsed
+    as such. Here every packet starts at a frame's pack header or inside video payload (or in the
+    padding packet at the very end of the FFmpeg file), so no other PES length is counted across
+    a gap.
     """
     last = max(lost)
     end = cap.offsets[last] + cap.sizes[last]
     for k, unit in enumerate(cap.reference):
-        if is_video(unit) and unit.keyframe and unit.offset >= end + PES_MAX:
+        if is_video(unit) and unit.keyframe and unit.offset >= end:
             return k
     return len(cap.reference)
 
@@ -254,25 +252,15 @@ def test_lost_packets_are_counted_and_the_demuxer_resynchronises(data: st.DataOb
 
 
 def test_loss_before_a_keyframe_resynchronises_within_a_gop() -> None:
-    # The last packet of frame 24 lost: keyframe 50 (not 25, see the xfail below) is intact.
+    # The last packet of frame 24 lost: keyframe 25, right after the gap, is intact.
     cap = capture("gb_h264_zlm.ps")
     frame_ends = [k for k, p in enumerate(cap.packets) if RtpPacket.parse(p).marker]
     lost = frame_ends[24]
-    assert resync_point(cap, {lost}) == 50
+    assert resync_point(cap, {lost}) == 25
     units = demux_packets([p for k, p in enumerate(cap.packets) if k != lost])
-    assert [u.data for u in units][-200:] == [u.data for u in cap.reference[50:]]
+    assert [u.data for u in units][-225:] == [u.data for u in cap.reference[25:]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "A lost packet at the end of a frame leaves PsDemuxer counting the rest of that PES on "
-        "the next frame's pack header, system header, PSM and PES header; the keyframe's first "
-        "bytes are taken as payload of the damaged frame and the rest is skipped, so the first "
-        "keyframe after the loss comes out truncated (pts None). A system start code can never "
-        "occur inside H.264/H.265 payload, so the demuxer could resynchronise there."
-    ),
-)
 def test_loss_just_before_a_keyframe_keeps_that_keyframe() -> None:
     idr = b"\x00\x00\x00\x01\x65\x88" + b"\x11" * 3000
     inter = b"\x00\x00\x00\x01\x41\x9a" + b"\x22" * 3000
