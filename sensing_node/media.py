@@ -17,7 +17,8 @@ the device hangs up (BYE) or closes the TCP media connection. While somebody sti
 the stream is invited again with exponential backoff; the reason stays visible in the API
 (`last_error`) and in the list of ended sessions. Each attempt releases its port and SSRC.
 
-Per packet, the stream only feeds the PS demuxer (and the consumers that asked for RTP payloads);
+Per packet, the stream only checks the sequence number and adds the payload to its frame (and
+hands it to the consumers that asked for RTP payloads); the PS is demuxed once per frame, and
 everything else happens per frame or on the hub's half-second tick. A consumer must not block:
 `on_unit` is called on the event loop, and one that raises is counted, not allowed to disturb the
 others. `FrameQueue` is the consumer for asynchronous readers: bounded, it drops frames up to
@@ -34,7 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from rtp.ps import AccessUnit, PsDemuxer
+from rtp.ps import AccessUnit
 from rtp.sps import find_video_format
 from sip.dialog import Dialog
 from sip.errors import SipError
@@ -46,6 +47,7 @@ from sip.transaction import Peer, RequestReceived, ResponseReceived
 from .registry import Device, Registry, iso
 from .settings import TRANSPORTS, Settings
 from .transport.rtp import (
+    MediaIngest,
     PortPool,
     PortsExhausted,
     RtpReceiveConfig,
@@ -188,7 +190,7 @@ class LiveStream:
         self.dialog: Dialog | None = None
         self.peer: Peer | None = None
         self.receiver: UdpRtpReceiver | TcpRtpReceiver | None = None
-        self.demuxer = PsDemuxer()
+        self.ingest = MediaIngest(on_units=self._units)
         self._next_seq = -1  # the RTP sequence number expected next; -1 before the first
         self.acked_at: float | None = None  # loop time
         # What the media looks like.
@@ -365,15 +367,12 @@ class LiveStream:
         self._next_seq = (seq + 1) & 0xFFFF
         for consumer in self._rtp_consumers:
             self._call(consumer, consumer.on_rtp, payload, seq, ts, marker)
-        units = self.demuxer.feed(payload)
-        if units:
-            self._units(units)
+        self.ingest.on_packet(payload, seq, ts, marker)
 
     def _discontinuity(self, missing: int) -> None:
         """Packets were given up (or the sender restarted its sequence): hand out what was
         complete before the hole, start demuxing afresh, and tell the consumers."""
-        self._units(self.demuxer.flush())
-        self.demuxer = PsDemuxer()
+        self.ingest.restart()
         self.gop, self._gop_bytes = [], 0
         for consumer in list(self.consumers):
             self._call(consumer, consumer.on_loss, missing)
@@ -419,7 +418,7 @@ class LiveStream:
         self.serial = hub.allocate_serial()
         self.ssrc = gb_ssrc(settings.node.id, self.serial, history=False)
         self.ssrc_value = int(self.ssrc)
-        self.demuxer = PsDemuxer()
+        self.ingest = MediaIngest(on_units=self._units)
         self._next_seq = -1
         self.gop, self._gop_bytes = [], 0
         self.codec = self.width = self.height = None
@@ -530,7 +529,7 @@ class LiveStream:
                 self._totals[key] += getattr(receiver, key)
             receiver.close()  # hands over the packets the reorder buffer still held
             self.receiver = None
-        self._units(self.demuxer.flush())
+        self.ingest.flush()
         self._late_wall = None
         if self.serial is not None:
             hub.release_serial(self.serial)
@@ -564,8 +563,9 @@ class LiveStream:
             return
         timeout = self.hub.settings.media.timeout_s
         last = receiver.last_packet_at
-        if self.demuxer.refusal is not None:
-            self.end_attempt(f"unusable media: {self.demuxer.refusal}")
+        refusal = self.ingest.demuxer.refusal
+        if refusal is not None:
+            self.end_attempt(f"unusable media: {refusal}")
         elif isinstance(receiver, TcpRtpReceiver) and receiver.closed.is_set():
             self.end_attempt("the device closed the media connection")
         elif last is None and now - self.acked_at >= timeout:

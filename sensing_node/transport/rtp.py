@@ -76,7 +76,8 @@ class RtpReceiveConfig:
 class RtpSink(Protocol):
     """Receives the packets of one stream in sequence order.
 
-    `payload` is valid only during the call; a sink that keeps it must copy it.
+    `payload` is a view of the packet's immutable `bytes`, so a sink may keep it (the packet
+    stays alive as long as the view does).
     """
 
     def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None: ...
@@ -458,21 +459,70 @@ class _RefusedConnection(asyncio.Protocol):
 
 
 class MediaIngest:
-    """An `RtpSink` that demuxes the PS payloads into access units.
+    """An `RtpSink` that puts RTP payloads together into frames and demuxes them as PS.
 
-    Units go to `on_unit`, or are collected in `units` when no callback is given.
+    A GB/T 28181 sender gives every packet of a frame the same timestamp and sets the marker
+    bit on the last one, so a frame ends at a marker or, when that packet was lost, at the
+    next timestamp. The payloads are kept as views (the receivers hand out views of immutable
+    `bytes`), joined once per frame and demuxed in one call: parsing per frame rather than per
+    packet is most of what keeps the receive path cheap.
+
+    Units go to `on_units` (a list per frame), else to `on_unit` one by one, else they are
+    collected in `units`.
     """
 
-    def __init__(self, on_unit: Callable[[AccessUnit], None] | None = None) -> None:
+    #: a "frame" that never ends (no marker, one timestamp) is cut after this many packets
+    MAX_FRAME_PACKETS = 4096
+
+    def __init__(
+        self,
+        on_unit: Callable[[AccessUnit], None] | None = None,
+        *,
+        on_units: Callable[[list[AccessUnit]], None] | None = None,
+    ) -> None:
         self.demuxer = PsDemuxer()
         self.units: list[AccessUnit] = []
         self.on_unit = on_unit if on_unit is not None else self.units.append
+        self._deliver = on_units if on_units is not None else self._one_by_one
+        self._parts: list[memoryview] = []
+        self._ts = -1
+        self.frames = 0
 
     def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
-        for unit in self.demuxer.feed(payload):
-            self.on_unit(unit)
+        parts = self._parts
+        if ts != self._ts:
+            if parts:
+                self.end_frame()
+                parts = self._parts
+            self._ts = ts
+        parts.append(payload)
+        if marker or len(parts) >= self.MAX_FRAME_PACKETS:
+            self.end_frame()
+
+    def end_frame(self) -> None:
+        """Demux the payloads collected so far as one frame."""
+        parts, self._parts = self._parts, []
+        if not parts:
+            return
+        self.frames += 1
+        units = self.demuxer.feed(b"".join(parts))
+        if units:
+            self._deliver(units)
 
     def flush(self) -> None:
-        """End of stream: emit the units still open in the demuxer."""
-        for unit in self.demuxer.flush():
+        """End of stream: the frame in progress, then what the demuxer still holds."""
+        self.end_frame()
+        units = self.demuxer.flush()
+        if units:
+            self._deliver(units)
+
+    def restart(self) -> None:
+        """After lost packets: hand out what was complete, then demux afresh from the next
+        structure (what follows a hole is the middle of something)."""
+        self.flush()
+        self.demuxer = PsDemuxer()
+        self._ts = -1
+
+    def _one_by_one(self, units: list[AccessUnit]) -> None:
+        for unit in units:
             self.on_unit(unit)
