@@ -32,7 +32,7 @@ from recorder.index import GapRow, RecordIndex, SegmentRow
 from recorder.retention import sweep
 from recorder.service import Recorder, root_index
 from rtp.ps import AccessUnit
-from sip import manscdp
+from sip import ids, manscdp
 
 from .media import Consumer, StreamError, StreamHub
 from .registry import Registry
@@ -217,12 +217,17 @@ class RecordingService:
 
     # ----- which channels -----
     def wanted(self) -> set[str]:
+        """The channels to record now. "all" means every catalogued video source (cameras,
+        IPCs and the like): catalog items that are folders, alarm inputs or platforms are not
+        streams; a channel the operator names is recorded whatever its type."""
         local = datetime.fromtimestamp(self.wall(), self.settings.node.tz)
         weekday, minute = local.weekday(), local.hour * 60 + local.minute
+        every = self.config.channels is None
         return {
             channel_id
             for _, channel_id, _ in self.registry.channels()
             if self.config.wants(channel_id, weekday, minute)
+            and (not every or _is_video_source(channel_id))
         }
 
     def reconcile(self) -> None:
@@ -402,6 +407,11 @@ class RecordingService:
             return []
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._audit_thread, lambda: audit.query(**filters))
+
+
+def _is_video_source(channel_id: str) -> bool:
+    return (len(channel_id) == 20 and channel_id.isdigit()
+            and int(channel_id[10:13]) in ids.VIDEO_TYPES)
 
 
 def record_items(

@@ -407,3 +407,32 @@ def test_a_long_record_list_is_split_over_several_messages() -> None:
     assert [int(item["FileSize"]) for item in got] == [row.bytes for row in rows]
     assert got[0]["StartTime"] == datetime.fromtimestamp(rows[0].start_wall, tz).strftime(
         "%Y-%m-%dT%H:%M:%S")
+
+
+async def test_all_means_every_video_source_and_schedules_follow_the_clock(recording) -> None:
+    running, cam = await recording(**{"recording.channels": "all"})
+    registry = running.node.registry
+    await wait_for(lambda: registry.get(CAMERA) and registry.get(CAMERA).channels)
+    folder, alarm = "31011200002150000001", "31011200001340000001"
+    registry.set_channels(CAMERA, {**registry.get(CAMERA).channels,
+                                   folder: {"Name": "Group"}, alarm: {"Name": "Door"}})
+    assert running.node.recording.wanted() == {CHANNEL}
+    await segments_of(running, 1)  # and it is being recorded
+
+
+async def test_a_channel_outside_its_schedule_is_not_recorded(recording) -> None:
+    from zoneinfo import ZoneInfo
+
+    now = datetime.now(ZoneInfo("Asia/Shanghai"))
+    day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[now.weekday()]
+    later = (now + timedelta(hours=2)).strftime("%H:%M")
+    much_later = (now + timedelta(hours=3)).strftime("%H:%M")
+    window = {CHANNEL: {day: f"{later}-{much_later}"}}
+    if later > much_later or later < now.strftime("%H:%M"):
+        pytest.skip("the test window would cross midnight")
+    running, _ = await recording(**{"recording.channels": window})
+    registry = running.node.registry
+    await wait_for(lambda: registry.get(CAMERA) and registry.get(CAMERA).channels)
+    assert running.node.recording.wanted() == set()
+    await asyncio.sleep(2.5)  # a reconcile pass
+    assert running.node.media.streams == {}
