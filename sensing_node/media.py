@@ -866,8 +866,7 @@ class StreamHub:
         cached = self._acks.get(response.call_id)
         if cached is not None:
             data, peer, _ = cached
-            self.endpoint.tx.send_raw(data, peer)
-            self.endpoint._flush()
+            self.endpoint.send(data, peer)
 
     def on_request(self, event: RequestReceived) -> bool:
         """A BYE from a device for one of our streams; False if it belongs to none."""

@@ -247,9 +247,10 @@ class SipEndpoint:
         self._arm_timer()
         return fut
 
-    def send(self, message: Request | Response, peer: Peer) -> None:
+    def send(self, message: Request | Response | bytes, peer: Peer) -> None:
         """Send outside any transaction: the ACK for a 2xx, which the TU sends itself."""
-        self.tx.send_raw(message.to_bytes(), peer)
+        data = message if isinstance(message, bytes) else message.to_bytes()
+        self.tx.send_raw(data, peer)
         self._flush()
 
     def _request_done(self, key: tuple[str, str], fut: asyncio.Future[Response]) -> None:

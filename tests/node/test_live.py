@@ -348,3 +348,51 @@ async def test_mpeg_ts_instead_of_ps_ends_the_attempt_with_the_reason(live: Setu
     assert "MPEG-TS" in stream.last_error and "not MPEG-PS" in stream.last_error
     assert cam.byes_received == 1
     assert stream.frames == 0
+
+
+async def test_a_retransmitted_200_gets_the_ack_again(start_node: StartNode) -> None:
+    """A device whose 200 OK to INVITE is repeated (it did not see the ACK) gets the same ACK
+    each time (RFC 3261 13.2.2.4); its answer without y= is accepted."""
+    from sip.message import Response, parse_message
+    from sip.sdp import parse_sdp
+
+    from .sipclient import UdpPeer, register
+
+    running = await start_node()
+    device = "34020000001320000007"
+    peer = await UdpPeer.open(running.sip)
+    try:
+        assert (await register(peer, device, PASSWORD)).status == 200
+        running.node.registry.set_channels(device, {device: {"Name": "cam"}})
+        task = asyncio.create_task(post_live(running, device))
+        invite = None
+        while invite is None:
+            message = parse_message(await peer.recv_raw())
+            if message.method == "INVITE":  # type: ignore[union-attr]
+                invite = message
+        offer = parse_sdp(invite.body)
+        assert offer.session_name == "Play" and offer.ssrc is not None
+        answer = (
+            b"v=0\r\no=34020000001320000007 0 0 IN IP4 127.0.0.1\r\ns=Play\r\n"
+            b"c=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video 15060 RTP/AVP 96\r\n"
+            b"a=sendonly\r\na=rtpmap:96 PS/90000\r\n"
+        )
+        ok = Response.for_request(invite, 200, to_tag="dev1")
+        ok.headers.add("Contact", f"<sip:{device}@127.0.0.1:{peer.port}>")
+        ok.headers.add("Content-Type", "application/sdp")
+        ok.body = answer
+        acks = []
+        for _ in range(2):
+            peer.send(ok.to_bytes())
+            while True:
+                message = parse_message(await peer.recv_raw())
+                if message.method == "ACK":  # type: ignore[union-attr]
+                    acks.append(message)
+                    break
+        assert acks[0].to_bytes() == acks[1].to_bytes()
+        assert acks[0].cseq == (1, "ACK") and acks[0].to.tag == "dev1"
+        status, stream = await task
+        assert status == 200 and stream["remote"] == "127.0.0.1:15060"
+        assert running.node.media.streams[device].ssrc_value is None  # learnt from packets
+    finally:
+        peer.close()
