@@ -29,7 +29,8 @@ from typing import Any, Protocol
 from rtp.errors import RtpError
 from rtp.framing import Deframer
 from rtp.packet import RtpPacket, is_rtcp, peek_rtp_header
-from rtp.ps import AccessUnit, PsDemuxer
+from rtp.ps import AccessUnit
+from rtp.psframe import PsFrameDemuxer
 from rtp.reorder import ReorderBuffer
 
 __all__ = [
@@ -464,8 +465,10 @@ class MediaIngest:
     A GB/T 28181 sender gives every packet of a frame the same timestamp and sets the marker
     bit on the last one, so a frame ends at a marker or, when that packet was lost, at the
     next timestamp. The payloads are kept as views (the receivers hand out views of immutable
-    `bytes`), joined once per frame and demuxed in one call: parsing per frame rather than per
-    packet is most of what keeps the receive path cheap.
+    `bytes`), joined once per frame and demuxed in one call by `rtp.psframe.PsFrameDemuxer`,
+    which walks a camera's one-pack-per-frame PS by its length fields and falls back to the
+    full `PsDemuxer` for anything else: parsing per frame rather than per packet is most of what
+    keeps the receive path cheap.
 
     Units go to `on_units` (a list per frame), else to `on_unit` one by one, else they are
     collected in `units`.
@@ -480,7 +483,7 @@ class MediaIngest:
         *,
         on_units: Callable[[list[AccessUnit]], None] | None = None,
     ) -> None:
-        self.demuxer = PsDemuxer()
+        self.demuxer = PsFrameDemuxer()
         self.units: list[AccessUnit] = []
         self.on_unit = on_unit if on_unit is not None else self.units.append
         self._deliver = on_units if on_units is not None else self._one_by_one
@@ -505,7 +508,7 @@ class MediaIngest:
         if not parts:
             return
         self.frames += 1
-        units = self.demuxer.feed(b"".join(parts))
+        units = self.demuxer.feed_frame(b"".join(parts))
         if units:
             self._deliver(units)
 
@@ -520,7 +523,7 @@ class MediaIngest:
         """After lost packets: hand out what was complete, then demux afresh from the next
         structure (what follows a hole is the middle of something)."""
         self.flush()
-        self.demuxer = PsDemuxer()
+        self.demuxer = PsFrameDemuxer()
         self._ts = -1
 
     def _one_by_one(self, units: list[AccessUnit]) -> None:
