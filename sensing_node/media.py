@@ -656,6 +656,8 @@ class StreamHub:
         for stream in list(self.streams.values()):
             stream.stop("node stopping")
         await asyncio.gather(*(s.wait_closed() for s in list(self.streams.values())))
+        if self._background:  # give the BYEs a moment to be answered
+            await asyncio.wait(list(self._background), timeout=1.0)
         if self._tick_task is not None:
             self._tick_task.cancel()
             await asyncio.gather(self._tick_task, return_exceptions=True)

@@ -123,12 +123,13 @@ class Node:
             await camera.stop()
 
     async def stop(self) -> None:
+        # Streams first, while the devices (and the built-in cameras) can still take the BYE.
+        await self.recording.stop()  # open segments closed, hashed and indexed
+        await self.media.close()  # BYE to every device still streaming
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        await self.recording.stop()  # open segments closed, hashed and indexed
-        await self.media.close()  # BYE to every device still streaming
         if self.queries is not None:
             await self.queries.stop()
         await self.endpoint.close()
