@@ -98,3 +98,32 @@ def test_a_second_connection_reads_while_the_writer_holds_one(index):
     row = add(index, "c1", 0.0, 60.0)
     with RecordIndex(index.path) as reader:
         assert reader.segments("c1") == [row]
+
+
+def test_search_in_a_long_history_finds_exactly_the_overlapping_segments(
+    index: RecordIndex,
+) -> None:
+    channel = "31011200001310000001"
+    day = 86400.0
+    # Ten days of one-minute segments (written in one transaction: the test is about reading),
+    # then a three-day segment (a stream whose keyframes stopped), then minutes again.
+    with sqlite3.connect(index.path) as db:
+        db.executemany(
+            "INSERT INTO segments (channel_id, path, start_wall, end_wall, start_pts, end_pts, "
+            "bytes, frames, codec, sha256, prev_sha256) VALUES (?, ?, ?, ?, 0, 0, 1, 1, 'h264', "
+            "?, NULL)",
+            [(channel, f"{channel}/d/{i}.ps", i * 60.0, i * 60.0 + 60.0, f"{i:064d}")
+             for i in range(10 * 1440)],
+        )
+    long_start = 10 * day
+    add(index, channel, long_start, long_start + 3 * day)
+    for i in range(10):
+        add(index, channel, 13 * day + i * 60.0, 13 * day + i * 60.0 + 60.0)
+
+    hour = [r.start_wall for r in index.segments(channel, 2 * day + 30.0, 2 * day + 3630.0)]
+    assert hour == [2 * day + m * 60.0 for m in range(61)]
+    inside = index.segments(channel, 12 * day, 12 * day + 60.0)  # only the long one
+    assert [r.start_wall for r in inside] == [long_start]
+    across = index.segments(channel, 13 * day - 30.0, 13 * day + 90.0)
+    assert [r.start_wall for r in across] == [long_start, 13 * day, 13 * day + 60.0]
+    assert index.segments(channel, 20 * day, 21 * day) == []
