@@ -73,6 +73,8 @@ class Recorder:
         self.on_segment = on_segment
         self.max_queue = max_queue
         self.buffer_bytes = buffer_bytes
+        #: how long the writer thread pauses when it has emptied the queue
+        self.batch_pause_s = 0.01
         self.units = 0
         self.bytes = 0
         self.segments_closed = 0
@@ -167,14 +169,19 @@ class Recorder:
     # -- writer thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        queue_ = self._queue
         while True:
-            item = self._queue.get()
+            item = queue_.get()
             if item[0] == _STOP:
                 break
             try:
                 self._handle(item)
             except Exception as exc:  # the thread must outlive any one error
                 self._failed(item, exc)
+            if queue_.empty():
+                # Let work gather: one wake-up per pause instead of one per access unit, and
+                # the media thread's put() finds nobody to wake (no futex call per frame).
+                time.sleep(self.batch_pause_s)
         for channel_id in list(self._writers):
             try:
                 self._handle(("close_channel", channel_id))
