@@ -63,9 +63,15 @@ class ChannelRecording(Consumer):
     def on_unit(self, unit: AccessUnit) -> None:
         recorder = self.service.recorder
         if recorder is not None:
-            self.units += 1
             stream = self.service.hub.streams.get(self.channel_id)
             wall = stream.unit_wall() if stream is not None else self.service.wall()
+            if not self.units:
+                # The time between the channel's last segment before this start of the node
+                # and now was not recorded: say so in the index rather than leave a silent hole.
+                last = self.service.last_end_before_start.pop(self.channel_id, None)
+                if last is not None and wall - last > 1.0:
+                    recorder.gap(self.channel_id, last, wall, "not recorded: node not running")
+            self.units += 1
             recorder.submit(self.channel_id, unit, wall)
 
     def on_loss(self, packets: int) -> None:
@@ -160,6 +166,8 @@ class RecordingService:
         self._audit_thread = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
         self._task: asyncio.Task[None] | None = None
         self._subscribing: dict[str, asyncio.Task[Any]] = {}
+        #: end of each channel's last segment when the node started (see ChannelRecording)
+        self.last_end_before_start: dict[str, float] = {}
 
     # ----- start / stop -----
     async def start(self) -> None:
@@ -170,6 +178,7 @@ class RecordingService:
         ))
         audit_path = self.settings.node.data_dir / "audit.sqlite3"
         self.audit = await loop.run_in_executor(self._audit_thread, AuditLog, audit_path)
+        self.last_end_before_start = await loop.run_in_executor(self._reader, self._last_ends)
         await self._check_disk()
         await self._warn_if_too_small()
         self._task = asyncio.create_task(self._run())
@@ -344,6 +353,15 @@ class RecordingService:
         if self._read_index is None:
             self._read_index = RecordIndex(root_index(self.root))
         return self._read_index
+
+    def _last_ends(self) -> dict[str, float]:
+        index = self._index()
+        ends = {}
+        for channel_id in index.channels():
+            row = index.last_segment(channel_id)
+            if row is not None:
+                ends[channel_id] = row.end_wall
+        return ends
 
     def _close_reader(self) -> None:
         if self._read_index is not None:

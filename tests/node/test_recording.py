@@ -436,3 +436,21 @@ async def test_a_channel_outside_its_schedule_is_not_recorded(recording) -> None
     assert running.node.recording.wanted() == set()
     await asyncio.sleep(2.5)  # a reconcile pass
     assert running.node.media.streams == {}
+
+
+async def test_the_time_the_node_was_down_is_a_gap(recording, tmp_path: Path) -> None:
+    running, cam = await recording()
+    first = await segments_of(running, 1)
+    await running.client.close()
+    await cam.stop(unregister=False)
+    await asyncio.sleep(1.5)
+    running, _ = await recording(data_dir=tmp_path / "data")
+    await segments_of(running, len(first) + 2)
+    _, gaps = await running.node.recording.search(CHANNEL, 0, 4e9)
+    down = [g for g in gaps if g.reason == "not recorded: node not running"]
+    assert len(down) == 1
+    rows, _ = await running.node.recording.search(CHANNEL, 0, 4e9)
+    before = [r for r in rows if r.end_wall <= down[0].start_wall + 0.001]
+    after = [r for r in rows if r.start_wall >= down[0].end_wall - 0.001]
+    assert before and after and len(before) + len(after) == len(rows)
+    assert down[0].end_wall - down[0].start_wall > 1.5
