@@ -59,6 +59,21 @@ class ReorderBuffer(Generic[T]):
         self._oldest = 0.0  # arrival time of the oldest held item
         self._candidate: tuple[int, T, float] | None = None
 
+    def take(self, sequence: int) -> bool:
+        """The common case of `push`, without the item: True when `sequence` is the one
+        expected next and nothing is held, in which case it counts as pushed and released and
+        the caller hands it on itself. False: use `push`."""
+        if sequence != self._next or self._held:
+            return False
+        self.received += 1
+        self._released[sequence & (self._history - 1)] = sequence
+        self._next = (sequence + 1) & 0xFFFF
+        self._highest = sequence
+        if self._candidate is not None:
+            self._candidate = None
+            self.discarded += 1
+        return True
+
     def push(self, sequence: int, item: T, now: float) -> list[T]:
         """Add a received item; return the items now releasable, in order."""
         self.received += 1

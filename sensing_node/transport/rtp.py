@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_RCVBUF = 1 << 20
+_PLAIN = struct.Struct("!BHII")  # after the first byte: M/PT, sequence, timestamp, SSRC
 _rcvbuf_warned = False
 
 # (payload, sequence, timestamp, marker): what the reorder buffer holds per packet.
@@ -215,6 +217,23 @@ class _RtpReceiver:
 
     def _receive(self, data: bytes) -> bool:
         """One packet of the stream; True if it was RTP of the expected SSRC."""
+        # The common packet first: plain RTP (version 2, no padding, extension or CSRC) of
+        # our SSRC, the one expected next; it goes straight to the sink.
+        if len(data) > 12 and data[0] == 0x80:
+            second, seq, ts, ssrc = _PLAIN.unpack_from(data, 1)
+            if ssrc == self.ssrc and not 192 <= second <= 223:
+                assert self._loop is not None
+                self.packets += 1
+                self.bytes += len(data)
+                self.last_packet_at = self._loop.time()
+                if self.reorder.take(seq):
+                    try:
+                        self._deliver(memoryview(data)[12:], seq, ts, second > 0x7F)
+                    except Exception:
+                        self._sink_failed()
+                    return True
+                self.packets -= 1  # counted again below
+                self.bytes -= len(data)
         if is_rtcp(data):
             self.rtcp += 1
             return False
@@ -252,9 +271,12 @@ class _RtpReceiver:
             for payload, seq, ts, marker in items:
                 deliver(payload, seq, ts, marker)
         except Exception:
-            self.sink_errors += 1
-            if self.sink_errors == 1:
-                log.exception("RTP sink failed (further failures are only counted)")
+            self._sink_failed()
+
+    def _sink_failed(self) -> None:
+        self.sink_errors += 1
+        if self.sink_errors == 1:
+            log.exception("RTP sink failed (further failures are only counted)")
 
     def _arm_timer(self) -> None:
         deadline = self.reorder.next_deadline()
