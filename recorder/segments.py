@@ -51,9 +51,27 @@ PTS_WRAP = 1 << 33
 _NAME_FORMAT = "%Y%m%dT%H%M%S"
 
 
-def _write(fd: int, data: memoryview) -> int:
-    """The only place segment bytes reach the disk (tests patch it to inject errors)."""
-    return os.write(fd, data)
+_IOV_MAX = 1024  # buffers per writev(2) call (Linux's UIO_MAXIOV)
+
+
+def _write(fd: int, buffers: list[bytes | memoryview]) -> int:
+    """The only place segment bytes reach the disk (tests patch it to inject errors): one
+    writev(2) of the units' own bytes, so they are never copied into a staging buffer."""
+    return os.writev(fd, buffers)
+
+
+def _from(chunks: list[bytes], offset: int) -> list[bytes | memoryview]:
+    """The buffers of `chunks` from byte `offset` on (after a short write), at most _IOV_MAX."""
+    out: list[bytes | memoryview] = []
+    for chunk in chunks:
+        if offset >= len(chunk):
+            offset -= len(chunk)
+            continue
+        out.append(memoryview(chunk)[offset:] if offset else chunk)
+        offset = 0
+        if len(out) == _IOV_MAX:
+            break
+    return out
 
 
 def local_tz() -> tzinfo:
@@ -126,7 +144,8 @@ class _Open:
     start_wall: float
     codec: str
     sha: hashlib._Hash = field(default_factory=hashlib.sha256)
-    buffer: bytearray = field(default_factory=bytearray)
+    chunks: list[bytes] = field(default_factory=list)  # the pending units' PS bytes
+    buffered: int = 0  # their total length
     pending: list[_Unit] = field(default_factory=list)
     written: int = 0  # bytes in the file
     frames: int = 0
@@ -208,10 +227,11 @@ class SegmentWriter:
         if seg is None:
             self.dropped_units += 1
             return closed
-        seg.buffer += unit.ps_bytes
-        seg.pending.append(_Unit(len(seg.buffer), wall, unit.pts, video))
+        seg.chunks.append(unit.ps_bytes)
+        seg.buffered += len(unit.ps_bytes)
+        seg.pending.append(_Unit(seg.buffered, wall, unit.pts, video))
         self.units += 1
-        if len(seg.buffer) >= self.buffer_bytes:
+        if seg.buffered >= self.buffer_bytes:
             closed += self._flush(seg)
         return closed
 
@@ -238,7 +258,7 @@ class SegmentWriter:
     def flush(self) -> list[SegmentRow]:
         """Write the buffered bytes of the open segment to its ``.part`` file (no fsync)."""
         seg = self._open
-        return self._flush(seg) if seg is not None and seg.buffer else []
+        return self._flush(seg) if seg is not None and seg.chunks else []
 
     def close(self) -> list[SegmentRow]:
         """End the open segment (durable and indexed on return) and any gap still open."""
@@ -291,21 +311,22 @@ class SegmentWriter:
     def _flush(self, seg: _Open) -> list[SegmentRow]:
         """Write the buffer out; on an error end the segment at the last complete unit."""
         done = 0
+        chunks = seg.chunks
         try:
-            with memoryview(seg.buffer) as view:
-                while done < len(view):
-                    # released even when _write raises, so the buffer can be resized after
-                    with view[done:] as rest:
-                        done += _write(seg.fd, rest)
+            if len(chunks) <= _IOV_MAX:
+                done = _write(seg.fd, chunks)  # type: ignore[arg-type]  # list is invariant
+            while done < seg.buffered:
+                done += _write(seg.fd, _from(chunks, done))
         except OSError as exc:
             return self._fail(seg, done, exc)
-        self._commit(seg, len(seg.buffer), len(seg.pending))
+        self._commit(seg, seg.buffered, len(seg.pending))
         return []
 
     def _commit(self, seg: _Open, size: int, count: int) -> None:
         """The first ``size`` buffered bytes (``count`` units) are in the file."""
-        with memoryview(seg.buffer) as view:
-            seg.sha.update(view[:size])
+        update = seg.sha.update
+        for chunk in seg.chunks[:count]:
+            update(chunk)
         for item in seg.pending[:count]:
             if item.video:
                 seg.frames += 1
@@ -316,7 +337,8 @@ class SegmentWriter:
             seg.last_wall = item.wall
         seg.written += size
         self.bytes += size
-        del seg.buffer[:size]
+        del seg.chunks[:count]
+        seg.buffered -= size
         del seg.pending[:count]
 
     def _fail(self, seg: _Open, done: int, exc: OSError) -> list[SegmentRow]:
@@ -328,7 +350,8 @@ class SegmentWriter:
         keep = seg.pending[count - 1].end if count else 0
         resume = seg.pending[count].wall
         self._commit(seg, keep, count)
-        seg.buffer.clear()
+        seg.chunks.clear()
+        seg.buffered = 0
         seg.pending.clear()
         closed: list[SegmentRow] = []
         try:
@@ -352,7 +375,7 @@ class SegmentWriter:
             return []
         if end_wall is None:
             end_wall = self._end_of(seg)
-        if seg.buffer:
+        if seg.chunks:
             closed = self._flush(seg)
             if self._open is None:  # the flush failed and ended the segment itself
                 return closed

@@ -197,16 +197,17 @@ def test_settings_are_checked(root, index):
 
 
 class DiskFull:
-    """Stands in for os.write: the disk holds ``room`` more bytes, then ENOSPC."""
+    """Stands in for os.writev: the disk holds ``room`` more bytes, then ENOSPC."""
 
     def __init__(self, room: float) -> None:
         self.room = room
         self.failures = 0
 
-    def __call__(self, fd: int, data: memoryview) -> int:
+    def __call__(self, fd: int, buffers: list[bytes | memoryview]) -> int:
         if self.room <= 0:
             self.failures += 1
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        data = b"".join(buffers)  # a short write, as writev(2) makes when the disk fills
         n = os.write(fd, data[: int(min(len(data), self.room))])
         self.room -= n
         return n
