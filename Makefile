@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/demo.yaml
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench bench-ingest lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run_all.py
+
+# Live ingest only: N simulated cameras over UDP and TCP (see bench/ingest.py for options).
+bench-ingest: $(VENV)/.installed-test
+	$(BIN)/python bench/ingest.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

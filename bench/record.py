@@ -542,7 +542,7 @@ def one_pass(kind: str, n: int, args: argparse.Namespace, tmp: Path, run: int
         out = tmp / f"sender-{kind}-{n}.json"
         total = args.warmup + args.duration + args.tail
         cmd = [PY, str(BENCH / "ingest_sender.py"), "--targets", str(targets), "--transport",
-               "udp", "--duration", str(total), "--out", str(out)]
+               "udp", "--duration", str(total), "--out", str(out), "--session-start"]
         if args.cpus[1] is not None:
             cmd += ["--cpu", str(args.cpus[1])]
         sender = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, start_new_session=True)

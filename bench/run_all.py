@@ -1,6 +1,6 @@
 """Run every benchmark of the node and write docs/benchmarks.md (`make bench`).
 
-    .venv/bin/python bench/run_all.py [--runs 3] [--devices 10000] [--no-doc]
+    .venv/bin/python bench/run_all.py [--runs 3] [--devices 10000] [--no-doc] [--no-ingest]
 
 Each measurement runs at least three times in fresh processes; the report gives the median and
 the spread (min-max). Every process is separate and pinned: the server under test (node, echo
@@ -15,6 +15,9 @@ Passes:
   sipp x N     SIPp registering the same number of devices (fixed rate, then at the goal rate)
   profile      cProfile of the node's loop thread while registering, keeping alive and idling
   memory       tracemalloc (10,000 devices) and RSS (50,000 devices) of the node
+  ingest       bench/ingest.py: simulated cameras over UDP and TCP into the node's media receive
+               path (about 50 min; --no-ingest skips it); it writes its own section of the doc,
+               between markers that this script keeps when it rewrites the rest
 
 Prints the medians and spreads, and rewrites docs/benchmarks.md unless --no-doc.
 """
@@ -1361,6 +1364,8 @@ def main() -> int:
                         "written")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument("--no-ingest", action="store_true",
+                        help="skip the live-ingest benchmark (bench/ingest.py, about 50 min)")
     parser.add_argument("--json", help="also write every raw figure to this file")
     args = parser.parse_args()
     args.ka_rounds = 2
@@ -1446,9 +1451,28 @@ def main() -> int:
         text = write_doc(info, args, m, sipp_results, profile, memory, rounds, elapsed,
                          command, experiments)
         DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(text)
+        kept = ingest_section(DOC)
+        DOC.write_text(text.rstrip("\n") + "\n\n" + kept if kept else text)
         log(f"wrote {os.path.relpath(DOC, ROOT)} ({elapsed:.0f} s)")
+    if not args.no_ingest:
+        # The live-ingest benchmark rewrites its own section of the doc (kept above).
+        log("live-ingest benchmark (bench/ingest.py) ...")
+        ingest = [PY, str(BENCH / "ingest.py"), "--runs", str(args.runs)]
+        if args.no_doc:
+            ingest.append("--no-doc")
+        if subprocess.run(ingest, cwd=ROOT).returncode != 0:
+            log("the live-ingest benchmark failed")
+            return 1
     return 0
+
+
+def ingest_section(path: Path) -> str:
+    """The section bench/ingest.py keeps between its markers in the doc, markers included."""
+    begin, end = "<!-- ingest:begin -->", "<!-- ingest:end -->"
+    text = path.read_text() if path.exists() else ""
+    if begin not in text or end not in text:
+        return ""
+    return begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
 
 
 def print_summary(m: dict[str, Any], sipp: dict[str, Any], memory: dict[str, Any]) -> None:

@@ -196,6 +196,11 @@ class PsFrameDemuxer:
     # -- counters and state, merged with the internal demuxer's -------------------------------
 
     @property
+    def fallen_back(self) -> bool:
+        """Whether the stream is now demuxed by the internal :class:`PsDemuxer`."""
+        return self._slow is not None
+
+    @property
     def detected(self) -> str | None:
         return self._detected if self._slow is None else self._slow.detected
 
@@ -470,6 +475,15 @@ class PsFrameDemuxer:
                 unit = AccessUnit(sid, codec, pts, dts, True, data, ps_bytes, base + segment)
             units.append(unit)
         return units
+
+
+def opens_keyframe(frame: bytes | bytearray | memoryview) -> bool:
+    """Whether `frame` starts like a camera's keyframe: a pack header followed directly by a
+    system header (which cameras, and `rtp.psmux`, send only before keyframes, with the PSM)."""
+    if len(frame) < 18 or frame[:4] != b"\x00\x00\x01\xba" or frame[4] >> 6 != 1:
+        return False
+    pos = 14 + (frame[13] & 7)
+    return frame[pos : pos + 4] == b"\x00\x00\x01\xbb"
 
 
 def _pack_ok(frame: bytes, pos: int) -> bool:

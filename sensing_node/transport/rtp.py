@@ -31,7 +31,7 @@ from rtp.errors import RtpError
 from rtp.framing import Deframer
 from rtp.packet import RtpPacket, is_rtcp, peek_rtp_header
 from rtp.ps import AccessUnit
-from rtp.psframe import PsFrameDemuxer
+from rtp.psframe import PsFrameDemuxer, opens_keyframe
 from rtp.reorder import ReorderBuffer
 
 __all__ = [
@@ -489,8 +489,8 @@ class MediaIngest:
     next timestamp. The payloads are kept as views (the receivers hand out views of immutable
     `bytes`), joined once per frame and demuxed in one call by `rtp.psframe.PsFrameDemuxer`,
     which walks a camera's one-pack-per-frame PS by its length fields and falls back to the
-    full `PsDemuxer` for anything else: parsing per frame rather than per packet is most of what
-    keeps the receive path cheap.
+    full `PsDemuxer` for anything else (taken up again at the next keyframe that carries its
+    PSM): parsing per frame rather than per packet is most of what keeps the receive path cheap.
 
     Units go to `on_units` (a list per frame), else to `on_unit` one by one, else they are
     collected in `units`.
@@ -512,6 +512,7 @@ class MediaIngest:
         self._parts: list[memoryview] = []
         self._ts = -1
         self.frames = 0
+        self.fast_path_resumed = 0
 
     def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
         parts = self._parts
@@ -530,7 +531,17 @@ class MediaIngest:
         if not parts:
             return
         self.frames += 1
-        units = self.demuxer.feed_frame(b"".join(parts))
+        data = b"".join(parts)
+        demuxer = self.demuxer
+        if demuxer.fallen_back and opens_keyframe(data):
+            # Something did not fit the fast path (a lost packet, a start without a PSM):
+            # a keyframe with its PSM is a clean place to take it up again.
+            units = demuxer.flush()
+            if units:
+                self._deliver(units)
+            self.demuxer = demuxer = PsFrameDemuxer()
+            self.fast_path_resumed += 1
+        units = demuxer.feed_frame(data)
         if units:
             self._deliver(units)
 
