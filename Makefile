@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/demo.yaml
 
-.PHONY: run test bench bench-ingest lint clean
+.PHONY: run test bench bench-ingest bench-record bench-export bench-retention lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,20 @@ bench: $(VENV)/.installed-test
 bench-ingest: $(VENV)/.installed-test
 	$(BIN)/python bench/ingest.py
 
+# Recording on top of ingest, export speed, retention sweep at 30 days x 300 channels. Their
+# results go to the sections of docs/benchmarks.md named after them (record: bench/results/).
+bench-record: $(VENV)/.installed-test
+	$(BIN)/python bench/record.py
+
+bench-export: $(VENV)/.installed-test
+	$(BIN)/python bench/export.py --cpu 1
+
+bench-retention: $(VENV)/.installed-test
+	$(BIN)/python bench/retention.py
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/python -m mypy sip rtp
+	$(BIN)/python -m mypy sip rtp recorder
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis

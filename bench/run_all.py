@@ -1451,7 +1451,7 @@ def main() -> int:
         text = write_doc(info, args, m, sipp_results, profile, memory, rounds, elapsed,
                          command, experiments)
         DOC.parent.mkdir(parents=True, exist_ok=True)
-        kept = ingest_section(DOC)
+        kept = kept_sections(DOC)
         DOC.write_text(text.rstrip("\n") + "\n\n" + kept if kept else text)
         log(f"wrote {os.path.relpath(DOC, ROOT)} ({elapsed:.0f} s)")
     if not args.no_ingest:
@@ -1466,13 +1466,20 @@ def main() -> int:
     return 0
 
 
-def ingest_section(path: Path) -> str:
-    """The section bench/ingest.py keeps between its markers in the doc, markers included."""
-    begin, end = "<!-- ingest:begin -->", "<!-- ingest:end -->"
+#: Sections other benchmarks write between `<!-- name:begin -->` and `<!-- name:end -->`; this
+#: script keeps them, in this order, when it rewrites the rest of the doc.
+KEPT_SECTIONS = ("ingest", "record", "export", "retention")
+
+
+def kept_sections(path: Path) -> str:
+    """The sections other benchmarks keep between their markers in the doc, markers included."""
     text = path.read_text() if path.exists() else ""
-    if begin not in text or end not in text:
-        return ""
-    return begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+    out = []
+    for name in KEPT_SECTIONS:
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in text and end in text:
+            out.append(begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n")
+    return "\n".join(out)
 
 
 def print_summary(m: dict[str, Any], sipp: dict[str, Any], memory: dict[str, Any]) -> None:
