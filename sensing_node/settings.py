@@ -596,27 +596,35 @@ OVERRIDE_KEYS: tuple[Key, ...] = (
 )
 
 
-def _overrides(node: yaml.Node, ctx: _Ctx) -> Mapping[str, DeviceOverride]:
-    entries = _entries(ctx.reader, node, ctx.path)
-    if entries is None:
-        raise _Reported
-    result: dict[str, DeviceOverride] = {}
-    failed = False
-    for name, key_node, value_node in entries:
-        path = _join(ctx.path, name)
-        try:
-            device_id = _device_id(key_node)
-        except _Invalid as exc:
-            ctx.reader.report(key_node, path, str(exc))
-            failed = True
-            continue
-        parsed = _read_mapping(ctx.reader, value_node, path, OVERRIDE_KEYS, anchor=key_node)
-        if parsed.complete:
-            result[device_id] = DeviceOverride(**parsed.values)
-        failed = failed or not parsed.complete
-    if failed:
-        raise _Reported
-    return MappingProxyType(result)
+def _by_id(keys: tuple[Key, ...], build: Callable[..., Any]) -> Parser:
+    """A mapping of quoted 20-digit IDs to settings read with `keys` and made by `build`."""
+
+    def parse(node: yaml.Node, ctx: _Ctx) -> Mapping[str, Any]:
+        entries = _entries(ctx.reader, node, ctx.path)
+        if entries is None:
+            raise _Reported
+        result: dict[str, Any] = {}
+        failed = False
+        for name, key_node, value_node in entries:
+            path = _join(ctx.path, name)
+            try:
+                item_id = _device_id(key_node)
+            except _Invalid as exc:
+                ctx.reader.report(key_node, path, str(exc))
+                failed = True
+                continue
+            parsed = _read_mapping(ctx.reader, value_node, path, keys, anchor=key_node)
+            if parsed.complete:
+                result[item_id] = build(**parsed.values)
+            failed = failed or not parsed.complete
+        if failed:
+            raise _Reported
+        return MappingProxyType(result)
+
+    return parse
+
+
+_overrides = _by_id(OVERRIDE_KEYS, DeviceOverride)
 
 
 # --- The schema ---------------------------------------------------------------------------------
@@ -720,27 +728,7 @@ CHANNEL_KEYS: tuple[Key, ...] = (
 )
 
 
-def _channel_overrides(node: yaml.Node, ctx: _Ctx) -> Mapping[str, ChannelOverride]:
-    entries = _entries(ctx.reader, node, ctx.path)
-    if entries is None:
-        raise _Reported
-    result: dict[str, ChannelOverride] = {}
-    failed = False
-    for name, key_node, value_node in entries:
-        path = _join(ctx.path, name)
-        try:
-            channel_id = _device_id(key_node)
-        except _Invalid as exc:
-            ctx.reader.report(key_node, path, str(exc))
-            failed = True
-            continue
-        parsed = _read_mapping(ctx.reader, value_node, path, CHANNEL_KEYS, anchor=key_node)
-        if parsed.complete:
-            result[channel_id] = ChannelOverride(**parsed.values)
-        failed = failed or not parsed.complete
-    if failed:
-        raise _Reported
-    return MappingProxyType(result)
+_channel_overrides = _by_id(CHANNEL_KEYS, ChannelOverride)
 
 
 CHANNELS_KEYS: tuple[Key, ...] = (
