@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,3 +85,18 @@ async def wait_for(predicate, timeout: float = 5.0, step: float = 0.02):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(step)
+
+
+def free_even_range(count: int, lowest: int, highest: int) -> tuple[int, int]:
+    """A stretch of `count` even ports in [lowest, highest) whose first one is free right now
+    (the RTP port pool skips busy ones); test modules use disjoint stretches."""
+    rng = random.Random()
+    for _ in range(100):
+        low = rng.randrange(lowest, highest, 2)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", low))
+            except OSError:
+                continue
+        return low, low + 2 * count - 1
+    raise AssertionError("no free port found")

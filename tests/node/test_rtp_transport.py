@@ -29,6 +29,8 @@ from sensing_node.transport.rtp import (
 )
 from tests.conftest import DATA
 
+from .conftest import free_even_range
+
 SSRC = 0x0BEBDFA1
 HOST = "127.0.0.1"
 MIB = 1 << 20
@@ -54,21 +56,9 @@ def stream() -> tuple[list[bytes], list[bytes]]:
 
 @pytest.fixture
 def pool() -> PortPool:
-    return PortPool(*free_even_range(40))
+    return PortPool(*free_even_range(40, 20000, 30000))
 
 
-def free_even_range(count: int) -> tuple[int, int]:
-    """A stretch of ports whose first one is free right now (the pool skips busy ones)."""
-    rng = random.Random()
-    for _ in range(100):
-        low = rng.randrange(20000, 30000, 2)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((HOST, low))
-            except OSError:
-                continue
-        return low, low + 2 * count - 1
-    raise AssertionError("no free port found")
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -421,7 +411,7 @@ async def test_tcp_active_gives_up_after_the_configured_tries():
 
 
 async def test_pool_skips_busy_ports_runs_out_and_reuses_released_ones():
-    low, _ = free_even_range(2)
+    low, _ = free_even_range(2, 20000, 30000)
     blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     blocker.bind((HOST, low))
     pool = PortPool(low, low + 3)  # even ports: low, low + 2
@@ -457,7 +447,7 @@ def test_pool_rejects_ranges_without_even_ports():
 
 
 async def test_pool_tcp_ports_come_from_the_same_range():
-    low, high = free_even_range(4)
+    low, high = free_even_range(4, 20000, 30000)
     pool = PortPool(low, high)
     receiver = TcpRtpReceiver(MediaIngest())
     _, port = await receiver.listen_tcp(HOST, pool)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import random
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from sip.headers import Headers
 from sip.message import Request, Response
 from sip.sdp import SessionDescription, build_sdp, parse_sdp, play_offer, subject_header
 from sip.transaction import Peer, RequestReceived, TimerValues
+
+from .conftest import free_even_range
 
 HOST = "127.0.0.1"
 DEVICE_ID = "34020000001320000001"
@@ -64,17 +65,6 @@ async def settled(count: Callable[[], int], quiet: float = 0.25) -> int:
     raise AssertionError("packets kept coming")
 
 
-def free_even_range(count: int) -> tuple[int, int]:
-    rng = random.Random()
-    for _ in range(100):
-        low = rng.randrange(30000, 40000, 2)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((HOST, low))
-            except OSError:
-                continue
-        return low, low + 2 * count - 1
-    raise AssertionError("no free port found")
 
 
 class Recorder(MediaIngest):
@@ -155,7 +145,7 @@ class Play:
 @dataclass
 class Platform:
     endpoint: SipEndpoint = field(init=False)
-    pool: PortPool = field(default_factory=lambda: PortPool(*free_even_range(40)))
+    pool: PortPool = field(default_factory=lambda: PortPool(*free_even_range(40, 30000, 40000)))
     camera_peers: dict[str, Peer] = field(default_factory=dict)
     receivers: list[UdpRtpReceiver | TcpRtpReceiver] = field(default_factory=list)
     cameras: list[SimulatedCamera] = field(default_factory=list)
@@ -309,7 +299,7 @@ def test_clip_arguments_are_checked():
 @pytest.mark.parametrize("transport", ["udp", "tcp-connect", "tcp-listen"])
 async def test_sender_loops_the_clip_with_continuous_numbering(transport):
     clip = load_clip("h264", **SHORT)
-    pool = PortPool(*free_even_range(4))
+    pool = PortPool(*free_even_range(4, 30000, 40000))
     recorder = Recorder()
     receiver: UdpRtpReceiver | TcpRtpReceiver
     remote: tuple[str, int] | None = None
@@ -348,7 +338,7 @@ async def test_sender_loops_the_clip_with_continuous_numbering(transport):
 
 async def test_sender_ends_when_the_tcp_receiver_closes():
     clip = load_clip("h264", **SHORT)
-    pool = PortPool(*free_even_range(4))
+    pool = PortPool(*free_even_range(4, 30000, 40000))
     recorder = Recorder()
     receiver = TcpRtpReceiver(recorder)
     _, port = await receiver.listen_tcp(HOST, pool)
@@ -634,7 +624,7 @@ async def test_received_program_stream_decodes(codec):
     import av
 
     clip = load_clip(codec, **SHORT)
-    pool = PortPool(*free_even_range(2))
+    pool = PortPool(*free_even_range(2, 30000, 40000))
     recorder = Recorder()
     receiver = await UdpRtpReceiver.open(HOST, pool, recorder)
     sender = MediaSender(clip, 7, "udp", (HOST, receiver.port))
