@@ -328,7 +328,9 @@ class LiveStream:
             for unit in self.gop:
                 self._call(consumer, consumer.on_unit, unit)
 
-    def remove(self, consumer: Consumer, *, linger: bool = True) -> None:
+    def remove(
+        self, consumer: Consumer, *, linger: bool = True, reason: str = "no consumers left"
+    ) -> None:
         if consumer not in self.consumers:
             return
         self.consumers.remove(consumer)
@@ -340,7 +342,7 @@ class LiveStream:
             loop = asyncio.get_running_loop()
             self._linger = loop.call_later(linger_s, self._linger_over)
         else:
-            self.stop("no consumers left")
+            self.stop(reason)
 
     def _linger_over(self) -> None:
         self._linger = None
@@ -719,10 +721,13 @@ class StreamHub:
             raise
         return stream
 
-    def unsubscribe(self, channel_id: str, consumer: Consumer, *, linger: bool = True) -> None:
+    def unsubscribe(
+        self, channel_id: str, consumer: Consumer, *, linger: bool = True,
+        reason: str = "no consumers left",
+    ) -> None:
         stream = self.streams.get(channel_id)
         if stream is not None:
-            stream.remove(consumer, linger=linger)
+            stream.remove(consumer, linger=linger, reason=reason)
 
     async def hold(self, channel_id: str, transport: str | None = None) -> LiveStream:
         """Start (or join) a stream on an operator's request; it runs until `release`."""

@@ -192,7 +192,7 @@ class RecordingService:
             task.cancel()
         await asyncio.gather(*self._subscribing.values(), return_exceptions=True)
         for channel_id, consumer in list(self.recordings.items()):
-            self.hub.unsubscribe(channel_id, consumer, linger=False)
+            self.hub.unsubscribe(channel_id, consumer, linger=False, reason="node stopping")
         self.recordings.clear()
         loop = asyncio.get_running_loop()
         if self.recorder is not None:
