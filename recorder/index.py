@@ -249,35 +249,9 @@ class RecordIndex:
         assert row_id is not None
         return GapRow(row_id, channel_id, start_wall, end_wall, reason)
 
-    def record_deletion(self, row: SegmentRow, deleted_at: float) -> DeletionRow:
-        """Move ``row`` from ``segments`` to ``deletions`` (the file itself is not touched).
-
-        Only the retention sweeper calls this, after it has removed the file.
-        """
-        values = (
-            row.channel_id,
-            row.path,
-            row.sha256,
-            row.start_wall,
-            row.end_wall,
-            deleted_at,
-            row.id,
-            row.prev_sha256,
-            row.bytes,
-        )
-        with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO deletions (channel_id, path, sha256, start_wall, end_wall,"
-                " deleted_at, segment_id, prev_sha256, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
-            )
-            db.execute("DELETE FROM segments WHERE id = ?", (row.id,))
-            row_id = cursor.lastrowid
-        assert row_id is not None
-        return DeletionRow(row_id, *values)
-
     def record_deletions(self, rows: Iterable[SegmentRow], deleted_at: float) -> int:
-        """:meth:`record_deletion` for many rows in one transaction; returns how many.
+        """Move ``rows`` from ``segments`` to ``deletions`` in one transaction (the files are not
+        touched); returns how many.
 
         The retention sweeper calls it once per batch, so the write lock is held for one batch
         at a time and the recorder's inserts go in between.

@@ -81,8 +81,7 @@ class ChannelRecording(Consumer):
         self._lost(reason)
 
     def on_end(self, reason: str) -> None:
-        self._lost(reason)
-        self.service.ended(self)
+        self._lost(reason)  # reconcile() subscribes the channel again while it is planned
 
     def _lost(self, reason: str) -> None:
         # The writer ends the open segment after its last frame and records the gap from
@@ -279,9 +278,6 @@ class RecordingService:
         if self.recorder is not None:
             self.recorder.close_channel(channel_id)
         log.info("recording %s stopped (not planned now)", channel_id)
-
-    def ended(self, consumer: ChannelRecording) -> None:
-        """A stream ended under the consumer; `reconcile` subscribes it again."""
 
     # ----- disk and retention -----
     async def _check_disk(self) -> None:

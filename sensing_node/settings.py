@@ -548,14 +548,18 @@ def _boolean(node: yaml.Node, ctx: _Ctx) -> bool:
     raise _Invalid(f"expected true or false, got {_describe(node)}")
 
 
+def _float(node: yaml.Node, what: str) -> float:
+    """An int or float scalar as a float (may be .nan or .inf: callers check ranges)."""
+    if _is(node, "int"):
+        return float(_CONSTRUCT.construct_yaml_int(node))
+    if _is(node, "float"):
+        return float(_CONSTRUCT.construct_yaml_float(node))
+    raise _Invalid(f"expected {what}, got {_describe(node)}")
+
+
 def _degrees(limit: float) -> Parser:
     def parse(node: yaml.Node, ctx: _Ctx) -> float:
-        if _is(node, "int"):
-            value = float(_CONSTRUCT.construct_yaml_int(node))
-        elif _is(node, "float"):
-            value = _CONSTRUCT.construct_yaml_float(node)
-        else:
-            raise _Invalid(f"expected a number of degrees, got {_describe(node)}")
+        value = _float(node, "a number of degrees")
         if not -limit <= value <= limit:  # also rejects .nan
             raise _Invalid(f"must lie within -{limit:g}..{limit:g} degrees, got {node.value}")
         return value
@@ -739,12 +743,7 @@ CHANNELS_KEYS: tuple[Key, ...] = (
 
 def _number(minimum: float) -> Parser:
     def parse(node: yaml.Node, ctx: _Ctx) -> float:
-        if _is(node, "int"):
-            value = float(_CONSTRUCT.construct_yaml_int(node))
-        elif _is(node, "float"):
-            value = _CONSTRUCT.construct_yaml_float(node)
-        else:
-            raise _Invalid(f"expected a number, got {_describe(node)}")
+        value = _float(node, "a number")
         if not value >= minimum:  # also rejects .nan
             raise _Invalid(f"must be at least {minimum:g}, got {node.value}")
         return value

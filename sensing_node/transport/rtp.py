@@ -221,19 +221,16 @@ class _RtpReceiver:
         # our SSRC, the one expected next; it goes straight to the sink.
         if len(data) > 12 and data[0] == 0x80:
             second, seq, ts, ssrc = _PLAIN.unpack_from(data, 1)
-            if ssrc == self.ssrc and not 192 <= second <= 223:
+            if ssrc == self.ssrc and not 192 <= second <= 223 and self.reorder.take(seq):
                 assert self._loop is not None
                 self.packets += 1
                 self.bytes += len(data)
                 self.last_packet_at = self._loop.time()
-                if self.reorder.take(seq):
-                    try:
-                        self._deliver(memoryview(data)[12:], seq, ts, second > 0x7F)
-                    except Exception:
-                        self._sink_failed()
-                    return True
-                self.packets -= 1  # counted again below
-                self.bytes -= len(data)
+                try:
+                    self._deliver(memoryview(data)[12:], seq, ts, second > 0x7F)
+                except Exception:
+                    self._sink_failed()
+                return True
         if is_rtcp(data):
             self.rtcp += 1
             return False
