@@ -62,6 +62,8 @@ class DeviceOverride:
     address: str | None = None
     longitude: float | None = None
     latitude: float | None = None
+    username: str | None = None
+    follow_source: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class DevicesSettings:
     keepalive_timeout_s: int
     time_sync: bool
     overrides: Mapping[str, DeviceOverride]
+    channel_takeover_s: int
 
     def password_for(self, device_id: str) -> str:
         """The digest password for `device_id`: its own if it has one, else the default."""
@@ -106,6 +109,16 @@ class DevicesSettings:
         if override is not None and override.password is not None:
             return override.password
         return self.password
+
+    def username_for(self, device_id: str) -> str | None:
+        """The digest username `device_id` must use, or None when any username is taken."""
+        override = self.overrides.get(device_id)
+        return override.username if override is not None else None
+
+    def follows_source(self, device_id: str) -> bool:
+        """Whether a MESSAGE from another address may move `device_id` there (unsafe)."""
+        override = self.overrides.get(device_id)
+        return override is not None and override.follow_source
 
     def allowed(self, device_id: str) -> bool:
         """Whether `device_id` may register: an empty allow list admits every ID."""
@@ -193,6 +206,7 @@ class RecordingSettings:
     dir: Path | None
     min_free_gb: float
     channels: Mapping[str, Schedule] | None
+    query_max_days: int
 
     def root(self, node: NodeSettings) -> Path:
         """Where segments go: `dir`, or `<data_dir>/recordings`."""
@@ -597,6 +611,9 @@ OVERRIDE_KEYS: tuple[Key, ...] = (
     Key("address", _text, None, "where the device is installed"),
     Key("longitude", _degrees(180), None, "WGS-84 longitude, degrees east"),
     Key("latitude", _degrees(90), None, "WGS-84 latitude, degrees north"),
+    Key("username", _text, None, "digest username this device must use; default: any"),
+    Key("follow_source", _boolean, False,
+        "unsafe: a MESSAGE from another address moves the device there"),
 )
 
 
@@ -671,6 +688,8 @@ DEVICES_KEYS: tuple[Key, ...] = (
     Key("keepalive_timeout_s", _integer(1), 180, "silence after which a device is offline"),
     Key("time_sync", _boolean, True, "send the Date header in REGISTER 200 OK"),
     Key("overrides", _overrides, MappingProxyType({}), "per-device settings by 20-digit ID"),
+    Key("channel_takeover_s", _integer(0), 86400,
+        "a channel moves to another device once its owner has been silent this long"),
 )
 
 
@@ -866,6 +885,8 @@ RECORDING_KEYS: tuple[Key, ...] = (
     Key("min_free_gb", _number(0), 5, "free-space alarm threshold, GB"),
     Key("channels", _recorded_channels, None,
         "all | [channel IDs] | {channel ID: always | off | weekly schedule}"),
+    Key("query_max_days", _integer(1), 31,
+        "longest range a device's RecordInfo query is answered for; longer ones are cut"),
 )
 
 
