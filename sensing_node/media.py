@@ -46,6 +46,7 @@ from sip.transaction import Peer, RequestReceived, ResponseReceived
 
 from .registry import Device, Registry, iso
 from .settings import TRANSPORTS, Settings
+from .supervise import Supervisor
 from .transport.rtp import (
     MediaIngest,
     PortPool,
@@ -651,8 +652,9 @@ class StreamHub:
         endpoint.on_response = self.on_response
 
     # ----- start / stop -----
-    def start(self) -> None:
-        self._tick_task = asyncio.create_task(self._ticker())
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Run the ticker (media timeouts, rates) under `supervisor`, restarted if it fails."""
+        self._tick_task = (supervisor or Supervisor()).spawn("stream ticker", self._ticker)
 
     async def close(self) -> None:
         for stream in list(self.streams.values()):

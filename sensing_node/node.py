@@ -12,6 +12,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 from aiohttp import web
 
@@ -25,6 +26,7 @@ from .settings import Settings
 from .simulator import CameraConfig, SimulatedCamera
 from .stats import Stats
 from .store import Store
+from .supervise import Supervisor
 from .transport.sip import SipEndpoint
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class Node:
         self.settings = settings
         self.wall = wall
         self.stats = Stats()
+        #: restarts the long-lived tasks that fail (housekeeping, recording, ticker, queries)
+        self.supervisor = Supervisor()
         self.store = Store(settings.node.data_dir / "registry.sqlite3")
         self.registry = Registry(
             self.store, keepalive_timeout_s=settings.devices.keepalive_timeout_s
@@ -59,6 +63,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_error: str | None = None
         self.simulators: list[SimulatedCamera] = []
+        self._simulators_run: set[int] = set()
 
     async def start(self) -> None:
         node = self.settings.node
@@ -82,14 +87,14 @@ class Node:
             self.endpoint, self.registry, self.stats, node_id=node.id, realm=node.realm
         )
         self.registrar.queries = self.queries
-        self.queries.start()
-        self.media.start()
+        self.queries.start(self.supervisor)
+        self.media.start(self.supervisor)
         try:
-            await self.recording.start()
+            await self.recording.start(self.supervisor)
         except OSError as exc:
             raise StartupError(f"cannot open the recordings in {self.recording.root}: {exc}") \
                 from exc
-        self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self._tasks.append(self.supervisor.spawn("housekeeping", self._housekeeping))
         await self._start_simulators()
 
     async def _start_simulators(self) -> None:
@@ -111,9 +116,14 @@ class Node:
                 )
             )
             self.simulators.append(camera)
-            self._tasks.append(asyncio.create_task(self._run_simulator(camera)))
+            run = partial(self._run_simulator, len(self.simulators) - 1)
+            self._tasks.append(self.supervisor.spawn("simulated cameras", run))
 
-    async def _run_simulator(self, camera: SimulatedCamera) -> None:
+    async def _run_simulator(self, index: int) -> None:
+        camera = self.simulators[index]
+        if index in self._simulators_run:  # a restart: the failed run closed its sockets
+            camera = self.simulators[index] = SimulatedCamera(camera.config)
+        self._simulators_run.add(index)
         try:
             await camera.start()
             log.info("simulated camera %s registered over %s: %s", camera.device_id,
@@ -174,6 +184,7 @@ class Node:
         if self._flush_error:
             problems.append(self._flush_error)
         problems += self.recording.problems()
+        problems += self.supervisor.problems()
         if len(self.registrar.pending) > self.registrar.max_pending // 2:
             problems.append("MESSAGE backlog above half its limit")
         return problems

@@ -26,6 +26,7 @@ from sip.transaction import Peer
 
 from .registry import Device, Registry
 from .stats import Stats
+from .supervise import Supervisor
 
 if TYPE_CHECKING:
     from .transport.sip import SipEndpoint
@@ -76,9 +77,11 @@ class DeviceQueries:
         self._call_prefix = f"{random.getrandbits(48):012x}"
         self.completed = 0
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the workers under `supervisor`: one that fails is restarted, not lost."""
+        supervisor = supervisor or Supervisor()
         for _ in range(self.max_inflight):
-            self._workers.append(asyncio.create_task(self._worker()))
+            self._workers.append(supervisor.spawn("device queries", self._worker))
 
     async def stop(self) -> None:
         for task in self._workers:

@@ -37,6 +37,7 @@ from sip import ids, manscdp
 from .media import Consumer, StreamError, StreamHub
 from .registry import Registry
 from .settings import RecordingSettings, Settings
+from .supervise import Supervisor
 
 __all__ = ["ChannelRecording", "RecordingService", "StoragePlan", "plan_storage"]
 
@@ -169,7 +170,9 @@ class RecordingService:
         self.last_end_before_start: dict[str, float] = {}
 
     # ----- start / stop -----
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        """Open the recorder and the audit log, then run the recording loop under `supervisor`
+        (restarted with backoff if it fails; a supervisor of its own without one)."""
         loop = asyncio.get_running_loop()
         tz = self.settings.node.tz
         self.recorder = await loop.run_in_executor(None, lambda: Recorder(
@@ -180,7 +183,7 @@ class RecordingService:
         self.last_end_before_start = await loop.run_in_executor(self._reader, self._last_ends)
         await self._check_disk()
         await self._warn_if_too_small()
-        self._task = asyncio.create_task(self._run())
+        self._task = (supervisor or Supervisor()).spawn("recording", self._run)
 
     async def stop(self) -> None:
         """Unsubscribe, then close every open segment (durable, hashed, indexed)."""

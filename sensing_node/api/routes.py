@@ -149,6 +149,7 @@ async def stats(request: web.Request) -> web.Response:
     body["channels"] = sum(1 for _ in node.registry.channels())
     body["tcp_connections"] = len(node.endpoint.connections)
     body["recording"] = node.recording.stats()
+    body["tasks"] = node.supervisor.as_dict()  # failures and restarts of long-lived tasks
     body["transactions"] = {
         "server": node.endpoint.tx.server_transaction_count,
         "client": node.endpoint.tx.client_transaction_count,
