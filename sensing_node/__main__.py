@@ -12,6 +12,10 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import NodeSettings
 
 log = logging.getLogger("sensing_node")
 
@@ -131,11 +135,39 @@ def cmd_plan_storage(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings_or_exit(args.file)
     node = settings.node
-    print(
-        f"{args.file}: OK (node {node.id}, realm {node.realm}, "
-        f"SIP {node.sip_host}:{node.sip_port}, HTTP {node.http_host}:{node.http_port})"
-    )
+    print(f"{args.file}: OK (node {node.id}, realm {node.realm})")
+    print("\n".join(listening_lines(node)))
     return 0
+
+
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listening_lines(node: NodeSettings) -> list[str]:
+    """What the node binds (SIP, HTTP, RTP), and a warning for each service on every
+    interface."""
+    lines = [
+        f"listens: SIP on {_host_port(node.sip_host, node.sip_port)} (UDP and TCP), "
+        f"HTTP API on {_host_port(node.http_host, node.http_port)}, "
+        f"RTP on {node.media_ip} ports {node.rtp_port_min}-{node.rtp_port_max} "
+        f"(UDP and TCP, node.media_ip)"
+    ]
+    if node.sip_host in WILDCARDS:
+        lines.append(
+            f"WARNING: SIP listens on every interface ({node.sip_host}): any host that can reach "
+            "this machine can send it REGISTERs and MESSAGEs; set node.sip_listen to the address "
+            "the devices use to narrow it"
+        )
+    if node.http_host in WILDCARDS:
+        lines.append(
+            f"WARNING: the HTTP API listens on every interface ({node.http_host}); keep it on "
+            "loopback behind a reverse proxy with TLS unless the network is trusted"
+        )
+    return lines
 
 
 def cmd_run(args: argparse.Namespace) -> int:

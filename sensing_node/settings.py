@@ -80,6 +80,7 @@ class NodeSettings:
     http_host: str
     http_port: int
     api_token: str
+    api_trusted_proxy: bool
     data_dir: Path
     timezone_name: str | None
 
@@ -658,6 +659,8 @@ NODE_KEYS: tuple[Key, ...] = (
     Key("rtp_ports", _port_range, (30000, 30999), "local ports for RTP, as low-high"),
     Key("http_listen", _listen, _HostPort("127.0.0.1", 8080), "address of the HTTP API"),
     Key("api_token", _text, doc="Bearer token required on /api/*"),
+    Key("api_trusted_proxy", _boolean, False,
+        "holders of api_token are an authenticating proxy: X-User names the operator"),
     Key("data_dir", _path, Path("data"), "recordings and state; relative to the config file"),
     Key("timezone", _zone, None, "IANA zone for the Date header and file names; default: system"),
 )
@@ -676,6 +679,7 @@ def _build_node(reader: _Reader, parsed: _Parsed) -> NodeSettings:
         http_host=v["http_listen"].host,
         http_port=v["http_listen"].port,
         api_token=v["api_token"],
+        api_trusted_proxy=v["api_trusted_proxy"],
         data_dir=(reader.base_dir / v["data_dir"]).resolve(),
         timezone_name=v["timezone"],
     )

@@ -214,9 +214,12 @@ async def stop_live(request: web.Request) -> web.Response:
 
 # ----- recordings -----
 def _actor(request: web.Request) -> str:
-    """Who is asking: the operator named by an authenticating proxy (X-User), else the token,
-    with the client's address either way."""
-    user = request.headers.get("X-User", "").strip()[:100]
+    """Who is asking, with the client's address: the operator that an authenticating proxy
+    names in X-User when the token's holder is that proxy (`node.api_trusted_proxy`), else the
+    token itself; from anyone else X-User is only a claim and is ignored."""
+    user = ""
+    if request.app[NODE].settings.node.api_trusted_proxy:
+        user = request.headers.get("X-User", "").strip()[:100]
     return f"{user or 'api-token'}@{request.remote or '?'}"
 
 
@@ -349,7 +352,7 @@ async def audit_log(request: web.Request) -> web.Response:
         for name in ("start", "end"):
             if request.query.get(name):
                 filters[name] = _time(request, name)
-        filters["limit"] = min(int(request.query.get("limit", "1000")), 10_000)
+        filters["limit"] = _limit(request.query.get("limit") or "1000")
     except (_BadQuery, ValueError) as exc:
         return _error(400, str(exc))
     tz = node.settings.node.tz
@@ -360,6 +363,19 @@ async def audit_log(request: web.Request) -> web.Response:
          "purpose": e.purpose, "result": e.result, "detail": e.detail, "hash": e.hash}
         for e in entries
     ])
+
+
+AUDIT_LIMIT_MAX = 10_000
+
+
+def _limit(text: str) -> int:
+    """An audit query's `limit`: a whole number of entries from 1 to AUDIT_LIMIT_MAX."""
+    text = text.strip()
+    if not (len(text) <= 9 and text.isascii() and text.isdigit()
+            and 1 <= int(text) <= AUDIT_LIMIT_MAX):
+        raise _BadQuery(f"limit must be a whole number from 1 to {AUDIT_LIMIT_MAX:,}, "
+                        f"got {text[:20]!r}")
+    return int(text)
 
 
 def _error(status: int, message: str) -> web.Response:

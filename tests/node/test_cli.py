@@ -38,6 +38,36 @@ def test_shipped_configs_are_valid(name):
     assert "OK" in result.stdout
 
 
+def test_check_config_says_what_each_service_binds_and_warns_of_every_interface(tmp_path):
+    wide = tmp_path / "wide.yaml"
+    wide.write_text(
+        "node:\n"
+        "  sip_listen: \"0.0.0.0:5060\"\n"
+        "  http_listen: \"[::]:8080\"\n"
+        "  media_ip: \"192.0.2.10\"\n"
+        "  rtp_ports: \"40000-40099\"\n"
+        "  api_token: t\n"
+        "devices:\n"
+        "  password: p\n"
+    )
+    result = cli("check-config", str(wide))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{wide}: OK")
+    assert lines[1] == ("listens: SIP on 0.0.0.0:5060 (UDP and TCP), HTTP API on [::]:8080, "
+                        "RTP on 192.0.2.10 ports 40000-40099 (UDP and TCP, node.media_ip)")
+    assert lines[2].startswith("WARNING: SIP listens on every interface (0.0.0.0)")
+    assert lines[3].startswith("WARNING: the HTTP API listens on every interface (::)")
+
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text(wide.read_text().replace("0.0.0.0:5060", "192.0.2.10:5060")
+                      .replace("[::]:8080", "127.0.0.1:8080"))
+    result = cli("check-config", str(narrow))
+    assert result.returncode == 0, result.stderr
+    assert "SIP on 192.0.2.10:5060 (UDP and TCP), HTTP API on 127.0.0.1:8080" in result.stdout
+    assert "WARNING" not in result.stdout
+
+
 def test_bad_config_lists_every_problem_with_file_and_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
