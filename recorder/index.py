@@ -157,16 +157,23 @@ class RecordIndex:
     """The segment/gap/deletion index at ``path`` (created if missing).
 
     Safe to share between threads (one connection behind a lock); other processes may read the
-    same file concurrently thanks to WAL.
+    same file concurrently thanks to WAL. The recorder's writer thread is the one writer;
+    everybody else opens the index with ``read_only=True`` (``PRAGMA query_only``: any write
+    through it fails with ``sqlite3.OperationalError``), which also leaves the schema alone.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA busy_timeout = 5000")
+        if read_only:
+            self._db.execute("PRAGMA query_only = ON")
+            return
         self._db.execute("PRAGMA journal_mode = WAL")
-        # FULL: a row the writer reports as indexed survives a power cut as well.
+        # FULL: a row the writer reports as indexed survives a power cut as well (WAL: the
+        # log is fsync'd at every commit).
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(_SCHEMA)
 
@@ -253,8 +260,8 @@ class RecordIndex:
         """Move ``rows`` from ``segments`` to ``deletions`` in one transaction (the files are not
         touched); returns how many.
 
-        The retention sweeper calls it once per batch, so the write lock is held for one batch
-        at a time and the recorder's inserts go in between.
+        The retention sweeper has the recorder's writer thread call it once per batch, so the
+        recorder's inserts go in between.
         """
         values = [
             (

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def sweep(
     *,
     allow_short: bool = False,
     batch_size: int = BATCH_SIZE,
+    record: Callable[[list[SegmentRow], float], int] | None = None,
 ) -> list[SegmentRow]:
     """Delete the segments whose end is more than ``retention_days`` before ``now``.
 
@@ -73,10 +75,16 @@ def sweep(
     ``deletions`` in one transaction, so the write lock is held for one batch at a time. Each
     file is logged at DEBUG and each channel's day at INFO (WARNING when files were already
     gone); ``deletions`` keeps every file.
+
+    ``index`` is only read when ``record(rows, deleted_at)`` is given to commit the deletions
+    (``Recorder.record_deletions``: the recorder's writer thread does it); by default they are
+    written through ``index``.
     """
     check_retention_days(retention_days, allow_short)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    if record is None:
+        record = index.record_deletions
     ids = index.segment_ids_ended_before(now - retention_days * _DAY)
     top = os.fspath(root)
     deleted: list[SegmentRow] = []
@@ -87,7 +95,7 @@ def sweep(
     try:
         for first in range(0, len(ids), batch_size):
             rows = index.segments_by_id(ids[first : first + batch_size])
-            done = _delete_batch(top, index, rows, now, days)
+            done = _delete_batch(top, record, rows, now, days)
             deleted += done
             now_touched = {row.path.rpartition("/")[0] for row in done}
             _remove_empty(top, touched - now_touched)
@@ -118,7 +126,11 @@ class _Day:
 
 
 def _delete_batch(
-    top: str, index: RecordIndex, rows: list[SegmentRow], now: float, days: dict[str, _Day]
+    top: str,
+    record: Callable[[list[SegmentRow], float], int],
+    rows: list[SegmentRow],
+    now: float,
+    days: dict[str, _Day],
 ) -> list[SegmentRow]:
     """Remove the files of ``rows`` and record them; on an error, record what was removed."""
     done: list[SegmentRow] = []
@@ -134,7 +146,7 @@ def _delete_batch(
             done.append(row)
     finally:
         if done:
-            index.record_deletions(done, deleted_at=now)
+            record(done, now)
             debug = log.isEnabledFor(logging.DEBUG)
             for row, missing in zip(done, gone, strict=True):
                 directory = row.path.rpartition("/")[0]

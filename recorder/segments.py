@@ -7,10 +7,12 @@ concatenate to the stream), so each file plays on its own. Layout::
     <root>/<channel>/<YYYY-MM-DD>/<YYYYmmddTHHMMSS.fff>.ps       (local time of the first frame)
     <root>/<channel>/<YYYY-MM-DD>/<YYYYmmddTHHMMSS.fff>.ps.part  (while being written)
 
-Life of a segment: units are batched in memory and written about 1 MiB at a time; on close the
-file is fsync'd, renamed from ``.part`` and its directory fsync'd, and only then indexed, with
-the SHA-256 computed while writing and the channel's previous hash (the chain). A ``.part`` left
-by a crash is finished by ``recorder.recovery``.
+Life of a segment: units are batched in memory and written about 1 MiB at a time; ``sync()``
+(the recorder's periodic pass) also writes out the batch and fdatasyncs the ``.part`` file, and
+the directory holding it the first time; on close the file is fsync'd, renamed from ``.part``
+and its directory fsync'd, and only then indexed, with the SHA-256 computed while writing and the
+channel's previous hash (the chain). A ``.part`` left by a crash or a power loss is finished by
+``recorder.recovery``.
 
 Every write goes through :func:`_write`, so tests can inject ``ENOSPC``. A failed write ends the
 segment at the last unit written completely (truncate, fsync, index) and records a gap until
@@ -148,6 +150,7 @@ class _Open:
     buffered: int = 0  # their total length
     pending: list[_Unit] = field(default_factory=list)
     written: int = 0  # bytes in the file
+    synced: int = 0  # bytes of the file on the disk (fdatasync'd)
     frames: int = 0
     start_pts: int | None = None
     end_pts: int | None = None
@@ -162,9 +165,10 @@ class SegmentWriter:
     :param tz: local time zone for directory and file names.
     :param buffer_bytes: write batch size.
 
-    ``write()``, ``gap()``, ``lost()`` and ``close()`` return the segment rows they indexed.
-    Counters: ``units``, ``bytes``, ``dropped_units`` (not written: before a keyframe),
-    ``segments_closed``, ``write_errors``; ``last_error`` holds the latest error text.
+    ``write()``, ``gap()``, ``lost()``, ``sync()`` and ``close()`` return the segment rows they
+    indexed. Counters: ``units``, ``bytes``, ``dropped_units`` (not written: before a keyframe),
+    ``segments_closed``, ``write_errors``, ``syncs`` (fdatasync calls); ``last_error`` holds the
+    latest error text.
     """
 
     def __init__(
@@ -192,6 +196,7 @@ class SegmentWriter:
         self.dropped_units = 0
         self.segments_closed = 0
         self.write_errors = 0
+        self.syncs = 0
         self.last_error: str | None = None
         self._open: _Open | None = None
         self._prev_sha: str | None = index.chain_head(channel_id)
@@ -259,6 +264,29 @@ class SegmentWriter:
         """Write the buffered bytes of the open segment to its ``.part`` file (no fsync)."""
         seg = self._open
         return self._flush(seg) if seg is not None and seg.chunks else []
+
+    def sync(self) -> list[SegmentRow]:
+        """Write the buffered bytes of the open segment and fdatasync its ``.part`` file, so a
+        power loss keeps them; the first time, the directory entry of the new file too.
+
+        Does nothing when the file has not grown since the last call. A failed fdatasync is
+        counted and logged; the segment stays open and its close fsyncs it again."""
+        seg = self._open
+        if seg is None:
+            return []
+        closed = self._flush(seg) if seg.chunks else []
+        if self._open is not seg or seg.written == seg.synced:
+            return closed
+        try:
+            os.fdatasync(seg.fd)
+            if not seg.synced:
+                fsync_dir(seg.part.parent)
+        except OSError as exc:
+            self._error(f"cannot sync {seg.part}", exc)
+            return closed
+        seg.synced = seg.written
+        self.syncs += 1
+        return closed
 
     def close(self) -> list[SegmentRow]:
         """End the open segment (durable and indexed on return) and any gap still open."""

@@ -3,13 +3,24 @@
 The caller (an asyncio loop receiving RTP) calls :meth:`Recorder.submit` per access unit; that
 only puts a tuple on a ``queue.SimpleQueue``. The thread owns every :class:`SegmentWriter`,
 so file writes, hashing, fsync and SQLite inserts all happen there. Errors are counted, logged
-(throttled) and never end the thread. The queue is bounded by ``max_queue``: past it, units are
-dropped and the channel resumes at its next keyframe, with a gap recorded.
+(throttled) and never end the thread. The queue is bounded by ``max_queue`` units and by
+``max_queue_bytes`` bytes of PS: past either, units are dropped and the channel resumes at its
+next keyframe, with a gap recorded.
+
+Durability: every ``fsync_s`` seconds the writer thread makes one pass over the open segments,
+writes out what each has buffered and fdatasyncs its ``.part`` file (one call per file that grew
+since the last pass), so a power loss costs at most about that much of each open segment.
+
+The thread is the index's only writer: segments, gaps, recovery and the retention sweep's
+deletions (:meth:`Recorder.sweep` reads on its caller's thread and hands each batch of
+deletions to the writer) all commit through its connection.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import math
 import queue
 import threading
 import time
@@ -22,15 +33,27 @@ from rtp.ps import AccessUnit
 
 from .index import RecordIndex, SegmentRow
 from .recovery import recover
-from .retention import check_retention_days, sweep
+from .retention import BATCH_SIZE, check_retention_days, sweep
 from .segments import BUFFER_BYTES, SegmentWriter, check_channel_id, local_tz
 
-__all__ = ["Recorder"]
+__all__ = ["FSYNC_S", "MAX_QUEUE_BYTES", "Recorder", "RecorderClosed"]
 
 log = logging.getLogger("recorder.service")
 
 _LOG_EVERY_S = 10.0  # at most one error log line per this many seconds
 _STOP = "stop"
+_SYNC_CHECK_ITEMS = 256  # in a long batch, read the clock for the sync pass this often
+
+#: Default byte bound of the queue: at 300 cameras of 4 Mbit/s (150 MB/s) about 1.7 s of a
+#: stalled writer, what the 10,000-unit bound holds at their ~20 KB frames, while a queue of
+#: 300 KB keyframes can no longer grow to gigabytes.
+MAX_QUEUE_BYTES = 256 << 20
+#: Default interval of the sync pass (fdatasync of every open segment), seconds.
+FSYNC_S = 2.0
+
+
+class RecorderClosed(RuntimeError):
+    """The recorder was closed before it could do what was asked."""
 
 
 class Recorder:
@@ -39,14 +62,24 @@ class Recorder:
 
     :param segment_s: target segment duration (cut at the next video keyframe).
     :param tz: time zone for file names (the node's local zone by default).
-    :param clock: wall clock, used for the time of a queue overflow.
+    :param clock: wall clock, the default ``now`` of :meth:`sweep`.
     :param on_segment: called in the writer thread with each row once indexed.
-    :param max_queue: queue depth past which units are dropped.
+    :param max_queue: queue depth (units) past which units are dropped.
+    :param max_queue_bytes: PS bytes the queue may hold; a unit that would go past it is dropped.
+    :param fsync_s: interval of the sync pass over the open segments; 0 or None: segments are
+        made durable only when they close.
+    :param monotonic: the clock of the sync pass (tests pass a fake one).
     :param recover_on_start: first thing in the thread, finish and index what a crash left
         (``recorder.recovery.recover``); the rows are announced through ``on_segment`` too.
 
     Counters: ``units``, ``bytes``, ``segments_closed``, ``write_errors``, ``dropped_units``,
-    ``deleted`` (by retention); ``queue_depth``; ``last_error``.
+    ``deleted`` (by retention), ``syncs`` (fdatasync calls), ``sync_passes``, ``sync_s``
+    (seconds spent in them); ``queue_depth``, ``queue_bytes``; ``last_error``.
+
+    Each counter has one owner thread, so no ``+=`` ever races with another: :meth:`submit`'s
+    thread (the event loop in the node) owns the queue's byte intake and the drops at the door;
+    the writer thread owns everything else. ``dropped_units`` and ``queue_bytes`` add up the two
+    sides when read.
     """
 
     def __init__(
@@ -59,11 +92,16 @@ class Recorder:
         clock: Callable[[], float] = time.time,
         on_segment: Callable[[SegmentRow], None] | None = None,
         max_queue: int = 10_000,
+        max_queue_bytes: int = MAX_QUEUE_BYTES,
         buffer_bytes: int = BUFFER_BYTES,
+        fsync_s: float | None = FSYNC_S,
+        monotonic: Callable[[], float] = time.monotonic,
         recover_on_start: bool = True,
     ) -> None:
         if segment_s < 1:
             raise ValueError(f"segment_s must be at least 1 second, not {segment_s}")
+        if fsync_s is not None and not fsync_s >= 0:
+            raise ValueError(f"fsync_s must be 0 (off) or a positive interval, not {fsync_s}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.index = RecordIndex(index_path if index_path is not None else root_index(self.root))
@@ -72,19 +110,32 @@ class Recorder:
         self.clock = clock
         self.on_segment = on_segment
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.buffer_bytes = buffer_bytes
+        self.fsync_s = fsync_s or None
+        self.monotonic = monotonic
         #: how long the writer thread pauses when it has emptied the queue
         self.batch_pause_s = 0.01
+        # Owned by the writer thread:
         self.units = 0
         self.bytes = 0
         self.segments_closed = 0
         self.write_errors = 0
-        self.dropped_units = 0
         self.deleted = 0
+        self.syncs = 0
+        self.sync_passes = 0
+        self.sync_s = 0.0
         self.last_error: str | None = None
+        self._writer_dropped = 0  # not written: waiting for a keyframe after a loss
+        self._bytes_out = 0  # PS bytes of the units taken off the queue
+        # Owned by the thread that calls submit():
+        self._door_dropped = 0  # refused at submit(): queue full, or closed
+        self._bytes_in = 0  # PS bytes of the units queued
+        self._overflowing: set[str] = set()
         self._writers: dict[str, SegmentWriter] = {}
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._overflowing: set[str] = set()
+        # Requests are put under this lock, and so is the stop: none lands behind it unanswered.
+        self._put_lock = threading.Lock()
         self._closed = False
         self._last_log = float("-inf")
         self._suppressed = 0
@@ -99,18 +150,38 @@ class Recorder:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def queue_bytes(self) -> int:
+        """PS bytes of the units queued and not yet taken by the writer thread."""
+        return self._bytes_in - self._bytes_out
+
+    @property
+    def dropped_units(self) -> int:
+        """Units not recorded: refused by :meth:`submit` (queue full, closed) or left out by
+        the writer (waiting for a keyframe after a loss)."""
+        return self._door_dropped + self._writer_dropped
+
     def submit(self, channel_id: str, unit: AccessUnit, wall: float) -> None:
-        """Queue ``unit`` of ``channel_id``, received at ``wall`` (Unix seconds). Never blocks."""
+        """Queue ``unit`` of ``channel_id``, received at ``wall`` (Unix seconds). Never blocks.
+
+        Call it from one thread (the media path's): the intake counters are that thread's own.
+        """
         if self._closed:
-            self.dropped_units += 1
+            self._door_dropped += 1
             return
-        if self._queue.qsize() >= self.max_queue:
-            self.dropped_units += 1
+        size = len(unit.ps_bytes)
+        if (
+            self._bytes_in - self._bytes_out + size > self.max_queue_bytes
+            or self._queue.qsize() >= self.max_queue
+        ):
+            self._door_dropped += 1
             if channel_id not in self._overflowing:
                 self._overflowing.add(channel_id)
                 self._queue.put(("lost", channel_id, wall, "recorder queue full"))
             return
-        self._overflowing.discard(channel_id)
+        if self._overflowing:
+            self._overflowing.discard(channel_id)
+        self._bytes_in += size
         self._queue.put(("unit", channel_id, unit, wall))
 
     def gap(self, channel_id: str, start_wall: float, end_wall: float, reason: str) -> None:
@@ -121,11 +192,45 @@ class Recorder:
         """Packets were lost at ``wall``: resume at the next keyframe, recording the gap."""
         self._put(("lost", channel_id, wall, reason))
 
-    def sweep(self, retention_days: float, now: float | None = None) -> None:
-        """Run the retention sweeper (``recorder.retention.sweep``) in the writer thread;
-        ``now`` defaults to the clock. Deletions are logged and kept in the index."""
-        check_retention_days(retention_days)
-        self._put(("sweep", None, retention_days, self.clock() if now is None else now))
+    def sweep(
+        self,
+        retention_days: float,
+        now: float | None = None,
+        *,
+        allow_short: bool = False,
+        reader: RecordIndex | None = None,
+        batch_size: int = BATCH_SIZE,
+    ) -> list[SegmentRow]:
+        """Run the retention sweeper (``recorder.retention.sweep``) on the calling thread and
+        return the rows it deleted; ``now`` defaults to the clock.
+
+        It finds the rows through ``reader`` (a read-only connection of the caller's; by
+        default one opened for this sweep) and removes the files on the calling thread, while
+        each batch of deletions is committed by the writer thread, between its own inserts
+        (:meth:`record_deletions`): the index keeps a single writer. Deletions are logged and
+        kept in the index. Not to be called on the writer thread (``on_segment``).
+        """
+        check_retention_days(retention_days, allow_short)
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("Recorder.sweep would wait for its own thread")
+        at = self.clock() if now is None else now
+        own = reader is None
+        index = RecordIndex(self.index.path, read_only=True) if reader is None else reader
+        try:
+            return sweep(self.root, index, retention_days, at, allow_short=allow_short,
+                         batch_size=batch_size, record=self.record_deletions)
+        finally:
+            if own:
+                index.close()
+
+    def record_deletions(self, rows: list[SegmentRow], deleted_at: float) -> int:
+        """Have the writer thread move ``rows`` to the index's ``deletions`` (one transaction)
+        and wait for it; returns how many. :class:`RecorderClosed` once the recorder is
+        closed."""
+        done: concurrent.futures.Future[int] = concurrent.futures.Future()
+        if not self._put(("deletions", None, list(rows), deleted_at, done)):
+            raise RecorderClosed("the recorder is closed; deletions not recorded")
+        return done.result()
 
     def close_channel(self, channel_id: str) -> None:
         """End the channel's open segment (e.g. on BYE)."""
@@ -147,9 +252,10 @@ class Recorder:
 
     def close(self, timeout: float | None = None) -> None:
         """Drain the queue, close every open segment (durable and indexed), stop the thread."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put((_STOP,))
+        with self._put_lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put((_STOP,))
         self._thread.join(timeout)
         if not self._thread.is_alive():
             self.index.close()
@@ -161,24 +267,42 @@ class Recorder:
         self.close()
 
     def _put(self, item: tuple[Any, ...]) -> bool:
-        if self._closed:  # shutting down: late requests from the media path are ignored
-            return False
-        self._queue.put(item)
-        return True
+        with self._put_lock:
+            if self._closed:  # shutting down: late requests from the media path are ignored
+                return False
+            self._queue.put(item)
+            return True
 
     # -- writer thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
-        queue_ = self._queue
+        get, empty = self._queue.get, self._queue.empty
+        clock, idle = self.monotonic, self.fsync_s  # idle: wake up for the sync pass
+        every = idle or math.inf
+        next_sync = clock() + every
+        check = 0  # items until the clock is read again for the sync pass
         while True:
-            item = queue_.get()
+            try:
+                item: tuple[Any, ...] | None = get(timeout=idle)
+            except queue.Empty:
+                item = None
+            if check <= 0 or item is None:  # a batch starts (or a long one goes on)
+                check = _SYNC_CHECK_ITEMS
+                if clock() >= next_sync:
+                    self._sync()
+                    next_sync = clock() + every
+            if item is None:
+                check = 0
+                continue
+            check -= 1
             if item[0] == _STOP:
                 break
             try:
                 self._handle(item)
             except Exception as exc:  # the thread must outlive any one error
                 self._failed(item, exc)
-            if queue_.empty():
+            if empty():
+                check = 0  # the next item starts a batch: the clock is read before it
                 # Let work gather: one wake-up per pause instead of one per access unit, and
                 # the media thread's put() finds nobody to wake (no futex call per frame).
                 time.sleep(self.batch_pause_s)
@@ -190,6 +314,12 @@ class Recorder:
 
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
+        if kind == "unit":
+            unit = item[2]
+            self._bytes_out += len(unit.ps_bytes)  # off the queue, whatever becomes of it
+            writer = self._writer(item[1])
+            self._apply(writer, writer.write, unit, item[3])
+            return
         if kind in ("barrier", "flush"):
             try:
                 if kind == "flush":
@@ -202,14 +332,19 @@ class Recorder:
             for row in recover(self.root, self.index, tz=self.tz):
                 self._announce(row)
             return
-        if kind == "sweep":
-            self.deleted += len(sweep(self.root, self.index, item[2], item[3]))
+        if kind == "deletions":
+            done = item[4]
+            try:
+                count = self.index.record_deletions(item[2], item[3])
+            except BaseException as exc:
+                done.set_exception(exc)
+                raise
+            self.deleted += count
+            done.set_result(count)
             return
         channel_id = item[1]
         writer = self._writer(channel_id)
-        if kind == "unit":
-            self._apply(writer, writer.write, item[2], item[3])
-        elif kind == "gap":
+        if kind == "gap":
             self._apply(writer, writer.gap, item[2], item[3], item[4])
         elif kind == "lost":
             self._apply(writer, writer.lost, item[2], item[3])
@@ -234,6 +369,19 @@ class Recorder:
             self._writers[channel_id] = writer
         return writer
 
+    def _sync(self) -> None:
+        """The sync pass: write out and fdatasync every open segment that grew since the last."""
+        began = self.monotonic()
+        for writer in list(self._writers.values()):
+            syncs = writer.syncs
+            try:
+                self._apply(writer, writer.sync)
+            except Exception as exc:
+                self._failed(("sync", writer.channel_id), exc)
+            self.syncs += writer.syncs - syncs
+        self.sync_passes += 1
+        self.sync_s += self.monotonic() - began
+
     def _apply(
         self, writer: SegmentWriter, call: Callable[..., list[SegmentRow]], *args: Any
     ) -> None:
@@ -245,7 +393,7 @@ class Recorder:
             self.units += writer.units - before[0]
             self.bytes += writer.bytes - before[1]
             self.write_errors += writer.write_errors - before[2]
-            self.dropped_units += writer.dropped_units - before[3]
+            self._writer_dropped += writer.dropped_units - before[3]
             if writer.write_errors != before[2]:
                 self.last_error = f"channel {writer.channel_id}: {writer.last_error}"
                 self._log(self.last_error)

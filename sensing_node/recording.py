@@ -9,8 +9,9 @@ the index.
 
 It also watches the disk (`recording.min_free_gb`: alarm in the log, `/healthz`, `/api/stats`;
 nothing in retention is ever deleted to make room), runs the retention sweeper hourly, answers
-searches and RecordInfo queries from the index (on a reader thread with its own connection), and
-writes the audit log of who fetched what.
+searches and RecordInfo queries from the index (on a reader thread with its own read-only
+connection; the sweep reads there too, and the recorder's writer thread commits its deletions),
+and writes the audit log of who fetched what.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import Any
 from recorder.audit import AuditLog
 from recorder.export import SegmentRef
 from recorder.index import GapRow, RecordIndex, SegmentRow
-from recorder.retention import sweep
 from recorder.service import Recorder, root_index
 from rtp.ps import AccessUnit
 from sip import ids, manscdp
@@ -177,6 +177,7 @@ class RecordingService:
         tz = self.settings.node.tz
         self.recorder = await loop.run_in_executor(None, lambda: Recorder(
             self.root, segment_s=self.config.segment_s, tz=tz, clock=self.wall,
+            fsync_s=self.config.fsync_s,
         ))
         audit_path = self.settings.node.data_dir / "audit.sqlite3"
         self.audit = await loop.run_in_executor(self._audit_thread, AuditLog, audit_path)
@@ -311,9 +312,13 @@ class RecordingService:
         return await loop.run_in_executor(self._reader, self._sweep)
 
     def _sweep(self) -> list[SegmentRow]:
-        index = self._index()
-        return sweep(self.root, index, self.config.retention_days, self.wall(),
-                     allow_short=self.config.allow_short_retention)
+        # Found through the read-only connection, files removed here, and each batch of
+        # deletions committed by the recorder's writer thread: the index has one writer.
+        recorder = self.recorder
+        if recorder is None:
+            return []
+        return recorder.sweep(self.config.retention_days, self.wall(), reader=self._index(),
+                              allow_short=self.config.allow_short_retention)
 
     async def _warn_if_too_small(self) -> None:
         loop = asyncio.get_running_loop()
@@ -350,7 +355,7 @@ class RecordingService:
     # ----- reading the index (one reader thread, its own connection) -----
     def _index(self) -> RecordIndex:
         if self._read_index is None:
-            self._read_index = RecordIndex(root_index(self.root))
+            self._read_index = RecordIndex(root_index(self.root), read_only=True)
         return self._read_index
 
     def _last_ends(self) -> dict[str, float]:
@@ -386,8 +391,15 @@ class RecordingService:
             for row in segments
         ]
 
-    async def record_info(self, query: manscdp.ManscdpMessage) -> list[bytes]:
-        """Response/RecordInfo bodies for a Query/RecordInfo, from the index."""
+    async def record_info(
+        self, query: manscdp.ManscdpMessage, *, known: bool = True
+    ) -> list[bytes]:
+        """Response/RecordInfo bodies for a Query/RecordInfo, from the index.
+
+        A range longer than `recording.query_max_days` is cut to its last that many days.
+        `known=False` answers as for a channel the node has never heard of (no items, the ID as
+        its name): what a device gets when it asks about a channel that is not its own.
+        """
         tz = self.settings.node.tz
         fields = query.fields
         channel_id = query.device_id
@@ -396,9 +408,11 @@ class RecordingService:
             end = manscdp.parse_gb_time(fields.get("EndTime", ""), tz).timestamp()
         except ValueError:
             start, end = 0.0, 0.0
-        segments, _ = await self.search(channel_id, start, end) if end > start else ([], [])
+        start = max(start, end - self.settings.recording.query_max_days * 86400.0)
+        searched = known and end > start
+        segments, _ = await self.search(channel_id, start, end) if searched else ([], [])
         name = channel_id
-        device = self.registry.channel_device(channel_id)
+        device = self.registry.channel_device(channel_id) if known else None
         if device is not None:
             name = device.channels.get(channel_id, {}).get("Name", "") or device.name or name
         items = record_items(segments, channel_id, name, self.settings.node.id, tz)

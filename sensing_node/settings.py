@@ -147,6 +147,7 @@ class MediaSettings:
     rtp_payload_max: int
     linger_s: int
     answer_timeout_s: int
+    connect_timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ class RecordingSettings:
     retention_days: int
     allow_short_retention: bool
     segment_s: int
+    fsync_s: float
     dir: Path | None
     min_free_gb: float
     channels: Mapping[str, Schedule] | None
@@ -739,14 +741,27 @@ def _bounded(minimum: int, maximum: int) -> Parser:
     return parse
 
 
+def _number(minimum: float) -> Parser:
+    def parse(node: yaml.Node, ctx: _Ctx) -> float:
+        value = _float(node, "a number")
+        if not value >= minimum:  # also rejects .nan
+            raise _Invalid(f"must be at least {minimum:g}, got {node.value}")
+        return value
+
+    return parse
+
+
 MEDIA_KEYS: tuple[Key, ...] = (
     Key("transport", _choice(TRANSPORTS), "udp",
         "how streams are pulled: udp | tcp-passive (the node listens) | tcp-active (it connects)"),
-    Key("timeout_s", _integer(1), 10, "no media for this long: BYE, and re-INVITE if still wanted"),
+    Key("timeout_s", _integer(1), 10,
+        "no media (or no video frame) for this long: BYE, and re-INVITE if still wanted"),
     # An RFC 4571 frame holds 65535 bytes, 12 of them the RTP header.
     Key("rtp_payload_max", _bounded(188, 65523), 1400, "largest RTP payload the node sends"),
     Key("linger_s", _integer(0), 5, "keep an unwatched stream this long before BYE"),
     Key("answer_timeout_s", _integer(1), 10, "wait this long for a device to answer an INVITE"),
+    Key("connect_timeout_s", _number(0.1), 5,
+        "tcp-active: give up connecting to the device's media port after this long"),
 )
 
 CHANNEL_KEYS: tuple[Key, ...] = (
@@ -762,16 +777,6 @@ CHANNELS_KEYS: tuple[Key, ...] = (
     Key("overrides", _channel_overrides, MappingProxyType({}),
         "per-channel settings by 20-digit channel ID"),
 )
-
-
-def _number(minimum: float) -> Parser:
-    def parse(node: yaml.Node, ctx: _Ctx) -> float:
-        value = _float(node, "a number")
-        if not value >= minimum:  # also rejects .nan
-            raise _Invalid(f"must be at least {minimum:g}, got {node.value}")
-        return value
-
-    return parse
 
 
 def _optional_path(node: yaml.Node, ctx: _Ctx) -> Path | None:
@@ -885,6 +890,8 @@ RECORDING_KEYS: tuple[Key, ...] = (
     Key("retention_days", _integer(1), 30, "days every segment is kept (30 at least)"),
     Key("allow_short_retention", _boolean, False, "allow retention_days below 30"),
     Key("segment_s", _integer(1), 60, "target segment length; cut at the next keyframe"),
+    Key("fsync_s", _number(0), 2,
+        "open segments are fdatasync'd this often (seconds; 0: only when they close)"),
     Key("dir", _optional_path, None, "segment directory; default <data_dir>/recordings"),
     Key("min_free_gb", _number(0), 5, "free-space alarm threshold, GB"),
     Key("channels", _recorded_channels, None,
@@ -905,6 +912,7 @@ def _build_recording(reader: _Reader, parsed: _Parsed) -> RecordingSettings:
     if v["dir"] is not None:
         v["dir"] = (reader.base_dir / v["dir"]).resolve()
     v["min_free_gb"] = float(v["min_free_gb"])
+    v["fsync_s"] = float(v["fsync_s"])
     return RecordingSettings(**v)
 
 
