@@ -217,3 +217,53 @@ async def test_each_node_task_recovers_from_an_injected_failure(
     assert all(task is not None and task.done() for task in tasks_before_stop)
     assert {name: h.failures for name, h in supervisor.tasks.items()} == {
         "housekeeping": 1, "recording": 1, "stream ticker": 1, "device queries": 0}
+
+
+async def test_a_failed_query_worker_is_restarted_and_the_pool_keeps_working(
+    start_node: StartNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = await start_node(**{"recording.channels": []})
+    node = running.node
+    node.supervisor.backoff_min_s = 0.05
+    queries = node.queries
+    assert queries is not None
+    fail_once(monkeypatch, node.registry, "update_info")  # the DeviceInfo answer's handling
+    cam = SimulatedCamera(CameraConfig(server=running.sip, device_id=CAMERA, password=PASSWORD))
+    await cam.start(keepalives=False)
+    try:
+        health = node.supervisor.tasks["device queries"]
+        await wait_for(lambda: health.failures == 1 and health.restarts == 1, 15.0)
+        assert sum(not w.done() for w in queries._workers) == queries.max_inflight
+        device = node.registry.get(CAMERA)
+        assert device is not None and not device.channels  # that refresh was cut short
+        queries.device_registered(device)  # asked again, a worker answers it in full
+        await wait_for(lambda: CHANNEL in device.channels and device.model, 15.0)
+    finally:
+        await cam.stop(unregister=False)
+
+
+async def test_a_built_in_camera_that_fails_to_start_is_started_again_afresh(
+    start_node: StartNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = SimulatedCamera.start
+    calls = 0
+
+    async def start_fails_once(self: SimulatedCamera, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await self.endpoint.open_udp()  # a socket that the restart must not reuse
+            raise ConnectionRefusedError("injected: the node is not answering yet")
+        await original(self, **kwargs)
+
+    monkeypatch.setattr(SimulatedCamera, "start", start_fails_once)
+    running = await start_node(**{"simulator.cameras": 1, "recording.channels": []})
+    node = running.node
+    first = node.simulators[0]
+    # The first failure waits the default backoff (1 s) before the restart.
+    device = await wait_for(lambda: node.registry.get(first.device_id), 15.0)
+    await wait_for(lambda: device.online and node.simulators[0].registered, 15.0)
+    assert node.simulators[0] is not first
+    health = node.supervisor.tasks["simulated cameras"]
+    assert (health.failures, health.restarts) == (1, 1)
+    assert health.last_error == "ConnectionRefusedError: injected: the node is not answering yet"
