@@ -45,6 +45,12 @@ followed by 0xB9..0xFF; the last 3 buffered payload bytes are held back until mo
 since a start code may begin there, so the result does not depend on where the input is cut.
 MPEG-TS and bare Annex-B elementary streams are recognised and refused through ``refusal``
 instead of being parsed as PS.
+
+Memory. Between calls a demuxer keeps at most ``max_buffered`` bytes of input behind the input's
+end (``MAX_BUFFERED`` by default; see there for what happens past it), plus the data of the
+units it has not returned yet (copies of part of that window) and the structure it is waiting
+for (a system header or PSM, up to 64 KiB); before the stream is recognised, the first bytes it
+sniffs. ``buffered`` says how much that is, and it never exceeds ``limit``.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from dataclasses import dataclass, field
 
 from .nal import detect_video_codec, is_keyframe, next_access_unit
 
-__all__ = ["STREAM_TYPES", "AccessUnit", "PsDemuxer"]
+__all__ = ["MAX_BUFFERED", "MAX_UNIT_PES", "STREAM_TYPES", "AccessUnit", "PsDemuxer"]
 
 _START = b"\x00\x00\x01"
 # 00 00 01 then a stream id (0xB9..0xFF: end code, pack, system header, PSM, PES packets). No
@@ -81,7 +87,18 @@ STREAM_TYPES: dict[int, str] = {
 
 _MAX_PENDING_UNITS = 64  # a unit whose stream went quiet is closed after this many later units
 _SNIFF_BYTES = 128 * 1024  # without a PS start code by then, the stream is not PS
-_MAX_BUFFERED = 16 * 1024 * 1024  # a unit still open after this many bytes is cut there
+_HEAD = 4096  # bytes kept for sniffing until the stream is recognised
+#: The window: how far behind the end of the input a demuxer keeps bytes between calls. Past it,
+#: the oldest unit is ended where parsing stands and returned (a stream still open goes on in a
+#: new unit), and bytes that no unit has taken yet (a run of pack headers, padding, private or
+#: other skipped streams, with no elementary data after it) are dropped and counted in
+#: ``dropped_bytes``. No camera frame comes near it; a stream of anything else stays below it.
+MAX_BUFFERED = 16 * 1024 * 1024
+#: PES packets one open H.264/H.265 unit takes before it is ended (FFmpeg's 2048-byte packs
+#: carry MAX_BUFFERED in as many): bounds the list of PES starts kept per unit.
+MAX_UNIT_PES = 8192
+# Held beyond twice the window at most: the sniffed head, or a structure waiting for its bytes.
+_SLACK = _SNIFF_BYTES + _HEAD
 _NAL_CODECS = ("h264", "h265")
 
 
@@ -140,13 +157,17 @@ class PsDemuxer:
     """Incremental MPEG-PS demuxer: ``feed()`` bytes, get :class:`AccessUnit` objects back.
 
     Counters: ``packs``, ``pes_packets``, ``psm_updates``, ``resyncs``, ``truncated_pes``,
-    ``skipped_bytes``.
+    ``skipped_bytes``, ``dropped_bytes`` (bytes left out of every unit to keep within
+    ``max_buffered``; while it is 0, the units' ``ps_bytes`` reproduce the input).
     ``detected`` is ``None`` until the stream type is known, then ``"MPEG-PS"``, ``"MPEG-TS"`` or
     ``"bare H.264 elementary stream"`` (``H.265`` / ``Annex-B`` likewise); for anything but PS
     ``refusal`` holds the reason and further input is ignored.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_buffered: int = MAX_BUFFERED) -> None:
+        if max_buffered < 1:
+            raise ValueError("max_buffered must be positive")
+        self.max_buffered = max_buffered
         self.detected: str | None = None
         self.refusal: str | None = None
         self.stream_types: dict[int, int] = {}
@@ -156,6 +177,7 @@ class PsDemuxer:
         self.resyncs = 0
         self.truncated_pes = 0
         self.skipped_bytes = 0
+        self.dropped_bytes = 0
         self._buf = bytearray()
         self._base = 0  # stream offset of _buf[0]
         self._pos = 0  # parse position in _buf
@@ -172,6 +194,17 @@ class PsDemuxer:
         self._emitted_to = 0  # stream offset where the last emitted segment ended
 
     # -- public API --------------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held between calls: the input window, the head kept for sniffing and the
+        data of the units not returned yet."""
+        return len(self._buf) + len(self._head) + sum(len(p.data) for p in self._queue)
+
+    @property
+    def limit(self) -> int:
+        """What ``buffered`` never exceeds when a call returns."""
+        return 2 * self.max_buffered + _SLACK
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[AccessUnit]:
         """Consume ``data`` (any cut of the stream) and return the units completed by it."""
@@ -203,8 +236,8 @@ class PsDemuxer:
     def _sniff(self, final: bool) -> bool:
         """Decide what the stream is; True once it is PS. Until then nothing is parsed."""
         buf = self._buf
-        if len(self._head) < 4096:
-            self._head = buf[:4096]  # buf is only trimmed once the head is complete
+        if len(self._head) < _HEAD:
+            self._head = buf[:_HEAD]  # buf is only trimmed once the head is complete
         head = bytes(self._head)
         if head[:1] == b"\x47":
             if len(head) < 3 * _TS_PACKET and not final:
@@ -215,6 +248,7 @@ class PsDemuxer:
         while pos >= 0 and pos + 3 < len(buf):
             if buf[pos + 3] >= _END:
                 self.detected = "MPEG-PS"
+                self._head = bytearray()
                 return True
             pos = buf.find(_START, pos + 3)
         if len(buf) >= _SNIFF_BYTES or final:
@@ -232,6 +266,7 @@ class PsDemuxer:
 
     def _refuse(self, what: str) -> bool:
         self.detected = what
+        self._head = bytearray()
         self.refusal = f"{what}, not MPEG-PS"
         self.skipped_bytes += len(self._buf)
         self._base += len(self._buf)
@@ -496,7 +531,11 @@ class PsDemuxer:
         if current is None:
             self._open_unit(_Pending(sid, pts, dts, segment))
         elif self._codec(sid) in _NAL_CODECS:
-            current.marks.append((len(current.data), segment, pts, dts))
+            if len(current.marks) < MAX_UNIT_PES:
+                current.marks.append((len(current.data), segment, pts, dts))
+            else:  # a unit over this many PES packets ends before this one
+                current.done = True
+                self._open_unit(_Pending(sid, pts, dts, segment))
         elif pts is not None and pts != current.pts:
             current.done = True
             self._open_unit(_Pending(sid, pts, dts, segment))
@@ -570,26 +609,85 @@ class PsDemuxer:
 
     def _emit(self, final: bool) -> list[AccessUnit]:
         out: list[AccessUnit] = []
-        queue = self._queue
-        buf = self._buf
-        end = self._base + len(buf)
-        if queue and end - queue[0].start > _MAX_BUFFERED:
-            self._force_close(queue[0])
-        while queue and queue[0].done and (len(queue) > 1 or final):
-            pending = queue.popleft()
-            stop = queue[0].start if queue else end
-            segment = bytes(buf[pending.start - self._base : stop - self._base])
-            out.append(self._unit(pending, segment))
-            self._emitted_to = stop
-        keep = queue[0].start if queue else self._base + self._pos
-        if self._run_start is not None:
-            keep = min(keep, self._run_start)
-        drop = keep - self._base
+        self._release(out, final)
+        if not final and self._base + len(self._buf) - self._kept_from() > self.max_buffered:
+            self._shed(out)
+        drop = self._kept_from() - self._base
         if drop > 0:
-            del buf[:drop]
+            del self._buf[:drop]
             self._base += drop
             self._pos -= drop
         return out
+
+    def _kept_from(self) -> int:
+        """Stream offset of the first byte still needed: the oldest unit's or the run's start."""
+        queue = self._queue
+        keep = queue[0].start if queue else self._base + self._pos
+        run = self._run_start
+        return keep if run is None or run > keep else run
+
+    def _release(self, out: list[AccessUnit], final: bool) -> None:
+        """Return the done units at the head of the queue (each ends where the next starts)."""
+        queue = self._queue
+        buf = self._buf
+        base = self._base
+        end = base + len(buf)
+        while queue and queue[0].done and (len(queue) > 1 or final):
+            pending = queue.popleft()
+            stop = queue[0].start if queue else end
+            segment = bytes(buf[pending.start - base : stop - base])
+            out.append(self._unit(pending, segment))
+            self._emitted_to = stop
+        run = self._run_start
+        if run is not None and run < self._emitted_to:
+            self._run_start = self._emitted_to  # those bytes went with the unit just returned
+
+    def _shed(self, out: list[AccessUnit]) -> None:
+        """Keep within ``max_buffered``: what starts further back than that and before the
+        parse position is ended there and returned, or dropped if no unit takes it."""
+        here = self._base + self._pos
+        behind = min(here, self._base + len(self._buf) - self.max_buffered)
+        queue = self._queue
+        while queue and queue[0].start < behind:
+            first = queue[0]
+            if not first.done:
+                if len(queue) == 1 and not first.data:
+                    self._restart_empty(first, here)
+                    break
+                self._force_close(first)
+            if len(queue) > 1:
+                self._release(out, final=False)
+                continue
+            queue.popleft()  # the last unit, done: its segment ends here
+            segment = bytes(self._buf[first.start - self._base : here - self._base])
+            out.append(self._unit(first, segment))
+            self._emitted_to = self._run_start = here
+        run = self._run_start
+        if run is not None and run < behind:
+            self._drop(run, min(here, queue[0].start) if queue else here)
+            self._run_start = here
+
+    def _restart_empty(self, pending: _Pending, here: int) -> None:
+        """``pending``, the last unit, has no data yet, and the bytes from its start to
+        ``here`` go to no unit: with a PTS it starts again at ``here``; without one (it only
+        continued a unit that was cut) it goes, and the next unit starts at ``here``."""
+        self._drop(pending.start, here)
+        run = self._run_start
+        if pending.pts is not None:
+            pending.start = here
+            if run is not None and run < here:
+                self._run_start = None
+            return
+        self._queue.popleft()
+        if self._open.get(pending.stream_id) is pending:
+            del self._open[pending.stream_id]
+        self._run_start = here
+
+    def _drop(self, start: int, stop: int) -> None:
+        """Bytes ``start:stop`` are left out of every unit; nothing may start before ``stop``."""
+        if stop > start:
+            self.dropped_bytes += stop - start
+            self._emitted_to = max(self._emitted_to, stop)
 
     def _force_close(self, pending: _Pending) -> None:
         """Bound the buffer: end ``pending`` here and continue its stream in a new unit."""

@@ -26,8 +26,9 @@ the frame's edges and read every structure the way the walk does:
 - it starts with an MPEG-2 pack header; every structure starts with ``00 00 01`` and its length
   stays inside the frame; the frame ends where its last elementary PES ends; with the frames
   since the last video frame (whose unit ``PsDemuxer`` still holds open) it makes at most 60
-  units and 16 MiB (``PsDemuxer`` closes the oldest unit beyond 64 waiting units, and cuts one
-  still open past 16 MiB);
+  units and ``max_buffered`` bytes (``PsDemuxer`` closes the oldest unit beyond 64 waiting
+  units, and cuts one still open further back than ``max_buffered``); its video takes fewer
+  than ``rtp.ps.MAX_UNIT_PES`` PES packets (``PsDemuxer`` ends a unit at that many);
 - every PES packet has a nonzero PES_packet_length and an MPEG-2 PES header; no end code;
 - a program stream map, once seen, never changes; every elementary stream of the frame is in
   it and video is H.264 or H.265 (a detected codec, see ``rtp.nal.detect_video_codec``, must
@@ -52,6 +53,11 @@ revised bytes are in no unit. Everything from the damaged frame on is ``PsDemuxe
 The one assumption: ``PsDemuxer`` detects the video codec from NAL headers in pieces of payload
 (as they arrive); the fast path checks whole frames, and a NAL header that looks like the other
 codec in one piece but not in the frame would make them disagree.
+
+Memory. Between calls a demuxer holds the frames since the last video frame (at most
+``max_buffered`` bytes, beyond which it falls back) and their units, or after a fallback the
+internal demuxer's window and the units it has yet to return again; ``buffered`` counts all of
+it and never exceeds ``limit``.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ import re
 from dataclasses import dataclass
 
 from .nal import detect_video_codec
-from .ps import STREAM_TYPES, AccessUnit, PsDemuxer
+from .ps import MAX_BUFFERED, MAX_UNIT_PES, STREAM_TYPES, AccessUnit, PsDemuxer
 
 __all__ = ["PsFrameDemuxer"]
 
@@ -69,9 +75,6 @@ _START_CODE = re.compile(re.escape(_START))
 _PACK = 0xBA
 _PSM = 0xBC
 _NAL_CODECS = ("h264", "h265")
-# PsDemuxer cuts a unit still open when 16 MiB follow its start: the frames since the last video
-# frame and the frame being read stay below that.
-_MAX_BUFFERED = 16 * 1024 * 1024
 # PsDemuxer closes the oldest unit when more than 64 wait; the units since the last video frame
 # (its unit is still open there) and those of the frame being read stay below that.
 _MAX_QUEUED = 60
@@ -170,7 +173,10 @@ class PsFrameDemuxer:
     what they mean there.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_buffered: int = MAX_BUFFERED) -> None:
+        # PsDemuxer cuts a unit still open when more than this follows its start: the frames
+        # since the last video frame and the frame being read stay within it.
+        self.max_buffered = max_buffered
         self.fast_frames = 0
         self.slow_frames = 0
         self._slow: PsDemuxer | None = None
@@ -236,6 +242,27 @@ class PsFrameDemuxer:
     def skipped_bytes(self) -> int:
         return 0 if self._slow is None else self._slow.skipped_bytes
 
+    @property
+    def dropped_bytes(self) -> int:
+        return 0 if self._slow is None else self._slow.dropped_bytes
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held between calls: kept frames and the units made of them (counted apart
+        even where they share bytes), and after a fallback the internal demuxer's."""
+        held = self._recent_bytes
+        units = [unit for kept in self._recent for unit in kept.units]
+        for unit in units + self._returned:
+            held += len(unit.data) + len(unit.ps_bytes)
+        return held if self._slow is None else held + self._slow.buffered
+
+    @property
+    def limit(self) -> int:
+        """What ``buffered`` never exceeds when a call returns: the kept frames, their units'
+        data and ``ps_bytes``, or after a fallback the units still to be returned again and the
+        internal demuxer's limit."""
+        return 2 * self.max_buffered + PsDemuxer(self.max_buffered).limit
+
     # -- public API --------------------------------------------------------------------------
 
     def feed_frame(self, frame: bytes | bytearray | memoryview) -> list[AccessUnit]:
@@ -284,7 +311,7 @@ class PsFrameDemuxer:
         and the units of held-back frames it gave out.
         """
         recent = self._recent
-        slow = PsDemuxer()
+        slow = PsDemuxer(self.max_buffered)
         self._slow = slow
         self._shift = self._offset - sum(len(kept.frame) for kept in recent)
         if self._shift:
@@ -333,7 +360,7 @@ class PsFrameDemuxer:
         Nothing changes when it returns None.
         """
         n = len(frame)
-        if self._recent_bytes + n > _MAX_BUFFERED:
+        if self._recent_bytes + n > self.max_buffered:
             return None
         types = self._types
         new_types: dict[int, int] | None = None
@@ -405,6 +432,8 @@ class PsFrameDemuxer:
                         psms += 1
             pos = end
         if run is not None or not starts or self._recent_units + len(starts) > _MAX_QUEUED:
+            return None
+        if len(video) >= MAX_UNIT_PES:
             return None
         if new_types is not None:
             types = new_types

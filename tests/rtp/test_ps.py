@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtp.ps import AccessUnit, PsDemuxer
+from rtp.ps import MAX_BUFFERED, MAX_UNIT_PES, AccessUnit, PsDemuxer
 from rtp.psmux import PsMuxer
 from tests.conftest import DATA, load
 
@@ -575,3 +575,79 @@ def test_pes_header_too_short_for_its_timestamps_is_skipped() -> None:
     data = PACK + bytes.fromhex("000001E0000080C000") + PACK
     assert demuxer.feed(data) + demuxer.flush() == []
     assert demuxer.resyncs == 1
+
+
+# -- (i) bounded memory ----------------------------------------------------------------------
+
+PADDING = b"\x00\x00\x01\xbe\xff\xf0" + b"\xff" * 0xFFF0
+PRIVATE = b"\x00\x00\x01\xbd\xff\xf0" + b"\x80" * 0xFFF0
+# The PES header of a last slice NAL that never ends: every PES after it continues the frame.
+TINY_PES = b"\x00\x00\x01\xe0\x00\x09\x80\x80\x05" + timestamp(0b0010, 3600)
+
+
+@pytest.mark.parametrize(
+    ("run", "bound", "total"),
+    [
+        (PACK, 1 << 20, 14_000_000),  # 14 MB of pack headers: the reported case, 1 MiB window
+        (PACK + PADDING, MAX_BUFFERED, 48_000_000),
+        (PACK + PRIVATE, MAX_BUFFERED, 48_000_000),
+        (PACK + PRIVATE + PADDING + psm([(0x1B, 0xE0)]), MAX_BUFFERED, 48_000_000),
+    ],
+    ids=["pack-headers", "padding", "private", "private-padding-psm"],
+)
+def test_a_run_without_video_is_not_held(run: bytes, bound: int, total: int) -> None:
+    # Frames, then a long run of packs that carry no elementary stream, then frames again.
+    frames = video(whole("gb_h264_zlm.ps"))
+    before = b"".join(u.ps_bytes for u in frames[:3])
+    after = b"".join(u.ps_bytes for u in frames[3:6])
+    demuxer = PsDemuxer(bound)
+    units = demuxer.feed(before)
+    chunk = run * max(1, 65536 // len(run))
+    for _ in range(total // len(chunk)):
+        units += demuxer.feed(chunk)
+        assert demuxer.buffered <= bound + 65536 <= demuxer.limit
+    units += demuxer.feed(after) + demuxer.flush()
+    assert [u.data for u in units] == [u.data for u in frames[:6]]
+    assert [u.pts for u in units] == [u.pts for u in frames[:6]]
+    assert units[2].ps_bytes.startswith(frames[2].ps_bytes)  # the run went with it, up to...
+    assert units[3].ps_bytes.endswith(frames[3].ps_bytes)  # ...where the rest was dropped
+    assert demuxer.dropped_bytes > total - 2 * bound
+
+
+def test_a_run_without_video_from_the_start_is_not_held() -> None:
+    demuxer = PsDemuxer(1 << 20)
+    chunk = (PACK + PADDING) * 64
+    for _ in range(40):
+        assert demuxer.feed(chunk) == []
+        assert demuxer.buffered <= (1 << 20) + 65536
+    frames = video(whole("gb_h264_zlm.ps"))[:3]
+    units = demuxer.feed(b"".join(u.ps_bytes for u in frames)) + demuxer.flush()
+    assert [u.data for u in units] == [u.data for u in frames]
+
+
+def test_audio_then_a_run_without_video_is_not_held() -> None:
+    # The last unit is done but waits for the next one to end its segment: it goes out early.
+    sound = b"\xd5" * 320
+    demuxer = PsDemuxer(1 << 20)
+    units = demuxer.feed(PACK + psm([(0x90, 0xC0)]) + pes(0xC0, sound, pts=3600))
+    chunk = (PACK + PRIVATE) * 64
+    for _ in range(40):
+        units += demuxer.feed(chunk)
+        assert demuxer.buffered <= (1 << 20) + 65536
+    units += demuxer.feed(PACK + pes(0xC0, sound, pts=7200)) + demuxer.flush()
+    assert [(u.pts, u.codec, u.data) for u in units] == [(3600, "g711a", sound)] * 1 + [
+        (7200, "g711a", sound)
+    ]
+
+
+def test_a_unit_over_max_unit_pes_packets_is_ended() -> None:
+    # One slice NAL continued by PES packets of one byte each: the list of PES starts kept for
+    # the open unit is bounded too (it would take ~100 bytes a PES otherwise).
+    head = PACK + psm([(0x1B, 0xE0)]) + pes(0xE0, IDR, pts=3600)
+    demuxer = PsDemuxer()
+    units = demuxer.feed(head)
+    count = MAX_UNIT_PES + 100
+    units += demuxer.feed((TINY_PES + b"\x11") * count)
+    assert len(units) == 1 and units[0].data == IDR + b"\x11" * MAX_UNIT_PES
+    rest = demuxer.flush()
+    assert b"".join(u.data for u in units + rest) == IDR + b"\x11" * count

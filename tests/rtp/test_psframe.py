@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtp.ps import AccessUnit, PsDemuxer
+from rtp.ps import MAX_UNIT_PES, AccessUnit, PsDemuxer
 from rtp.psframe import PsFrameDemuxer
 from rtp.psmux import PsMuxer, RtpPacketizer
 from sensing_node.simmedia import load_clip
@@ -17,7 +17,10 @@ from tests.conftest import load
 
 GB_FILES = ["gb_h264_zlm.ps", "gb_h265_zlm.ps", "gb_h264_alaw_zlm.ps"]
 FFMPEG_FILES = ["h264_640x360_25fps_10s_ffmpeg.ps", "h265_640x360_25fps_10s_ffmpeg.ps"]
-COUNTERS = ("packs", "pes_packets", "psm_updates", "resyncs", "truncated_pes", "skipped_bytes")
+COUNTERS = (
+    "packs", "pes_packets", "psm_updates", "resyncs", "truncated_pes", "skipped_bytes",
+    "dropped_bytes",
+)
 PACK = b"\x00\x00\x01\xba"
 
 
@@ -248,6 +251,15 @@ def test_frame_not_starting_with_a_pack_header_falls_back():
     # the frame before the damage: PsDemuxer appends the continuation payload to it
     assert demuxer.revised_units == 1
     assert units[9] == reference(b"".join(frames[:10]))[0][9]
+
+
+def test_a_frame_of_more_pes_packets_than_a_unit_takes_falls_back_exactly():
+    # PsDemuxer ends a unit at MAX_UNIT_PES PES packets; the fast path leaves such frames to it.
+    frames = camera_frames(load("media/gb_h264_zlm.ps"))[:4]
+    tiny = b"\x00\x00\x01\xe0\x00\x04\x80\x00\x00\x11"  # no PTS, one byte of the slice
+    big = frames[1] + tiny * (MAX_UNIT_PES + 10)
+    demuxer = assert_same([frames[0], big, frames[2], frames[3]], fast=False)
+    assert (demuxer.fast_frames, demuxer.slow_frames) == (1, 3)
 
 
 def test_empty_frames_are_ignored():
