@@ -49,7 +49,8 @@ class Node:
         self.supervisor = Supervisor()
         self.store = Store(settings.node.data_dir / "registry.sqlite3")
         self.registry = Registry(
-            self.store, keepalive_timeout_s=settings.devices.keepalive_timeout_s
+            self.store, keepalive_timeout_s=settings.devices.keepalive_timeout_s,
+            channel_takeover_s=settings.devices.channel_takeover_s, wall=wall,
         )
         self.registrar = Registrar(settings, self.registry, self.stats, wall=wall)
         self.endpoint = SipEndpoint(self.registrar.on_request, stats=self.stats)

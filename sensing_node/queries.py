@@ -130,7 +130,9 @@ class DeviceQueries:
         except Exception as exc:
             log.info("Catalog query to %s failed: %s", dev.id, exc)
         else:
-            self.registry.set_channels(dev.id, collector.items)
+            refused = self.registry.set_channels(dev.id, collector.items)
+            if refused:
+                self.stats.dropped["catalog_items_refused"] += len(refused)
         self.completed += 1
 
     # ----- one query -----

@@ -1,13 +1,18 @@
 """GB/T 28181 registrar and MESSAGE policy (GB/T 28181-2016 9.1, 9.5, 9.6, 9.10).
 
 REGISTER: device ID check (403 Invalid Device ID / Device Not Allowed), digest challenge (401,
-with stale=true for expired nonces), 403 on a wrong password with per-source rate limiting,
-200 with the GB28181 `Date` header (time sync) and the granted `Expires`; `Expires: 0` unregisters.
+with stale=true for expired or replayed nonces; each nonce is bound to one source address and
+one device ID), 403 on a wrong password or username with per-source rate limiting, 200 with the
+GB28181 `Date` header (time sync) and the granted `Expires`; `Expires: 0` unregisters. Only an
+authenticated REGISTER sets where a device is reached (transport, address, port).
 
 MESSAGE: a device without a valid registration gets 403 Device Not Registered (devices take a
-failed keepalive as a reason to register again). A body that is not acceptable MANSCDP (hostile
+failed keepalive as a reason to register again), and one sent from anywhere but the device's
+registered transport, address and port gets 403 Source Mismatch and changes nothing (unless
+the device is configured with `follow_source`). A body that is not acceptable MANSCDP (hostile
 XML, undecodable, oversized) gets 400; anything else is answered 200 at once and its content is
-handled afterwards, from a bounded queue (503 with Retry-After when it is full).
+handled afterwards, from a bounded queue (503 with Retry-After when it is full). A device's
+RecordInfo query is answered for its own channels only.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from sip.manscdp import ManscdpMessage, parse_manscdp
 from sip.message import Request, Response
 from sip.transaction import RequestReceived
 
-from .ratelimit import FailureLockout, TokenBuckets
+from .ratelimit import FailureLockout, LogThrottle, TokenBuckets
 from .registry import Device, Registry
 from .settings import Settings
 from .stats import Stats
@@ -52,6 +57,7 @@ class Registrar:
         *,
         wall: Callable[[], float] = time.time,
         max_pending: int = 10_000,
+        max_nonces: int = 100_000,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -61,12 +67,14 @@ class Registrar:
         self.queries: DeviceQueries | None = None
         self.media: StreamHub | None = None
         self.recording: RecordingService | None = None
-        self.nonces = auth.NonceFactory(os.urandom(16), lifetime_s=300.0)
+        self.nonces = auth.NonceTracker(os.urandom(16), lifetime_s=300.0, max_nonces=max_nonces)
         self.to_tag = os.urandom(4).hex()
         # A device may send a burst (catalog parts) but not a flood.
         self.message_buckets = TokenBuckets(rate=50.0, burst=200.0)
         self.register_buckets = TokenBuckets(rate=2.0, burst=10.0)
         self.auth_lockout = FailureLockout(limit=5, window_s=60.0, lockout_s=60.0)
+        # Refusals a device can provoke at will are logged once per device per minute.
+        self.refusal_log = LogThrottle(interval_s=60.0)
         self.pending: deque[tuple[Device, ManscdpMessage]] = deque()
         self.max_pending = max_pending
         self._drain_scheduled = False
@@ -125,32 +133,45 @@ class Registrar:
             return
         header = req.headers.get("Authorization")
         if header is None:
-            self._challenge(event, now, stale=False)
+            self._challenge(event, now, source, stale=False)
             return
         try:
             creds = auth.parse_digest(header)
         except ParseError:
             self._answer(event, 400, "Bad Authorization Header")
             return
-        verdict = self.nonces.check(creds.get("nonce", ""), now)
+        # The nonce is bound to this source address and device ID (`source`); with qop=auth
+        # each request must count `nc` up, without qop a nonce serves one REGISTER.
+        nonce = creds.get("nonce", "")
+        nc = creds.get("nc", "") if creds.get("qop") else None
+        verdict = self.nonces.check(nonce, now, source, nc)
         if verdict != "ok":
-            self._challenge(event, now, stale=verdict == "stale")
+            if verdict == "replayed":
+                self.stats.dropped["replayed_nonce"] += 1
+                self._log_refusal(f"replay/{device_id}", now, "REGISTER %s from %s: nonce "
+                                  "used before", device_id, event.peer.host)
+            self._challenge(event, now, source, stale=verdict in ("stale", "replayed"))
             return
         password = self.settings.devices.password_for(device_id)
-        if creds.get("realm") != self.settings.node.realm or not auth.verify(
-            creds, method="REGISTER", password=password
+        username = self.settings.devices.username_for(device_id)
+        if (
+            creds.get("realm") != self.settings.node.realm
+            or (username is not None and creds.get("username") != username)
+            or not auth.verify(creds, method="REGISTER", password=password)
         ):
             self.stats.auth_failures += 1
             self.auth_lockout.fail(source, now)
             log.warning("REGISTER %s from %s: wrong credentials", device_id, event.peer.host)
             self._answer(event, 403, "Forbidden")
             return
+        self.nonces.use(nonce, nc)
         self.auth_lockout.succeed(source)
         self._accept(event, device_id, now)
 
-    def _challenge(self, event: RequestReceived, now: float, *, stale: bool) -> None:
+    def _challenge(self, event: RequestReceived, now: float, bind: str, *, stale: bool) -> None:
         response = Response.for_request(event.request, 401, to_tag=self.to_tag)
-        value = auth.build_challenge(self.settings.node.realm, self.nonces.make(now), stale=stale)
+        nonce = self.nonces.make(now, bind)
+        value = auth.build_challenge(self.settings.node.realm, nonce, stale=stale)
         response.headers.add("WWW-Authenticate", value)
         self._reply(event, response)
 
@@ -177,6 +198,8 @@ class Registrar:
                 user_agent=req.headers.get("User-Agent") or "",
                 gb_version=GB_VERSIONS.get(gb_ver.strip(), gb_ver.strip()) if gb_ver else None,
             )
+            if peer.reliable and self.endpoint is not None:
+                self.endpoint.adopt(peer)  # a device's own connection: no idle timeout
             if contact:
                 response.headers.add("Contact", contact)
             response.headers.add("Expires", str(granted))
@@ -203,6 +226,19 @@ class Registrar:
         if dev is None or not dev.registered(now):
             self._answer(event, 403, "Device Not Registered")
             return
+        peer = event.peer
+        remote = f"{peer.host}:{peer.port}"
+        if (remote != dev.remote or peer.transport != dev.transport) and not (
+            self.settings.devices.follows_source(device_id)
+        ):
+            # Only an authenticated REGISTER moves a device; a MESSAGE carrying its ID from
+            # elsewhere neither refreshes nor moves it (and cannot drain its flood budget).
+            self.stats.dropped["source_mismatch"] += 1
+            self._log_refusal(f"source/{device_id}", now, "MESSAGE for %s from %s %s refused: "
+                              "registered at %s %s", device_id, peer.transport, remote,
+                              dev.transport, dev.remote)
+            self._answer(event, 403, "Source Mismatch")
+            return
         if not self.message_buckets.allow(device_id, now):
             self._overloaded(event, "flooded")
             return
@@ -215,15 +251,22 @@ class Registrar:
             return
         dev.charset = answer_charset(msg, req.body, dev.charset)
         if msg.cmd_type == "Keepalive":
-            peer = event.peer
-            self.registry.keepalive(
-                device_id, now=now, transport=peer.transport, remote=f"{peer.host}:{peer.port}"
-            )
+            self.registry.keepalive(device_id, now=now, transport=peer.transport, remote=remote)
             self._answer(event, 200)
             return
         if msg.root == "Query" and msg.cmd_type == "RecordInfo" and self.recording is not None:
             self._answer(event, 200)
-            self.endpoint.loop.create_task(self._record_info(dev, msg))  # type: ignore[union-attr]
+            # A device learns about its own channels only (upper platforms are the cascade's
+            # business): another device's channel is answered as an unknown one.
+            own = self.registry.channel_device(msg.device_id) is dev
+            if not own:
+                self.stats.dropped["foreign_query"] += 1
+                self._log_refusal(f"query/{device_id}", now, "RecordInfo from %s about %s, not "
+                                  "one of its channels: answered as unknown", device_id,
+                                  msg.device_id)
+            self.endpoint.loop.create_task(  # type: ignore[union-attr]
+                self._record_info(dev, msg, own)
+            )
             return
         if msg.root != "Response":
             self._answer(event, 200)  # notifications (Alarm, MediaStatus ...) come later
@@ -237,11 +280,17 @@ class Registrar:
             self._drain_scheduled = True
             self.endpoint.loop.call_soon(self._drain)
 
-    async def _record_info(self, dev: Device, query: ManscdpMessage) -> None:
+    def _log_refusal(self, key: str, now: float, message: str, *args: object) -> None:
+        held = self.refusal_log.allow(key, now)
+        if held is not None:
+            more = f" ({held} more not logged)" if held else ""
+            log.warning(message + "%s", *args, more)
+
+    async def _record_info(self, dev: Device, query: ManscdpMessage, own: bool) -> None:
         """Answer a RecordInfo query from our own index, one MESSAGE per part, in order."""
         assert self.recording is not None and self.queries is not None
         try:
-            parts = await self.recording.record_info(query)
+            parts = await self.recording.record_info(query, known=own)
             for body in parts:
                 response = await self.queries.send(dev, body)
                 if response.status >= 300:

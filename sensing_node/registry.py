@@ -8,6 +8,11 @@ Online rules (GB/T 28181-2016 9.1, 9.6): a device is online after a successful R
 every keepalive while its registration is valid; it goes offline when it unregisters, when the
 registration expires, or when no keepalive came for `keepalive_timeout_s`. After a restart, a
 device whose registration has not expired is accepted again on its next keepalive.
+
+Channel ownership: a channel (catalog item, a 20-digit ID) belongs to the first device that
+lists it; a device's own ID is its own. Another device's catalog may take a channel over only
+once its owner is offline and has not been heard from for `channel_takeover_s`, or after an
+operator released it (`release_channel`); until then the item is refused and logged.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -79,6 +85,8 @@ class Registry:
         keepalive_timeout_s: float,
         max_devices: int = 100_000,
         on_change: Callable[[Device, str], None] | None = None,
+        channel_takeover_s: float = 86400.0,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.keepalive_timeout_s = keepalive_timeout_s
@@ -92,6 +100,12 @@ class Registry:
         self._dirty: set[str] = set()
         self._dirty_channels: set[str] = set()
         self._channel_owner: dict[str, str] = {}
+        self.channel_takeover_s = channel_takeover_s
+        self.wall = wall
+        # The device most recently refused each channel, asked for its catalog again when an
+        # operator releases the channel. Bounded: refused IDs come from devices.
+        self._claims: dict[str, str] = {}
+        self.max_claims = 100_000
         self._changes: dict[str, list[Any]] = {"online": [0, []], "offline": [0, []]}
 
     # ----- persistence -----
@@ -115,9 +129,11 @@ class Registry:
             self.devices[dev.id] = dev
         for device_id, channel_id, fields in channels:
             owner = self.devices.get(device_id)
-            if owner is not None:
+            if owner is None:
+                continue
+            # A channel stored under two devices (written before ownership) stays with one.
+            if self._channel_owner.setdefault(channel_id, device_id) == device_id:
                 owner.channels[channel_id] = fields
-                self._channel_owner[channel_id] = device_id
         return valid
 
     def snapshot_dirty(
@@ -220,17 +236,67 @@ class Registry:
                 setattr(dev, name, value)
         self._dirty.add(device_id)
 
-    def set_channels(self, device_id: str, items: dict[str, dict[str, str]]) -> None:
+    def set_channels(self, device_id: str, items: dict[str, dict[str, str]]) -> list[str]:
+        """Make a device's catalog `items` its channel list; returns the IDs refused (logged):
+        IDs that are not 20 digits, and channels another device still owns."""
         dev = self.devices.get(device_id)
         if dev is None:
-            return
+            return []
+        now = self.wall()
+        kept: dict[str, dict[str, str]] = {}
+        refused: list[str] = []
+        for channel_id, fields in items.items():
+            if len(channel_id) != 20 or not channel_id.isascii() or not channel_id.isdigit():
+                refused.append(channel_id)
+                continue
+            owner_id = self._channel_owner.get(channel_id)
+            if owner_id is None and channel_id in self.devices:
+                owner_id = channel_id  # another device's own ID
+            if owner_id is not None and owner_id != device_id:
+                owner = self.devices[owner_id]
+                if owner.online or now - (owner.last_keepalive or 0.0) < self.channel_takeover_s:
+                    refused.append(channel_id)
+                    self._claim(channel_id, device_id)
+                    continue
+                if owner.channels.pop(channel_id, None) is not None:
+                    self._dirty_channels.add(owner_id)
+                log.warning("channel %s moves from %s (silent since %s) to %s", channel_id,
+                            owner_id, owner.last_keepalive, device_id)
+            kept[channel_id] = fields
         for channel_id in dev.channels:
             if self._channel_owner.get(channel_id) == device_id:
                 del self._channel_owner[channel_id]
-        dev.channels = items
-        for channel_id in items:
+        dev.channels = kept
+        for channel_id in kept:
             self._channel_owner[channel_id] = device_id
+            self._claims.pop(channel_id, None)
         self._dirty_channels.add(device_id)
+        if refused:
+            sample = ", ".join(repr(c) for c in refused[:5])
+            more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+            log.warning("catalog of %s: %d item(s) refused (not a 20-digit ID, or a channel "
+                        "another device owns): %s%s", device_id, len(refused), sample, more)
+        return refused
+
+    def _claim(self, channel_id: str, device_id: str) -> None:
+        if channel_id not in self._claims and len(self._claims) >= self.max_claims:
+            self._claims.pop(next(iter(self._claims)))
+        self._claims[channel_id] = device_id
+
+    def release_channel(self, channel_id: str) -> tuple[Device, Device | None] | None:
+        """An operator frees a channel from its owner's catalog; returns the old owner and
+        the device last refused the channel (to be asked for its catalog again), or None when
+        no catalog lists `channel_id`."""
+        owner_id = self._channel_owner.pop(channel_id, None)
+        if owner_id is None:
+            return None
+        owner = self.devices[owner_id]
+        owner.channels.pop(channel_id, None)
+        self._dirty_channels.add(owner_id)
+        claimant_id = self._claims.pop(channel_id, None)
+        claimant = self.devices.get(claimant_id) if claimant_id is not None else None
+        log.warning("channel %s released from %s by the operator", channel_id, owner_id)
+        return owner, claimant
 
     def sweep(self, now: float) -> list[Device]:
         """Take devices offline whose registration expired or whose keepalives stopped."""

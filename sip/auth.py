@@ -1,7 +1,9 @@
 """HTTP Digest authentication for SIP (RFC 2617, RFC 3261 section 22, GB/T 28181 section 9.1).
 
 Server side: `build_challenge` makes the WWW-Authenticate value, `NonceFactory` issues stateless
-nonces that expire, `verify` checks an Authorization header parsed by `parse_digest`.
+nonces that expire and are bound to one client, `NonceTracker` adds what stateless nonces cannot
+do (each nonce used once, or with a rising `nc`), `verify` checks an Authorization header parsed
+by `parse_digest`.
 Client side (camera simulator, registration to an upper platform): `build_authorization`.
 
 GB/T 28181 devices hash the `uri` they put in the Authorization header, which often differs from
@@ -16,6 +18,7 @@ import hashlib
 import hmac
 import re
 import struct
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -30,6 +33,7 @@ __all__ = [
     "verify",
     "NonceFactory",
     "NonceStatus",
+    "NonceTracker",
     "SUPPORTED_ALGORITHMS",
 ]
 
@@ -278,9 +282,9 @@ def build_authorization(
     return ", ".join(parts)
 
 
-# -- stateless nonces ---------------------------------------------------------------------------
+# -- nonces -------------------------------------------------------------------------------------
 
-NonceStatus = Literal["ok", "stale", "invalid"]
+NonceStatus = Literal["ok", "stale", "invalid", "replayed"]
 
 _NONCE_BODY = struct.Struct("!qI")  # issue time in ms (signed), per-factory counter
 _MAC_SIZE = 8
@@ -294,11 +298,13 @@ class NonceFactory:
 
     A nonce is 40 lower-case hex digits: the issue time (milliseconds of the caller's clock,
     normally monotonic), a counter that makes every nonce of this factory distinct, and a
-    64-bit truncated HMAC-SHA256 over both under `secret`. `check` answers "invalid" for
-    anything we did not sign, "stale" once `lifetime_s` has passed (the registrar then
-    challenges again with `stale=true`, so the device retries without re-prompting), and "ok"
-    otherwise. A correctly signed nonce from the future (the clock restarted while the secret
-    was kept) is also "stale". Replays within the lifetime are not detected here.
+    64-bit truncated HMAC-SHA256 over both and over `bind`, a text naming the one client the
+    nonce is for (the registrar binds the source address and the device ID). `check` answers
+    "invalid" for anything we did not sign or signed for another `bind`, "stale" once
+    `lifetime_s` has passed (the registrar then challenges again with `stale=true`, so the
+    device retries without re-prompting), and "ok" otherwise. A correctly signed nonce from the
+    future (the clock restarted while the secret was kept) is also "stale". Replays within the
+    lifetime are not detected here: that needs state, see `NonceTracker`.
     """
 
     __slots__ = ("_mac", "_lifetime_ms", "_counter")
@@ -316,19 +322,27 @@ class NonceFactory:
     def lifetime_s(self) -> float:
         return self._lifetime_ms / 1000
 
-    def _sign(self, body: bytes) -> bytes:
+    def _sign(self, body: bytes, bind: str) -> bytes:
         mac = self._mac.copy()
-        mac.update(body)
+        mac.update(body)  # fixed size, so `bind` cannot be shifted into it
+        if bind:
+            mac.update(bind.encode("utf-8", "surrogatepass"))
         return mac.digest()[:_MAC_SIZE]
 
-    def make(self, now: float) -> str:
-        """A fresh nonce issued at `now` (seconds)."""
+    def make(self, now: float, bind: str = "") -> str:
+        """A fresh nonce issued at `now` (seconds) for the client named by `bind`."""
         self._counter = (self._counter + 1) & 0xFFFFFFFF
         body = _NONCE_BODY.pack(round(now * 1000), self._counter)
-        return (body + self._sign(body)).hex()
+        return (body + self._sign(body, bind)).hex()
 
-    def check(self, nonce: str, now: float) -> NonceStatus:
-        """Classify `nonce` at `now`: "ok", "stale" (ours but expired) or "invalid" (not ours)."""
+    def issued_at(self, nonce: str) -> float:
+        """The issue time of a nonce this factory made (unchecked: call `check` first)."""
+        issued_ms: int = _NONCE_BODY.unpack(bytes.fromhex(nonce[: 2 * _NONCE_BODY.size]))[0]
+        return issued_ms / 1000
+
+    def check(self, nonce: str, now: float, bind: str = "") -> NonceStatus:
+        """Classify `nonce` at `now`: "ok", "stale" (ours but expired) or "invalid" (not ours,
+        or issued for another `bind`)."""
         if len(nonce) != _NONCE_HEX_LEN:
             return "invalid"
         try:
@@ -336,10 +350,95 @@ class NonceFactory:
         except ValueError:
             return "invalid"
         body, mac = raw[: _NONCE_BODY.size], raw[_NONCE_BODY.size :]
-        if not hmac.compare_digest(self._sign(body), mac):
+        if not hmac.compare_digest(self._sign(body, bind), mac):
             return "invalid"
         issued_ms, _ = _NONCE_BODY.unpack(body)
         age_ms = round(now * 1000) - issued_ms
         if age_ms > self._lifetime_ms or age_ms < -_FUTURE_SLACK_MS:
             return "stale"
         return "ok"
+
+
+# A nonce used without qop (RFC 2069 form) is spent: above every nc a client can send.
+_SPENT = 1 << 32
+
+
+class NonceTracker:
+    """Nonces bound to one client, each usable once, or with a rising `nc` (RFC 2617 3.2.2).
+
+    `make` issues a nonce (see `NonceFactory`) and remembers it; `check` classifies the nonce
+    and `nc` of a request before its response is verified, and `use` records a request that
+    was verified. With qop=auth a nonce serves every request whose `nc` (8 hex digits) is above
+    the highest one already used; without qop (the RFC 2069 form) it serves one request. A
+    repeated or lower `nc`, or a second use without qop, is "replayed": a captured request sent
+    again. A nonce we signed but no longer remember is "stale", so the client is challenged
+    afresh; remembering is bounded by `max_nonces`, the oldest forgotten first, and nonces past
+    their lifetime are dropped as new ones are made. Time is the caller's `now`, as for the
+    factory.
+    """
+
+    __slots__ = ("factory", "max_nonces", "_uses", "_order")
+
+    def __init__(self, secret: bytes, lifetime_s: float = 300.0, max_nonces: int = 100_000):
+        if max_nonces < 1:
+            raise ValueError("max_nonces must be at least 1")
+        self.factory = NonceFactory(secret, lifetime_s)
+        self.max_nonces = max_nonces
+        self._uses: dict[str, int] = {}  # nonce -> highest nc used (0: none, _SPENT: no qop)
+        self._order: deque[str] = deque()  # the same nonces, oldest first
+
+    def __len__(self) -> int:
+        return len(self._uses)
+
+    def make(self, now: float, bind: str) -> str:
+        """A fresh nonce for the client `bind`, remembered until it expires or is evicted."""
+        order, uses = self._order, self._uses
+        horizon = now - self.factory.lifetime_s
+        # Drop what expired (at most two per call keeps the cost flat), then make room.
+        for _ in range(2):
+            if not order or self.factory.issued_at(order[0]) >= horizon:
+                break
+            uses.pop(order.popleft(), None)
+        while len(order) >= self.max_nonces:
+            uses.pop(order.popleft(), None)
+        nonce = self.factory.make(now, bind)
+        uses[nonce] = 0
+        order.append(nonce)
+        return nonce
+
+    def check(self, nonce: str, now: float, bind: str, nc: str | None) -> NonceStatus:
+        """Classify a request's `nonce` and `nc` (None for the form without qop): "ok",
+        "stale" (expired, or forgotten), "invalid" (not ours, for another client, or a
+        malformed nc) or "replayed"."""
+        status = self.factory.check(nonce, now, bind)
+        if status != "ok":
+            return status
+        used = self._uses.get(nonce.lower())
+        if used is None:
+            return "stale"
+        if nc is None:
+            return "ok" if used == 0 else "replayed"
+        count = _parse_nc(nc)
+        if count is None:
+            return "invalid"
+        return "ok" if count > used else "replayed"
+
+    def use(self, nonce: str, nc: str | None) -> None:
+        """Record a verified request; `check` must have answered "ok" for it."""
+        key = nonce.lower()
+        used = self._uses.get(key)
+        if used is None:
+            return
+        count = _SPENT if nc is None else _parse_nc(nc)
+        if count is not None and count > used:
+            self._uses[key] = count
+
+
+def _parse_nc(nc: str) -> int | None:
+    """The nonce count, 8 hex digits (RFC 2617 3.2.2); None when it is not that."""
+    if len(nc) != 8 or not _HEX_DIGITS.issuperset(nc):
+        return None
+    return int(nc, 16)
+
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")

@@ -212,6 +212,25 @@ async def stop_live(request: web.Request) -> web.Response:
     })
 
 
+async def release_channel(request: web.Request) -> web.Response:
+    """Free a channel from the device whose catalog holds it, so another device's catalog may
+    take it now rather than after `devices.channel_takeover_s`; that device (the last one
+    refused the channel) is asked for its catalog again."""
+    node = request.app[NODE]
+    channel_id = request.match_info["channel_id"]
+    released = node.registry.release_channel(channel_id)
+    if released is None:
+        return _error(404, f"unknown channel {channel_id}")
+    owner, claimant = released
+    requeried = None
+    if claimant is not None and claimant.online and node.queries is not None:
+        node.queries.device_registered(claimant)
+        requeried = claimant.id
+    return web.json_response(
+        {"channel_id": channel_id, "released_from": owner.id, "catalog_requested": requeried}
+    )
+
+
 # ----- recordings -----
 def _actor(request: web.Request) -> str:
     """Who is asking, with the client's address: the operator that an authenticating proxy
@@ -392,6 +411,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/streams/ended", ended_streams)
     app.router.add_post("/api/channels/{channel_id}/live", start_live)
     app.router.add_delete("/api/channels/{channel_id}/live", stop_live)
+    app.router.add_post("/api/channels/{channel_id}/release", release_channel)
     app.router.add_get("/api/recordings", search_recordings)
     app.router.add_get("/api/recordings/export", export_recording)
     app.router.add_get("/api/audit", audit_log)

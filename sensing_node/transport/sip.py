@@ -5,6 +5,12 @@ Parsed messages pass through the transaction layer; new requests reach the appli
 `on_request`, answers to our own requests resolve the futures returned by `request()`. Bad input
 is answered 400 where the request can still be addressed, otherwise dropped and counted; an
 exception in the application is logged and never reaches the transport.
+
+TCP connections are bounded: `max_tcp_connections` in all, and at most
+`max_tcp_unregistered_per_host` from one address that no device has registered through yet;
+such a connection is closed after `tcp_idle_timeout_s` without a SIP message. A connection
+becomes a device's own (`adopt`, after a successful REGISTER) and then stays open as long as the
+device keeps it; connections the endpoint opened itself are its own from the start.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class SipEndpoint:
         timers: TimerValues | None = None,
         advertise_host: str | None = None,
         max_tcp_connections: int = 20_000,
+        max_tcp_unregistered_per_host: int = 8,
+        tcp_idle_timeout_s: float = 30.0,
         udp_rcvbuf: int = 4 * 1024 * 1024,
     ) -> None:
         self.on_request = on_request
@@ -63,6 +71,9 @@ class SipEndpoint:
         self.tx = TransactionLayer(timers)
         self.advertise_host = advertise_host
         self.max_tcp_connections = max_tcp_connections
+        self.max_tcp_unregistered_per_host = max_tcp_unregistered_per_host
+        self.tcp_idle_timeout_s = tcp_idle_timeout_s
+        self._unregistered: dict[str, int] = {}  # host -> connections no device owns yet
         # A TCP peer that stops in the middle of a message (Content-Length larger than what it
         # sends, RFC 4475 3.1.2.2) is disconnected after this long.
         self.partial_message_timeout_s = 32.0
@@ -125,7 +136,9 @@ class SipEndpoint:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self._schedule_housekeeping()
-        _, proto = await self.loop.create_connection(lambda: _SipTcpConnection(self), host, port)
+        _, proto = await self.loop.create_connection(
+            lambda: _SipTcpConnection(self, owned=True), host, port
+        )
         assert isinstance(proto, _SipTcpConnection) and proto.peer is not None
         if self.advertise_host is None:
             sockname = proto.transport.get_extra_info("sockname") if proto.transport else None
@@ -149,6 +162,13 @@ class SipEndpoint:
             await self.tcp_server.wait_closed()
         if self.udp is not None:
             self.udp.close()
+
+    def adopt(self, peer: Peer) -> None:
+        """A device registered through the TCP connection `peer`: it is the device's own now
+        (no idle timeout, no longer counted against its address)."""
+        conn = self.connections.get(peer)
+        if conn is not None:
+            conn.adopt()
 
     # ----- input -----
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -331,12 +351,16 @@ class _SipUdpProtocol(asyncio.DatagramProtocol):
 class _SipTcpConnection(asyncio.Protocol):
     """One TCP connection; framing by Content-Length, CRLF pings answered with CRLF."""
 
-    def __init__(self, endpoint: SipEndpoint) -> None:
+    def __init__(self, endpoint: SipEndpoint, *, owned: bool = False) -> None:
         self.endpoint = endpoint
         self.parser = StreamParser(MAX_MESSAGE_SIZE)
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
+        self.owned = owned  # a device registered through it, or we opened it
+        self._counted = False  # counted in endpoint._unregistered
         self._stall: asyncio.TimerHandle | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._last_message = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -347,8 +371,49 @@ class _SipTcpConnection(asyncio.Protocol):
             ep.stats.dropped["tcp_refused"] += 1
             transport.close()
             return
+        if not self.owned:
+            waiting = ep._unregistered.get(host, 0)
+            if waiting >= ep.max_tcp_unregistered_per_host:
+                ep.stats.dropped["tcp_refused_per_host"] += 1
+                transport.close()
+                return
+            ep._unregistered[host] = waiting + 1
+            self._counted = True
+            loop = asyncio.get_running_loop()
+            self._last_message = loop.time()
+            self._idle = loop.call_later(ep.tcp_idle_timeout_s, self._check_idle)
         ep.connections[self.peer] = self
         ep.stats.tcp_connections_accepted += 1
+
+    def adopt(self) -> None:
+        self.owned = True
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self._uncount()
+
+    def _uncount(self) -> None:
+        if self._counted and self.peer is not None:
+            self._counted = False
+            waiting = self.endpoint._unregistered
+            left = waiting.get(self.peer.host, 1) - 1
+            if left > 0:
+                waiting[self.peer.host] = left
+            else:
+                waiting.pop(self.peer.host, None)
+
+    def _check_idle(self) -> None:
+        self._idle = None
+        if self.owned or self.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._last_message
+        timeout = self.endpoint.tcp_idle_timeout_s
+        if quiet < timeout:
+            self._idle = loop.call_later(timeout - quiet, self._check_idle)
+            return
+        self.endpoint.stats.dropped["tcp_idle"] += 1
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None and self.transport is not None
@@ -366,6 +431,8 @@ class _SipTcpConnection(asyncio.Protocol):
             self._stall = loop.call_later(self.endpoint.partial_message_timeout_s, self._stalled)
         for item in items:
             if isinstance(item, (Request, Response)):
+                if not self.owned:
+                    self._last_message = asyncio.get_running_loop().time()
                 self.endpoint.message_received(item, self.peer)
             elif item.pong_due:
                 self.transport.write(b"\r\n")  # pong to a double-CRLF ping (RFC 5626 4.4.1)
@@ -378,6 +445,9 @@ class _SipTcpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._stall is not None:
             self._stall.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
+        self._uncount()
         if self.peer is not None and self.endpoint.connections.get(self.peer) is self:
             del self.endpoint.connections[self.peer]
         self.transport = None

@@ -18,12 +18,13 @@ class UdpPeer(asyncio.DatagramProtocol):
         self.requests: list[Request] = []  # what the node asked us (queries), left unanswered
 
     @classmethod
-    async def open(cls, server: tuple[str, int]) -> UdpPeer:
+    async def open(cls, server: tuple[str, int], port: int = 0, host: str = "127.0.0.1") -> UdpPeer:
+        """A socket on `host`:`port` (0: any free port) that talks to `server` only."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         # Room for the answers to a burst sent before the first one is read.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, port))
         sock.connect(server)
         _, proto = await loop.create_datagram_endpoint(cls, sock=sock)
         return proto

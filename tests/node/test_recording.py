@@ -29,10 +29,8 @@ from recorder.index import RecordIndex
 from rtp.ps import PsDemuxer
 from sensing_node.simulator import CameraConfig, SimulatedCamera
 from sip import manscdp
-from sip.message import Request, Response, parse_message
 
 from .conftest import PASSWORD, RunningNode, StartNode, wait_for
-from .sipclient import UdpPeer, message_bytes, register
 from .test_cli import ROOT, write_config
 
 CAMERA = "31011200001320000001"
@@ -185,47 +183,25 @@ async def test_low_disk_raises_the_alarm_and_keeps_recording(recording) -> None:
 
 
 async def test_record_info_query_is_answered_from_the_index(recording) -> None:
-    running, _ = await recording()
-    rows = await segments_of(running, 3)
-    platform = "31011200001320000009"  # any registered peer may ask for now
-    peer = await UdpPeer.open(running.sip)
-    try:
-        assert (await register(peer, platform, PASSWORD)).status == 200
-        start = datetime.fromtimestamp(rows[0].start_wall - 5)
-        end = datetime.fromtimestamp(rows[-1].end_wall + 5)
-        from zoneinfo import ZoneInfo
+    from zoneinfo import ZoneInfo
 
-        tz = ZoneInfo("Asia/Shanghai")
-        query = manscdp.record_info_query(77, CHANNEL, start.astimezone(tz), end.astimezone(tz),
-                                          tz=tz)
-        peer.send(message_bytes(platform, peer.port, query))
-        assert (await peer.recv()).status == 200
-        answers: list[manscdp.ManscdpMessage] = []
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not answers:
-            try:
-                data = await asyncio.wait_for(peer.queue.get(), 0.5)
-            except TimeoutError:
-                data = b""
-            pending = [parse_message(data)] if data else []
-            pending += peer.requests
-            peer.requests = []
-            for message in pending:
-                if isinstance(message, Request) and message.method == "MESSAGE":
-                    peer.send(Response.for_request(message, 200, to_tag="p").to_bytes())
-                    body = manscdp.parse_manscdp(message.body)
-                    if body.cmd_type == "RecordInfo":
-                        answers.append(body)
-        (answer,) = answers
-        assert answer.root == "Response" and answer.sn == 77 and answer.device_id == CHANNEL
-        assert answer.sum_num is not None and answer.sum_num >= len(rows)
-        assert len(answer.items) == answer.sum_num  # one part for a short list
-        item = answer.items[0]
-        assert item["FilePath"] == rows[0].path and item["Type"] == "time"
-        assert int(item["FileSize"]) == rows[0].bytes
-        assert manscdp.parse_gb_time(item["StartTime"], tz).timestamp() == int(rows[0].start_wall)
-    finally:
-        peer.close()
+    from .test_trust import answers_at
+
+    running, cam = await recording()
+    rows = await segments_of(running, 3)
+    start = datetime.fromtimestamp(rows[0].start_wall - 5)
+    end = datetime.fromtimestamp(rows[-1].end_wall + 5)
+    tz = ZoneInfo("Asia/Shanghai")
+    query = manscdp.record_info_query(77, CHANNEL, start.astimezone(tz), end.astimezone(tz), tz=tz)
+    # Asked by the camera itself: a device learns about its own channels only (test_trust.py).
+    answer = await answers_at(cam, query)
+    assert answer.root == "Response" and answer.sn == 77 and answer.device_id == CHANNEL
+    assert answer.sum_num is not None and answer.sum_num >= len(rows)
+    assert len(answer.items) == answer.sum_num  # one part for a short list
+    item = answer.items[0]
+    assert item["FilePath"] == rows[0].path and item["Type"] == "time"
+    assert int(item["FileSize"]) == rows[0].bytes
+    assert manscdp.parse_gb_time(item["StartTime"], tz).timestamp() == int(rows[0].start_wall)
 
 
 # ----- a real process, killed -----------------------------------------------------------------

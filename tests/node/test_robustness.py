@@ -154,6 +154,7 @@ async def test_registry_survives_restart_and_keepalive_is_accepted(start_node: S
     data_dir = tmp_path / "persist"
     first = await start_node(data_dir=data_dir)
     peer = await UdpPeer.open(first.sip)
+    device_port = peer.port
     assert (await register(peer, CAMERA, PASSWORD)).status == 200
     peer.close()
     await first.client.close()  # clean stop flushes the registry
@@ -161,7 +162,7 @@ async def test_registry_survives_restart_and_keepalive_is_accepted(start_node: S
     second = await start_node(data_dir=data_dir)
     dev = second.node.registry.get(CAMERA)
     assert dev is not None and dev.expires_at is not None
-    peer = await UdpPeer.open(second.sip)
+    peer = await UdpPeer.open(second.sip, port=device_port)  # the device's own SIP port
     try:
         # No REGISTER: the keepalive alone is accepted because the registration is still valid.
         peer.send(message_bytes(CAMERA, peer.port, manscdp.keepalive(5, CAMERA)))

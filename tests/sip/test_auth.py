@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from sip.auth import (
     NonceFactory,
+    NonceTracker,
     build_authorization,
     build_challenge,
     compute_ha1,
@@ -413,6 +414,78 @@ def test_any_nonce_text_is_classified(nonce, now):
 @given(st.binary(min_size=20, max_size=20))
 def test_forged_nonces_are_invalid(raw):
     assert NonceFactory(SECRET).check(raw.hex(), now=0.0) == "invalid"
+
+
+def test_nonce_is_bound_to_its_client():
+    factory = NonceFactory(SECRET)
+    nonce = factory.make(now=1.0, bind="10.0.0.5/31011200001320000001")
+    assert factory.check(nonce, 1.0, "10.0.0.5/31011200001320000001") == "ok"
+    assert factory.check(nonce, 1.0, "10.0.0.6/31011200001320000001") == "invalid"
+    assert factory.check(nonce, 1.0, "10.0.0.5/31011200001320000002") == "invalid"
+    assert factory.check(nonce, 1.0) == "invalid"
+    assert factory.issued_at(nonce) == 1.0
+
+
+BIND = "10.0.0.5/31011200001320000001"
+
+
+def test_tracker_qop_nonce_serves_rising_nc_only():
+    tracker = NonceTracker(SECRET)
+    nonce = tracker.make(10.0, BIND)
+    assert tracker.check(nonce, 11.0, BIND, "00000001") == "ok"
+    tracker.use(nonce, "00000001")
+    # The same request captured and sent again, or an older one: replayed.
+    assert tracker.check(nonce, 12.0, BIND, "00000001") == "replayed"
+    assert tracker.check(nonce.upper(), 12.0, BIND, "00000001") == "replayed"
+    assert tracker.check(nonce, 12.0, BIND, "00000000") == "replayed"
+    # The device's next request on the same nonce counts up.
+    assert tracker.check(nonce, 12.0, BIND, "00000002") == "ok"
+    tracker.use(nonce, "0000000A")
+    assert tracker.check(nonce, 12.0, BIND, "00000009") == "replayed"
+    assert tracker.check(nonce, 12.0, BIND, "0000000b") == "ok"
+    # Another client, a malformed nc, or an expired nonce.
+    assert tracker.check(nonce, 12.0, "10.0.0.9/31011200001320000001", "0000000b") == "invalid"
+    for bad in ("1", "0x00000b", "+000000b", " 000000b", "0000_00b", "zzzzzzzz"):
+        assert tracker.check(nonce, 12.0, BIND, bad) == "invalid", bad
+    assert tracker.check(nonce, 311.0, BIND, "0000000b") == "stale"
+
+
+def test_tracker_nonce_without_qop_serves_one_request():
+    tracker = NonceTracker(SECRET)
+    nonce = tracker.make(0.0, BIND)
+    assert tracker.check(nonce, 1.0, BIND, None) == "ok"
+    assert tracker.check(nonce, 1.0, BIND, None) == "ok"  # checked, not used yet
+    tracker.use(nonce, None)
+    assert tracker.check(nonce, 1.0, BIND, None) == "replayed"
+    assert tracker.check(nonce, 1.0, BIND, "ffffffff") == "replayed"
+    # A nonce used with qop cannot then be used without.
+    other = tracker.make(0.0, BIND)
+    tracker.use(other, "00000001")
+    assert tracker.check(other, 1.0, BIND, None) == "replayed"
+
+
+def test_tracker_memory_is_bounded_oldest_forgotten_first():
+    tracker = NonceTracker(SECRET, max_nonces=3)
+    nonces = [tracker.make(float(i), BIND) for i in range(5)]
+    assert len(tracker) == 3
+    # Signed by us but forgotten: a fresh challenge (stale), never accepted.
+    assert [tracker.check(n, 5.0, BIND, None) for n in nonces] == [
+        "stale", "stale", "ok", "ok", "ok"
+    ]
+    with pytest.raises(ValueError):
+        NonceTracker(SECRET, max_nonces=0)
+
+
+def test_tracker_drops_expired_nonces_as_it_makes_new_ones():
+    tracker = NonceTracker(SECRET, lifetime_s=10.0)
+    for i in range(4):
+        tracker.make(float(i), BIND)
+    assert len(tracker) == 4
+    for i in range(4):
+        tracker.make(100.0 + i, BIND)  # each call drops up to two expired ones
+    assert len(tracker) == 4
+    tracker.use("not a nonce of ours", None)  # ignored
+    assert len(tracker) == 4
 
 
 def test_full_register_exchange():
