@@ -267,18 +267,28 @@ async def test_node_timezone_and_operator_archive_show_in_the_api(start_node: St
         peer.close()
 
 
+async def device_info_queries(peer: UdpPeer, count: int, timeout: float = 10.0) -> list:
+    """Wait (bounded) until the node sent `count` DeviceInfo queries, copies included."""
+
+    def received() -> list:
+        return [q for q in peer.requests if b"<CmdType>DeviceInfo</CmdType>" in q.body]
+
+    async def gather() -> list:
+        while len(received()) < count:
+            with contextlib.suppress(TimeoutError):
+                await peer.recv_raw(timeout=0.1)
+        return received()
+
+    return await asyncio.wait_for(gather(), timeout)
+
+
 async def test_unanswered_query_is_retransmitted_then_abandoned(start_node: StartNode):
     """The node's own MESSAGE queries retransmit over UDP on Timer E (T1 = 0.5 s, doubling)."""
     running = await start_node()
     peer = await UdpPeer.open(running.sip)
     try:
         assert (await register(peer, CAMERA, PASSWORD)).status == 200
-        await asyncio.sleep(1.8)  # first send at 0, retransmits at 0.5 and 1.5 s
-        with contextlib.suppress(TimeoutError):
-            while True:
-                await peer.recv_raw(timeout=0.1)
-        queries = [q for q in peer.requests if b"<CmdType>DeviceInfo</CmdType>" in q.body]
-        assert len(queries) == 3
+        queries = await device_info_queries(peer, 3)  # first send at 0, again at 0.5 and 1.5 s
         assert len({q.top_via.branch for q in queries}) == 1  # the same transaction
         assert running.node.endpoint.tx.client_transaction_count == 1
     finally:
@@ -387,16 +397,14 @@ async def test_abandoned_query_stops_its_retransmissions(start_node: StartNode):
     peer = await UdpPeer.open(running.sip)
     try:
         assert (await register(peer, CAMERA, PASSWORD)).status == 200
-        await asyncio.sleep(0.1)
         endpoint = running.node.endpoint
+        await device_info_queries(peer, 1)
         assert endpoint.tx.client_transaction_count == 1  # the DeviceInfo query, unanswered
         assert running.node.queries is not None
         await running.node.queries.stop()  # cancels the waiting query
         assert endpoint.tx.client_transaction_count == 0
-        await asyncio.sleep(1.2)  # Timer E would have fired at 0.5 s and 1.5 s
-        with contextlib.suppress(TimeoutError):
-            while True:
-                await peer.recv_raw(timeout=0.1)
-        assert len(peer.requests) == 1  # the first send only, no retransmission
+        # Nothing is left to retransmit, whenever the timers fire (Timer F is 64*T1 = 32 s).
+        endpoint.tx.handle_timer(endpoint.loop.time() + 40.0)
+        assert [o for o in endpoint.tx.datagrams_to_send() if o.data.startswith(b"MESSAGE")] == []
     finally:
         peer.close()
