@@ -1,19 +1,61 @@
-"""recorder.service: the writer thread, shutdown, hooks, errors and queue overflow."""
+"""recorder.service: the writer thread, shutdown, hooks, errors, queue overflow (by units and
+by bytes), the periodic sync pass and the retention sweep beside the writer."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
+import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 
 from recorder.index import RecordIndex, SegmentRow
 from recorder.service import Recorder
 from recorder.verify import verify
+from rtp.ps import AccessUnit
 from tests.recorder.media import CHANNEL, T0, TZ, decode, stream, timed, units
 
 NAME = "gb_h264_zlm.ps"
 WAIT = 30.0  # upper bound for waits on the writer thread; never reached when things work
+DAY = 86400.0
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the test sets ``now``."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def grown(unit: AccessUnit, size: int) -> AccessUnit:
+    """``unit`` with PS padding packets (stream 0xBE) appended up to ``size`` bytes: still valid
+    PS that plays the same, as large as a 1080p keyframe when asked."""
+    out = bytearray(unit.ps_bytes)
+    while len(out) < size:
+        n = min(size - len(out) - 6, 0xFFFF)
+        assert n >= 0, "no room for a padding packet header"
+        out += b"\x00\x00\x01\xbe" + n.to_bytes(2, "big") + b"\xff" * n
+    assert len(out) == size
+    return dataclasses.replace(unit, ps_bytes=bytes(out))
+
+
+def record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every fdatasync from now on, as (file, its size then); the real call still happens."""
+    calls: list[tuple[str, int]] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        calls.append((os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    return calls
 
 
 def test_units_submitted_are_recorded_and_close_finishes_every_segment(root):
@@ -125,3 +167,232 @@ def test_start_recovers_what_a_crash_left_and_sweeps_on_request(root):
         recorder.sweep(30, now=T0 + 31 * 86400)
         assert recorder.drain(WAIT) and recorder.deleted == 1
         assert recorder.index.segments() == [] and not part.parent.exists()
+
+
+def test_the_queue_is_bounded_by_bytes_too(root):
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_hook(row: SegmentRow) -> None:
+        if not entered.is_set():
+            entered.set()
+            release.wait(WAIT)
+
+    cap, size = 1 << 20, 100_000  # 10 units of 100 KB fit, far below the 10,000-unit bound
+    items = list(timed(units(NAME)))
+    held: list[int] = []
+    with Recorder(root, segment_s=2, tz=TZ, on_segment=slow_hook, max_queue_bytes=cap) as recorder:
+        for unit, wall in items[:51]:  # small units; the keyframe at 50 closes the first segment
+            recorder.submit(CHANNEL, unit, wall)
+        assert entered.wait(WAIT)  # the writer thread now waits in the hook
+        for unit, wall in items[51:]:
+            recorder.submit(CHANNEL, grown(unit, size), wall)
+            held.append(recorder.queue_bytes)
+        release.set()
+    assert max(held) == 10 * size <= cap  # never more than the cap, whatever came
+    assert recorder.queue_bytes == 0
+    assert recorder.dropped_units == len(items) - 51 - 10
+    with RecordIndex(root / "index.sqlite3") as index:
+        rows = index.segments(CHANNEL)
+        (gap,) = index.gaps(CHANNEL)
+        assert gap.reason == "recorder queue full"
+        assert len(rows) == 2 and rows[1].frames == 11  # the keyframe and the 10 queued frames
+        assert rows[1].bytes == len(items[50][0].ps_bytes) + 10 * size
+        assert gap.start_wall == rows[1].end_wall
+        assert len(decode(root / rows[1].path)) == 11
+        assert verify(root, index).ok
+
+
+def test_open_segments_are_synced_every_fsync_s_in_one_pass(root, monkeypatch):
+    synced = record_syncs(monkeypatch)
+    clock = FakeClock(100.0)
+    items = list(timed(units(NAME)))
+    first, second = items[:60], items[:120]
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=2, monotonic=clock) as recorder:
+        for unit, wall in first:
+            recorder.submit(CHANNEL, unit, wall)
+        recorder.submit("34020000001320000002", items[0][0], T0)
+        clock.now = 101.9
+        assert recorder.drain(WAIT)
+        assert synced == [] and recorder.sync_passes == 0
+        part = next(root.glob(f"{CHANNEL}/*/*.ps.part")).resolve()
+        assert part.stat().st_size == 0  # still in the write batch (1 MiB)
+
+        clock.now = 102.0  # due: one pass writes out both segments and syncs them
+        assert recorder.drain(WAIT)
+        other = next(root.glob("34020000001320000002/*/*.ps.part")).resolve()
+        assert sorted(synced) == sorted([
+            (str(part), sum(len(u.ps_bytes) for u, _ in first)),
+            (str(other), len(items[0][0].ps_bytes)),
+        ])
+        assert part.read_bytes() == b"".join(u.ps_bytes for u, _ in first)
+        assert recorder.sync_passes == 1 and recorder.syncs == 2
+
+        clock.now = 104.5  # due again, but nothing grew: no call
+        assert recorder.drain(WAIT)
+        assert recorder.sync_passes == 2 and len(synced) == 2
+
+        for unit, wall in items[60:120]:
+            recorder.submit(CHANNEL, unit, wall)
+        clock.now = 106.4  # 1.9 s after the last pass
+        assert recorder.drain(WAIT)
+        assert len(synced) == 2
+        clock.now = 106.5
+        assert recorder.drain(WAIT)
+        assert synced[2:] == [(str(part), sum(len(u.ps_bytes) for u, _ in second))]
+        assert recorder.sync_passes == 3 and recorder.syncs == 3 and recorder.write_errors == 0
+    assert len(synced) == 3  # closing fsyncs (not fdatasyncs) the files
+    with RecordIndex(root / "index.sqlite3") as index:
+        assert verify(root, index).ok
+
+
+def test_an_idle_writer_wakes_up_for_its_sync_pass(root, monkeypatch):
+    sizes: list[int] = []
+    called = threading.Event()
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        sizes.append(os.fstat(fd).st_size)
+        real(fd)
+        called.set()
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    clock = FakeClock(0.0)
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=0.05, monotonic=clock) as recorder:
+        for unit, wall in timed(units(NAME)[:60]):
+            recorder.submit(CHANNEL, unit, wall)
+        assert recorder.drain(WAIT) and not called.is_set()
+        clock.now = 1.0  # nothing is queued: only the thread's own wake-up can run the pass
+        assert called.wait(WAIT)
+        assert sizes == [sum(len(u.ps_bytes) for u in units(NAME)[:60])]
+
+
+def test_fsync_s_zero_syncs_only_at_close(root, monkeypatch):
+    synced = record_syncs(monkeypatch)
+    clock = FakeClock(0.0)
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=0, monotonic=clock) as recorder:
+        for unit, wall in timed(units(NAME)[:60]):
+            recorder.submit(CHANNEL, unit, wall)
+        clock.now = 1e9
+        assert recorder.drain(WAIT)
+        assert recorder.sync_passes == 0
+    assert synced == [] and recorder.segments_closed == 1
+    with pytest.raises(ValueError, match="fsync_s"):
+        Recorder(root, fsync_s=-1)
+
+
+def _old_segments(root: Path, channels: int, per_channel: int) -> list[SegmentRow]:
+    """Rows (and empty files) of segments that ended 40 days before T0."""
+    rows = []
+    with RecordIndex(root / "index.sqlite3") as index:
+        for c in range(channels):
+            channel = f"3402000000132{c:07d}"
+            for k in range(per_channel):
+                start = T0 - 40 * DAY + 60 * k
+                path = f"{channel}/2026-10-17/{k:04d}.ps"
+                (root / path).parent.mkdir(parents=True, exist_ok=True)
+                (root / path).touch()
+                rows.append(index.add_segment(
+                    channel_id=channel, path=path, start_wall=start, end_wall=start + 60,
+                    start_pts=0, end_pts=0, bytes=0, frames=0, codec="h264",
+                    sha256=hashlib.sha256(path.encode()).hexdigest(),
+                    prev_sha256=index.chain_head(channel),
+                ))
+    return rows
+
+
+def test_a_sweep_during_heavy_indexing_leaves_every_write_to_the_writer_thread(root, monkeypatch):
+    old = _old_segments(root, channels=20, per_channel=100)
+    writes: list[tuple[str, str]] = []  # (what, on which thread), in commit order
+    for name in ("add_segment", "add_gap", "record_deletions"):
+        real = getattr(RecordIndex, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            result = _real(self, *args, **kwargs)
+            writes.append((_name, threading.current_thread().name))
+            return result
+
+        monkeypatch.setattr(RecordIndex, name, spy)
+
+    announced: list[SegmentRow] = []
+    first_row, first_batch = threading.Event(), threading.Event()
+
+    def on_segment(row: SegmentRow) -> None:
+        announced.append(row)
+        first_row.set()
+
+    channels = [f"3402000000131{c:07d}" for c in range(40)]
+    items = list(timed(units(NAME)))
+    recorder = Recorder(root, segment_s=1, tz=TZ, on_segment=on_segment, max_queue=10**6)
+    record_deletions = recorder.record_deletions
+
+    def record_then_tell(rows, deleted_at):
+        count = record_deletions(rows, deleted_at)
+        first_batch.set()
+        return count
+
+    recorder.record_deletions = record_then_tell  # type: ignore[method-assign]
+
+    def feed(part: list) -> None:
+        for unit, wall in part:
+            for channel in channels:
+                recorder.submit(channel, unit, wall)
+
+    def feeder() -> None:  # 40 channels, a segment a second each; the second half after the
+        feed(items[:125])  # sweep's first batch is in, so the two certainly overlap
+        first_batch.wait(WAIT)
+        feed(items[125:])
+
+    thread = threading.Thread(target=feeder)
+    try:
+        thread.start()
+        assert first_row.wait(WAIT)
+        with RecordIndex(root / "index.sqlite3", read_only=True) as reader:
+            deleted = recorder.sweep(30, now=T0, reader=reader, batch_size=50)
+        thread.join(WAIT)
+    finally:
+        first_batch.set()
+        recorder.close()
+    assert sorted(row.id for row in deleted) == [row.id for row in old]
+    assert [row.start_wall for row in deleted] == sorted(row.start_wall for row in old)
+    assert recorder.deleted == len(old) and recorder.write_errors == 0
+    assert recorder.dropped_units == 0
+    assert not any((root / row.path).exists() for row in old)
+    assert {thread for _, thread in writes} == {"recorder-writer"}
+    kinds = [what for what, _ in writes]
+    first = kinds.index("record_deletions")
+    assert "add_segment" in kinds[:first] and "add_segment" in kinds[first:]
+    assert kinds.count("record_deletions") == len(old) // 50
+    with RecordIndex(root / "index.sqlite3") as index:
+        assert sorted(r.id for r in index.segments()) == sorted(r.id for r in announced)
+        assert len(announced) == 40 * 10  # a segment per keyframe, the last closed by close()
+        assert [d.segment_id for d in index.deletions()] == sorted(r.id for r in old)
+        for channel in channels:
+            chain = index.chain(channel)
+            assert b"".join((root / r.path).read_bytes() for r in chain) == stream(NAME)
+
+
+def test_a_sweep_needs_an_open_recorder_and_a_thread_of_its_own(root):
+    _old_segments(root, channels=1, per_channel=3)
+    recorder = Recorder(root, tz=TZ)
+    recorder.close()
+    from recorder.service import RecorderClosed
+
+    with pytest.raises(RecorderClosed):
+        recorder.sweep(30, now=T0)
+    failures: list[BaseException] = []
+
+    def hook(row: SegmentRow) -> None:
+        try:
+            hooked.sweep(30, now=T0)
+        except RuntimeError as exc:
+            failures.append(exc)
+
+    part = root / CHANNEL / "2026-11-26" / "20261126T160512.123.ps.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"".join(u.ps_bytes for u in units(NAME)[:30]))
+    with Recorder(root, tz=TZ, on_segment=hook) as hooked:
+        assert hooked.drain(WAIT)
+    assert "its own thread" in str(failures[0])
+    with RecordIndex(root / "index.sqlite3", read_only=True) as reader:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.add_gap(CHANNEL, T0, T0 + 1, "a write through a reader")
