@@ -97,8 +97,10 @@ MAX_BUFFERED = 16 * 1024 * 1024
 #: PES packets one open H.264/H.265 unit takes before it is ended (FFmpeg's 2048-byte packs
 #: carry MAX_BUFFERED in as many): bounds the list of PES starts kept per unit.
 MAX_UNIT_PES = 8192
-# Held beyond twice the window at most: the sniffed head, or a structure waiting for its bytes.
-_SLACK = _SNIFF_BYTES + _HEAD
+# Held beyond twice the window at most: a structure waiting for its bytes (a system header or
+# PSM, 6 + 65535 bytes, less one), or before the stream is recognised the bytes sniffed.
+_WAITING = 6 + 0xFFFF
+_SNIFFED = _SNIFF_BYTES + _HEAD
 _NAL_CODECS = ("h264", "h265")
 
 
@@ -204,7 +206,7 @@ class PsDemuxer:
     @property
     def limit(self) -> int:
         """What ``buffered`` never exceeds when a call returns."""
-        return 2 * self.max_buffered + _SLACK
+        return 2 * self.max_buffered + (_SNIFFED if self.detected is None else _WAITING)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[AccessUnit]:
         """Consume ``data`` (any cut of the stream) and return the units completed by it."""

@@ -258,10 +258,12 @@ class PsFrameDemuxer:
 
     @property
     def limit(self) -> int:
-        """What ``buffered`` never exceeds when a call returns: the kept frames, their units'
-        data and ``ps_bytes``, or after a fallback the units still to be returned again and the
-        internal demuxer's limit."""
-        return 2 * self.max_buffered + PsDemuxer(self.max_buffered).limit
+        """What ``buffered`` never exceeds when a call returns: the kept frames with their
+        units' data and ``ps_bytes``, or after a fallback the units still to be returned again
+        and the internal demuxer's limit."""
+        if self._slow is None:
+            return 3 * self.max_buffered
+        return 2 * self.max_buffered + self._slow.limit
 
     # -- public API --------------------------------------------------------------------------
 

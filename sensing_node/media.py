@@ -213,6 +213,9 @@ class LiveStream:
         self._linger: asyncio.TimerHandle | None = None
         self._stop_reason: str | None = None
         self._late_wall: float | None = None
+        # (ACK time, video frames) at the last tick, and since when that count stands
+        self._video_mark: tuple[float | None, int] = (None, 0)
+        self._video_since = 0.0
 
     # ----- life cycle -----
     def start(self) -> None:
@@ -575,6 +578,9 @@ class LiveStream:
             self.end_attempt(f"no media within {timeout} s after ACK")
         elif last is not None and now - last >= timeout:
             self.end_attempt(f"no media for {timeout} s")
+        elif now - self._no_video_since(now) >= timeout:
+            # packets come, but nothing in them is a frame (padding, private data, junk)
+            self.end_attempt("no video in stream")
         window = self._window
         window.append((now, receiver.bytes, self.frames))
         first = window[0]
@@ -582,6 +588,16 @@ class LiveStream:
         if span >= 1.0:
             self.bitrate_bps = int((receiver.bytes - first[1]) * 8 / span)
             self.fps = round((self.frames - first[2]) / span, 1)
+
+    def _no_video_since(self, now: float) -> float:
+        """Since when the attempt has given no video frame (its ACK, or the last tick that saw
+        the frame count move)."""
+        mark = (self.acked_at, self.frames)
+        if mark != self._video_mark:
+            new_attempt = mark[0] != self._video_mark[0]
+            self._video_since = self.acked_at if new_attempt and self.acked_at is not None else now
+            self._video_mark = mark
+        return self._video_since
 
     def counter(self, name: str) -> int:
         receiver = self.receiver

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from rtp.errors import RtpError
 from rtp.framing import Deframer
 from rtp.packet import RtpPacket, is_rtcp, peek_rtp_header
-from rtp.ps import AccessUnit
+from rtp.ps import MAX_BUFFERED, AccessUnit
 from rtp.psframe import PsFrameDemuxer, opens_keyframe
 from rtp.reorder import ReorderBuffer
 
@@ -47,6 +47,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_RCVBUF = 1 << 20
+_MAX_PAYLOAD = 0xFFFF  # no RTP payload is longer (a UDP datagram, an RFC 4571 frame)
 _PLAIN = struct.Struct("!BHII")  # after the first byte: M/PT, sequence, timestamp, SSRC
 _rcvbuf_warned = False
 
@@ -491,6 +492,12 @@ class MediaIngest:
 
     Units go to `on_units` (a list per frame), else to `on_unit` one by one, else they are
     collected in `units`.
+
+    Memory: a frame is cut before its payloads could pass `max_buffered` bytes (the demuxers'
+    window, `rtp.ps.MAX_BUFFERED` by default) or `MAX_FRAME_PACKETS` packets, so the frame in
+    progress and the demuxer together hold at most `limit` bytes (`buffered`). The byte count
+    costs nothing per packet: the payloads are added up only every so many packets, as many as
+    could not reach the bound even at the largest payload.
     """
 
     #: a "frame" that never ends (no marker, one timestamp) is cut after this many packets
@@ -501,12 +508,20 @@ class MediaIngest:
         on_unit: Callable[[AccessUnit], None] | None = None,
         *,
         on_units: Callable[[list[AccessUnit]], None] | None = None,
+        max_buffered: int = MAX_BUFFERED,
     ) -> None:
-        self.demuxer = PsFrameDemuxer()
+        self.max_buffered = max_buffered
+        self.demuxer = PsFrameDemuxer(max_buffered)
         self.units: list[AccessUnit] = []
         self.on_unit = on_unit if on_unit is not None else self.units.append
         self._deliver = on_units if on_units is not None else self._one_by_one
         self._parts: list[memoryview] = []
+        # The frame's size is checked when it has this many packets: the payloads counted
+        # so far (`_size`, the first `_counted` parts) leave room for that many more.
+        self._first_check = min(self.MAX_FRAME_PACKETS, max_buffered // _MAX_PAYLOAD)
+        self._check_at = self._first_check
+        self._size = 0
+        self._counted = 0
         self._ts = -1
         self.frames = 0
         self.fast_path_resumed = 0
@@ -519,14 +534,39 @@ class MediaIngest:
                 parts = self._parts
             self._ts = ts
         parts.append(payload)
-        if marker or len(parts) >= self.MAX_FRAME_PACKETS:
+        if marker or (len(parts) >= self._check_at and self._frame_full()):
             self.end_frame()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: the payloads of the frame in progress and the demuxer's."""
+        return sum(len(part) for part in self._parts) + self.demuxer.buffered
+
+    @property
+    def limit(self) -> int:
+        """What `buffered` never exceeds between packets."""
+        return self.max_buffered + self.demuxer.limit
+
+    def _frame_full(self) -> bool:
+        """Whether one more payload could take the frame past its bounds; if not, when to
+        ask again."""
+        parts = self._parts
+        size = self._size
+        for part in parts[self._counted :]:
+            size += len(part)
+        room = (self.max_buffered - size) // _MAX_PAYLOAD
+        if room <= 0 or len(parts) >= self.MAX_FRAME_PACKETS:
+            return True
+        self._size, self._counted = size, len(parts)
+        self._check_at = min(self.MAX_FRAME_PACKETS, len(parts) + room)
+        return False
 
     def end_frame(self) -> None:
         """Demux the payloads collected so far as one frame."""
         parts, self._parts = self._parts, []
         if not parts:
             return
+        self._check_at, self._size, self._counted = self._first_check, 0, 0
         self.frames += 1
         data = b"".join(parts)
         demuxer = self.demuxer
@@ -536,7 +576,7 @@ class MediaIngest:
             units = demuxer.flush()
             if units:
                 self._deliver(units)
-            self.demuxer = demuxer = PsFrameDemuxer()
+            self.demuxer = demuxer = PsFrameDemuxer(self.max_buffered)
             self.fast_path_resumed += 1
         units = demuxer.feed_frame(data)
         if units:
@@ -553,7 +593,7 @@ class MediaIngest:
         """After lost packets: hand out what was complete, then demux afresh from the next
         structure (what follows a hole is the middle of something)."""
         self.flush()
-        self.demuxer = PsFrameDemuxer()
+        self.demuxer = PsFrameDemuxer(self.max_buffered)
         self._ts = -1
 
     def _one_by_one(self, units: list[AccessUnit]) -> None:

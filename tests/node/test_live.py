@@ -396,3 +396,30 @@ async def test_a_retransmitted_200_gets_the_ack_again(start_node: StartNode) -> 
         assert running.node.media.streams[device].ssrc_value is None  # learnt from packets
     finally:
         peer.close()
+
+
+async def test_packets_without_video_end_the_attempt_with_no_video_in_stream(live: Setup) -> None:
+    # PS that keeps coming (so it is not "no media") but holds no frame: packs with padding and
+    # private data only. media.timeout_s without a video frame ends the attempt.
+    running, cam = await live({"media.timeout_s": 1}, send_media=False)
+    hub = running.node.media
+    hub.backoff_min_s = 5.0  # keep the second attempt out of the way
+    stream = await hub.hold(cam.channel_ids[0])
+    assert stream.receiver is not None and stream.ssrc_value is not None
+    port = stream.receiver.port
+    pack = bytes.fromhex("000001BA440004708401013883F8")
+    private = b"\x00\x00\x01\xbd\x00\x10" + b"\x80" * 16
+    padding = b"\x00\x00\x01\xbe\x04\x00" + b"\xff" * 1024
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as device:
+        for seq in range(200):  # 40 ms apart: at most 8 s, well past the 1 s timeout
+            payload = pack + private + padding
+            device.sendto(build_rtp(96, seq, seq * 3600, stream.ssrc_value, True, payload),
+                          ("127.0.0.1", port))
+            if stream.last_error is not None:
+                break
+            await asyncio.sleep(0.04)
+    assert stream.last_error == "no video in stream"
+    assert stream.frames == 0 and stream.counter("packets") > 10
+    await wait_for(lambda: cam.byes_received == 1, timeout=3)
+    ended = await running.get("/api/streams/ended")
+    assert ended[-1]["reason"] == "no video in stream"
