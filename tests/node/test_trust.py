@@ -455,7 +455,7 @@ async def closed(peer: TcpPeer) -> bool:
 async def test_idle_tcp_connection_without_a_device_is_closed(start_node: StartNode):
     running = await start_node()
     endpoint = running.node.endpoint
-    endpoint.tcp_idle_timeout_s = 0.3
+    endpoint.tcp_idle_timeout_s = 1.0  # 30 s in a real node
     device = await TcpPeer.open(running.sip)
     try:
         assert (await register(device, CAMERA, PASSWORD, transport="TCP")).status == 200
