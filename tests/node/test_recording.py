@@ -16,36 +16,72 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import av
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from recorder.index import RecordIndex
 from rtp.ps import PsDemuxer
+from sensing_node.api.routes import NODE
+from sensing_node.node import build_app
+from sensing_node.settings import settings_for_tests
 from sensing_node.simulator import CameraConfig, SimulatedCamera
 from sip import manscdp
 
-from .conftest import PASSWORD, RunningNode, StartNode, wait_for
+from .conftest import PASSWORD, TOKEN, RunningNode, StartNode, wait_for
 from .test_cli import ROOT, write_config
 
 CAMERA = "31011200001320000001"
 CHANNEL = "31011200001310000101"  # the simulator's first channel of CAMERA
 TZ_QUERY = "%Y-%m-%dT%H:%M:%S.%f"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+DAY = 86400.0
+
+
+class Wall:
+    """The node's wall clock in a test: real time moved by `offset`, or `frozen` at a time."""
+
+    def __init__(self, offset: float = 0.0, frozen: float | None = None) -> None:
+        self.offset = offset
+        self.frozen = frozen
+
+    def __call__(self) -> float:
+        return self.frozen if self.frozen is not None else time.time() + self.offset
 
 
 @pytest.fixture
 async def recording(start_node: StartNode, tmp_path: Path):
     cameras: list[SimulatedCamera] = []
+    clients: list[TestClient] = []
 
-    async def setup(**overrides: Any) -> tuple[RunningNode, SimulatedCamera]:
+    async def start_at(wall: Wall, data_dir: Path, values: dict[str, Any]) -> RunningNode:
+        """What `start_node` does, with the node on `wall`."""
+        settings = settings_for_tests(data_dir, **{
+            "node.api_token": TOKEN, "devices.password": PASSWORD,
+            "devices.allow": ["31011200", "34020000"], **values})
+        app = build_app(settings, wall=wall)
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return RunningNode(app[NODE], client, {"Authorization": f"Bearer {TOKEN}"})
+
+    async def setup(
+        wall: Wall | None = None, **overrides: Any
+    ) -> tuple[RunningNode, SimulatedCamera]:
         values = {"recording.channels": [CHANNEL], "recording.segment_s": 1,
                   "node.timezone": "Asia/Shanghai", **overrides}
-        running = await start_node(**values)
+        if wall is None:
+            running = await start_node(**values)
+        else:
+            running = await start_at(wall, values.pop("data_dir", tmp_path / "data"), values)
         cam = SimulatedCamera(CameraConfig(server=running.sip, device_id=CAMERA,
                                            password=PASSWORD))
         cameras.append(cam)
@@ -55,6 +91,8 @@ async def recording(start_node: StartNode, tmp_path: Path):
     yield setup
     for cam in cameras:
         await cam.stop(unregister=False)
+    for client in clients:
+        await client.close()
 
 
 async def segments_of(running: RunningNode, count: int, timeout: float = 15.0) -> list[Any]:
@@ -75,9 +113,7 @@ async def segments_of(running: RunningNode, count: int, timeout: float = 15.0) -
 
 def local(ts: float) -> str:
     """A query time without offset: the node's zone (Asia/Shanghai) applies."""
-    from zoneinfo import ZoneInfo
-
-    return datetime.fromtimestamp(ts, ZoneInfo("Asia/Shanghai")).strftime(TZ_QUERY)
+    return datetime.fromtimestamp(ts, SHANGHAI).strftime(TZ_QUERY)
 
 
 def decoded_frames(data: bytes, fmt: str) -> int:
@@ -330,13 +366,30 @@ async def test_audit_log_tampering_is_reported_by_verify_audit(recording, tmp_pa
         "FAILED: 3 audit rows")
 
 
-async def test_an_interrupted_stream_is_recorded_as_a_gap(recording) -> None:
-    running, cam = await recording(**{"media.timeout_s": 1})
+async def test_an_interrupted_stream_is_recorded_as_a_gap(recording, monkeypatch) -> None:
+    # The node's clock runs three days behind: every time below is the node's own.
+    running, cam = await recording(wall=Wall(offset=-3 * DAY), **{"media.timeout_s": 1})
     running.node.media.backoff_min_s = 0.2
     await segments_of(running, 1)
-    cam.stop_media()  # the camera's stream dies; the node times out and invites again
-    stopped = time.time()
     service = running.node.recording
+    recorder = service.recorder
+    assert recorder is not None
+    walls: list[float] = []  # the time of every frame handed to the recorder
+    losses: list[tuple[float, str, int]] = []  # (when, why, frames handed over before)
+    submit, lost = recorder.submit, recorder.lost
+
+    def spy_submit(channel_id: str, unit: Any, wall: float) -> None:
+        walls.append(wall)
+        submit(channel_id, unit, wall)
+
+    def spy_lost(channel_id: str, wall: float, reason: str = "packet loss") -> None:
+        losses.append((wall, reason, len(walls)))
+        lost(channel_id, wall, reason)
+
+    monkeypatch.setattr(recorder, "submit", spy_submit)
+    monkeypatch.setattr(recorder, "lost", spy_lost)
+    await wait_for(lambda: walls)
+    cam.stop_media()  # the camera's stream dies; the node times out and invites again
     deadline = time.monotonic() + 15
     gaps: list[Any] = []
     while time.monotonic() < deadline and not gaps:
@@ -344,16 +397,24 @@ async def test_an_interrupted_stream_is_recorded_as_a_gap(recording) -> None:
         _, gaps = await service.search(CHANNEL, 0, 4e9)
     (gap,) = gaps
     assert gap.reason == "no media for 1 s"
-    assert stopped - 1.5 < gap.start_wall <= stopped + 0.1  # where the media stopped
-    assert gap.end_wall - gap.start_wall >= 1.0  # until the stream was back
+    (noticed, _, count) = next(loss for loss in losses if loss[1] == gap.reason)
+    last_frame = walls[count - 1]
+    # The gap starts right after the last frame that came (25 fps), not where the timeout
+    # noticed the silence.
+    assert gap.start_wall == pytest.approx(last_frame + 0.04) and noticed > gap.start_wall
+    before, _ = await service.search(CHANNEL, 0, gap.start_wall)
+    assert before[-1].end_wall == gap.start_wall
     rows: list[Any] = []
     while time.monotonic() < deadline and not rows:
         await asyncio.sleep(0.3)
         rows, _ = await service.search(CHANNEL, gap.end_wall, 4e9)
-    assert rows[0].start_wall >= gap.end_wall - 0.05  # recording resumed after it
+    # It ends where recording resumed, at a keyframe of the stream invited again.
+    assert rows[0].start_wall == gap.end_wall and gap.end_wall in walls[count:]
+    assert gap.end_wall - gap.start_wall >= 1.0
     response = await running.client.get(
         "/api/recordings", headers=running.headers,
-        params={"channel": CHANNEL, "start": local(stopped - 30), "end": local(stopped + 60)},
+        params={"channel": CHANNEL, "start": local(last_frame - 30),
+                "end": local(last_frame + 60)},
     )
     body = await response.json()
     assert [g["reason"] for g in body["gaps"]] == ["no media for 1 s"]
@@ -396,22 +457,63 @@ async def test_all_means_every_video_source_and_schedules_follow_the_clock(recor
     await segments_of(running, 1)  # and it is being recorded
 
 
-async def test_a_channel_outside_its_schedule_is_not_recorded(recording) -> None:
-    from zoneinfo import ZoneInfo
+async def test_a_channel_is_recorded_only_inside_its_schedule(recording) -> None:
+    def at(hour: int, minute: int) -> float:  # Wednesday 2026-11-25 in the node's zone
+        return datetime(2026, 11, 25, hour, minute, tzinfo=SHANGHAI).timestamp()
 
-    now = datetime.now(ZoneInfo("Asia/Shanghai"))
-    day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[now.weekday()]
-    later = (now + timedelta(hours=2)).strftime("%H:%M")
-    much_later = (now + timedelta(hours=3)).strftime("%H:%M")
-    window = {CHANNEL: {day: f"{later}-{much_later}"}}
-    if later > much_later or later < now.strftime("%H:%M"):
-        pytest.skip("the test window would cross midnight")
-    running, _ = await recording(**{"recording.channels": window})
-    registry = running.node.registry
+    wall = Wall(frozen=at(10, 0))
+    window = {CHANNEL: {"wed": "12:00-13:00", "thu": "10:00-11:00"}}
+    running, _ = await recording(wall=wall, **{"recording.channels": window})
+    registry, service, media = running.node.registry, running.node.recording, running.node.media
     await wait_for(lambda: registry.get(CAMERA) and registry.get(CAMERA).channels)
-    assert running.node.recording.wanted() == set()
-    await asyncio.sleep(2.5)  # a reconcile pass
-    assert running.node.media.streams == {}
+    assert service.wanted() == set()
+    service.reconcile()
+    assert service.recordings == {} and media.streams == {}
+
+    wall.frozen = at(12, 0)
+    assert service.wanted() == {CHANNEL}
+    service.reconcile()
+    consumer = service.recordings[CHANNEL]
+    await wait_for(lambda: consumer.units > 0, timeout=15)  # frames reach the recorder
+    assert consumer in media.streams[CHANNEL].consumers
+
+    wall.frozen = at(13, 0)
+    assert service.wanted() == set()
+    service.reconcile()
+    assert service.recordings == {}
+    stream = media.streams.get(CHANNEL)
+    assert stream is None or consumer not in stream.consumers
+
+
+async def test_the_retention_sweep_leaves_every_index_write_to_the_writer_thread(
+    recording, monkeypatch
+) -> None:
+    wall = Wall(offset=-40 * DAY)  # what is recorded first is forty days old later on
+    running, _ = await recording(wall=wall)
+    old = await segments_of(running, 2)
+    service = running.node.recording
+    threads: list[str] = []
+    record_deletions = RecordIndex.record_deletions
+
+    def spy(self: RecordIndex, rows: Any, deleted_at: float) -> int:
+        threads.append(threading.current_thread().name)
+        return record_deletions(self, rows, deleted_at)
+
+    monkeypatch.setattr(RecordIndex, "record_deletions", spy)
+    wall.offset = 0.0
+    deleted = await service.sweep()  # while the channel is still being recorded
+    cutoff = wall() - 30 * DAY
+    assert {row.id for row in old} <= {row.id for row in deleted}
+    assert all(row.end_wall < cutoff for row in deleted)
+    assert threads and set(threads) == {"recorder-writer"}
+    assert not any((service.root / row.path).exists() for row in deleted)
+    rows, _ = await service.search(CHANNEL, 0, 4e9)
+    assert all(row.end_wall >= cutoff for row in rows)
+    # Searches and the sweep read through a connection that cannot write.
+    loop = asyncio.get_running_loop()
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        await loop.run_in_executor(
+            service._reader, lambda: service._index().add_gap(CHANNEL, 0.0, 1.0, "a write"))
 
 
 async def test_the_time_the_node_was_down_is_a_gap(recording, tmp_path: Path) -> None:
