@@ -29,7 +29,8 @@ first PES when nothing precedes it, and ends where the next unit's segment start
 therefore may also hold continuation PES packets of another stream's unit, the tail of the
 previous frame when a frame starts inside a PES, and any garbage bytes met on the way.
 Bytes before the first segment are dropped and counted in ``skipped_bytes``. Units are returned in
-segment order, so ``b"".join(u.ps_bytes for u in units) == stream[units[0].offset:]``.
+segment order, so ``b"".join(u.ps_bytes for u in units) == stream[units[0].offset:]`` as long as
+``dropped_bytes`` is 0 (see Memory: only bytes that no unit took within the window are left out).
 
 Bad input never raises: undecodable bytes are skipped up to the next start code and counted in
 ``resyncs`` and ``skipped_bytes``. A PES packet is read for the bytes its PES_packet_length
