@@ -1,8 +1,8 @@
 """Recording benchmark: N simulated 4 Mbit/s cameras received and written to disk by one process.
 
     .venv/bin/python bench/record.py [--streams 300,100] [--runs 3] [--duration 75]
-                                     [--warmup 5] [--segment 60] [--disk-gb 6] [--dir DIR]
-                                     [--writer-cpu C] [--out bench/results/record.md]
+                                     [--warmup 5] [--segment 60] [--fsync 2] [--disk-gb 6]
+                                     [--dir DIR] [--writer-cpu C] [--out bench/results/record.md]
 
 For every stream count and run, two passes with the same traffic, one right after the other:
 
@@ -11,9 +11,10 @@ For every stream count and run, two passes with the same traffic, one right afte
           its source and SSRC, with a `MediaIngest` sink whose demuxed access units are counted.
   record  the same, and every access unit is also handed to one `recorder.service.Recorder`
           (`submit(channel_id, unit, wall)`), whose writer thread batches the PS bytes into
-          ~1 MiB writes, hashes them (SHA-256), fsyncs each segment when it closes and indexes it
-          in SQLite. The files go to a temporary directory on a real disk and are deleted after
-          the pass.
+          ~1 MiB writes, hashes them (SHA-256), writes out and fdatasyncs every open segment in
+          one pass every `--fsync` seconds (the node's `recording.fsync_s`; 0: off), fsyncs each
+          segment when it closes and indexes it in SQLite. The files go to a temporary
+          directory on a real disk and are deleted after the pass.
 
 The receiver (uvloop) is pinned to CPU 0 with all its threads, the sender
 (`bench/ingest_sender.py`) to CPU 1. After a warm-up, the receiver's counters and CPU times are
@@ -21,9 +22,11 @@ read at the start and at the end of the measurement window: process CPU (`time.p
 all threads), the event-loop thread's CPU (`time.thread_time()`, read in the loop thread) and the
 writer thread's CPU (/proc/self/task/TID/schedstat). The difference of the process's CPU per
 packet between the two passes is what recording adds; the loop thread's share of it is what can
-delay packet reads. `os.fsync` is wrapped in the receiver process (count, total and longest
-time; file and directory fsyncs apart), and so is the index's `add_segment` (SQLite commit with
-`synchronous = FULL`). A 20 ms timer on the loop measures how late the loop runs it (loop lag).
+delay packet reads. `os.fsync` and `os.fdatasync` are wrapped in the receiver process (count,
+total and longest time; file and directory fsyncs apart, the sync pass's fdatasyncs apart), and
+so is the index's `add_segment` (SQLite commit with `synchronous = FULL`). A 20 ms timer on the
+loop measures how late the loop runs it (loop lag) and reads the recorder's queue depth (units
+and bytes).
 
 With 60 s segments the window has to be at least 70 s long for every stream to close a segment
 inside it (its first segment starts at its first key frame after the receiver starts); with
@@ -152,6 +155,7 @@ class Timed:
 
 def install_fsync_timer(timed: Timed) -> None:
     real = os.fsync
+    real_data = os.fdatasync
     perf = time.perf_counter
 
     def fsync(fd: Any) -> None:
@@ -165,7 +169,15 @@ def install_fsync_timer(timed: Timed) -> None:
         finally:
             timed.add(kind, perf() - t0)
 
-    os.fsync = fsync  # segments.py looks it up on the os module at each call
+    def fdatasync(fd: Any) -> None:  # the recorder's sync pass, one per open segment
+        t0 = perf()
+        try:
+            real_data(fd)
+        finally:
+            timed.add("sync", perf() - t0)
+
+    os.fsync = fsync  # segments.py looks them up on the os module at each call
+    os.fdatasync = fdatasync
 
 
 def profile_writer_thread(path: str) -> None:
@@ -202,7 +214,7 @@ async def receive(args: argparse.Namespace) -> None:
         install_fsync_timer(fsyncs)
         if args.profile_writer:
             profile_writer_thread(args.profile_writer)
-        rec = Recorder(args.root, segment_s=args.segment, tz=UTC)
+        rec = Recorder(args.root, segment_s=args.segment, tz=UTC, fsync_s=args.fsync)
         real_add = rec.index.add_segment
 
         def add_segment(**kw: Any) -> Any:
@@ -244,15 +256,17 @@ async def receive(args: argparse.Namespace) -> None:
 
     # Loop lag: how late a 20 ms timer runs, and the recorder's queue depth at the same beats.
     lags: list[float] = []
-    qmax = [0]
+    qmax = [0, 0]  # units, bytes
 
     def tick(due: float) -> None:
         t = loop.time()
         lags.append(t - due)
         if rec is not None:
-            q = rec.queue_depth
+            q, qb = rec.queue_depth, rec.queue_bytes
             if q > qmax[0]:
                 qmax[0] = q
+            if qb > qmax[1]:
+                qmax[1] = qb
         nxt = t + LAG_TICK
         loop.call_at(nxt, tick, nxt)
 
@@ -288,8 +302,8 @@ async def receive(args: argparse.Namespace) -> None:
         lags.clear()
         if rec is not None:
             out["rec"] = recorder_counters(rec)
-            out["rec"]["queue_max"] = qmax[0]
-            qmax[0] = rec.queue_depth
+            out["rec"]["queue_max"], out["rec"]["queue_bytes_max"] = qmax
+            qmax[:] = [rec.queue_depth, rec.queue_bytes]
             out["fsync"] = fsyncs.take()
             out["index"] = index_adds.take()
         return out
@@ -357,7 +371,8 @@ async def receive(args: argparse.Namespace) -> None:
 def recorder_counters(rec: Any) -> dict[str, Any]:
     return {"units": rec.units, "bytes": rec.bytes, "segments_closed": rec.segments_closed,
             "write_errors": rec.write_errors, "dropped_units": rec.dropped_units,
-            "queue": rec.queue_depth, "last_error": rec.last_error}
+            "queue": rec.queue_depth, "last_error": rec.last_error,
+            "sync_passes": rec.sync_passes, "syncs": rec.syncs, "sync_s": rec.sync_s}
 
 
 # ----- checks of the machine -------------------------------------------------------------------
@@ -460,7 +475,7 @@ class Receiver:
     def __init__(self, kind: str, n: int, args: argparse.Namespace, root: Path,
                  profile_writer: str | None) -> None:
         cmd = [PY, str(Path(__file__).resolve()), "receive", "--kind", kind, "--streams", str(n),
-               "--segment", str(args.segment), "--root", str(root)]
+               "--segment", str(args.segment), "--fsync", str(args.fsync), "--root", str(root)]
         if args.cpus[0] is not None:
             cmd += ["--cpu", str(args.cpus[0])]
         if args.writer_cpu is not None:
@@ -645,6 +660,9 @@ def summarize(kind: str, n: int, a: dict[str, Any], b: dict[str, Any], c: dict[s
             rec_units_per_s=(rb["units"] - ra["units"]) / window,
             segments_in_window=rb["segments_closed"] - ra["segments_closed"],
             queue_max=rb["queue_max"],
+            queue_bytes_max=rb["queue_bytes_max"],
+            sync_passes=rb["sync_passes"] - ra["sync_passes"],
+            sync_pass_s=rb["sync_s"] - ra["sync_s"],
             # Units the recorder did not write, from the start of the window to the close
             # (the drops before it are each stream's wait for its first key frame).
             rec_dropped=fin["dropped_units"] - ra["dropped_units"],
@@ -660,7 +678,8 @@ def summarize(kind: str, n: int, a: dict[str, Any], b: dict[str, Any], c: dict[s
         f = delta(b["fsync"], a["fsync"], "file")
         d = delta(b["fsync"], a["fsync"], "dir")
         ix = delta(b["index"], a["index"], "add_segment")
-        out.update(fsync_file=f, fsync_dir=d, index_add=ix)
+        out.update(fsync_file=f, fsync_dir=d, index_add=ix,
+                   fdatasync=delta(b["fsync"], a["fsync"], "sync"))
         cf = closing.get("fsync", {})
         out["close_fsync_file"] = delta(cf, b["fsync"], "file") if cf else {}
     return out
@@ -730,8 +749,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
     add("N simulated 4 Mbit/s cameras over UDP into one process on one core, twice with the same "
         "traffic: `ingest` (the node's receive path: `UdpRtpReceiver` + `MediaIngest`, access "
         "units counted) and `record` (the same, every access unit also submitted to one "
-        "`recorder.service.Recorder`: ~1 MiB buffered writes, SHA-256, fsync at segment close, "
-        "SQLite index, on its writer thread). Written by `bench/record.py`.")
+        "`recorder.service.Recorder`: ~1 MiB buffered writes, SHA-256, a sync pass "
+        + (f"(fdatasync of every open segment) every {args.fsync:g} s, " if args.fsync else
+           "(off), ")
+        + "fsync at segment close, SQLite index, on its writer thread). Written by "
+        "`bench/record.py`.")
     add("")
     if note:
         add(f"> **{note}**")
@@ -746,7 +768,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
         f"{elapsed / 60:.0f} min")
     add(f"- Command: `{command}`; code under test: commit {info['commit']}")
     add(f"- Each pass: {args.warmup:g} s warm-up, then a {args.duration:g} s measurement window; "
-        f"segments of {args.segment:g} s (cut at the first key frame after that), so each "
+        f"segments of {args.segment:g} s (cut at the first key frame after that); "
+        + (f"the recorder's sync pass every {args.fsync:g} s (`--fsync`, the node's "
+           "`recording.fsync_s`)" if args.fsync else "no sync pass (`--fsync 0`)")
+        + ", so each "
         "stream closes "
         + ("at least one segment inside the window" if args.duration >= args.segment + 10 else
            "**no segment inside the window (window too short)**")
@@ -815,17 +840,21 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
     add("Segment closes inside the window of the record passes (medians): the file fsyncs "
         "(count, total, longest), the directory fsyncs after each rename, and the index insert "
         "(SQLite, `synchronous = FULL`). Close: time for `Recorder.close()` after the senders "
-        "stopped (drain the queue, fsync and index every open segment). Queue max: deepest "
-        "recorder queue seen at the 20 ms beats (units; the queue holds 10,000). Writer "
-        "system time: the kernel's part of the writer thread's CPU (/proc stat ticks). "
-        "Switches: context switches per second of the thread (voluntary + involuntary), "
-        "each a wakeup or a preemption on the shared core.")
+        "stopped (drain the queue, fsync and index every open segment). Sync passes inside "
+        "the window: how many, their fdatasyncs (count, total, longest) and the passes' total "
+        "time (what the writer thread spends making open segments durable). Queue max: "
+        "deepest recorder queue seen at the 20 ms beats (units / MB; the queue holds 10,000 "
+        "units or 256 MiB). Writer system time: the kernel's part of the writer thread's CPU "
+        "(/proc stat ticks). Switches: context switches per second of the thread (voluntary "
+        "+ involuntary), each a wakeup or a preemption on the shared core.")
     add("")
     add("| N | segments closed | file fsync count | fsync total s | fsync max ms | "
-        "dir fsync total s | index insert max ms | queue max | close s | writer CPU | "
-        "writer system time | writer switches/s | loop switches/s ingest → record | "
-        "write errors |")
-    add("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        "dir fsync total s | index insert max ms | sync passes | fdatasync count | "
+        "fdatasync total s | fdatasync max ms | sync pass total s | queue max | close s | "
+        "writer CPU | writer system time | writer switches/s | "
+        "loop switches/s ingest → record | write errors |")
+    add("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "---:|---:|")
     for n, row in rows.items():
         rec = row["rec"]
         add(f"| {n} | {cell([r['segments_in_window'] for r in rec], 0)} | "
@@ -834,7 +863,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
             f"{cell([r['fsync_file']['max_s'] for r in rec], 0, 1000)} | "
             f"{cell([r['fsync_dir']['total_s'] for r in rec], 2)} | "
             f"{cell([r['index_add']['max_s'] for r in rec], 0, 1000)} | "
-            f"{cell([r['queue_max'] for r in rec], 0)} | "
+            f"{cell([r.get('sync_passes', 0) for r in rec], 0)} | "
+            f"{cell([r.get('fdatasync', {}).get('count', 0) for r in rec], 0)} | "
+            f"{cell([r.get('fdatasync', {}).get('total_s', 0.0) for r in rec], 2)} | "
+            f"{cell([r.get('fdatasync', {}).get('max_s', 0.0) for r in rec], 0, 1000)} | "
+            f"{cell([r.get('sync_pass_s', 0.0) for r in rec], 2)} | "
+            f"{cell([r['queue_max'] for r in rec], 0)} / "
+            f"{cell([r.get('queue_bytes_max', 0) / 1e6 for r in rec], 1)} | "
             f"{cell([r['close_s'] for r in rec], 1)} | "
             f"{cell([r.get('writer_share', 0.0) for r in rec], 1, 100, '%')} | "
             f"{cell([r.get('writer_sys_fraction', 0.0) for r in rec], 0, 100, '%')} | "
@@ -915,6 +950,7 @@ def main() -> int:
         p.add_argument("--kind", choices=("ingest", "record"), required=True)
         p.add_argument("--streams", type=int, required=True)
         p.add_argument("--segment", type=float, default=60.0)
+        p.add_argument("--fsync", type=float, default=2.0)
         p.add_argument("--root", required=True)
         p.add_argument("--cpu", type=int)
         p.add_argument("--writer-cpu", type=int)
@@ -932,6 +968,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=75.0, help="measurement window, s")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--segment", type=float, default=60.0, help="segment duration, s")
+    parser.add_argument("--fsync", type=float, default=2.0,
+                        help="the recorder's sync pass interval, s (the node's "
+                        "recording.fsync_s; 0: only at segment close)")
     parser.add_argument("--tail", type=float, default=1.0)
     parser.add_argument("--drain", type=float, default=0.5)
     parser.add_argument("--dir", default=tempfile.gettempdir(),
@@ -1022,7 +1061,11 @@ def main() -> int:
                                      f"{r['segments_in_window']}, fsync "
                                      f"{r['fsync_file']['count']} "
                                      f"{r['fsync_file']['total_s']:.2f} s max "
-                                     f"{1000 * r['fsync_file']['max_s']:.0f} ms, queue max "
+                                     f"{1000 * r['fsync_file']['max_s']:.0f} ms, sync passes "
+                                     f"{r['sync_passes']} ({r['sync_pass_s']:.2f} s), "
+                                     f"fdatasync {r['fdatasync']['count']} "
+                                     f"{r['fdatasync']['total_s']:.2f} s max "
+                                     f"{1000 * r['fdatasync']['max_s']:.0f} ms, queue max "
                                      f"{r['queue_max']}, rec dropped {r['rec_dropped']}, "
                                      f"errors {r['write_errors']}, close {r['close_s']:.1f} s, "
                                      f"unaccounted {r['unaccounted']}")
