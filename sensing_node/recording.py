@@ -349,6 +349,8 @@ class RecordingService:
             "write_errors": recorder.write_errors if recorder else 0,
             "dropped_units": recorder.dropped_units if recorder else 0,
             "queue_depth": recorder.queue_depth if recorder else 0,
+            "queue_bytes": recorder.queue_bytes if recorder else 0,
+            "syncs": recorder.syncs if recorder else 0,
             "last_error": recorder.last_error if recorder else None,
         }
 

@@ -192,8 +192,10 @@ async def test_export_needs_a_purpose_and_streams_ps_and_mp4(recording) -> None:
 
 
 async def test_shutdown_closes_the_open_segment(recording) -> None:
-    running, _ = await recording(**{"recording.segment_s": 60})
+    running, _ = await recording(**{"recording.segment_s": 60, "recording.fsync_s": 0.5})
     await wait_for(lambda: running.node.recording.stats()["units"] > 30, timeout=10)
+    # Meanwhile the open segment is synced to the disk every recording.fsync_s.
+    await wait_for(lambda: running.node.recording.stats()["syncs"] > 0, timeout=10)
     root = running.node.recording.root
     await running.client.close()  # what SIGTERM does
     assert not list(root.rglob("*.part"))
