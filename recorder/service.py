@@ -280,12 +280,16 @@ class Recorder:
         clock, idle = self.monotonic, self.fsync_s  # idle: wake up for the sync pass
         every = idle or math.inf
         next_sync = clock() + every
-        check = 0  # items until the clock is read again for the sync pass
+        check = 0  # items until the clock is read again for the sync pass (0: a batch starts)
+        item: tuple[Any, ...] | None
         while True:
-            try:
-                item: tuple[Any, ...] | None = get(timeout=idle)
-            except queue.Empty:
-                item = None
+            if check:  # within a batch the queue holds more: no timeout (no clock read) needed
+                item = get()
+            else:
+                try:
+                    item = get(timeout=idle)
+                except queue.Empty:
+                    item = None
             if check <= 0 or item is None:  # a batch starts (or a long one goes on)
                 check = _SYNC_CHECK_ITEMS
                 if clock() >= next_sync:
