@@ -287,8 +287,18 @@ class LiveStream:
             reason = self._stop_reason or "node stopping"
             self._teardown(bye=True)
             self._record_ended(reason)
+        except Exception as exc:  # a bug: end the stream, but never leave it half set up
+            reason = self.last_error = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("stream %s failed", self.channel_id)
+            self._teardown(bye=True)
+            self._record_ended(reason)
         finally:
-            self._close(reason)
+            # Every way out (a failing teardown too) hangs up and gives the port and the SSRC
+            # back; after a teardown that completed this does nothing.
+            try:
+                self._teardown(bye=True)
+            finally:
+                self._close(reason)
 
     def unit_wall(self) -> float:
         """The wall time a consumer should give the unit it is handed now: the present, except
@@ -428,7 +438,7 @@ class LiveStream:
         self._next_seq = -1
         self.gop, self._gop_bytes = [], 0
         self.codec = self.width = self.height = None
-        port = await self._open_receiver()
+        port = await self._open_receiver(device)
         offer = play_offer(
             node_id=settings.node.id,
             media_ip=settings.node.media_ip,
@@ -463,6 +473,8 @@ class LiveStream:
             host, _, media_port = self.remote.rpartition(":")
             try:
                 await self.receiver.connect_tcp(host.strip("[]"), int(media_port))
+            except TimeoutError as exc:
+                raise StreamError(504, f"connect timed out: {exc}") from None
             except (ConnectionError, OSError) as exc:
                 raise StreamError(502, f"cannot connect to the device's media port: {exc}") \
                     from None
@@ -474,7 +486,10 @@ class LiveStream:
         log.info("stream %s playing: %s from %s, SSRC %s", self.channel_id, self.transport,
                  self.remote, self.ssrc)
 
-    async def _open_receiver(self) -> int:
+    async def _open_receiver(self, device: Device) -> int:
+        """Bind the attempt's port on node.media_ip. Until the answer, a UDP receiver only
+        holds what comes in, and a TCP port takes connections only from the device's
+        signalling address (its SDP address is added once the answer names it)."""
         hub = self.hub
         host = hub.media_bind_host
         try:
@@ -486,7 +501,7 @@ class LiveStream:
             self.receiver = tcp
             # tcp-active needs no listener, but its offer still names a port of ours, and
             # holding it keeps the offer truthful; a connection to it is refused.
-            _, port = await tcp.listen_tcp(host, hub.pool)
+            _, port = await tcp.listen_tcp(host, hub.pool, (device.host_port[0],))
             return port
         except PortsExhausted as exc:
             raise StreamError(503, str(exc)) from None
@@ -511,40 +526,48 @@ class LiveStream:
         else:
             self.ssrc_value = None  # learnt from the first packet
         receiver = self.receiver
+        hosts = {device.host_port[0]}
+        if address not in ("0.0.0.0", "::"):
+            hosts.add(address)
         if isinstance(receiver, UdpRtpReceiver):
-            hosts = {device.host_port[0]}
-            if address not in ("0.0.0.0", "::"):
-                hosts.add(address)
             receiver.expect(hosts, self.ssrc_value)
         elif isinstance(receiver, TcpRtpReceiver):
-            receiver.expect(self.ssrc_value)
+            receiver.expect(self.ssrc_value, hosts)
 
     def _teardown(self, *, bye: bool) -> None:
-        """Hang up (if asked and a dialog is up) and release the port and the SSRC."""
+        """Hang up (if asked and a dialog is up) and release the port and the SSRC.
+
+        Safe to call again: what was released is not released twice. The port, the SSRC and
+        the Call-ID are released even if hanging up or the final flush fails.
+        """
         hub = self.hub
-        if bye and self.dialog is not None and self.peer is not None:
-            hub.bye(self.dialog, self.peer)
-        self.dialog = None
-        receiver = self.receiver
-        if receiver is not None:
-            if receiver.last_packet_at is not None:
-                # What is still held arrived with the last packet, not now.
-                loop = asyncio.get_running_loop()
-                self._late_wall = hub.wall() - (loop.time() - receiver.last_packet_at)
-            for key in self._totals:
-                self._totals[key] += getattr(receiver, key)
-            receiver.close()  # hands over the packets the reorder buffer still held
-            self.receiver = None
-        self.ingest.flush()
-        self._late_wall = None
-        if self.serial is not None:
-            hub.release_serial(self.serial)
-            self.serial = None
-        if self.call_id is not None:
-            hub.by_call_id.pop(self.call_id, None)
-        self.acked_at = None
-        self.playing_since = None
-        self.gop, self._gop_bytes = [], 0
+        dialog, self.dialog = self.dialog, None
+        receiver, self.receiver = self.receiver, None
+        try:
+            if bye and dialog is not None and self.peer is not None:
+                hub.bye(dialog, self.peer)
+            if receiver is not None:
+                if receiver.last_packet_at is not None:
+                    # What is still held arrived with the last packet, not now.
+                    loop = asyncio.get_running_loop()
+                    self._late_wall = hub.wall() - (loop.time() - receiver.last_packet_at)
+                for key in self._totals:
+                    self._totals[key] += getattr(receiver, key)
+                receiver.close()  # hands over the packets the reorder buffer still held
+                receiver = None
+            self.ingest.flush()
+        finally:
+            if receiver is not None:  # the hang-up failed before it was closed
+                receiver.close()
+            self._late_wall = None
+            if self.serial is not None:
+                hub.release_serial(self.serial)
+                self.serial = None
+            if self.call_id is not None:
+                hub.by_call_id.pop(self.call_id, None)
+            self.acked_at = None
+            self.playing_since = None
+            self.gop, self._gop_bytes = [], 0
 
     def end_attempt(self, reason: str, *, bye: bool = True) -> None:
         """The current attempt is over (timeout, device BYE, closed connection)."""
@@ -649,10 +672,12 @@ class StreamHub:
         self.wall = wall
         node = settings.node
         self.pool = PortPool(node.rtp_port_min, node.rtp_port_max)
-        self.receive_config = RtpReceiveConfig()
-        # Bind RTP where devices are told to send it; a wildcard SIP address means "any".
-        self.media_bind_host = node.media_ip if node.sip_host not in ("0.0.0.0", "::") else \
-            ("::" if ":" in node.media_ip else "0.0.0.0")
+        self.receive_config = RtpReceiveConfig(
+            connect_timeout_s=settings.media.connect_timeout_s
+        )
+        # RTP is bound where devices are told to send it, whatever address SIP listens on:
+        # a wildcard would take packets for this port from any interface.
+        self.media_bind_host = node.media_ip
         self.streams: dict[str, LiveStream] = {}
         self.by_call_id: dict[str, LiveStream] = {}
         self.ended: deque[dict[str, Any]] = deque(maxlen=ENDED_KEPT)

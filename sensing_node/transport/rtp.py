@@ -7,9 +7,17 @@ unless given, since devices often send from a port other than the one in their S
 sequence order by `rtp.reorder.ReorderBuffer` and handed to an `RtpSink` in order. Everything
 else (RTCP, other sources or SSRCs, bytes that are not RTP) is dropped and counted.
 
+A receiver is opened before the INVITE (its port goes into the offer) but learns what to expect
+only from the answer, so until `expect()` nothing reaches the sink: the packets that come first
+are held, the newest `EARLY_PACKETS` of them within `EARLY_BYTES` (older ones are dropped and
+counted in `dropped_early`), and `expect()` replays them through the same checks as any packet,
+so only the answered source and SSRC get through and the reorder buffer starts at the real
+stream. A passive TCP port takes connections only from the device's addresses.
+
 TCP media (GB/T 28181-2022 section 4.3.6, RFC 4571 framing) is either passive (we listen, the
 device connects; one connection per session) or active (we connect to the port in the device's
-SDP answer, retrying for a while because the device may open it late).
+SDP answer, retrying for a while because the device may open it late, within
+`connect_timeout_s` in all).
 
 The receive path is the hot path: no logging and no objects per packet beyond the payload view
 and one tuple; the kernel buffer of every RTP socket is raised to `rcvbuf` (1 MiB by default),
@@ -19,6 +27,7 @@ because keyframe bursts overflow the default on loopback and LAN alike.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import struct
@@ -48,6 +57,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RCVBUF = 1 << 20
 _MAX_PAYLOAD = 0xFFFF  # no RTP payload is longer (a UDP datagram, an RFC 4571 frame)
+EARLY_PACKETS = 64  # packets held from before the answer, at most...
+EARLY_BYTES = 128 * 1024  # ...and at most this many bytes of them
 _PLAIN = struct.Struct("!BHII")  # after the first byte: M/PT, sequence, timestamp, SSRC
 _rcvbuf_warned = False
 
@@ -68,6 +79,7 @@ class RtpReceiveConfig:
     :param rcvbuf: SO_RCVBUF asked for on every RTP socket.
     :param connect_attempts: tries of an active TCP connection before giving up.
     :param connect_retry_s: pause between those tries.
+    :param connect_timeout_s: the whole of an active TCP connect, tries and pauses included.
     """
 
     reorder_window: int = 64
@@ -75,6 +87,7 @@ class RtpReceiveConfig:
     rcvbuf: int = DEFAULT_RCVBUF
     connect_attempts: int = 4
     connect_retry_s: float = 1.0
+    connect_timeout_s: float = 5.0
 
 
 class RtpSink(Protocol):
@@ -120,7 +133,9 @@ class PortPool:
     """Even local ports from the configured RTP range (node.rtp_ports), one per stream.
 
     A port someone else holds is skipped and tried again later; `PortsExhausted` is raised when
-    no port of the range can be bound.
+    no port of the range can be bound. The host to bind is the node's media address
+    (node.media_ip), where devices are told to send; one that is no address of this machine
+    raises `OSError` at once rather than looking like a full range.
     """
 
     def __init__(self, low: int, high: int, *, rcvbuf: int = DEFAULT_RCVBUF) -> None:
@@ -167,9 +182,11 @@ class PortPool:
                 if kind == socket.SOCK_STREAM:
                     sock.listen(4)
                 sock.setblocking(False)
-            except OSError:
+            except OSError as exc:
                 sock.close()
                 self._free.append(port)  # held by another process for now
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise OSError(exc.errno, f"{host} is not an address of this host") from None
                 continue
             self._in_use.add(port)
             return sock, port
@@ -180,7 +197,8 @@ class PortPool:
 
 
 class _RtpReceiver:
-    """What the UDP and TCP receivers share: SSRC check, reorder buffer, timer, counters."""
+    """What the UDP and TCP receivers share: SSRC check, reorder buffer, timer, counters, and
+    the packets held from before the answer."""
 
     def __init__(self, sink: RtpSink, config: RtpReceiveConfig | None = None) -> None:
         self.config = config or RtpReceiveConfig()
@@ -195,7 +213,11 @@ class _RtpReceiver:
         self.rtcp = 0
         self.dropped_foreign = 0
         self.dropped_invalid = 0
+        self.dropped_early = 0
         self.sink_errors = 0
+        self.answered = False  # set by expect(): until then packets are only held
+        self._early: deque[tuple[bytes, Any]] = deque()  # (packet, source address)
+        self._early_bytes = 0
         self.last_packet_at: float | None = None
         self.rcvbuf = 0
         self.port = 0
@@ -263,6 +285,34 @@ class _RtpReceiver:
             self._arm_timer()  # something is held: a gap, or a possible source restart
         return True
 
+    @property
+    def early(self) -> int:
+        """Packets held from before the answer."""
+        return len(self._early)
+
+    def _hold(self, data: bytes, addr: Any) -> None:
+        """A packet from before the answer: keep the newest EARLY_PACKETS (EARLY_BYTES)."""
+        early = self._early
+        early.append((data, addr))
+        self._early_bytes += len(data)
+        while len(early) > EARLY_PACKETS or self._early_bytes > EARLY_BYTES:
+            old, _ = early.popleft()
+            self._early_bytes -= len(old)
+            self.dropped_early += 1
+
+    def _answer(self) -> list[tuple[bytes, Any]]:
+        """The answer is in: start afresh and return the held packets, to be replayed through
+        the checks of the receiver."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.reorder.received:  # expected again: what came before is not this stream
+            self.reorder = ReorderBuffer(self.config.reorder_window, self.config.max_delay_s)
+        self.answered = True
+        early, self._early = list(self._early), deque()
+        self._early_bytes = 0
+        return early
+
     def _release(self, items: list[_Item]) -> None:
         deliver = self._deliver
         try:
@@ -293,13 +343,18 @@ class _RtpReceiver:
             self._timer.cancel()
             self._timer = None
         self._release(self.reorder.drain())
+        self._early.clear()
+        self._early_bytes = 0
         if self._pool is not None:
             self._pool.release(self.port)
             self._pool = None
 
 
 class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
-    """One stream on one UDP port. Create with `open`; stop with `close`."""
+    """One stream on one UDP port. Create with `open`, start with `expect`, stop with `close`.
+
+    Until `expect`, packets are held (see the module's docstring), whoever sends them.
+    """
 
     def __init__(self, sink: RtpSink, config: RtpReceiveConfig | None = None) -> None:
         super().__init__(sink, config)
@@ -332,7 +387,8 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
 
         `source_host` may be several addresses (a device behind NAT sends from its public
         address but names its private one in SDP). The source port, and the SSRC when None,
-        are taken from the first RTP packet accepted.
+        are taken from the first RTP packet accepted. The packets held so far are then
+        replayed: those that fit go to the sink, the others are counted as foreign.
         """
         if source_host is None:
             self._source_hosts = None
@@ -342,16 +398,22 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
             self._source_hosts = frozenset(source_host)
         self.source = None
         self.ssrc = ssrc
+        for data, addr in self._answer():
+            self.datagram_received(data, addr)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if addr != self.source:
+            # No source is latched before the answer, so its packets all come this way and
+            # the latched source's packets never pay for the check.
             if self.source is not None or (
                 self._source_hosts is not None and addr[0] not in self._source_hosts
             ):
                 self.dropped_foreign += 1
+            elif not self.answered:
+                self._hold(data, addr)
             elif self._receive(data):
                 self.source = addr
             return
@@ -369,8 +431,9 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
 
 
 class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
-    """One stream over one RFC 4571 TCP connection: passive (`listen_tcp`) or active
-    (`connect_tcp`). Stop with `close`; `closed` is set when the connection ends."""
+    """One stream over one RFC 4571 TCP connection: passive (`listen_tcp`, then `expect` once
+    answered) or active (`expect`, then `connect_tcp`). Stop with `close`; `closed` is set when
+    the connection ends."""
 
     def __init__(self, sink: RtpSink, config: RtpReceiveConfig | None = None) -> None:
         super().__init__(sink, config)
@@ -382,12 +445,21 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
         self.connect_attempts = 0
         self.closed = asyncio.Event()
         self._claimed = False
+        self._peer_hosts: frozenset[str] | None = None  # who may connect; None: anybody
+        # Where each packet goes: held until the answer, then the receive path itself.
+        self._on_rtp: Callable[[bytes], object] = self._hold_early
 
-    async def listen_tcp(self, host: str, pool: PortPool) -> tuple[asyncio.AbstractServer, int]:
-        """Passive role: listen on a port from `pool`; the first connection carries the stream.
+    async def listen_tcp(
+        self, host: str, pool: PortPool, peers: Iterable[str] | None = None
+    ) -> tuple[asyncio.AbstractServer, int]:
+        """Passive role: listen on a port from `pool`; the first connection from one of `peers`
+        (the device's addresses; anybody if None) carries the stream.
 
-        Later connections are closed at once and counted in `refused_connections`.
+        Connections from elsewhere, and any after the first, are closed at once and counted in
+        `refused_connections`.
         """
+        if peers is not None:
+            self._peer_hosts = frozenset(peers)
         sock, port = await pool.acquire_tcp(host)
         self._loop = asyncio.get_running_loop()
         try:
@@ -405,34 +477,49 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
         The device opens its port only once it has answered the INVITE, so the first tries may
         be refused; they are repeated up to `connect_attempts` times, `connect_retry_s` apart
         (GB/T 28181-2022 App. D: reconnect at least a second apart, at least three tries).
+        All of it takes at most `connect_timeout_s`, after which `TimeoutError` is raised (a
+        port that never answers would otherwise hold a try for minutes).
+
+        The address comes from the answer, so this counts as answered if `expect` was not
+        called.
         """
         loop = self._loop = asyncio.get_running_loop()
         self._claimed = True
+        if not self.answered:
+            self.expect(self.ssrc)
+        config = self.config
         last: OSError | None = None
-        for attempt in range(self.config.connect_attempts):
-            if attempt:
-                await asyncio.sleep(self.config.connect_retry_s)
-            self.connect_attempts += 1
-            sock = socket.socket(_family(host), socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                self.rcvbuf = set_rcvbuf(sock, self.config.rcvbuf)
-                await loop.sock_connect(sock, (host, port))
-            except OSError as exc:
-                sock.close()
-                last = exc
-                continue
-            await loop.create_connection(lambda: self, sock=sock)
-            return
+        try:
+            async with asyncio.timeout(config.connect_timeout_s):
+                for attempt in range(config.connect_attempts):
+                    if attempt:
+                        await asyncio.sleep(config.connect_retry_s)
+                    self.connect_attempts += 1
+                    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    try:
+                        self.rcvbuf = set_rcvbuf(sock, config.rcvbuf)
+                        await loop.sock_connect(sock, (host, port))
+                    except OSError as exc:
+                        sock.close()
+                        last = exc
+                        continue
+                    except BaseException:  # the timeout's cancellation
+                        sock.close()
+                        raise
+                    await loop.create_connection(lambda: self, sock=sock)
+                    return
+        except TimeoutError:
+            tries = f"{self.connect_attempts} {'try' if self.connect_attempts == 1 else 'tries'}"
+            raise TimeoutError(
+                f"no connection to {host}:{port} within {config.connect_timeout_s:g} s ({tries})"
+            ) from None
         raise ConnectionError(
             f"RTP over TCP: {host}:{port} refused {self.connect_attempts} tries: {last}"
         )
 
     def _accept(self) -> asyncio.BaseProtocol:
-        if self._claimed:
-            return _RefusedConnection(self)
-        self._claimed = True
-        return self
+        return _Incoming(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -445,12 +532,24 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
         return self.deframer.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        on_rtp = self._on_rtp
         for packet in self.deframer.buffer_updated(nbytes):
-            self._receive(packet)  # type: ignore[arg-type]  # always bytes here
+            on_rtp(packet)  # type: ignore[arg-type]  # always bytes here
 
-    def expect(self, ssrc: int | None = None) -> None:
-        """Accept only `ssrc` (None: the first packet's SSRC is latched)."""
+    def _hold_early(self, packet: bytes) -> None:
+        self._hold(packet, None)
+
+    def expect(self, ssrc: int | None = None, peers: Iterable[str] | None = None) -> None:
+        """Accept only `ssrc` (None: the first packet's SSRC is latched), and from now on
+        connections only from `peers` if given (the SDP answer may name another address).
+        The packets held so far are replayed through the SSRC check."""
         self.ssrc = ssrc
+        if peers is not None:
+            self._peer_hosts = frozenset(peers)
+        early = self._answer()
+        self._on_rtp = self._receive
+        for packet, _ in early:
+            self._receive(packet)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -468,15 +567,25 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
         self._finish()
 
 
-class _RefusedConnection(asyncio.Protocol):
-    """A second connection to a passive TCP session port: closed as soon as it is made."""
+class _Incoming(asyncio.Protocol):
+    """A connection to a passive TCP session port, until its peer is known. The first one from
+    an expected address is handed to the receiver (the transport then talks to it directly);
+    any other is closed as soon as it is made."""
 
     def __init__(self, owner: TcpRtpReceiver) -> None:
         self.owner = owner
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.owner.refused_connections += 1
-        transport.close()
+        owner = self.owner
+        peer = transport.get_extra_info("peername")
+        hosts = owner._peer_hosts
+        if owner._claimed or (hosts is not None and (not peer or peer[0] not in hosts)):
+            owner.refused_connections += 1
+            transport.close()
+            return
+        owner._claimed = True
+        transport.set_protocol(owner)
+        owner.connection_made(transport)
 
 
 class MediaIngest:

@@ -106,6 +106,7 @@ async def test_udp_stream_arrives_whole_and_in_order(stream, pool):
     expected, packets = stream
     ingest = MediaIngest()
     receiver = await UdpRtpReceiver.open(HOST, pool, ingest)
+    receiver.expect(HOST)
     sender = Sender()
     source = sender.sock.getsockname()
     try:
@@ -148,6 +149,7 @@ async def test_udp_reordered_and_duplicated_packets_come_out_in_order(stream, po
         mixed.insert(index * 38 + 5, packet)
     ingest = MediaIngest()
     receiver = await UdpRtpReceiver.open(HOST, pool, ingest)
+    receiver.expect(HOST)
     sender = Sender()
     try:
         await sender.send(mixed, receiver.port)
@@ -215,6 +217,39 @@ async def test_expected_ssrc_and_host_are_enforced(stream, pool):
         receiver.close()
 
 
+class FakeTimer:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when, self.callback, self.cancelled = when, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """Stands in for the receiver's loop where it reads the time and arms its timer, so a
+    test decides when the timer fires (the socket stays on the real loop)."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+        self.timers: list[FakeTimer] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer(when, callback)
+        self.timers.append(timer)
+        return timer
+
+    def fire(self) -> float:
+        """Move the time to the first pending timer's deadline and run it."""
+        timer = min((t for t in self.timers if not t.cancelled), key=lambda t: t.when)
+        self.timers.remove(timer)
+        self.now = timer.when
+        timer.callback()
+        return timer.when
+
+
 async def test_a_missing_packet_is_given_up_by_the_timer(stream, pool):
     _, packets = stream
     seqs: list[int] = []
@@ -225,13 +260,19 @@ async def test_a_missing_packet_is_given_up_by_the_timer(stream, pool):
 
     config = RtpReceiveConfig(reorder_window=1000, max_delay_s=0.05)
     receiver = await UdpRtpReceiver.open(HOST, pool, Recorder(), config)
+    receiver.expect(HOST)
+    clock = receiver._loop = FakeClock()  # type: ignore[assignment]
     sender = Sender()
     sent = packets[:20] + packets[21:60]
     try:
         await sender.send(sent, receiver.port)
         await until(lambda: receiver.packets == len(sent))
-        assert len(seqs) == 20  # the rest waits for the gap
-        await until(lambda: len(seqs) == len(sent))  # no more traffic: the timer flushes
+        assert len(seqs) == 20  # the rest waits for the gap: the clock has not moved
+        assert receiver.lost == 0 and receiver._timer is not None
+        # No more traffic: the timer, armed max_delay_s after the first packet held, gives
+        # the gap up and flushes the rest.
+        assert clock.fire() == 100.0 + config.max_delay_s
+        assert len(seqs) == len(sent)
         assert receiver.lost == 1
         assert receiver._timer is None
     finally:
@@ -256,6 +297,7 @@ async def test_udp_burst_of_20000_packets_arrives_whole(stream, pool):
             count += 1
 
     receiver = await UdpRtpReceiver.open(HOST, pool, Counter())
+    receiver.expect(HOST)
     sender = Sender()
     try:
         await sender.send(burst, receiver.port)
@@ -320,6 +362,7 @@ async def test_tcp_wrong_ssrc_and_garbage_frames_are_dropped(stream, pool):
     expected, packets = stream
     ingest = MediaIngest()
     receiver = TcpRtpReceiver(ingest)
+    receiver.expect()  # any SSRC: the first packet's is latched
     _, port = await receiver.listen_tcp(HOST, pool)
     mixed: list[bytes] = []
     for index, packet in enumerate(packets):

@@ -225,6 +225,7 @@ class Platform:
                 port = 9  # the node's port means nothing when it connects
         self.receivers.append(receiver)
         watch_payload_types(receiver, recorder)
+        receiver.expect()  # from anybody: what the camera sends is under test here
         if body is None:
             offer = play_offer(node_id=NODE_ID, media_ip=HOST, port=port, transport=transport,
                                ssrc=ssrc, channel_id=channel, stream_number=stream_number)
@@ -312,6 +313,7 @@ async def test_sender_loops_the_clip_with_continuous_numbering(transport):
             _, port = await receiver.listen_tcp(HOST, pool)
             remote = (HOST, port)
     watch_payload_types(receiver, recorder)
+    receiver.expect()
     sender = MediaSender(clip, 0x12345678, transport, remote, first_sequence=65530,
                          payload_max=500)
     try:
@@ -341,6 +343,7 @@ async def test_sender_ends_when_the_tcp_receiver_closes():
     pool = PortPool(*free_even_range(4, 30000, 40000))
     recorder = Recorder()
     receiver = TcpRtpReceiver(recorder)
+    receiver.expect()
     _, port = await receiver.listen_tcp(HOST, pool)
     ended: list[MediaSender] = []
     sender = MediaSender(clip, 1, "tcp-connect", (HOST, port), on_finished=ended.append)
@@ -627,6 +630,7 @@ async def test_received_program_stream_decodes(codec):
     pool = PortPool(*free_even_range(2, 30000, 40000))
     recorder = Recorder()
     receiver = await UdpRtpReceiver.open(HOST, pool, recorder)
+    receiver.expect()
     sender = MediaSender(clip, 7, "udp", (HOST, receiver.port))
     try:
         await sender.prepare()
