@@ -20,6 +20,8 @@ from rtp.framing import frame
 from rtp.nal import is_keyframe
 from rtp.psmux import PsMuxer, RtpPacketizer
 from sensing_node.transport.rtp import (
+    EARLY_BYTES,
+    EARLY_PACKETS,
     MediaIngest,
     PortPool,
     PortsExhausted,
@@ -70,12 +72,12 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 class Sender:
-    """A device's UDP socket."""
+    """A device's UDP socket (`host`: another loopback address stands for another host)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = HOST) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
-        self.sock.bind((HOST, 0))
+        self.sock.bind((host, 0))
 
     async def send(self, datagrams: list[bytes], port: int, pace: int = 20) -> None:
         """Send, yielding to the loop every `pace` datagrams. The receiver shares this loop and
@@ -97,6 +99,22 @@ def with_ssrc(packet: bytes, ssrc: int) -> bytes:
 def frames_of(ingest: MediaIngest) -> list[bytes]:
     ingest.flush()
     return [unit.data for unit in ingest.units]
+
+
+def seq_of(packet: bytes) -> int:
+    return int(struct.unpack_from("!H", packet, 2)[0])
+
+
+class Tap:
+    """A sink that notes the sequence number of every packet it gets and hands it on."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.ingest = MediaIngest()
+
+    def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+        self.seqs.append(seq)
+        self.ingest.on_packet(payload, seq, ts, marker)
 
 
 # --- UDP ------------------------------------------------------------------------------------
@@ -250,6 +268,63 @@ class FakeClock:
         return timer.when
 
 
+async def test_nothing_reaches_the_sink_before_the_answer(stream, pool):
+    """Before `expect` (the device's answer), packets from a host the answer will not name and
+    the device's packets with another SSRC are held, never handed on. The answer replays the
+    device's own in order, counts the rest as foreign, and the stream then shows no loss."""
+    expected, packets = stream
+    tap = Tap()
+    receiver = await UdpRtpReceiver.open(HOST, pool, tap)
+    device, stranger = Sender(), Sender("127.0.0.2")
+    early = packets[:20]
+    try:
+        await stranger.send(packets[100:110], receiver.port)  # the right SSRC, the wrong host
+        await device.send([with_ssrc(p, SSRC ^ 1) for p in packets[:5]], receiver.port)
+        await device.send(early, receiver.port)
+        await until(lambda: bool(tap.seqs) or receiver.early == 35)
+        assert tap.seqs == [] and receiver.packets == 0
+        receiver.expect(HOST, SSRC)
+        assert tap.seqs == [seq_of(p) for p in early]
+        assert receiver.dropped_foreign == 15 and receiver.early == 0
+        assert receiver.source == device.sock.getsockname()
+        await device.send(packets[20:], receiver.port)
+        await until(lambda: receiver.packets == len(packets))
+    finally:
+        device.close()
+        stranger.close()
+        receiver.close()
+    assert frames_of(tap.ingest) == expected
+    assert (receiver.lost, receiver.reordered, receiver.duplicates) == (0, 0, 0)
+    assert receiver.dropped_early == 0
+
+
+async def test_packets_held_before_the_answer_are_bounded(stream, pool):
+    """At most EARLY_PACKETS packets and EARLY_BYTES bytes are held, the newest: replayed, they
+    continue into what follows without a gap."""
+    _, packets = stream
+    tap = Tap()
+    receiver = await UdpRtpReceiver.open(HOST, pool, tap)
+    device = Sender()
+    big = [packet[:12] + bytes(60_000) for packet in packets[:3]]
+    try:
+        await device.send(big, receiver.port)
+        await until(lambda: receiver.early + receiver.dropped_early == 3)
+        assert receiver.early == EARLY_BYTES // 60_012 == 2 and receiver.dropped_early == 1
+        await device.send(packets[:100], receiver.port)
+        await until(lambda: receiver.dropped_early == 3 + 100 - EARLY_PACKETS)
+        assert receiver.early == EARLY_PACKETS and tap.seqs == []
+        receiver.expect(HOST, SSRC)
+        kept = packets[100 - EARLY_PACKETS : 100]
+        assert tap.seqs == [seq_of(p) for p in kept]
+        await device.send(packets[100:], receiver.port)
+        await until(lambda: receiver.packets == len(packets) - 100 + EARLY_PACKETS)
+    finally:
+        device.close()
+        receiver.close()
+    assert tap.seqs == [seq_of(p) for p in packets[100 - EARLY_PACKETS :]]
+    assert (receiver.lost, receiver.reordered, receiver.dropped_foreign) == (0, 0, 0)
+
+
 async def test_a_missing_packet_is_given_up_by_the_timer(stream, pool):
     _, packets = stream
     seqs: list[int] = []
@@ -383,6 +458,36 @@ async def test_tcp_wrong_ssrc_and_garbage_frames_are_dropped(stream, pool):
     )
 
 
+async def test_tcp_passive_takes_the_device_only_and_holds_its_packets_until_the_answer(
+    stream, pool,
+):
+    expected, packets = stream
+    tap = Tap()
+    receiver = TcpRtpReceiver(tap)
+    _, port = await receiver.listen_tcp(HOST, pool, peers=[HOST])  # the device's SIP address
+    try:
+        # Another host is turned away, even as the first to connect.
+        reader, writer = await asyncio.open_connection(HOST, port, local_addr=("127.0.0.2", 0))
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        assert receiver.refused_connections == 1 and receiver.peer is None
+        _, writer = await asyncio.open_connection(HOST, port)
+        early = [with_ssrc(p, SSRC ^ 1) for p in packets[:3]] + packets[:30]
+        await write_all(writer, framed_chunks(early, seed=4))
+        await until(lambda: bool(tap.seqs) or receiver.early == len(early))
+        assert tap.seqs == []
+        receiver.expect(SSRC, [HOST])
+        assert tap.seqs == [seq_of(p) for p in packets[:30]] and receiver.dropped_foreign == 3
+        await write_all(writer, framed_chunks(packets[30:], seed=5))
+        writer.close()
+        await asyncio.wait_for(receiver.closed.wait(), 5)
+    finally:
+        receiver.close()
+    assert frames_of(tap.ingest) == expected
+    assert receiver.lost == 0 and receiver.refused_connections == 1
+    assert receiver.peer[0] == HOST
+
+
 def device_server(packets: list[bytes]) -> Callable[..., object]:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await write_all(writer, framed_chunks(packets, seed=3))
@@ -450,7 +555,36 @@ async def test_tcp_active_gives_up_after_the_configured_tries():
     assert receiver.connect_attempts == 3
 
 
+async def test_tcp_active_connect_is_bounded_by_connect_timeout_s():
+    """A port that takes no connection (its backlog is full, as with a black hole) costs
+    connect_timeout_s, not the minutes of the kernel's SYN retries."""
+    loop = asyncio.get_running_loop()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((HOST, 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    filler.setblocking(False)
+    receiver = TcpRtpReceiver(MediaIngest(), RtpReceiveConfig(connect_timeout_s=0.3))
+    try:
+        await loop.sock_connect(filler, (HOST, port))  # the one place in the backlog
+        with pytest.raises(TimeoutError, match=rf"^no connection to {HOST}:{port} within 0.3 s"):
+            await receiver.connect_tcp(HOST, port)
+    finally:
+        filler.close()
+        listener.close()
+        receiver.close()
+    assert receiver.transport is None and receiver.connect_attempts == 1
+
+
 # --- port pool ------------------------------------------------------------------------------
+
+
+async def test_pool_says_when_the_host_is_no_address_of_this_machine():
+    pool = PortPool(*free_even_range(4, 20000, 30000))
+    with pytest.raises(OSError, match="192.0.2.1 is not an address of this host"):
+        await pool.acquire_udp("192.0.2.1")  # TEST-NET-1: a media_ip that is not ours
+    assert (pool.in_use, pool.capacity) == (0, 4)
 
 
 async def test_pool_skips_busy_ports_runs_out_and_reuses_released_ones():
