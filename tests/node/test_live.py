@@ -19,6 +19,7 @@ from rtp.ps import AccessUnit
 from sensing_node.media import Consumer, FrameQueue
 from sensing_node.simmedia import load_clip
 from sensing_node.simulator import CameraConfig, SimulatedCamera
+from sensing_node.transport.rtp import TcpRtpReceiver, UdpRtpReceiver
 
 from .conftest import PASSWORD, RunningNode, StartNode, wait_for
 
@@ -423,3 +424,78 @@ async def test_packets_without_video_end_the_attempt_with_no_video_in_stream(liv
     await wait_for(lambda: cam.byes_received == 1, timeout=3)
     ended = await running.get("/api/streams/ended")
     assert ended[-1]["reason"] == "no video in stream"
+
+
+async def test_an_unexpected_error_still_hangs_up_and_releases_everything(
+    live: Setup, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exception the stream does not expect (here right after the ACK, with the camera
+    streaming) ends it with the reason, and still sends BYE and gives back the port, the SSRC
+    serial and the Call-ID."""
+    running, cam = await live()
+    hub = running.node.media
+    ack = hub.ack
+
+    def ack_then_fail(*args: Any) -> None:
+        ack(*args)
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(hub, "ack", ack_then_fail)
+    status, body = await post_live(running, cam.channel_ids[0])
+    assert status == 502 and body["error"] == "internal error: RuntimeError: injected fault"
+    await wait_for(lambda: cam.byes_received == 1 and not cam.media_sessions)
+    assert hub.streams == {} and hub.by_call_id == {}
+    assert hub.pool.in_use == 0 and not hub._serials
+    ended = await running.get("/api/streams/ended")
+    assert ended[0]["reason"] == "internal error: RuntimeError: injected fault"
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp-passive"])
+async def test_rtp_binds_the_media_ip_while_sip_listens_on_every_address(
+    live: Setup, transport: str,
+) -> None:
+    running, cam = await live({"node.sip_listen": "0.0.0.0:0"})
+    stream = await running.node.media.hold(cam.channel_ids[0], transport)
+    receiver = stream.receiver
+    if transport == "udp":
+        assert isinstance(receiver, UdpRtpReceiver) and receiver.transport is not None
+        bound = receiver.transport.get_extra_info("sockname")
+    else:
+        assert isinstance(receiver, TcpRtpReceiver) and receiver.server is not None
+        bound = receiver.server.sockets[0].getsockname()
+    assert bound == ("127.0.0.1", receiver.port)  # node.media_ip, not 0.0.0.0
+
+
+async def test_a_media_port_that_never_answers_ends_with_connect_timed_out(
+    live: Setup, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tcp-active: the device answers with a port that takes no connection (its backlog is
+    full, as with a black hole); the attempt ends after media.connect_timeout_s with its own
+    reason, BYE and everything released."""
+    running, cam = await live({"media.connect_timeout_s": 0.5}, transport="tcp")
+    hub = running.node.media
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    filler.setblocking(False)
+    answer_sdp = cam._answer_sdp
+
+    def black_hole(session: Any, *args: Any) -> Any:
+        session.local_port = listener.getsockname()[1]
+        return answer_sdp(session, *args)
+
+    monkeypatch.setattr(cam, "_answer_sdp", black_hole)
+    try:
+        await asyncio.get_running_loop().sock_connect(filler, listener.getsockname())
+        status, body = await asyncio.wait_for(
+            post_live(running, cam.channel_ids[0], {"transport": "tcp-active"}), 10
+        )
+    finally:
+        filler.close()
+        listener.close()
+    assert status == 504 and body["error"].startswith("connect timed out: no connection to")
+    await wait_for(lambda: cam.byes_received == 1)
+    assert hub.pool.in_use == 0 and not hub._serials
+    ended = await running.get("/api/streams/ended")
+    assert ended[0]["reason"] == body["error"]
