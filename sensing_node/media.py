@@ -488,7 +488,7 @@ class LiveStream:
 
     async def _open_receiver(self, device: Device) -> int:
         """Bind the attempt's port on node.media_ip. Until the answer, a UDP receiver only
-        holds what comes in, and a TCP port takes connections only from the device's
+        holds what comes in, and a tcp-passive port takes connections only from the device's
         signalling address (its SDP address is added once the answer names it)."""
         hub = self.hub
         host = hub.media_bind_host
@@ -501,7 +501,8 @@ class LiveStream:
             self.receiver = tcp
             # tcp-active needs no listener, but its offer still names a port of ours, and
             # holding it keeps the offer truthful; a connection to it is refused.
-            _, port = await tcp.listen_tcp(host, hub.pool, (device.host_port[0],))
+            peers = (device.host_port[0],) if self.transport == "tcp-passive" else ()
+            _, port = await tcp.listen_tcp(host, hub.pool, peers)
             return port
         except PortsExhausted as exc:
             raise StreamError(503, str(exc)) from None
@@ -532,7 +533,7 @@ class LiveStream:
         if isinstance(receiver, UdpRtpReceiver):
             receiver.expect(hosts, self.ssrc_value)
         elif isinstance(receiver, TcpRtpReceiver):
-            receiver.expect(self.ssrc_value, hosts)
+            receiver.expect(self.ssrc_value, hosts if self.transport == "tcp-passive" else None)
 
     def _teardown(self, *, bye: bool) -> None:
         """Hang up (if asked and a dialog is up) and release the port and the SSRC.

@@ -499,3 +499,31 @@ async def test_a_media_port_that_never_answers_ends_with_connect_timed_out(
     assert hub.pool.in_use == 0 and not hub._serials
     ended = await running.get("/api/streams/ended")
     assert ended[0]["reason"] == body["error"]
+
+
+@pytest.mark.parametrize("transport", ["tcp-passive", "tcp-active"])
+async def test_the_media_port_turns_away_other_hosts_before_the_answer(
+    live: Setup, transport: str,
+) -> None:
+    """While the device has not answered (this one never does), a connection to the offered TCP
+    port from a host that is not the device is closed and counted; for tcp-active, whose port
+    only keeps the offer truthful, so is one from the device's own host."""
+    running, cam = await live({"media.answer_timeout_s": 1}, transport="tcp",
+                              answer_invite=False)
+    hub = running.node.media
+    channel = cam.channel_ids[0]
+    task = asyncio.create_task(post_live(running, channel, {"transport": transport}))
+    try:
+        stream = await wait_for(lambda: hub.streams.get(channel))
+        receiver = await wait_for(lambda: stream.receiver)
+        assert isinstance(receiver, TcpRtpReceiver)
+        stranger = "127.0.0.2" if transport == "tcp-passive" else "127.0.0.1"
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", receiver.port, local_addr=(stranger, 0)
+        )
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the node
+        writer.close()
+        assert receiver.refused_connections == 1 and receiver.peer is None
+    finally:
+        status, _ = await task
+    assert status == 504 and hub.pool.in_use == 0
