@@ -203,7 +203,7 @@ class LiveStream:
         self.frames = 0
         self.consumer_errors = 0
         self._totals = {"packets": 0, "bytes": 0, "lost": 0, "reordered": 0, "duplicates": 0,
-                        "dropped_foreign": 0}
+                        "dropped_foreign": 0, "dropped_early": 0}
         self._window: deque[tuple[float, int, int]] = deque(maxlen=11)  # (t, bytes, frames)
         self.gop: list[AccessUnit] = []
         self._gop_bytes = 0
@@ -647,6 +647,7 @@ class LiveStream:
             "reordered": self.counter("reordered"),
             "duplicates": self.counter("duplicates"),
             "dropped_foreign": self.counter("dropped_foreign"),
+            "dropped_early": self.counter("dropped_early"),
             "frames": self.frames,
             "consumers": len(self.consumers),
             "started_at": iso(self.started_at, tz),
