@@ -366,7 +366,8 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
     async def open(
         cls, host: str, pool: PortPool, sink: RtpSink, config: RtpReceiveConfig | None = None
     ) -> UdpRtpReceiver:
-        """Bind a port from `pool` on `host` and start receiving into `sink`."""
+        """Bind a port from `pool` on `host` and start receiving for `sink` (which gets
+        nothing before `expect`)."""
         self = cls(sink, config)
         sock, self.port = await pool.acquire_udp(host)
         self._pool = pool
