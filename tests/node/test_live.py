@@ -527,3 +527,48 @@ async def test_the_media_port_turns_away_other_hosts_before_the_answer(
     finally:
         status, _ = await task
     assert status == 504 and hub.pool.in_use == 0
+
+
+async def test_udp_packets_before_the_answer_from_others_never_reach_the_consumers(
+    live: Setup,
+) -> None:
+    """While the camera takes its time to answer, another host sends with the offered SSRC and
+    the camera's own host with another SSRC: none of it reaches the stream, all of it is
+    counted as foreign, and the camera's stream then plays without loss."""
+    running, cam = await live(answer_delay_s=0.5)
+    hub = running.node.media
+    channel = cam.channel_ids[0]
+    queue = FrameQueue()
+
+    class Payloads(Consumer):
+        wants_rtp = True
+
+        def __init__(self) -> None:
+            self.seen: list[bytes] = []
+
+        def on_rtp(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+            self.seen.append(bytes(payload))
+
+    payloads = Payloads()
+    task = asyncio.create_task(hub.subscribe(channel, queue))
+    try:
+        stream = await wait_for(lambda: hub.streams.get(channel))
+        stream.add(payloads)
+        receiver = await wait_for(lambda: stream.receiver)
+        assert stream.ssrc is not None and stream.dialog is None
+        offered = int(stream.ssrc)
+        junk = b"\x00\x00\x01\xba" + bytes(200)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as same_host:
+            stranger.bind(("127.0.0.2", 0))
+            for seq in range(20):
+                stranger.sendto(build_rtp(96, seq, 0, offered, True, junk),
+                                ("127.0.0.1", receiver.port))
+                same_host.sendto(build_rtp(96, seq, 0, offered ^ 1, True, junk),
+                                 ("127.0.0.1", receiver.port))
+    finally:
+        await task
+    assert_clip_frames(await frames_of(queue, 30), "h264", from_keyframe=False)
+    assert payloads.seen and junk not in payloads.seen
+    await wait_for(lambda: stream.counter("dropped_foreign") == 40)
+    assert stream.counter("lost") == 0
