@@ -324,8 +324,13 @@ class SipEndpoint:
 
     def _schedule_housekeeping(self) -> None:
         def tick() -> None:
-            self.tx.expire(self.loop.time())
+            # Re-armed first: one failing expiry must not stop transactions expiring for good.
             self._housekeeping = self.loop.call_later(1.0, tick)
+            try:
+                self.tx.expire(self.loop.time())
+            except Exception:
+                self.stats.dropped["tx_expire_error"] += 1
+                log.exception("expiring SIP transactions failed")
 
         self._housekeeping = self.loop.call_later(1.0, tick)
 

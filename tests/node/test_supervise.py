@@ -267,3 +267,19 @@ async def test_a_built_in_camera_that_fails_to_start_is_started_again_afresh(
     health = node.supervisor.tasks["simulated cameras"]
     assert (health.failures, health.restarts) == (1, 1)
     assert health.last_error == "ConnectionRefusedError: injected: the node is not answering yet"
+
+
+async def test_sip_transaction_expiry_goes_on_after_a_failure(caplog) -> None:
+    """The endpoint's once-a-second expiry timer re-arms itself even when one run raises."""
+    from sensing_node.transport.sip import SipEndpoint
+
+    endpoint = SipEndpoint(lambda event: None)
+    await endpoint.listen("127.0.0.1", 0, tcp=False)
+    try:
+        later_calls = fail_once(pytest.MonkeyPatch(), endpoint.tx, "expire")
+        with caplog.at_level(logging.ERROR):
+            await wait_for(lambda: later_calls() >= 1, timeout=5.0)
+        assert endpoint.stats.dropped["tx_expire_error"] == 1
+        assert "expiring SIP transactions failed" in caplog.text
+    finally:
+        await endpoint.close()

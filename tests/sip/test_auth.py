@@ -1,7 +1,6 @@
 """Digest authentication (RFC 2617, RFC 3261 section 22) as GB/T 28181 devices use it."""
 
 import hashlib
-import time
 
 import pytest
 from hypothesis import given
@@ -507,19 +506,27 @@ def test_full_register_exchange():
     assert "stale=true" in build_challenge(REALM, factory.make(now + 301), stale=True)
 
 
-def test_verification_cost_is_microseconds():
-    """15,000 REGISTERs/s leave no room for slow hashing: one check must take a few us.
+def test_verification_hashes_three_times_and_the_nonce_check_once(monkeypatch):
+    """15,000 REGISTERs/s leave no room for slow hashing: a check is a fixed, small amount of work.
 
-    The bound is generous (loaded CI machines); it catches accidental key stretching, per-call
-    regex compilation and the like, not small regressions.
+    Counted, not timed (a timed bound fails on a loaded machine and speed lives in `bench/`):
+    MD5 digest verification is HA1, HA2 and the response, three hashes of a few dozen bytes; the
+    nonce check is one HMAC. Key stretching or a per-call loop would show up here.
     """
+    import sip.auth as auth_module
+
+    calls: list[int] = []
+
+    def counting_md5(data: bytes = b"") -> "hashlib._Hash":
+        calls.append(len(data))
+        return hashlib.md5(data)
+
+    monkeypatch.setitem(auth_module._ALGORITHMS, "MD5", (counting_md5, False))
     factory = NonceFactory(SECRET)
     creds = parse_digest(AUTHORIZATION)
     nonce = factory.make(now=0.0)
-    n = 2000
-    start = time.perf_counter()
-    for _ in range(n):
+    for _ in range(10):
         factory.check(nonce, 1.0)
-        verify(creds, method="REGISTER", password=PASSWORD)
-    per_call = (time.perf_counter() - start) / n
-    assert per_call < 100e-6
+        assert verify(creds, method="REGISTER", password=PASSWORD)
+    assert len(calls) == 30
+    assert max(calls) < 200
