@@ -93,11 +93,14 @@ _HEAD = 4096  # bytes kept for sniffing until the stream is recognised
 #: the oldest unit is ended where parsing stands and returned (a stream still open goes on in a
 #: new unit), and bytes that no unit has taken yet (a run of pack headers, padding, private or
 #: other skipped streams, with no elementary data after it) are dropped and counted in
-#: ``dropped_bytes``. No camera frame comes near it; a stream of anything else stays below it.
-MAX_BUFFERED = 16 * 1024 * 1024
+#: ``dropped_bytes``. A 1080p key frame is 0.2-1 MB and a 4K one rarely over 2 MB, so no camera
+#: frame comes near it (a near-lossless 1080p key frame of pure noise is 4.3 MB); a stream of
+#: anything else stays below it. Per stream, the ingest's frame assembly and both demuxers
+#: together hold at most about five windows (40 MiB).
+MAX_BUFFERED = 8 * 1024 * 1024
 #: PES packets one open H.264/H.265 unit takes before it is ended (FFmpeg's 2048-byte packs
 #: carry MAX_BUFFERED in as many): bounds the list of PES starts kept per unit.
-MAX_UNIT_PES = 8192
+MAX_UNIT_PES = 4096
 # Held beyond twice the window at most: a structure waiting for its bytes (a system header or
 # PSM, 6 + 65535 bytes, less one), or before the stream is recognised the bytes sniffed.
 _WAITING = 6 + 0xFFFF
