@@ -41,8 +41,9 @@ __all__ = [
     "entry_hash",
 ]
 
-#: What can be audited: watching live, playing back, exporting, searching recordings, API reads.
-ACTIONS = ("live_view", "playback", "export", "search", "api_read")
+#: What can be audited: watching live, playing back, exporting, searching recordings, API reads,
+#: and an operator moving a channel away from the device that held it.
+ACTIONS = ("live_view", "playback", "export", "search", "api_read", "channel_release")
 #: ``prev_hash`` of the first row.
 GENESIS = "0" * 64
 

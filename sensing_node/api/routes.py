@@ -67,6 +67,8 @@ def device_json(node: Node, dev: Device) -> dict[str, Any]:
         "channel_count": len(dev.channels),
         "gb_version": dev.gb_version,
         "user_agent": dev.user_agent,
+        "media_transport": dev.media_transport,
+        "quirks": dev.quirks.splitlines(),
     }
 
 
@@ -226,6 +228,11 @@ async def release_channel(request: web.Request) -> web.Response:
     if claimant is not None and claimant.online and node.queries is not None:
         node.queries.device_registered(claimant)
         requeried = claimant.id
+    await node.recording.log_access(
+        actor=_actor(request), action="channel_release", channel_id=channel_id,
+        purpose=_purpose(request), result="ok",
+        detail=f"from {owner.id}" + (f", catalog asked of {requeried}" if requeried else ""),
+    )
     return web.json_response(
         {"channel_id": channel_id, "released_from": owner.id, "catalog_requested": requeried}
     )

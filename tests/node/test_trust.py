@@ -302,6 +302,14 @@ async def test_operator_releases_a_channel_to_the_device_that_claimed_it(start_n
         # The claimant is asked for its catalog again and gets the channel.
         await wait_for(lambda: registry.channel_device(SHARED) is registry.get(CLAIMANT))
         assert SHARED not in registry.get(OWNER).channels
+        # The release is in the audit log, with who did it.
+        audit = await running.client.get("/api/audit", params={"action": "channel_release"},
+                                         headers=running.headers)
+        entries = await audit.json()
+        assert [(e["action"], e["channel_id"], e["result"]) for e in entries] == [
+            ("channel_release", SHARED, "ok")
+        ]
+        assert entries[0]["detail"] == f"from {OWNER}, catalog asked of {CLAIMANT}"
     finally:
         await owner.stop()
         await claimant.stop()
