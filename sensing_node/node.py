@@ -17,6 +17,7 @@ from functools import partial
 from aiohttp import web
 
 from .api.routes import NODE, add_routes, bearer_auth
+from .clock import NodeClock
 from .media import StreamHub
 from .queries import DeviceQueries
 from .recording import RecordingService
@@ -41,24 +42,35 @@ class StartupError(Exception):
 class Node:
     """The running node; tests create one with `settings_for_tests` and a real port."""
 
-    def __init__(self, settings: Settings, *, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.wall = wall
+        #: deadlines on the monotonic clock, labels on the wall clock, steps of the latter noticed
+        #: at every housekeeping tick; recordings are dated by `clock.stamp` (never backwards)
+        self.clock = NodeClock(wall, monotonic, tz=settings.node.tz)
         self.stats = Stats()
         #: restarts the long-lived tasks that fail (housekeeping, recording, ticker, queries)
         self.supervisor = Supervisor()
         self.store = Store(settings.node.data_dir / "registry.sqlite3")
         self.registry = Registry(
             self.store, keepalive_timeout_s=settings.devices.keepalive_timeout_s,
-            channel_takeover_s=settings.devices.channel_takeover_s, wall=wall,
+            channel_takeover_s=settings.devices.channel_takeover_s, wall=wall, mono=monotonic,
         )
-        self.registrar = Registrar(settings, self.registry, self.stats, wall=wall)
+        self.registrar = Registrar(settings, self.registry, self.stats, wall=wall,
+                                   monotonic=monotonic)
         self.endpoint = SipEndpoint(self.registrar.on_request, stats=self.stats)
         self.registrar.endpoint = self.endpoint
         self.queries: DeviceQueries | None = None
-        self.media = StreamHub(settings, self.registry, self.endpoint, wall=wall)
+        self.media = StreamHub(settings, self.registry, self.endpoint, wall=self.clock.stamp)
         self.registrar.media = self.media
-        self.recording = RecordingService(settings, self.media, self.registry, wall=wall)
+        self.recording = RecordingService(settings, self.media, self.registry,
+                                          wall=self.clock.stamp)
         self.registrar.recording = self.recording
         self.sip_address: tuple[str, int] = ("", 0)
         self._tasks: list[asyncio.Task[None]] = []
@@ -153,7 +165,7 @@ class Node:
         await asyncio.get_running_loop().run_in_executor(None, self.store.close)
 
     async def _housekeeping(self) -> None:
-        """Offline sweeps and batched SQLite writes, twice a second.
+        """Wall clock step checks, offline sweeps and batched SQLite writes, twice a second.
 
         It also keeps the garbage collector off the long-lived objects (devices, cached
         transactions): without `gc.freeze()` a full collection walks all of them and stalls the
@@ -168,11 +180,11 @@ class Node:
                 gc.collect()
                 last_full_gc = time.monotonic()
             gc.freeze()
-            now = self.wall()
-            self.registry.sweep(now)
+            self.clock.check()  # a wall clock step is logged and shown in /healthz
+            self.registry.sweep(self.clock.mono())
             self.registry.log_changes()
             try:
-                await self.registry.flush(now)
+                await self.registry.flush(self.wall())
                 self._flush_error = None
             except Exception as exc:  # disk full, permissions: report, keep serving
                 self._flush_error = f"registry store: {exc}"
@@ -186,6 +198,7 @@ class Node:
             problems.append(self._flush_error)
         problems += self.recording.problems()
         problems += self.supervisor.problems()
+        problems += self.clock.problems()
         if len(self.registrar.pending) > self.registrar.max_pending // 2:
             problems.append("MESSAGE backlog above half its limit")
         return problems
@@ -198,9 +211,14 @@ async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
     await node.stop()
 
 
-def build_app(settings: Settings, *, wall: Callable[[], float] = time.time) -> web.Application:
+def build_app(
+    settings: Settings,
+    *,
+    wall: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> web.Application:
     app = web.Application(middlewares=[bearer_auth])
-    app[NODE] = Node(settings, wall=wall)
+    app[NODE] = Node(settings, wall=wall, monotonic=monotonic)
     app.cleanup_ctx.append(_node_ctx)
     add_routes(app)
     return app

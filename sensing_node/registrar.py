@@ -56,6 +56,7 @@ class Registrar:
         stats: Stats,
         *,
         wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         max_pending: int = 10_000,
         max_nonces: int = 100_000,
     ) -> None:
@@ -63,6 +64,10 @@ class Registrar:
         self.registry = registry
         self.stats = stats
         self.wall = wall
+        # Nonce lifetimes, lockouts, rate limits and registration expiry are measured on the
+        # monotonic clock, which a stepped wall clock does not move; the wall clock only dates
+        # what is written down and the Date header.
+        self.mono = monotonic
         self.endpoint: SipEndpoint | None = None
         self.queries: DeviceQueries | None = None
         self.media: StreamHub | None = None
@@ -110,7 +115,7 @@ class Registrar:
     # ----- REGISTER -----
     def _register(self, event: RequestReceived) -> None:
         req = event.request
-        now = self.wall()
+        now = self.mono()
         device_id = req.from_.uri.user or ""  # the parser has checked From already
         problem = ids.check_device_id(device_id)
         if problem is not None:
@@ -166,7 +171,7 @@ class Registrar:
             return
         self.nonces.use(nonce, nc)
         self.auth_lockout.succeed(source)
-        self._accept(event, device_id, now)
+        self._accept(event, device_id)
 
     def _challenge(self, event: RequestReceived, now: float, bind: str, *, stale: bool) -> None:
         response = Response.for_request(event.request, 401, to_tag=self.to_tag)
@@ -175,8 +180,9 @@ class Registrar:
         response.headers.add("WWW-Authenticate", value)
         self._reply(event, response)
 
-    def _accept(self, event: RequestReceived, device_id: str, now: float) -> None:
+    def _accept(self, event: RequestReceived, device_id: str) -> None:
         req = event.request
+        now = self.wall()  # written down and sent; the registry takes expiry from `mono`
         expires = requested_expires(req)
         response = Response.for_request(req, 200, to_tag=self.to_tag)
         contact = req.headers.get("Contact") or ""
@@ -220,7 +226,7 @@ class Registrar:
     # ----- MESSAGE -----
     def _message(self, event: RequestReceived) -> None:
         req = event.request
-        now = self.wall()
+        now = self.mono()
         device_id = req.from_.uri.user or ""
         dev = self.registry.get(device_id)
         if dev is None or not dev.registered(now):
@@ -251,7 +257,8 @@ class Registrar:
             return
         dev.charset = answer_charset(msg, req.body, dev.charset)
         if msg.cmd_type == "Keepalive":
-            self.registry.keepalive(device_id, now=now, transport=peer.transport, remote=remote)
+            self.registry.keepalive(device_id, now=self.wall(), transport=peer.transport,
+                                    remote=remote)
             self._answer(event, 200)
             return
         if msg.root == "Query" and msg.cmd_type == "RecordInfo" and self.recording is not None:

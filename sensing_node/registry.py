@@ -1,8 +1,14 @@
 """Devices and channels known to the node: registration state, keepalives, catalog.
 
 The registry holds everything in memory (one object per device, a dict of channels per device)
-and persists it through `Store` in batches. Time is passed in as wall-clock seconds (`now`),
-because registration expiry must survive a restart of the node.
+and persists it through `Store` in batches. Two clocks are involved: the wall clock labels what
+is written down and shown (`registered_at`, `last_keepalive`, `expires_at`), and the monotonic
+clock (`mono`) decides registration expiry and keepalive timeouts within a running node, so that
+a wall clock stepped forward or back neither expires every registration nor keeps a dead one.
+Across a restart only the wall clock is left: a stored registration's remaining time is judged
+from it, but a device that was online when the node stopped keeps at least
+`keepalive_timeout_s` (one keepalive interval of grace), so a wall clock that moved while the
+node was down does not turn its next keepalive into 403 Device Not Registered.
 
 Online rules (GB/T 28181-2016 9.1, 9.6): a device is online after a successful REGISTER and on
 every keepalive while its registration is valid; it goes offline when it unregisters, when the
@@ -52,15 +58,21 @@ class Device:
     last_keepalive: float | None = None
     expires_at: float | None = None
     online: bool = False
+    media_transport: str | None = None  # the transport its media last came over (remembered)
+    quirks: str = ""  # what it gets wrong that the node works around, one short line each
     channels: dict[str, dict[str, str]] = field(default_factory=dict)
-    stored_keepalive: float = 0.0  # last_keepalive as last written to the store
+    stored_keepalive: float = 0.0  # keepalive_mono when the device was last written
+    # Monotonic times (the registry's `mono` clock): they decide, the wall times above only say.
+    expires_mono: float = float("-inf")
+    keepalive_mono: float = float("-inf")
 
     def row(self) -> tuple[Any, ...]:
-        self.stored_keepalive = self.last_keepalive or 0.0
+        self.stored_keepalive = self.keepalive_mono
         return _row_values(self)
 
-    def registered(self, now: float) -> bool:
-        return self.expires_at is not None and self.expires_at > now
+    def registered(self, mono: float) -> bool:
+        """Whether the registration holds at `mono` (monotonic seconds, the registry's clock)."""
+        return self.expires_mono > mono
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -87,6 +99,7 @@ class Registry:
         on_change: Callable[[Device, str], None] | None = None,
         channel_takeover_s: float = 86400.0,
         wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.keepalive_timeout_s = keepalive_timeout_s
@@ -102,6 +115,7 @@ class Registry:
         self._channel_owner: dict[str, str] = {}
         self.channel_takeover_s = channel_takeover_s
         self.wall = wall
+        self.mono = mono
         # The device most recently refused each channel, asked for its catalog again when an
         # operator releases the channel. Bounded: refused IDs come from devices.
         self._claims: dict[str, str] = {}
@@ -110,22 +124,32 @@ class Registry:
 
     # ----- persistence -----
     def load(self, now: float) -> int:
-        """Read the store at start-up; returns how many registrations are still valid."""
+        """Read the store at start-up (`now`: the wall clock); returns how many registrations
+        are still valid."""
         if self.store is None:
             return 0
         rows, channels = self.store.load()
         valid = 0
+        mono = self.mono()
         for row in rows:
             dev = Device(**{k: row[k] for k in DEVICE_COLUMNS if k != "online"})
+            dev.quirks = dev.quirks or ""  # NULL in a row an older node wrote
             # Online survives a restart only while both the registration and the keepalive
             # window hold; the next keepalive brings a device back otherwise.
+            if dev.expires_at is not None:
+                left = dev.expires_at - now
+                if row["online"]:  # at least one keepalive interval of grace
+                    left = max(left, self.keepalive_timeout_s)
+                dev.expires_mono = mono + left
+            if dev.last_keepalive is not None:
+                dev.keepalive_mono = mono - max(0.0, now - dev.last_keepalive)
+            dev.stored_keepalive = dev.keepalive_mono
             dev.online = bool(
                 row["online"]
-                and dev.registered(now)
-                and dev.last_keepalive is not None
-                and now - dev.last_keepalive < self.keepalive_timeout_s
+                and dev.registered(mono)
+                and mono - dev.keepalive_mono < self.keepalive_timeout_s
             )
-            valid += dev.registered(now)
+            valid += dev.registered(mono)
             self.devices[dev.id] = dev
         for device_id, channel_id, fields in channels:
             owner = self.devices.get(device_id)
@@ -199,6 +223,9 @@ class Registry:
             dev.registered_at = now
         dev.expires_at = now + expires
         dev.last_keepalive = now
+        mono = self.mono()
+        dev.expires_mono = mono + expires
+        dev.keepalive_mono = mono
         self._set_online(dev, True)
         self._dirty.add(device_id)
         return dev, fresh
@@ -208,24 +235,44 @@ class Registry:
         if dev is None:
             return None
         dev.expires_at = now
+        dev.expires_mono = self.mono()
         self._set_online(dev, False)
         self._dirty.add(device_id)
         return dev
 
     def keepalive(self, device_id: str, *, now: float, transport: str, remote: str) -> bool:
-        """A keepalive arrived; False if the device has no valid registration."""
+        """A keepalive arrived at `now` (wall clock); False if the device has no valid
+        registration."""
         dev = self.devices.get(device_id)
-        if dev is None or not dev.registered(now):
+        mono = self.mono()
+        if dev is None or not dev.registered(mono):
             return False
         dev.last_keepalive = now
+        dev.keepalive_mono = mono
         if not dev.online or dev.remote != remote or dev.transport != transport:
             dev.transport = transport
             dev.remote = remote
             self._set_online(dev, True)
             self._dirty.add(device_id)
-        elif now - dev.stored_keepalive >= self.keepalive_persist_s:
+        elif mono - dev.stored_keepalive >= self.keepalive_persist_s:
             self._dirty.add(device_id)
         return True
+
+    def add_quirk(self, device_id: str, quirk: str) -> bool:
+        """Note something the device gets wrong (a line of text); True the first time."""
+        dev = self.devices.get(device_id)
+        if dev is None or quirk in dev.quirks.splitlines():
+            return False
+        dev.quirks = f"{dev.quirks}\n{quirk}" if dev.quirks else quirk
+        self._dirty.add(device_id)
+        return True
+
+    def set_media_transport(self, device_id: str, transport: str) -> None:
+        """Remember the transport the device's media came over, to try it first next time."""
+        dev = self.devices.get(device_id)
+        if dev is not None and dev.media_transport != transport:
+            dev.media_transport = transport
+            self._dirty.add(device_id)
 
     def update_info(self, device_id: str, **fields: str) -> None:
         dev = self.devices.get(device_id)
@@ -298,14 +345,15 @@ class Registry:
         log.warning("channel %s released from %s by the operator", channel_id, owner_id)
         return owner, claimant
 
-    def sweep(self, now: float) -> list[Device]:
-        """Take devices offline whose registration expired or whose keepalives stopped."""
+    def sweep(self, mono: float) -> list[Device]:
+        """Take devices offline whose registration expired or whose keepalives stopped, as of
+        `mono` (monotonic seconds, the registry's clock)."""
         gone = []
         timeout = self.keepalive_timeout_s
         for dev in self.devices.values():
             if not dev.online:
                 continue
-            if not dev.registered(now) or now - (dev.last_keepalive or 0.0) >= timeout:
+            if not dev.registered(mono) or mono - dev.keepalive_mono >= timeout:
                 self._set_online(dev, False)
                 self._dirty.add(dev.id)
                 gone.append(dev)
