@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DeletionRow", "GapRow", "RecordIndex", "SegmentRow"]
+__all__ = ["TIME_TOLERANCE_S", "DeletionRow", "GapRow", "RecordIndex", "SegmentRow"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -138,6 +138,11 @@ def _segment(row: tuple[Any, ...]) -> SegmentRow:
 
 
 _LOOKBACK_S = 86400.0
+
+#: How far two times of a channel's record may disagree and still be the same instant: a
+#: segment's end and the gap after it are computed apart (frame time plus frame interval), so
+#: float rounding may part them by far less than this.
+TIME_TOLERANCE_S = 0.001
 
 
 def _bounds(start: float | None, end: float | None) -> tuple[str, list[Any]]:
@@ -376,6 +381,24 @@ class RecordIndex:
             (channel_id,),
         )
         return _segment(rows[0]) if rows else None
+
+    def recorded_until(self, channel_id: str) -> float | None:
+        """Where the channel's record ends: the latest end of its segments and gaps, None for a
+        channel with neither. What comes next (a segment, a gap) starts there or later.
+
+        A channel's segments and gaps follow each other, so only those starting within a day of
+        its latest start are read: both indexes on (channel_id, start_wall) bound the scan.
+        """
+        ends: list[float] = []
+        for table in ("segments", "gaps"):
+            rows = self._query(
+                f"SELECT MAX(end_wall) FROM {table} WHERE channel_id = ? AND start_wall >= "
+                f"(SELECT MAX(start_wall) FROM {table} WHERE channel_id = ?) - ?",
+                (channel_id, channel_id, _LOOKBACK_S),
+            )
+            if rows and rows[0][0] is not None:
+                ends.append(rows[0][0])
+        return max(ends) if ends else None
 
     def chain_head(self, channel_id: str) -> str | None:
         """The sha256 the channel's next segment chains to: its last segment, or the last

@@ -17,6 +17,15 @@ channel's previous hash (the chain). A ``.part`` left by a crash or a power loss
 Every write goes through :func:`_write`, so tests can inject ``ENOSPC``. A failed write ends the
 segment at the last unit written completely (truncate, fsync, index) and records a gap until
 the next keyframe that can be written.
+
+Gaps: a channel's record is a sequence of segments and gaps that never overlap, and a gap never
+ends before it starts. The writer knows where the record ends (``recorded_until`` of the index,
+then every segment and gap it adds) and starts no gap before that. A loss opens a gap that ends
+at the next keyframe written; its reason is the first cause reported. ``planned()`` says when
+the caller began to want the channel: the time since the record ended and the caller's start is
+a "node not running" gap, and from then on the channel is waited for: a loss reported before
+the first frame names that wait (``no answer to INVITE...``), frames that come first mean the
+stream merely took that long to start (no gap).
 """
 
 from __future__ import annotations
@@ -31,9 +40,11 @@ from pathlib import Path
 
 from rtp.ps import AccessUnit
 
-from .index import RecordIndex, SegmentRow
+from .index import TIME_TOLERANCE_S, RecordIndex, SegmentRow
 
 __all__ = [
+    "NODE_NOT_RUNNING",
+    "NOT_STARTED",
     "PART_SUFFIX",
     "SEGMENT_SUFFIX",
     "SegmentWriter",
@@ -51,6 +62,11 @@ PART_SUFFIX = ".ps.part"
 BUFFER_BYTES = 1 << 20  # batch size of file writes
 PTS_WRAP = 1 << 33
 _NAME_FORMAT = "%Y%m%dT%H%M%S"
+
+#: Reason of the gap between a channel's record and the node's start (``planned(up=...)``).
+NODE_NOT_RUNNING = "not recorded: node not running"
+#: Reason of a wait for a planned channel that ended (closed) before any frame or loss came.
+NOT_STARTED = "not recorded: stream not started"
 
 
 _IOV_MAX = 1024  # buffers per writev(2) call (Linux's UIO_MAXIOV)
@@ -200,7 +216,11 @@ class SegmentWriter:
         self.last_error: str | None = None
         self._open: _Open | None = None
         self._prev_sha: str | None = index.chain_head(channel_id)
-        self._gap: tuple[float, str] | None = None  # a gap that ends at the next keyframe
+        #: the end of the channel's record (segments and gaps): no gap starts before it
+        self._until: float | None = index.recorded_until(channel_id)
+        #: a gap that ends at the next keyframe: its start and reason (None: waiting for a
+        #: planned channel's stream, no cause reported yet)
+        self._gap: tuple[float, str | None] | None = None
         self._frame_s = 0.0  # last video frame interval from PTS, for end times
         self._last_pts: int | None = None
         self._last_wall = 0.0
@@ -242,12 +262,17 @@ class SegmentWriter:
 
     def gap(self, start_wall: float, end_wall: float, reason: str) -> list[SegmentRow]:
         """The channel was not received from ``start_wall`` to ``end_wall`` (camera offline,
-        stream restart...): end the open segment, record the gap, wait for a keyframe."""
+        stream restart...): end the open segment, record the gap, wait for a keyframe.
+
+        The part of it that the record already covers (before the end of the segment just
+        closed, or of an earlier gap) is left out."""
         closed = self._close()
         if self._gap is not None:  # an earlier loss that never resumed ends where this starts
-            self.index.add_gap(self.channel_id, self._gap[0], start_wall, self._gap[1])
+            start, pending = self._gap
             self._gap = None
-        self.index.add_gap(self.channel_id, start_wall, end_wall, reason)
+            if pending is not None:
+                self._add_gap(start, start_wall, pending)
+        self._add_gap(start_wall, end_wall, reason)
         return closed
 
     def lost(self, wall: float, reason: str = "packet loss") -> list[SegmentRow]:
@@ -256,9 +281,27 @@ class SegmentWriter:
         seg = self._open
         start = wall if seg is None else self._end_of(seg)
         closed = self._close()
-        if self._gap is None:
-            self._gap = (start, reason)
+        self._pend(start, reason)
         return closed
+
+    def planned(self, since: float, up: float | None = None) -> list[SegmentRow]:
+        """The caller wants the channel recorded from ``since`` on; ``up``: when the caller (the
+        node) started.
+
+        The time from the end of the channel's record to ``up`` is recorded as a gap
+        (:data:`NODE_NOT_RUNNING`). From ``since`` (or the record's end, if later) the channel is
+        waited for: the first loss reported before a frame names that gap (``lost()``), a frame
+        that comes first ends the wait without a gap, and ``close()`` records it as
+        :data:`NOT_STARTED`. Nothing is done while a segment is open or a gap is pending.
+        """
+        if self._open is not None or self._gap is not None:
+            return []
+        until = self._until
+        if up is not None and until is not None and until < up:
+            self._add_gap(until, up, NODE_NOT_RUNNING)
+            until = self._until
+        self._gap = (since if until is None else max(since, until), None)
+        return []
 
     def flush(self) -> list[SegmentRow]:
         """Write the buffered bytes of the open segment to its ``.part`` file (no fsync)."""
@@ -288,14 +331,52 @@ class SegmentWriter:
         self.syncs += 1
         return closed
 
-    def close(self) -> list[SegmentRow]:
-        """End the open segment (durable and indexed on return) and any gap still open."""
+    def close(self, wall: float | None = None) -> list[SegmentRow]:
+        """End the open segment (durable and indexed on return) and any gap still open: at
+        ``wall`` (the caller stops recording the channel then), else at the last frame."""
         closed = self._close()
         if self._gap is not None:
             start, reason = self._gap
             self._gap = None
-            self.index.add_gap(self.channel_id, start, max(start, self._last_wall), reason)
+            end = self._last_wall if wall is None else wall
+            self._add_gap(start, max(start, end), reason or NOT_STARTED)
         return closed
+
+    # -- the record: segments and gaps in sequence ---------------------------------------------
+
+    def _pend(self, start: float, reason: str) -> None:
+        """A loss at ``start``: open a gap, or name the wait for a planned channel."""
+        if self._gap is None:
+            self._gap = (start, reason)
+        elif self._gap[1] is None:
+            self._gap = (self._gap[0], reason)
+
+    def _resume(self, wall: float) -> None:
+        """Writing resumes at ``wall``: the pending gap ends there (a wait without a cause
+        reported was only the stream starting: no gap)."""
+        if self._gap is not None:
+            start, reason = self._gap
+            self._gap = None
+            if reason is not None:
+                self._add_gap(start, wall, reason)
+
+    def _add_gap(self, start: float, end: float, reason: str) -> None:
+        """Index a gap, never before the end of the record and never ending before it starts."""
+        until = self._until
+        if until is not None and start < until - TIME_TOLERANCE_S:
+            if end <= until:
+                return  # already covered by the record
+            start = until
+        if end < start:
+            log.warning("channel %s: gap %.3f..%.3f (%s) ends before it starts (the wall clock "
+                        "went back?); not recorded", self.channel_id, start, end, reason)
+            return
+        self.index.add_gap(self.channel_id, start, end, reason)
+        self._extend(end)
+
+    def _extend(self, end: float) -> None:
+        if self._until is None or end > self._until:
+            self._until = end
 
     # -- segment life --------------------------------------------------------------------------
 
@@ -326,12 +407,9 @@ class SegmentWriter:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             self._error("cannot open a segment", exc)
-            if self._gap is None:
-                self._gap = (wall, _reason(exc))
+            self._pend(wall, _reason(exc))
             return None
-        if self._gap is not None:
-            self.index.add_gap(self.channel_id, self._gap[0], wall, self._gap[1])
-            self._gap = None
+        self._resume(wall)
         rel = f"{self.channel_id}/{day}/{stem}{SEGMENT_SUFFIX}"
         self._open = _Open(rel, part, fd, wall, unit.codec, last_wall=wall)
         return self._open
@@ -389,8 +467,7 @@ class SegmentWriter:
             self._abandon(seg)
         else:
             closed = self._finish(seg, end_wall=resume)
-        if self._gap is None:
-            self._gap = (resume, _reason(exc))
+        self._pend(resume, _reason(exc))
         return closed
 
     def _end_of(self, seg: _Open) -> float:
@@ -443,6 +520,7 @@ class SegmentWriter:
             prev_sha256=self._prev_sha,
         )
         self._prev_sha = sha
+        self._extend(row.end_wall)
         self.segments_closed += 1
         return [row]
 

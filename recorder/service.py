@@ -192,6 +192,15 @@ class Recorder:
         """Packets were lost at ``wall``: resume at the next keyframe, recording the gap."""
         self._put(("lost", channel_id, wall, reason))
 
+    def planned(self, channel_id: str, since: float, up: float | None = None) -> None:
+        """The channel is to be recorded from ``since``; ``up``: when the node started
+        (``SegmentWriter.planned``: the time since the channel's record ended becomes a "node
+        not running" gap, the wait for its stream a gap if a loss is reported first).
+
+        Handled after the recovery of what a crash left, so the record's end includes the
+        recovered segments."""
+        self._put(("planned", channel_id, since, up))
+
     def sweep(
         self,
         retention_days: float,
@@ -232,9 +241,10 @@ class Recorder:
             raise RecorderClosed("the recorder is closed; deletions not recorded")
         return done.result()
 
-    def close_channel(self, channel_id: str) -> None:
-        """End the channel's open segment (e.g. on BYE)."""
-        self._put(("close_channel", channel_id))
+    def close_channel(self, channel_id: str, wall: float | None = None) -> None:
+        """End the channel's open segment (e.g. on BYE), and a gap still open at ``wall`` (when
+        recording the channel stops; by default at its last frame)."""
+        self._put(("close_channel", channel_id, wall))
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is handled; False on timeout."""
@@ -250,12 +260,15 @@ class Recorder:
             return not self._thread.is_alive()
         return done.wait(timeout)
 
-    def close(self, timeout: float | None = None) -> None:
-        """Drain the queue, close every open segment (durable and indexed), stop the thread."""
+    def close(self, timeout: float | None = None, *, wall: float | None = None) -> None:
+        """Drain the queue, close every open segment (durable and indexed), stop the thread.
+
+        A gap still open ends at ``wall`` (when recording stops; by default at its channel's
+        last frame)."""
         with self._put_lock:
             if not self._closed:
                 self._closed = True
-                self._queue.put((_STOP,))
+                self._queue.put((_STOP, wall))
         self._thread.join(timeout)
         if not self._thread.is_alive():
             self.index.close()
@@ -282,6 +295,7 @@ class Recorder:
         next_sync = clock() + every
         check = 0  # items until the clock is read again for the sync pass (0: a batch starts)
         item: tuple[Any, ...] | None
+        stopped_at: float | None = None  # where gaps still open end (close(wall=...))
         while True:
             if check:  # within a batch the queue holds more: no timeout (no clock read) needed
                 item = get()
@@ -300,6 +314,7 @@ class Recorder:
                 continue
             check -= 1
             if item[0] == _STOP:
+                stopped_at = item[1]
                 break
             try:
                 self._handle(item)
@@ -312,7 +327,7 @@ class Recorder:
                 time.sleep(self.batch_pause_s)
         for channel_id in list(self._writers):
             try:
-                self._handle(("close_channel", channel_id))
+                self._handle(("close_channel", channel_id, stopped_at))
             except Exception as exc:
                 self._failed(("close_channel", channel_id), exc)
 
@@ -352,9 +367,11 @@ class Recorder:
             self._apply(writer, writer.gap, item[2], item[3], item[4])
         elif kind == "lost":
             self._apply(writer, writer.lost, item[2], item[3])
+        elif kind == "planned":
+            self._apply(writer, writer.planned, item[2], item[3])
         elif kind == "close_channel":
             del self._writers[channel_id]
-            self._apply(writer, writer.close)
+            self._apply(writer, writer.close, item[2])
         else:
             raise ValueError(f"unknown recorder request {kind!r}")
 

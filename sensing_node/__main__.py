@@ -57,8 +57,11 @@ def _settings_or_exit(path: str):  # type: ignore[no-untyped-def]
 
 
 def cmd_verify_recordings(args: argparse.Namespace) -> int:
-    """Recompute every segment's SHA-256 and each channel's hash chain against the index."""
-    from recorder.index import RecordIndex
+    """Recompute every segment's SHA-256 and each channel's hash chain against the index, and
+    check that no gap ends before it starts or overlaps a segment or another gap."""
+    from datetime import datetime
+
+    from recorder.index import GapRow, RecordIndex
     from recorder.service import root_index
     from recorder.verify import verify
 
@@ -81,6 +84,22 @@ def cmd_verify_recordings(args: argparse.Namespace) -> int:
     for brk in report.chain_breaks:
         print(f"CHAIN      {brk.path} (channel {brk.channel_id}): links to {brk.found}, "
               f"expected {brk.expected}")
+    tz = settings.node.tz
+
+    def span(gap: GapRow) -> str:
+        start, end = (datetime.fromtimestamp(t, tz).isoformat(timespec="milliseconds")
+                      for t in (gap.start_wall, gap.end_wall))
+        return f"{start} .. {end} ({gap.reason})"
+
+    for problem in report.gap_problems:
+        other = problem.other
+        if other is None:
+            what = "ends before it starts"
+        elif isinstance(other, GapRow):
+            what = f"overlaps the gap {span(other)}"
+        else:
+            what = f"overlaps the segment {other.path}"
+        print(f"GAP        channel {problem.channel_id}: {span(problem.gap)} {what}")
     for path in report.partial:
         print(f"OPEN       {path} (being written, or left by a crash until the next start)")
     verdict = "OK" if report.ok else "FAILED"

@@ -5,7 +5,9 @@
 persistent `ChannelRecording` consumer to each, which keeps the stream invited through faults.
 Frames go to `recorder.service.Recorder`, whose writer thread does the file writes, hashing,
 fsync and indexing, so the event loop only queues them. Losses and interruptions become gaps in
-the index.
+the index, and so does the time the node was not running: a channel's first plan in a run tells
+the recorder when the node started (`Recorder.planned`), and the writer thread, after the
+recovery of what a crash left, records the time from the end of the channel's record to then.
 
 It also watches the disk (`recording.min_free_gb`: alarm in the log, `/healthz`, `/api/stats`;
 nothing in retention is ever deleted to make room), runs the retention sweeper hourly, answers
@@ -66,12 +68,6 @@ class ChannelRecording(Consumer):
         if recorder is not None:
             stream = self.service.hub.streams.get(self.channel_id)
             wall = stream.unit_wall() if stream is not None else self.service.wall()
-            if not self.units:
-                # The time between the channel's last segment before this start of the node
-                # and now was not recorded: say so in the index rather than leave a silent hole.
-                last = self.service.last_end_before_start.pop(self.channel_id, None)
-                if last is not None and wall - last > 1.0:
-                    recorder.gap(self.channel_id, last, wall, "not recorded: node not running")
             self.units += 1
             recorder.submit(self.channel_id, unit, wall)
 
@@ -166,8 +162,13 @@ class RecordingService:
         self._audit_thread = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
         self._task: asyncio.Task[None] | None = None
         self._subscribing: dict[str, asyncio.Task[Any]] = {}
-        #: end of each channel's last segment when the node started (see ChannelRecording)
-        self.last_end_before_start: dict[str, float] = {}
+        #: when the node started: the "node not running" gaps end here
+        self.up: float | None = None
+        #: the channels planned now, told to the recorder (`Recorder.planned`)
+        self._planned: set[str] = set()
+        #: planned channels whose device was offline, said once until they are subscribed
+        self._offline: set[str] = set()
+        self._reconciled = False
 
     # ----- start / stop -----
     async def start(self, supervisor: Supervisor | None = None) -> None:
@@ -175,13 +176,13 @@ class RecordingService:
         (restarted with backoff if it fails; a supervisor of its own without one)."""
         loop = asyncio.get_running_loop()
         tz = self.settings.node.tz
+        self.up = self.wall()
         self.recorder = await loop.run_in_executor(None, lambda: Recorder(
             self.root, segment_s=self.config.segment_s, tz=tz, clock=self.wall,
             fsync_s=self.config.fsync_s,
         ))
         audit_path = self.settings.node.data_dir / "audit.sqlite3"
         self.audit = await loop.run_in_executor(self._audit_thread, AuditLog, audit_path)
-        self.last_end_before_start = await loop.run_in_executor(self._reader, self._last_ends)
         await self._check_disk()
         await self._warn_if_too_small()
         self._task = (supervisor or Supervisor()).spawn("recording", self._run)
@@ -200,7 +201,9 @@ class RecordingService:
         loop = asyncio.get_running_loop()
         if self.recorder is not None:
             recorder, self.recorder = self.recorder, None
-            await loop.run_in_executor(None, recorder.close)
+            # A gap still open (a stream that did not play) ends now, not at its last frame.
+            stopped = self.wall()
+            await loop.run_in_executor(None, lambda: recorder.close(wall=stopped))
         await loop.run_in_executor(self._reader, self._close_reader)
         self._reader.shutdown(wait=True)
         if self.audit is not None:
@@ -248,7 +251,16 @@ class RecordingService:
         for channel_id in list(self.recordings):
             if channel_id not in wanted:
                 self._stop_recording(channel_id)
+        for channel_id in self._planned - wanted:  # never subscribed: the device was offline
+            self._unplan(channel_id)
+        recorder = self.recorder
+        # A channel planned at the first pass is waited for from the node's start on.
+        since = self.wall() if self._reconciled or self.up is None else self.up
+        self._reconciled = True
         for channel_id in wanted:
+            if channel_id not in self._planned and recorder is not None:
+                self._planned.add(channel_id)
+                recorder.planned(channel_id, since, self.up)
             consumer = self.recordings.get(channel_id)
             stream = self.hub.streams.get(channel_id)
             attached = consumer is not None and stream is not None and consumer in stream.consumers
@@ -256,7 +268,13 @@ class RecordingService:
                 continue
             device = self.registry.channel_device(channel_id)
             if device is None or not device.online:
-                continue  # tried again once the device is back
+                # Tried again once the device is back; meanwhile that is why it is not recorded
+                # (if no other cause was reported first: the recorder keeps the first).
+                if channel_id not in self._offline and recorder is not None:
+                    self._offline.add(channel_id)
+                    recorder.lost(channel_id, self.wall(), "device offline")
+                continue
+            self._offline.discard(channel_id)
             if consumer is None:
                 consumer = self.recordings[channel_id] = ChannelRecording(self, channel_id)
             self._subscribing[channel_id] = asyncio.create_task(
@@ -279,9 +297,16 @@ class RecordingService:
         if task is not None:
             task.cancel()
         self.hub.unsubscribe(channel_id, consumer)
-        if self.recorder is not None:
-            self.recorder.close_channel(channel_id)
+        self._unplan(channel_id)
         log.info("recording %s stopped (not planned now)", channel_id)
+
+    def _unplan(self, channel_id: str) -> None:
+        """The channel is no longer planned: its open segment ends, and a gap still open ends
+        now."""
+        self._planned.discard(channel_id)
+        self._offline.discard(channel_id)
+        if self.recorder is not None:
+            self.recorder.close_channel(channel_id, self.wall())
 
     # ----- disk and retention -----
     async def _check_disk(self) -> None:
@@ -359,15 +384,6 @@ class RecordingService:
         if self._read_index is None:
             self._read_index = RecordIndex(root_index(self.root), read_only=True)
         return self._read_index
-
-    def _last_ends(self) -> dict[str, float]:
-        index = self._index()
-        ends = {}
-        for channel_id in index.channels():
-            row = index.last_segment(channel_id)
-            if row is not None:
-                ends[channel_id] = row.end_wall
-        return ends
 
     def _close_reader(self) -> None:
         if self._read_index is not None:
