@@ -173,8 +173,7 @@ async def test_wall_clock_forward_two_hours_devices_keep_alive_and_stay_online(
     # The registration is measured on the monotonic clock: the keepalive is still accepted.
     response = await cam.send_keepalive()
     assert (response.status, response.reason) == (200, "OK")
-    [reason] = await step_reported(running, "wall clock stepped forward")
-    assert "stepped forward 7200." in reason or "stepped forward 7199." in reason
+    await step_reported(running, "wall clock stepped forward 7200.0 s at ")
     # That housekeeping tick also swept the registry after the step: the device stays online.
     dev = running.node.registry.get(CAMERA)
     assert dev.online and dev.registered(running.node.clock.mono())
@@ -276,9 +275,9 @@ async def test_restart_with_the_wall_clock_past_expiry_grants_one_keepalive_time
     assert (response.status, response.reason) == (403, "Device Not Registered")
 
     # The grace is one keepalive timeout from the restart, no more: then it must register.
-    mono.offset += 59.0
+    mono.offset += 50.0
     assert (await cam.send_keepalive()).status == 200
-    mono.offset += 1.0
+    mono.offset += 10.0
     response = await cam.send_keepalive()
     assert (response.status, response.reason) == (403, "Device Not Registered")
     assert (await cam.register()).status == 200
