@@ -156,6 +156,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     node = settings.node
     print(f"{args.file}: OK (node {node.id}, realm {node.realm})")
     print("\n".join(listening_lines(node)))
+    for device_id, override in settings.devices.overrides.items():
+        if override.auth == "none":
+            print(f"WARNING: device {device_id} registers without authentication from "
+                  f"{override.from_} (auth: none); anyone there can register in its name")
     return 0
 
 
@@ -167,14 +171,23 @@ def _host_port(host: str, port: int) -> str:
 
 
 def listening_lines(node: NodeSettings) -> list[str]:
-    """What the node binds (SIP, HTTP, RTP), and a warning for each service on every
-    interface."""
+    """What the node binds (SIP, HTTP, RTP), a warning for each service on every interface,
+    and one when RTP cannot bind node.media_ip."""
+    from .media import media_bind_host
+
+    rtp_host, rtp_warning = media_bind_host(node)
+    if node.media_bind is not None:
+        rtp_source = "node.media_bind"
+    else:
+        rtp_source = "node.media_ip" if rtp_warning is None else "the SIP host"
     lines = [
         f"listens: SIP on {_host_port(node.sip_host, node.sip_port)} (UDP and TCP), "
         f"HTTP API on {_host_port(node.http_host, node.http_port)}, "
-        f"RTP on {node.media_ip} ports {node.rtp_port_min}-{node.rtp_port_max} "
-        f"(UDP and TCP, node.media_ip)"
+        f"RTP on {rtp_host} ports {node.rtp_port_min}-{node.rtp_port_max} "
+        f"(UDP and TCP, {rtp_source})"
     ]
+    if rtp_warning is not None:
+        lines.append(f"WARNING: {rtp_warning}")
     if node.sip_host in WILDCARDS:
         lines.append(
             f"WARNING: SIP listens on every interface ({node.sip_host}): any host that can reach "

@@ -28,8 +28,11 @@ the next keyframe when its reader falls behind.
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import logging
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,7 +48,7 @@ from sip.sdp import SessionDescription, build_sdp, gb_ssrc, parse_sdp, play_offe
 from sip.transaction import Peer, RequestReceived, ResponseReceived
 
 from .registry import Device, Registry, iso
-from .settings import TRANSPORTS, Settings
+from .settings import TRANSPORTS, NodeSettings, Settings
 from .supervise import Supervisor
 from .transport.rtp import (
     MediaIngest,
@@ -73,11 +76,16 @@ class StreamError(Exception):
     (404 unknown channel, 409 device offline, 502 refused by the device, 503 no resources,
     504 no answer); `sip_status` is the device's SIP status when it sent one."""
 
-    def __init__(self, status: int, reason: str, sip_status: int | None = None) -> None:
+    def __init__(
+        self, status: int, reason: str, sip_status: int | None = None, *,
+        transport_fault: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.sip_status = sip_status
+        #: another transport could avoid it (a refused or timed-out connect, 488)
+        self.transport_fault = transport_fault
 
 
 class Consumer:
@@ -168,11 +176,21 @@ class _ApiHold(Consumer):
 class LiveStream:
     """The ingest of one channel: its INVITE attempts, receiver, demuxer and consumers."""
 
-    def __init__(self, hub: StreamHub, channel_id: str, device_id: str, transport: str) -> None:
+    def __init__(
+        self, hub: StreamHub, channel_id: str, device_id: str, transport: str,
+        fallback: tuple[str, ...] = (), *, pinned: bool = False,
+    ) -> None:
         self.hub = hub
         self.channel_id = channel_id
         self.device_id = device_id
         self.transport = transport
+        # The transports to go through, in order, when one fails in a way another could avoid;
+        # a pinned transport (asked for explicitly) is neither changed nor remembered.
+        self.plan = (transport, *(t for t in fallback if t != transport))
+        self.pinned = pinned
+        self._tried: set[str] = set()  # transports that failed since media last came
+        self._transport_fault = False  # the current attempt got no media at all
+        self._proven = False  # the current attempt brought a video keyframe
         self.stream = hub.settings.channels.stream_for(channel_id)
         self.consumers: list[Consumer] = []
         self._rtp_consumers: tuple[Consumer, ...] = ()
@@ -253,14 +271,28 @@ class LiveStream:
             while True:
                 self.attempts += 1
                 began = loop.time()
+                self._transport_fault = self._proven = False
                 try:
                     await self._invite()
                 except StreamError as exc:
                     self._teardown(bye=True)
-                    self._settle_attempt(exc)
                     self.last_error = reason = exc.reason
-                    log.warning("stream %s: %s", self.channel_id, exc.reason)
                     self._record_ended(exc.reason)
+                    if exc.transport_fault and self._fall_back():
+                        # Whoever waits for this attempt waits for the next transport.
+                        log.warning("stream %s: %s; trying %s", self.channel_id, exc.reason,
+                                    self.transport)
+                        continue
+                    self._settle_attempt(exc)
+                    log.warning("stream %s: %s", self.channel_id, exc.reason)
+                    if not any(c.persistent for c in self.consumers):
+                        return
+                except Exception as exc:  # a bug: this attempt ends, never half set up
+                    reason = self.last_error = f"internal error: {type(exc).__name__}: {exc}"
+                    log.exception("stream %s failed", self.channel_id)
+                    self._teardown(bye=True)
+                    self._settle_attempt(StreamError(502, reason))
+                    self._record_ended(reason)
                     if not any(c.persistent for c in self.consumers):
                         return
                 else:
@@ -273,8 +305,10 @@ class LiveStream:
                     if self._stop_reason is not None or not self.consumers:
                         return
                     self.last_error = reason
-                    log.warning("stream %s: %s; inviting again in %.0f s", self.channel_id,
-                                reason, backoff)
+                    if self._transport_fault:
+                        self._fall_back()
+                    log.warning("stream %s: %s; inviting again (%s) in %.0f s", self.channel_id,
+                                reason, self.transport, backoff)
                     if loop.time() - began > hub.backoff_reset_s:
                         backoff = hub.backoff_min_s
                 self.state = "retrying"
@@ -287,7 +321,7 @@ class LiveStream:
             reason = self._stop_reason or "node stopping"
             self._teardown(bye=True)
             self._record_ended(reason)
-        except Exception as exc:  # a bug: end the stream, but never leave it half set up
+        except Exception as exc:  # a bug between attempts: end the stream, never half set up
             reason = self.last_error = f"internal error: {type(exc).__name__}: {exc}"
             log.exception("stream %s failed", self.channel_id)
             self._teardown(bye=True)
@@ -299,6 +333,32 @@ class LiveStream:
                 self._teardown(bye=True)
             finally:
                 self._close(reason)
+
+    def _fall_back(self) -> bool:
+        """Move on to the plan's next transport; True if that one has not failed since media
+        last came (False: every transport failed, and the round starts again)."""
+        if self.pinned or len(self.plan) < 2:
+            return False
+        self._tried.add(self.transport)
+        plan = self.plan
+        self.transport = plan[(plan.index(self.transport) + 1) % len(plan)]
+        if self.transport in self._tried:
+            self._tried.clear()
+            return False
+        return True
+
+    def _media_came(self) -> None:
+        """The attempt's first video keyframe: its transport works for this device."""
+        self._proven = True
+        self._tried.clear()
+        if not self.pinned:
+            self.hub.registry.set_media_transport(self.device_id, self.transport)
+
+    def _quirk(self, quirk: str) -> None:
+        """The device answered otherwise than asked; the offer decides. Logged once per device
+        and kept in the registry (`quirks` in the API)."""
+        if self.hub.registry.add_quirk(self.device_id, quirk):
+            log.warning("device %s %s; the node keeps to its offer", self.device_id, quirk)
 
     def unit_wall(self) -> float:
         """The wall time a consumer should give the unit it is handed now: the present, except
@@ -417,6 +477,8 @@ class LiveStream:
             self.gop, self._gop_bytes = [], 0  # a GOP this long is not worth caching
 
     def _keyframe(self, unit: AccessUnit) -> None:
+        if not self._proven:
+            self._media_came()
         if self.codec != unit.codec or self.width is None:
             self.codec = unit.codec
             if unit.codec in ("h264", "h265"):
@@ -455,12 +517,15 @@ class LiveStream:
         if response.status >= 300:
             raise StreamError(
                 502, f"device answered {response.status} {response.reason}".rstrip(),
-                sip_status=response.status,
+                sip_status=response.status, transport_fault=response.status == 488,
             )
         try:
             self.dialog = Dialog.from_2xx(invite, response)
         except SipError as exc:
             raise StreamError(502, f"device sent an unusable 200 OK: {exc}") from None
+        if not response.body.strip():
+            hub.ack(self.dialog, peer)  # and BYE with the teardown
+            raise StreamError(502, "device answered without SDP")
         try:
             answer = parse_sdp(response.body)
             self._expect(answer, device)
@@ -469,15 +534,7 @@ class LiveStream:
             raise StreamError(502, f"device sent an unusable SDP answer: {exc}") from None
         hub.ack(self.dialog, peer)
         if self.transport == "tcp-active":
-            assert isinstance(self.receiver, TcpRtpReceiver) and self.remote is not None
-            host, _, media_port = self.remote.rpartition(":")
-            try:
-                await self.receiver.connect_tcp(host.strip("[]"), int(media_port))
-            except TimeoutError as exc:
-                raise StreamError(504, f"connect timed out: {exc}") from None
-            except (ConnectionError, OSError) as exc:
-                raise StreamError(502, f"cannot connect to the device's media port: {exc}") \
-                    from None
+            await self._connect(device)
         loop = asyncio.get_running_loop()
         self.acked_at = loop.time()
         self.playing_since = hub.wall()
@@ -485,6 +542,31 @@ class LiveStream:
         self._window.clear()
         log.info("stream %s playing: %s from %s, SSRC %s", self.channel_id, self.transport,
                  self.remote, self.ssrc)
+
+    async def _connect(self, device: Device) -> None:
+        """tcp-active: connect to the port of the answer, at its c= address, and if that
+        fails and the device signals from another address, there (a c= it cannot be reached
+        at: a private address behind NAT, a wrong one)."""
+        assert isinstance(self.receiver, TcpRtpReceiver) and self.remote is not None
+        host, _, media_port = self.remote.rpartition(":")
+        host = host.strip("[]")
+        signalling = device.host_port[0]
+        try:
+            await self.receiver.connect_tcp(host, int(media_port))
+            return
+        except TimeoutError as exc:
+            error = StreamError(504, f"connect timed out: {exc}", transport_fault=True)
+        except (ConnectionError, OSError) as exc:
+            error = StreamError(502, f"cannot connect to the device's media port: {exc}",
+                                transport_fault=True)
+        if host == signalling:
+            raise error
+        try:
+            await self.receiver.connect_tcp(signalling, int(media_port))
+        except (ConnectionError, OSError):  # TimeoutError included
+            raise error from None
+        self._quirk("answers a c= address its media port cannot be reached at")
+        self.remote = f"{signalling}:{media_port}"
 
     async def _open_receiver(self, device: Device) -> int:
         """Bind the attempt's port on node.media_ip. Until the answer, a UDP receiver only
@@ -514,10 +596,20 @@ class LiveStream:
         video = answer.video or (answer.media[0] if answer.media else None)
         if video is None:
             raise ValueError("no m= line")
-        wants_tcp = self.transport != "udp"
-        if video.is_tcp != wants_tcp:
-            raise ValueError(f"answered {video.proto} to a {self.transport} offer")
-        address = answer.address or device.host_port[0]
+        # What contradicts the offer is noted, and the offer decides: media comes over the
+        # transport offered, or not at all (then the attempt ends after media.timeout_s).
+        if video.is_tcp != (self.transport != "udp"):
+            self._quirk(f"answers {video.proto} to a {self.transport} offer")
+        elif self.transport != "udp":
+            wanted = "passive" if self.transport == "tcp-active" else "active"
+            if video.setup is None:
+                self._quirk("answers TCP media without a=setup")
+            elif video.setup != wanted:
+                self._quirk(f"answers a=setup:{video.setup} to a {self.transport} offer")
+        address = answer.address
+        if address is None or not _usable_address(address):
+            self._quirk("answers without a usable c= address")
+            address = device.host_port[0]
         self.remote = f"{address}:{video.port}"
         if answer.ssrc_int is not None:
             if answer.ssrc != self.ssrc:
@@ -527,9 +619,7 @@ class LiveStream:
         else:
             self.ssrc_value = None  # learnt from the first packet
         receiver = self.receiver
-        hosts = {device.host_port[0]}
-        if address not in ("0.0.0.0", "::"):
-            hosts.add(address)
+        hosts = {device.host_port[0], address}
         if isinstance(receiver, UdpRtpReceiver):
             receiver.expect(hosts, self.ssrc_value)
         elif isinstance(receiver, TcpRtpReceiver):
@@ -599,6 +689,7 @@ class LiveStream:
         elif isinstance(receiver, TcpRtpReceiver) and receiver.closed.is_set():
             self.end_attempt("the device closed the media connection")
         elif last is None and now - self.acked_at >= timeout:
+            self._transport_fault = True  # another transport may bring it
             self.end_attempt(f"no media within {timeout} s after ACK")
         elif last is not None and now - last >= timeout:
             self.end_attempt(f"no media for {timeout} s")
@@ -657,6 +748,41 @@ class LiveStream:
         }
 
 
+def _usable_address(text: str) -> bool:
+    """Whether a c= address is one media can come from: an IP address, not 0.0.0.0 or ::."""
+    try:
+        return not ipaddress.ip_address(text).is_unspecified
+    except ValueError:
+        return False
+
+
+def _is_local_address(host: str) -> bool:
+    """Whether `host` is an address of this machine (one a socket can bind)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                           socket.SOCK_DGRAM) as sock:
+            sock.bind((host, 0))
+    except OSError as exc:
+        return exc.errno != errno.EADDRNOTAVAIL
+    return True
+
+
+def media_bind_host(node: NodeSettings) -> tuple[str, str | None]:
+    """Where RTP binds, and a warning when that cannot be node.media_ip.
+
+    `node.media_bind` if set; else `node.media_ip`, the address devices send to, as long as it
+    is an address of this host; else (1:1 NAT, a cloud public IP) the SIP host.
+    """
+    if node.media_bind is not None:
+        return node.media_bind, None
+    if _is_local_address(node.media_ip):
+        return node.media_ip, None
+    return node.sip_host, (
+        f"node.media_ip {node.media_ip} is not an address of this host (1:1 NAT, a public "
+        f"IP?): RTP binds {node.sip_host}, the SIP host; set node.media_bind to choose"
+    )
+
+
 class StreamHub:
     """All live streams of the node, one per channel, and their SIP plumbing."""
 
@@ -677,9 +803,12 @@ class StreamHub:
         self.receive_config = RtpReceiveConfig(
             connect_timeout_s=settings.media.connect_timeout_s
         )
-        # RTP is bound where devices are told to send it, whatever address SIP listens on:
-        # a wildcard would take packets for this port from any interface.
-        self.media_bind_host = node.media_ip
+        # RTP is bound where devices are told to send it, whatever address SIP listens on
+        # (a wildcard would take packets for this port from any interface), unless that is
+        # no address of this host (see media_bind_host).
+        self.media_bind_host, warning = media_bind_host(node)
+        if warning is not None:
+            log.warning("%s", warning)
         self.streams: dict[str, LiveStream] = {}
         self.by_call_id: dict[str, LiveStream] = {}
         self.ended: deque[dict[str, Any]] = deque(maxlen=ENDED_KEPT)
@@ -739,19 +868,17 @@ class StreamHub:
     ) -> LiveStream:
         """Join the channel's stream, starting it if needed; returns once it plays.
 
-        `transport` applies only when this call starts the stream (the default comes from
-        `channels.overrides` and `media.transport`). Raises StreamError when the stream cannot
-        be started; a persistent consumer stays subscribed and the stream keeps trying.
+        `transport` applies only when this call starts the stream (see `transport_plan` for
+        the default). Raises StreamError when the stream cannot be started; a persistent
+        consumer stays subscribed and the stream keeps trying.
         """
         if transport is not None and transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}")
         stream = self.streams.get(channel_id)
         if stream is None:
             device = self.device_for(channel_id)
-            chosen = transport or self.settings.channels.transport_for(
-                channel_id, self.settings.media.transport
-            )
-            stream = LiveStream(self, channel_id, device.id, chosen)
+            chosen, fallback, pinned = self.transport_plan(channel_id, device, transport)
+            stream = LiveStream(self, channel_id, device.id, chosen, fallback, pinned=pinned)
             self.streams[channel_id] = stream
             stream.start()
         stream.add(consumer, from_keyframe=from_keyframe)
@@ -765,6 +892,27 @@ class StreamHub:
             stream.remove(consumer, linger=False)
             raise
         return stream
+
+    def transport_plan(
+        self, channel_id: str, device: Device, requested: str | None = None
+    ) -> tuple[str, tuple[str, ...], bool]:
+        """The transport a new stream starts with, the ones to fall back to, and whether it
+        is pinned.
+
+        An explicit choice (the API request's `transport`, else `channels.overrides.<id>.
+        transport`) is pinned: used for every attempt, never remembered. Otherwise the stream
+        starts with `devices.overrides.<id>.transport`, else the transport the device's media
+        last came over (remembered in the registry), else `media.transport`, and moves on
+        through `media.transport_fallback` when one fails in a way another could avoid.
+        """
+        settings = self.settings
+        explicit = requested or settings.channels.transport_for(channel_id, "")
+        if explicit:
+            return explicit, (), True
+        remembered = device.media_transport if device.media_transport in TRANSPORTS else None
+        first = (settings.devices.transport_for(device.id) or remembered
+                 or settings.media.transport)
+        return first, settings.media.transport_fallback, False
 
     def unsubscribe(
         self, channel_id: str, consumer: Consumer, *, linger: bool = True,

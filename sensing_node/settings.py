@@ -32,7 +32,7 @@ import yaml
 
 __all__ = [
     "ChannelOverride", "ChannelsSettings", "ConfigError", "DeviceOverride", "DevicesSettings",
-    "Key", "MediaSettings", "NodeSettings", "RecordingSettings", "SECTIONS", "Schedule",
+    "Key", "MediaSettings", "NodeSettings", "Rate", "RecordingSettings", "SECTIONS", "Schedule",
     "Section", "Settings",
     "SimulatorSettings", "TRANSPORTS", "load_settings", "parse_settings",
     "settings_for_tests", "system_timezone",
@@ -64,6 +64,20 @@ class DeviceOverride:
     latitude: float | None = None
     username: str | None = None
     follow_source: bool = False
+    #: "digest", or "none" for a device that cannot answer a challenge (only from `from_`)
+    auth: str = "digest"
+    #: `from`: the network the device may register from; None: anywhere
+    from_: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    #: the media transport tried first for this device's channels (see StreamHub.transport_plan)
+    transport: str | None = None
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A flood limit: `per_s` requests a second on average, after a burst of `burst`."""
+
+    per_s: float
+    burst: int
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,8 @@ class NodeSettings:
     api_trusted_proxy: bool
     data_dir: Path
     timezone_name: str | None
+    #: where RTP binds; None: media_ip if it is an address of this host, else the SIP host
+    media_bind: str | None = None
 
     @cached_property
     def tz(self) -> datetime.tzinfo:
@@ -103,6 +119,8 @@ class DevicesSettings:
     time_sync: bool
     overrides: Mapping[str, DeviceOverride]
     channel_takeover_s: int
+    register_rate: Rate
+    message_rate: Rate
 
     def password_for(self, device_id: str) -> str:
         """The digest password for `device_id`: its own if it has one, else the default."""
@@ -120,6 +138,21 @@ class DevicesSettings:
         """Whether a MESSAGE from another address may move `device_id` there (unsafe)."""
         override = self.overrides.get(device_id)
         return override is not None and override.follow_source
+
+    def unauthenticated(self, device_id: str) -> bool:
+        """Whether `device_id` registers without digest (`auth: none`, only from `from`)."""
+        override = self.overrides.get(device_id)
+        return override is not None and override.auth == "none"
+
+    def network_for(self, device_id: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """The network `device_id` must register from (`from`), or None for anywhere."""
+        override = self.overrides.get(device_id)
+        return override.from_ if override is not None else None
+
+    def transport_for(self, device_id: str) -> str | None:
+        """The media transport `device_id`'s override names, or None."""
+        override = self.overrides.get(device_id)
+        return override.transport if override is not None else None
 
     def allowed(self, device_id: str) -> bool:
         """Whether `device_id` may register: an empty allow list admits every ID."""
@@ -148,6 +181,8 @@ class MediaSettings:
     linger_s: int
     answer_timeout_s: int
     connect_timeout_s: float
+    #: transports to move on to when one fails in a way another could avoid
+    transport_fallback: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -517,6 +552,34 @@ def _media_ip(node: yaml.Node, ctx: _Ctx) -> str:
     return str(address)
 
 
+def _bind_ip(node: yaml.Node, ctx: _Ctx) -> str:
+    text = _string(node, "an IP address")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise _Invalid(f"expected an IPv4 or IPv6 address, got {text!r}") from None
+
+
+def _transports(node: yaml.Node, ctx: _Ctx) -> tuple[str, ...]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise _Invalid(f"expected a list such as [tcp-passive, udp], got {_describe(node)}")
+    parse = _choice(TRANSPORTS)
+    chosen: list[str] = []
+    failed = False
+    for index, item in enumerate(node.value):
+        try:
+            value = parse(item, ctx)
+            if value in chosen:
+                raise _Invalid(f"{value} is listed twice")
+            chosen.append(value)
+        except _Invalid as exc:
+            ctx.reader.report(item, f"{ctx.path}[{index}]", str(exc))
+            failed = True
+    if failed:
+        raise _Reported
+    return tuple(chosen)
+
+
 def _port_range(node: yaml.Node, ctx: _Ctx) -> tuple[int, int]:
     text = _string(node, "a port range such as 30000-30999")
     match = re.fullmatch(r"\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*", text)
@@ -554,6 +617,16 @@ def _integer(minimum: int) -> Parser:
         value: int = _CONSTRUCT.construct_yaml_int(node)
         if value < minimum:
             raise _Invalid(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...]) -> Parser:
+    def parse(node: yaml.Node, ctx: _Ctx) -> str:
+        value = _string(node, "one of " + ", ".join(choices))
+        if value not in choices:
+            raise _Invalid(f"unknown value {_quoted(value)}" + _suggest(value, list(choices)))
         return value
 
     return parse
@@ -608,6 +681,23 @@ def _prefixes(node: yaml.Node, ctx: _Ctx) -> tuple[str, ...]:
     return tuple(prefixes)
 
 
+AUTH_MODES = ("digest", "none")
+
+
+def _network(node: yaml.Node, ctx: _Ctx) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    value = _string(node, "a network such as 192.0.2.0/24 or 2001:db8::/32").strip()
+    try:
+        return ipaddress.ip_network(value)
+    except ValueError:
+        pass
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise _Invalid(f"expected an IPv4 or IPv6 network such as 192.0.2.0/24 or 2001:db8::/32, "
+                       f"got {_quoted(value)}") from None
+    raise _Invalid(f"{_quoted(value)} has host bits set; did you mean \"{network}\"?")
+
+
 OVERRIDE_KEYS: tuple[Key, ...] = (
     Key("password", _text, None, "digest password of this device instead of devices.password"),
     Key("name", _text, None, "name shown in the API and the catalog"),
@@ -617,7 +707,17 @@ OVERRIDE_KEYS: tuple[Key, ...] = (
     Key("username", _text, None, "digest username this device must use; default: any"),
     Key("follow_source", _boolean, False,
         "unsafe: a MESSAGE from another address moves the device there"),
+    Key("auth", _choice(AUTH_MODES), "digest",
+        "digest, or none for a device that cannot answer a challenge (needs from)"),
+    Key("from", _network, None, "the IPv4 or IPv6 network the device may register from"),
+    Key("transport", _choice(TRANSPORTS), None,
+        "media transport tried first for this device, before the remembered one"),
 )
+
+
+def _device_override(**values: Any) -> DeviceOverride:
+    values["from_"] = values.pop("from")  # a Python keyword
+    return DeviceOverride(**values)
 
 
 def _by_id(keys: tuple[Key, ...], build: Callable[..., Any]) -> Parser:
@@ -648,7 +748,31 @@ def _by_id(keys: tuple[Key, ...], build: Callable[..., Any]) -> Parser:
     return parse
 
 
-_overrides = _by_id(OVERRIDE_KEYS, DeviceOverride)
+_each_override = _by_id(OVERRIDE_KEYS, _device_override)
+
+
+def _overrides(node: yaml.Node, ctx: _Ctx) -> Mapping[str, DeviceOverride]:
+    """Device overrides; `auth: none` without `from` is refused (a password-less device from
+    anywhere), beside whatever else is wrong with the entries."""
+    unbound = False
+    for id_node, entry in node.value if isinstance(node, yaml.MappingNode) else ():
+        if not isinstance(entry, yaml.MappingNode):
+            continue
+        given = {key.value: value for key, value in entry.value}
+        auth = given.get("auth")
+        if _is(auth, "str") and auth.value == "none" and (
+            "from" not in given or _is(given["from"], "null")
+        ):
+            ctx.reader.report(
+                auth, f"{_join(ctx.path, str(id_node.value))}.auth",
+                'none needs from: the network this device registers from without a password, '
+                'e.g. from: "192.0.2.0/24"',
+            )
+            unbound = True
+    overrides: Mapping[str, DeviceOverride] = _each_override(node, ctx)
+    if unbound:
+        raise _Reported
+    return overrides
 
 
 # --- The schema ---------------------------------------------------------------------------------
@@ -665,6 +789,9 @@ NODE_KEYS: tuple[Key, ...] = (
         "holders of api_token are an authenticating proxy: X-User names the operator"),
     Key("data_dir", _path, Path("data"), "recordings and state; relative to the config file"),
     Key("timezone", _zone, None, "IANA zone for the Date header and file names; default: system"),
+    Key("media_bind", _bind_ip, None,
+        "address RTP binds; default: media_ip if it is an address of this host, else the SIP "
+        "host (1:1 NAT, a cloud public IP)"),
 )
 
 
@@ -684,7 +811,28 @@ def _build_node(reader: _Reader, parsed: _Parsed) -> NodeSettings:
         api_trusted_proxy=v["api_trusted_proxy"],
         data_dir=(reader.base_dir / v["data_dir"]).resolve(),
         timezone_name=v["timezone"],
+        media_bind=v["media_bind"],
     )
+
+
+def _per_second(node: yaml.Node, ctx: _Ctx) -> float:
+    value = _float(node, "a number of requests a second")
+    if not 0 < value < float("inf"):  # also rejects .nan
+        raise _Invalid(f"must be a number above 0, got {node.value}")
+    return value
+
+
+RATE_KEYS: tuple[Key, ...] = (
+    Key("per_s", _per_second, doc="requests a second, on average"),
+    Key("burst", _integer(1), doc="requests at once before the average applies"),
+)
+
+
+def _rate(node: yaml.Node, ctx: _Ctx) -> Rate:
+    parsed = _read_mapping(ctx.reader, node, ctx.path, RATE_KEYS, anchor=node)
+    if not parsed.complete:
+        raise _Reported
+    return Rate(**parsed.values)
 
 
 DEVICES_KEYS: tuple[Key, ...] = (
@@ -696,6 +844,10 @@ DEVICES_KEYS: tuple[Key, ...] = (
     Key("overrides", _overrides, MappingProxyType({}), "per-device settings by 20-digit ID"),
     Key("channel_takeover_s", _integer(0), 86400,
         "a channel moves to another device once its owner has been silent this long"),
+    Key("register_rate", _rate, Rate(2.0, 10),
+        "REGISTERs per device ID: {per_s, burst}; past it 503 with Retry-After"),
+    Key("message_rate", _rate, Rate(50.0, 200),
+        "MESSAGEs per registered device: {per_s, burst}; past it 503 with Retry-After"),
 )
 
 
@@ -717,16 +869,6 @@ SIMULATOR_KEYS: tuple[Key, ...] = (
     Key("cameras", _integer(0), 0, "number of built-in simulated cameras"),
     Key("channels_per_camera", _integer(1), 1, "video channels on each simulated camera"),
 )
-
-
-def _choice(choices: tuple[str, ...]) -> Parser:
-    def parse(node: yaml.Node, ctx: _Ctx) -> str:
-        value = _string(node, "one of " + ", ".join(choices))
-        if value not in choices:
-            raise _Invalid(f"unknown value {_quoted(value)}" + _suggest(value, list(choices)))
-        return value
-
-    return parse
 
 
 def _bounded(minimum: int, maximum: int) -> Parser:
@@ -762,6 +904,8 @@ MEDIA_KEYS: tuple[Key, ...] = (
     Key("answer_timeout_s", _integer(1), 10, "wait this long for a device to answer an INVITE"),
     Key("connect_timeout_s", _number(0.1), 5,
         "tcp-active: give up connecting to the device's media port after this long"),
+    Key("transport_fallback", _transports, (),
+        "transports to try next when one fails in a way another could avoid; empty: none"),
 )
 
 CHANNEL_KEYS: tuple[Key, ...] = (

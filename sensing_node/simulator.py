@@ -12,7 +12,9 @@ carries an SDP answer with `y=` (by default the offered SSRC) and `f=`, media st
 and stops on BYE; a CANCEL before the answer gets 487. Each dialog streams an encoded test
 clip as PS over RTP, paced in real time (`simmedia.MediaSender`). `CameraConfig` has knobs for
 the failures a node must survive: another final status, no answer at all, an answer but no
-media, another SSRC or none, and `stop_media` for a stream that dies without a BYE.
+media, another SSRC or none, answers that contradict the offer (another m= proto, no
+`a=setup`, a wrong `c=`, no SDP at all), a device that only connects for TCP media or only does
+UDP, and `stop_media` for a stream that dies without a BYE.
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ class CameraConfig:
     # None: echo the offered y= (a new one when the offer has none); "": answer without y=;
     # digits: answer and send with this SSRC, as some devices and platforms do.
     answer_ssrc: str | None = None
+    # Answers that contradict the offer (the media still flows as offered, unless said):
+    answer_sdp: bool = True  # False: a 200 OK without a body
+    answer_proto: str | None = None  # the m= proto of the answer, e.g. TCP/RTP/AVP to UDP
+    answer_setup: bool = True  # False: a TCP answer without a=setup
+    answer_address: str | None = None  # the c= address of the answer, e.g. 0.0.0.0
+    ignore_setup: bool = False  # TCP media: always connect, never listen (a=setup ignored)
+    udp_only: bool = False  # 488 to a TCP offer
 
 
 @dataclass
@@ -344,7 +353,8 @@ class SimulatedCamera:
         video = offer.video
         encoding = video.rtpmap.get(96, "PS/90000") if video is not None else ""
         if (video is None or offer.address is None or not video.port
-                or 96 not in video.formats or not encoding.upper().startswith("PS/")):
+                or 96 not in video.formats or not encoding.upper().startswith("PS/")
+                or (self.config.udp_only and video.is_tcp)):
             self._reject_invite(event, 488)
             return
         pending = _PendingInvite(event, os.urandom(4).hex())
@@ -379,6 +389,8 @@ class SimulatedCamera:
             video = offer.video
             assert video is not None and offer.address is not None
             transport = _sender_transport(video)
+            if cfg.ignore_setup and transport == "tcp-listen":
+                transport = "tcp-connect"  # and connects to a port nobody listens on
             remote = (offer.address, video.port)
             sender = MediaSender(
                 clip, int(answered) & 0xFFFFFFFF, transport, remote,
@@ -414,7 +426,7 @@ class SimulatedCamera:
             session, offer, None if cfg.answer_ssrc == "" else answered, clip
         )
         response = Response.for_request(request, 200, to_tag=pending.to_tag)
-        self._add_answer(response, build_sdp(answer), channel)
+        self._add_answer(response, build_sdp(answer) if cfg.answer_sdp else b"", channel)
         session.response = response
         self.media_sessions[call_id] = session
         self.endpoint.respond(pending.event, response)
@@ -425,20 +437,21 @@ class SimulatedCamera:
     def _answer_sdp(
         self, session: MediaSession, offer: SessionDescription, ssrc: str | None, clip: Clip
     ) -> SessionDescription:
+        cfg = self.config
         host = self._media_host()
         if session.transport == "udp":
             proto, attributes = "RTP/AVP", [("sendonly", None), ("rtpmap", "96 PS/90000")]
         else:
             setup = "active" if session.transport == "tcp-connect" else "passive"
             proto = "TCP/RTP/AVP"
-            attributes = [
-                ("sendonly", None),
-                ("rtpmap", "96 PS/90000"),
-                ("setup", setup),
-                ("connection", "new"),
-            ]
-        video = MediaDescription.from_attributes("video", session.local_port, proto, [96],
-                                                 attributes)
+            attributes = [("sendonly", None), ("rtpmap", "96 PS/90000")]
+            if cfg.answer_setup:
+                attributes.append(("setup", setup))
+            attributes.append(("connection", "new"))
+        video = MediaDescription.from_attributes(
+            "video", session.local_port, cfg.answer_proto or proto, [96], attributes
+        )
+        host = cfg.answer_address or host
         return SessionDescription(
             version=0,
             origin=Origin(session.channel_id, "0", "0", "IN", "IP6" if ":" in host else "IP4",

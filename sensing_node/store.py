@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS devices (
     name TEXT, manufacturer TEXT, model TEXT, firmware TEXT,
     transport TEXT, remote TEXT, contact TEXT, user_agent TEXT, gb_version TEXT, charset TEXT,
     call_id TEXT,
-    registered_at REAL, last_keepalive REAL, expires_at REAL, online INTEGER NOT NULL DEFAULT 0
+    registered_at REAL, last_keepalive REAL, expires_at REAL, online INTEGER NOT NULL DEFAULT 0,
+    media_transport TEXT, quirks TEXT
 );
 CREATE TABLE IF NOT EXISTS channels (
     device_id TEXT NOT NULL,
@@ -37,7 +38,7 @@ CREATE TABLE IF NOT EXISTS channels (
 DEVICE_COLUMNS = (
     "id", "name", "manufacturer", "model", "firmware", "transport", "remote", "contact",
     "user_agent", "gb_version", "charset", "call_id", "registered_at", "last_keepalive",
-    "expires_at", "online",
+    "expires_at", "online", "media_transport", "quirks",
 )  # fmt: skip
 
 
@@ -57,6 +58,11 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
+            # A file written by an older node lacks the newer columns: add them (empty).
+            have = {row[1] for row in conn.execute("PRAGMA table_info(devices)")}
+            for column in DEVICE_COLUMNS:
+                if column not in have:
+                    conn.execute(f"ALTER TABLE devices ADD COLUMN {column}")
             self._local.conn = conn
         return conn
 

@@ -60,6 +60,8 @@ def device_json(node: Node, dev: Device) -> dict[str, Any]:
         "firmware": dev.firmware,
         "transport": dev.transport,
         "remote": dev.remote,
+        # "none": registers without digest, from its configured network only
+        "auth": "none" if node.settings.devices.unauthenticated(dev.id) else "digest",
         "online": dev.online,
         "registered_at": iso(dev.registered_at, tz),
         "last_keepalive": iso(dev.last_keepalive, tz),

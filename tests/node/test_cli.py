@@ -45,6 +45,7 @@ def test_check_config_says_what_each_service_binds_and_warns_of_every_interface(
         "  sip_listen: \"0.0.0.0:5060\"\n"
         "  http_listen: \"[::]:8080\"\n"
         "  media_ip: \"192.0.2.10\"\n"
+        "  media_bind: \"192.0.2.10\"\n"
         "  rtp_ports: \"40000-40099\"\n"
         "  api_token: t\n"
         "devices:\n"
@@ -55,7 +56,7 @@ def test_check_config_says_what_each_service_binds_and_warns_of_every_interface(
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"{wide}: OK")
     assert lines[1] == ("listens: SIP on 0.0.0.0:5060 (UDP and TCP), HTTP API on [::]:8080, "
-                        "RTP on 192.0.2.10 ports 40000-40099 (UDP and TCP, node.media_ip)")
+                        "RTP on 192.0.2.10 ports 40000-40099 (UDP and TCP, node.media_bind)")
     assert lines[2].startswith("WARNING: SIP listens on every interface (0.0.0.0)")
     assert lines[3].startswith("WARNING: the HTTP API listens on every interface (::)")
 
@@ -66,6 +67,35 @@ def test_check_config_says_what_each_service_binds_and_warns_of_every_interface(
     assert result.returncode == 0, result.stderr
     assert "SIP on 192.0.2.10:5060 (UDP and TCP), HTTP API on 127.0.0.1:8080" in result.stdout
     assert "WARNING" not in result.stdout
+
+
+@pytest.mark.parametrize(("media_ip", "rtp"), [
+    ("127.0.0.1", "RTP on 127.0.0.1 ports 30000-30999 (UDP and TCP, node.media_ip)"),
+    # 1:1 NAT or a cloud public IP: not an address of this host
+    ("192.0.2.10", "RTP on 127.0.0.1 ports 30000-30999 (UDP and TCP, the SIP host)"),
+])
+def test_check_config_says_where_rtp_binds_when_media_ip_is_not_ours(tmp_path, media_ip, rtp):
+    config = tmp_path / "nat.yaml"
+    config.write_text(
+        "node:\n"
+        "  sip_listen: \"127.0.0.1:5060\"\n"
+        f"  media_ip: \"{media_ip}\"\n"
+        "  api_token: t\n"
+        "devices:\n"
+        "  password: p\n"
+    )
+    result = cli("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].endswith(rtp)
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    if media_ip == "127.0.0.1":
+        assert warnings == []
+    else:
+        assert warnings == [
+            "WARNING: node.media_ip 192.0.2.10 is not an address of this host (1:1 NAT, a "
+            "public IP?): RTP binds 127.0.0.1, the SIP host; set node.media_bind to choose"
+        ]
 
 
 def test_bad_config_lists_every_problem_with_file_and_line(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 
 from rtp.packet import build_rtp
 from rtp.ps import AccessUnit
-from sensing_node.media import Consumer, FrameQueue
+from sensing_node.media import Consumer, FrameQueue, StreamError
 from sensing_node.simmedia import load_clip
 from sensing_node.simulator import CameraConfig, SimulatedCamera
 from sensing_node.transport.rtp import TcpRtpReceiver, UdpRtpReceiver
@@ -572,3 +572,213 @@ async def test_udp_packets_before_the_answer_from_others_never_reach_the_consume
     assert payloads.seen and junk not in payloads.seen
     await wait_for(lambda: stream.counter("dropped_foreign") == 40)
     assert stream.counter("lost") == 0
+
+
+# ----- devices that answer otherwise than asked (issue 9) -----
+
+async def quirks_of(running: RunningNode, device_id: str = CAMERA) -> list[str]:
+    return (await running.get(f"/api/devices/{device_id}"))["quirks"]
+
+
+@pytest.mark.parametrize(("transport", "camera", "quirk"), [
+    ("udp", {"answer_proto": "TCP/RTP/AVP"}, "answers TCP/RTP/AVP to a udp offer"),
+    ("tcp-passive", {"answer_proto": "RTP/AVP"}, "answers RTP/AVP to a tcp-passive offer"),
+    ("tcp-passive", {"answer_setup": False}, "answers TCP media without a=setup"),
+    ("tcp-active", {"answer_setup": False}, "answers TCP media without a=setup"),
+    ("udp", {"answer_address": "0.0.0.0"}, "answers without a usable c= address"),
+    ("tcp-passive", {"answer_address": "camera.invalid"}, "answers without a usable c= address"),
+    # c= names an address that refuses the connection: the node connects to the device's
+    # signalling address instead
+    ("tcp-active", {"answer_address": "192.0.2.1"},
+     "answers a c= address its media port cannot be reached at"),
+])
+async def test_an_answer_that_contradicts_the_offer_is_a_quirk_and_the_offer_decides(
+    live: Setup, transport: str, camera: dict[str, Any], quirk: str,
+) -> None:
+    """The camera answers wrongly but sends media as offered: the stream plays on the offered
+    transport and the contradiction is kept as the device's quirk, shown by the API."""
+    running, cam = await live({"media.connect_timeout_s": 0.5},
+                              transport="udp" if transport == "udp" else "tcp", **camera)
+    channel = cam.channel_ids[0]
+    status, body = await post_live(running, channel, {"transport": transport})
+    assert status == 200, body
+    assert body["transport"] == transport
+    queue = FrameQueue()
+    await running.node.media.subscribe(channel, queue)
+    assert_clip_frames(await frames_of(queue, 30), "h264")
+    assert await quirks_of(running) == [quirk]
+
+
+async def test_a_quirk_is_logged_once_per_device(
+    live: Setup, caplog: pytest.LogCaptureFixture,
+) -> None:
+    running, cam = await live(answer_proto="TCP/RTP/AVP")
+    channel = cam.channel_ids[0]
+    for _ in range(2):
+        queue = FrameQueue()
+        await running.node.media.subscribe(channel, queue)
+        await frames_of(queue, 3)
+        running.node.media.unsubscribe(channel, queue, linger=False)
+        await wait_for(lambda: channel not in running.node.media.streams)
+    assert cam.invites_received == 2
+    logged = [r for r in caplog.records if "answers TCP/RTP/AVP to a udp offer" in r.message]
+    assert len(logged) == 1 and logged[0].levelname == "WARNING"
+    assert await quirks_of(running) == ["answers TCP/RTP/AVP to a udp offer"]
+
+
+async def test_a_200_without_sdp_is_acked_hung_up_and_releases_everything(live: Setup) -> None:
+    running, cam = await live(answer_sdp=False)
+    hub = running.node.media
+    status, body = await post_live(running, cam.channel_ids[0])
+    assert status == 502 and body["error"] == "device answered without SDP"
+    await wait_for(lambda: cam.byes_received == 1 and not cam.media_sessions)
+    assert hub.streams == {} and hub.by_call_id == {}
+    assert hub.pool.in_use == 0 and not hub._serials
+    ended = await running.get("/api/streams/ended")
+    assert ended[0]["reason"] == "device answered without SDP"
+
+
+async def test_transport_fallback_after_a_refused_connect_and_the_transport_is_remembered(
+    live: Setup,
+) -> None:
+    """A camera that ignores a=setup:active never listens (it connects, as for tcp-passive):
+    the node's connect fails, it offers the next transport at once, the stream plays over it,
+    and the device's next stream starts with the transport that worked."""
+    running, cam = await live(
+        {"media.transport": "tcp-active", "media.transport_fallback": ["tcp-passive", "udp"],
+         "media.connect_timeout_s": 0.5},
+        transport="tcp", ignore_setup=True,
+    )
+    hub = running.node.media
+    channel = cam.channel_ids[0]
+    status, body = await post_live(running, channel)
+    assert status == 200, body
+    assert body["transport"] == "tcp-passive" and body["attempts"] == 2
+    assert cam.invites_received == 2
+    ended = await running.get("/api/streams/ended")
+    assert ended[0]["transport"] == "tcp-active"
+    assert ended[0]["reason"].startswith("connect timed out")
+    queue = FrameQueue()
+    await hub.subscribe(channel, queue)
+    assert_clip_frames(await frames_of(queue, 30), "h264")
+    device = await running.get(f"/api/devices/{CAMERA}")
+    assert device["media_transport"] == "tcp-passive"
+    assert device["quirks"] == ["answers a=setup:active to a tcp-active offer"]
+
+    hub.unsubscribe(channel, queue)
+    await delete_live(running, channel)
+    assert (await post_live(running, channel))[1]["transport"] == "tcp-passive"
+    assert cam.invites_received == 3  # straight to the remembered transport
+
+    # An explicit transport is used as asked: no fallback.
+    await delete_live(running, channel)
+    status, body = await post_live(running, channel, {"transport": "tcp-active"})
+    assert status == 504 and body["error"].startswith("connect timed out")
+    assert cam.invites_received == 4
+
+
+async def test_a_488_moves_on_to_the_next_transport(live: Setup) -> None:
+    running, cam = await live(
+        {"media.transport_fallback": ["udp"],
+         "devices.overrides": {CAMERA: {"transport": "tcp-passive"}}},
+        udp_only=True,
+    )
+    status, body = await post_live(running, cam.channel_ids[0])
+    assert status == 200, body
+    assert body["transport"] == "udp" and body["attempts"] == 2
+    ended = await running.get("/api/streams/ended")
+    assert ended[0]["transport"] == "tcp-passive" and "488" in ended[0]["reason"]
+    device = await wait_for(lambda: running.node.registry.get(CAMERA).media_transport)
+    assert device == "udp"
+
+
+async def test_no_media_over_one_transport_invites_over_the_next(live: Setup) -> None:
+    running, cam = await live(
+        {"media.timeout_s": 1, "media.transport": "tcp-passive",
+         "media.transport_fallback": ["udp"]},
+        send_media=False,
+    )
+    hub = running.node.media
+    hub.backoff_min_s = 0.2
+    status, body = await post_live(running, cam.channel_ids[0])
+    assert status == 200 and body["transport"] == "tcp-passive"
+    ended = await wait_for(lambda: len(hub.ended) >= 2 and list(hub.ended), timeout=8)
+    assert [e["transport"] for e in ended[:2]] == ["tcp-passive", "udp"]
+    assert {e["reason"] for e in ended[:2]} == {"no media within 1 s after ACK"}
+    assert cam.invites_received >= 2
+    assert running.node.registry.get(CAMERA).media_transport is None  # nothing came
+
+
+async def test_which_transport_a_stream_starts_with(start_node: StartNode) -> None:
+    from sensing_node.registry import Device
+
+    channel, other = "31011200001310000101", "31011200001310000102"
+    running = await start_node(**{
+        "media.transport": "udp",
+        "media.transport_fallback": ["tcp-passive", "udp"],
+        "channels.overrides": {channel: {"transport": "tcp-active"}},
+        "devices.overrides": {CAMERA: {"transport": "tcp-passive"}},
+    })
+    plan = running.node.media.transport_plan
+    overridden = Device(id=CAMERA, media_transport="udp")
+    plain = Device(id="31011200001320000002", media_transport="tcp-active")
+    fresh = Device(id="31011200001320000003")
+    assert plan(channel, overridden, "udp") == ("udp", (), True)  # the API request
+    assert plan(channel, overridden) == ("tcp-active", (), True)  # the channel override
+    assert plan(other, overridden) == ("tcp-passive", ("tcp-passive", "udp"), False)
+    assert plan(other, plain) == ("tcp-active", ("tcp-passive", "udp"), False)  # remembered
+    assert plan(other, fresh) == ("udp", ("tcp-passive", "udp"), False)  # media.transport
+
+
+async def test_an_internal_error_is_retried_while_a_recorder_wants_the_stream(
+    live: Setup, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    running, cam = await live()
+    hub = running.node.media
+    hub.backoff_min_s = 0.2
+    ack = hub.ack
+    failures = []
+
+    def ack_then_fail_once(*args: Any) -> None:
+        ack(*args)
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("injected fault")
+
+    class Recorder(FrameQueue):
+        persistent = True
+
+    monkeypatch.setattr(hub, "ack", ack_then_fail_once)
+    recorder = Recorder()
+    channel = cam.channel_ids[0]
+    with pytest.raises(StreamError, match="internal error: RuntimeError: injected fault"):
+        await hub.subscribe(channel, recorder)
+    stream = hub.streams[channel]  # still there, waiting to invite again
+    await wait_for(lambda: stream.state == "playing" and stream.attempts == 2, timeout=5)
+    await wait_for(lambda: cam.byes_received == 1)  # the first dialog was hung up
+    assert_clip_frames(await frames_of(recorder, 30), "h264")
+    assert stream.last_error == "internal error: RuntimeError: injected fault"
+
+
+@pytest.mark.parametrize("media_bind", [None, "127.0.0.1"])
+async def test_a_media_ip_that_is_not_ours_binds_the_sip_host_or_media_bind(
+    live: Setup, caplog: pytest.LogCaptureFixture, media_bind: str | None,
+) -> None:
+    """node.media_ip behind 1:1 NAT (here TEST-NET, no address of this host): RTP binds
+    node.media_bind, or else the SIP host with a warning, and streams play (tcp-active: the
+    node connects, so the address in its offer does not matter)."""
+    node: dict[str, Any] = {"node.media_ip": "192.0.2.10"}
+    if media_bind is not None:
+        node["node.media_bind"] = media_bind
+    running, cam = await live(node, transport="tcp")
+    hub = running.node.media
+    assert hub.media_bind_host == "127.0.0.1"
+    warned = [r for r in caplog.records if "192.0.2.10 is not an address of this host" in
+              r.message]
+    assert len(warned) == (media_bind is None)
+    queue = FrameQueue()
+    stream = await hub.subscribe(cam.channel_ids[0], queue, transport="tcp-active")
+    assert_clip_frames(await frames_of(queue, 10), "h264")
+    receiver = stream.receiver
+    assert isinstance(receiver, TcpRtpReceiver) and receiver.server is not None
+    assert receiver.server.sockets[0].getsockname() == ("127.0.0.1", receiver.port)
