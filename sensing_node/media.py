@@ -10,7 +10,10 @@ among running streams), INVITE with the SDP offer and the Subject header, wait f
 answer (`media.answer_timeout_s`, then CANCEL), build the dialog from the 2xx, ACK, and watch the
 media. The device's answer is taken as devices really send it: its own `y=` wins over ours, a
 missing `y=` means the SSRC is learnt from the first packet, and for UDP the media may come from
-the SDP address or from the device's signalling address (NAT).
+the SDP address or from the device's signalling address (NAT). Where the answer contradicts the
+offer (another transport, no `a=setup`, no usable `c=`), the offer decides and the device gets a
+quirk in the registry. Which transport an attempt uses is `StreamHub.transport_plan`'s choice;
+one that fails in a way another could avoid moves the stream on to the next.
 
 A stream ends an attempt when no media came for `media.timeout_s` (also right after the ACK), when
 the device hangs up (BYE) or closes the TCP media connection. While somebody still consumes it,
