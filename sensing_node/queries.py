@@ -5,8 +5,16 @@ result as separate MESSAGEs with the same SN (GB/T 28181-2016 9.5.2). Catalog an
 parts: items are collected per (device, SN) until SumNum distinct channels arrived, or until
 the parts stop for `catalog_silence_s` (devices miscount), or the first part never comes.
 
-Work is bounded: a burst of registrations queues device IDs (deduplicated) and at most
-`max_inflight` queries run at once.
+After a (re)registration DeviceInfo and Catalog are asked at the same time, so a device that
+never answers one of them (several ignore DeviceInfo) still has its channels read at once. A
+Catalog that goes unanswered (refused, no transaction answer, no result) is asked again on the
+device's first keepalive `catalog_retry_s` (60 s) later, then after twice that, doubling up to
+`catalog_retry_max_s` (one hour), until one is answered.
+
+Work is bounded: a burst of registrations queues device IDs (deduplicated), at most
+`max_inflight` devices are queried at once (two queries each), and a device has at most one
+DeviceInfo and one Catalog query in flight: one asked for again meanwhile is asked once more
+when it ends.
 """
 
 from __future__ import annotations
@@ -15,8 +23,11 @@ import asyncio
 import itertools
 import logging
 import random
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sip import manscdp
@@ -32,6 +43,8 @@ if TYPE_CHECKING:
     from .transport.sip import SipEndpoint
 
 log = logging.getLogger(__name__)
+
+QUERIES = ("DeviceInfo", "Catalog")  # asked after every (re)registration
 
 
 @dataclass
@@ -57,6 +70,9 @@ class DeviceQueries:
         max_queued: int = 100_000,
         answer_timeout_s: float = 120.0,
         catalog_silence_s: float = 5.0,
+        catalog_retry_s: float = 60.0,
+        catalog_retry_max_s: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoint = endpoint
         self.registry = registry
@@ -67,8 +83,17 @@ class DeviceQueries:
         self.max_queued = max_queued
         self.answer_timeout_s = answer_timeout_s
         self.catalog_silence_s = catalog_silence_s
+        self.catalog_retry_s = catalog_retry_s
+        self.catalog_retry_max_s = catalog_retry_max_s
+        self.clock = clock
         self._queue: deque[str] = deque()
-        self._queued: set[str] = set()
+        self._queued: dict[str, set[str]] = {}  # device ID -> the queries it is due
+        self._inflight: set[tuple[str, str]] = set()  # (device ID, query) being asked
+        # Queries asked for again while in flight, asked once more when they end; bounded by
+        # what is in flight.
+        self._again: dict[str, set[str]] = {}
+        # Devices whose Catalog went unanswered: (when to ask again, the backoff that led there).
+        self._catalog_retry: dict[str, tuple[float, float]] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._wakeup = asyncio.Event()
         self._pending: dict[tuple[str, str, int], _Collector] = {}
@@ -92,10 +117,23 @@ class DeviceQueries:
     # ----- scheduling -----
     def device_registered(self, dev: Device) -> None:
         """Queue the catalog and device-info queries for a newly (re)registered device."""
-        if dev.id in self._queued or len(self._queue) >= self.max_queued:
+        self._enqueue(dev.id, QUERIES)
+
+    def keepalive(self, dev: Device) -> None:
+        """A keepalive from `dev`: ask again for a Catalog it left unanswered, once due."""
+        retry = self._catalog_retry.get(dev.id)
+        if retry is not None and self.clock() >= retry[0]:
+            self._enqueue(dev.id, ("Catalog",))
+
+    def _enqueue(self, device_id: str, queries: tuple[str, ...]) -> None:
+        queued = self._queued.get(device_id)
+        if queued is not None:
+            queued.update(queries)
             return
-        self._queued.add(dev.id)
-        self._queue.append(dev.id)
+        if len(self._queue) >= self.max_queued:
+            return
+        self._queued[device_id] = set(queries)
+        self._queue.append(device_id)
         self._wakeup.set()
 
     async def _worker(self) -> None:
@@ -104,36 +142,83 @@ class DeviceQueries:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             device_id = self._queue.popleft()
-            self._queued.discard(device_id)
+            queries = self._queued.pop(device_id, set())
             dev = self.registry.get(device_id)
             if dev is None or not dev.online:
                 continue
-            await self.refresh(dev)
+            await self._refresh(dev, queries)
 
     async def refresh(self, dev: Device) -> None:
-        """DeviceInfo, then Catalog; a device that ignores one still gets the other asked."""
+        """DeviceInfo and Catalog at once; a device that ignores one still gets the other read."""
+        await self._refresh(dev, set(QUERIES))
+
+    async def _refresh(self, dev: Device, queries: set[str]) -> None:
+        asks: list[asyncio.Future[None]] = []
+        for cmd_type in QUERIES:
+            if cmd_type not in queries:
+                continue
+            key = (dev.id, cmd_type)
+            if key in self._inflight:
+                self._again.setdefault(dev.id, set()).add(cmd_type)
+                continue
+            self._inflight.add(key)
+            ask = self._read_catalog(dev) if cmd_type == "Catalog" else self._device_info(dev)
+            task = asyncio.ensure_future(ask)
+            # A callback, not `finally`: it runs even for a task cancelled before it started.
+            task.add_done_callback(partial(self._asked, key))
+            asks.append(task)
+        if asks:
+            await _together(asks)
+            self.completed += 1
+
+    def _asked(self, key: tuple[str, str], _: object) -> None:
+        self._inflight.discard(key)
+        device_id, cmd_type = key
+        again = self._again.get(device_id)
+        if again is not None and cmd_type in again:
+            again.discard(cmd_type)
+            if not again:
+                del self._again[device_id]
+            self._enqueue(device_id, (cmd_type,))
+
+    async def _device_info(self, dev: Device) -> None:
         try:
             info = await self.query(dev, "DeviceInfo")
         except Exception as exc:
             log.info("DeviceInfo query to %s failed: %s", dev.id, exc)
-        else:
-            if info is not None:
-                self.registry.update_info(
-                    dev.id,
-                    name=info.get("DeviceName") or "",
-                    manufacturer=info.get("Manufacturer") or "",
-                    model=info.get("Model") or "",
-                    firmware=info.get("Firmware") or "",
-                )
+            return
+        if info is not None:
+            self.registry.update_info(
+                dev.id,
+                name=info.get("DeviceName") or "",
+                manufacturer=info.get("Manufacturer") or "",
+                model=info.get("Model") or "",
+                firmware=info.get("Firmware") or "",
+            )
+
+    async def _read_catalog(self, dev: Device) -> None:
+        retry = self._catalog_retry.get(dev.id)
+        if retry is not None:  # keepalives meanwhile must not ask again
+            self._catalog_retry[dev.id] = (self.clock() + retry[1], retry[1])
         try:
             collector = await self.catalog(dev)
         except Exception as exc:
-            log.info("Catalog query to %s failed: %s", dev.id, exc)
-        else:
-            refused = self.registry.set_channels(dev.id, collector.items)
-            if refused:
-                self.stats.dropped["catalog_items_refused"] += len(refused)
-        self.completed += 1
+            self._catalog_missing(dev, exc)
+            return
+        self._catalog_retry.pop(dev.id, None)
+        refused = self.registry.set_channels(dev.id, collector.items)
+        if refused:
+            self.stats.dropped["catalog_items_refused"] += len(refused)
+
+    def _catalog_missing(self, dev: Device, exc: Exception) -> None:
+        retry = self._catalog_retry.pop(dev.id, None)
+        backoff = self.catalog_retry_s if retry is None else retry[1] * 2
+        backoff = min(backoff, self.catalog_retry_max_s)
+        if len(self._catalog_retry) >= self.max_queued:  # bounded; the oldest entry goes
+            self._catalog_retry.pop(next(iter(self._catalog_retry)))
+        self._catalog_retry[dev.id] = (self.clock() + backoff, backoff)
+        log.info("Catalog query to %s failed: %s; asked again on its first keepalive after "
+                 "%g s", dev.id, exc, backoff)
 
     # ----- one query -----
     def _build(self, dev: Device, cmd_type: str, sn: int) -> tuple[Request, Peer]:
@@ -218,3 +303,12 @@ class DeviceQueries:
         if not collector.done.done():
             collector.done.set_result(None)
 
+
+async def _together(tasks: list[asyncio.Future[None]]) -> None:
+    """Wait for `tasks`; the first to raise cancels the others and its error goes up (as does
+    a cancellation), so no query outlives the refresh that started it."""
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -4,7 +4,11 @@ REGISTER: device ID check (403 Invalid Device ID / Device Not Allowed), digest c
 with stale=true for expired or replayed nonces; each nonce is bound to one source address and
 one device ID), 403 on a wrong password or username with per-source rate limiting, 200 with the
 GB28181 `Date` header (time sync) and the granted `Expires`; `Expires: 0` unregisters. Only an
-authenticated REGISTER sets where a device is reached (transport, address, port).
+authenticated REGISTER sets where a device is reached (transport, address, port). A device
+configured with `auth: none` is accepted without digest, but only from its `from` network (403
+Source Not Allowed elsewhere), and logged as unauthenticated at every registration. REGISTERs
+per device ID and MESSAGEs per device are limited (`devices.register_rate`,
+`devices.message_rate`): past the limit 503 with Retry-After, logged once per device a minute.
 
 MESSAGE: a device without a valid registration gets 403 Device Not Registered (devices take a
 failed keepalive as a reason to register again), and one sent from anywhere but the device's
@@ -17,6 +21,7 @@ RecordInfo query is answered for its own channels only.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import time
@@ -75,8 +80,10 @@ class Registrar:
         self.nonces = auth.NonceTracker(os.urandom(16), lifetime_s=300.0, max_nonces=max_nonces)
         self.to_tag = os.urandom(4).hex()
         # A device may send a burst (catalog parts) but not a flood.
-        self.message_buckets = TokenBuckets(rate=50.0, burst=200.0)
-        self.register_buckets = TokenBuckets(rate=2.0, burst=10.0)
+        limits = settings.devices
+        self.message_buckets = TokenBuckets(limits.message_rate.per_s, limits.message_rate.burst)
+        self.register_buckets = TokenBuckets(limits.register_rate.per_s,
+                                             limits.register_rate.burst)
         self.auth_lockout = FailureLockout(limit=5, window_s=60.0, lockout_s=60.0)
         # Refusals a device can provoke at will are logged once per device per minute.
         self.refusal_log = LogThrottle(interval_s=60.0)
@@ -125,16 +132,34 @@ class Registrar:
         if not self.settings.devices.allowed(device_id):
             self._answer(event, 403, "Device Not Allowed")
             return
+        network = self.settings.devices.network_for(device_id)
+        if network is not None and not in_network(event.peer.host, network):
+            self._log_refusal(f"from/{device_id}", now, "REGISTER %s from %s refused: outside "
+                              "its network %s (devices.overrides.%s.from)", device_id,
+                              event.peer.host, network, device_id)
+            self._answer(event, 403, "Source Not Allowed")
+            return
         source = f"{event.peer.host}/{device_id}"
         if self.auth_lockout.locked(source, now):
             self.stats.auth_rate_limited += 1
             self._answer(event, 403, "Too Many Failed Attempts")
             return
         if not self.register_buckets.allow(device_id, now):
+            rate = self.settings.devices.register_rate
+            self._log_refusal(f"flood/{device_id}", now, "REGISTER %s from %s: 503, over "
+                              "devices.register_rate (%g/s, burst %d)", device_id,
+                              event.peer.host, rate.per_s, rate.burst)
             self._overloaded(event, "flooded")
             return
         if self.registry.full(device_id):
             self._overloaded(event, "registry_full")
+            return
+        if self.settings.devices.unauthenticated(device_id):
+            # Only from its `from` network (checked above); the password plays no part.
+            log.warning("REGISTER %s from %s %s:%d accepted WITHOUT authentication "
+                        "(devices.overrides.%s.auth: none)", device_id, event.peer.transport,
+                        event.peer.host, event.peer.port, device_id)
+            self._accept(event, device_id)
             return
         header = req.headers.get("Authorization")
         if header is None:
@@ -235,7 +260,8 @@ class Registrar:
         peer = event.peer
         remote = f"{peer.host}:{peer.port}"
         if (remote != dev.remote or peer.transport != dev.transport) and not (
-            self.settings.devices.follows_source(device_id)
+            self.settings.devices.follows_source(device_id) and self._may_register_from(
+                device_id, peer.host)
         ):
             # Only an authenticated REGISTER moves a device; a MESSAGE carrying its ID from
             # elsewhere neither refreshes nor moves it (and cannot drain its flood budget).
@@ -246,6 +272,10 @@ class Registrar:
             self._answer(event, 403, "Source Mismatch")
             return
         if not self.message_buckets.allow(device_id, now):
+            rate = self.settings.devices.message_rate
+            self._log_refusal(f"flood/{device_id}", now, "MESSAGE from %s: 503, over "
+                              "devices.message_rate (%g/s, burst %d)", device_id, rate.per_s,
+                              rate.burst)
             self._overloaded(event, "flooded")
             return
         try:
@@ -260,6 +290,8 @@ class Registrar:
             self.registry.keepalive(device_id, now=self.wall(), transport=peer.transport,
                                     remote=remote)
             self._answer(event, 200)
+            if self.queries is not None:
+                self.queries.keepalive(dev)  # a Catalog it left unanswered is asked again
             return
         if msg.root == "Query" and msg.cmd_type == "RecordInfo" and self.recording is not None:
             self._answer(event, 200)
@@ -286,6 +318,10 @@ class Registrar:
         if not self._drain_scheduled and self.endpoint is not None:
             self._drain_scheduled = True
             self.endpoint.loop.call_soon(self._drain)
+
+    def _may_register_from(self, device_id: str, host: str) -> bool:
+        network = self.settings.devices.network_for(device_id)
+        return network is None or in_network(host, network)
 
     def _log_refusal(self, key: str, now: float, message: str, *args: object) -> None:
         held = self.refusal_log.allow(key, now)
@@ -315,6 +351,18 @@ class Registrar:
                     self.queries.response_received(dev, msg)
             except Exception:
                 log.exception("error handling %s from %s", msg.cmd_type, dev.id)
+
+
+def in_network(host: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether the address `host` lies in `network`; an IPv4 peer seen through an IPv6 socket
+    (::ffff:a.b.c.d) counts as its IPv4 address, and anything unparsable as outside."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address in network
 
 
 def requested_expires(req: Request) -> int:
