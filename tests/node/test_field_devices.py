@@ -279,3 +279,20 @@ def test_flood_limits_default_and_are_checked():
         "<string>:4: devices.register_rate.per_s: must be a number above 0, got 0",
         "<string>:5: devices.message_rate.burst: required, but not given",
     ]
+
+
+@pytest.mark.parametrize(("host", "network", "inside"), [
+    ("192.0.2.7", "192.0.2.0/24", True),
+    ("192.0.3.7", "192.0.2.0/24", False),
+    ("::ffff:192.0.2.7", "192.0.2.0/24", True),  # an IPv4 peer on a dual-stack socket
+    ("[2001:db8::7]", "2001:db8::/32", True),
+    ("fe80::1%eth0", "fe80::/10", True),
+    ("192.0.2.7", "2001:db8::/32", False),
+    ("camera.example", "0.0.0.0/0", False),
+])
+def test_source_network_match(host: str, network: str, inside: bool):
+    import ipaddress
+
+    from sensing_node.registrar import in_network
+
+    assert in_network(host, ipaddress.ip_network(network)) is inside
