@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/demo.yaml
 
-.PHONY: run test bench bench-ingest bench-record bench-export bench-retention lint clean
+.PHONY: run test bench bench-ingest bench-record bench-export bench-retention bench-compare lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-export: $(VENV)/.installed-test
 
 bench-retention: $(VENV)/.installed-test
 	$(BIN)/python bench/retention.py
+
+# Ingest and recording on two commits, alternately in one run: make bench-compare BASE=<rev>
+bench-compare: $(VENV)/.installed-test
+	$(BIN)/python bench/compare.py --base $(BASE) --doc
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
