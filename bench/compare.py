@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/compare.py --base REV [--head REV] [--streams 300] [--runs 3]
                                       [--duration 20] [--record-duration 30] [--no-record]
-                                      [--fsync 2,0] [--json FILE] [--doc]
+                                      [--fsync 2,0] [--writer-cpu C] [--json FILE] [--doc]
     make bench-compare BASE=REV
 
 Each commit is checked out into a temporary git worktree and imported from there (PYTHONPATH),
@@ -126,7 +126,9 @@ def summary(args: argparse.Namespace, data: dict[str, Any]) -> str:
         f"- Command: `{data['command']}`",
         f"- {args.streams} streams of 4 Mbit/s; {args.runs} rounds; ingest windows of "
         f"{args.duration:g} s, recording windows of {args.record_duration:g} s with "
-        f"{args.segment:g} s segments.",
+        f"{args.segment:g} s segments"
+        + (f", the recorder's writer thread on CPU {args.writer_cpu}." if args.writer_cpu
+           is not None else "."),
         "",
         "Median (min–max) over the rounds. µs/pkt: receiver process CPU per RTP packet; ratio: "
         "node µs/pkt over the bare loop's in the same round.",
@@ -196,6 +198,8 @@ def main() -> None:
     parser.add_argument("--record-duration", type=float, default=30.0)
     parser.add_argument("--segment", type=float, default=10.0)
     parser.add_argument("--fsync", default="2,0", help="head's recording.fsync_s values")
+    parser.add_argument("--writer-cpu", type=int,
+                        help="pin the recorder's writer thread to this CPU (record passes)")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--json", help="also write every raw figure to this file")
     parser.add_argument("--doc", action="store_true", help="write docs/benchmarks.md")
@@ -224,6 +228,8 @@ def main() -> None:
                         fsyncs = args.fsync.split(",")
                     for fsync in fsyncs:
                         extra = [] if fsync is None else ["--fsync", fsync]
+                        if args.writer_cpu is not None:
+                            extra += ["--writer-cpu", str(args.writer_cpu)]
                         out = parent / f"record-{label}-{fsync}-{rnd}.json"
                         key = label if fsync is None else f"{label}:{fsync}"
                         for r in side.run("record.py", [
