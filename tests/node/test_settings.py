@@ -543,3 +543,31 @@ channels:
     assert good.channels.stream_for("31011200001310000001") == "sub"
     assert good.channels.transport_for("31011200001310000001", "udp") == "tcp-active"
     assert good.channels.transport_for("31011200001310000002", "udp") == "udp"
+
+
+def test_media_transport_keys(tmp_path: Path) -> None:
+    settings = parse_settings(
+        'node: {api_token: t, media_bind: "0.0.0.0"}\n'
+        'devices:\n  password: p\n  overrides:\n    "31011200001320000001": {transport: udp}\n'
+        "media: {transport_fallback: [tcp-passive, udp]}\n"
+    )
+    assert settings.node.media_bind == "0.0.0.0"
+    assert settings.media.transport_fallback == ("tcp-passive", "udp")
+    assert settings.devices.transport_for("31011200001320000001") == "udp"
+    assert settings.devices.transport_for("31011200001320000002") is None
+    defaults = parse_settings(MINIMAL)
+    assert defaults.node.media_bind is None and defaults.media.transport_fallback == ()
+    path = write(
+        tmp_path,
+        'node: {api_token: t, media_bind: "nat.example"}\n'
+        'devices:\n  password: p\n  overrides:\n    "31011200001320000001": {transport: tcp}\n'
+        "media: {transport_fallback: [udp, tpc-passive, udp]}\n",
+    )
+    problems = problems_of(path)
+    assert [p.split(": ", 2)[1] for p in problems] == [
+        "node.media_bind", "devices.overrides.31011200001320000001.transport",
+        "media.transport_fallback[1]", "media.transport_fallback[2]",
+    ]
+    assert "expected an IPv4 or IPv6 address" in problems[0]
+    assert problems[2].endswith('unknown value "tpc-passive"; did you mean "tcp-passive"?')
+    assert problems[3].endswith("udp is listed twice")
