@@ -40,7 +40,7 @@ from pathlib import Path
 
 from rtp.ps import AccessUnit
 
-from .index import TIME_TOLERANCE_S, RecordIndex, SegmentRow
+from .index import RecordIndex, SegmentRow
 
 __all__ = [
     "NODE_NOT_RUNNING",
@@ -265,14 +265,16 @@ class SegmentWriter:
         stream restart...): end the open segment, record the gap, wait for a keyframe.
 
         The part of it that the record already covers (before the end of the segment just
-        closed, or of an earlier gap) is left out."""
+        closed, or of an earlier gap) is left out; the wait for a keyframe after ``end_wall``
+        is a gap for the same reason."""
         closed = self._close()
         if self._gap is not None:  # an earlier loss that never resumed ends where this starts
             start, pending = self._gap
             self._gap = None
-            if pending is not None:
+            if pending is not None and start < start_wall:  # (else this gap covers it)
                 self._add_gap(start, start_wall, pending)
         self._add_gap(start_wall, end_wall, reason)
+        self._gap = (end_wall, reason)
         return closed
 
     def lost(self, wall: float, reason: str = "packet loss") -> list[SegmentRow]:
@@ -353,17 +355,17 @@ class SegmentWriter:
 
     def _resume(self, wall: float) -> None:
         """Writing resumes at ``wall``: the pending gap ends there (a wait without a cause
-        reported was only the stream starting: no gap)."""
+        reported was only the stream starting: no gap; nor is a wait of no time)."""
         if self._gap is not None:
             start, reason = self._gap
             self._gap = None
-            if reason is not None:
+            if reason is not None and wall != start:
                 self._add_gap(start, wall, reason)
 
     def _add_gap(self, start: float, end: float, reason: str) -> None:
         """Index a gap, never before the end of the record and never ending before it starts."""
         until = self._until
-        if until is not None and start < until - TIME_TOLERANCE_S:
+        if until is not None and start < until:
             if end <= until:
                 return  # already covered by the record
             start = until
