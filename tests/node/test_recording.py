@@ -29,6 +29,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from recorder.index import RecordIndex
+from recorder.segments import NODE_NOT_RUNNING
+from recorder.verify import check_timeline, verify
 from rtp.ps import PsDemuxer
 from sensing_node.api.routes import NODE
 from sensing_node.node import build_app
@@ -74,7 +76,7 @@ async def recording(start_node: StartNode, tmp_path: Path):
         return RunningNode(app[NODE], client, {"Authorization": f"Bearer {TOKEN}"})
 
     async def setup(
-        wall: Wall | None = None, **overrides: Any
+        wall: Wall | None = None, camera: dict[str, Any] | None = None, **overrides: Any
     ) -> tuple[RunningNode, SimulatedCamera]:
         values = {"recording.channels": [CHANNEL], "recording.segment_s": 1,
                   "node.timezone": "Asia/Shanghai", **overrides}
@@ -83,7 +85,7 @@ async def recording(start_node: StartNode, tmp_path: Path):
         else:
             running = await start_at(wall, values.pop("data_dir", tmp_path / "data"), values)
         cam = SimulatedCamera(CameraConfig(server=running.sip, device_id=CAMERA,
-                                           password=PASSWORD))
+                                           password=PASSWORD, **(camera or {})))
         cameras.append(cam)
         await cam.start(keepalives=False)
         return running, cam
@@ -534,3 +536,50 @@ async def test_the_time_the_node_was_down_is_a_gap(recording, tmp_path: Path) ->
     after = [r for r in rows if r.start_wall >= down[0].end_wall - 0.001]
     assert before and after and len(before) + len(after) == len(rows)
     assert down[0].end_wall - down[0].start_wall > 1.5
+
+
+async def test_a_restart_whose_first_invites_go_unanswered_keeps_its_gaps_true(
+    recording, tmp_path: Path
+) -> None:
+    """The field report: after a restart the camera did not answer the first INVITE. The "node
+    not running" gap then ended before it started (at the failure's pending gap) and covered the
+    time the node was up and inviting. Now it ends when the node started, and the failure's
+    reason names the time from there to the first frame."""
+    values = {"media.answer_timeout_s": 1}
+    running, cam = await recording(**values)
+    await segments_of(running, 1)
+    await running.client.close()
+    await cam.stop(unregister=False)
+    await asyncio.sleep(0.5)  # down for longer than the last frame lasts (its end is estimated)
+    started = time.time()
+    running, cam = await recording(data_dir=tmp_path / "data", camera={"answer_invite": False},
+                                   **values)
+    service, media = running.node.recording, running.node.media
+
+    def failures() -> list[dict[str, Any]]:
+        return [e for e in media.ended if e["channel_id"] == CHANNEL]
+
+    await wait_for(failures, timeout=15)  # the first INVITE went unanswered
+    cam.config.answer_invite = True  # and the camera answers a later one
+    old, _ = await service.search(CHANNEL, 0, started)
+    rows = await segments_of(running, len(old) + 2, timeout=30)
+    _, gaps = await service.search(CHANNEL, 0, 4e9)
+    assert all(g.start_wall <= g.end_wall for g in gaps), gaps
+    assert check_timeline(rows, gaps) == []
+    first_failure = failures()[0]
+    failed_at = datetime.fromisoformat(first_failure["ended_at"]).timestamp()
+    (down,) = [g for g in gaps if g.reason == NODE_NOT_RUNNING]
+    assert down.start_wall == max(r.end_wall for r in old)
+    assert started <= down.end_wall < failed_at  # up to the node's start, not beyond
+    new = [r for r in rows if r.start_wall >= started]
+    (wait,) = [g for g in gaps if g.start_wall == down.end_wall]
+    assert wait.reason == first_failure["reason"]
+    assert wait.reason.startswith("no answer to INVITE")
+    assert wait.end_wall == new[0].start_wall  # up to the first frame recorded again
+    assert [g for g in gaps if g.start_wall >= started] == [wait]
+
+    root = service.root
+    await running.client.close()
+    with RecordIndex(root / "index.sqlite3", read_only=True) as index:
+        report = verify(root, index)
+    assert report.ok and report.gap_problems == []
