@@ -344,6 +344,76 @@ def test_kill_9_mid_segment_then_recovery_verification_and_tamper_reports(tmp_pa
     assert audit_ok.returncode == 0 and audit_ok.stdout.startswith("OK")
 
 
+def _indexed(root: Path) -> tuple[list[Any], list[Any]]:
+    """(segments, gaps) of the index under `root`, read as another process would."""
+    if not (root / "index.sqlite3").exists():
+        return [], []
+    with RecordIndex(root / "index.sqlite3", read_only=True) as index:
+        return index.segments(), index.gaps()
+
+
+def test_kill_9_then_the_not_running_gap_starts_after_the_recovered_segment(
+    tmp_path: Path,
+) -> None:
+    """At start the end of each channel's record was read before the writer thread had indexed
+    the recovered .part, so the "node not running" gap overlapped the recovered segment. Now the
+    writer thread reads it, after recovery."""
+    config, _, _ = write_config(
+        tmp_path, "simulator:\n  cameras: 1\nrecording:\n  segment_s: 2\n"
+        "media:\n  answer_timeout_s: 2\n",  # the first INVITE goes to the camera's old port
+        password="12345678")
+    root = tmp_path / "data" / "recordings"
+    run = [sys.executable, "-m", "sensing_node", "run", "-c", str(config)]
+    node = subprocess.Popen(run, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        part: list[Path] = []
+        while time.monotonic() < deadline:  # a segment indexed, the next one open and written
+            part = [p for p in root.rglob("*.part") if p.stat().st_size > 10_000]
+            if part and _indexed(root)[0]:
+                break
+            time.sleep(0.1)
+        assert part and _indexed(root)[0], "no closed segment and open one"
+        os.kill(node.pid, signal.SIGKILL)
+        node.wait(10)
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    assert node.returncode == -signal.SIGKILL
+    before, _ = _indexed(root)
+
+    node = subprocess.Popen(run, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # recovered, and recording again
+            rows, gaps = _indexed(root)
+            if gaps and len(rows) > len(before) + 1:
+                break
+            time.sleep(0.2)
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(20) == 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    rows, gaps = _indexed(root)
+    (recovered,) = [r for r in rows if r.recovered]
+    assert {r.id for r in before} < {r.id for r in rows} and recovered.id not in {
+        r.id for r in before}
+    assert recovered.end_wall > recovered.start_wall
+    (down,) = [g for g in gaps if g.reason == NODE_NOT_RUNNING]
+    assert down.start_wall == recovered.end_wall  # where the record ended, recovery included
+    assert check_timeline(rows, gaps) == []
+    after = [r for r in rows if r.start_wall >= down.end_wall]
+    assert after and all(r.end_wall <= down.start_wall for r in rows if r not in after)
+
+    verified = subprocess.run([sys.executable, "-m", "sensing_node", "verify-recordings", "-c",
+                               str(config)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "GAP" not in verified.stdout
+
+
 async def test_audit_log_tampering_is_reported_by_verify_audit(recording, tmp_path: Path) -> None:
     running, _ = await recording()
     await segments_of(running, 1)
@@ -505,6 +575,10 @@ async def test_the_retention_sweep_leaves_every_index_write_to_the_writer_thread
 
     monkeypatch.setattr(RecordIndex, "record_deletions", spy)
     wall.offset = 0.0
+    # The node sees the forty-day step at its next recording time and ends the open segment
+    # before it (a gap spans the step): indexed before the sweep, that one goes too.
+    assert service.wall() == pytest.approx(time.time(), abs=1)
+    assert await asyncio.get_running_loop().run_in_executor(None, service.recorder.drain, 10)
     deleted = await service.sweep()  # while the channel is still being recorded
     cutoff = wall() - 30 * DAY
     assert {row.id for row in old} <= {row.id for row in deleted}
