@@ -10,7 +10,9 @@ The recordings need more than a label: a channel's segments and gaps must follow
 without overlapping. `NodeClock.stamp()` is the wall clock, except that it never goes back: after
 a backward step it keeps counting from where it was by the monotonic clock, so it runs ahead of
 the wall clock by the size of the step until the node restarts. A forward step is taken as it
-comes (nothing written before can overlap what follows).
+comes (nothing written before can overlap what follows); `on_forward_step` hears of it at the
+first stamp after it, before that stamp is handed out, so that the recordings can end their
+open segments before the jump instead of stretching one across it.
 
 `check()`, called at every housekeeping tick, compares how far the wall clock and the monotonic
 clock moved since the last tick; a difference over `STEP_S` is a step: logged, and named in
@@ -50,6 +52,9 @@ class NodeClock:
         self._anchor = (now_wall, now_mono)
         #: the steps seen: (size in seconds, wall time after it, monotonic time), newest last
         self.steps: list[tuple[float, float, float]] = []
+        #: called with (the stamp the step skipped from, the stamp after it) when stamp() jumps
+        #: forward by more than STEP_S; on whichever thread asked for the stamp
+        self.on_forward_step: Callable[[float, float], None] | None = None
 
     def stamp(self) -> float:
         """The wall clock, but never earlier than a stamp given before (see the module)."""
@@ -59,6 +64,8 @@ class NodeClock:
         steady = anchor_wall + (now_mono - anchor_mono)
         if now_wall >= steady:
             self._anchor = (now_wall, now_mono)
+            if now_wall - steady > STEP_S and self.on_forward_step is not None:
+                self.on_forward_step(steady, now_wall)
             return now_wall
         return steady
 

@@ -71,6 +71,7 @@ class Node:
         self.registrar.media = self.media
         self.recording = RecordingService(settings, self.media, self.registry,
                                           wall=self.clock.stamp)
+        self.clock.on_forward_step = self.recording.wall_stepped
         self.registrar.recording = self.recording
         self.sip_address: tuple[str, int] = ("", 0)
         self._tasks: list[asyncio.Task[None]] = []

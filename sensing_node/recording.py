@@ -308,6 +308,17 @@ class RecordingService:
         if self.recorder is not None:
             self.recorder.close_channel(channel_id, self.wall())
 
+    def wall_stepped(self, before: float, after: float) -> None:
+        """The recording time jumped from `before` to `after` (the wall clock stepped forward):
+        each open segment ends at its last frame, and the time skipped is a gap, so that no
+        segment claims the hours it jumped. Recording resumes at the next keyframe."""
+        recorder = self.recorder
+        if recorder is None:
+            return
+        reason = f"not recorded: wall clock stepped forward {after - before:.0f} s"
+        for channel_id in list(self.recordings):
+            recorder.lost(channel_id, before, reason)
+
     # ----- disk and retention -----
     async def _check_disk(self) -> None:
         loop = asyncio.get_running_loop()

@@ -149,9 +149,14 @@ def test_recording_stamps_never_go_back_and_follow_a_forward_step() -> None:
     wall.now += 1.0
     mono.now += 1.0
     assert clock.stamp() == 1_795_000_006.0
+    jumps: list[tuple[float, float]] = []
+    clock.on_forward_step = lambda before, after: jumps.append((before, after))
     wall.now += 2 * HOUR + 1.0  # forward past the stamps: taken as it is
     mono.now += 1.0
     assert clock.stamp() == wall.now == 1_795_000_000.0 + HOUR + 7.0
+    assert jumps == [(1_795_000_007.0, wall.now)]  # heard of before the stamp is handed out
+    wall.now += STEP_S
+    assert clock.stamp() == wall.now and len(jumps) == 1  # STEP_S is no step
     wall.now += 1.0
     mono.now += 1.0
     assert clock.stamp() == wall.now  # in step with the wall clock again
@@ -234,6 +239,27 @@ async def test_wall_clock_back_an_hour_no_gap_overlaps_a_segment(
     ordered = sorted(rows, key=lambda r: r.start_wall)
     for earlier, later in zip(ordered, ordered[1:], strict=False):
         assert earlier.end_wall <= later.start_wall + 1e-3, (earlier, later)
+
+
+async def test_wall_clock_forward_two_hours_no_segment_spans_the_jump(
+    node_at: StartAt, cameras: Any
+) -> None:
+    wall = Shifted(time.time)
+    running = await node_at(wall, **{"recording.channels": [CHANNEL], "recording.segment_s": 1})
+    await cameras(running)
+    before = await segments(running, 2)
+    wall.offset = 2 * HOUR
+    rows = await segments(running, len(before) + 3)
+    _, gaps = await running.node.recording.search(CHANNEL, 0, 4e9)
+    # Segments of about two seconds (a keyframe a second); none stretched over the two hours.
+    assert all(row.end_wall - row.start_wall < 10 for row in rows), rows
+    [jump] = [g for g in gaps if "wall clock stepped forward" in g.reason]
+    assert jump.reason == "not recorded: wall clock stepped forward 7200 s"
+    assert 2 * HOUR - 1 < jump.end_wall - jump.start_wall < 2 * HOUR + 5
+    for gap in gaps:
+        for row in rows:
+            assert not (gap.start_wall < row.end_wall - 1e-3
+                        and row.start_wall < gap.end_wall - 1e-3), (gap, row)
 
 
 async def segments(running: RunningNode, count: int, timeout: float = 20.0) -> list[Any]:
