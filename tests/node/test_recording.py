@@ -661,3 +661,32 @@ async def test_a_restart_whose_first_invites_go_unanswered_keeps_its_gaps_true(
     with RecordIndex(root / "index.sqlite3", read_only=True) as index:
         report = verify(root, index)
     assert report.ok and report.gap_problems == []
+
+
+async def test_a_restart_while_the_camera_is_offline_names_the_wait_device_offline(
+    recording, start_node: StartNode, tmp_path: Path
+) -> None:
+    running, cam = await recording()
+    await segments_of(running, 1)
+    await cam.stop(unregister=True)  # the camera leaves: offline, and so it is kept
+    await running.client.close()
+    await asyncio.sleep(0.5)
+    started = time.time()
+    running = await start_node(data_dir=tmp_path / "data", **{
+        "recording.channels": [CHANNEL], "recording.segment_s": 1,
+        "node.timezone": "Asia/Shanghai"})
+    service = running.node.recording
+    old, _ = await service.search(CHANNEL, 0, started)
+    await wait_for(lambda: CHANNEL in service._offline)  # planned, and its device is offline
+    cam = SimulatedCamera(CameraConfig(server=running.sip, device_id=CAMERA, password=PASSWORD))
+    try:
+        await cam.start(keepalives=False)  # back: invited, recorded again
+        rows = await segments_of(running, len(old) + 2)
+    finally:
+        await cam.stop(unregister=False)
+    _, gaps = await service.search(CHANNEL, 0, 4e9)
+    assert check_timeline(rows, gaps) == []
+    (down, wait) = [g for g in gaps if g.start_wall >= max(r.end_wall for r in old)]
+    assert (down.reason, down.end_wall) == (NODE_NOT_RUNNING, service.up)
+    assert (wait.reason, wait.start_wall) == ("device offline", service.up)
+    assert wait.end_wall == min(r.start_wall for r in rows if r.start_wall >= started)
