@@ -690,3 +690,34 @@ async def test_a_restart_while_the_camera_is_offline_names_the_wait_device_offli
     assert (down.reason, down.end_wall) == (NODE_NOT_RUNNING, service.up)
     assert (wait.reason, wait.start_wall) == ("device offline", service.up)
     assert wait.end_wall == min(r.start_wall for r in rows if r.start_wall >= started)
+
+
+def test_verify_recordings_reports_gaps_out_of_order(tmp_path: Path) -> None:
+    from recorder.segments import SegmentWriter
+    from tests.recorder.media import FPS, T0, units
+
+    config = tmp_path / "verify.yaml"
+    config.write_text(f'node: {{api_token: "t", data_dir: "{tmp_path / "data"}", '
+                      'timezone: Asia/Shanghai}\ndevices: {password: "p"}\n')
+    root = tmp_path / "data" / "recordings"
+    root.mkdir(parents=True)
+    with RecordIndex(root / "index.sqlite3") as index:
+        writer = SegmentWriter(root, index, CHANNEL, segment_s=2, tz=SHANGHAI)
+        for n, unit in enumerate(units("gb_h264_zlm.ps")[:100]):
+            writer.write(unit, T0 + n / FPS)
+        rows = writer.close()
+        cli = [sys.executable, "-m", "sensing_node", "verify-recordings", "-c", str(config)]
+        ok = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0 and "GAP" not in ok.stdout, ok.stdout + ok.stderr
+        index.add_gap(CHANNEL, T0 + 58, T0 + 25, "no answer to INVITE within 10 s")
+        index.add_gap(CHANNEL, T0 + 1, T0 + 100, NODE_NOT_RUNNING)
+    bad = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    lines = [line for line in bad.stdout.splitlines() if line.startswith("GAP")]
+    assert lines == [  # by start time; the segment named is the one that ends last
+        f"GAP        channel {CHANNEL}: 2026-11-26T16:05:13.123+08:00 .. "
+        f"2026-11-26T16:06:52.123+08:00 ({NODE_NOT_RUNNING}) overlaps the segment {rows[-1].path}",
+        f"GAP        channel {CHANNEL}: 2026-11-26T16:06:10.123+08:00 .. "
+        "2026-11-26T16:05:37.123+08:00 (no answer to INVITE within 10 s) ends before it starts",
+    ]
+    assert bad.stdout.splitlines()[-1].startswith("FAILED")
