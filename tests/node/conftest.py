@@ -52,7 +52,13 @@ StartNode = Callable[..., Awaitable[RunningNode]]
 async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
     clients: list[TestClient] = []
 
-    async def start(data_dir: Path | None = None, **overrides: Any) -> RunningNode:
+    async def start(
+        data_dir: Path | None = None,
+        *,
+        clocks: dict[str, Callable[[], float]] | None = None,
+        **overrides: Any,
+    ) -> RunningNode:
+        """A node on loopback; `clocks` may give `wall` and `monotonic` (fake or shifted)."""
         values = {
             "node.api_token": TOKEN,
             "devices.password": PASSWORD,
@@ -60,7 +66,7 @@ async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
         }
         values.update({k.replace("__", "."): v for k, v in overrides.items()})
         settings = settings_for_tests(data_dir or tmp_path / "data", **values)
-        app = build_app(settings)
+        app = build_app(settings, **(clocks or {}))
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

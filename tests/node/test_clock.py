@@ -12,16 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from sensing_node.api.routes import NODE
 from sensing_node.clock import REPORT_S, STEP_S, NodeClock
-from sensing_node.node import build_app
-from sensing_node.settings import settings_for_tests
 from sensing_node.simulator import CameraConfig, SimulatedCamera
 from sip.transaction import Peer
 
-from .conftest import PASSWORD, TOKEN, RunningNode
+from .conftest import PASSWORD, RunningNode, StartNode
 
 CAMERA = "31011200001320000001"
 OTHER = "31011200001320000002"
@@ -54,25 +50,16 @@ StartAt = Callable[..., Awaitable[RunningNode]]
 
 
 @pytest.fixture
-async def node_at(tmp_path: Path) -> AsyncIterator[StartAt]:
+def node_at(start_node: StartNode) -> StartAt:
     """Start a node on given clocks: `await node_at(wall, mono=None, data_dir=None, **keys)`."""
-    clients: list[TestClient] = []
 
     async def start(
         wall: Shifted, mono: Shifted | None = None, data_dir: Path | None = None, **keys: Any
     ) -> RunningNode:
-        settings = settings_for_tests(data_dir or tmp_path / "data", **{
-            "node.api_token": TOKEN, "devices.password": PASSWORD,
-            "devices.allow": ["31011200"], **keys})
-        app = build_app(settings, wall=wall, monotonic=mono or Shifted(time.monotonic))
-        client = TestClient(TestServer(app, host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return RunningNode(app[NODE], client, {"Authorization": f"Bearer {TOKEN}"})
+        clocks = {"wall": wall, "monotonic": mono or Shifted(time.monotonic)}
+        return await start_node(data_dir, clocks=clocks, **keys)
 
-    yield start
-    for client in clients:
-        await client.close()
+    return start
 
 
 @pytest.fixture
