@@ -823,13 +823,15 @@ class StreamHub:
         self._acks: dict[str, tuple[bytes, Peer, float]] = {}  # Call-ID -> our ACK
         self._holds: dict[str, _ApiHold] = {}
         self._tick_task: asyncio.Task[None] | None = None
+        self._supervisor = Supervisor()  # replaced by the node's in start()
         self._background: set[asyncio.Future[Any]] = set()
         endpoint.on_response = self.on_response
 
     # ----- start / stop -----
     def start(self, supervisor: Supervisor | None = None) -> None:
         """Run the ticker (media timeouts, rates) under `supervisor`, restarted if it fails."""
-        self._tick_task = (supervisor or Supervisor()).spawn("stream ticker", self._ticker)
+        self._supervisor = supervisor or Supervisor()
+        self._tick_task = self._supervisor.spawn("stream ticker", self._ticker)
 
     async def close(self) -> None:
         for stream in list(self.streams.values()):
@@ -847,7 +849,13 @@ class StreamHub:
             await asyncio.sleep(TICK_S)
             now = loop.time()
             for stream in list(self.streams.values()):
-                stream.tick(now)
+                try:
+                    stream.tick(now)
+                except Exception as exc:
+                    # One stream's fault ends that stream's attempt (invited again while it is
+                    # wanted); the others keep their timeouts.
+                    self._supervisor.failed("stream ticker", exc, f"stream {stream.channel_id}")
+                    stream.end_attempt(f"internal error: {type(exc).__name__}: {exc}")
             for call_id, (_, _, expires) in list(self._acks.items()):
                 if expires <= now:
                     del self._acks[call_id]

@@ -92,6 +92,16 @@ class Supervisor:
                 health.waiting -= 1
             health.restarts += 1
 
+    def failed(self, name: str, exc: BaseException, what: str) -> None:
+        """Count a failure that the task `name` caught and survived (one item of its work
+        failed, not the task): logged with its traceback and shown like a restart's."""
+        health = self.tasks.setdefault(name, TaskHealth(name))
+        health.failures += 1
+        health.last_error = f"{what}: {type(exc).__name__}: {exc}"
+        health.last_failure = self.clock()
+        log.error("task %s: %s failed (%d failures so far)", name, what, health.failures,
+                  exc_info=exc)
+
     def problems(self) -> list[str]:
         """One line per task that is restarting or failed within the last `healthy_s`."""
         now = self.clock()
@@ -102,7 +112,9 @@ class Supervisor:
             if health.waiting:
                 state = "restarting"
             elif now - health.last_failure < self.healthy_s:
-                state = f"restarted, last failure {now - health.last_failure:.0f} s ago"
+                state = f"last failure {now - health.last_failure:.0f} s ago"
+                if health.restarts:
+                    state = "restarted, " + state
             else:
                 continue
             out.append(f"task {health.name} failed ({health.failures} failures, {state}): "
