@@ -123,16 +123,19 @@ class Consumer:
 class FrameQueue(Consumer):
     """A bounded frame queue for an asynchronous reader (`await get()`).
 
-    When the reader falls `maxsize` frames behind, frames are dropped (and counted) until the
-    next video keyframe, so the reader resumes with a decodable picture and the ingest never waits.
-    `get()` raises `EOFError` with the reason once the stream has ended.
+    When the reader falls `maxsize` frames or `max_bytes` bytes (a unit's elementary data and
+    its PS bytes) behind, frames are dropped (and counted) until the next video keyframe, so the
+    reader resumes with a decodable picture and the ingest never waits. `get()` raises
+    `EOFError` with the reason once the stream has ended.
     """
 
     name = "queue"
 
-    def __init__(self, maxsize: int = 250) -> None:
+    def __init__(self, maxsize: int = 250, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
         self.items: deque[AccessUnit] = deque()
+        self.bytes = 0
         self.dropped = 0
         self.ended: str | None = None
         self._skipping = False
@@ -144,13 +147,18 @@ class FrameQueue(Consumer):
                 self.dropped += 1
                 return
             self._skipping = False
-        if len(self.items) >= self.maxsize:
+        size = len(unit.data) + len(unit.ps_bytes)
+        if len(self.items) >= self.maxsize or self.bytes + size > self.max_bytes:
             self.dropped += len(self.items) + 1
             self.items.clear()
-            self._skipping = not (unit.keyframe and unit.stream_id >= 0xE0)
+            self.bytes = 0
+            self._skipping = size > self.max_bytes or not (
+                unit.keyframe and unit.stream_id >= 0xE0
+            )
             if self._skipping:
                 return
         self.items.append(unit)
+        self.bytes += size
         self._wake()
 
     def on_end(self, reason: str) -> None:
@@ -167,7 +175,9 @@ class FrameQueue(Consumer):
                 raise EOFError(self.ended)
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
-        return self.items.popleft()
+        unit = self.items.popleft()
+        self.bytes -= len(unit.data) + len(unit.ps_bytes)
+        return unit
 
 
 class _ApiHold(Consumer):
