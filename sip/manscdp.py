@@ -517,6 +517,7 @@ def response_parts(
     per_message: int = 1,
     max_bytes: int | None = None,
     encoding: str = "GB2312",
+    root: str = "Response",
 ) -> list[bytes]:
     """Split a multi-part Response (Catalog, RecordInfo, ...) into MESSAGE bodies.
 
@@ -524,15 +525,15 @@ def response_parts(
     (default: the number of items); its list's `Num` is the part's own count. A part holds at
     most `per_message` items and, when `max_bytes` is given, no more than fit in that many
     bytes (a single larger item still goes alone). No items: one body with SumNum 0 and no
-    list (2016 App. N).
+    list (2016 App. N). `root` "Notify" splits a Catalog NOTIFY the same way.
     """
     if per_message < 1:
         raise LocalProtocolError("per_message must be at least 1")
     codec = _codec(encoding)
     total = len(items) if sum_num is None else sum_num
     fields = [*fields, ("SumNum", total)]
-    head = _head("Response", cmd_type, sn, device_id, fields, encoding)
-    tail = "</Response>\r\n"
+    head = _head(root, cmd_type, sn, device_id, fields, encoding)
+    tail = f"</{root}>\r\n"
     if not items:
         return [(head + tail).encode(codec)]
     name = _check_name(list_name)
