@@ -564,20 +564,32 @@ def _transports(node: yaml.Node, ctx: _Ctx) -> tuple[str, ...]:
     if not isinstance(node, yaml.SequenceNode):
         raise _Invalid(f"expected a list such as [tcp-passive, udp], got {_describe(node)}")
     parse = _choice(TRANSPORTS)
-    chosen: list[str] = []
+
+    def one(item: yaml.Node, chosen: list[str]) -> str:
+        value = parse(item, ctx)
+        if value in chosen:
+            raise _Invalid(f"{value} is listed twice")
+        return value
+
+    return tuple(_items(node, ctx, one))
+
+
+def _items(
+    node: yaml.SequenceNode, ctx: _Ctx, parse: Callable[[yaml.Node, list[Any]], Any]
+) -> list[Any]:
+    """Each item of a list through `parse(item, items so far)`; every bad item is reported at
+    its own line before the list is refused."""
+    out: list[Any] = []
     failed = False
     for index, item in enumerate(node.value):
         try:
-            value = parse(item, ctx)
-            if value in chosen:
-                raise _Invalid(f"{value} is listed twice")
-            chosen.append(value)
+            out.append(parse(item, out))
         except _Invalid as exc:
             ctx.reader.report(item, f"{ctx.path}[{index}]", str(exc))
             failed = True
     if failed:
         raise _Reported
-    return tuple(chosen)
+    return out
 
 
 def _port_range(node: yaml.Node, ctx: _Ctx) -> tuple[int, int]:
@@ -660,25 +672,19 @@ def _degrees(limit: float) -> Parser:
 def _prefixes(node: yaml.Node, ctx: _Ctx) -> tuple[str, ...]:
     if not isinstance(node, yaml.SequenceNode):
         raise _Invalid(f'expected a list of prefixes such as ["31011200"], got {_describe(node)}')
-    prefixes: list[str] = []
-    failed = False
-    for index, item in enumerate(node.value):
-        try:
-            if _is(item, "int"):
-                raise _Invalid(
-                    f"quote the prefix, as {_quoted(item.value)}: YAML reads an unquoted one "
-                    "as a number, which drops leading zeros"
-                )
-            value = _string(item, "an ID prefix")
-            if not re.fullmatch(r"[0-9]{1,20}", value):
-                raise _Invalid(f"expected 1 to 20 digits (0-9), got {_quoted(value)}")
-            prefixes.append(value)
-        except _Invalid as exc:
-            ctx.reader.report(item, f"{ctx.path}[{index}]", str(exc))
-            failed = True
-    if failed:
-        raise _Reported
-    return tuple(prefixes)
+
+    def one(item: yaml.Node, _: list[str]) -> str:
+        if _is(item, "int"):
+            raise _Invalid(
+                f"quote the prefix, as {_quoted(item.value)}: YAML reads an unquoted one "
+                "as a number, which drops leading zeros"
+            )
+        value = _string(item, "an ID prefix")
+        if not re.fullmatch(r"[0-9]{1,20}", value):
+            raise _Invalid(f"expected 1 to 20 digits (0-9), got {_quoted(value)}")
+        return value
+
+    return tuple(_items(node, ctx, one))
 
 
 AUTH_MODES = ("digest", "none")
