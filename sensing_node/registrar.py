@@ -34,7 +34,7 @@ from sip import auth, ids, manscdp
 from sip.errors import ParseError
 from sip.manscdp import ManscdpMessage, parse_manscdp
 from sip.message import Request, Response
-from sip.transaction import RequestReceived
+from sip.transaction import Peer, RequestReceived
 
 from .ratelimit import FailureLockout, LogThrottle, TokenBuckets
 from .registry import Device, Registry
@@ -212,9 +212,15 @@ class Registrar:
         response = Response.for_request(req, 200, to_tag=self.to_tag)
         contact = req.headers.get("Contact") or ""
         gb_ver = req.headers.get("X-GB-Ver")
+        old = self.registry.get(device_id)
+        old_peer = None
+        if old is not None and old.transport == "tcp" and old.remote:
+            old_peer = Peer("tcp", *old.host_port)
         if expires == 0:
             self.registry.unregister(device_id, now)
             response.headers.add("Expires", "0")
+            if old_peer is not None and self.endpoint is not None:
+                self.endpoint.release(old_peer, device_id)
         else:
             granted = min(max(expires, MIN_EXPIRES), self.settings.devices.register_expires_s)
             peer = event.peer
@@ -229,8 +235,11 @@ class Registrar:
                 user_agent=req.headers.get("User-Agent") or "",
                 gb_version=GB_VERSIONS.get(gb_ver.strip(), gb_ver.strip()) if gb_ver else None,
             )
-            if peer.reliable and self.endpoint is not None:
-                self.endpoint.adopt(peer)  # a device's own connection: no idle timeout
+            if self.endpoint is not None:
+                if old_peer is not None and old_peer != peer:
+                    self.endpoint.release(old_peer, device_id)  # it moved: not its own now
+                if peer.reliable:
+                    self.endpoint.adopt(peer, device_id)  # its own connection: no idle timeout
             if contact:
                 response.headers.add("Contact", contact)
             response.headers.add("Expires", str(granted))

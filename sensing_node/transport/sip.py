@@ -163,12 +163,19 @@ class SipEndpoint:
         if self.udp is not None:
             self.udp.close()
 
-    def adopt(self, peer: Peer) -> None:
-        """A device registered through the TCP connection `peer`: it is the device's own now
+    def adopt(self, peer: Peer, device_id: str) -> None:
+        """`device_id` registered through the TCP connection `peer`: it is that device's own now
         (no idle timeout, no longer counted against its address)."""
         conn = self.connections.get(peer)
         if conn is not None:
-            conn.adopt()
+            conn.adopt(device_id)
+
+    def release(self, peer: Peer, device_id: str) -> None:
+        """`device_id` no longer registers through `peer` (it unregistered or moved): once no
+        device does, the connection is counted against its address and times out when idle."""
+        conn = self.connections.get(peer)
+        if conn is not None:
+            conn.release(device_id)
 
     # ----- input -----
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -362,6 +369,7 @@ class _SipTcpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.owned = owned  # a device registered through it, or we opened it
+        self._devices: set[str] = set()  # devices registered through it (bounded by the registry)
         self._counted = False  # counted in endpoint._unregistered
         self._stall: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -390,12 +398,25 @@ class _SipTcpConnection(asyncio.Protocol):
         ep.connections[self.peer] = self
         ep.stats.tcp_connections_accepted += 1
 
-    def adopt(self) -> None:
+    def adopt(self, device_id: str) -> None:
+        self._devices.add(device_id)
         self.owned = True
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
         self._uncount()
+
+    def release(self, device_id: str) -> None:
+        self._devices.discard(device_id)
+        if self._devices or not self.owned or self.peer is None or self.transport is None:
+            return
+        self.owned = False
+        ep = self.endpoint
+        ep._unregistered[self.peer.host] = ep._unregistered.get(self.peer.host, 0) + 1
+        self._counted = True
+        loop = asyncio.get_running_loop()
+        self._last_message = loop.time()
+        self._idle = loop.call_later(ep.tcp_idle_timeout_s, self._check_idle)
 
     def _uncount(self) -> None:
         if self._counted and self.peer is not None:

@@ -452,10 +452,17 @@ async def test_record_info_range_is_cut_to_query_max_days(start_node: StartNode)
 # ----- 5. TCP connections ------------------------------------------------------------------------
 
 
-async def closed(peer: TcpPeer) -> bool:
-    """Whether the node closed the connection (bounded wait); ours is closed either way."""
+async def closed(peer: TcpPeer, *, drain: bool = False) -> bool:
+    """Whether the node closed the connection (bounded wait); ours is closed either way. With
+    `drain`, whatever the node sent before closing is read past."""
+
+    async def end() -> bytes:
+        while (data := await peer.reader.read(65536)) and drain:
+            pass
+        return data
+
     try:
-        return await asyncio.wait_for(peer.reader.read(65536), 5.0) == b""
+        return await asyncio.wait_for(end(), 5.0) == b""
     finally:
         peer.close()
 
@@ -478,6 +485,31 @@ async def test_idle_tcp_connection_without_a_device_is_closed(start_node: StartN
         assert (await device.recv()).status == 200
     finally:
         device.close()
+
+
+async def test_a_connection_a_device_left_is_counted_and_times_out_again(start_node: StartNode):
+    running = await start_node()
+    endpoint = running.node.endpoint
+    endpoint.tcp_idle_timeout_s = 1.0  # 30 s in a real node
+    first = await TcpPeer.open(running.sip)
+    second = await TcpPeer.open(running.sip)
+    gone = await TcpPeer.open(running.sip)
+    try:
+        assert (await register(first, CAMERA, PASSWORD, transport="TCP")).status == 200
+        assert (await register(gone, OTHER, PASSWORD, transport="TCP")).status == 200
+        # The camera registers again over a new connection: the first one is no longer its
+        # own, and idles out; the other device unregisters: its connection idles out too.
+        assert (await register(second, CAMERA, PASSWORD, transport="TCP",
+                               call_id="moved")).status == 200
+        assert (await register(gone, OTHER, PASSWORD, transport="TCP", expires=0)).status == 200
+        # (The node's queries to the devices may still be queued on them: read past those.)
+        assert await closed(first, drain=True) and await closed(gone, drain=True)
+        assert (await running.get("/api/stats"))["dropped"]["tcp_idle"] == 2
+        second.send(message_bytes(CAMERA, second.port, keepalive(), transport="TCP"))
+        assert (await second.recv()).status == 200
+    finally:
+        for peer in (first, second, gone):
+            peer.close()
 
 
 async def test_tcp_connections_per_address_and_in_all_are_capped(start_node: StartNode):
