@@ -222,6 +222,8 @@ class Recorder:
         check_retention_days(retention_days, allow_short)
         if threading.current_thread() is self._thread:
             raise RuntimeError("Recorder.sweep would wait for its own thread")
+        if self._closed:  # before any file goes: its deletion could not be indexed any more
+            raise RecorderClosed("the recorder is closed")
         at = self.clock() if now is None else now
         own = reader is None
         index = RecordIndex(self.index.path, read_only=True) if reader is None else reader

@@ -56,7 +56,7 @@ class Node:
         self.clock = NodeClock(wall, monotonic, tz=settings.node.tz)
         self.stats = Stats()
         #: restarts the long-lived tasks that fail (housekeeping, recording, ticker, queries)
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor(clock=monotonic)
         self.store = Store(settings.node.data_dir / "registry.sqlite3")
         self.registry = Registry(
             self.store, keepalive_timeout_s=settings.devices.keepalive_timeout_s,

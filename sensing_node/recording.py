@@ -199,6 +199,9 @@ class RecordingService:
             self.hub.unsubscribe(channel_id, consumer, linger=False, reason="node stopping")
         self.recordings.clear()
         loop = asyncio.get_running_loop()
+        # A sweep cancelled above still runs on the reader thread: it ends before the recorder
+        # closes, so that no file it removes is left in the index.
+        await loop.run_in_executor(self._reader, lambda: None)
         if self.recorder is not None:
             recorder, self.recorder = self.recorder, None
             # A gap still open (a stream that did not play) ends now, not at its last frame.
@@ -345,15 +348,16 @@ class RecordingService:
     async def sweep(self) -> list[SegmentRow]:
         """Delete segments past retention (only those), oldest first; logged by the sweeper."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reader, self._sweep)
+        now = self.wall()  # on the loop: the node's clock is the loop's to read
+        return await loop.run_in_executor(self._reader, self._sweep, now)
 
-    def _sweep(self) -> list[SegmentRow]:
+    def _sweep(self, now: float) -> list[SegmentRow]:
         # Found through the read-only connection, files removed here, and each batch of
         # deletions committed by the recorder's writer thread: the index has one writer.
         recorder = self.recorder
         if recorder is None:
             return []
-        return recorder.sweep(self.config.retention_days, self.wall(), reader=self._index(),
+        return recorder.sweep(self.config.retention_days, now, reader=self._index(),
                               allow_short=self.config.allow_short_retention)
 
     async def _warn_if_too_small(self) -> None:

@@ -379,6 +379,9 @@ def test_a_sweep_needs_an_open_recorder_and_a_thread_of_its_own(root):
 
     with pytest.raises(RecorderClosed):
         recorder.sweep(30, now=T0)
+    with RecordIndex(root / "index.sqlite3") as index:  # nothing went that the index still lists
+        rows = list(index.segments())
+        assert len(rows) == 3 and all((root / r.path).exists() for r in rows)
     failures: list[BaseException] = []
 
     def hook(row: SegmentRow) -> None:
