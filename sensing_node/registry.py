@@ -40,6 +40,10 @@ _row_values = operator.attrgetter(*DEVICE_COLUMNS)
 
 
 
+MAX_QUIRKS = 16  # quirks kept per device
+MAX_QUIRK_CHARS = 120
+
+
 @dataclass(slots=True)
 class Device:
     id: str
@@ -259,9 +263,15 @@ class Registry:
         return True
 
     def add_quirk(self, device_id: str, quirk: str) -> bool:
-        """Note something the device gets wrong (a line of text); True the first time."""
+        """Note something the device gets wrong (a line of text); True the first time. Some
+        quirks quote the device's SDP: at most MAX_QUIRKS per device, each at most
+        MAX_QUIRK_CHARS long, whatever the device sends."""
         dev = self.devices.get(device_id)
-        if dev is None or quirk in dev.quirks.splitlines():
+        quirk = quirk.replace("\n", " ")[:MAX_QUIRK_CHARS]
+        if dev is None:
+            return False
+        known = dev.quirks.splitlines()
+        if quirk in known or len(known) >= MAX_QUIRKS:
             return False
         dev.quirks = f"{dev.quirks}\n{quirk}" if dev.quirks else quirk
         self._dirty.add(device_id)

@@ -63,3 +63,18 @@ async def test_a_store_an_older_node_wrote_gets_the_new_columns(tmp_path: Path) 
                            (DEVICE,)).fetchone()
     conn.close()
     assert row == ("udp", "answers without a usable c= address")
+
+
+def test_quirks_are_bounded_whatever_the_device_answers(tmp_path: Path) -> None:
+    from sensing_node.registry import MAX_QUIRK_CHARS, MAX_QUIRKS
+
+    store = Store(tmp_path / "registry.sqlite3")
+    registry = Registry(store, keepalive_timeout_s=180)
+    registry.register(DEVICE, now=1000.0, expires=3600, transport="udp",
+                      remote="127.0.0.1:5060", contact="", call_id="c1")
+    added = [registry.add_quirk(DEVICE, f"answers P{n}{'X' * 500} to a udp offer")
+             for n in range(100)]
+    quirks = registry.get(DEVICE).quirks.splitlines()
+    assert sum(added) == len(quirks) == MAX_QUIRKS
+    assert all(len(q) <= MAX_QUIRK_CHARS for q in quirks)
+    store.close()
