@@ -59,11 +59,11 @@ def _settings_or_exit(path: str):  # type: ignore[no-untyped-def]
 def cmd_verify_recordings(args: argparse.Namespace) -> int:
     """Recompute every segment's SHA-256 and each channel's hash chain against the index, and
     check that no gap ends before it starts or overlaps a segment or another gap."""
-    from datetime import datetime
-
     from recorder.index import GapRow, RecordIndex
     from recorder.service import root_index
     from recorder.verify import verify
+
+    from .registry import iso
 
     settings = _settings_or_exit(args.config)
     root = settings.recording.root(settings.node)
@@ -87,9 +87,7 @@ def cmd_verify_recordings(args: argparse.Namespace) -> int:
     tz = settings.node.tz
 
     def span(gap: GapRow) -> str:
-        start, end = (datetime.fromtimestamp(t, tz).isoformat(timespec="milliseconds")
-                      for t in (gap.start_wall, gap.end_wall))
-        return f"{start} .. {end} ({gap.reason})"
+        return f"{iso(gap.start_wall, tz)} .. {iso(gap.end_wall, tz)} ({gap.reason})"
 
     for problem in report.gap_problems:
         other = problem.other

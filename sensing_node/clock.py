@@ -97,12 +97,12 @@ class NodeClock:
         """The steps of the last `REPORT_S`, for /healthz."""
         now_mono = self.mono()
         problems = []
+        ahead = self.ahead()
         for step, at_wall, at_mono in self.steps:
             if now_mono - at_mono >= REPORT_S:
                 continue
             text = (f"wall clock stepped {'forward' if step > 0 else 'back'} {abs(step):.1f} s "
                     f"at {self._format(at_wall)}")
-            ahead = self.ahead()
             if step < 0 and ahead > STEP_S:
                 text += f"; recording times run {ahead:.1f} s ahead of it until the node restarts"
             problems.append(text)

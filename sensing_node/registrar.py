@@ -132,11 +132,11 @@ class Registrar:
         if not self.settings.devices.allowed(device_id):
             self._answer(event, 403, "Device Not Allowed")
             return
-        network = self.settings.devices.network_for(device_id)
-        if network is not None and not in_network(event.peer.host, network):
+        if not self._may_register_from(device_id, event.peer.host):
             self._log_refusal(f"from/{device_id}", now, "REGISTER %s from %s refused: outside "
                               "its network %s (devices.overrides.%s.from)", device_id,
-                              event.peer.host, network, device_id)
+                              event.peer.host, self.settings.devices.network_for(device_id),
+                              device_id)
             self._answer(event, 403, "Source Not Allowed")
             return
         source = f"{event.peer.host}/{device_id}"
