@@ -1,10 +1,15 @@
-"""The UAC side of an INVITE dialog (RFC 3261 sections 12.1.2, 12.2.1 and 13.2.2.4), sans-I/O.
+"""INVITE and SUBSCRIBE dialogs, UAC and UAS sides (RFC 3261 sections 12, 13.2.2.4), sans-I/O.
 
 The node is the UAC when it INVITEs a camera for live video (GB/T 28181 section 9.2). Once the
 INVITE client transaction passes up a 2xx, `Dialog.from_2xx` records the dialog state, `ack`
 builds the ACK for that 2xx (sent by the TU, outside any transaction, once per 2xx received),
 `request` builds in-dialog requests such as BYE and INFO, and `match` tells whether a message
 (a BYE from the device, a response to our BYE) belongs to the dialog.
+
+Toward an upper platform the node is the UAS: the upstream INVITEs a channel or SUBSCRIBEs to
+the catalog, and `Dialog.from_request` records the dialog our 2xx creates (RFC 3261 12.1.1), so
+that `request` builds the BYE for a session whose camera went away, or a NOTIFY (RFC 6665), and
+`accept_remote_seq` checks the CSeq order of the upstream's in-dialog requests (12.2.2).
 
 Branches are not invented here: the endpoint owns them, so each builder takes the Via text.
 """
@@ -33,7 +38,10 @@ class Dialog:
     `local_uri` and `remote_uri` are the From and To values (name-addr text) without their tags,
     which live in `local_tag` and `remote_tag`. `route_set` holds Route values in the order they
     go into requests. `local_seq` is the CSeq number of the last request sent in the dialog and
-    `invite_seq` that of the INVITE, which its ACK repeats.
+    `invite_seq` that of the INVITE, which its ACK repeats. `remote_seq` is the CSeq number of
+    the peer's last request in the dialog, None until it sent one (always None for the UAC
+    dialogs of `from_2xx`, where the device has not yet spoken in the dialog). `uas` is True for
+    the dialogs of `from_request`, which have no ACK of ours.
     """
 
     call_id: str
@@ -45,6 +53,8 @@ class Dialog:
     route_set: tuple[str, ...] = ()
     local_seq: int = 0
     invite_seq: int = 0
+    remote_seq: int | None = None
+    uas: bool = False
 
     @classmethod
     def from_2xx(cls, invite: Request, response: Response) -> Dialog:
@@ -97,12 +107,78 @@ class Dialog:
             invite_seq=seq,
         )
 
+    @classmethod
+    def from_request(cls, request: Request, response: Response, *, first_seq: int = 1) -> Dialog:
+        """The dialog our 2xx `response` to a received INVITE or SUBSCRIBE creates (12.1.1).
+
+        The local tag is the To tag of our response, the remote target the request's Contact,
+        and the route set its Record-Route values in the order received. `first_seq` is the
+        CSeq number of the first request we send in the dialog (a BYE, or the first NOTIFY).
+        A request without Contact (RFC 3261 requires one; not every GB platform sends it)
+        targets its From URI. Raises LocalProtocolError if `request` is not an INVITE or
+        SUBSCRIBE, or `response` is not our 2xx to it with a To tag, and ParseError for a
+        malformed Contact or Record-Route, or `Contact: *`.
+        """
+        if request.method not in ("INVITE", "SUBSCRIBE"):
+            raise LocalProtocolError(
+                f"a UAS dialog needs an INVITE or SUBSCRIBE, not {request.method}"
+            )
+        if not 200 <= response.status < 300:
+            raise LocalProtocolError(f"a dialog needs a 2xx, not {response.status}")
+        if not 0 < first_seq < 2**31:
+            raise LocalProtocolError(f"first CSeq must be 1 to 2**31-1: {first_seq}")
+        local_tag = response.to.tag
+        if not local_tag:
+            raise LocalProtocolError("our 2xx has no To tag")
+        seq, method = request.cseq
+        if response.call_id != request.call_id or response.cseq != (seq, method):
+            raise LocalProtocolError("the 2xx does not answer this request (Call-ID, CSeq)")
+        if request.to.tag and request.to.tag != local_tag:
+            raise LocalProtocolError("the 2xx To tag differs from the request's")
+        contacts = request.contacts
+        if contacts:
+            if contacts[0].wildcard:
+                raise ParseError(f"{request.method} Contact may not be *")
+            remote_target = str(contacts[0].uri)
+        else:
+            remote_target = str(request.from_.uri)
+        route_set = tuple(
+            str(NameAddr.parse(value)) for value in request.headers.get_all("Record-Route")
+        )
+        return cls(
+            call_id=request.call_id,
+            local_tag=local_tag,
+            # RFC 2543 peers may leave out the From tag; 12.1.1 then takes it as empty.
+            remote_tag=request.from_.tag or "",
+            local_uri=_without_tag(request.to),
+            remote_uri=_without_tag(request.from_),
+            remote_target=remote_target,
+            route_set=route_set,
+            local_seq=first_seq - 1,
+            remote_seq=seq,
+            uas=True,
+        )
+
+    def accept_remote_seq(self, request: Request) -> bool:
+        """Whether an in-dialog request from the peer is in CSeq order (12.2.2), remembering it.
+
+        A number lower than the last one seen is out of order: the caller answers 500. The
+        same number is accepted (a CANCEL, or the ACK repeating its INVITE's number).
+        """
+        seq = request.cseq[0]
+        if self.remote_seq is not None and seq < self.remote_seq:
+            return False
+        self.remote_seq = seq
+        return True
+
     # ----- building requests -----
     def ack(self, via: str) -> Request:
         """The ACK for the 2xx (13.2.2.4): CSeq number of the INVITE, a new branch in `via`.
 
         The TU sends one for every 2xx passed up, retransmissions included.
         """
+        if self.uas:
+            raise LocalProtocolError("the UAS of a dialog sends no ACK")
         return self._build("ACK", self.invite_seq, via)
 
     def request(
