@@ -22,9 +22,10 @@ It prints one JSON line with the port and PID, then answers one JSON line per co
 `FULL_GC_INTERVAL_S`). `gc.freeze` becomes a no-op in this process before the node starts, and the
 periodic full collection is switched off, so the collector runs as CPython schedules it.
 
-`--persist-every-keepalive` is another: `sensing_node.registry.KEEPALIVE_PERSIST_INTERVAL_S` set
-to 0, so that every keepalive marks its device for the next SQLite write. That is what the node
-does with devices keeping alive once a minute (each keepalive comes more than the 30 s interval
+`--persist-every-keepalive` is another:
+`sensing_node.devices.registry.KEEPALIVE_PERSIST_INTERVAL_S` set to 0, so that every keepalive
+marks its device for the next SQLite write. That is what the node does with devices keeping
+alive once a minute (each keepalive comes more than the 30 s interval
 after the stored one), which the benchmark's compressed timeline, a few seconds between a
 device's registration and its keepalives, does not show otherwise.
 """

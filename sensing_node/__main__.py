@@ -63,7 +63,7 @@ def cmd_verify_recordings(args: argparse.Namespace) -> int:
     from recorder.service import root_index
     from recorder.verify import verify
 
-    from .registry import iso
+    from .devices.registry import iso
 
     settings = _settings_or_exit(args.config)
     root = settings.recording.root(settings.node)
@@ -135,7 +135,7 @@ def cmd_plan_storage(args: argparse.Namespace) -> int:
     from recorder.index import RecordIndex
     from recorder.service import root_index
 
-    from .recording import plan_storage
+    from .recording.service import plan_storage
 
     settings = _settings_or_exit(args.config)
     root = settings.recording.root(settings.node)
@@ -171,7 +171,7 @@ def _host_port(host: str, port: int) -> str:
 def listening_lines(node: NodeSettings) -> list[str]:
     """What the node binds (SIP, HTTP, RTP), a warning for each service on every interface,
     and one when RTP cannot bind node.media_ip."""
-    from .media import media_bind_host
+    from .media.addresses import media_bind_host
 
     rtp_host, rtp_warning = media_bind_host(node)
     if node.media_bind is not None:
@@ -210,7 +210,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run(settings) -> int:  # type: ignore[no-untyped-def]
     from aiohttp import web
 
-    from .node import StartupError, build_app
+    from .app import build_app
+    from .node import StartupError
 
     app = build_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -241,7 +242,7 @@ async def _run(settings) -> int:  # type: ignore[no-untyped-def]
 
 
 def cmd_simulate_camera(args: argparse.Namespace) -> int:
-    from .simulator import CameraConfig, SimulatedCamera
+    from .sim.camera import CameraConfig, SimulatedCamera
 
     host, _, port = args.server.rpartition(":")
     if not host or not port.isdigit():

@@ -1,7 +1,9 @@
-"""Wiring: one aiohttp Application holding the registry, SIP endpoint, registrar and queries.
+"""Wiring: the node's parts (registry, SIP endpoint, registrar, queries, stream hub, recorder,
+cascade) built from the settings, started in order and stopped in reverse.
 
-`cleanup_ctx` starts them in order (store, SIP port, housekeeping, simulated cameras) and stops
-them in reverse on shutdown, flushing the registry to SQLite last.
+`Node.start` opens the store, the SIP port, the recorder and the housekeeping; `Node.stop` ends
+the streams while devices can still take the BYE and flushes the registry to SQLite last. The
+HTTP application around it is `sensing_node.app`.
 """
 
 from __future__ import annotations
@@ -11,23 +13,20 @@ import gc
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from functools import partial
 
-from aiohttp import web
-
-from .api.routes import NODE, add_routes, bearer_auth
-from .clock import NodeClock
-from .media import StreamHub
-from .queries import DeviceQueries
-from .recording import RecordingService
-from .registrar import Registrar
-from .registry import Registry
+from .devices.queries import DeviceQueries
+from .devices.registrar import Registrar
+from .devices.registry import Registry
+from .devices.store import Store
+from .media.hub import StreamHub
+from .recording.service import RecordingService
+from .runtime.clock import NodeClock
+from .runtime.stats import Stats
+from .runtime.supervise import Supervisor
 from .settings import Settings
-from .simulator import CameraConfig, SimulatedCamera
-from .stats import Stats
-from .store import Store
-from .supervise import Supervisor
+from .sim.camera import CameraConfig, SimulatedCamera
 from .transport.sip import SipEndpoint
 
 log = logging.getLogger(__name__)
@@ -68,11 +67,11 @@ class Node:
         self.registrar.endpoint = self.endpoint
         self.queries: DeviceQueries | None = None
         self.media = StreamHub(settings, self.registry, self.endpoint, wall=self.clock.stamp)
-        self.registrar.media = self.media
+        self.registrar.dialog_requests = self.media.on_request
         self.recording = RecordingService(settings, self.media, self.registry,
                                           wall=self.clock.stamp)
         self.clock.on_forward_step = self.recording.wall_stepped
-        self.registrar.recording = self.recording
+        self.registrar.record_search = self.recording.record_info
         self.sip_address: tuple[str, int] = ("", 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_error: str | None = None
@@ -203,23 +202,3 @@ class Node:
         if len(self.registrar.pending) > self.registrar.max_pending // 2:
             problems.append("MESSAGE backlog above half its limit")
         return problems
-
-
-async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
-    node = app[NODE]
-    await node.start()
-    yield
-    await node.stop()
-
-
-def build_app(
-    settings: Settings,
-    *,
-    wall: Callable[[], float] = time.time,
-    monotonic: Callable[[], float] = time.monotonic,
-) -> web.Application:
-    app = web.Application(middlewares=[bearer_auth])
-    app[NODE] = Node(settings, wall=wall, monotonic=monotonic)
-    app.cleanup_ctx.append(_node_ctx)
-    add_routes(app)
-    return app

@@ -78,3 +78,132 @@ def test_module_imports_alone_without_warnings(module):
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+# ----- the application's own layout ------------------------------------------------------------
+
+# The parts of `sensing_node`, lowest first: a part may import the parts before it and itself,
+# never one after it (type-only imports included). Parts on the same rank do not import each
+# other: the simulated peers talk to the node over sockets only.
+APP_LAYERS: list[set[str]] = [
+    {"runtime"},
+    {"settings"},
+    {"transport"},
+    {"devices", "sim"},
+    {"media"},
+    {"recording"},
+    {"cascade"},
+    {"node"},
+    {"api"},
+    {"app"},
+    {"__main__"},
+]
+APP = ROOT / "sensing_node"
+
+
+def _part(path: Path) -> str:
+    rel = path.relative_to(APP)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _rank(part: str) -> int:
+    for rank, parts in enumerate(APP_LAYERS):
+        if part in parts:
+            return rank
+    raise AssertionError(f"sensing_node/{part} is in no layer of APP_LAYERS")
+
+
+def _app_imports(path: Path) -> list[tuple[str, bool]]:
+    """(absolute module, type-only) for every import of sensing_node modules in `path`."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    else:
+        package = package.removesuffix(".__init__")
+    tree = ast.parse(path.read_text(), str(path))
+    type_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            type_only.update(id(sub) for stmt in node.body for sub in ast.walk(stmt))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names = [module] if node.module else [f"{module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found += [(name, id(node) in type_only) for name in names
+                  if name.split(".")[0] == "sensing_node"]
+    return found
+
+
+def test_every_app_module_belongs_to_a_layer():
+    for path in modules("sensing_node"):
+        if path.parent != APP or path.name != "__init__.py":
+            _rank(_part(path))
+
+
+def test_app_imports_only_downward():
+    offenders = []
+    for path in modules("sensing_node"):
+        if path.parent == APP and path.name == "__init__.py":
+            continue
+        part = _part(path)
+        for module, _ in _app_imports(path):
+            target = module.split(".")[1] if "." in module else ""
+            if target and target != part and _rank(target) >= _rank(part):
+                offenders.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert offenders == []
+
+
+def test_app_has_no_import_cycle():
+    """Module-level imports between the application's modules form no cycle (type-only imports
+    may point back within a part, e.g. a stream naming its hub's type)."""
+    graph: dict[str, set[str]] = {}
+    names = {}
+    for path in modules("sensing_node"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        names[name] = path
+    for name, path in names.items():
+        graph[name] = set()
+        for module, type_only in _app_imports(path):
+            if type_only:
+                continue
+            while module and module not in names:
+                module = module.rpartition(".")[0]
+            if module and module != name:
+                graph[name].add(module)
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for dep in sorted(graph[name]):
+            if state.get(dep) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(trail + [name, dep]))
+            if dep not in state:
+                visit(dep, trail + [name])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists every package directory, so an installed node has all of it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for package in PACKAGES for init in (ROOT / package).rglob("__init__.py")
+    }
+    assert found - listed == set()

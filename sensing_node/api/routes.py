@@ -9,18 +9,16 @@ import asyncio
 import hmac
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from recorder.export import ExportError, export_mp4, export_ps, plan_export
 
-from ..media import StreamError
-from ..registry import Device, iso
+from ..devices.registry import Device, iso
+from ..media.consumers import StreamError
+from ..node import Node
 from ..settings import TRANSPORTS
-
-if TYPE_CHECKING:
-    from ..node import Node
 
 NODE: web.AppKey[Node] = web.AppKey("node")
 

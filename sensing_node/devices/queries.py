@@ -35,12 +35,12 @@ from sip.manscdp import ManscdpMessage
 from sip.message import Headers, Request, Response
 from sip.transaction import Peer
 
+from ..runtime.stats import Stats
+from ..runtime.supervise import Supervisor
 from .registry import Device, Registry
-from .stats import Stats
-from .supervise import Supervisor
 
 if TYPE_CHECKING:
-    from .transport.sip import SipEndpoint
+    from ..transport.sip import SipEndpoint
 
 log = logging.getLogger(__name__)
 

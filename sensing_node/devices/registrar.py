@@ -26,9 +26,9 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sip import auth, ids, manscdp
 from sip.errors import ParseError
@@ -36,21 +36,26 @@ from sip.manscdp import ManscdpMessage, parse_manscdp
 from sip.message import Request, Response
 from sip.transaction import Peer, RequestReceived
 
-from .ratelimit import FailureLockout, LogThrottle, TokenBuckets
+from ..runtime.ratelimit import FailureLockout, LogThrottle, TokenBuckets
+from ..runtime.stats import Stats
+from ..settings import Settings
 from .registry import Device, Registry
-from .settings import Settings
-from .stats import Stats
 
 if TYPE_CHECKING:
-    from .media import StreamHub
+    from ..transport.sip import SipEndpoint
     from .queries import DeviceQueries
-    from .recording import RecordingService
-    from .transport.sip import SipEndpoint
 
 log = logging.getLogger(__name__)
 
 GB_VERSIONS = {"1.0": "2011", "1.1": "2011", "2.0": "2016", "3.0": "2022"}
 MIN_EXPIRES = 60
+
+
+class RecordSearch(Protocol):
+    """Answers a device's Query/RecordInfo from the node's recordings: the Response bodies, in
+    order; `known` False answers for an unknown channel."""
+
+    def __call__(self, query: ManscdpMessage, *, known: bool) -> Awaitable[list[bytes]]: ...
 
 
 class Registrar:
@@ -75,8 +80,9 @@ class Registrar:
         self.mono = monotonic
         self.endpoint: SipEndpoint | None = None
         self.queries: DeviceQueries | None = None
-        self.media: StreamHub | None = None
-        self.recording: RecordingService | None = None
+        #: in-dialog requests (BYE) of the node's sessions with devices; False: not one of them
+        self.dialog_requests: Callable[[RequestReceived], bool] | None = None
+        self.record_search: RecordSearch | None = None
         self.nonces = auth.NonceTracker(os.urandom(16), lifetime_s=300.0, max_nonces=max_nonces)
         self.to_tag = os.urandom(4).hex()
         # A device may send a burst (catalog parts) but not a flood.
@@ -103,7 +109,7 @@ class Registrar:
         elif method == "ACK":
             return
         elif method == "BYE":
-            if self.media is None or not self.media.on_request(event):
+            if self.dialog_requests is None or not self.dialog_requests(event):
                 self._answer(event, 481)
         elif method == "CANCEL":
             self._answer(event, 481)  # we accept no INVITE, so there is nothing to cancel
@@ -302,7 +308,7 @@ class Registrar:
             if self.queries is not None:
                 self.queries.keepalive(dev)  # a Catalog it left unanswered is asked again
             return
-        if msg.root == "Query" and msg.cmd_type == "RecordInfo" and self.recording is not None:
+        if msg.root == "Query" and msg.cmd_type == "RecordInfo" and self.record_search is not None:
             self._answer(event, 200)
             # A device learns about its own channels only (upper platforms are the cascade's
             # business): another device's channel is answered as an unknown one.
@@ -340,9 +346,9 @@ class Registrar:
 
     async def _record_info(self, dev: Device, query: ManscdpMessage, own: bool) -> None:
         """Answer a RecordInfo query from our own index, one MESSAGE per part, in order."""
-        assert self.recording is not None and self.queries is not None
+        assert self.record_search is not None and self.queries is not None
         try:
-            parts = await self.recording.record_info(query, known=own)
+            parts = await self.record_search(query, known=own)
             for body in parts:
                 response = await self.queries.send(dev, body)
                 if response.status >= 300:

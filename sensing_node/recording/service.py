@@ -36,10 +36,11 @@ from recorder.service import Recorder, root_index
 from rtp.ps import AccessUnit
 from sip import ids, manscdp
 
-from .media import Consumer, StreamError, StreamHub
-from .registry import Registry
-from .settings import RecordingSettings, Settings
-from .supervise import Supervisor
+from ..devices.registry import Registry
+from ..media.consumers import Consumer, StreamError
+from ..media.hub import StreamHub
+from ..runtime.supervise import Supervisor
+from ..settings import RecordingSettings, Settings
 
 __all__ = ["ChannelRecording", "RecordingService", "StoragePlan", "plan_storage"]
 

@@ -34,8 +34,8 @@ from sip.message import Headers, Request, Response
 from sip.sdp import MediaDescription, Origin, SessionDescription, build_sdp, parse_sdp
 from sip.transaction import Peer, RequestReceived
 
-from .simmedia import Clip, MediaSender, load_clip
-from .transport.sip import SipEndpoint
+from ..transport.sip import SipEndpoint
+from .media import Clip, MediaSender, load_clip
 
 log = logging.getLogger(__name__)
 

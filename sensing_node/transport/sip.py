@@ -35,8 +35,8 @@ from sip.transaction import (
     TransactionTimedOut,
 )
 
-from ..ratelimit import LogThrottle
-from ..stats import Stats
+from ..runtime.ratelimit import LogThrottle
+from ..runtime.stats import Stats
 
 log = logging.getLogger(__name__)
 

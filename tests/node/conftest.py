@@ -12,7 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from sensing_node.api.routes import NODE
-from sensing_node.node import Node, build_app
+from sensing_node.app import build_app
+from sensing_node.node import Node
 from sensing_node.settings import settings_for_tests
 
 TOKEN = "test-token"

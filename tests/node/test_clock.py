@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from sensing_node.clock import REPORT_S, STEP_S, NodeClock
-from sensing_node.simulator import CameraConfig, SimulatedCamera
+from sensing_node.runtime.clock import REPORT_S, STEP_S, NodeClock
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sip.transaction import Peer
 
 from .conftest import PASSWORD, RunningNode, StartNode

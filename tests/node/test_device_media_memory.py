@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from sensing_node.registry import Registry
-from sensing_node.store import Store
+from sensing_node.devices.registry import Registry
+from sensing_node.devices.store import Store
 
 DEVICE = "31011200001320000001"
 
@@ -66,7 +66,7 @@ async def test_a_store_an_older_node_wrote_gets_the_new_columns(tmp_path: Path) 
 
 
 def test_quirks_are_bounded_whatever_the_device_answers(tmp_path: Path) -> None:
-    from sensing_node.registry import MAX_QUIRK_CHARS, MAX_QUIRKS
+    from sensing_node.devices.registry import MAX_QUIRK_CHARS, MAX_QUIRKS
 
     store = Store(tmp_path / "registry.sqlite3")
     registry = Registry(store, keepalive_timeout_s=180)

@@ -140,7 +140,7 @@ async def test_device_without_digest_registers_only_from_its_network(
         CAMERA: {"auth": "none", "from": "127.0.0.0/8"},
         ELSEWHERE: {"auth": "none", "from": "192.0.2.0/24"},
     })
-    caplog.set_level(logging.WARNING, "sensing_node.registrar")
+    caplog.set_level(logging.WARNING, "sensing_node.devices.registrar")
     device = await UdpPeer.open(running.sip)
     intruder = await UdpPeer.open(running.sip)
     digest = await UdpPeer.open(running.sip)
@@ -224,7 +224,7 @@ async def test_register_flood_limit_is_configured_and_logged_once_per_device(
 ):
     # A rate this low refills nothing while the test runs: the counts are exact.
     running = await start_node(devices__register_rate={"per_s": 0.001, "burst": 3})
-    caplog.set_level(logging.WARNING, "sensing_node.registrar")
+    caplog.set_level(logging.WARNING, "sensing_node.devices.registrar")
     peer = await UdpPeer.open(running.sip)
     try:
         statuses = []
@@ -249,7 +249,7 @@ async def test_message_flood_limit_is_configured_and_logged_once_per_device(
     start_node: StartNode, caplog: pytest.LogCaptureFixture
 ):
     running = await start_node(devices__message_rate={"per_s": 0.001, "burst": 4})
-    caplog.set_level(logging.WARNING, "sensing_node.registrar")
+    caplog.set_level(logging.WARNING, "sensing_node.devices.registrar")
     peer = await UdpPeer.open(running.sip)
     try:
         assert (await register(peer, CAMERA, PASSWORD)).status == 200
@@ -293,6 +293,6 @@ def test_flood_limits_default_and_are_checked():
 def test_source_network_match(host: str, network: str, inside: bool):
     import ipaddress
 
-    from sensing_node.registrar import in_network
+    from sensing_node.devices.registrar import in_network
 
     assert in_network(host, ipaddress.ip_network(network)) is inside

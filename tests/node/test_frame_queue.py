@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from rtp.ps import AccessUnit
-from sensing_node.media import FrameQueue
+from sensing_node.media.consumers import FrameQueue
 
 
 def unit(n: int, size: int, *, key: bool = False) -> AccessUnit:

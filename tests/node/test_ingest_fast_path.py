@@ -4,7 +4,7 @@ fall back to the full demuxer (a start mid-GOP without a PSM, a lost packet)."""
 from __future__ import annotations
 
 from rtp.psmux import PsMuxer, RtpPacketizer
-from sensing_node.simmedia import load_clip
+from sensing_node.sim.media import load_clip
 from sensing_node.transport.rtp import MediaIngest
 
 

@@ -16,9 +16,9 @@ import pytest
 
 from rtp.packet import build_rtp
 from rtp.ps import AccessUnit
-from sensing_node.media import Consumer, FrameQueue, StreamError
-from sensing_node.simmedia import load_clip
-from sensing_node.simulator import CameraConfig, SimulatedCamera
+from sensing_node.media.consumers import Consumer, FrameQueue, StreamError
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
+from sensing_node.sim.media import load_clip
 from sensing_node.transport.rtp import TcpRtpReceiver, UdpRtpReceiver
 
 from .conftest import PASSWORD, RunningNode, StartNode, wait_for
@@ -710,7 +710,7 @@ async def test_no_media_over_one_transport_invites_over_the_next(live: Setup) ->
 
 
 async def test_which_transport_a_stream_starts_with(start_node: StartNode) -> None:
-    from sensing_node.registry import Device
+    from sensing_node.devices.registry import Device
 
     channel, other = "31011200001310000101", "31011200001310000102"
     running = await start_node(**{

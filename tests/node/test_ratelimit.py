@@ -1,6 +1,6 @@
 """Token buckets, failure lockouts and log throttling, on a fake clock."""
 
-from sensing_node.ratelimit import FailureLockout, LogThrottle, TokenBuckets
+from sensing_node.runtime.ratelimit import FailureLockout, LogThrottle, TokenBuckets
 
 
 def test_token_bucket_allows_burst_then_rate():

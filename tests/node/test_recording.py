@@ -33,9 +33,9 @@ from recorder.segments import NODE_NOT_RUNNING
 from recorder.verify import check_timeline, verify
 from rtp.ps import PsDemuxer
 from sensing_node.api.routes import NODE
-from sensing_node.node import build_app
+from sensing_node.app import build_app
 from sensing_node.settings import settings_for_tests
-from sensing_node.simulator import CameraConfig, SimulatedCamera
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sip import manscdp
 
 from .conftest import PASSWORD, TOKEN, RunningNode, StartNode, wait_for
@@ -498,7 +498,7 @@ def test_a_long_record_list_is_split_over_several_messages() -> None:
     from zoneinfo import ZoneInfo
 
     from recorder.index import SegmentRow
-    from sensing_node.recording import record_items
+    from sensing_node.recording.service import record_items
 
     tz = ZoneInfo("Asia/Shanghai")
     rows = [

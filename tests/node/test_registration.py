@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from sensing_node.simulator import CameraConfig, SimulatedCamera
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sip import auth, manscdp
 
 from .conftest import PASSWORD, RunningNode, StartNode, wait_for
@@ -387,7 +387,7 @@ async def test_simulated_camera_answers_device_status(start_node: StartNode):
          "gbk-bytes-declared-utf8"],
 )
 def test_node_answers_in_the_encoding_the_device_really_uses(body, previous, expected):
-    from sensing_node.registrar import answer_charset
+    from sensing_node.devices.registrar import answer_charset
     from sip.manscdp import parse_manscdp
 
     assert answer_charset(parse_manscdp(body), body, previous) == expected

@@ -20,8 +20,8 @@ import pytest
 
 from rtp.nal import iter_nal_units
 from sensing_node.__main__ import build_parser
-from sensing_node.simmedia import Clip, MediaSender, load_clip
-from sensing_node.simulator import CameraConfig, SimulatedCamera
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
+from sensing_node.sim.media import Clip, MediaSender, load_clip
 from sensing_node.transport.rtp import MediaIngest, PortPool, TcpRtpReceiver, UdpRtpReceiver
 from sensing_node.transport.sip import SipEndpoint
 from sip.dialog import Dialog

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from sensing_node.simulator import CameraConfig, SimulatedCamera
-from sensing_node.supervise import Supervisor
+from sensing_node.runtime.supervise import Supervisor
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 
 from .conftest import PASSWORD, StartNode, wait_for
 
@@ -58,7 +58,7 @@ async def test_backoff_doubles_up_to_the_cap_and_resets_after_a_healthy_run(capl
             raise OSError(f"disk check {runs} failed")
         # the 12th run finishes its work: nothing more to restart
 
-    with caplog.at_level(logging.ERROR, logger="sensing_node.supervise"):
+    with caplog.at_level(logging.ERROR, logger="sensing_node.runtime.supervise"):
         await asyncio.wait_for(supervisor.spawn("disk", flaky), 5.0)
     assert fake.sleeps == [1, 2, 4, 8, 16, 32, 60, 60, 60, 1, 2]
     health = supervisor.tasks["disk"]

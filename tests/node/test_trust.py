@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sensing_node.simulator import CameraConfig, SimulatedCamera
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sip import auth, manscdp
 from sip.message import Request, Response
 from sip.transaction import RequestReceived
@@ -50,7 +50,7 @@ async def test_message_from_another_source_is_refused_and_moves_nothing(
         assert (await register(device, CAMERA, PASSWORD)).status == 200
         dev = running.node.registry.get(CAMERA)
         where, seen = (dev.transport, dev.remote), dev.last_keepalive
-        caplog.set_level(logging.WARNING, "sensing_node.registrar")
+        caplog.set_level(logging.WARNING, "sensing_node.devices.registrar")
         catalog = manscdp.catalog_response_parts(1, CAMERA, [{"DeviceID": OTHER}])[0]
         for body in (keepalive(), keepalive(sn=2), catalog):
             intruder.send(message_bytes(CAMERA, intruder.port, body))

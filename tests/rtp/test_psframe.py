@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from rtp.ps import MAX_UNIT_PES, AccessUnit, PsDemuxer
 from rtp.psframe import PsFrameDemuxer
 from rtp.psmux import PsMuxer, RtpPacketizer
-from sensing_node.simmedia import load_clip
+from sensing_node.sim.media import load_clip
 from tests.conftest import load
 
 GB_FILES = ["gb_h264_zlm.ps", "gb_h265_zlm.ps", "gb_h264_alaw_zlm.ps"]
