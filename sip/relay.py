@@ -316,11 +316,13 @@ def warning_value(code: int, agent: str, text: str) -> str:
 
     GB platforms show the text of `399` (miscellaneous) warnings: the node names the limit it
     hit, e.g. `399 <node-id> "upstream streams (16/16)"`. Quotes and backslashes in `text` are
-    escaped and line breaks become spaces.
+    escaped; control characters (line breaks included) become spaces and runs of white space
+    one space.
     """
     if not 300 <= code <= 399:
         raise LocalProtocolError(f"warning code must be 3xx: {code}")
     if not agent or any(c in agent for c in ' \t\r\n"'):
         raise LocalProtocolError(f"bad warning agent {agent!r}")
+    text = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)
     text = " ".join(text.replace("\\", "\\\\").replace('"', '\\"').split())
     return f'{code} {agent} "{text}"'

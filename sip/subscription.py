@@ -31,6 +31,7 @@ monotonic `now` in seconds.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from .catalog import is_catalog_event
@@ -56,23 +57,26 @@ TERMINATION_REASONS = frozenset(
 """RFC 6665 section 4.1.3 reasons; the node uses timeout and noresource."""
 
 _MAX_EVENT_ID = 64
+# RFC 3261 token: the package and id are echoed into our NOTIFYs, so nothing else gets through.
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 
 
 def parse_event(value: str) -> tuple[str, str | None]:
     """An Event header's package and `id` parameter: `Catalog;id=4021` -> ("Catalog", "4021").
 
-    Raises ParseError for an empty package or an `id` that is empty or longer than 64.
+    Raises ParseError unless the package and the `id` are tokens (RFC 3261 section 25.1), the
+    `id` at most 64 characters.
     """
     package, *params = value.split(";")
     package = package.strip(" \t")
-    if not package or any(c in package for c in " \t,"):
+    if _TOKEN.fullmatch(package) is None:
         raise ParseError(f"bad Event header {value[:60]!r}")
     event_id: str | None = None
     for param in params:
         name, eq, param_value = param.partition("=")
         if name.strip(" \t").lower() == "id":
             event_id = param_value.strip(" \t")
-            if not eq or not event_id or len(event_id) > _MAX_EVENT_ID:
+            if not eq or len(event_id) > _MAX_EVENT_ID or _TOKEN.fullmatch(event_id) is None:
                 raise ParseError(f"bad Event id in {value[:60]!r}")
             break
     return package, event_id

@@ -296,6 +296,7 @@ def test_warning_value() -> None:
         f'399 {NODE} "upstream streams (16/16)"'
     )
     assert warning_value(399, NODE, 'say "hi"\\\r\nnow') == f'399 {NODE} "say \\"hi\\"\\\\ now"'
+    assert warning_value(399, NODE, "a\x00\x7fb\tc") == f'399 {NODE} "a b c"'
     value = warning_value(399, NODE, 'a "b"')
     request = invite(b"", Warning=value)
     assert parse_message(request.to_bytes()).headers.get("Warning") == value

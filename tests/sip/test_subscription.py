@@ -1,7 +1,11 @@
 """Catalog subscriptions of upper platforms (RFC 6665; GB/T 28181 2016 App. P, 2022 App. N),
 with a fake clock: creation, refresh, unsubscribe, expiry, limits and NOTIFY requests."""
 
+import re
+
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from sip.catalog import OFF, CatalogEvent, catalog_notify_parts, catalog_subscription
 from sip.errors import LocalProtocolError, ParseError
@@ -83,7 +87,8 @@ def test_parse_event() -> None:
     assert parse_event("Catalog;id=4021") == ("Catalog", "4021")
     assert parse_event(" presence ") == ("presence", None)
     assert parse_event("Catalog ; ID = 7 ;x=1") == ("Catalog", "7")
-    for bad in ("", ";id=1", "Catalog;id=", "Catalog;id", "a b", "Catalog;id=" + "1" * 65):
+    bad_values = ("", ";id=1", "Catalog;id=", "Catalog;id", "a b", "Catalog;id=a b", "Cat\x00")
+    for bad in (*bad_values, "Catalog;id=" + "1" * 65):
         with pytest.raises(ParseError):
             parse_event(bad)
 
@@ -283,3 +288,71 @@ def test_config_is_checked() -> None:
     ):
         with pytest.raises(LocalProtocolError):
             SubscriptionConfig(**bad)
+
+
+# ----- properties -----
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["new", "refresh", "unsubscribe", "expire"]),
+        st.sampled_from([UPSTREAM, OTHER]),
+        st.integers(0, 5),  # event id / which subscription
+        st.one_of(st.none(), st.integers(0, 100_000).map(str)),  # Expires
+        st.floats(0, 500, allow_nan=False),  # time step
+    ),
+    max_size=30,
+)
+
+
+@given(ops=OPS)
+@example(ops=[("new", UPSTREAM, 1, "0", 0.0), ("new", UPSTREAM, 1, None, 1.0)])
+def test_any_sequence_keeps_the_bounds(
+    ops: list[tuple[str, str, int, str | None, float]],
+) -> None:
+    t = table(max_per_upstream=3)
+    now = 0.0
+    for n, (op, upstream, which, expires, step) in enumerate(ops):
+        now += step
+        held = t.of(upstream)
+        if op == "new":
+            request = subscribe(
+                call_id=f"c{n}", expires=expires, event=f"Catalog;id={which}", upstream=upstream
+            )
+            outcome = t.receive(upstream, request, now, to_tag=f"t{n}")
+            assert outcome.status in (200, 486)
+            if outcome.status == 486:
+                assert len(held) == 3 and outcome.warning is not None
+        elif op in ("refresh", "unsubscribe") and held:
+            sub = held[which % len(held)]
+            asked = "0" if op == "unsubscribe" else expires
+            seq = (sub.dialog.remote_seq or 0) + 1
+            request = subscribe(
+                call_id=sub.dialog.call_id, seq=seq, expires=asked, upstream=upstream,
+                to_tag=sub.dialog.local_tag,
+            )  # fmt: skip
+            outcome = t.receive(upstream, request, now, to_tag="x")
+            assert outcome.kind == ("ended" if asked == "0" else "refreshed")
+            assert (sub in t.of(upstream)) == (asked != "0")
+        elif op == "expire":
+            gone = t.expire(now)
+            assert all(s.expires_at <= now for s in gone)
+        for who in (UPSTREAM, OTHER):
+            assert len(t.of(who)) <= 3
+        for sub in t.of(UPSTREAM) + t.of(OTHER):
+            remaining = sub.expires_at - now
+            # Expired ones linger only until expire(now) is called.
+            assert remaining <= 86400
+        deadlines = [s.expires_at for s in t.of(UPSTREAM) + t.of(OTHER)]
+        assert t.next_deadline() == (min(deadlines) if deadlines else None)
+
+
+@given(value=st.text(max_size=80))
+@example(value="Catalog;id=\x00")
+def test_any_event_header_parses_or_raises_parse_error(value: str) -> None:
+    try:
+        package, event_id = parse_event(value)
+    except ParseError:
+        return
+    token = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+    assert token.fullmatch(package)
+    assert event_id is None or token.fullmatch(event_id) and len(event_id) <= 64
