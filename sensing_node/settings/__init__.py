@@ -24,6 +24,15 @@ from typing import Any
 
 import yaml
 
+from .cascade import (
+    LIMITS_KEYS,
+    UPSTREAM_KEYS,
+    LimitsSettings,
+    UpstreamSettings,
+    build_limits,
+    build_upstreams,
+    read_list,
+)
 from .devices import DEVICES_KEYS, DeviceOverride, DevicesSettings, Rate, _build_devices
 from .media import (
     CHANNELS_KEYS,
@@ -52,7 +61,8 @@ from .schema import (
 
 __all__ = [
     "STREAMS", "TRANSPORTS", "ChannelOverride", "ChannelsSettings", "ConfigError",
-    "DeviceOverride", "DevicesSettings", "Key", "MediaSettings", "NodeSettings", "Rate",
+    "DeviceOverride", "DevicesSettings", "Key", "LimitsSettings", "MediaSettings",
+    "NodeSettings", "Rate", "UpstreamSettings",
     "RecordingSettings", "SECTIONS", "Schedule", "Section", "Settings", "SimulatorSettings",
     "load_settings", "parse_settings", "settings_for_tests", "system_timezone",
 ]
@@ -67,6 +77,8 @@ class Settings:
     media: MediaSettings
     channels: ChannelsSettings
     recording: RecordingSettings
+    upstreams: tuple[UpstreamSettings, ...]
+    limits: LimitsSettings
     source: str
 
 
@@ -77,6 +89,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("media", MEDIA_KEYS, lambda _, parsed: MediaSettings(**parsed.values)),
     Section("channels", CHANNELS_KEYS, lambda _, parsed: ChannelsSettings(**parsed.values)),
     Section("recording", RECORDING_KEYS, _build_recording),
+    Section("upstreams", UPSTREAM_KEYS, build_upstreams, many=True),
+    Section("limits", LIMITS_KEYS, build_limits),
 )
 
 
@@ -133,7 +147,8 @@ def _read_document(reader: _Reader, root: yaml.Node | None) -> Settings | None:
             f"got {_describe(root)}"
         )
         return None
-    homes = {key.name: section.name for section in SECTIONS for key in section.keys}
+    homes = {key.name: section.name for section in SECTIONS for key in section.keys
+             if not section.many}
     given: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     for name, key_node, value_node in _entries(reader, root, "") or []:
         if name in names:
@@ -145,12 +160,32 @@ def _read_document(reader: _Reader, root: yaml.Node | None) -> Settings | None:
     built: dict[str, Any] = {}
     for section in SECTIONS:
         key_node, value_node = given.get(section.name, (None, None))
+        if section.many:
+            items = read_list(reader, value_node, section.name, section.keys, key_node)
+            if items is not None:
+                built[section.name] = section.build(reader, items)
+            continue
         parsed = _read_mapping(reader, value_node, section.name, section.keys, key_node, homes)
         if parsed.complete:
             built[section.name] = section.build(reader, parsed)
     if len(built) < len(SECTIONS):
         return None
-    return Settings(source=reader.filename, **built)
+    settings = Settings(source=reader.filename, **built)
+    _check_shares(reader, settings, given.get("channels", (None, None))[0])
+    return settings
+
+
+def _check_shares(reader: _Reader, settings: Settings, anchor: yaml.Node | None) -> None:
+    """A channel authorized for an upstream that is not configured is a typo, not a choice."""
+    known = {upstream.id for upstream in settings.upstreams}
+    for channel_id, override in settings.channels.overrides.items():
+        for upstream_id in override.upstreams:
+            if upstream_id not in known:
+                reader.report(
+                    anchor, f"channels.overrides.{channel_id}.upstreams",
+                    f"{upstream_id} is not one of the upstreams ("
+                    + (", ".join(sorted(known)) or "none configured") + ")",
+                )
 
 
 def settings_for_tests(data_dir: Path, **overrides: object) -> Settings:

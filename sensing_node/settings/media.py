@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
+from typing import Any
 
 import yaml
+
+from sip.catalog import ChannelShare, SharePolicy
 
 from .schema import (
     Key,
@@ -15,6 +19,7 @@ from .schema import (
     _choice,
     _Ctx,
     _describe,
+    _device_id,
     _integer,
     _Invalid,
     _items,
@@ -56,6 +61,10 @@ class ChannelOverride:
 
     stream: str | None = None
     transport: str | None = None
+    #: unconditional | authorized | none (the district's sharing classes); None: the default
+    share: str | None = None
+    #: the upstreams an `authorized` channel goes to
+    upstreams: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,15 @@ class ChannelsSettings:
     """The ``channels:`` section: per-channel choices such as main or sub stream."""
 
     overrides: Mapping[str, ChannelOverride]
+    default_share: str = "unconditional"
+
+    @cached_property
+    def share_policy(self) -> SharePolicy:
+        """Who sees which channel, for the cascade (`sip.catalog`)."""
+        return SharePolicy(self.default_share, {
+            channel_id: ChannelShare(override.share, frozenset(override.upstreams))
+            for channel_id, override in self.overrides.items() if override.share is not None
+        })
 
     def stream_for(self, channel_id: str) -> str:
         """"main" or "sub": the stream to ask the device for."""
@@ -110,16 +128,43 @@ MEDIA_KEYS: tuple[Key, ...] = (
 )
 
 
+SHARES = ("unconditional", "authorized", "none")
+
+
+def _upstream_ids(node: yaml.Node, ctx: _Ctx) -> tuple[str, ...]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise _Invalid(f'expected a list of upstream IDs such as ["31011200002000000100"], got '
+                       f"{_describe(node)}")
+
+    def one(item: yaml.Node, chosen: list[str]) -> str:
+        value = _device_id(item)
+        if value in chosen:
+            raise _Invalid(f"{value} is listed twice")
+        return value
+
+    return tuple(_items(node, ctx, one))
+
+
 CHANNEL_KEYS: tuple[Key, ...] = (
     Key("stream", _choice(STREAMS), None, "main or sub stream of the channel"),
     Key("transport", _choice(TRANSPORTS), None, "media.transport for this channel"),
+    Key("share", _choice(SHARES), None, "sharing class of this channel; default: default_share"),
+    Key("upstreams", _upstream_ids, (), "the upstreams an authorized channel is shared with"),
 )
 
 
-_channel_overrides = _by_id(CHANNEL_KEYS, ChannelOverride)
+def _channel_override(**values: Any) -> ChannelOverride:
+    if values["upstreams"] and values["share"] != "authorized":
+        raise _Invalid("upstreams only apply with share: authorized")
+    return ChannelOverride(**values)
+
+
+_channel_overrides = _by_id(CHANNEL_KEYS, _channel_override)
 
 
 CHANNELS_KEYS: tuple[Key, ...] = (
+    Key("default_share", _choice(SHARES), "unconditional",
+        "sharing class of channels without their own: unconditional | authorized | none"),
     Key("overrides", _channel_overrides, MappingProxyType({}),
         "per-channel settings by 20-digit channel ID"),
 )

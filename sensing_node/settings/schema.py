@@ -102,11 +102,16 @@ class _Parsed:
 
 @dataclass(frozen=True)
 class Section:
-    """A top-level mapping: its keys, and the function that turns their values into settings."""
+    """A top-level mapping: its keys, and the function that turns their values into settings.
+
+    A section with `many` is a list of such mappings (``upstreams:``); `build` then gets the
+    list of parsed items.
+    """
 
     name: str
     keys: tuple[Key, ...]
-    build: Callable[[_Reader, _Parsed], Any]
+    build: Callable[[_Reader, Any], Any]
+    many: bool = False
 
 
 def _describe(node: yaml.Node) -> str:
@@ -323,7 +328,11 @@ def _by_id(keys: tuple[Key, ...], build: Callable[..., Any]) -> Parser:
                 continue
             parsed = _read_mapping(ctx.reader, value_node, path, keys, anchor=key_node)
             if parsed.complete:
-                result[item_id] = build(**parsed.values)
+                try:
+                    result[item_id] = build(**parsed.values)
+                except _Invalid as exc:  # a check across the entry's keys
+                    ctx.reader.report(key_node, path, str(exc))
+                    failed = True
             failed = failed or not parsed.complete
         if failed:
             raise _Reported
