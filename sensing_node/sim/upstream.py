@@ -1,0 +1,1123 @@
+"""A simulated upper platform (a district sensing center such as WVP-GB28181-pro) for tests.
+
+It plays the upstream's side of a cascade toward our node, over loopback: SIP over UDP and TCP
+on its own port (`transport.sip.SipEndpoint`), the node as a lower platform registering to it.
+
+Signalling:
+
+* REGISTER with digest (`sip.auth`): 401 with a fresh nonce and qop=auth, then the node's
+  credentials are checked against the platform's realm and password (403 when wrong), 200 with
+  `Expires` (capped at `register_expires_s`) and the GB `Date`; `Expires: 0` unregisters.
+  `registrations` counts new registrations (a new Call-ID, or the first after an
+  unregistration or a restart), `refreshes` the REGISTERs that renew one, and `registered` is an
+  event that is set while the node holds a registration. `mode` makes the platform refuse
+  (`forbid`: 403 to REGISTER and MESSAGE) or play dead (`ignore`: nothing is answered).
+  `stop()` and `start()` again bind the same port, so a test can restart the platform under the
+  node (which then gets 403 to its keepalives: a restarted platform has forgotten it).
+* Keepalive MESSAGEs are answered 200 (`keepalives` counts them); Catalog, DeviceInfo and
+  DeviceStatus queries are sent to the node and its Response MESSAGEs collected (each answered
+  200) until SumNum distinct items came; a catalog SUBSCRIBE collects the node's NOTIFY items
+  into a queue.
+* `invite()` pulls a channel as WVP does (`sip.sdp.play_offer`: our media address, PS on 96,
+  `a=setup`/`a=connection:new` for TCP, `y=`), waits for the final answer, ACKs a 2xx, and
+  returns an `UpstreamSession`; `start_invite()` returns it before the answer so that it can be
+  cancelled.
+
+Media: an `UpstreamSession` receives RTP over UDP, or over TCP with RFC 4571 framing, either
+connecting to the node's answered port (`tcp-active`: we offered `a=setup:active`) or listening
+for the node (`tcp-passive`). Every packet is checked (SSRC = the answered `y=`, else the offered
+one; payload type 96; sequence numbers continuous) and what is wrong is counted and described
+in `problems` (bounded). The payloads go through `transport.rtp.MediaIngest` (frame assembly and
+the PS demuxer), and the access units (PS bytes, PTS, keyframe, elementary data) are kept, at
+most `max_units` of them and `max_unit_bytes` bytes, so a test can compare them with what the
+camera sent and decode them. `stall()` stops reading a TCP stream so that the node's sender
+backs up; `resume()` reads again.
+
+Everything the platform holds is bounded: queued NOTIFY items, unsolicited MESSAGEs, problems
+per session, units per session, the TCP deframer's buffer (`rtp.framing.Deframer`, 1 MiB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from rtp.errors import RtpError
+from rtp.framing import Deframer
+from rtp.packet import RtpPacket, is_rtcp, peek_rtp_header
+from rtp.ps import AccessUnit
+from sensing_node.transport.rtp import MediaIngest
+from sensing_node.transport.sip import SipEndpoint
+from sip import auth, manscdp
+from sip.catalog import CatalogEvent
+from sip.dialog import Dialog
+from sip.errors import ParseError, SipError
+from sip.headers import Headers
+from sip.message import Request, Response
+from sip.sdp import SessionDescription, build_sdp, parse_sdp, play_offer, subject_header
+from sip.transaction import Peer, RequestReceived, ResponseReceived, TimerValues
+
+__all__ = [
+    "MODES",
+    "PlatformConfig",
+    "RegisteredNode",
+    "SimulatedUpstream",
+    "CatalogSubscriptionHandle",
+    "UpstreamSession",
+    "UpstreamError",
+    "run_upstream",
+]
+
+log = logging.getLogger(__name__)
+
+MODES = ("accept", "forbid", "ignore")
+SESSION_TRANSPORTS = ("udp", "tcp-active", "tcp-passive")
+MAX_PROBLEMS = 100  # described problems kept per session (all are counted)
+MAX_MESSAGES = 256  # unsolicited MESSAGE bodies kept
+MAX_NOTIFY_EVENTS = 10_000  # catalog NOTIFY items queued per subscription
+_USER_AGENT = "sensing-node simulated upstream"
+
+
+class UpstreamError(Exception):
+    """What the simulated platform asked of the node did not happen (no registration, a query
+    refused or unanswered)."""
+
+
+@dataclass
+class PlatformConfig:
+    """Who the platform is and where it listens.
+
+    `port` 0 picks a free port at the first `start()`; it is kept, so a restart binds it again.
+    `media_host` is the address offered for media (and bound for it). `register_expires_s` caps
+    the expiry granted to the node.
+    """
+
+    platform_id: str = "31011200002000000100"
+    realm: str = "3101120000"
+    password: str = "upstream-password"
+    host: str = "127.0.0.1"
+    port: int = 0
+    media_host: str = "127.0.0.1"
+    charset: str = "GB2312"
+    register_expires_s: int = 3600
+    nonce_lifetime_s: float = 300.0
+
+
+@dataclass
+class RegisteredNode:
+    """The lower platform registered to us: its ID, where its REGISTER came from (requests go
+    back there, over its TCP connection when it uses TCP), its Contact and registration."""
+
+    node_id: str
+    peer: Peer
+    contact: str
+    call_id: str
+    expires: int
+    registered_at: float  # loop time
+
+
+@dataclass
+class _Query:
+    cmd_type: str
+    sn: int
+    done: asyncio.Future[None]
+    items: dict[str, dict[str, str]] = field(default_factory=dict)
+    messages: list[manscdp.ManscdpMessage] = field(default_factory=list)
+    sum_num: int | None = None
+
+
+class SimulatedUpstream:
+    """An upper platform toward one node; see the module docstring."""
+
+    def __init__(self, config: PlatformConfig, *, timers: TimerValues | None = None) -> None:
+        self.config = config
+        self.timers = timers
+        self.mode = "accept"
+        self.endpoint: SipEndpoint | None = None
+        self.local: tuple[str, int] | None = None
+        self.registered = asyncio.Event()
+        self.node: RegisteredNode | None = None
+        self.registrations = 0
+        self.refreshes = 0
+        self.unregistrations = 0
+        self.challenges = 0
+        self.auth_failures = 0
+        self.keepalives = 0
+        self.keepalive_seen = asyncio.Event()  # set at every keepalive; clear it to wait anew
+        self.requests_received: dict[str, int] = {}
+        self.messages: deque[manscdp.ManscdpMessage] = deque(maxlen=MAX_MESSAGES)
+        self.sessions: dict[str, UpstreamSession] = {}
+        self.subscriptions: dict[str, CatalogSubscriptionHandle] = {}
+        self._nonces: auth.NonceTracker | None = None
+        self._queries: dict[tuple[str, int], _Query] = {}
+        self._sn = itertools.count(1)
+        self._cseq = itertools.count(1)
+        self._ssrc_serial = itertools.count(1)
+        self._background: set[asyncio.Future[Response]] = set()
+        self._acks: dict[str, tuple[bytes, Peer]] = {}  # ACK per Call-ID, for repeated 2xx
+
+    # ----- life cycle -----
+    async def start(self) -> tuple[str, int]:
+        """Listen on UDP and TCP (the configured port, or a free one kept for restarts)."""
+        if self.endpoint is not None:
+            raise RuntimeError("the simulated upstream is running already")
+        endpoint = SipEndpoint(self._on_request, timers=self.timers)
+        endpoint.on_response = self._on_response
+        for attempt in range(40):
+            try:
+                self.local = await endpoint.listen(self.config.host, self.config.port)
+                break
+            except OSError:
+                # A transport closed by stop() lets its port go on a later loop iteration.
+                if not self.config.port or attempt == 39:
+                    raise
+                await asyncio.sleep(0.05)
+        assert self.local is not None
+        self.config.port = self.local[1]
+        self.endpoint = endpoint
+        # A restarted platform has forgotten its nonces and who registered.
+        self._nonces = auth.NonceTracker(os.urandom(16), self.config.nonce_lifetime_s, 1000)
+        return self.local
+
+    async def stop(self) -> None:
+        """Close everything: sessions, subscriptions, pending queries, the SIP port. The
+        registration is forgotten (as by a restarted platform); `start()` may follow."""
+        for session in list(self.sessions.values()):
+            session.close("platform stopped")
+        self.sessions.clear()
+        self.subscriptions.clear()
+        for query in self._queries.values():
+            if not query.done.done():
+                query.done.set_exception(UpstreamError("platform stopped"))
+                query.done.exception()  # retrieved: nobody may be waiting any more
+        self._queries.clear()
+        for future in list(self._background):
+            future.cancel()
+        self._background.clear()
+        self._acks.clear()
+        self.node = None
+        self.registered.clear()
+        endpoint, self.endpoint = self.endpoint, None
+        if endpoint is not None:
+            await endpoint.close()
+
+    close = stop
+
+    async def restart(self) -> None:
+        """Stop and start again on the same port."""
+        await self.stop()
+        await self.start()
+
+    async def wait_registered(self, timeout: float = 10.0) -> RegisteredNode:
+        try:
+            await asyncio.wait_for(self.registered.wait(), timeout)
+        except TimeoutError:
+            raise UpstreamError(f"the node did not register within {timeout} s") from None
+        assert self.node is not None
+        return self.node
+
+    @property
+    def sip(self) -> SipEndpoint:
+        if self.endpoint is None:
+            raise UpstreamError("the simulated upstream is not running")
+        return self.endpoint
+
+    # ----- requests from the node -----
+    def _on_request(self, event: RequestReceived) -> None:
+        method = event.request.method
+        self.requests_received[method] = self.requests_received.get(method, 0) + 1
+        if self.mode == "ignore" and method != "ACK":
+            return
+        match method:
+            case "REGISTER":
+                self._register(event)
+            case "MESSAGE":
+                self._message(event)
+            case "NOTIFY":
+                self._notify(event)
+            case "BYE":
+                self._bye(event)
+            case "ACK":
+                pass
+            case "OPTIONS":
+                self._reply(event, 200)
+            case "CANCEL":
+                self._reply(event, 481)
+            case _:
+                self._reply(event, 405)
+
+    def _reply(self, event: RequestReceived, status: int, reason: str | None = None) -> None:
+        self.sip.respond(event, Response.for_request(event.request, status, reason,
+                                                     to_tag=self._to_tag(event.request)))
+
+    @staticmethod
+    def _to_tag(request: Request) -> str:
+        return request.call_id.encode().hex()[:8] or "up"
+
+    def _register(self, event: RequestReceived) -> None:
+        request, cfg = event.request, self.config
+        if self.mode == "forbid":
+            self._reply(event, 403, "Forbidden")
+            return
+        node_id = request.from_.uri.user or ""
+        bind = f"{event.peer.host}/{node_id}"
+        now = self.sip.loop.time()
+        assert self._nonces is not None
+        header = request.headers.get("Authorization")
+        if header is None:
+            self._challenge(event, now, bind, stale=False)
+            return
+        try:
+            creds = auth.parse_digest(header)
+        except ParseError:
+            self._reply(event, 400, "Bad Authorization Header")
+            return
+        nonce = creds.get("nonce", "")
+        nc = creds.get("nc", "") if creds.get("qop") else None
+        verdict = self._nonces.check(nonce, now, bind, nc)
+        if verdict != "ok":
+            self._challenge(event, now, bind, stale=verdict in ("stale", "replayed"))
+            return
+        if (
+            creds.get("realm") != cfg.realm
+            or creds.get("username") != node_id
+            or not auth.verify(creds, method="REGISTER", password=cfg.password)
+        ):
+            self.auth_failures += 1
+            self._reply(event, 403, "Forbidden")
+            return
+        self._nonces.use(nonce, nc)
+        self._accept(event, node_id)
+
+    def _challenge(self, event: RequestReceived, now: float, bind: str, *, stale: bool) -> None:
+        assert self._nonces is not None
+        self.challenges += 1
+        response = Response.for_request(event.request, 401, to_tag=self._to_tag(event.request))
+        nonce = self._nonces.make(now, bind)
+        response.headers.add("WWW-Authenticate",
+                             auth.build_challenge(self.config.realm, nonce, stale=stale))
+        self.sip.respond(event, response)
+
+    def _accept(self, event: RequestReceived, node_id: str) -> None:
+        request = event.request
+        try:
+            asked = request.expires
+        except ParseError:
+            asked = None
+        expires = self.config.register_expires_s if asked is None else asked
+        response = Response.for_request(request, 200, to_tag=self._to_tag(request))
+        if expires == 0:
+            if self.node is not None:
+                self.unregistrations += 1
+            self.node = None
+            self.registered.clear()
+            response.headers.add("Expires", "0")
+            self.sip.respond(event, response)
+            return
+        granted = min(expires, self.config.register_expires_s)
+        old = self.node
+        if old is not None and old.node_id == node_id and old.call_id == request.call_id:
+            self.refreshes += 1
+        else:
+            self.registrations += 1
+        contact = request.headers.get("Contact") or ""
+        self.node = RegisteredNode(node_id, event.peer, contact, request.call_id, granted,
+                                   self.sip.loop.time())
+        if event.peer.reliable:
+            self.sip.adopt(event.peer, node_id)
+        if contact:
+            response.headers.add("Contact", contact)
+        response.headers.add("Expires", str(granted))
+        response.headers.add("Date", manscdp.format_gb_time(datetime.now(), millis=True))
+        self.sip.respond(event, response)
+        self.registered.set()
+
+    def _message(self, event: RequestReceived) -> None:
+        request = event.request
+        if self.mode == "forbid":
+            self._reply(event, 403, "Forbidden")
+            return
+        try:
+            msg = manscdp.parse_manscdp(request.body)
+        except ParseError:
+            self._reply(event, 400)
+            return
+        if msg.root == "Notify" and msg.cmd_type == "Keepalive":
+            if self.node is None or self.node.node_id != msg.device_id:
+                self._reply(event, 403, "Not Registered")  # a restarted platform forgot it
+                return
+            self._reply(event, 200)
+            self.keepalives += 1
+            self.keepalive_seen.set()
+            return
+        self._reply(event, 200)
+        query = self._queries.get((msg.cmd_type, msg.sn)) if msg.root == "Response" else None
+        if query is None:
+            self.messages.append(msg)
+            return
+        query.messages.append(msg)
+        if query.cmd_type == "Catalog":
+            if query.sum_num is None:
+                query.sum_num = msg.sum_num or 0
+            for item in msg.items:
+                item_id = item.get("DeviceID")
+                if item_id:
+                    query.items[item_id] = {k: v for k, v in item.items() if k != "DeviceID"}
+            if len(query.items) >= query.sum_num and not query.done.done():
+                query.done.set_result(None)
+        elif not query.done.done():
+            query.done.set_result(None)
+
+    def _notify(self, event: RequestReceived) -> None:
+        request = event.request
+        subscription = self.subscriptions.get(request.call_id)
+        if subscription is None:
+            self._reply(event, 481)
+            return
+        try:
+            msg = manscdp.parse_manscdp(request.body)
+        except ParseError:
+            self._reply(event, 400)
+            return
+        self._reply(event, 200)
+        subscription._notified(request, msg)
+
+    def _bye(self, event: RequestReceived) -> None:
+        session = self.sessions.get(event.request.call_id)
+        if session is None or session.dialog is None or not session.dialog.match(event.request):
+            self._reply(event, 481)
+            return
+        self.sip.respond(event, Response.for_request(event.request, 200))
+        session.dialog = None
+        session.close("BYE from the node")
+
+    def _on_response(self, event: ResponseReceived) -> None:
+        """A 2xx to an INVITE repeated after its ACK went: ACK it again."""
+        response = event.response
+        try:
+            method = response.cseq[1]
+        except ParseError:
+            return
+        cached = self._acks.get(response.call_id)
+        if method == "INVITE" and 200 <= response.status < 300 and cached is not None:
+            self.sip.send(cached[0], cached[1])
+
+    # ----- requests to the node -----
+    def _node(self) -> RegisteredNode:
+        if self.node is None:
+            raise UpstreamError("the node is not registered")
+        return self.node
+
+    def _target(self, node: RegisteredNode, user: str | None = None) -> str:
+        """Request-URI toward the node: `user` at the host and port it registered from."""
+        host = node.peer.host
+        host = f"[{host}]" if ":" in host else host
+        return f"sip:{user or node.node_id}@{host}:{node.peer.port}"
+
+    def _headers(self, method: str, to_user: str, call_id: str, from_tag: str) -> Headers:
+        node, cfg = self._node(), self.config
+        endpoint = self.sip
+        headers = Headers()
+        headers.add("Via", endpoint.via(node.peer.transport))
+        headers.add("From", f"<sip:{cfg.platform_id}@{cfg.realm}>;tag={from_tag}")
+        headers.add("To", f"<sip:{to_user}@{node.node_id[:10]}>")
+        headers.add("Call-ID", call_id)
+        headers.add("CSeq", f"{next(self._cseq)} {method}")
+        headers.add("Max-Forwards", "70")
+        contact_host = endpoint.advertise_host or endpoint.local[0]
+        headers.add("Contact", f"<sip:{cfg.platform_id}@{contact_host}:{endpoint.local[1]}>")
+        headers.add("User-Agent", _USER_AGENT)
+        return headers
+
+    def _new_call_id(self) -> str:
+        return f"{os.urandom(8).hex()}@{self.config.host}"
+
+    async def message(self, body: bytes, *, timeout: float = 10.0) -> Response:
+        """Send a MANSCDP MESSAGE to the node; its final answer."""
+        node = self._node()
+        headers = self._headers("MESSAGE", node.node_id, self._new_call_id(), os.urandom(4).hex())
+        headers.add("Content-Type", "Application/MANSCDP+xml")
+        request = Request(headers=headers, body=body, method="MESSAGE", uri=self._target(node))
+        return await asyncio.wait_for(self.sip.request(request, node.peer), timeout)
+
+    async def _query(self, cmd_type: str, build: Callable[..., bytes], timeout: float,
+                     device_id: str | None) -> _Query:
+        node = self._node()
+        sn = next(self._sn)
+        query = _Query(cmd_type, sn, asyncio.get_running_loop().create_future())
+        self._queries[(cmd_type, sn)] = query
+        try:
+            body = build(sn, device_id or node.node_id, encoding=self.config.charset)
+            response = await self.message(body, timeout=timeout)
+            if response.status != 200:
+                raise UpstreamError(f"Query/{cmd_type} answered {response.status} "
+                                    f"{response.reason}")
+            try:
+                await asyncio.wait_for(asyncio.shield(query.done), timeout)
+            except TimeoutError:
+                got = len(query.items) if cmd_type == "Catalog" else len(query.messages)
+                raise UpstreamError(f"Query/{cmd_type} SN {sn}: incomplete after {timeout} s "
+                                    f"({got} of SumNum {query.sum_num})") from None
+        finally:
+            self._queries.pop((cmd_type, sn), None)
+        return query
+
+    async def query_catalog(self, *, timeout: float = 10.0,
+                            device_id: str | None = None) -> dict[str, dict[str, str]]:
+        """Query/Catalog to the node; the items of its Response parts (same SN) until SumNum
+        distinct items came, as channel ID -> fields (Info's fields flattened in)."""
+        query = await self._query("Catalog", manscdp.catalog_query, timeout, device_id)
+        return query.items
+
+    async def query_catalog_parts(self, *, timeout: float = 10.0
+                                  ) -> list[manscdp.ManscdpMessage]:
+        """Like `query_catalog`, but the Response parts themselves, in arrival order."""
+        query = await self._query("Catalog", manscdp.catalog_query, timeout, None)
+        return query.messages
+
+    async def query_device_info(self, *, timeout: float = 10.0,
+                                device_id: str | None = None) -> manscdp.ManscdpMessage:
+        query = await self._query("DeviceInfo", manscdp.device_info_query, timeout, device_id)
+        return query.messages[0]
+
+    async def query_device_status(self, *, timeout: float = 10.0,
+                                  device_id: str | None = None) -> manscdp.ManscdpMessage:
+        query = await self._query("DeviceStatus", manscdp.device_status_query, timeout,
+                                  device_id)
+        return query.messages[0]
+
+    async def subscribe_catalog(self, expires: int = 600, *,
+                                timeout: float = 10.0) -> CatalogSubscriptionHandle:
+        """SUBSCRIBE (Event: Catalog) with a Query/Catalog body; NOTIFY items are queued on
+        the returned handle. A refused SUBSCRIBE raises `UpstreamError`."""
+        handle = CatalogSubscriptionHandle(self, self._new_call_id(), os.urandom(4).hex(),
+                                           next(self._sn))
+        self.subscriptions[handle.call_id] = handle
+        try:
+            response = await handle._send(expires, timeout)
+        except BaseException:
+            self.subscriptions.pop(handle.call_id, None)
+            raise
+        if response.status >= 300:
+            self.subscriptions.pop(handle.call_id, None)
+            raise UpstreamError(f"SUBSCRIBE answered {response.status} {response.reason}")
+        handle.remote_tag = response.to.tag or ""
+        return handle
+
+    # ----- INVITE -----
+    async def start_invite(
+        self,
+        channel_id: str,
+        transport: str = "udp",
+        ssrc: str | None = None,
+        *,
+        answer_timeout: float = 10.0,
+        max_units: int = 2000,
+        max_unit_bytes: int = 256 << 20,
+        tcp_rcvbuf: int | None = None,
+    ) -> UpstreamSession:
+        """Open the media port and send the INVITE; `await session.answered()` for the
+        final answer, or `session.cancel()` before it. `ssrc` None picks a live y= in our
+        domain; "" offers none. `tcp_rcvbuf` sets the receive buffer of a TCP media socket
+        (small, so that `stall()` backs the sender up within a few frames)."""
+        if transport not in SESSION_TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}")
+        node, cfg = self._node(), self.config
+        if ssrc is None:
+            ssrc = f"0{cfg.platform_id[3:8]}{next(self._ssrc_serial) % 10000:04d}"
+        session = UpstreamSession(self, channel_id, transport, ssrc, max_units=max_units,
+                                  max_unit_bytes=max_unit_bytes)
+        session.tcp_rcvbuf = tcp_rcvbuf
+        port = await session._open_media()
+        offer = play_offer(node_id=cfg.platform_id, media_ip=cfg.media_host, port=port,
+                           transport=transport, ssrc=ssrc or "0", channel_id=channel_id)
+        if not ssrc:
+            offer.ssrc = None
+        headers = self._headers("INVITE", channel_id, self._new_call_id(), os.urandom(4).hex())
+        headers.add("Subject", subject_header(channel_id, ssrc or "0", cfg.platform_id, 0))
+        headers.add("Content-Type", "APPLICATION/SDP")
+        invite = Request(headers=headers, body=build_sdp(offer), method="INVITE",
+                         uri=self._target(node, channel_id))
+        session.invite_request, session.offer, session.peer = invite, offer, node.peer
+        session.call_id = invite.call_id
+        self.sessions[invite.call_id] = session
+        session.invited_at = self.sip.loop.time()
+        session._future = self.sip.request(invite, node.peer)
+        session._waiter = asyncio.get_running_loop().create_task(
+            session._await_answer(answer_timeout))
+        return session
+
+    async def invite(self, channel_id: str, transport: str = "udp", ssrc: str | None = None,
+                     **kw: Any) -> UpstreamSession:
+        """`start_invite` and wait for the final answer (and the TCP connection for
+        tcp-active). A refused INVITE gives a session with `status`, `reason` and `warning`."""
+        session = await self.start_invite(channel_id, transport, ssrc, **kw)
+        await session.answered()
+        return session
+
+    def _background_request(self, request: Request, peer: Peer) -> asyncio.Future[Response]:
+        future = self.sip.request(request, peer)
+        self._background.add(future)
+
+        def done(fut: asyncio.Future[Response]) -> None:
+            self._background.discard(fut)
+            if not fut.cancelled():
+                fut.exception()  # retrieved: a lost BYE is no error of the test's
+
+        future.add_done_callback(done)
+        return future
+
+
+class CatalogSubscriptionHandle:
+    """A catalog subscription to the node. `events` queues every NOTIFY item as a
+    `sip.catalog.CatalogEvent` (at most MAX_NOTIFY_EVENTS; beyond, `dropped` counts),
+    `notifies` counts NOTIFY requests and `state` holds the last Subscription-State."""
+
+    def __init__(self, upstream: SimulatedUpstream, call_id: str, tag: str, sn: int) -> None:
+        self.upstream = upstream
+        self.call_id = call_id
+        self.local_tag = tag
+        self.remote_tag = ""
+        self.sn = sn
+        self.events: asyncio.Queue[CatalogEvent] = asyncio.Queue(MAX_NOTIFY_EVENTS)
+        self.notifies = 0
+        self.dropped = 0
+        self.state: str | None = None
+        self.expires = 0
+
+    async def _send(self, expires: int, timeout: float) -> Response:
+        up = self.upstream
+        node = up._node()
+        headers = up._headers("SUBSCRIBE", node.node_id, self.call_id, self.local_tag)
+        if self.remote_tag:
+            headers.set("To", f"<sip:{node.node_id}@{node.node_id[:10]}>;tag={self.remote_tag}")
+        headers.add("Event", f"Catalog;id={self.sn}")
+        headers.add("Expires", str(expires))
+        headers.add("Content-Type", "Application/MANSCDP+xml")
+        body = manscdp.catalog_query(self.sn, node.node_id, encoding=up.config.charset)
+        request = Request(headers=headers, body=body, method="SUBSCRIBE", uri=up._target(node))
+        response = await asyncio.wait_for(up.sip.request(request, node.peer), timeout)
+        if response.status < 300:
+            try:
+                granted = response.expires
+            except ParseError:
+                granted = None
+            self.expires = expires if granted is None else granted
+        return response
+
+    async def refresh(self, expires: int = 600, *, timeout: float = 10.0) -> Response:
+        """SUBSCRIBE again in the dialog; `expires` 0 ends the subscription."""
+        response = await self._send(expires, timeout)
+        if expires == 0:
+            self.upstream.subscriptions.pop(self.call_id, None)
+        return response
+
+    async def unsubscribe(self, *, timeout: float = 10.0) -> Response:
+        return await self.refresh(0, timeout=timeout)
+
+    async def next_event(self, timeout: float = 5.0) -> CatalogEvent:
+        try:
+            return await asyncio.wait_for(self.events.get(), timeout)
+        except TimeoutError:
+            raise UpstreamError(f"no catalog NOTIFY item within {timeout} s") from None
+
+    def _notified(self, request: Request, msg: manscdp.ManscdpMessage) -> None:
+        self.notifies += 1
+        self.state = request.headers.get("Subscription-State")
+        if msg.cmd_type != "Catalog":
+            return
+        for item in msg.items:
+            channel_id = item.get("DeviceID")
+            if not channel_id:
+                continue
+            fields = {k: v for k, v in item.items() if k not in ("DeviceID", "Event")}
+            event = CatalogEvent(channel_id, (item.get("Event") or "").upper(), fields)
+            try:
+                self.events.put_nowait(event)
+            except asyncio.QueueFull:
+                self.dropped += 1
+
+
+class UpstreamSession:
+    """One INVITE of the simulated platform and the media it receives; see the module
+    docstring. `status`/`reason`/`warning` hold the final answer (None before it),
+    `ended` is set when the session is over and `end_reason` says why."""
+
+    def __init__(self, upstream: SimulatedUpstream, channel_id: str, transport: str,
+                 ssrc: str, *, max_units: int, max_unit_bytes: int) -> None:
+        self.upstream = upstream
+        self.channel_id = channel_id
+        self.transport = transport
+        self.offered_ssrc = ssrc
+        self.call_id = ""
+        self.invite_request: Request | None = None
+        self.offer: SessionDescription | None = None
+        self.peer: Peer | None = None
+        self.dialog: Dialog | None = None
+        self.status: int | None = None
+        self.reason = ""
+        self.warning: str | None = None
+        self.response: Response | None = None
+        self.answer: SessionDescription | None = None
+        self.expected_ssrc: int | None = int(ssrc) & 0xFFFFFFFF if ssrc else None
+        self.ended = asyncio.Event()
+        self.end_reason: str | None = None
+        # Media checks and counters.
+        self.max_units = max_units
+        self.max_unit_bytes = max_unit_bytes
+        self.units: list[AccessUnit] = []
+        self.unit_bytes = 0
+        self.units_dropped = 0
+        self.packets = 0
+        self.bytes = 0
+        self.rtcp = 0
+        self.malformed = 0
+        self.wrong_ssrc = 0
+        self.wrong_payload_type = 0
+        self.sequence_gaps = 0
+        self.problems: list[str] = []
+        self.sources: set[tuple[str, int]] = set()
+        self.invited_at: float | None = None
+        self.answered_at: float | None = None
+        self.first_packet_at: float | None = None
+        self.first_keyframe_at: float | None = None
+        self.connected = asyncio.Event()  # TCP: the media connection is up
+        self.media_closed = asyncio.Event()  # TCP: the node closed the media connection
+        self._last_seq: int | None = None
+        self._ingest = MediaIngest(on_units=self._units)
+        self._loop = asyncio.get_running_loop()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None  # tcp-active: bound before the offer
+        self._tcp: asyncio.Transport | None = None
+        self._future: asyncio.Future[Response] | None = None
+        self._waiter: asyncio.Task[None] | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._cancelled = False
+        self.local_port = 0
+        self.tcp_rcvbuf: int | None = None
+
+    def __repr__(self) -> str:
+        return (f"<UpstreamSession {self.channel_id} {self.transport} status={self.status} "
+                f"units={len(self.units)} end={self.end_reason!r}>")
+
+    # ----- properties for tests -----
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def keyframe_delay(self) -> float | None:
+        """Seconds from sending the INVITE to the first keyframe unit."""
+        if self.first_keyframe_at is None or self.invited_at is None:
+            return None
+        return self.first_keyframe_at - self.invited_at
+
+    async def wait_units(self, count: int, timeout: float = 10.0) -> list[AccessUnit]:
+        """Wait until `count` units came (bounded by `timeout`); the units so far."""
+        for _ in range(int(timeout / 0.02) + 1):
+            if len(self.units) >= count or self.ended.is_set():
+                break
+            await asyncio.sleep(0.02)
+        if len(self.units) < count:
+            raise UpstreamError(f"{len(self.units)} of {count} units within {timeout} s "
+                                f"({self.packets} packets, end: {self.end_reason})")
+        return self.units
+
+    async def wait_ended(self, timeout: float = 10.0) -> str:
+        try:
+            await asyncio.wait_for(self.ended.wait(), timeout)
+        except TimeoutError:
+            raise UpstreamError(f"session still up after {timeout} s") from None
+        return self.end_reason or ""
+
+    # ----- signalling -----
+    async def answered(self) -> Response | None:
+        """The final answer (None when the INVITE was never answered); for tcp-active, also
+        waits for the attempt to connect."""
+        assert self._waiter is not None
+        await asyncio.shield(self._waiter)
+        if self._connect_task is not None:
+            await asyncio.shield(self._connect_task)
+        return self.response
+
+    async def _await_answer(self, timeout: float) -> None:
+        assert self._future is not None
+        up = self.upstream
+        try:
+            response = await asyncio.wait_for(asyncio.shield(self._future), timeout)
+        except TimeoutError:
+            self._send_cancel()
+            try:
+                response = await asyncio.wait_for(asyncio.shield(self._future), 5.0)
+            except (TimeoutError, Exception) as exc:
+                self.close(f"no answer to INVITE within {timeout} s ({exc!r})")
+                return
+        except Exception as exc:
+            self.close(f"INVITE failed: {exc!r}")
+            return
+        self.response, self.status, self.reason = response, response.status, response.reason
+        self.warning = response.headers.get("Warning")
+        self.answered_at = self._loop.time()
+        if response.status >= 300:
+            self.close(f"{response.status} {response.reason}".rstrip())
+            return
+        assert self.invite_request is not None and self.peer is not None
+        try:
+            self.dialog = Dialog.from_2xx(self.invite_request, response)
+        except SipError as exc:
+            self._problem(f"unusable 200 OK: {exc}")
+            self.close("unusable 200 OK")
+            return
+        ack = self.dialog.ack(up.sip.via(self.peer.transport))
+        up._acks[self.call_id] = (ack.to_bytes(), self.peer)
+        up.sip.send(ack, self.peer)
+        if self._cancelled:
+            self.close("answered after CANCEL")  # and hung up
+            return
+        try:
+            answer = parse_sdp(response.body)
+        except ParseError as exc:
+            self._problem(f"SDP answer does not parse: {exc}")
+            self.close("bad SDP answer")
+            return
+        self.answer = answer
+        self._check_answer(answer)
+        if answer.ssrc_int is not None:
+            self.expected_ssrc = answer.ssrc_int
+        if self.transport == "tcp-active":
+            self._connect_task = self._loop.create_task(self._connect(answer))
+
+    def _check_answer(self, answer: SessionDescription) -> None:
+        video = answer.video
+        if video is None:
+            self._problem("SDP answer without m=video")
+            return
+        if video.rtpmap.get(96, "").upper() != "PS/90000":
+            self._problem(f"answer maps 96 to {video.rtpmap.get(96)!r}, not PS/90000")
+        tcp = self.transport != "udp"
+        if video.is_tcp != tcp:
+            self._problem(f"answer proto {video.proto} to a {self.transport} offer")
+        wanted = {"tcp-active": "passive", "tcp-passive": "active"}.get(self.transport)
+        if wanted is not None and video.setup != wanted:
+            self._problem(f"answer a=setup:{video.setup}, expected {wanted}")
+        if video.direction not in (None, "sendonly"):
+            self._problem(f"answer direction {video.direction}")
+        if self.offered_ssrc and answer.ssrc is not None and answer.ssrc != self.offered_ssrc:
+            self._problem(f"answer y={answer.ssrc}, offered {self.offered_ssrc}")
+
+    def _send_cancel(self) -> None:
+        invite = self.invite_request
+        if invite is None or self.peer is None or self._cancelled:
+            return
+        self._cancelled = True
+        headers = Headers()
+        for name in ("Via", "From", "To", "Call-ID"):
+            headers.add(name, invite.headers.get(name) or "")
+        headers.add("Max-Forwards", "70")
+        headers.add("CSeq", f"{invite.cseq[0]} CANCEL")
+        cancel = Request(headers=headers, method="CANCEL", uri=invite.uri)
+        self.upstream._background_request(cancel, self.peer)
+
+    async def cancel(self, timeout: float = 10.0) -> Response | None:
+        """CANCEL the INVITE (before its answer); the INVITE's final answer (487 normally).
+        A 2xx that comes anyway is ACKed and hung up."""
+        if self.response is None:
+            self._send_cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.answered(), timeout)
+        if self.ok and self.dialog is not None:
+            await self.bye(timeout=timeout)
+        return self.response
+
+    async def bye(self, *, timeout: float = 10.0) -> Response | None:
+        """Hang up: BYE in the dialog (its answer), media closed."""
+        dialog, up = self.dialog, self.upstream
+        self.dialog = None
+        response = None
+        if dialog is not None and self.peer is not None and up.endpoint is not None:
+            request = dialog.request("BYE", up.sip.via(self.peer.transport))
+            future = up._background_request(request, self.peer)
+            with contextlib.suppress(TimeoutError, Exception):
+                response = await asyncio.wait_for(asyncio.shield(future), timeout)
+        self.close("BYE sent")
+        return response
+
+    def close(self, reason: str = "closed") -> None:
+        """End the session's media (no BYE); idempotent, the first reason stays."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        if self._cancelled and self.dialog is not None and self.peer is not None \
+                and self.upstream.endpoint is not None:
+            dialog, self.dialog = self.dialog, None
+            self.upstream._background_request(
+                dialog.request("BYE", self.upstream.sip.via(self.peer.transport)), self.peer)
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        for closable in (self._udp, self._tcp, self._server, self._sock):
+            if closable is not None:
+                closable.close()
+        self._udp = self._tcp = None
+        self._server = None
+        self._sock = None
+        self._ingest.flush()
+        self.upstream._acks.pop(self.call_id, None)
+        self.upstream.sessions.pop(self.call_id, None)
+        self.ended.set()
+
+    # ----- media -----
+    async def _open_media(self) -> int:
+        host = self.upstream.config.media_host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if self.transport == "udp":
+            self._udp, _ = await self._loop.create_datagram_endpoint(
+                lambda: _UdpMedia(self), local_addr=(host, 0), family=family)
+            self.local_port = self._udp.get_extra_info("sockname")[1]
+        elif self.transport == "tcp-passive":
+            self._server = await self._loop.create_server(
+                lambda: _TcpMedia(self), host, 0, family=family, reuse_address=True)
+            self.local_port = self._server.sockets[0].getsockname()[1]
+        else:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+            sock.bind((host, 0))
+            if self.tcp_rcvbuf is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.tcp_rcvbuf)
+            self._sock = sock
+            self.local_port = sock.getsockname()[1]
+        return self.local_port
+
+    async def _connect(self, answer: SessionDescription, attempts: int = 5,
+                       retry_s: float = 0.2) -> None:
+        video = answer.video
+        address = answer.address
+        if video is None or address is None or not video.port:
+            self._problem("tcp-active answer without an address and port to connect to")
+            return
+        last: OSError | None = None
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(retry_s)
+            sock, self._sock = self._sock, None
+            if sock is None:
+                sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
+                                     socket.SOCK_STREAM)
+                sock.setblocking(False)
+            try:
+                await self._loop.sock_connect(sock, (address, video.port))
+                await self._loop.create_connection(lambda: _TcpMedia(self), sock=sock)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return
+        self._problem(f"cannot connect to {address}:{video.port}: {last}")
+
+    def stall(self) -> None:
+        """Stop reading the TCP media connection (the node's sender backs up)."""
+        if self._tcp is None:
+            raise UpstreamError("stall() needs a connected TCP session")
+        self._tcp.pause_reading()
+
+    def resume(self) -> None:
+        if self._tcp is not None:
+            self._tcp.resume_reading()
+
+    def _tcp_connected(self, transport: asyncio.Transport) -> bool:
+        if self._tcp is not None or self.ended.is_set():
+            return False
+        self._tcp = transport
+        sock = transport.get_extra_info("socket")
+        if self.tcp_rcvbuf is not None and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.tcp_rcvbuf)
+        self.sources.add(tuple(transport.get_extra_info("peername")[:2]))
+        if self._server is not None:
+            self._loop.call_soon(self._server.close)  # one media connection per session
+            self._server = None
+        self.connected.set()
+        return True
+
+    def _tcp_lost(self, transport: asyncio.Transport) -> None:
+        if transport is self._tcp:
+            self._tcp = None
+            self._ingest.flush()
+            self.media_closed.set()
+
+    def _problem(self, text: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(text)
+
+    def _packet(self, data: bytes | memoryview) -> None:
+        """One RTP packet: check it, then frame assembly and demux."""
+        now = self._loop.time()
+        if self.first_packet_at is None:
+            self.first_packet_at = now
+        if is_rtcp(data):
+            self.rtcp += 1
+            return
+        header = peek_rtp_header(data)
+        if header is not None:
+            pt, seq, ts, ssrc, marker, offset = header
+            payload = memoryview(data)[offset:]
+        else:  # padding, or something the quick look refuses: the full parser decides
+            try:
+                packet = RtpPacket.parse(data)
+            except RtpError as exc:
+                self.malformed += 1
+                self._problem(f"malformed RTP packet: {exc}")
+                return
+            pt, seq, ts, ssrc = packet.payload_type, packet.sequence, packet.timestamp, \
+                packet.ssrc
+            marker, payload = packet.marker, memoryview(packet.payload)
+        self.packets += 1
+        self.bytes += len(data)
+        if self.expected_ssrc is None:
+            self.expected_ssrc = ssrc  # offered none and answered none: the first one counts
+        if ssrc != self.expected_ssrc:
+            self.wrong_ssrc += 1
+            self._problem(f"SSRC {ssrc} instead of {self.expected_ssrc} (seq {seq})")
+            return
+        if pt != 96:
+            self.wrong_payload_type += 1
+            self._problem(f"payload type {pt} (seq {seq})")
+        last = self._last_seq
+        self._last_seq = seq
+        if last is not None and seq != (last + 1) & 0xFFFF:
+            self.sequence_gaps += 1
+            self._problem(f"sequence {seq} after {last}")
+            self._ingest.restart()  # what follows a hole is the middle of something
+        self._ingest.on_packet(payload, seq, ts, marker)
+
+    def _units(self, units: list[AccessUnit]) -> None:
+        for unit in units:
+            if unit.keyframe and self.first_keyframe_at is None and unit.stream_id >= 0xE0:
+                self.first_keyframe_at = self._loop.time()
+            size = len(unit.ps_bytes) + len(unit.data)
+            if len(self.units) >= self.max_units or self.unit_bytes + size > self.max_unit_bytes:
+                self.units_dropped += 1
+                continue
+            self.units.append(unit)
+            self.unit_bytes += size
+
+
+class _UdpMedia(asyncio.DatagramProtocol):
+    def __init__(self, session: UpstreamSession) -> None:
+        self.session = session
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        session = self.session
+        session.sources.add(tuple(addr[:2]))
+        session._packet(data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
+class _TcpMedia(asyncio.BufferedProtocol):
+    """RFC 4571 over TCP into the session; the deframer's buffer is its bound (1 MiB)."""
+
+    def __init__(self, session: UpstreamSession) -> None:
+        self.session = session
+        self.deframer = Deframer()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if not self.session._tcp_connected(self.transport):  # type: ignore[arg-type]
+            transport.close()
+            self.transport = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.deframer.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        for packet in self.deframer.buffer_updated(nbytes):
+            self.session._packet(packet)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.session._tcp_lost(self.transport)
+
+
+# ----- command line -----
+
+
+async def run_upstream(
+    config: PlatformConfig,
+    *,
+    play: Sequence[str] = (),
+    transport: str = "udp",
+    seconds: float | None = None,
+    stop: asyncio.Event | None = None,
+    out: Callable[[str], None] = print,
+) -> int:
+    """`sensing-node simulate-upstream`: listen, wait for the node's registration, list its
+    catalog, subscribe to it, pull each channel of `play` over `transport`, and report until
+    `stop` is set or `seconds` have passed. 0 when all went well, 1 otherwise."""
+    upstream = SimulatedUpstream(config)
+    host, port = await upstream.start()
+    out(f"upstream {config.platform_id} listening on {host}:{port} (UDP and TCP), "
+        f"realm {config.realm}")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    deadline = None if seconds is None else loop.time() + seconds
+    failed = False
+    sessions: list[UpstreamSession] = []
+    try:
+        while not upstream.registered.is_set():
+            if stop.is_set() or (deadline is not None and loop.time() >= deadline):
+                out("the node did not register")
+                return 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(upstream.registered.wait(), 0.5)
+        node = upstream._node()
+        out(f"node {node.node_id} registered from {node.peer.transport} "
+            f"{node.peer.host}:{node.peer.port}")
+        try:
+            items = await upstream.query_catalog()
+            out(f"catalog: {len(items)} channels")
+            for channel_id, fields in items.items():
+                out(f"  {channel_id} {fields.get('Name', '')} {fields.get('Status', '')}")
+            subscription = await upstream.subscribe_catalog()
+        except (UpstreamError, TimeoutError) as exc:
+            out(f"catalog: {exc}")
+            return 1
+        for channel_id in play:
+            session = await upstream.invite(channel_id, transport)
+            sessions.append(session)
+            if session.ok:
+                out(f"{channel_id}: {session.status} {session.reason}, SSRC "
+                    f"{session.expected_ssrc}")
+            else:
+                failed = True
+                out(f"{channel_id}: {session.status} {session.reason} "
+                    f"{session.warning or ''}".rstrip())
+        while not stop.is_set() and (deadline is None or loop.time() < deadline):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            while not subscription.events.empty():
+                event = subscription.events.get_nowait()
+                out(f"NOTIFY {event.channel_id} {event.event}")
+        for session in sessions:
+            if session.problems:
+                failed = True
+            out(f"{session.channel_id}: {session.packets} packets, {len(session.units)} "
+                f"units, end {session.end_reason}, problems {session.problems[:5]}")
+            if session.ok and not session.ended.is_set():
+                await session.bye()
+    finally:
+        await upstream.stop()
+    return 1 if failed else 0
