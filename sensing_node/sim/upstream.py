@@ -55,8 +55,6 @@ from rtp.errors import RtpError
 from rtp.framing import Deframer
 from rtp.packet import RtpPacket, is_rtcp, peek_rtp_header
 from rtp.ps import AccessUnit
-from sensing_node.transport.rtp import MediaIngest
-from sensing_node.transport.sip import SipEndpoint
 from sip import auth, manscdp
 from sip.catalog import CatalogEvent
 from sip.dialog import Dialog
@@ -65,6 +63,9 @@ from sip.headers import Headers
 from sip.message import Request, Response
 from sip.sdp import SessionDescription, build_sdp, parse_sdp, play_offer, subject_header
 from sip.transaction import Peer, RequestReceived, ResponseReceived, TimerValues
+
+from ..transport.rtp import MediaIngest
+from ..transport.sip import SipEndpoint
 
 __all__ = [
     "MODES",
@@ -1088,13 +1089,17 @@ async def run_upstream(
             f"{node.peer.host}:{node.peer.port}")
         try:
             items = await upstream.query_catalog()
-            out(f"catalog: {len(items)} channels")
-            for channel_id, fields in items.items():
-                out(f"  {channel_id} {fields.get('Name', '')} {fields.get('Status', '')}")
-            subscription = await upstream.subscribe_catalog()
         except (UpstreamError, TimeoutError) as exc:
             out(f"catalog: {exc}")
             return 1
+        out(f"catalog: {len(items)} channels")
+        for channel_id, fields in items.items():
+            out(f"  {channel_id} {fields.get('Name', '')} {fields.get('Status', '')}")
+        subscription: CatalogSubscriptionHandle | None = None
+        try:
+            subscription = await upstream.subscribe_catalog()
+        except (UpstreamError, TimeoutError) as exc:
+            out(f"catalog subscription: {exc}")  # a device below us has none: carry on
         for channel_id in play:
             session = await upstream.invite(channel_id, transport)
             sessions.append(session)
@@ -1108,7 +1113,7 @@ async def run_upstream(
         while not stop.is_set() and (deadline is None or loop.time() < deadline):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
-            while not subscription.events.empty():
+            while subscription is not None and not subscription.events.empty():
                 event = subscription.events.get_nowait()
                 out(f"NOTIFY {event.channel_id} {event.event}")
         for session in sessions:

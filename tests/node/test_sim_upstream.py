@@ -24,11 +24,14 @@ import pytest
 
 from rtp.packet import build_rtp
 from rtp.psmux import PsMuxer
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
+from sensing_node.sim.media import Clip, load_clip
 from sensing_node.sim.upstream import (
     PlatformConfig,
     SimulatedUpstream,
     UpstreamError,
     UpstreamSession,
+    run_upstream,
 )
 from sensing_node.transport.sip import SipEndpoint
 from sip import manscdp
@@ -48,13 +51,6 @@ from sip.registration import (
 from sip.transaction import Peer, RequestReceived, TimerValues
 
 from .conftest import wait_for
-
-try:  # the simulated camera's home before and after the move into sensing_node/sim/
-    from sensing_node.sim.camera import CameraConfig, SimulatedCamera
-    from sensing_node.sim.media import Clip, load_clip
-except ImportError:  # pragma: no cover
-    from sensing_node.simmedia import Clip, load_clip  # type: ignore[no-redef]
-    from sensing_node.simulator import CameraConfig, SimulatedCamera  # type: ignore[no-redef]
 
 HOST = "127.0.0.1"
 PLATFORM = "31011200002000000100"
@@ -493,3 +489,31 @@ async def test_invite_needs_a_registered_node(upstream):
         await upstream.invite("31011200001310000101")
     with pytest.raises(UpstreamError, match="not registered"):
         await upstream.query_catalog()
+
+
+async def test_run_upstream_registers_lists_plays_and_reports():
+    config = PlatformConfig(PLATFORM, REALM, PASSWORD)
+    lines: list[str] = []
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(
+        run_upstream(config, play=["31011200001310000102"], transport="tcp-passive",
+                     seconds=20.0, stop=stop, out=lines.append))
+    await wait_for(lambda: config.port)
+    cam = SimulatedCamera(CameraConfig(server=(HOST, config.port), device_id=CAMERA,
+                                       password=PASSWORD, channels=2, server_id=PLATFORM))
+    await cam.start(keepalives=False)
+    try:
+        await wait_for(lambda: cam.media_sessions)
+        await asyncio.sleep(0.5)  # some media
+        stop.set()
+        assert await asyncio.wait_for(task, 10.0) == 0, lines
+    finally:
+        await cam.stop(unregister=False)
+    text = "\n".join(lines)
+    assert f"node {CAMERA} registered from udp" in text
+    assert "catalog: 2 channels" in text and "31011200001310000102" in text
+    assert "31011200001310000102: 200 OK" in text
+    [report] = [line for line in lines if line.startswith("31011200001310000102: ")
+                and "units" in line]
+    assert "problems []" in report and " 0 units" not in report
+    assert cam.byes_received == 1
