@@ -434,7 +434,7 @@ async def test_cancel_before_the_answer(upstream, camera):
     assert not camera._pending and not camera.media_sessions
 
 
-async def test_foreign_ssrc_and_sequence_gaps_are_counted_and_kept_out(upstream, camera):
+async def test_foreign_ssrc_and_malformed_packets_are_counted_and_kept_out(upstream, camera):
     clip = load_clip("h264")
     session = await upstream.invite(camera.channel_ids[0], "udp")
     await session.wait_units(3)
@@ -451,6 +451,22 @@ async def test_foreign_ssrc_and_sequence_gaps_are_counted_and_kept_out(upstream,
     assert session.sequence_gaps == 0
     units = session.units
     assert [(u.data, u.pts) for u in units] == [e[:2] for e in _expected(clip, len(units))]
+
+
+async def test_sequence_gaps_and_payload_types_are_counted(upstream, camera):
+    camera.config.send_media = False  # answers and takes the ACK; the packets are ours
+    session = await upstream.invite(camera.channel_ids[0], "udp")
+    ssrc = session.expected_ssrc
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for seq, pt in ((65534, 96), (65535, 96), (0, 96), (1, 8), (3, 96), (4, 96)):
+            sock.sendto(build_rtp(pt, seq, 3600, ssrc, False, b"\x00" * 8),
+                        (HOST, session.local_port))
+    await wait_for(lambda: session.packets == 6)
+    assert session.wrong_payload_type == 1 and session.sequence_gaps == 1
+    assert session.problems == ["payload type 8 (seq 1)", "sequence 3 after 1"]
+    assert session.wrong_ssrc == session.malformed == 0
+    assert session.units == []  # zeros are no PS: nothing comes out, nothing breaks
+    await session.bye()
 
 
 async def test_stall_stops_reading_and_the_sender_skips_frames(upstream, camera):
