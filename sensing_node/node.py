@@ -16,6 +16,9 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+from sip.transaction import RequestReceived
+
+from .cascade.service import Cascade
 from .devices.queries import DeviceQueries
 from .devices.registrar import Registrar
 from .devices.registry import Registry
@@ -63,7 +66,7 @@ class Node:
         )
         self.registrar = Registrar(settings, self.registry, self.stats, wall=wall,
                                    monotonic=monotonic)
-        self.endpoint = SipEndpoint(self.registrar.on_request, stats=self.stats)
+        self.endpoint = SipEndpoint(self._route, stats=self.stats)
         self.registrar.endpoint = self.endpoint
         self.queries: DeviceQueries | None = None
         self.media = StreamHub(settings, self.registry, self.endpoint, wall=self.clock.stamp)
@@ -72,6 +75,8 @@ class Node:
                                           wall=self.clock.stamp)
         self.clock.on_forward_step = self.recording.wall_stepped
         self.registrar.record_search = self.recording.record_info
+        self.cascade = Cascade(settings, self.endpoint, self.registry, self.media,
+                               audit=self.recording.log_access, wall=wall, mono=monotonic)
         self.sip_address: tuple[str, int] = ("", 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_error: str | None = None
@@ -100,6 +105,7 @@ class Node:
             self.endpoint, self.registry, self.stats, node_id=node.id, realm=node.realm
         )
         self.registrar.queries = self.queries
+        self.cascade.queries = self.queries
         self.queries.start(self.supervisor)
         self.media.start(self.supervisor)
         try:
@@ -108,6 +114,8 @@ class Node:
             raise StartupError(f"cannot open the recordings in {self.recording.root}: {exc}") \
                 from exc
         self._tasks.append(self.supervisor.spawn("housekeeping", self._housekeeping))
+        contact_host = self.endpoint.advertise_host or self.sip_address[0]
+        self.cascade.start(self.supervisor, (contact_host, self.sip_address[1]))
         await self._start_simulators()
 
     async def _start_simulators(self) -> None:
@@ -145,8 +153,17 @@ class Node:
         finally:
             await camera.stop()
 
+    def _route(self, event: RequestReceived) -> None:
+        """Requests in an upstream's name go to the cascade, all others to the registrar."""
+        if self.cascade.claims(event):
+            self.cascade.on_request(event)
+        else:
+            self.registrar.on_request(event)
+
     async def stop(self) -> None:
-        # Streams first, while the devices (and the built-in cameras) can still take the BYE.
+        # Upstream sessions first (BYE, then Expires: 0 to every upstream), then the streams,
+        # while the devices (and the built-in cameras) can still take the BYE.
+        await self.cascade.stop()
         await self.recording.stop()  # open segments closed, hashed and indexed
         await self.media.close()  # BYE to every device still streaming
         for task in self._tasks:

@@ -404,6 +404,24 @@ def _limit(text: str) -> int:
     return int(text)
 
 
+async def list_upstreams(request: web.Request) -> web.Response:
+    """The upper platforms: registration state, sessions held of `max_streams`, and the
+    sessions themselves."""
+    node = request.app[NODE]
+    tz = node.settings.node.tz
+    upstreams = []
+    for item in node.cascade.snapshot():
+        item["since"] = iso(item["since"], tz)
+        item["registered_until"] = iso(item["registered_until"], tz)
+        upstreams.append(item)
+    sessions = []
+    for session in node.cascade.restreamer.snapshot():
+        session["started"] = iso(session["started"], tz)
+        session["ended"] = iso(session["ended"], tz)
+        sessions.append(session)
+    return web.json_response({"upstreams": upstreams, "sessions": sessions})
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -422,3 +440,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/recordings", search_recordings)
     app.router.add_get("/api/recordings/export", export_recording)
     app.router.add_get("/api/audit", audit_log)
+    app.router.add_get("/api/upstreams", list_upstreams)

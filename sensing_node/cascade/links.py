@@ -1,0 +1,194 @@
+"""One upper platform as the node sees it: the registration toward it and how to reach it.
+
+`UpstreamLink` drives `sip.registration.UpstreamRegistration` on the event loop: it sends the
+requests the machine builds through the SIP endpoint (opening the TCP connection first for a
+`tcp` upstream, and again after it dropped), feeds back the answers and the timeouts, and wakes
+the machine at its deadlines. Everything the node sends the upstream besides (catalog answers,
+NOTIFY, BYE) goes through `request`, to the same address over the same transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sip.headers import Headers
+from sip.message import Request, Response
+from sip.registration import (
+    Registered,
+    RegistrationFailed,
+    RegistrationLost,
+    RegistrationState,
+    UpstreamConfig,
+    UpstreamRegistration,
+)
+from sip.transaction import Peer
+
+from ..settings import UpstreamSettings
+from ..transport.sip import SipEndpoint
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+STOP_WAIT_S = 2.0
+
+
+class UpstreamLink:
+    """The registration to one upstream, and the way requests reach it."""
+
+    def __init__(
+        self,
+        upstream: UpstreamSettings,
+        endpoint: SipEndpoint,
+        *,
+        node_id: str,
+        contact: tuple[str, int],
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+        on_change: Callable[[UpstreamLink], None] | None = None,
+    ) -> None:
+        self.settings = upstream
+        self.id = upstream.id
+        self.local_id = upstream.local_id or node_id
+        self.endpoint = endpoint
+        self.wall = wall
+        self.mono = mono
+        self.on_change = on_change
+        transport = upstream.transport
+        self.peer = Peer(transport, upstream.host, upstream.port)
+        self.config = UpstreamConfig(
+            upstream_id=upstream.id,
+            realm=upstream.realm,
+            host=upstream.host,
+            port=upstream.port,
+            local_id=self.local_id,
+            contact_host=contact[0],
+            contact_port=contact[1],
+            password=upstream.password,
+            transport=transport,
+            register_expires_s=upstream.register_expires_s,
+            keepalive_s=float(upstream.keepalive_s),
+            charset=upstream.charset,
+        )
+        self.registration = UpstreamRegistration(self.config)
+        self._wake = asyncio.Event()
+        self._seq = 0
+        self._tag = f"{id(self):x}"[-8:]
+        # wall time of the registration's last state change (the machine counts monotonic)
+        self._since_wall = wall()
+        self._last_state = self.registration.state
+        self.registrations = 0
+
+    # ----- state -----
+    @property
+    def registered(self) -> bool:
+        return self.registration.state is RegistrationState.REGISTERED
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.registration.snapshot()
+        until = snap.registered_until
+        return {
+            "id": self.id,
+            "local_id": self.local_id,
+            "address": f"{self.peer.host}:{self.peer.port}",
+            "transport": self.peer.transport,
+            "state": snap.state,
+            "since": self._since_wall,
+            "last_error": snap.last_error,
+            # the machine counts on the monotonic clock: shown as wall time
+            "registered_until": None if until is None else self.wall() + (until - self.mono()),
+            "registrations": self.registrations,
+        }
+
+    # ----- running -----
+    async def run(self) -> None:
+        """Register and keep registered until cancelled (the supervisor restarts a failure)."""
+        if self.registration.state is RegistrationState.UNREGISTERED:
+            self.registration.start(self.mono())
+        while True:
+            self._pump()
+            deadline = self.registration.next_deadline()
+            self._wake.clear()
+            timeout = None if deadline is None else max(0.0, deadline - self.mono())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self.registration.handle_timer(self.mono())
+
+    async def stop(self) -> None:
+        """Unregister (Expires: 0) and wait a moment for the answer."""
+        self.registration.stop(self.mono())
+        self._pump()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + STOP_WAIT_S
+        while self.registration.state is RegistrationState.STOPPING and loop.time() < end:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), end - loop.time())
+            except TimeoutError:
+                break
+            self._pump()
+
+    def _pump(self) -> None:
+        """Send what the machine built and act on what it reports."""
+        for request in self.registration.requests_to_send():
+            asyncio.get_running_loop().create_task(self._send(request))
+        while (event := self.registration.next_event()) is not None:
+            if isinstance(event, Registered):
+                self.registrations += 1
+                log.info("registered to upstream %s (%s:%d over %s)", self.id, self.peer.host,
+                         self.peer.port, self.peer.transport)
+            elif isinstance(event, RegistrationFailed | RegistrationLost):
+                log.warning("upstream %s: %s", self.id, event)
+        state = self.registration.state
+        if state is not self._last_state:
+            self._last_state = state
+            self._since_wall = self.wall()
+            if self.on_change is not None:
+                self.on_change(self)
+
+    async def _send(self, request: Request) -> None:
+        try:
+            response = await self.request(request)
+        except Exception:
+            self.registration.request_timed_out(request, self.mono())
+        else:
+            self.registration.response_received(response, self.mono())
+        self._wake.set()
+        self._pump()
+
+    # ----- requests to the upstream -----
+    async def request(self, request: Request) -> Response:
+        """Send `request` to the upstream in a client transaction; its final response.
+
+        Over TCP the connection is opened first when there is none. Raises what the endpoint
+        raises (`TransactionTimeout`, `ConnectionError`, `OSError`)."""
+        if self.peer.reliable and self.peer not in self.endpoint.connections:
+            await asyncio.wait_for(
+                self.endpoint.connect_tcp(self.peer.host, self.peer.port), CONNECT_TIMEOUT_S
+            )
+        return await self.endpoint.request(request, self.peer)
+
+    def message(self, body: bytes, *, to: str | None = None) -> Request:
+        """A MESSAGE with a MANSCDP body from our ID to the upstream (outside any dialog)."""
+        self._seq += 1
+        c = self.config
+        to_user = to or self.id
+        headers = Headers([
+            ("Via", self.endpoint.via(self.peer.transport)),
+            ("From", f"<sip:{self.local_id}@{c.realm}>;tag={self._tag}{self._seq:x}"),
+            ("To", f"<sip:{to_user}@{c.realm}>"),
+            ("Call-ID", f"{self._tag}-{self._seq}@{c.contact_host}"),
+            ("CSeq", f"{self._seq} MESSAGE"),
+            ("Max-Forwards", "70"),
+            ("Content-Type", "Application/MANSCDP+xml"),
+        ])
+        return Request(headers=headers, body=body, method="MESSAGE", uri=c.request_uri)
+
+    def send_response(self, event_peer: Peer, response: Response) -> None:
+        """Send a response outside a transaction (to an INVITE, an ACK-less CANCEL)."""
+        self.endpoint.send(response, event_peer)

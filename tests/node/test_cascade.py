@@ -1,0 +1,254 @@
+"""The node as a lower platform, end to end over loopback: a simulated upper platform registers
+it, browses its shared catalog, subscribes, and pulls live video that a simulated camera sends
+the node, over UDP and both TCP modes, within the configured limits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import av
+import pytest
+
+from rtp.psmux import PsMuxer
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
+from sensing_node.sim.media import load_clip
+from sensing_node.sim.upstream import PlatformConfig, SimulatedUpstream, UpstreamSession
+
+from .conftest import PASSWORD, RunningNode, StartNode, wait_for
+
+CAMERA = "31011200001320000001"
+UPSTREAM = "31011200002000000100"
+OTHER = "31011200002000000200"  # configured, never reachable
+UP_PASSWORD = "upstream-password"
+
+Setup = Callable[..., Awaitable[tuple[RunningNode, SimulatedUpstream, SimulatedCamera]]]
+
+
+@pytest.fixture
+async def cascade(start_node: StartNode) -> AsyncIterator[Setup]:
+    """A simulated upstream, a node registered to it, and one catalogued camera (4 channels:
+    0 shared by default, 1 authorized to the upstream, 2 never shared, 3 authorized to
+    another upstream)."""
+    upstreams: list[SimulatedUpstream] = []
+    cameras: list[SimulatedCamera] = []
+
+    async def setup(
+        *, transport: str = "udp", max_streams: int = 16, node: dict[str, Any] | None = None,
+        grant_s: int = 3600, camera_transport: str = "udp",
+    ) -> tuple[RunningNode, SimulatedUpstream, SimulatedCamera]:
+        upstream = SimulatedUpstream(PlatformConfig(platform_id=UPSTREAM, password=UP_PASSWORD,
+                                                    register_expires_s=grant_s))
+        upstreams.append(upstream)
+        _, port = await upstream.start()
+        channels = [f"31011200001310000{i}" for i in range(101, 105)]
+        settings: dict[str, Any] = {
+            "media.timeout_s": 2,
+            "upstreams": [
+                {"id": UPSTREAM, "address": f"127.0.0.1:{port}", "password": UP_PASSWORD,
+                 "transport": transport, "max_streams": max_streams},
+                {"id": OTHER, "address": "127.0.0.1:9", "password": "x"},
+            ],
+            "channels.overrides": {
+                channels[1]: {"share": "authorized", "upstreams": [UPSTREAM]},
+                channels[2]: {"share": "none"},
+                channels[3]: {"share": "authorized", "upstreams": [OTHER]},
+            },
+        }
+        settings.update(node or {})
+        running = await start_node(**settings)
+        camera = SimulatedCamera(CameraConfig(
+            server=running.sip, device_id=CAMERA, password=PASSWORD, channels=4,
+            transport=camera_transport,
+        ))
+        cameras.append(camera)
+        await camera.start(keepalives=False)
+        device = running.node.registry.get(CAMERA)
+        await wait_for(lambda: device is not None and len(device.channels) == 4)
+        assert camera.channel_ids == channels
+        await upstream.wait_registered(timeout=10)
+        return running, upstream, camera
+
+    yield setup
+    for camera in cameras:
+        await camera.stop(unregister=False)
+    for upstream in upstreams:
+        await upstream.stop()
+
+
+def check_media(session: UpstreamSession, codec: str = "h264") -> None:
+    """What the upstream got is the camera's clip, from a keyframe on, byte for byte: the
+    elementary data in order and the very PS packs the camera sent (re-muxed the way the camera
+    muxes them), and PyAV decodes every frame."""
+    units = session.units
+    assert units and units[0].keyframe
+    assert session.problems == []
+    assert session.wrong_ssrc == session.wrong_payload_type == session.sequence_gaps == 0
+    clip = [data for data, _, _ in load_clip(codec).frames]
+    start = clip.index(units[0].data)
+    muxer = PsMuxer(codec)
+    for i, unit in enumerate(units):
+        assert unit.data == clip[(start + i) % len(clip)], i
+        assert unit.ps_bytes == muxer.mux_video(unit.data, unit.pts, keyframe=unit.keyframe), i
+    decoder = av.CodecContext.create(codec, "r")
+    decoded = sum(len(decoder.decode(av.Packet(unit.data))) for unit in units)
+    decoded += len(decoder.decode(None))
+    assert decoded == len(units)
+
+
+async def upstream_state(running: RunningNode) -> dict[str, Any]:
+    body = await running.get("/api/upstreams")
+    return {item["id"]: item for item in body["upstreams"]}
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_registers_refreshes_and_registers_again_after_a_restart(cascade, transport):
+    running, upstream, _ = await cascade(transport=transport, grant_s=3)
+    state = (await upstream_state(running))[UPSTREAM]
+    assert state["state"] == "registered" and state["registered_until"] is not None
+    assert state["transport"] == transport and state["max_streams"] == 16
+    assert upstream.challenges >= 1 and upstream.auth_failures == 0
+    # Refreshed at about 2/3 of the 3 s granted.
+    await wait_for(lambda: upstream.refreshes >= 1, timeout=10)
+    before = upstream.registrations
+    await upstream.restart()  # it forgets the node: the next refresh or keepalive is refused
+    await wait_for(lambda: upstream.registrations > before, timeout=15)
+    assert (await upstream_state(running))[UPSTREAM]["state"] == "registered"
+    assert (await upstream_state(running))[OTHER]["state"] != "registered"
+
+
+async def test_catalog_holds_what_this_upstream_may_see(cascade):
+    running, upstream, camera = await cascade()
+    ch = camera.channel_ids
+    items = await upstream.query_catalog()
+    assert sorted(items) == [ch[0], ch[1]]  # default share, and authorized for it
+    assert items[ch[0]]["Status"] == "ON"
+    assert items[ch[0]]["Name"] == running.node.registry.get(CAMERA).channels[ch[0]]["Name"]
+    info = await upstream.query_device_info()
+    assert info.fields["Channel"] == "2" and info.fields["Result"] == "OK"
+    status = await upstream.query_device_status()
+    assert status.fields["Online"] == "ONLINE"
+
+
+async def test_default_share_none_shares_only_authorized_channels(cascade):
+    _, upstream, camera = await cascade(node={"channels.default_share": "none"})
+    assert sorted(await upstream.query_catalog()) == [camera.channel_ids[1]]
+
+
+async def test_camera_going_offline_is_notified_within_two_seconds(cascade):
+    running, upstream, camera = await cascade()
+    ch = camera.channel_ids
+    subscription = await upstream.subscribe_catalog(expires=600)
+    assert (await upstream_state(running))[UPSTREAM]["subscriptions"] == 1
+    loop = __import__("asyncio").get_running_loop()
+    went = loop.time()
+    await camera.stop(unregister=True)
+    events = [await subscription.next_event(timeout=2.0) for _ in range(2)]
+    assert loop.time() - went < 2.0
+    assert sorted((e.channel_id, e.event) for e in events) == [(ch[0], "OFF"), (ch[1], "OFF")]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp-active", "tcp-passive"])
+async def test_live_video_over_each_transport(cascade, transport):
+    sip = "udp" if transport == "udp" else "tcp"
+    running, upstream, camera = await cascade(transport=sip)
+    channel = camera.channel_ids[0]
+    session = await upstream.invite(channel, transport)
+    assert session.ok, (session.status, session.reason, session.warning)
+    assert session.answer.ssrc == session.offered_ssrc
+    await session.wait_units(40)
+    check_media(session)
+    assert session.keyframe_delay is not None
+    body = await running.get("/api/upstreams")
+    [live] = body["sessions"]
+    assert live["channel_id"] == channel and live["upstream"] == UPSTREAM
+    # The node names the transport from its side: it listens where the upstream connects.
+    ours = {"udp": "udp", "tcp-active": "tcp-passive", "tcp-passive": "tcp-active"}[transport]
+    assert live["state"] == "confirmed" and live["transport"] == ours
+    answer = await session.bye()
+    assert answer is not None and answer.status == 200
+    hub = running.node.media
+    await wait_for(lambda: not running.node.cascade.restreamer.live())
+    await wait_for(lambda: hub.pool.in_use == 0, timeout=10)  # camera stream lingers, then ends
+    entries = await running.node.recording.audit_query(action="upstream_live")
+    assert entries and entries[0].channel_id == channel
+    assert UPSTREAM in entries[0].actor and "upstream hung up" in entries[0].detail
+
+
+async def test_a_running_ingest_is_shared_and_starts_at_its_keyframe(cascade):
+    running, upstream, camera = await cascade()
+    channel = camera.channel_ids[0]
+    first = await upstream.invite(channel, "udp")
+    await first.wait_units(30)
+    second = await upstream.invite(channel, "udp")
+    assert second.ok
+    await second.wait_units(10)
+    check_media(second)
+    assert len(camera.media_sessions) == 1  # one camera pull serves both
+    assert second.keyframe_delay < 1.0
+
+
+async def test_limits_refuse_with_486_and_a_warning_then_free_the_slot(cascade):
+    running, upstream, camera = await cascade(max_streams=1)
+    ch = camera.channel_ids
+    first = await upstream.invite(ch[0], "udp")
+    assert first.ok
+    refused = await upstream.invite(ch[1], "udp")
+    assert refused.status == 486
+    assert refused.warning is not None and "(1/1)" in refused.warning
+    assert refused.warning.startswith(f"399 {running.node.settings.node.id} ")
+    await first.bye()
+    again = await upstream.invite(ch[1], "udp")
+    assert again.ok, (again.status, again.warning)
+
+
+async def test_per_channel_limit(cascade):
+    _, upstream, camera = await cascade(node={"limits.max_sessions_per_channel": 1})
+    channel = camera.channel_ids[0]
+    assert (await upstream.invite(channel, "udp")).ok
+    refused = await upstream.invite(channel, "udp")
+    assert refused.status == 486 and f"channel {channel} (1/1)" in refused.warning
+
+
+async def test_refusals_by_share_and_channel(cascade):
+    _, upstream, camera = await cascade()
+    ch = camera.channel_ids
+    assert (await upstream.invite(ch[2], "udp")).status == 403  # share: none
+    assert (await upstream.invite(ch[3], "udp")).status == 403  # another upstream's
+    assert (await upstream.invite("31011200001310009999", "udp")).status == 404
+
+
+async def test_cancel_before_the_answer_leaves_nothing_behind(cascade):
+    running, upstream, camera = await cascade()
+    session = await upstream.start_invite(camera.channel_ids[0], "udp")
+    answer = await session.cancel()  # the INVITE's final answer
+    assert answer is not None and answer.status == 487
+    assert session.status == 487 and not session.ok
+    restreamer = running.node.cascade.restreamer
+    await wait_for(lambda: not restreamer.live())
+    await wait_for(lambda: running.node.media.pool.in_use == 0, timeout=10)
+
+
+async def test_camera_loss_ends_the_upstream_session_with_bye(cascade):
+    _, upstream, camera = await cascade()
+    session = await upstream.invite(camera.channel_ids[0], "udp")
+    await session.wait_units(10)
+    await camera.stop(unregister=True)  # the camera goes away with its stream
+    reason = await session.wait_ended(timeout=10)
+    assert "BYE" in reason
+
+
+async def test_a_stalled_tcp_upstream_does_not_disturb_another(cascade):
+    running, upstream, camera = await cascade(transport="tcp")
+    channel = camera.channel_ids[0]
+    slow = await upstream.invite(channel, "tcp-active", tcp_rcvbuf=16 * 1024)
+    fast = await upstream.invite(channel, "udp")
+    await slow.wait_units(5)
+    slow.stall()
+    count = len(fast.units)
+    await fast.wait_units(count + 60)  # 2.4 s of video keep coming while the other is stuck
+    check_media(fast)
+    reason = await slow.wait_ended(timeout=15)
+    assert "BYE" in reason
+    ended = running.node.cascade.restreamer.ended
+    assert any("not reading" in (e["end_reason"] or "") for e in ended)
