@@ -1,5 +1,5 @@
-"""Command line: `sensing-node run | check-config | simulate-camera | verify-recordings |
-verify-audit | plan-storage`.
+"""Command line: `sensing-node run | check-config | simulate-camera | simulate-upstream |
+verify-recordings | verify-audit | plan-storage`.
 
 Also available as `python -m sensing_node`.
 """
@@ -279,6 +279,30 @@ def cmd_simulate_camera(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_simulate_upstream(args: argparse.Namespace) -> int:
+    from .sim.upstream import PlatformConfig, run_upstream
+
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        print(f"--listen must be HOST:PORT, not {args.listen!r}", file=sys.stderr)
+        return 2
+    config = PlatformConfig(
+        platform_id=args.id, realm=args.realm or args.id[:10], password=args.password,
+        host=host, port=int(port), media_host=host,
+    )
+    install_event_loop_policy()
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_upstream(config, play=args.play, transport=args.transport,
+                                  seconds=args.seconds, stop=stop)
+
+    return asyncio.run(main())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensing-node", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
@@ -315,6 +339,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--codec", choices=("h264", "h265"), default="h264", help="video codec (default h264)"
     )
     sim.set_defaults(func=cmd_simulate_camera)
+
+    up = sub.add_parser(
+        "simulate-upstream",
+        help="act as an upper platform toward a node",
+        description="Listen as an upper platform (sensing center): accept the node's REGISTER "
+        "with digest, list its catalog, subscribe to it, and pull the channels given with "
+        "--play, checking the RTP (SSRC, sequence, PS frames). Configure the node with an "
+        "upstreams: entry for this address, ID and password.",
+    )
+    up.add_argument("--listen", default="127.0.0.1:15060", help="SIP HOST:PORT (UDP and TCP)")
+    up.add_argument("--id", default="31011200002000000100", help="20-digit platform ID")
+    up.add_argument("--realm", help="SIP domain (default: the first 10 digits of --id)")
+    up.add_argument("--password", required=True, help="the password the node registers with")
+    up.add_argument("--play", action="append", default=[], metavar="CHANNEL",
+                    help="channel ID to pull (repeatable)")
+    up.add_argument("--transport", choices=("udp", "tcp-active", "tcp-passive"), default="udp",
+                    help="media transport from the platform's side (default udp)")
+    up.add_argument("--seconds", type=float, help="stop after this long (default: at SIGTERM)")
+    up.set_defaults(func=cmd_simulate_upstream)
 
     ver = sub.add_parser(
         "verify-recordings",

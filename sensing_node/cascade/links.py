@@ -87,6 +87,15 @@ class UpstreamLink:
     def registered(self) -> bool:
         return self.registration.state is RegistrationState.REGISTERED
 
+    @property
+    def may_ask(self) -> bool:
+        """Whether the upstream's requests are taken: while registered, and while a REGISTER
+        is out (an upstream queries the catalog as soon as it sends its 200, which may reach
+        the node after the query that follows it, over TCP in the same read)."""
+        return self.registration.state in (
+            RegistrationState.REGISTERED, RegistrationState.REGISTERING
+        )
+
     def snapshot(self) -> dict[str, Any]:
         snap = self.registration.snapshot()
         until = snap.registered_until

@@ -169,7 +169,7 @@ class Cascade:
         if method == "CANCEL":
             restreamer.on_cancel(link, event)
             return
-        if not link.registered:
+        if not link.may_ask:
             self._forbid(event, "Not Registered", link)
             return
         if method == "INVITE":

@@ -24,7 +24,9 @@ def cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["check-config"], ["simulate-camera"]])
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["check-config"], ["simulate-camera"], ["simulate-upstream"]]
+)
 def test_help(command):
     result = cli(*command, "--help")
     assert result.returncode == 0
@@ -235,3 +237,48 @@ def test_run_names_a_taken_port_and_exits_non_zero(tmp_path, taken):
     port = sip_port if taken == "sip" else http_port
     assert f"cannot listen for {taken.upper()} on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_simulate_upstream_pulls_a_channel_from_a_running_node(tmp_path):
+    """Both commands as an operator runs them: the node with a built-in camera and an upstream
+    entry, and `simulate-upstream`, which waits for the node's REGISTER, lists its catalog and
+    pulls the camera's channel through it; it exits 0 only if every RTP packet checked out."""
+    up_port = free_port()
+    config, _, http_port = write_config(
+        tmp_path,
+        "simulator:\n  cameras: 1\n  channels_per_camera: 1\n"
+        "upstreams:\n"
+        "  - id: \"34020000002000000100\"\n"
+        f"    address: \"127.0.0.1:{up_port}\"\n"
+        "    transport: tcp\n"
+        "    password: \"up-secret\"\n",
+        password="12345678",
+    )
+    node = subprocess.Popen([sys.executable, "-m", "sensing_node", "run", "-c", str(config)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        channels: list = []
+        while time.monotonic() < deadline and not channels:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{http_port}/api/channels",
+                                             headers={"Authorization": "Bearer secret"})
+                channels = json.loads(urllib.request.urlopen(req, timeout=2).read())
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert [c["id"] for c in channels] == ["34020000001310000101"]
+        result = subprocess.run(
+            [sys.executable, "-m", "sensing_node", "simulate-upstream", "--listen",
+             f"127.0.0.1:{up_port}", "--id", "34020000002000000100", "--password", "up-secret",
+             "--play", "34020000001310000101", "--seconds", "15"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "node 34020000002000000001 registered from tcp" in result.stdout
+        assert "catalog: 1 channels" in result.stdout
+        assert "34020000001310000101: 200 OK" in result.stdout
+        assert "problems []" in result.stdout
+    finally:
+        node.kill()
+        node.wait()
