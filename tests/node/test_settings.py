@@ -572,3 +572,114 @@ def test_media_transport_keys(tmp_path: Path) -> None:
     assert "expected an IPv4 or IPv6 address" in problems[0]
     assert problems[2].endswith('unknown value "tpc-passive"; did you mean "tcp-passive"?')
     assert problems[3].endswith("udp is listed twice")
+
+
+UPSTREAMS = """upstreams:
+  - id: "31011200002000000100"
+    address: "127.0.0.1:15060"
+    password: up
+  - id: "31011200002000000200"
+    realm: "gb.example"
+    address: "[::1]:5061"
+    transport: tcp
+    local_id: "31011200002000000009"
+    password: up2
+    register_expires_s: 600
+    keepalive_s: 30
+    max_streams: 2
+    charset: UTF-8
+"""
+
+
+def test_upstreams_limits_and_shares() -> None:
+    settings = parse_settings(MINIMAL + UPSTREAMS + """limits: {max_outgoing_streams: 3}
+channels:
+  default_share: authorized
+  overrides:
+    "31011200001310000101": {share: authorized, upstreams: ["31011200002000000200"]}
+    "31011200001310000102": {share: none}
+    "31011200001310000103": {share: unconditional}
+    "31011200001310000104": {stream: sub}
+""")
+    first, second = settings.upstreams
+    assert (first.realm, first.host, first.port, first.transport) == (
+        "3101120000", "127.0.0.1", 15060, "udp")
+    assert (first.local_id, first.register_expires_s, first.keepalive_s) == ("", 3600, 60)
+    assert (first.max_streams, first.charset) == (16, "GB2312")
+    assert (second.realm, second.host, second.port, second.transport) == (
+        "gb.example", "::1", 5061, "tcp")
+    assert (second.local_id, second.max_streams, second.charset) == (
+        "31011200002000000009", 2, "UTF-8")
+    assert (settings.limits.max_outgoing_streams, settings.limits.max_sessions_per_channel) == (
+        3, 8)
+    policy = settings.channels.share_policy
+    up1, up2 = first.id, second.id
+    assert [policy.visible_to(up, "31011200001310000101") for up in (up1, up2)] == [False, True]
+    assert not policy.visible_to(up2, "31011200001310000102")
+    assert policy.visible_to(up1, "31011200001310000103")
+    # authorized by default, with no list: not shared; an override without share keeps it
+    assert not policy.visible_to(up1, "31011200001310000104")
+    assert not policy.visible_to(up1, "31011200001310009999")
+
+
+def test_no_upstreams_by_default() -> None:
+    settings = parse_settings(MINIMAL)
+    assert settings.upstreams == ()
+    assert settings.channels.default_share == "unconditional"
+    assert settings.channels.share_policy.visible_to("31011200002000000100", "1" * 20)
+
+
+def test_upstream_problems_are_reported_with_lines(tmp_path: Path) -> None:
+    text = MINIMAL + """upstreams:
+  - id: 31011200002000000100
+    address: "localhost:5060"
+    password: up
+  - id: "31011200002000000101"
+    address: "0.0.0.0:5060"
+    transport: sctp
+    charset: latin1
+  - {id: "31011200002000000102", address: "127.0.0.1:0", password: x, max_streams: -1}
+"""
+    problems = problems_of(write(tmp_path, text))
+    expected = [
+        ":4: upstreams[0].id: a device ID must be quoted",
+        ":5: upstreams[0].address: 'localhost' is not an IP address",
+        ":8: upstreams[1].address: 0.0.0.0 cannot be reached",
+        ':9: upstreams[1].transport: unknown value "sctp"',
+        ':10: upstreams[1].charset: unknown value "latin1"',
+        ":11: upstreams[2].address: the port must be a number from 1 to 65535",
+        ":11: upstreams[2].max_streams: must be at least 0",
+    ]
+    for part in expected:
+        assert any(part in p for p in problems), (part, problems)
+    assert any(":7: upstreams[1].password: required, but not given" in p for p in problems)
+
+
+def test_upstream_given_twice_and_shares_naming_unknown_upstreams(tmp_path: Path) -> None:
+    twice = MINIMAL + """upstreams:
+  - {id: "31011200002000000100", address: "127.0.0.1:5060", password: a}
+  - {id: "31011200002000000100", address: "127.0.0.1:5060", password: b}
+"""
+    problems = problems_of(write(tmp_path, twice))
+    assert any(":5: upstreams[1].id: upstream 31011200002000000100 is listed twice (first on "
+               "line 4)" in p for p in problems), problems
+    assert any("upstreams[1].address: two upstreams at 127.0.0.1:5060 over udp" in p
+               for p in problems), problems
+    unknown = MINIMAL + UPSTREAMS + """channels:
+  overrides:
+    "31011200001310000101": {share: authorized, upstreams: ["31011200002000000999"]}
+    "31011200001310000102": {share: none, upstreams: ["31011200002000000100"]}
+"""
+    problems = problems_of(write(tmp_path, unknown))
+    assert any("channels.overrides.31011200001310000102: upstreams only apply with share: "
+               "authorized" in p for p in problems), problems
+    fixed = unknown.replace('{share: none, upstreams: ["31011200002000000100"]}', "{share: none}")
+    problems = problems_of(write(tmp_path, fixed))
+    assert problems == [f"{tmp_path / 'node.yaml'}:17: channels.overrides.31011200001310000101"
+                        ".upstreams: 31011200002000000999 is not one of the upstreams "
+                        "(31011200002000000100, 31011200002000000200)"], problems
+
+
+def test_upstreams_must_be_a_list(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, MINIMAL + "upstreams: {id: x}\n"))
+    assert any(":3: upstreams: expected a list of entries" in p for p in problems), problems
