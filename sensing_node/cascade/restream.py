@@ -32,7 +32,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rtp.ps import AccessUnit
 from sip.dialog import Dialog
 from sip.errors import SipError
 from sip.message import Request, Response
@@ -40,9 +39,9 @@ from sip.relay import PlayRequest, PlayRequestError, parse_play_request, play_an
 from sip.sdp import gb_ssrc
 from sip.transaction import Peer, RequestReceived
 
+from ..devices.registry import Registry
 from ..media.consumers import StreamError
-from ..media.hub import StreamHub
-from ..media.relay import RelaySender
+from ..media.control import MediaControl, RelaySpec
 from ..settings import Settings
 from ..transport.rtp import PortsExhausted
 
@@ -74,8 +73,8 @@ class RelaySession:
     state: str = "pending"  # pending | answered | confirmed | ended
     final: Response | None = None
     dialog: Dialog | None = None
-    sender: RelaySender | None = None
-    subscribed: bool = False
+    relay_id: int | None = None
+    stats: dict[str, Any] = field(default_factory=dict)  # the relay's, once it ended
     cancelled: bool = False
     end_reason: str | None = None
     ended: float | None = None
@@ -83,8 +82,10 @@ class RelaySession:
     timer: asyncio.TimerHandle | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def as_json(self) -> dict[str, Any]:
-        stats = self.sender.stats() if self.sender is not None else {}
+    def as_json(self, hub: MediaControl | None = None) -> dict[str, Any]:
+        stats = self.stats
+        if hub is not None and self.relay_id is not None:
+            stats = hub.relay_stats(self.relay_id) or stats
         return {
             "upstream": self.link.id,
             "channel_id": self.channel_id,
@@ -108,7 +109,8 @@ class Restreamer:
     def __init__(
         self,
         settings: Settings,
-        hub: StreamHub,
+        hub: MediaControl,
+        registry: Registry,
         *,
         audit: Callable[..., Coroutine[Any, Any, None]],
         visible: Callable[[str, str], bool],
@@ -117,6 +119,7 @@ class Restreamer:
         self.settings = settings
         self.visible = visible
         self.hub = hub
+        self.registry = registry
         self.audit = audit
         self.wall = wall
         self.node_id = settings.node.id
@@ -191,7 +194,7 @@ class Restreamer:
             if play.session != "Play":
                 self._refuse(session, 488, f"s={play.session} is not served here")
                 return
-            if self.hub.registry.channel_device(play.channel_id) is None:
+            if self.registry.channel_device(play.channel_id) is None:
                 self._refuse(session, 404, "Unknown Channel")
                 return
             if not self.visible(link.id, play.channel_id):
@@ -225,31 +228,19 @@ class Restreamer:
                 self._refuse(session, 503, "Service Unavailable", retry=True, detail=exc.reason)
                 return
             session.ssrc = gb_ssrc(settings.node.realm, session.serial, history=False)
-        sender = session.sender = _SessionSender(
-            ssrc=int(session.ssrc),
-            transport=play.transport,
-            remote=(play.address, play.port),
-            port_pool=hub.pool,
-            bind_host=hub.media_bind_host,
-            payload_max=settings.media.rtp_payload_max,
-            timeout_s=float(settings.media.timeout_s),
-            connect_timeout_s=settings.media.connect_timeout_s,
-            on_end=lambda reason: self.end(session, reason),
-        )
-        sender.gap_timeout_s = float(settings.media.timeout_s)
-        sender.on_stream_lost = lambda reason: self.end(session, f"camera stream stopped: {reason}")
+        spec = RelaySpec(play.channel_id, int(session.ssrc), play.transport,
+                         (play.address, play.port))
         try:
-            port = await sender.open()
+            opened = await hub.open_relay(spec, lambda _, reason: self.end(session, reason))
         except (PortsExhausted, OSError) as exc:
             self._refuse(session, 503, "Service Unavailable", retry=True, detail=str(exc))
             return
-        try:
-            await hub.subscribe(play.channel_id, sender)
-            session.subscribed = True
         except StreamError as exc:
             status, reason = _camera_failure(exc)
             self._refuse(session, status, reason, detail=exc.reason)
             return
+        session.relay_id = opened.relay_id
+        port = opened.local_port
         if session.cancelled or session.state == "ended":
             self._cleanup(session, "cancelled")
             return
@@ -314,8 +305,8 @@ class Restreamer:
             if session.timer is not None:
                 session.timer.cancel()
                 session.timer = None
-            if session.sender is not None:
-                session.sender.start()
+            if session.relay_id is not None:
+                self.hub.start_relay(session.relay_id)
         return True
 
     def on_cancel(self, link: UpstreamLink, event: RequestReceived) -> None:
@@ -396,11 +387,9 @@ class Restreamer:
         if session.timer is not None:
             session.timer.cancel()
             session.timer = None
-        sender = session.sender
-        if sender is not None:
-            if session.subscribed:
-                self.hub.unsubscribe(session.channel_id, sender, reason=reason)
-            sender.close(reason)
+        if session.relay_id is not None:
+            session.stats = self.hub.relay_stats(session.relay_id)
+            self.hub.close_relay(session.relay_id, reason)
         if session.serial is not None:
             self.hub.release_serial(session.serial)
             session.serial = None
@@ -439,40 +428,7 @@ class Restreamer:
             self.end(session, reason)
 
     def snapshot(self) -> list[dict[str, Any]]:
-        return [s.as_json() for s in self.live()]
-
-
-class _SessionSender(RelaySender):
-    """The sender of one session: a camera stream that pauses (it is being invited again) and
-    brings no frame within `gap_timeout_s` ends the session, so the upstream hears of it."""
-
-    gap_timeout_s = 10.0
-    on_stream_lost: Callable[[str], None] | None = None
-    _units = 0
-    _gap_timer: asyncio.TimerHandle | None = None
-
-    def on_unit(self, unit: AccessUnit) -> None:
-        self._units += 1
-        super().on_unit(unit)
-
-    def on_gap(self, reason: str) -> None:
-        super().on_gap(reason)
-        if self._gap_timer is None:
-            seen = self._units
-            self._gap_timer = asyncio.get_running_loop().call_later(
-                self.gap_timeout_s, self._gap_over, seen, reason
-            )
-
-    def _gap_over(self, seen: int, reason: str) -> None:
-        self._gap_timer = None
-        if self._units == seen and self.on_stream_lost is not None:
-            self.on_stream_lost(reason)
-
-    def close(self, reason: str = "closed") -> None:
-        if self._gap_timer is not None:
-            self._gap_timer.cancel()
-            self._gap_timer = None
-        super().close(reason)
+        return [s.as_json(self.hub) for s in self.live()]
 
 
 def _camera_failure(exc: StreamError) -> tuple[int, str]:

@@ -35,7 +35,7 @@ from sip.transaction import RequestReceived
 
 from ..devices.queries import DeviceQueries
 from ..devices.registry import Registry
-from ..media.hub import StreamHub
+from ..media.control import MediaControl
 from ..runtime.supervise import Supervisor
 from ..settings import Settings
 from ..transport.sip import SipEndpoint
@@ -75,7 +75,7 @@ class Cascade:
         settings: Settings,
         endpoint: SipEndpoint,
         registry: Registry,
-        hub: StreamHub,
+        hub: MediaControl,
         *,
         audit: Callable[..., Coroutine[Any, Any, None]],
         wall: Callable[[], float] = time.time,
@@ -92,7 +92,8 @@ class Cascade:
         self.links: dict[str, UpstreamLink] = {}
         self.queries: DeviceQueries | None = None
         self.subscriptions = SubscriptionTable(self.node_id)
-        self.restreamer = Restreamer(settings, hub, audit=audit, visible=self.visible, wall=wall)
+        self.restreamer = Restreamer(settings, hub, registry, audit=audit, visible=self.visible,
+                                     wall=wall)
         self.refused = 0
         self._view: dict[str, dict[str, str]] = {}
         self._notify_chains: dict[int, asyncio.Task[None]] = {}

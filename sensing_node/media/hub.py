@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from rtp.ps import AccessUnit
 from sip.dialog import Dialog
 from sip.errors import SipError
 from sip.headers import Headers
@@ -28,6 +29,8 @@ from ..transport.rtp import (
 from ..transport.sip import SipEndpoint, TransactionTimeout
 from .addresses import media_bind_host
 from .consumers import Consumer, StreamError, _ApiHold
+from .control import RelayEnded, RelayOpened, RelaySpec
+from .relay import RelaySender
 from .stream import LiveStream
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,9 @@ class StreamHub:
         self._tick_task: asyncio.Task[None] | None = None
         self._supervisor = Supervisor()  # replaced by the node's in start()
         self._background: set[asyncio.Future[Any]] = set()
+        self.relays: dict[int, _HubRelay] = {}
+        self._relay_ends: dict[int, RelayEnded] = {}
+        self._relay_seq = 0
         endpoint.on_response = self.on_response
 
     # ----- start / stop -----
@@ -90,6 +96,8 @@ class StreamHub:
         self._tick_task = self._supervisor.spawn("stream ticker", self._ticker)
 
     async def close(self) -> None:
+        for relay_id in list(self.relays):
+            self.close_relay(relay_id, "node stopping")
         for stream in list(self.streams.values()):
             stream.stop("node stopping")
         await asyncio.gather(*(s.wait_closed() for s in list(self.streams.values())))
@@ -233,6 +241,61 @@ class StreamHub:
     def release_serial(self, serial: int) -> None:
         self._serials.discard(serial)
 
+    # ----- relays to upstreams (the control interface, media/control.py) -----
+    async def open_relay(self, spec: RelaySpec, on_end: RelayEnded) -> RelayOpened:
+        media = self.settings.media
+        self._relay_seq += 1
+        relay_id = self._relay_seq
+        sender = _HubRelay(
+            ssrc=spec.ssrc, transport=spec.transport, remote=spec.remote, port_pool=self.pool,
+            bind_host=self.media_bind_host, payload_max=media.rtp_payload_max,
+            timeout_s=float(media.timeout_s), connect_timeout_s=media.connect_timeout_s,
+            on_end=lambda reason: self._relay_ended(relay_id, reason),
+        )
+        sender.channel_id = spec.channel_id
+        sender.gap_timeout_s = float(media.timeout_s)
+        sender.on_stream_lost = lambda reason: self._relay_ended(
+            relay_id, f"camera stream stopped: {reason}"
+        )
+        self.relays[relay_id] = sender
+        self._relay_ends[relay_id] = on_end
+        try:
+            port = await sender.open()
+            await self.subscribe(spec.channel_id, sender)
+        except BaseException:
+            self._drop_relay(relay_id, "not opened")
+            raise
+        if relay_id not in self.relays:  # ended while the stream started
+            raise StreamError(502, sender.end_reason or "relay ended")
+        return RelayOpened(relay_id, port)
+
+    def start_relay(self, relay_id: int) -> None:
+        sender = self.relays.get(relay_id)
+        if sender is not None:
+            sender.start()
+
+    def close_relay(self, relay_id: int, reason: str) -> None:
+        self._relay_ends.pop(relay_id, None)
+        self._drop_relay(relay_id, reason)
+
+    def relay_stats(self, relay_id: int) -> dict[str, Any]:
+        sender = self.relays.get(relay_id)
+        return sender.stats() if sender is not None else {}
+
+    def _drop_relay(self, relay_id: int, reason: str) -> None:
+        sender = self.relays.pop(relay_id, None)
+        if sender is None:
+            return
+        self.unsubscribe(sender.channel_id, sender, reason=reason)
+        sender.close(reason)
+
+    def _relay_ended(self, relay_id: int, reason: str) -> None:
+        """A relay ended by itself: detach it, then tell its owner once."""
+        self._drop_relay(relay_id, reason)
+        on_end = self._relay_ends.pop(relay_id, None)
+        if on_end is not None:
+            on_end(relay_id, reason)
+
     # ----- SIP -----
     def build_invite(
         self, device: Device, channel_id: str, peer: Peer, offer: SessionDescription, ssrc: str
@@ -350,3 +413,37 @@ class StreamHub:
     # ----- API -----
     def snapshot(self) -> list[dict[str, Any]]:
         return [stream.as_json() for stream in self.streams.values()]
+
+
+class _HubRelay(RelaySender):
+    """A relay as the hub runs it: a camera stream that pauses (it is being invited again) and
+    brings no frame within `gap_timeout_s` ends the relay, so that the upstream hears of it
+    instead of waiting on a silent session."""
+
+    channel_id = ""
+    gap_timeout_s = 10.0
+    on_stream_lost: Callable[[str], None] | None = None
+    _units = 0
+    _gap_timer: asyncio.TimerHandle | None = None
+
+    def on_unit(self, unit: AccessUnit) -> None:
+        self._units += 1
+        super().on_unit(unit)
+
+    def on_gap(self, reason: str) -> None:
+        super().on_gap(reason)
+        if self._gap_timer is None:
+            self._gap_timer = asyncio.get_running_loop().call_later(
+                self.gap_timeout_s, self._gap_over, self._units, reason
+            )
+
+    def _gap_over(self, seen: int, reason: str) -> None:
+        self._gap_timer = None
+        if self._units == seen and self.on_stream_lost is not None:
+            self.on_stream_lost(reason)
+
+    def close(self, reason: str = "closed") -> None:
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
+        super().close(reason)
