@@ -28,7 +28,7 @@ from typing import Any
 
 from sip import catalog as cat
 from sip.errors import ParseError
-from sip.manscdp import ManscdpMessage, parse_manscdp
+from sip.manscdp import ManscdpMessage, build_manscdp, parse_manscdp
 from sip.message import Response
 from sip.subscription import Subscription, SubscriptionTable
 from sip.transaction import RequestReceived
@@ -49,6 +49,8 @@ TICK_S = 0.5
 ITEMS_PER_PART_UDP = 1
 ITEMS_PER_PART_TCP = 20
 PART_BYTES_MAX = 8000
+#: how long the answer of a device to a relayed DeviceControl is waited for
+CONTROL_ANSWER_S = 5.0
 NODE_NAME = "sensing-node"
 
 
@@ -292,14 +294,30 @@ class Cascade:
         body = event.request.body
 
         async def relay() -> None:
+            # Some commands (RecordCmd, GuardCmd, TeleBoot ...) get a Response/DeviceControl
+            # from the device; it goes to the upstream as the device sent it, re-encoded.
+            answer = asyncio.ensure_future(
+                queries.expect(dev, "DeviceControl", msg.sn, CONTROL_ANSWER_S)
+            )
             try:
                 response = await queries.send(dev, body)
             except Exception as exc:
+                answer.cancel()
                 log.info("DeviceControl for %s from upstream %s not delivered: %s",
                          msg.device_id, link.id, exc or type(exc).__name__)
                 self._answer(event, 504)
                 return
             self._answer(event, response.status if response.status < 300 else 502)
+            if response.status >= 300:
+                answer.cancel()
+                return
+            reply = await answer
+            if reply is not None and reply.root == "Response":
+                relayed = build_manscdp(
+                    "Response", "DeviceControl", reply.sn, reply.device_id,
+                    list(reply.fields.items()), encoding=link.settings.charset,
+                )
+                await self._send_parts(link, [relayed], f"DeviceControl SN {reply.sn}")
 
         self._spawn(relay(), "relay DeviceControl")
 

@@ -273,6 +273,25 @@ class DeviceQueries:
         return await self._send(dev, "Catalog")
 
     # ----- answers -----
+    async def expect(
+        self, dev: Device, cmd_type: str, sn: int, timeout: float
+    ) -> ManscdpMessage | None:
+        """Wait for the device's Response `cmd_type` with `sn` (to a request somebody else
+        sent it, e.g. a DeviceControl relayed from an upstream); None after `timeout`."""
+        key = (dev.id, cmd_type.lower(), sn)
+        if key in self._pending:
+            return None  # somebody waits for it already
+        collector = _Collector(dev.id, asyncio.get_running_loop().create_future())
+        self._pending[key] = collector
+        try:
+            await asyncio.wait_for(asyncio.shield(collector.done), timeout)
+        except TimeoutError:
+            return None
+        finally:
+            if self._pending.get(key) is collector:
+                del self._pending[key]
+        return collector.result
+
     def response_received(self, dev: Device, msg: ManscdpMessage) -> None:
         collector = self._pending.get((dev.id, msg.cmd_type.lower(), msg.sn))
         if collector is None or collector.done.done():

@@ -130,6 +130,7 @@ class SimulatedCamera:
         self.keepalive_failures = 0
         self.keepalives_sent = 0
         self.queries_answered: dict[str, int] = {}
+        self.controls: list[manscdp.ManscdpMessage] = []  # DeviceControl received, newest last
         self.last_register_response: Response | None = None
         self._task: asyncio.Task[None] | None = None
         self._call_seq = itertools.count(1)
@@ -262,6 +263,13 @@ class SimulatedCamera:
         if msg.root == "Query":
             self.queries_answered[msg.cmd_type] = self.queries_answered.get(msg.cmd_type, 0) + 1
             asyncio.get_running_loop().create_task(self._answer(msg))
+        elif msg.root == "Control" and msg.cmd_type == "DeviceControl":
+            self.controls.append(msg)
+            del self.controls[:-100]
+            # PTZ and the like have no answer; the commands that change a state do (2016 A.2.4)
+            if any(name in msg.fields for name in ("RecordCmd", "GuardCmd", "AlarmCmd")):
+                body = self._response("DeviceControl", msg.sn, [("Result", "OK")])
+                asyncio.get_running_loop().create_task(self._message(body))
 
     async def _answer(self, query: manscdp.ManscdpMessage) -> None:
         cfg = self.config

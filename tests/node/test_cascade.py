@@ -14,6 +14,7 @@ from rtp.psmux import PsMuxer
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sensing_node.sim.media import load_clip
 from sensing_node.sim.upstream import PlatformConfig, SimulatedUpstream, UpstreamSession
+from sip.manscdp import build_manscdp
 
 from .conftest import PASSWORD, RunningNode, StartNode, wait_for
 
@@ -252,3 +253,24 @@ async def test_a_stalled_tcp_upstream_does_not_disturb_another(cascade):
     assert "BYE" in reason
     ended = running.node.cascade.restreamer.ended
     assert any("not reading" in (e["end_reason"] or "") for e in ended)
+
+
+async def test_device_control_is_relayed_both_ways(cascade):
+    _, upstream, camera = await cascade()
+    ch = camera.channel_ids
+    ptz = build_manscdp("Control", "DeviceControl", 11, ch[0],
+                        [("PTZCmd", "A50F01021F0000D6")])
+    assert (await upstream.message(ptz)).status == 200
+    await wait_for(lambda: len(camera.controls) == 1)
+    assert camera.controls[0].fields["PTZCmd"] == "A50F01021F0000D6"
+    assert camera.controls[0].device_id == ch[0] and camera.controls[0].sn == 11
+    guard = build_manscdp("Control", "DeviceControl", 12, ch[1], [("GuardCmd", "SetGuard")])
+    assert (await upstream.message(guard)).status == 200
+    reply = await wait_for(lambda: next(
+        (m for m in upstream.messages if m.cmd_type == "DeviceControl" and m.sn == 12), None))
+    assert reply.root == "Response" and reply.device_id == CAMERA
+    assert reply.fields["Result"] == "OK"
+    # a channel this upstream may not see is not relayed
+    hidden = build_manscdp("Control", "DeviceControl", 13, ch[2], [("GuardCmd", "SetGuard")])
+    assert (await upstream.message(hidden)).status == 404
+    assert len(camera.controls) == 2
