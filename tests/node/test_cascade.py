@@ -274,3 +274,20 @@ async def test_device_control_is_relayed_both_ways(cascade):
     hidden = build_manscdp("Control", "DeviceControl", 13, ch[2], [("GuardCmd", "SetGuard")])
     assert (await upstream.message(hidden)).status == 404
     assert len(camera.controls) == 2
+
+
+async def test_a_retransmitted_invite_gets_the_same_answer_not_a_second_session(cascade):
+    running, upstream, camera = await cascade()
+    session = await upstream.start_invite(camera.channel_ids[0], "udp")
+    invite = session.invite_request
+    upstream.sip.send(invite, session.peer)  # as a lost 100 would make a UAC resend it
+    await session.answered()
+    assert session.ok
+    restreamer = running.node.cascade.restreamer
+    assert len(restreamer.live()) == 1
+    upstream.sip.send(invite, session.peer)  # after the 200: the same 200 again, no session
+    await session.wait_units(5)
+    assert len(restreamer.live()) == 1 and len(restreamer.sessions) == 1
+    # Still one session after the retransmissions; its BYE ends it.
+    assert (await session.bye()).status == 200
+    await wait_for(lambda: not restreamer.live())
