@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/demo.yaml
 
-.PHONY: run test bench bench-ingest bench-record bench-export bench-retention bench-compare lint clean
+.PHONY: run test bench bench-ingest bench-record bench-export bench-retention bench-compare \
+        bench-relay lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,12 @@ bench-export: $(VENV)/.installed-test
 
 bench-retention: $(VENV)/.installed-test
 	$(BIN)/python bench/retention.py
+
+# Re-streaming to an upper platform, the whole node process: one camera to 1, 10 and 50 upstream
+# sessions, 200 cameras to one each (about 10 minutes; see bench/relay.py for options). Its
+# results go to the section of docs/benchmarks.md named after it.
+bench-relay: $(VENV)/.installed-test
+	$(BIN)/python bench/relay.py
 
 # Ingest and recording on two commits, alternately in one run: make bench-compare BASE=<rev>
 bench-compare: $(VENV)/.installed-test
