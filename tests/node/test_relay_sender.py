@@ -12,6 +12,8 @@ import asyncio
 import dataclasses
 import functools
 import socket
+import struct
+import sys
 from collections.abc import Callable, Iterator
 from itertools import pairwise
 from typing import Any
@@ -174,11 +176,15 @@ async def send(sender: RelaySender, units: list[AccessUnit], received: Received)
 # --- UDP ------------------------------------------------------------------------------------
 
 
-async def test_udp_sends_the_frames_from_the_first_keyframe_from_the_announced_port() -> None:
+@pytest.mark.parametrize("gso", [True, False], ids=["segmented", "one-by-one"])
+async def test_udp_sends_the_frames_from_the_first_keyframe_from_the_announced_port(
+    gso: bool,
+) -> None:
     pool = make_pool()
     upstream, transport, address = await udp_upstream()
     ends: list[str] = []
     sender = relay(pool, "udp", address, on_end=ends.append)
+    sender.udp_gso = gso
     try:
         port = await sender.open()
         assert pool.in_use == 1
@@ -193,6 +199,7 @@ async def test_udp_sends_the_frames_from_the_first_keyframe_from_the_announced_p
         assert max(len(p.payload) for p in upstream.received.packets) == 1400
         stats = sender.stats()
         assert stats["state"] == "sending" and stats["ssrc"] == "0200000001"
+        assert stats["udp_gso"] is (gso and sys.platform == "linux") and not stats["send_errors"]
         assert stats["frames"] == 55 and stats["dropped_frames"] == 0
         assert stats["packets"] == len(upstream.received.packets)
         assert stats["bytes"] == sum(12 + len(p.payload) for p in upstream.received.packets)
@@ -205,6 +212,26 @@ async def test_udp_sends_the_frames_from_the_first_keyframe_from_the_announced_p
     assert ends == []  # the owner's close is not reported back to it
     sender.close("again")
     assert sender.end_reason == "done"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="UDP segmentation offload is Linux's")
+async def test_a_refused_segmented_send_falls_back_to_one_datagram_per_packet() -> None:
+    pool = make_pool()
+    upstream, transport, address = await udp_upstream()
+    sender = relay(pool, "udp", address)
+    try:
+        await sender.open()
+        # A segment size the kernel refuses (far more than 64 segments per call), as a route
+        # without checksum offload refuses any.
+        sender._gso = [(socket.SOL_UDP, 103, struct.pack("=H", 1))]
+        sender.start()
+        units = list(clip_units()[:30])
+        await send(sender, units, upstream.received)
+        assert upstream.received.frames() == [u.ps_bytes for u in units]
+        assert not sender.stats()["udp_gso"] and sender.send_errors == 0
+    finally:
+        sender.close("done")
+        transport.close()
 
 
 async def test_before_start_only_the_units_since_the_last_keyframe_are_held() -> None:
