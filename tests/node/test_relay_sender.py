@@ -407,6 +407,36 @@ async def test_tcp_passive_takes_one_connection_from_the_upstream_host_only() ->
     assert pool.in_use == 0
 
 
+async def test_tcp_passive_connected_before_the_ack_sends_the_held_gop_on_start() -> None:
+    pool = make_pool()
+    loop = asyncio.get_running_loop()
+    now = [50.0]
+    sender = relay(pool, "tcp-passive", (HOST, 9), clock=lambda: now[0])
+    received = Received()
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        port = await sender.open()
+        upstream.setblocking(False)
+        await loop.sock_connect(upstream, (HOST, port))
+        reader = asyncio.create_task(read_stream(upstream, received))
+        units = clip_units()
+        for unit in units[60:80]:
+            sender.on_unit(unit)
+        await until(lambda: sender._tcp is not None)
+        assert sender.state == "open" and sender.packets == 0  # nothing before the ACK
+        sender.start()
+        # The held GOP goes out with start(): its keyframe at once.
+        assert sender.state == "sending" and sender.started == sender.first_keyframe_at == 50.0
+        await send(sender, list(units[80:90]), received)
+        assert received.frames() == [u.ps_bytes for u in units[75:90]]
+        sender.close("bye")
+        await asyncio.wait_for(reader, 5)
+    finally:
+        sender.close("done")
+        upstream.close()
+    assert pool.in_use == 0
+
+
 def test_the_passive_accept_filter_compares_addresses() -> None:
     assert peer_allowed(("127.0.0.1", 4000), "127.0.0.1")
     assert peer_allowed(("::ffff:10.0.0.5", 4000, 0, 0), "10.0.0.5")
