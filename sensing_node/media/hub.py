@@ -43,6 +43,8 @@ ACK_CACHE_S = 32.0  # 64*T1: how long a 2xx to our INVITE may be retransmitted
 
 
 ENDED_KEPT = 100
+#: what may wait for a TCP upstream before frames are dropped (about 1 s at 8 Mbit/s)
+RELAY_BUFFER_BYTES = 1 << 20
 
 
 class StreamHub:
@@ -250,6 +252,7 @@ class StreamHub:
             ssrc=spec.ssrc, transport=spec.transport, remote=spec.remote, port_pool=self.pool,
             bind_host=self.media_bind_host, payload_max=media.rtp_payload_max,
             timeout_s=float(media.timeout_s), connect_timeout_s=media.connect_timeout_s,
+            max_buffer_bytes=RELAY_BUFFER_BYTES,
             on_end=lambda reason: self._relay_ended(relay_id, reason),
         )
         sender.channel_id = spec.channel_id

@@ -51,6 +51,7 @@ frame.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -73,6 +74,8 @@ log = logging.getLogger(__name__)
 
 TRANSPORTS = ("udp", "tcp-active", "tcp-passive")
 DEFAULT_MAX_BUFFER = 4 << 20
+#: SO_SNDBUF of a TCP relay socket (Linux doubles it): ample for 8 Mbit/s at 100 ms RTT
+TCP_SNDBUF = 128 << 10
 _DRAIN_READS = 64  # datagrams read from the UDP port per wake-up (RTCP, discarded)
 _HEADER = 12  # RTP fixed header, as the packetizer writes it
 _UDP_SEGMENT = 103  # Linux <netinet/udp.h>, since 4.18; not in the socket module
@@ -165,6 +168,9 @@ class RelaySender(Consumer):
         self._pending_bytes = 0
         self._paused = False
         self._paused_since = 0.0
+        self._written = 0  # bytes given to the TCP transport
+        self._handed = 0  # of those, bytes the kernel has taken, at the last look
+        self._progress_at = 0.0  # when the kernel last took bytes, or the buffer was empty
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: socket.socket | None = None
         self._sock: socket.socket | None = None  # tcp-active: bound, not yet connecting
@@ -419,6 +425,17 @@ class RelaySender(Consumer):
         self.packets += count
         self.bytes += len(framed) - 2 * count
         tcp.write(framed)  # may pause the protocol at once (_paused)
+        self._written += len(framed)
+        # An upstream that reads nothing at all stops the kernel taking our bytes long before
+        # the write buffer reaches max_buffer_bytes at a low bit rate: no progress for
+        # timeout_s while bytes wait ends the session as well.
+        waiting = tcp.get_write_buffer_size()
+        handed = self._written - waiting
+        now = self.now()
+        if waiting == 0 or handed != self._handed:
+            self._handed, self._progress_at = handed, now
+        elif now - self._progress_at >= self.timeout_s:
+            self._end("upstream not reading")
 
     def _writable(self) -> None:
         """The transport takes data: send what is held, from its keyframe on."""
@@ -500,6 +517,14 @@ class RelaySender(Consumer):
 
     def _connected(self, transport: asyncio.Transport) -> None:
         self._tcp = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # The kernel's share of what waits for a slow upstream stays small (autotuning
+            # would let it grow to megabytes), so that waiting shows in our write buffer.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TCP_SNDBUF)
+        self._written = self._handed = 0
+        self._progress_at = self.now()
         transport.set_write_buffer_limits(
             high=self.max_buffer_bytes, low=self.max_buffer_bytes // 4
         )

@@ -579,3 +579,36 @@ async def test_a_stalled_upstream_that_reads_again_resumes_at_the_next_keyframe(
         await asyncio.gather(reader, return_exceptions=True)
         conn.close()
     assert pool.in_use == 0
+
+
+async def test_an_upstream_reading_nothing_ends_before_the_buffer_limit_is_reached() -> None:
+    """At a low bit rate the write buffer could take minutes to reach its limit; an upstream
+    that takes no byte at all for timeout_s while bytes wait is ended all the same."""
+    pool = make_pool()
+    now = [1000.0]
+    listener = tcp_listener(rcvbuf=4096)
+    loop = asyncio.get_running_loop()
+    ends: list[str] = []
+    sender = relay(pool, "tcp-active", listener.getsockname(), on_end=ends.append,
+                   clock=lambda: now[0], timeout_s=10, max_buffer_bytes=64 << 20)
+    await sender.open()
+    sender.start()
+    conn, _ = await asyncio.wait_for(loop.sock_accept(listener), 5)
+    try:
+        await until(lambda: sender.state == "sending")
+        source = looped()
+        for _ in range(20_000):  # until the kernel takes no more: bytes wait in our buffer
+            sender.on_unit(next(source)[1])
+            if sender.stats()["write_buffer"] > 0:
+                break
+        assert sender.stats()["write_buffer"] > 0 and sender.state == "sending"
+        now[0] += 9.9
+        sender.on_unit(next(source)[1])
+        assert not ends and sender.dropped_frames == 0  # far below the limit: nothing dropped
+        now[0] += 0.2
+        sender.on_unit(next(source)[1])
+        assert ends == ["upstream not reading"] and pool.in_use == 0
+    finally:
+        sender.close("done")
+        listener.close()
+        conn.close()
