@@ -237,7 +237,7 @@ class Restreamer:
             return
         except StreamError as exc:
             status, reason = _camera_failure(exc)
-            self._refuse(session, status, reason, detail=exc.reason)
+            self._refuse(session, status, reason, detail=exc.reason, retry=status == 503)
             return
         session.relay_id = opened.relay_id
         port = opened.local_port

@@ -14,9 +14,13 @@ from rtp.psmux import PsMuxer
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sensing_node.sim.media import load_clip
 from sensing_node.sim.upstream import PlatformConfig, SimulatedUpstream, UpstreamSession
+from sensing_node.transport.sip import SipEndpoint
+from sip.headers import Headers
 from sip.manscdp import build_manscdp
+from sip.message import Request
+from sip.transaction import Peer
 
-from .conftest import PASSWORD, RunningNode, StartNode, wait_for
+from .conftest import PASSWORD, RunningNode, StartNode, free_even_range, wait_for
 
 CAMERA = "31011200001320000001"
 UPSTREAM = "31011200002000000100"
@@ -141,6 +145,8 @@ async def test_camera_going_offline_is_notified_within_two_seconds(cascade):
     ch = camera.channel_ids
     subscription = await upstream.subscribe_catalog(expires=600)
     assert (await upstream_state(running))[UPSTREAM]["subscriptions"] == 1
+    refreshed = await subscription.refresh(300)
+    assert refreshed.status == 200 and refreshed.headers.get("Expires") == "300"
     loop = __import__("asyncio").get_running_loop()
     went = loop.time()
     await camera.stop(unregister=True)
@@ -291,3 +297,61 @@ async def test_a_retransmitted_invite_gets_the_same_answer_not_a_second_session(
     # Still one session after the retransmissions; its BYE ends it.
     assert (await session.bye()).status == 200
     await wait_for(lambda: not restreamer.live())
+
+
+def catalog_query(sn: int, node_id: str, via: str, *, realm: str = "3101120000") -> Request:
+    body = build_manscdp("Query", "Catalog", sn, node_id)
+    headers = Headers([
+        ("Via", via), ("From", f"<sip:{UPSTREAM}@{realm}>;tag=x{sn}"),
+        ("To", f"<sip:{node_id}@{realm}>"), ("Call-ID", f"q{sn}@test"),
+        ("CSeq", "1 MESSAGE"), ("Max-Forwards", "70"),
+        ("Content-Type", "Application/MANSCDP+xml"),
+    ])
+    return Request(headers=headers, body=body, method="MESSAGE", uri=f"sip:{node_id}@x")
+
+
+async def test_requests_in_an_upstreams_name_from_elsewhere_get_403(cascade):
+    running, upstream, _ = await cascade()
+    node_peer = Peer("udp", *running.sip)
+    node_id = running.node.settings.node.id
+    # from another port of the same host: not the configured address
+    impostor = SipEndpoint(lambda event: None)
+    await impostor.open_udp()
+    try:
+        answer = await impostor.request(catalog_query(1, node_id, impostor.via("udp")),
+                                        node_peer)
+        assert (answer.status, answer.reason) == (403, "Source Mismatch")
+        # from the configured address itself, the same request is answered
+        answer = await upstream.sip.request(
+            catalog_query(2, node_id, upstream.sip.via("udp")), node_peer)
+        assert answer.status == 200
+    finally:
+        await impostor.close()
+    assert running.node.cascade.refused == 1
+
+
+async def test_an_upstream_that_refused_the_node_gets_403(cascade):
+    running, upstream, _ = await cascade(grant_s=3)  # refreshed within 2 s
+    upstream.mode = "forbid"
+    await upstream.restart()  # forgets the node; the next REGISTER is refused
+    link = running.node.cascade.links[UPSTREAM]
+    await wait_for(lambda: link.registration.state.value == "failed", timeout=15)
+    answer = await upstream.sip.request(
+        catalog_query(3, running.node.settings.node.id, upstream.sip.via("udp")),
+        Peer("udp", *running.sip))
+    assert (answer.status, answer.reason) == (403, "Not Registered")
+    state = (await upstream_state(running))[UPSTREAM]
+    assert state["state"] == "failed" and "403" in state["last_error"]
+
+
+async def test_no_port_left_answers_503_with_retry_after(cascade):
+    low, high = free_even_range(2, 33000, 34000)
+    running, upstream, camera = await cascade(node={"node.rtp_ports": f"{low}-{high}"})
+    channel = camera.channel_ids[0]
+    first = await upstream.invite(channel, "udp")  # the camera's port and this relay's
+    assert first.ok, (first.status, first.reason)
+    refused = await upstream.invite(channel, "udp")
+    assert refused.status == 503
+    answer = refused.response
+    assert answer is not None and answer.headers.get("Retry-After") == "10"
+    assert running.node.media.pool.in_use == 2
