@@ -525,11 +525,13 @@ class SimulatedUpstream:
         max_units: int = 2000,
         max_unit_bytes: int = 256 << 20,
         tcp_rcvbuf: int | None = None,
+        user: str | None = None,
     ) -> UpstreamSession:
         """Open the media port and send the INVITE; `await session.answered()` for the
         final answer, or `session.cancel()` before it. `ssrc` None picks a live y= in our
         domain; "" offers none. `tcp_rcvbuf` sets the receive buffer of a TCP media socket
-        (small, so that `stall()` backs the sender up within a few frames)."""
+        (small, so that `stall()` backs the sender up within a few frames). `user` goes into
+        `Monitor-User-Identity`, the operator on whose behalf the platform plays."""
         if transport not in SESSION_TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}")
         node, cfg = self._node(), self.config
@@ -546,6 +548,8 @@ class SimulatedUpstream:
         headers = self._headers("INVITE", channel_id, self._new_call_id(), os.urandom(4).hex())
         headers.add("Subject", subject_header(channel_id, ssrc or "0", cfg.platform_id, 0))
         headers.add("Content-Type", "APPLICATION/SDP")
+        if user is not None:
+            headers.add("Monitor-User-Identity", user)
         invite = Request(headers=headers, body=build_sdp(offer), method="INVITE",
                          uri=self._target(node, channel_id))
         session.invite_request, session.offer, session.peer = invite, offer, node.peer

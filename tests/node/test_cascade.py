@@ -160,7 +160,7 @@ async def test_live_video_over_each_transport(cascade, transport):
     sip = "udp" if transport == "udp" else "tcp"
     running, upstream, camera = await cascade(transport=sip)
     channel = camera.channel_ids[0]
-    session = await upstream.invite(channel, transport)
+    session = await upstream.invite(channel, transport, user="duty-officer-7")
     assert session.ok, (session.status, session.reason, session.warning)
     assert session.answer.ssrc == session.offered_ssrc
     await session.wait_units(40)
@@ -179,7 +179,10 @@ async def test_live_video_over_each_transport(cascade, transport):
     await wait_for(lambda: hub.pool.in_use == 0, timeout=10)  # camera stream lingers, then ends
     entries = await running.node.recording.audit_query(action="upstream_live")
     assert entries and entries[0].channel_id == channel
-    assert UPSTREAM in entries[0].actor and "upstream hung up" in entries[0].detail
+    assert entries[0].actor == f"upstream {UPSTREAM} user duty-officer-7"
+    assert "upstream hung up" in entries[0].detail and entries[0].result == "ok"
+    assert entries[0].range_start is not None and entries[0].range_end >= entries[0].range_start
+    assert int(entries[0].detail.split(", ")[1].split()[0]) > 0  # bytes sent
 
 
 async def test_a_running_ingest_is_shared_and_starts_at_its_keyframe(cascade):
