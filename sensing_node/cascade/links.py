@@ -75,6 +75,7 @@ class UpstreamLink:
         )
         self.registration = UpstreamRegistration(self.config)
         self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
         self._seq = 0
         self._tag = f"{id(self):x}"[-8:]
         # wall time of the registration's last state change (the machine counts monotonic)
@@ -145,7 +146,9 @@ class UpstreamLink:
     def _pump(self) -> None:
         """Send what the machine built and act on what it reports."""
         for request in self.registration.requests_to_send():
-            asyncio.get_running_loop().create_task(self._send(request))
+            task = asyncio.get_running_loop().create_task(self._send(request))
+            self._inflight.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._inflight.discard)
         while (event := self.registration.next_event()) is not None:
             if isinstance(event, Registered):
                 self.registrations += 1

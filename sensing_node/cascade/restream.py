@@ -126,6 +126,7 @@ class Restreamer:
         self.sessions: dict[tuple[str, int], RelaySession] = {}  # by (Call-ID, CSeq)
         self.ended: list[dict[str, Any]] = []
         self.refused: dict[int, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._tag = 0
 
     # ----- counts -----
@@ -373,8 +374,7 @@ class Restreamer:
         dialog = session.dialog
         if bye and dialog is not None and session.state in ("answered", "confirmed"):
             request = dialog.request("BYE", session.link.endpoint.via(session.link.peer.transport))
-            task = asyncio.get_running_loop().create_task(session.link.request(request))
-            task.add_done_callback(_quiet)
+            self._background(session.link.request(request))
         self._cleanup(session, reason)
 
     def _cleanup(self, session: RelaySession, reason: str, *, result: str = "ok") -> None:
@@ -407,12 +407,19 @@ class Restreamer:
         loop.call_later(64 * T1, self._forget, session)
         actor = f"upstream {session.link.id}" + (f" user {session.user}" if session.user else "")
         detail = (f"{record['transport'] or '-'}, {record['bytes']} bytes, {reason}")
-        audit = loop.create_task(self.audit(
+        self._background(self.audit(
             actor=actor, action="upstream_live", channel_id=session.channel_id or None,
             range_start=session.started, range_end=session.ended,
             result=result if result != "ok" or was_up else "error", detail=detail,
         ))
-        audit.add_done_callback(_quiet)
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` on its own; its failure is logged at debug level (a BYE nobody answers,
+        an audit write at shutdown)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_quiet)
 
     def _forget(self, session: RelaySession) -> None:
         if self.sessions.get(session.key) is session:

@@ -100,6 +100,7 @@ class Cascade:
         self._view: dict[str, dict[str, str]] = {}
         self._notify_chains: dict[int, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Future[None]] = set()
         self._tag = 0
         self._sn = 0
 
@@ -413,6 +414,8 @@ class Cascade:
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
+        self._background.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
 
     # ----- API -----
