@@ -44,9 +44,9 @@ frames, so a frame's first packet waits for its last. "After the frame" takes ea
 packet from the stamp of its camera frame's last packet instead: what the node adds once it
 could relay the frame.
 
-First keyframe: for the first session of each channel, from sending the INVITE to the kernel's
-arrival time of its first RTP packet, which must open a key frame (a PS pack followed by the
-system header the muxer writes before key frames); the channel is being pulled already.
+First keyframe: for every session, from sending the INVITE to the kernel's arrival time of its
+first RTP packet, which must open a key frame (a PS pack followed by the system header the muxer
+writes before key frames); the channel is being pulled already.
 
 Writes its section of docs/benchmarks.md (between `<!-- relay:begin -->` and
 `<!-- relay:end -->`) unless --no-doc.
@@ -616,11 +616,11 @@ async def one_run(cameras_n: int, sessions: int, frames: list[tuple[bytes, bool]
             return result
 
         out["ingest"] = await window("ingest")
-        # The relay pass: S sessions per channel, the first of each timed to its keyframe.
+        # The relay pass: S sessions per channel, each timed to its first keyframe.
         delays: list[float] = []
         failures: list[str] = []
-        first_sessions = []
-        for s in range(sessions):
+        timed = []
+        for _ in range(sessions):
             for i, channel in enumerate(channels):
                 next_camera[0] = i
                 invited = time.time_ns()
@@ -629,17 +629,16 @@ async def one_run(cameras_n: int, sessions: int, frames: list[tuple[bytes, bool]
                     failures.append(f"{channel}: {session.status} {session.reason} "
                                     f"{session.warning or ''}")
                     continue
-                if s == 0:
-                    first_sessions.append((session, invited))
+                timed.append((session, invited))
         await asyncio.sleep(1.5)
-        for session, invited in first_sessions:
+        for session, invited in timed:
             receiver = session.lean
             if receiver.packets:
                 delays.append((receiver.first_arrival - invited) / 1e9)
         out["keyframe_s"] = sorted(delays)
         out["keyframe_first_is_key"] = sum(
-            1 for session, _ in first_sessions if session.lean.first_is_key)
-        out["keyframe_sessions"] = len(first_sessions)
+            1 for session, _ in timed if session.lean.first_is_key)
+        out["keyframe_sessions"] = len(timed)
         out["invite_failures"] = failures
         out["relay"] = await window("relay")
         out["sessions_up"] = sum(1 for r in receivers.values() if r.packets)
@@ -742,7 +741,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
         "to the upstream receiving the packet that carries the same bytes. After the frame: "
         "from the node receiving the frame's last packet (the earliest it can relay the frame) "
         "to the upstream receiving each packet of it. First keyframe: INVITE sent → first RTP "
-        "packet at the upstream (a key frame), ms, over every channel's first session.")
+        "packet at the upstream (a key frame), ms, over every session.")
     add("")
     add("| config | in pkt/s | out pkt/s | node CPU | in µs/pkt | out µs/pkt (system) | "
         "out/in | added p50 ms | added p99 ms | after the frame p50 / p99 ms | "
@@ -774,7 +773,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
         "last (p50 / p99, µs). Transit: sender → socket of camera 0's packets sent a second "
         "time to a socket of this process (p50 / p99, µs). Frames: relayed frames in the "
         "window (of them not matched to a camera frame). Gaps: sequence gaps the upstream saw "
-        "over the run. Key: first packets that opened a key frame, of the first sessions. "
+        "over the run. Key: sessions whose first packet opened a key frame. "
         "This process: its CPU share during the relay window (cameras, platform, "
         "measurement). Late p99: how late the camera sender started a frame, ms.")
     add("")
