@@ -1468,7 +1468,7 @@ def main() -> int:
 
 #: Sections other benchmarks write between `<!-- name:begin -->` and `<!-- name:end -->`; this
 #: script keeps them, in this order, when it rewrites the rest of the doc.
-KEPT_SECTIONS = ("ingest", "record", "export", "retention")
+KEPT_SECTIONS = ("ingest", "record", "export", "retention", "compare", "relay")
 
 
 def kept_sections(path: Path) -> str:
