@@ -82,6 +82,8 @@ class UpstreamLink:
         self._since_wall = wall()
         self._last_state = self.registration.state
         self.registrations = 0
+        #: why the last TCP connection attempt failed (a REGISTER then counts as timed out)
+        self.last_connect_error: str | None = None
 
     # ----- state -----
     @property
@@ -107,7 +109,8 @@ class UpstreamLink:
             "transport": self.peer.transport,
             "state": snap.state,
             "since": self._since_wall,
-            "last_error": snap.last_error,
+            "last_error": snap.last_error if not self.last_connect_error
+            else f"{snap.last_error} ({self.last_connect_error})",
             # the machine counts on the monotonic clock: shown as wall time
             "registered_until": None if until is None else self.wall() + (until - self.mono()),
             "registrations": self.registrations,
@@ -152,10 +155,17 @@ class UpstreamLink:
         while (event := self.registration.next_event()) is not None:
             if isinstance(event, Registered):
                 self.registrations += 1
+                self.last_connect_error = None
                 log.info("registered to upstream %s (%s:%d over %s)", self.id, self.peer.host,
                          self.peer.port, self.peer.transport)
-            elif isinstance(event, RegistrationFailed | RegistrationLost):
-                log.warning("upstream %s: %s", self.id, event)
+            elif isinstance(event, RegistrationFailed):
+                why = event.reason + (f" ({self.last_connect_error})"
+                                      if self.last_connect_error else "")
+                log.warning("upstream %s: %s; registering again in %.0f s", self.id, why,
+                            max(0.0, event.retry_at - self.mono()))
+            elif isinstance(event, RegistrationLost):
+                log.warning("upstream %s: registration lost (%s); registering again", self.id,
+                            event.reason)
         state = self.registration.state
         if state is not self._last_state:
             self._last_state = state
@@ -166,7 +176,9 @@ class UpstreamLink:
     async def _send(self, request: Request) -> None:
         try:
             response = await self.request(request)
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, OSError | TimeoutError) and self.peer.reliable:
+                self.last_connect_error = f"cannot connect: {exc.strerror or exc or 'timeout'}"
             self.registration.request_timed_out(request, self.mono())
         else:
             self.registration.response_received(response, self.mono())
