@@ -175,13 +175,17 @@ def test_permutation_within_window_comes_out_in_order(case: tuple[int, list[int]
     assert buf.held == 0
 
 
+# Offsets stay below the buffer's history (128 packets for a window of 64): a packet further
+# behind than that, followed by its successor, is a restarted source by design (see
+# test_restart_is_confirmed_by_the_next_packet), and its output starts a new order.
 @given(
-    st.lists(st.tuples(st.integers(0, 200), st.floats(0, 0.05)), max_size=300),
+    st.lists(st.tuples(st.integers(0, 120), st.floats(0, 0.05)), max_size=300),
     st.integers(0, 0xFFFF),
 )
 @example([(0, 0.0), (2, 0.0), (3, 0.0), (67, 0.0)], 0)
 def test_gaps_never_wait_forever(steps: list[tuple[int, float]], start: int) -> None:
-    """Any arrival order: output is in order, bounded, and nothing is held past its deadline."""
+    """Any arrival order within the history: output is in order, bounded, and nothing is held
+    past its deadline."""
     buf: ReorderBuffer[int] = ReorderBuffer(window=64, max_delay_s=0.2)
     now = 0.0
     out: list[int] = []
