@@ -414,12 +414,17 @@ async def list_upstreams(request: web.Request) -> web.Response:
         item["since"] = iso(item["since"], tz)
         item["registered_until"] = iso(item["registered_until"], tz)
         upstreams.append(item)
-    sessions = []
-    for session in node.cascade.restreamer.snapshot():
-        session["started"] = iso(session["started"], tz)
-        session["ended"] = iso(session["ended"], tz)
-        sessions.append(session)
-    return web.json_response({"upstreams": upstreams, "sessions": sessions})
+    restreamer = node.cascade.restreamer
+
+    def dated(session: dict[str, Any]) -> dict[str, Any]:
+        return {**session, "started": iso(session["started"], tz),
+                "ended": iso(session["ended"], tz)}
+
+    return web.json_response({
+        "upstreams": upstreams,
+        "sessions": [dated(s) for s in restreamer.snapshot()],
+        "ended": [dated(s) for s in reversed(restreamer.ended)],
+    })
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -177,6 +177,9 @@ async def test_live_video_over_each_transport(cascade, transport):
     hub = running.node.media
     await wait_for(lambda: not running.node.cascade.restreamer.live())
     await wait_for(lambda: hub.pool.in_use == 0, timeout=10)  # camera stream lingers, then ends
+    ended = (await running.get("/api/upstreams"))["ended"]
+    assert ended[0]["channel_id"] == channel and ended[0]["end_reason"] == "upstream hung up (BYE)"
+    assert ended[0]["bytes"] > 0 and ended[0]["ended"] >= ended[0]["started"]
     entries = await running.node.recording.audit_query(action="upstream_live")
     assert entries and entries[0].channel_id == channel
     assert entries[0].actor == f"upstream {UPSTREAM} user duty-officer-7"
