@@ -228,47 +228,43 @@ class PlaybackReader:
         rows = self.segments
         first = max((i for i, row in enumerate(rows) if row.start_wall <= at), default=0)
         played_to: float | None = None  # end of the last segment played
-        skipped: list[str] = []  # what was skipped since it
+        seen_to: float | None = None  # end of the last segment met, played or skipped
+        hole = False  # time not recorded since the last segment played
+        skipped: list[str] = []  # segments skipped since it
         for row in rows[first:]:
-            if played_to is None and row.start_wall >= self.end:
-                return  # nothing recorded in the range
-            if played_to is not None and row.start_wall > played_to + self.gap_tolerance:
-                if row.start_wall >= self.end:
-                    return  # the range ends in the gap
-                reason = ", ".join(skipped) if skipped else _NOT_RECORDED
-                self.gaps += 1
-                yield Gap(played_to, row.start_wall, reason)
-            elif played_to is not None and skipped:
-                self.gaps += 1
-                yield Gap(played_to, row.start_wall, ", ".join(skipped))
+            if seen_to is not None and row.start_wall > seen_to + self.gap_tolerance:
+                hole = True
+            seen_to = row.end_wall
+            broken = played_to is not None and (hole or bool(skipped))
+            if row.start_wall >= self.end and (played_to is None or broken):
+                return  # nothing recorded in the range, or it ends in a gap
             problem = self._check(row)
-            if problem is not None:
-                self.altered += 1
-                yield problem
-                skipped.append(f"segment {row.path} skipped: {problem.reason}")
-                continue
-            skipped = []
-            try:
-                with open(self.root / row.path, "rb") as f:
-                    origin, base = (0, row.start_pts)
-                    if played_to is None and at > row.start_wall:
-                        located = self._locate(f, row, at)
-                        if located is None:
-                            continue  # `at` lies after this segment's last frame, in a gap
-                        origin, base = located
-                    done = yield from self._frames(f, row, origin, base, played_to is None)
-            except OSError as exc:
-                problem = SegmentAltered(row, None, f"unreadable: {exc.strerror or exc}")
-                self._checked[row.id] = problem
-                self.altered += 1
-                yield problem
-                skipped.append(f"segment {row.path} skipped: {problem.reason}")
-                continue
-            finally:
-                self.held = 0
-            if done:
-                return
-            played_to = row.end_wall
+            if problem is None:
+                if played_to is not None and broken:
+                    self.gaps += 1
+                    yield Gap(played_to, row.start_wall,
+                              "; ".join(([_NOT_RECORDED] if hole else []) + skipped))
+                hole, skipped = False, []
+                try:
+                    with open(self.root / row.path, "rb") as f:
+                        origin, base = (0, row.start_pts)
+                        if played_to is None and at > row.start_wall:
+                            located = self._locate(f, row, at)
+                            if located is None:
+                                continue  # `at` lies after this segment's last frame
+                            origin, base = located
+                        if (yield from self._frames(f, row, origin, base, played_to is None)):
+                            return
+                        played_to = row.end_wall
+                        continue
+                except OSError as exc:
+                    problem = SegmentAltered(row, None, f"unreadable: {exc.strerror or exc}")
+                    self._checked[row.id] = problem
+                finally:
+                    self.held = 0
+            self.altered += 1
+            yield problem
+            skipped.append(f"segment {row.path} skipped: {problem.reason}")
 
     def _check(self, row: SegmentRow) -> SegmentAltered | None:
         """Compare the file with its index row (size, then SHA-256); once per segment."""
