@@ -71,8 +71,8 @@ MIN_SCALE = 0.001
 MAX_SCALE = 1000.0
 """Bounds of |Scale|: 1/32 and 32 are the extremes seen in the field."""
 
-MAX_NPT = 9_999_999_999.0
-"""Largest npt time read: ten integer digits of seconds."""
+MAX_NPT = 1e10
+"""npt times are below this: ten integer digits of seconds."""
 
 REASONS = {
     200: "OK",
@@ -162,9 +162,7 @@ class MansrtspRequest:
             raise LocalProtocolError(f"CSeq out of range: {self.cseq}")
         if self.method != "PLAY" and (self.start is not None or self.scale is not None):
             raise LocalProtocolError(f"{self.method} carries neither Range nor Scale")
-        if self.start is not None and not (
-            math.isfinite(self.start) and 0 <= self.start <= MAX_NPT
-        ):
+        if self.start is not None and not (math.isfinite(self.start) and 0 <= self.start < MAX_NPT):
             raise LocalProtocolError(f"npt start out of range: {self.start}")
         if self.scale is not None and not _check_scale(self.scale):
             raise LocalProtocolError(f"Scale out of range: {self.scale}")
@@ -242,11 +240,11 @@ def _header_fields(lines: list[str]) -> list[tuple[str, str]]:
     return fields
 
 
-def _single(fields: list[tuple[str, str]], name: str) -> str | None:
+def _single(fields: list[tuple[str, str]], name: str, cseq: int | None = None) -> str | None:
     """The value of header `name`; repeats must agree."""
     values = {v for k, v in fields if k.lower() == name}
     if len(values) > 1:
-        raise MansrtspError(f"conflicting {name} header fields")
+        raise MansrtspError(f"conflicting {name} header fields", 400, cseq)
     return values.pop() if values else None
 
 
@@ -289,7 +287,7 @@ def _range_start(value: str, cseq: int | None) -> float | None:
     if start.lower() == "now":
         return None
     seconds = _npt_time(start)
-    if seconds is None or seconds > MAX_NPT:
+    if seconds is None or seconds >= MAX_NPT:
         raise MansrtspError(f"bad Range start {start[:20]!r}", 457, cseq)
     return seconds
 
@@ -327,8 +325,8 @@ def parse_mansrtsp(data: bytes) -> MansrtspRequest:
         raise MansrtspError(f"method {method} not supported", 501, cseq)
     if method != "PLAY":
         return MansrtspRequest(method, cseq)
-    range_value = _single(fields, "range")
-    scale_value = _single(fields, "scale")
+    range_value = _single(fields, "range", cseq)
+    scale_value = _single(fields, "scale", cseq)
     start = _range_start(range_value, cseq) if range_value is not None else None
     scale = _scale(scale_value, cseq) if scale_value is not None else None
     return MansrtspRequest(method, cseq, start, scale)
