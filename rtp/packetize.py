@@ -23,6 +23,11 @@ slice of the frame, joined with one copy of the payload bytes (about 1.6 times a
 `packetize_framed` returns them RFC 4571 framed in one `bytes` object, one write per frame on
 TCP. A frame of n bytes gives n bytes of
 payload plus 12 bytes per packet (14 framed); nothing is kept between frames but the counters.
+
+Cut-through: `begin_forwarding` switches to passing the source's packets on one by one as they
+arrive (`forward`), without waiting for the frame's last packet: each gets our header, with the
+source's timestamp shifted onto our timeline at the switch, and is split when its payload is
+larger than `payload_max`. `end_forwarding` goes back to whole frames.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class RtpPacketizer:
         "_offset",
         "_anchor",
         "_lead",
+        "_through",
     )
 
     def __init__(
@@ -98,6 +104,7 @@ class RtpPacketizer:
         self._offset: int | None = None  # timestamp - PTS, from the first frame with a PTS
         self._anchor = first_ts  # what the next first PTS is stamped
         self._lead = 0x8000 | payload_type  # the header's first two bytes, marker clear
+        self._through: int | None = None  # timestamp - source timestamp while forwarding
 
     def restart_timeline(self, step: int = 3600) -> None:
         """Stamp the next frame with a PTS `step` after the last timestamp and follow the PTS
@@ -170,3 +177,67 @@ class RtpPacketizer:
         self.packets = (self.packets + count) & _MASK32
         self.octets = (self.octets + size) & _MASK32
         return b"".join(parts)
+
+    # ----- cut-through: the source's packets passed on one by one -----
+    def begin_forwarding(self, source_ts: int) -> None:
+        """Pass the source's packets on from now on (`forward`): the frame sent last carried the
+        source's RTP timestamp `source_ts`, so a forwarded packet is stamped our last timestamp
+        plus its distance from that one (modulo 2**32)."""
+        if not 0 <= source_ts <= _MASK32:
+            raise ValueError("source_ts must be 0-4294967295")
+        self._through = (self.timestamp - source_ts) & _MASK32
+
+    def forward(self, payload: bytes | bytearray | memoryview, source_ts: int,
+                marker: bool) -> list[bytes]:
+        """One source packet's payload as our packets (split when it is larger than
+        `payload_max`; the marker, if set, on the last piece only). Needs `begin_forwarding`."""
+        through = self._through
+        if through is None:
+            raise ValueError("forward() before begin_forwarding()")
+        view = memoryview(payload).cast("B")
+        size = len(view)
+        if not size:
+            return []
+        self.timestamp = timestamp = (source_ts + through) & _MASK32
+        pack = _HEADER.pack
+        lead = self._lead
+        ssrc = self.ssrc
+        seq = self.sequence
+        payload_max = self.payload_max
+        if size <= payload_max:
+            out = [pack(lead | _MARKER if marker else lead, seq, timestamp, ssrc) + view]
+        else:
+            out = []
+            last = size - 1 - (size - 1) % payload_max
+            for start in range(0, last, payload_max):
+                out.append(pack(lead, seq & 0xFFFF, timestamp, ssrc)
+                           + view[start : start + payload_max])
+                seq += 1
+            out.append(pack(lead | _MARKER if marker else lead, seq & 0xFFFF, timestamp, ssrc)
+                       + view[last:])
+        self.sequence = (seq + 1) & 0xFFFF
+        self.packets = (self.packets + len(out)) & _MASK32
+        self.octets = (self.octets + size) & _MASK32
+        return out
+
+    def forward_framed(self, payload: bytes | bytearray | memoryview, source_ts: int,
+                       marker: bool) -> bytes:
+        """`forward`, RFC 4571 framed, as one `bytes` object."""
+        return b"".join(
+            len(packet).to_bytes(2, "big") + packet
+            for packet in self.forward(payload, source_ts, marker)
+        )
+
+    def end_forwarding(self) -> None:
+        """Back to whole frames (`packetize`): the next frame's PTS is stamped a frame after the
+        last timestamp, as after `restart_timeline`."""
+        self._through = None
+        self.restart_timeline()
+
+    @property
+    def forwarding(self) -> bool:
+        return self._through is not None
+
+    def skip(self, packets: int) -> None:
+        """Leave `packets` sequence numbers out, so the receiver sees the source's loss."""
+        self.sequence = (self.sequence + packets) & 0xFFFF

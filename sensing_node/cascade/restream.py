@@ -100,6 +100,8 @@ class RelaySession:
             "packets": stats.get("packets", 0),
             "bytes": stats.get("bytes", 0),
             "dropped_frames": stats.get("dropped_frames", 0),
+            # the camera's packets passed on as they come (else whole frames)
+            "cut_through": bool(stats.get("forwarding")),
         }
 
 

@@ -109,6 +109,9 @@ class RelaySender(Consumer):
     """
 
     name = "relay"
+    wants_rtp = True  # for cut-through (on_rtp)
+    #: pass the camera's packets on as they come once a whole frame went out (see on_rtp)
+    cut_through = True
     connect_attempts = 4
     connect_retry_s = 1.0
     #: send a frame's UDP packets in runs with UDP_SEGMENT where the kernel can
@@ -169,6 +172,11 @@ class RelaySender(Consumer):
         self._paused = False
         self._paused_since = 0.0
         self._written = 0  # bytes given to the TCP transport
+        # Cut-through (on_rtp): on, and the state of the packet boundary it may start at.
+        self._through = False
+        self._last_ts = 0  # the camera's RTP timestamp of the last packet seen
+        self._last_marker = False  # that packet closed a frame
+        self._sent_since_marker = False  # and that frame went out whole
         self._handed = 0  # of those, bytes the kernel has taken, at the last look
         self._progress_at = 0.0  # when the kernel last took bytes, or the buffer was empty
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -316,17 +324,75 @@ class RelaySender(Consumer):
 
     # ----- the stream's calls -----
     def on_unit(self, unit: AccessUnit) -> None:
+        if self._through:
+            return  # its packets went out as they came
         if self._skipping and not self._resume(unit):
             return
         self._send(unit)
+        self._sent_since_marker = not self._skipping and (
+            self._send == self._send_udp or self._send == self._send_tcp
+        )
+
+    def on_rtp(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+        """Cut-through: once a frame that closed with a marker went out whole, the camera's
+        packets are passed on as they come (our header, its payload), so a packet no longer
+        waits for its frame's last one. Anything irregular (a stall, a gap) goes back to whole
+        frames, which resume at a keyframe; a camera that sets no marker stays with them."""
+        if self._through:
+            self._forward(payload, ts, marker)
+            return
+        if (self._last_marker and self._sent_since_marker and self.cut_through
+                and self.state == "sending" and not self._skipping and not self._paused):
+            self._through = True
+            self.packetizer.begin_forwarding(self._last_ts)
+            self._forward(payload, ts, marker)
+            return
+        self._last_ts, self._last_marker = ts, marker
+        if marker:
+            self._sent_since_marker = False
+
+    def on_loss(self, packets: int) -> None:
+        if self._through:
+            self.packetizer.skip(packets)  # the upstream sees the camera's loss
+
+    def _forward(self, payload: memoryview, ts: int, marker: bool) -> None:
+        packetizer = self.packetizer
+        if self.transport == "udp":
+            packets = packetizer.forward(payload, ts, marker)
+            lost, lost_bytes = self._send_each(packets)
+            self.packets += len(packets) - lost
+            self.bytes += len(payload) + _HEADER * len(packets) - lost_bytes
+            self.send_errors += lost
+        else:
+            tcp = self._tcp
+            if tcp is None:
+                return
+            framed = packetizer.forward_framed(payload, ts, marker)
+            count = -(-len(payload) // packetizer.payload_max)
+            self.packets += count
+            self.bytes += len(framed) - 2 * count
+            tcp.write(framed)
+            self._written += len(framed)
+            self._check_progress(tcp)
+        if marker:
+            self.frames += 1
+
+    def _whole_frames(self) -> None:
+        """Back from cut-through to whole frames (which resume at the next keyframe)."""
+        if self._through:
+            self._through = False
+            self.packetizer.end_forwarding()
+        self._last_marker = self._sent_since_marker = False
 
     def on_gap(self, reason: str) -> None:
         # The camera is being invited again: its next frames follow another PTS base, and
         # what comes first is not known to be decodable.
         self._pending, self._pending_bytes = [], 0
+        was_through = self._through
+        self._whole_frames()
         if self.state in ("sending", "stalled"):
             self._skipping = True
-        if self.frames:
+        if self.frames and not was_through:
             self.packetizer.restart_timeline()
 
     def on_end(self, reason: str) -> None:
@@ -426,9 +492,12 @@ class RelaySender(Consumer):
         self.bytes += len(framed) - 2 * count
         tcp.write(framed)  # may pause the protocol at once (_paused)
         self._written += len(framed)
-        # An upstream that reads nothing at all stops the kernel taking our bytes long before
-        # the write buffer reaches max_buffer_bytes at a low bit rate: no progress for
-        # timeout_s while bytes wait ends the session as well.
+        self._check_progress(tcp)
+
+    def _check_progress(self, tcp: asyncio.Transport) -> None:
+        """An upstream that reads nothing at all stops the kernel taking our bytes long before
+        the write buffer reaches max_buffer_bytes at a low bit rate: no progress for timeout_s
+        while bytes wait ends the session as well."""
         waiting = tcp.get_write_buffer_size()
         handed = self._written - waiting
         now = self.now()
@@ -542,6 +611,7 @@ class RelaySender(Consumer):
             self._end("upstream closed the connection")
 
     def _pause(self) -> None:
+        self._whole_frames()
         if not self._paused:
             self._paused = True
             self._paused_since = self.now()
@@ -589,6 +659,7 @@ class RelaySender(Consumer):
             "started": self.started,
             "first_keyframe_at": self.first_keyframe_at,
             "end_reason": self.end_reason,
+            "forwarding": self._through,
         }
 
 

@@ -172,6 +172,7 @@ async def test_live_video_over_each_transport(cascade, transport):
     # The node names the transport from its side: it listens where the upstream connects.
     ours = {"udp": "udp", "tcp-active": "tcp-passive", "tcp-passive": "tcp-active"}[transport]
     assert live["state"] == "confirmed" and live["transport"] == ours
+    assert live["cut_through"] is True  # the camera marks its frames' last packets
     answer = await session.bye()
     assert answer is not None and answer.status == 200
     hub = running.node.media

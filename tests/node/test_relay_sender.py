@@ -22,6 +22,7 @@ import pytest
 
 from rtp.framing import Deframer
 from rtp.packet import RtpPacket
+from rtp.packetize import RtpPacketizer
 from rtp.ps import AccessUnit, PsDemuxer
 from sensing_node.media.relay import RelaySender, peer_allowed
 from sensing_node.transport.rtp import PortPool, set_rcvbuf
@@ -612,3 +613,84 @@ async def test_an_upstream_reading_nothing_ends_before_the_buffer_limit_is_reach
         sender.close("done")
         listener.close()
         conn.close()
+
+
+# --- cut-through ----------------------------------------------------------------------------
+
+
+def camera_packets(unit: AccessUnit, camera: RtpPacketizer) -> list[RtpPacket]:
+    return [RtpPacket.parse(p) for p in camera.packetize(unit.ps_bytes, unit.pts)]
+
+
+@pytest.mark.parametrize("camera_payload", [1400, 8000], ids=["same-size", "larger"])
+async def test_cut_through_passes_packets_on_before_their_frame_is_complete(
+    camera_payload: int,
+) -> None:
+    """As the stream calls it: each packet (on_rtp), and the frame's units once its marker
+    packet came (on_unit). The first frames go out whole, from the keyframe; from the frame
+    after one that closed with a marker on, each packet goes out as it comes, split where the
+    camera's is larger than ours, on one timeline and sequence."""
+    pool = make_pool()
+    upstream, transport, address = await udp_upstream()
+    sender = relay(pool, "udp", address)
+    camera = RtpPacketizer(123456, payload_max=camera_payload, first_seq=65500, first_ts=1 << 31)
+    try:
+        await sender.open()
+        sender.start()
+        units = [u for u in clip_units()[20:90] if u.stream_id >= 0xE0]
+        early = 0
+        for index, unit in enumerate(units):
+            packets = camera_packets(unit, camera)
+            before = len(upstream.received.packets)
+            for packet in packets:
+                sender.on_rtp(memoryview(packet.payload), packet.sequence, packet.timestamp,
+                              packet.marker)
+            if sender.stats()["forwarding"]:
+                # out already, before the frame's units were handed over
+                await upstream.received.wait_for(sender.packets)
+                early += len(upstream.received.packets) > before
+            sender.on_unit(unit)
+            await upstream.received.wait_for(sender.packets)
+            if index == 10:
+                sender.on_loss(3)  # the camera lost 3 packets: the upstream sees the hole
+                skipped = sender.packetizer.sequence
+        keyframe = next(i for i, u in enumerate(units) if is_key(u))
+        sent = upstream.received
+        sequences = [p.sequence for p in sent.packets]
+        hole = sequences.index(skipped)
+        assert sequences[hole - 1] == (skipped - 4) & 0xFFFF
+        del sent.packets[hole:]  # the frames check wants no hole: compare up to it
+        assert sent.frames() == [u.ps_bytes for u in units[keyframe:11]]
+        assert early == len(units) - keyframe - 1  # every frame after the first whole one
+        assert max(len(p.payload) for p in upstream.received.packets) <= 1400
+        stamps = sent.timestamps()
+        assert [(b - a) & 0xFFFFFFFF for a, b in pairwise(stamps)] == [FRAME] * (len(stamps) - 1)
+        # A gap in the camera's stream goes back to whole frames, from the next keyframe.
+        sender.on_gap("camera invited again")
+        assert not sender.stats()["forwarding"]
+    finally:
+        sender.close("done")
+        transport.close()
+    assert pool.in_use == 0
+
+
+async def test_cut_through_stays_off_for_a_camera_without_markers() -> None:
+    pool = make_pool()
+    upstream, transport, address = await udp_upstream()
+    sender = relay(pool, "udp", address)
+    camera = RtpPacketizer(7, first_seq=0, first_ts=0)
+    try:
+        await sender.open()
+        sender.start()
+        units = [u for u in clip_units()[25:40] if u.stream_id >= 0xE0]
+        for unit in units:
+            for packet in camera_packets(unit, camera):
+                sender.on_rtp(memoryview(packet.payload), packet.sequence, packet.timestamp,
+                              False)
+            sender.on_unit(unit)
+            await upstream.received.wait_for(sender.packets)
+        assert not sender.stats()["forwarding"]
+        assert upstream.received.frames() == [u.ps_bytes for u in units]
+    finally:
+        sender.close("done")
+        transport.close()

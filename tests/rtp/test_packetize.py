@@ -322,3 +322,31 @@ def test_media_comes_out_of_a_fresh_demuxer_the_same(
     got = [u for p in packets for u in demuxer.feed(p.payload)] + demuxer.flush()
     assert [fields(u) for u in got] == [fields(u) for u in sent]
     assert sum(u.keyframe for u in got if u.stream_id == 0xE0) == 10
+
+
+def test_forwarding_continues_the_timeline_and_sequence_of_whole_frames() -> None:
+    p = RtpPacketizer(99, payload_max=100, first_seq=65534, first_ts=5000)
+    with pytest.raises(ValueError):
+        p.forward(b"x", 0, True)
+    whole = [RtpPacket.parse(x) for x in p.packetize(b"a" * 150, 90_000)]
+    assert [x.sequence for x in whole] == [65534, 65535] and p.timestamp == 5000
+    p.begin_forwarding(777_000)  # the camera's timestamp of that frame
+    assert p.forwarding
+    small = [RtpPacket.parse(x) for x in p.forward(b"b" * 60, 777_000 + 3600, False)]
+    big = [RtpPacket.parse(x) for x in p.forward(b"c" * 250, 777_000 + 3600, True)]
+    assert [x.sequence for x in small + big] == [0, 1, 2, 3]
+    assert {x.timestamp for x in small + big} == {8600}
+    assert [x.marker for x in small + big] == [False, False, False, True]
+    assert [len(x.payload) for x in big] == [100, 100, 50]
+    assert b"".join(bytes(x.payload) for x in big) == b"c" * 250
+    unmarked = [RtpPacket.parse(x) for x in p.forward(b"d" * 250, 777_000 + 7200, False)]
+    assert not any(x.marker for x in unmarked)
+    p.skip(5)
+    framed = p.forward_framed(b"e" * 120, (777_000 + 10_800) & 0xFFFFFFFF, True)
+    packets = Deframer().feed(framed)
+    assert [RtpPacket.parse(bytes(x)).sequence for x in packets] == [12, 13]
+    assert p.packets == 2 + 1 + 3 + 3 + 2 and p.octets == 150 + 60 + 250 + 250 + 120
+    p.end_forwarding()
+    assert not p.forwarding
+    after = RtpPacket.parse(p.packetize(b"f", 12345)[0])
+    assert after.timestamp == (5000 + 10_800 + 3600) & 0xFFFFFFFF and after.sequence == 14
