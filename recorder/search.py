@@ -196,7 +196,8 @@ def record_search(
         if (
             last is not None
             and row.start_wall <= last.end + tolerance
-            and not cuts.between(last.end, row.start_wall)
+            # a row that starts inside the run (a clock set back) joins it whatever lies there
+            and (row.start_wall < last.end or not cuts.between(last.end, row.start_wall))
         ):
             last.end = max(last.end, row.end_wall)
             last.bytes += row.bytes
@@ -235,9 +236,9 @@ class _Cuts:
             self.reach.append(max(span_end, self.reach[-1]) if self.reach else span_end)
 
     def between(self, after: float, before: float) -> bool:
-        """Whether a gap lies between a run's end ``after`` and the next segment's start."""
-        low = min(after, before) - TIME_TOLERANCE_S
-        high = max(after, before) + TIME_TOLERANCE_S
+        """Whether a gap lies between a run's end ``after`` and the next segment's start
+        ``before`` (not earlier)."""
+        low, high = after - TIME_TOLERANCE_S, before + TIME_TOLERANCE_S
         k = bisect.bisect_left(self.starts, high)
         return k > 0 and self.reach[k - 1] > low
 
