@@ -28,6 +28,7 @@ from tests.recorder.media import CHANNEL, FPS, T0, TZ, decode, is_video, timed, 
 GAP_S = 10.0  # wall time missing between the second and the third segment
 FIRST_COUNTER = 25  # the gb_* files start at frame counter 25 (tests/data/media/README.md)
 GB_FILES = ["gb_h264_zlm.ps", "gb_h265_zlm.ps", "gb_h264_alaw_zlm.ps"]
+FFMPEG_FILES = ["h264_640x360_25fps_10s_ffmpeg.ps", "h265_640x360_25fps_10s_ffmpeg.ps"]
 
 
 @dataclass
@@ -137,6 +138,21 @@ def test_the_whole_range_is_the_stored_files_with_the_gap_reported(root, index, 
     assert not any(f.keyframe for f in frames(events) if not f.video)
     if name == "gb_h264_alaw_zlm.ps":
         assert any(not f.video for f in frames(events))
+
+
+@pytest.mark.parametrize("name", FFMPEG_FILES)
+def test_ffmpeg_packs_that_split_frames_play_byte_exact_too(root, index, name):
+    """FFmpeg's 2048-byte packs start frames inside a PES: the keyframe a range starts at is
+    found all the same, and its bytes are the file's."""
+    rec = make_recording(root, index, name)
+    whole = play(rec, T0 - 1, T0 + 60)
+    assert b"".join(f.ps_bytes for f in frames(whole)) == b"".join(map(rec.data, rec.rows))
+    assert len(video(whole)) == 200
+    events = play(rec, rec.walls[37], rec.walls[130])
+    # some units carry no PTS (a PES can start two frames): count frames, not wall times
+    assert len(video(events)) == 131 - 25
+    assert video(events)[0].keyframe and rec.frame_at(video(events)[0].wall) == 25
+    assert_stored_bytes(rec, events)
 
 
 def test_the_played_bytes_decode_to_the_recorded_frames_in_order(rec, tmp_path):
