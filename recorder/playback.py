@@ -30,11 +30,11 @@ before it, so wall times never go back within a segment.
 Each segment is checked before its first byte is handed out: its file is read once through for
 the hash, then again from the start keyframe to be demuxed (the page cache serves the second
 read). Bounded: files are read in chunks of ``chunk_size``, a new chunk only once the units of
-the last one have been handed out, and the demuxer keeps a window of a third of ``read_ahead``
-less two chunks (it holds at most about twice its window: ``rtp.ps``, Memory). What the reader
-holds of the files (``held``: bytes read and not handed out yet, with the demuxer's copies)
-so stays within ``read_ahead``; a frame larger than the window comes out in pieces, its bytes
-still in order. No segment is ever loaded whole.
+the last one have been handed out, and the demuxer's window is a third of what ``read_ahead``
+leaves after two chunks (it holds at most about twice its window: ``rtp.ps``, Memory). What
+the reader holds of the files (``held``: bytes read and not handed out yet, with the
+demuxer's copies) so stays within ``read_ahead``; a frame larger than the window comes out
+in pieces, its bytes still in order. No segment is ever loaded whole.
 
 Plain synchronous code for a worker thread: files only, no clock.
 """
@@ -134,9 +134,10 @@ class PlaybackReader:
     """The frames of ``segments`` (index rows of one channel, paths relative to ``root``) from
     the last keyframe at or before ``start`` to the first frame at or after ``end``.
 
-    Iterate it for :data:`PlaybackEvent` values. Counters: ``frames`` and ``bytes`` handed out,
-    ``gaps``, ``altered`` (segments skipped), ``held`` (bytes of the files read and not handed
-    out) and ``peak_held``.
+    Iterate it for :data:`PlaybackEvent` values, and call :meth:`seek`, :meth:`close` and set
+    ``keyframes_only`` between two of them, on the thread that iterates. Counters: ``frames``
+    and ``bytes`` handed out, ``gaps``, ``altered`` (segments skipped), ``held`` (bytes of the
+    files read and not handed out) and ``peak_held``.
     """
 
     def __init__(
