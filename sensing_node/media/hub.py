@@ -45,6 +45,9 @@ ACK_CACHE_S = 32.0  # 64*T1: how long a 2xx to our INVITE may be retransmitted
 ENDED_KEPT = 100
 #: what may wait for a TCP upstream before frames are dropped (about 1 s at 8 Mbit/s)
 RELAY_BUFFER_BYTES = 1 << 20
+#: relays of one channel that each pass the camera's packets on as they come: one send per
+#: packet and relay; beyond this, whole frames in segmented sends (fewer calls, less waiting)
+CUT_THROUGH_MAX_RELAYS = 2
 
 
 class StreamHub:
@@ -262,6 +265,7 @@ class StreamHub:
         )
         self.relays[relay_id] = sender
         self._relay_ends[relay_id] = on_end
+        self._fan_out(spec.channel_id)
         try:
             port = await sender.open()
             await self.subscribe(spec.channel_id, sender)
@@ -291,6 +295,14 @@ class StreamHub:
             return
         self.unsubscribe(sender.channel_id, sender, reason=reason)
         sender.close(reason)
+        self._fan_out(sender.channel_id)
+
+    def _fan_out(self, channel_id: str) -> None:
+        """Cut-through for a channel's relays while there are at most
+        `CUT_THROUGH_MAX_RELAYS` of them (see docs/benchmarks.md, re-streaming)."""
+        relays = [r for r in self.relays.values() if r.channel_id == channel_id]
+        for relay in relays:
+            relay.allow_cut_through(len(relays) <= CUT_THROUGH_MAX_RELAYS)
 
     def _relay_ended(self, relay_id: int, reason: str) -> None:
         """A relay ended by itself: detach it, then tell its owner once."""

@@ -377,6 +377,14 @@ class RelaySender(Consumer):
         if marker:
             self.frames += 1
 
+    def allow_cut_through(self, allowed: bool) -> None:
+        """Whether the camera's packets may be passed on as they come (the hub allows it while
+        a channel has few relays: fanned out wide, whole frames in segmented sends cost less
+        and wait less than one send per packet and session)."""
+        self.cut_through = allowed
+        if not allowed:
+            self._whole_frames()
+
     def _whole_frames(self) -> None:
         """Back from cut-through to whole frames (which resume at the next keyframe)."""
         if self._through:

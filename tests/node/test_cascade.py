@@ -4,6 +4,7 @@ the node, over UDP and both TCP modes, within the configured limits."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -147,7 +148,7 @@ async def test_camera_going_offline_is_notified_within_two_seconds(cascade):
     assert (await upstream_state(running))[UPSTREAM]["subscriptions"] == 1
     refreshed = await subscription.refresh(300)
     assert refreshed.status == 200 and refreshed.headers.get("Expires") == "300"
-    loop = __import__("asyncio").get_running_loop()
+    loop = asyncio.get_running_loop()
     went = loop.time()
     await camera.stop(unregister=True)
     events = [await subscription.next_event(timeout=2.0) for _ in range(2)]
@@ -200,6 +201,25 @@ async def test_a_running_ingest_is_shared_and_starts_at_its_keyframe(cascade):
     check_media(second)
     assert len(camera.media_sessions) == 1  # one camera pull serves both
     assert second.keyframe_delay < 1.0
+
+    async def cut_through() -> list[bool]:
+        return [s["cut_through"] for s in (await running.get("/api/upstreams"))["sessions"]]
+
+    assert await cut_through() == [True, True]
+    # A third relay of the channel: all go back to whole frames (segmented sends fan out
+    # cheaper), and to cut-through again once it is gone; the media stays continuous.
+    third = await upstream.invite(channel, "udp")
+    assert third.ok and await cut_through() == [False, False, False]
+    await second.wait_units(len(second.units) + 30)
+    await third.bye()
+    for _ in range(100):
+        if await cut_through() == [True, True]:
+            break
+        await asyncio.sleep(0.05)
+    assert await cut_through() == [True, True]
+    await second.wait_units(len(second.units) + 30)
+    check_media(second)
+    check_media(first)
 
 
 async def test_limits_refuse_with_486_and_a_warning_then_free_the_slot(cascade):
