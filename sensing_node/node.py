@@ -77,6 +77,7 @@ class Node:
         self.registrar.record_search = self.recording.record_info
         self.cascade = Cascade(settings, self.endpoint, self.registry, self.media,
                                audit=self.recording.log_access, wall=wall, mono=monotonic)
+        self.cascade.record_search = self.recording.record_info
         self.sip_address: tuple[str, int] = ("", 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_error: str | None = None

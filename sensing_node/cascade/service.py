@@ -93,6 +93,8 @@ class Cascade:
         self.policy = settings.channels.share_policy
         self.links: dict[str, UpstreamLink] = {}
         self.queries: DeviceQueries | None = None
+        #: Response/RecordInfo bodies from the node's recordings (the recording service's)
+        self.record_search: Callable[..., Awaitable[list[bytes]]] | None = None
         self.subscriptions = SubscriptionTable(self.node_id)
         self.restreamer = Restreamer(settings, hub, registry, audit=audit, visible=self.visible,
                                      wall=wall)
@@ -221,6 +223,10 @@ class Cascade:
         if msg.root == "Control" and msg.cmd_type == "DeviceControl":
             self._relay_control(link, event, msg)
             return
+        if msg.root == "Query" and msg.cmd_type == "RecordInfo" and self.record_search:
+            self._answer(event, 200)
+            self._spawn(self._answer_records(link, msg), "answer RecordInfo")
+            return
         self._answer(event, 200)  # keepalives and notifications need no more
 
     async def _answer_query(self, link: UpstreamLink, query: cat.PlatformQuery) -> None:
@@ -253,6 +259,14 @@ class Cascade:
                     encoding=encoding,
                 )] if dev is not None else []
         await self._send_parts(link, bodies, f"{query.cmd_type} SN {query.sn}")
+
+    async def _answer_records(self, link: UpstreamLink, msg: ManscdpMessage) -> None:
+        """The node's own recordings of a shared channel, as runs without a gap; a channel not
+        shared with this upstream is answered as unknown (no items), not refused."""
+        assert self.record_search is not None
+        shared = self.visible(link.id, msg.device_id)
+        bodies = await self.record_search(msg, known=shared, encoding=link.settings.charset)
+        await self._send_parts(link, bodies, f"RecordInfo SN {msg.sn}")
 
     def _shared_device(self, link: UpstreamLink, channel_id: str) -> Any:
         if not self.visible(link.id, channel_id):

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +32,7 @@ from typing import Any
 from recorder.audit import AuditLog
 from recorder.export import SegmentRef
 from recorder.index import GapRow, RecordIndex, SegmentRow
+from recorder.search import record_search
 from recorder.service import Recorder, root_index
 from rtp.ps import AccessUnit
 from sip import ids, manscdp
@@ -426,13 +427,16 @@ class RecordingService:
         ]
 
     async def record_info(
-        self, query: manscdp.ManscdpMessage, *, known: bool = True
+        self, query: manscdp.ManscdpMessage, *, known: bool = True, encoding: str = "GB2312"
     ) -> list[bytes]:
         """Response/RecordInfo bodies for a Query/RecordInfo, from the index.
 
-        A range longer than `recording.query_max_days` is cut to its last that many days.
-        `known=False` answers as for a channel the node has never heard of (no items, the ID as
-        its name): what a device gets when it asks about a channel that is not its own.
+        One item per run of segments without a gap (`recorder.search`), so a day is a handful
+        of items, not 1,440; gaps are simply absent. A range longer than
+        `recording.query_max_days` is cut to its last that many days. `known=False` answers as
+        for a channel the node has never heard of (no items, the ID as its name): what a device
+        gets when it asks about a channel that is not its own, and an upstream about one not
+        shared with it.
         """
         tz = self.settings.node.tz
         fields = query.fields
@@ -444,15 +448,22 @@ class RecordingService:
             start, end = 0.0, 0.0
         start = max(start, end - self.settings.recording.query_max_days * 86400.0)
         searched = known and end > start
-        segments, _ = await self.search(channel_id, start, end) if searched else ([], [])
+        segments, gaps = await self.search(channel_id, start, end) if searched else ([], [])
         name = channel_id
         device = self.registry.channel_device(channel_id) if known else None
         if device is not None:
             name = device.channels.get(channel_id, {}).get("Name", "") or device.name or name
-        items = record_items(segments, channel_id, name, self.settings.node.id, tz)
+        found = record_search(segments, start, end, gaps=gaps, merge=True)
+        if not found.complete:
+            log.info("RecordInfo for %s: %d runs merged into %d items", channel_id,
+                     found.runs, len(found.items))
+        items: list[dict[str, manscdp.XmlValue]] = [
+            dict(item.fields(tz, name=name, recorder_id=self.settings.node.id))
+            for item in found.items
+        ]
         return manscdp.response_parts(
             "RecordInfo", query.sn, channel_id, items, list_name="RecordList",
-            fields=[("Name", name)], per_message=10, max_bytes=8000,
+            fields=[("Name", name)], per_message=10, max_bytes=8000, encoding=encoding,
         )
 
     # ----- audit -----
@@ -477,24 +488,3 @@ class RecordingService:
 def _is_video_source(channel_id: str) -> bool:
     return (len(channel_id) == 20 and channel_id.isdigit()
             and int(channel_id[10:13]) in ids.VIDEO_TYPES)
-
-
-def record_items(
-    segments: Sequence[SegmentRow], channel_id: str, name: str, recorder_id: str, tz: Any
-) -> list[dict[str, manscdp.XmlValue]]:
-    """RecordList items (GB/T 28181-2016 A.2.6.6): one per segment."""
-    return [
-        {
-            "DeviceID": channel_id,
-            "Name": name,
-            "FilePath": row.path,
-            "Address": "",
-            "StartTime": manscdp.format_gb_time(datetime.fromtimestamp(row.start_wall, tz)),
-            "EndTime": manscdp.format_gb_time(datetime.fromtimestamp(row.end_wall, tz)),
-            "Secrecy": 0,
-            "Type": "time",
-            "RecorderID": recorder_id,
-            "FileSize": row.bytes,
-        }
-        for row in segments
-    ]

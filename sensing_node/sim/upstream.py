@@ -134,6 +134,7 @@ class _Query:
     items: dict[str, dict[str, str]] = field(default_factory=dict)
     messages: list[manscdp.ManscdpMessage] = field(default_factory=list)
     sum_num: int | None = None
+    records: list[dict[str, str]] = field(default_factory=list)  # RecordInfo items
 
 
 class SimulatedUpstream:
@@ -366,7 +367,13 @@ class SimulatedUpstream:
             self.messages.append(msg)
             return
         query.messages.append(msg)
-        if query.cmd_type == "Catalog":
+        if query.cmd_type == "RecordInfo":  # items all name the channel: kept as a list
+            if query.sum_num is None:
+                query.sum_num = msg.sum_num or 0
+            query.records += msg.items
+            if len(query.records) >= query.sum_num and not query.done.done():
+                query.done.set_result(None)
+        elif query.cmd_type == "Catalog":
             if query.sum_num is None:
                 query.sum_num = msg.sum_num or 0
             for item in msg.items:
@@ -495,6 +502,18 @@ class SimulatedUpstream:
         query = await self._query("DeviceStatus", manscdp.device_status_query, timeout,
                                   device_id)
         return query.messages[0]
+
+    async def query_record_info(
+        self, channel_id: str, start: datetime, end: datetime, *, timeout: float = 10.0
+    ) -> list[dict[str, str]]:
+        """Query/RecordInfo for a channel's recordings between two local times (wire time,
+        zoneless); the RecordList items of every part, once SumNum came."""
+
+        def build(sn: int, device_id: str, *, encoding: str) -> bytes:
+            return manscdp.record_info_query(sn, device_id, start, end, encoding=encoding)
+
+        query = await self._query("RecordInfo", build, timeout, channel_id)
+        return query.records
 
     async def subscribe_catalog(self, expires: int = 600, *,
                                 timeout: float = 10.0) -> CatalogSubscriptionHandle:

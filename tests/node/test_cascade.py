@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import av
 import pytest
 
+from recorder.search import parse_file_path
 from rtp.psmux import PsMuxer
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sensing_node.sim.media import load_clip
 from sensing_node.sim.upstream import PlatformConfig, SimulatedUpstream, UpstreamSession
 from sensing_node.transport.sip import SipEndpoint
+from sip import manscdp
 from sip.headers import Headers
 from sip.manscdp import build_manscdp
 from sip.message import Request
@@ -382,3 +385,33 @@ async def test_no_port_left_answers_503_with_retry_after(cascade):
     answer = refused.response
     assert answer is not None and answer.headers.get("Retry-After") == "10"
     assert running.node.media.pool.in_use == 2
+
+
+async def test_record_search_answers_runs_of_a_shared_channel_and_nothing_for_others(cascade):
+    running, upstream, camera = await cascade(node={
+        "recording.channels": ["31011200001310000101", "31011200001310000103"],
+        "recording.segment_s": 1,
+    })
+    ch = camera.channel_ids
+    service = running.node.recording
+    rows: list[Any] = []
+    for _ in range(150):  # three one-second segments of each, at most 30 s
+        rows, _ = await service.search(ch[0], 0, 4e9)
+        others, _ = await service.search(ch[2], 0, 4e9)
+        if len(rows) >= 3 and others:
+            break
+        await asyncio.sleep(0.2)
+    assert len(rows) >= 3
+    tz = running.node.settings.node.tz
+    start = datetime.fromtimestamp(rows[0].start_wall - 60, tz).replace(tzinfo=None)
+    end = datetime.fromtimestamp(rows[-1].end_wall + 60, tz).replace(tzinfo=None)
+    items = await upstream.query_record_info(ch[0], start, end)
+    assert len(items) == 1  # adjacent segments are one run
+    item = items[0]
+    assert item["DeviceID"] == ch[0] and item["Type"] == "time"
+    assert parse_file_path(item["FilePath"]) == (ch[0], round(rows[0].start_wall, 3))
+    began = manscdp.parse_gb_time(item["StartTime"], tz).timestamp()
+    assert began == int(rows[0].start_wall)
+    assert int(item["FileSize"]) >= sum(row.bytes for row in rows)
+    # Recorded, but never shared: answered as unknown, not refused.
+    assert await upstream.query_record_info(ch[2], start, end) == []

@@ -29,6 +29,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from recorder.index import RecordIndex
+from recorder.search import parse_file_path
 from recorder.segments import NODE_NOT_RUNNING
 from recorder.verify import check_timeline, verify
 from rtp.ps import PsDemuxer
@@ -236,12 +237,14 @@ async def test_record_info_query_is_answered_from_the_index(recording) -> None:
     # Asked by the camera itself: a device learns about its own channels only (test_trust.py).
     answer = await answers_at(cam, query)
     assert answer.root == "Response" and answer.sn == 77 and answer.device_id == CHANNEL
-    assert answer.sum_num is not None and answer.sum_num >= len(rows)
-    assert len(answer.items) == answer.sum_num  # one part for a short list
+    # Adjacent segments make one item (a run without a gap), not one each.
+    assert answer.sum_num == 1 and len(answer.items) == 1
     item = answer.items[0]
-    assert item["FilePath"] == rows[0].path and item["Type"] == "time"
-    assert int(item["FileSize"]) == rows[0].bytes
+    assert parse_file_path(item["FilePath"]) == (CHANNEL, round(rows[0].start_wall, 3))
+    assert item["Type"] == "time"
+    assert int(item["FileSize"]) >= sum(row.bytes for row in rows)
     assert manscdp.parse_gb_time(item["StartTime"], tz).timestamp() == int(rows[0].start_wall)
+    assert manscdp.parse_gb_time(item["EndTime"], tz).timestamp() >= rows[-1].end_wall
 
 
 # ----- a real process, killed -----------------------------------------------------------------
@@ -498,17 +501,19 @@ def test_a_long_record_list_is_split_over_several_messages() -> None:
     from zoneinfo import ZoneInfo
 
     from recorder.index import SegmentRow
-    from sensing_node.recording.service import record_items
+    from recorder.search import record_search
 
     tz = ZoneInfo("Asia/Shanghai")
-    rows = [
+    rows = [  # 25 runs: half a minute recorded each minute
         SegmentRow(id=i, channel_id=CHANNEL, path=f"{CHANNEL}/2026-11-26/{i}.ps",
-                   start_wall=1_795_000_000.0 + 60 * i, end_wall=1_795_000_060.0 + 60 * i,
-                   start_pts=0, end_pts=0, bytes=1000 + i, frames=1500, codec="h264",
+                   start_wall=1_795_000_000.0 + 60 * i, end_wall=1_795_000_030.0 + 60 * i,
+                   start_pts=0, end_pts=0, bytes=1000 + i, frames=750, codec="h264",
                    sha256="0" * 64, prev_sha256=None, recovered=False)
         for i in range(25)
     ]
-    items = record_items(rows, CHANNEL, "Gate", "31011200002000000001", tz)
+    found = record_search(rows, rows[0].start_wall, rows[-1].end_wall)
+    items = [dict(item.fields(tz, name="Gate", recorder_id="31011200002000000001"))
+             for item in found.items]
     parts = manscdp.response_parts("RecordInfo", 9, CHANNEL, items, list_name="RecordList",
                                    fields=[("Name", "Gate")], per_message=10, max_bytes=8000)
     messages = [manscdp.parse_manscdp(part) for part in parts]
