@@ -177,8 +177,6 @@ class RelaySender(Consumer):
         self._last_ts = 0  # the camera's RTP timestamp of the last packet seen
         self._last_marker = False  # that packet closed a frame
         self._sent_since_marker = False  # and that frame went out whole
-        self._queued: list[bytes] = []  # forwarded in this turn of the loop, not yet sent
-        self._flush_due = False
         self._handed = 0  # of those, bytes the kernel has taken, at the last look
         self._progress_at = 0.0  # when the kernel last took bytes, or the buffer was empty
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -358,55 +356,26 @@ class RelaySender(Consumer):
             self.packetizer.skip(packets)  # the upstream sees the camera's loss
 
     def _forward(self, payload: memoryview, ts: int, marker: bool) -> None:
-        """Queue one camera packet's worth of ours; what one turn of the loop forwards goes
-        out together at its end (`_flush`): one packet on a quiet node, segmented runs (UDP)
-        or one write (TCP) on a busy one, where many came in the same turn."""
         packetizer = self.packetizer
         if self.transport == "udp":
-            self._queued += packetizer.forward(payload, ts, marker)
+            packets = packetizer.forward(payload, ts, marker)
+            lost, lost_bytes = self._send_each(packets)
+            self.packets += len(packets) - lost
+            self.bytes += len(payload) + _HEADER * len(packets) - lost_bytes
+            self.send_errors += lost
         else:
-            self._queued.append(packetizer.forward_framed(payload, ts, marker))
+            tcp = self._tcp
+            if tcp is None:
+                return
+            framed = packetizer.forward_framed(payload, ts, marker)
+            count = -(-len(payload) // packetizer.payload_max)
+            self.packets += count
+            self.bytes += len(framed) - 2 * count
+            tcp.write(framed)
+            self._written += len(framed)
+            self._check_progress(tcp)
         if marker:
             self.frames += 1
-        if not self._flush_due and self._loop is not None:
-            self._flush_due = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_due = False
-        queued, self._queued = self._queued, []
-        if not queued or self.state == "ended":
-            return
-        if self.transport == "udp":
-            if self._gso is None:
-                lost, lost_bytes = self._send_each(queued)
-            else:
-                lost = lost_bytes = 0
-                for run in _equal_runs(queued, self.packetizer.payload_max + _HEADER):
-                    if len(run) > 1 and self._gso is not None:
-                        gone, gone_bytes = self._send_runs(run)
-                    else:
-                        gone, gone_bytes = self._send_each(run)
-                    lost += gone
-                    lost_bytes += gone_bytes
-            self.packets += len(queued) - lost
-            self.bytes += sum(map(len, queued)) - lost_bytes
-            self.send_errors += lost
-            return
-        tcp = self._tcp
-        if tcp is None:
-            return
-        data = b"".join(queued)
-        count = 0
-        position = 0
-        while position < len(data):  # the RFC 4571 lengths tell the packets apart
-            count += 1
-            position += 2 + int.from_bytes(data[position : position + 2], "big")
-        self.packets += count
-        self.bytes += len(data) - 2 * count
-        tcp.write(data)
-        self._written += len(data)
-        self._check_progress(tcp)
 
     def allow_cut_through(self, allowed: bool) -> None:
         """Whether the camera's packets may be passed on as they come (the hub allows it while
@@ -418,8 +387,6 @@ class RelaySender(Consumer):
 
     def _whole_frames(self) -> None:
         """Back from cut-through to whole frames (which resume at the next keyframe)."""
-        if self._queued:
-            self._flush()  # what was forwarded goes before any whole frame
         if self._through:
             self._through = False
             self.packetizer.end_forwarding()
@@ -702,21 +669,6 @@ class RelaySender(Consumer):
             "end_reason": self.end_reason,
             "forwarding": self._through,
         }
-
-
-def _equal_runs(packets: list[bytes], segment: int) -> list[list[bytes]]:
-    """`packets` cut into runs a segmented send can take: packets of `segment` bytes, each
-    run closed by a shorter one (a frame's last packet) or the end."""
-    runs: list[list[bytes]] = []
-    run: list[bytes] = []
-    for packet in packets:
-        run.append(packet)
-        if len(packet) != segment:
-            runs.append(run)
-            run = []
-    if run:
-        runs.append(run)
-    return runs
 
 
 def peer_allowed(peer: Any, host: str) -> bool:

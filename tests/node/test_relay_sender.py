@@ -24,7 +24,7 @@ from rtp.framing import Deframer
 from rtp.packet import RtpPacket
 from rtp.packetize import RtpPacketizer
 from rtp.ps import AccessUnit, PsDemuxer
-from sensing_node.media.relay import RelaySender, _equal_runs, peer_allowed
+from sensing_node.media.relay import RelaySender, peer_allowed
 from sensing_node.transport.rtp import PortPool, set_rcvbuf
 
 from ..conftest import DATA
@@ -645,13 +645,11 @@ async def test_cut_through_passes_packets_on_before_their_frame_is_complete(
             for packet in packets:
                 sender.on_rtp(memoryview(packet.payload), packet.sequence, packet.timestamp,
                               packet.marker)
-            await asyncio.sleep(0)  # this turn of the loop ends: what it forwarded is sent
             if sender.stats()["forwarding"]:
                 # out already, before the frame's units were handed over
                 await upstream.received.wait_for(sender.packets)
                 early += len(upstream.received.packets) > before
             sender.on_unit(unit)
-            await asyncio.sleep(0)
             await upstream.received.wait_for(sender.packets)
             if index == 10:
                 sender.on_loss(3)  # the camera lost 3 packets: the upstream sees the hole
@@ -690,52 +688,9 @@ async def test_cut_through_stays_off_for_a_camera_without_markers() -> None:
                 sender.on_rtp(memoryview(packet.payload), packet.sequence, packet.timestamp,
                               False)
             sender.on_unit(unit)
-            await asyncio.sleep(0)
             await upstream.received.wait_for(sender.packets)
         assert not sender.stats()["forwarding"]
         assert upstream.received.frames() == [u.ps_bytes for u in units]
-    finally:
-        sender.close("done")
-        transport.close()
-
-
-def test_equal_runs_end_at_each_short_packet() -> None:
-    full, short = b"x" * 1412, b"y" * 300
-    runs = _equal_runs([full, full, short, short, full, full, full], 1412)
-    assert runs == [[full, full, short], [short], [full, full, full]]
-    assert _equal_runs([], 1412) == []
-
-
-@pytest.mark.parametrize("gso", [True, False], ids=["segmented", "one-by-one"])
-async def test_cut_through_sends_what_one_turn_forwarded_together_and_intact(gso: bool) -> None:
-    """Many camera packets in one turn of the loop (a busy node): they go out at its end, in
-    segmented runs where the route takes them, and arrive as the camera's frames."""
-    pool = make_pool()
-    upstream, transport, address = await udp_upstream()
-    sender = relay(pool, "udp", address)
-    sender.udp_gso = gso
-    camera = RtpPacketizer(5, first_seq=100, first_ts=9)
-    try:
-        await sender.open()
-        sender.start()
-        units = [u for u in clip_units()[25:60] if u.stream_id >= 0xE0]
-        first, rest = units[:2], units[2:]
-        for unit in first:  # the keyframe goes out whole, then cut-through starts
-            for packet in camera_packets(unit, camera):
-                sender.on_rtp(memoryview(packet.payload), packet.sequence, packet.timestamp,
-                              packet.marker)
-            sender.on_unit(unit)
-            await asyncio.sleep(0)
-        for unit in rest:  # all in one turn
-            for packet in camera_packets(unit, camera):
-                sender.on_rtp(memoryview(packet.payload), packet.sequence, packet.timestamp,
-                              packet.marker)
-            sender.on_unit(unit)
-        assert sender.stats()["forwarding"] and sender.packets < camera.packets
-        await asyncio.sleep(0)
-        await upstream.received.wait_for(camera.packets)
-        assert upstream.received.frames() == [u.ps_bytes for u in units]
-        assert sender.packets == camera.packets and not sender.send_errors
     finally:
         sender.close("done")
         transport.close()
