@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +48,8 @@ RELAY_BUFFER_BYTES = 1 << 20
 #: relays of one channel that each pass the camera's packets on as they come: one send per
 #: packet and relay; beyond this, whole frames in segmented sends (fewer calls, less waiting)
 CUT_THROUGH_MAX_RELAYS = 2
+#: relays in all that may pass packets on as they come; past it, all send whole frames
+CUT_THROUGH_MAX_TOTAL = 32
 
 
 class StreamHub:
@@ -265,7 +267,7 @@ class StreamHub:
         )
         self.relays[relay_id] = sender
         self._relay_ends[relay_id] = on_end
-        self._fan_out(spec.channel_id)
+        self._fan_out()
         try:
             port = await sender.open()
             await self.subscribe(spec.channel_id, sender)
@@ -295,14 +297,17 @@ class StreamHub:
             return
         self.unsubscribe(sender.channel_id, sender, reason=reason)
         sender.close(reason)
-        self._fan_out(sender.channel_id)
+        self._fan_out()
 
-    def _fan_out(self, channel_id: str) -> None:
-        """Cut-through for a channel's relays while there are at most
-        `CUT_THROUGH_MAX_RELAYS` of them (see docs/benchmarks.md, re-streaming)."""
-        relays = [r for r in self.relays.values() if r.channel_id == channel_id]
-        for relay in relays:
-            relay.allow_cut_through(len(relays) <= CUT_THROUGH_MAX_RELAYS)
+    def _fan_out(self) -> None:
+        """Cut-through (each camera packet passed on as it comes, one send per packet and
+        relay) while relays are few: at most `CUT_THROUGH_MAX_RELAYS` of a channel and
+        `CUT_THROUGH_MAX_TOTAL` in all. Beyond that, whole frames in segmented sends cost less
+        CPU and wait less (see docs/benchmarks.md, re-streaming)."""
+        per_channel = Counter(relay.channel_id for relay in self.relays.values())
+        few = len(self.relays) <= CUT_THROUGH_MAX_TOTAL
+        for relay in self.relays.values():
+            relay.allow_cut_through(few and per_channel[relay.channel_id] <= CUT_THROUGH_MAX_RELAYS)
 
     def _relay_ended(self, relay_id: int, reason: str) -> None:
         """A relay ended by itself: detach it, then tell its owner once."""

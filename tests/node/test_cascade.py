@@ -415,3 +415,26 @@ async def test_record_search_answers_runs_of_a_shared_channel_and_nothing_for_ot
     assert int(item["FileSize"]) >= sum(row.bytes for row in rows)
     # Recorded, but never shared: answered as unknown, not refused.
     assert await upstream.query_record_info(ch[2], start, end) == []
+
+
+async def test_cut_through_is_left_to_a_node_with_few_relays(cascade, monkeypatch):
+    monkeypatch.setattr("sensing_node.media.hub.CUT_THROUGH_MAX_TOTAL", 1)
+    running, upstream, camera = await cascade()
+    ch = camera.channel_ids
+
+    async def cut_through() -> list[bool]:
+        return [s["cut_through"] for s in (await running.get("/api/upstreams"))["sessions"]]
+
+    first = await upstream.invite(ch[0], "udp")
+    await first.wait_units(10)
+    assert await cut_through() == [True]
+    second = await upstream.invite(ch[1], "udp")  # two relays in all: whole frames for both
+    assert second.ok and await cut_through() == [False, False]
+    await second.bye()
+    for _ in range(100):
+        if await cut_through() == [True]:
+            break
+        await asyncio.sleep(0.05)
+    assert await cut_through() == [True]
+    await first.wait_units(len(first.units) + 20)
+    check_media(first)
