@@ -9,6 +9,9 @@ Synchronous file I/O and SQLite; no asyncio. ``service.Recorder`` runs the write
   their order (`check_timeline()`)
 - `retention`: `sweep()` deletes segments past retention (30 days minimum), `free_bytes()`
 - `service`: `Recorder`, the writer thread the media path submits units to
+- `search`: `record_search()`, a range's segments as RecordInfo items, one per run without a gap
+- `playback`: `PlaybackReader`, the stored frames of a range from its keyframe on, hashes checked
+- `export`, `audit`: range export (PS, MP4) and the hash-chained access log
 """
 
 from .index import DeletionRow, GapRow, RecordIndex, SegmentRow
