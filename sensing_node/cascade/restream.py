@@ -242,11 +242,12 @@ class Restreamer:
             status, reason = _camera_failure(exc)
             self._refuse(session, status, reason, detail=exc.reason, retry=status == 503)
             return
-        session.relay_id = opened.relay_id
-        port = opened.local_port
         if session.cancelled or session.state == "ended":
+            hub.close_relay(opened.relay_id, "cancelled")
             self._cleanup(session, "cancelled")
             return
+        session.relay_id = opened.relay_id
+        port = opened.local_port
         self._answer(session, play, port)
 
     def _answer(self, session: RelaySession, play: PlayRequest, port: int) -> None:
@@ -370,8 +371,10 @@ class Restreamer:
                       result="refused")
 
     def end(self, session: RelaySession, reason: str, *, bye: bool = True) -> None:
-        """End a session: BYE to the upstream when it is still up, media stopped."""
-        if session.state == "ended":
+        """End a session: BYE to the upstream when it is still up, media stopped. (An INVITE
+        still being set up is left alone: the relay's failure reaches `_establish`, which
+        answers it with the camera's status.)"""
+        if session.state == "ended" or session.final is None:
             return
         dialog = session.dialog
         if bye and dialog is not None and session.state in ("answered", "confirmed"):
@@ -427,14 +430,13 @@ class Restreamer:
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
 
-    def end_upstream(self, upstream_id: str, reason: str) -> None:
-        for session in self.live():
-            if session.link.id == upstream_id:
-                self.end(session, reason)
-
     def close(self, reason: str = "node stopping") -> None:
+        """End every session: BYE to those up, 503 to INVITEs not answered yet."""
         for session in self.live():
-            self.end(session, reason)
+            if session.final is None:
+                self._refuse(session, 503, "Service Unavailable", retry=True, detail=reason)
+            else:
+                self.end(session, reason)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [s.as_json(self.hub) for s in self.live()]

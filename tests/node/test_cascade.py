@@ -44,7 +44,7 @@ async def cascade(start_node: StartNode) -> AsyncIterator[Setup]:
 
     async def setup(
         *, transport: str = "udp", max_streams: int = 16, node: dict[str, Any] | None = None,
-        grant_s: int = 3600, camera_transport: str = "udp",
+        grant_s: int = 3600, camera_transport: str = "udp", **camera_config: Any,
     ) -> tuple[RunningNode, SimulatedUpstream, SimulatedCamera]:
         upstream = SimulatedUpstream(PlatformConfig(platform_id=UPSTREAM, password=UP_PASSWORD,
                                                     register_expires_s=grant_s))
@@ -68,7 +68,7 @@ async def cascade(start_node: StartNode) -> AsyncIterator[Setup]:
         running = await start_node(**settings)
         camera = SimulatedCamera(CameraConfig(
             server=running.sip, device_id=CAMERA, password=PASSWORD, channels=4,
-            transport=camera_transport,
+            transport=camera_transport, **camera_config,
         ))
         cameras.append(camera)
         await camera.start(keepalives=False)
@@ -438,3 +438,26 @@ async def test_cut_through_is_left_to_a_node_with_few_relays(cascade, monkeypatc
     assert await cut_through() == [True]
     await first.wait_units(len(first.units) + 20)
     check_media(first)
+
+
+async def test_a_camera_that_refuses_gives_the_upstream_its_status(cascade):
+    _, upstream, camera = await cascade(invite_status=486)
+    session = await upstream.invite(camera.channel_ids[0], "udp")
+    assert session.status == 486 and session.warning is None  # the camera's, not a limit
+
+
+async def test_a_camera_that_does_not_answer_gives_504(cascade):
+    _, upstream, camera = await cascade(answer_invite=False,
+                                        node={"media.answer_timeout_s": 1})
+    session = await upstream.invite(camera.channel_ids[0], "udp")
+    assert session.status == 504
+
+
+async def test_an_invite_pending_when_the_node_stops_gets_503(cascade):
+    running, upstream, camera = await cascade(answer_delay_s=5.0)
+    session = await upstream.start_invite(camera.channel_ids[0], "udp")
+    restreamer = running.node.cascade.restreamer
+    await wait_for(lambda: restreamer.live())
+    await running.client.close()  # the node stops while the camera has not answered yet
+    await session.answered()
+    assert session.status == 503
