@@ -312,38 +312,60 @@ async def search_recordings(request: web.Request) -> web.Response:
 
 async def export_recording(request: web.Request) -> web.StreamResponse:
     """The range as MP4 (stream copy) or as the original PS, streamed as it is produced."""
+    fmt = request.query.get("format", "mp4")
+    if fmt not in ("mp4", "ps"):
+        return _error(400, "format must be mp4 or ps")
+    return await _stream_range(request, "export", fmt)
+
+
+async def play_recording(request: web.Request) -> web.StreamResponse:
+    """The range as a fragmented MP4 for a browser's <video> to play while it downloads
+    (progressive, no Range requests); audited as playback, with its purpose."""
+    fmt = request.query.get("format", "mp4")
+    if fmt != "mp4":
+        return _error(400, "format must be mp4")
+    return await _stream_range(request, "playback", fmt)
+
+
+async def _stream_range(request: web.Request, action: str, fmt: str) -> web.StreamResponse:
     node = request.app[NODE]
     try:
         channel, start, end = _range(request)
     except _BadQuery as exc:
         return _error(400, str(exc))
-    fmt = request.query.get("format", "mp4")
-    if fmt not in ("mp4", "ps"):
-        return _error(400, "format must be mp4 or ps")
     purpose = _purpose(request)
     actor = _actor(request)
     if purpose is None:
         await node.recording.log_access(
-            actor=actor, action="export", channel_id=channel, range_start=start, range_end=end,
+            actor=actor, action=action, channel_id=channel, range_start=start, range_end=end,
             result="denied", detail="no purpose given",
         )
-        return _error(400, "an export needs a purpose (purpose=... or the X-Purpose header)")
+        return _error(400, f"{'an export' if action == 'export' else 'a playback'} needs a "
+                           "purpose (purpose=... or the X-Purpose header)")
     refs = await node.recording.segment_refs(channel, start, end)
     loop = asyncio.get_running_loop()
     try:
         plan = await loop.run_in_executor(None, plan_export, refs, start, end)
     except ExportError as exc:
         await node.recording.log_access(
-            actor=actor, action="export", channel_id=channel, range_start=start, range_end=end,
+            actor=actor, action=action, channel_id=channel, range_start=start, range_end=end,
             purpose=purpose, result="empty", detail=str(exc),
         )
         return _error(404, str(exc))
     chunks: Iterator[bytes] = export_mp4(plan) if fmt == "mp4" else export_ps(plan)
     stamp = datetime.fromtimestamp(plan.start_wall, node.settings.node.tz).strftime("%Y%m%dT%H%M%S")
-    response = web.StreamResponse(headers={
-        "Content-Type": "video/mp4" if fmt == "mp4" else "video/MP2P",
-        "Content-Disposition": f'attachment; filename="{channel}-{stamp}.{fmt}"',
-    })
+    headers = {"Content-Type": "video/mp4" if fmt == "mp4" else "video/MP2P"}
+    name = f"{channel}-{stamp}.{fmt}"
+    if action == "export":
+        headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    else:
+        headers["Content-Disposition"] = f'inline; filename="{name}"'
+        headers["Cache-Control"] = "no-store"
+        headers["X-Video-Codec"] = plan.codec or "unknown"
+        if plan.codec == "h265":  # most browsers decode no H.265: say so, not fail mutely
+            headers["Warning"] = ('299 sensing-node "H.265 video: it plays only where the '
+                                  'browser or player decodes H.265"')
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     sent, result, detail = 0, "ok", ""
     try:
@@ -358,7 +380,7 @@ async def export_recording(request: web.Request) -> web.StreamResponse:
     finally:
         await loop.run_in_executor(None, chunks.close)  # type: ignore[attr-defined]
         await node.recording.log_access(
-            actor=actor, action="export", channel_id=channel, range_start=plan.start_wall,
+            actor=actor, action=action, channel_id=channel, range_start=plan.start_wall,
             range_end=plan.end_wall, purpose=purpose, result=result,
             detail=f"{fmt}, {sent} bytes" + (f": {detail}" if detail else ""),
         )
@@ -444,5 +466,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/channels/{channel_id}/release", release_channel)
     app.router.add_get("/api/recordings", search_recordings)
     app.router.add_get("/api/recordings/export", export_recording)
+    app.router.add_get("/api/recordings/play", play_recording)
     app.router.add_get("/api/audit", audit_log)
     app.router.add_get("/api/upstreams", list_upstreams)

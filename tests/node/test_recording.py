@@ -194,6 +194,32 @@ async def test_export_needs_a_purpose_and_streams_ps_and_mp4(recording) -> None:
         ("ok", "incident 4711"), ("ok", "case 2026-17"), ("denied", None)]
 
 
+async def test_play_streams_a_fragmented_mp4_for_a_browser_and_is_audited(recording) -> None:
+    running, _ = await recording()
+    rows = await segments_of(running, 3)
+    params = {"channel": CHANNEL, "start": local(rows[0].start_wall + 0.3),
+              "end": local(rows[1].end_wall - 0.3)}
+    client, headers = running.client, running.headers
+    refused = await client.get("/api/recordings/play", headers=headers, params=params)
+    assert refused.status == 400 and "purpose" in (await refused.json())["error"]
+    wrong = await client.get("/api/recordings/play", headers=headers,
+                             params={**params, "purpose": "p", "format": "ps"})
+    assert wrong.status == 400
+    response = await client.get("/api/recordings/play", headers=headers,
+                                params={**params, "purpose": "watch 12"})
+    assert response.status == 200 and response.headers["Content-Type"] == "video/mp4"
+    assert response.headers["Content-Disposition"].startswith("inline;")
+    assert response.headers["X-Video-Codec"] == "h264" and "Warning" not in response.headers
+    mp4 = await response.read()
+    # Fragmented: a moov without samples, then moof/mdat pairs a player takes as they come.
+    assert b"moof" in mp4[:200_000] and mp4.index(b"moov") < mp4.index(b"moof")
+    export = await client.get("/api/recordings/export", headers=headers,
+                              params={**params, "purpose": "same range", "format": "mp4"})
+    assert decoded_frames(mp4, "mp4") == decoded_frames(await export.read(), "mp4") > 0
+    audit = await running.get("/api/audit?action=playback")
+    assert [(a["result"], a["purpose"]) for a in audit] == [("ok", "watch 12"), ("denied", None)]
+
+
 async def test_shutdown_closes_the_open_segment(recording) -> None:
     running, _ = await recording(**{"recording.segment_s": 60, "recording.fsync_s": 0.5})
     await wait_for(lambda: running.node.recording.stats()["units"] > 30, timeout=10)
