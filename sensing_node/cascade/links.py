@@ -212,7 +212,3 @@ class UpstreamLink:
             ("Content-Type", "Application/MANSCDP+xml"),
         ])
         return Request(headers=headers, body=body, method="MESSAGE", uri=c.request_uri)
-
-    def send_response(self, event_peer: Peer, response: Response) -> None:
-        """Send a response outside a transaction (to an INVITE, an ACK-less CANCEL)."""
-        self.endpoint.send(response, event_peer)

@@ -80,7 +80,6 @@ class RelaySession:
     ended: float | None = None
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self, hub: MediaControl | None = None) -> dict[str, Any]:
         stats = self.stats
@@ -126,8 +125,10 @@ class Restreamer:
         self.wall = wall
         self.node_id = settings.node.id
         self.sessions: dict[tuple[str, int], RelaySession] = {}  # by (Call-ID, CSeq)
+        #: sessions held, live or kept a while after they ended (the live ones are fewer
+        #: than limits.max_outgoing_streams)
+        self.max_sessions = 4 * settings.limits.max_outgoing_streams + 1024
         self.ended: list[dict[str, Any]] = []
-        self.refused: dict[int, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tag = 0
 
@@ -174,6 +175,13 @@ class Restreamer:
             return
         if request.to.tag:  # a re-INVITE: we offer nothing new
             self._respond(link, event.peer, Response.for_request(request, 488))
+            return
+        if len(self.sessions) >= self.max_sessions:
+            # Ended sessions are kept 64*T1 to answer retransmissions; an upstream sending
+            # INVITEs faster than that fills the table: refuse without keeping anything.
+            refusal = Response.for_request(request, 503, to_tag="full")
+            refusal.headers.add("Retry-After", str(RETRY_AFTER_S))
+            self._respond(link, event.peer, refusal)
             return
         session = RelaySession(
             link, request, event.peer, key, self.wall(),
@@ -346,9 +354,6 @@ class Restreamer:
 
     # ----- endings -----
     def _respond(self, link: UpstreamLink, peer: Peer, response: Response) -> None:
-        self.refused[response.status] = self.refused.get(response.status, 0) + (
-            response.status >= 300
-        )
         link.endpoint.send(response, peer)
 
     def _refuse(

@@ -461,3 +461,13 @@ async def test_an_invite_pending_when_the_node_stops_gets_503(cascade):
     await running.client.close()  # the node stops while the camera has not answered yet
     await session.answered()
     assert session.status == 503
+
+
+async def test_the_session_table_is_bounded(cascade):
+    running, upstream, camera = await cascade()
+    restreamer = running.node.cascade.restreamer
+    restreamer.max_sessions = 1
+    assert (await upstream.invite(camera.channel_ids[0], "udp")).ok
+    refused = await upstream.invite(camera.channel_ids[1], "udp")
+    assert refused.status == 503 and refused.response.headers.get("Retry-After") == "10"
+    assert len(restreamer.sessions) == 1
