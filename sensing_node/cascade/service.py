@@ -49,6 +49,8 @@ TICK_S = 0.5
 ITEMS_PER_PART_UDP = 1
 ITEMS_PER_PART_TCP = 20
 PART_BYTES_MAX = 8000
+#: answers (catalog parts, relayed controls) under way at once, all upstreams together
+MAX_ANSWERS = 64
 #: how long the answer of a device to a relayed DeviceControl is waited for
 CONTROL_ANSWER_S = 5.0
 NODE_NAME = "sensing-node"
@@ -209,6 +211,11 @@ class Cascade:
 
     # ----- MESSAGE -----
     def _message(self, link: UpstreamLink, event: RequestReceived) -> None:
+        if len(self._background) >= MAX_ANSWERS:
+            # Every query is answered by a task of its own (its parts go one after another):
+            # an upstream asking faster than it takes the answers waits, it does not pile up.
+            self._answer(event, 503, "Busy")
+            return
         try:
             msg = parse_manscdp(event.request.body)
         except ParseError as exc:

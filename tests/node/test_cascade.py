@@ -471,3 +471,14 @@ async def test_the_session_table_is_bounded(cascade):
     refused = await upstream.invite(camera.channel_ids[1], "udp")
     assert refused.status == 503 and refused.response.headers.get("Retry-After") == "10"
     assert len(restreamer.sessions) == 1
+
+
+async def test_queries_beyond_the_answers_under_way_get_503(cascade, monkeypatch):
+    running, upstream, _ = await cascade()
+    monkeypatch.setattr("sensing_node.cascade.service.MAX_ANSWERS", 0)
+    answer = await upstream.sip.request(
+        catalog_query(4, running.node.settings.node.id, upstream.sip.via("udp")),
+        Peer("udp", *running.sip))
+    assert answer.status == 503
+    monkeypatch.setattr("sensing_node.cascade.service.MAX_ANSWERS", 64)
+    assert sorted(await upstream.query_catalog())  # answered again once there is room
