@@ -21,7 +21,16 @@ Signalling:
 * `invite()` pulls a channel as WVP does (`sip.sdp.play_offer`: our media address, PS on 96,
   `a=setup`/`a=connection:new` for TCP, `y=`), waits for the final answer, ACKs a 2xx, and
   returns an `UpstreamSession`; `start_invite()` returns it before the answer so that it can be
-  cancelled.
+  cancelled. `session="Playback"` or `"Download"` asks for a recorded range instead (2016
+  section 9.8, 9.9): `u=<channel>:0`, `t=<start> <end>` in Unix seconds, a `y=` of the history
+  kind (first digit 1), for a download `a=downloadspeed:N` and, with `ask_filesize`,
+  `a=filesize:0`. The answer must repeat `s=` and `t=`.
+* The MediaStatus MESSAGE that ends a playback or download (`Notify/MediaStatus`, NotifyType
+  121) is found by its Call-ID, answered 200 and kept on the session (`media_status`,
+  `wait_media_status()`); then, as wvp does, the session hangs up with BYE (`bye_on_end`),
+  once its media has been quiet for `end_grace_s` (the MESSAGE may overtake the last packets).
+  `UpstreamSession.info()` sends a MANSRTSP request (PLAY with Range or Scale, PAUSE,
+  TEARDOWN) as an in-dialog INFO and reads the MANSRTSP reply of its 200.
 
 Media: an `UpstreamSession` receives RTP over UDP, or over TCP with RFC 4571 framing, either
 connecting to the node's answered port (`tcp-active`: we offered `a=setup:active`) or listening
@@ -30,17 +39,24 @@ one; payload type 96; sequence numbers continuous) and what is wrong is counted 
 in `problems` (bounded). The payloads go through `transport.rtp.MediaIngest` (frame assembly and
 the PS demuxer), and the access units (PS bytes, PTS, keyframe, elementary data) are kept, at
 most `max_units` of them and `max_unit_bytes` bytes, so a test can compare them with what the
-camera sent and decode them. `stall()` stops reading a TCP stream so that the node's sender
+camera sent and decode them. Whatever the bound, every session keeps a running SHA-256 and byte
+count of the payloads in the order they came (for a recorded range they are the stored PS of
+the frames sent, so `payload_sha256` compares with the store), the video frames and RTP markers
+counted, the arrival times of the first and last frame and the PTS span they cover
+(`media_seconds`, `wall_seconds`, `pace`); `keep_bytes` also keeps the payloads themselves, up
+to `max_kept_bytes`. `stall()` stops reading a TCP stream so that the node's sender
 backs up; `resume()` reads again.
 
 Everything the platform holds is bounded: queued NOTIFY items, unsolicited MESSAGEs, problems
-per session, units per session, the TCP deframer's buffer (`rtp.framing.Deframer`, 1 MiB).
+per session, units and kept payload bytes per session, the TCP deframer's buffer
+(`rtp.framing.Deframer`, 1 MiB).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import os
@@ -60,12 +76,21 @@ from sip.catalog import CatalogEvent
 from sip.dialog import Dialog
 from sip.errors import ParseError, SipError
 from sip.headers import Headers
+from sip.mansrtsp import CONTENT_TYPE as MANSRTSP_CONTENT_TYPE
+from sip.mansrtsp import (
+    MansrtspError,
+    MansrtspReply,
+    MansrtspRequest,
+    build_mansrtsp,
+    parse_mansrtsp_reply,
+)
 from sip.message import Request, Response
+from sip.playback import MediaStatus, media_status_of, unix_to_sdp_time
 from sip.sdp import SessionDescription, build_sdp, parse_sdp, play_offer, subject_header
 from sip.transaction import Peer, RequestReceived, ResponseReceived, TimerValues
 
 from ..transport.rtp import MediaIngest
-from ..transport.sip import SipEndpoint
+from ..transport.sip import SipEndpoint, TransactionTimeout
 
 __all__ = [
     "MODES",
@@ -75,6 +100,8 @@ __all__ = [
     "CatalogSubscriptionHandle",
     "UpstreamSession",
     "UpstreamError",
+    "InfoAnswer",
+    "SESSION_NAMES",
     "run_upstream",
 ]
 
@@ -85,6 +112,13 @@ SESSION_TRANSPORTS = ("udp", "tcp-active", "tcp-passive")
 MAX_PROBLEMS = 100  # described problems kept per session (all are counted)
 MAX_MESSAGES = 256  # unsolicited MESSAGE bodies kept
 MAX_NOTIFY_EVENTS = 10_000  # catalog NOTIFY items queued per subscription
+SESSION_NAMES = ("Play", "Playback", "Download")
+MAX_KEPT_BYTES = 64 << 20  # payload bytes a session keeps with keep_bytes
+PTS_CLOCK = 90_000
+#: A PTS step longer than this (or back by more) is a discontinuity, not media time: a recording
+#: gap skipped, a camera that restarted its clock.
+MAX_PTS_STEP = 2 * PTS_CLOCK
+_PTS_WRAP = 1 << 33
 _USER_AGENT = "sensing-node simulated upstream"
 
 
@@ -353,6 +387,15 @@ class SimulatedUpstream:
         except ParseError:
             self._reply(event, 400)
             return
+        if msg.root == "Notify" and msg.cmd_type == "MediaStatus":
+            # In the dialog of a playback or download; found by Call-ID, as wvp does (Hikvision
+            # has sent it with a From user that is not the channel).
+            session = self.sessions.get(request.call_id)
+            if session is None:
+                self._reply(event, 481, "Call/Transaction Does Not Exist")
+                return
+            session._media_status_received(event, msg)
+            return
         if msg.root == "Notify" and msg.cmd_type == "Keepalive":
             if self.node is None or self.node.node_id != msg.device_id:
                 self._reply(event, 403, "Not Registered")  # a restarted platform forgot it
@@ -545,25 +588,80 @@ class SimulatedUpstream:
         max_unit_bytes: int = 256 << 20,
         tcp_rcvbuf: int | None = None,
         user: str | None = None,
+        session: str = "Play",
+        start: float | None = None,
+        end: float | None = None,
+        download_speed: int | None = None,
+        ask_filesize: bool = False,
+        keep_bytes: bool = False,
+        max_kept_bytes: int = MAX_KEPT_BYTES,
+        bye_on_end: bool = True,
     ) -> UpstreamSession:
         """Open the media port and send the INVITE; `await session.answered()` for the
-        final answer, or `session.cancel()` before it. `ssrc` None picks a live y= in our
-        domain; "" offers none. `tcp_rcvbuf` sets the receive buffer of a TCP media socket
-        (small, so that `stall()` backs the sender up within a few frames). `user` goes into
-        `Monitor-User-Identity`, the operator on whose behalf the platform plays."""
+        final answer, or `session.cancel()` before it. `ssrc` None picks a y= in our domain
+        (live, or history for a recorded range); "" offers none. `tcp_rcvbuf` sets the receive
+        buffer of a TCP media socket (small, so that `stall()` backs the sender up within a few
+        frames). `user` goes into `Monitor-User-Identity`, the operator on whose behalf the
+        platform plays.
+
+        `session` is "Play" (live), "Playback" or "Download"; the last two need `start` and
+        `end` (Unix seconds; `t=` carries whole seconds, fractions dropped). A download offers
+        `a=downloadspeed:<download_speed>` when it is given (1 to 32 by the standard, any
+        positive value is sent), and `ask_filesize` adds `a=filesize:0`. `keep_bytes` keeps
+        the payloads (`kept`, at most `max_kept_bytes`). `bye_on_end`: hang up after a
+        MediaStatus 121. Raises ValueError for arguments that make no offer."""
         if transport not in SESSION_TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}")
+        if session not in SESSION_NAMES:
+            raise ValueError(f"unknown session {session!r}: one of {', '.join(SESSION_NAMES)}")
+        live = session == "Play"
+        timing = (0, 0)
+        if live:
+            if start is not None or end is not None or download_speed is not None:
+                raise ValueError("a live Play carries no time range or download speed")
+        else:
+            if start is None or end is None:
+                raise ValueError(f"{session} needs start and end")
+            try:
+                timing = (unix_to_sdp_time(start), unix_to_sdp_time(end))
+            except SipError as exc:
+                raise ValueError(str(exc)) from None
+            if not timing[0] < timing[1]:
+                raise ValueError(f"{session} range is empty in whole seconds: {start}..{end}")
+        if download_speed is not None and (session != "Download" or download_speed < 1):
+            raise ValueError(f"downloadspeed {download_speed} needs a Download, and 1 or more")
+        if max_kept_bytes < 0:
+            raise ValueError("max_kept_bytes must be 0 or more")
         node, cfg = self._node(), self.config
         if ssrc is None:
-            ssrc = f"0{cfg.platform_id[3:8]}{next(self._ssrc_serial) % 10000:04d}"
-        session = UpstreamSession(self, channel_id, transport, ssrc, max_units=max_units,
+            kind = "0" if live else "1"
+            ssrc = f"{kind}{cfg.platform_id[3:8]}{next(self._ssrc_serial) % 10000:04d}"
+        playing = UpstreamSession(self, channel_id, transport, ssrc, max_units=max_units,
                                   max_unit_bytes=max_unit_bytes)
-        session.tcp_rcvbuf = tcp_rcvbuf
+        playing.session_name = session
+        playing.range = None if live else (float(start or 0), float(end or 0))
+        playing.download_speed = download_speed
+        playing.ask_filesize = ask_filesize
+        playing.keep_bytes = keep_bytes
+        playing.max_kept_bytes = max_kept_bytes
+        playing.bye_on_end = bye_on_end
+        playing.tcp_rcvbuf = tcp_rcvbuf
+        return await self._send_invite(playing, node, timing, user, answer_timeout)
+
+    async def _send_invite(self, session: UpstreamSession, node: RegisteredNode,
+                           timing: tuple[int, int], user: str | None,
+                           answer_timeout: float) -> UpstreamSession:
+        cfg, channel_id, ssrc = self.config, session.channel_id, session.offered_ssrc
         port = await session._open_media()
         offer = play_offer(node_id=cfg.platform_id, media_ip=cfg.media_host, port=port,
-                           transport=transport, ssrc=ssrc or "0", channel_id=channel_id)
+                           transport=session.transport, ssrc=ssrc or "0", channel_id=channel_id,
+                           session=session.session_name, start=timing[0], stop=timing[1],
+                           download_speed=session.download_speed)
         if not ssrc:
             offer.ssrc = None
+        video = offer.video
+        if session.ask_filesize and video is not None:
+            video.attributes.append(("filesize", "0"))
         headers = self._headers("INVITE", channel_id, self._new_call_id(), os.urandom(4).hex())
         headers.add("Subject", subject_header(channel_id, ssrc or "0", cfg.platform_id, 0))
         headers.add("Content-Type", "APPLICATION/SDP")
@@ -583,7 +681,8 @@ class SimulatedUpstream:
     async def invite(self, channel_id: str, transport: str = "udp", ssrc: str | None = None,
                      **kw: Any) -> UpstreamSession:
         """`start_invite` and wait for the final answer (and the TCP connection for
-        tcp-active). A refused INVITE gives a session with `status`, `reason` and `warning`."""
+        tcp-active). A refused INVITE gives a session with `status`, `reason` and `warning`.
+        The keywords are those of `start_invite` (`session`, `start`, `end`, ...)."""
         session = await self.start_invite(channel_id, transport, ssrc, **kw)
         await session.answered()
         return session
@@ -671,10 +770,30 @@ class CatalogSubscriptionHandle:
                 self.dropped += 1
 
 
+@dataclass(frozen=True)
+class InfoAnswer:
+    """What came of one MANSRTSP INFO: the INFO sent, the node's SIP answer, and the MANSRTSP
+    reply in its body (None when there was none or it did not parse; see the session's
+    `problems`)."""
+
+    request: Request
+    response: Response
+    reply: MansrtspReply | None
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+
 class UpstreamSession:
     """One INVITE of the simulated platform and the media it receives; see the module
     docstring. `status`/`reason`/`warning` hold the final answer (None before it),
-    `ended` is set when the session is over and `end_reason` says why."""
+    `ended` is set when the session is over and `end_reason` says why.
+
+    For a recorded range, `session_name` is Playback or Download and `range` the asked
+    `(start, end)`; `filesize` is the answer's `a=filesize` (None without one); `media_status`
+    is the MediaStatus received in the dialog (None before it).
+    """
 
     def __init__(self, upstream: SimulatedUpstream, channel_id: str, transport: str,
                  ssrc: str, *, max_units: int, max_unit_bytes: int) -> None:
@@ -729,6 +848,41 @@ class UpstreamSession:
         self._cancelled = False
         self.local_port = 0
         self.tcp_rcvbuf: int | None = None
+        # What was asked (set by start_invite).
+        self.session_name = "Play"
+        self.range: tuple[float, float] | None = None
+        self.download_speed: int | None = None
+        self.ask_filesize = False
+        self.filesize: int | None = None
+        # What came, whatever the bounds of `units`: payloads in arrival order, frames, times.
+        self.payload_bytes = 0
+        self._payload_hash = hashlib.sha256()
+        self.keep_bytes = False
+        self.max_kept_bytes = MAX_KEPT_BYTES
+        self.kept = bytearray()
+        self.kept_truncated = False
+        self.frames = 0  # video units out of the demuxer
+        self.markers = 0  # RTP packets with the marker bit
+        self.last_packet_at: float | None = None
+        self.first_frame_at: float | None = None
+        self.last_frame_at: float | None = None
+        self.first_pts: int | None = None
+        self.last_pts: int | None = None
+        self.pts_jumps = 0
+        self._pts_position = 0  # ticks from the first PTS of the current run
+        self._pts_low = self._pts_high = 0  # extent of the current run
+        self._pts_done = 0  # ticks of the runs before it
+        # The end of a recorded range.
+        self.media_status: MediaStatus | None = None
+        self.media_status_at: float | None = None
+        self.media_statuses = 0
+        self._media_status_seen = asyncio.Event()
+        self.bye_on_end = True
+        self.end_grace_s = 0.3  # media quiet this long after the MediaStatus: BYE
+        self.end_grace_max_s = 5.0  # BYE by then whatever still comes
+        self._end_task: asyncio.Task[None] | None = None
+        self._mansrtsp_cseq = itertools.count(1)
+        self.infos: list[InfoAnswer] = []  # bounded by MAX_PROBLEMS, like problems
 
     def __repr__(self) -> str:
         return (f"<UpstreamSession {self.channel_id} {self.transport} status={self.status} "
@@ -756,6 +910,42 @@ class UpstreamSession:
             raise UpstreamError(f"{len(self.units)} of {count} units within {timeout} s "
                                 f"({self.packets} packets, end: {self.end_reason})")
         return self.units
+
+    @property
+    def payload_sha256(self) -> str:
+        """SHA-256 (hex) of the payloads received so far, concatenated in arrival order."""
+        return self._payload_hash.hexdigest()
+
+    @property
+    def media_seconds(self) -> float:
+        """The media time the video frames received cover, from their PTS: the span from the
+        lowest to the highest, with every discontinuity (a step of more than MAX_PTS_STEP,
+        counted in `pts_jumps`) left out."""
+        return (self._pts_done + self._pts_high - self._pts_low) / PTS_CLOCK
+
+    @property
+    def wall_seconds(self) -> float:
+        """Loop time from the first video frame's arrival to the last one's."""
+        if self.first_frame_at is None or self.last_frame_at is None:
+            return 0.0
+        return self.last_frame_at - self.first_frame_at
+
+    @property
+    def pace(self) -> float | None:
+        """`media_seconds / wall_seconds`: about 1 for a playback, N for a download at N x;
+        None before two frames came apart in time."""
+        wall = self.wall_seconds
+        return self.media_seconds / wall if wall > 0 else None
+
+    async def wait_media_status(self, timeout: float = 10.0) -> MediaStatus:
+        """The MediaStatus of the dialog, once it came; `UpstreamError` after `timeout`."""
+        try:
+            await asyncio.wait_for(self._media_status_seen.wait(), timeout)
+        except TimeoutError:
+            raise UpstreamError(f"no MediaStatus within {timeout} s ({self.frames} frames, "
+                                f"end: {self.end_reason})") from None
+        assert self.media_status is not None
+        return self.media_status
 
     async def wait_ended(self, timeout: float = 10.0) -> str:
         try:
@@ -838,6 +1028,21 @@ class UpstreamSession:
             self._problem(f"answer direction {video.direction}")
         if self.offered_ssrc and answer.ssrc is not None and answer.ssrc != self.offered_ssrc:
             self._problem(f"answer y={answer.ssrc}, offered {self.offered_ssrc}")
+        if self.session_name == "Play":
+            return
+        if answer.session_name != self.session_name:
+            self._problem(f"answer s={answer.session_name[:20]}, offered {self.session_name}")
+        offered = self.offer.timing if self.offer is not None else (0, 0)
+        if answer.timing != offered:
+            self._problem(f"answer t={answer.timing[0]} {answer.timing[1]}, "
+                          f"offered {offered[0]} {offered[1]}")
+        size = video.attribute("filesize")
+        if size is not None and size.strip().isascii() and size.strip().isdigit():
+            self.filesize = int(size.strip())
+        elif size is not None:
+            self._problem(f"answer a=filesize:{size[:20]}")
+        elif self.ask_filesize and self.session_name == "Download":
+            self._problem("a=filesize asked for, not answered")
 
     def _send_cancel(self) -> None:
         invite = self.invite_request
@@ -863,8 +1068,9 @@ class UpstreamSession:
             await self.bye(timeout=timeout)
         return self.response
 
-    async def bye(self, *, timeout: float = 10.0) -> Response | None:
-        """Hang up: BYE in the dialog (its answer), media closed."""
+    async def bye(self, *, timeout: float = 10.0, reason: str = "BYE sent") -> Response | None:
+        """Hang up: BYE in the dialog (its answer), media closed; `reason` becomes the
+        `end_reason` (unless the session had ended already)."""
         dialog, up = self.dialog, self.upstream
         self.dialog = None
         response = None
@@ -873,8 +1079,89 @@ class UpstreamSession:
             future = up._background_request(request, self.peer)
             with contextlib.suppress(TimeoutError, Exception):
                 response = await asyncio.wait_for(asyncio.shield(future), timeout)
-        self.close("BYE sent")
+        self.close(reason)
         return response
+
+    # ----- playback and download -----
+    def _media_status_received(self, event: RequestReceived, msg: manscdp.ManscdpMessage) -> None:
+        """A MediaStatus MESSAGE with this session's Call-ID: 200, kept, and (121, with
+        `bye_on_end`) the BYE once the media went quiet."""
+        up, request = self.upstream, event.request
+        try:
+            status = media_status_of(msg)
+        except ParseError as exc:
+            self._problem(f"MediaStatus does not parse: {exc}")
+            up._reply(event, 400)
+            return
+        dialog = self.dialog
+        if dialog is None:
+            up._reply(event, 481, "Call/Transaction Does Not Exist")
+            return
+        if not dialog.match(request):
+            self._problem(f"MediaStatus with tags From {request.from_.tag!r} To "
+                          f"{request.to.tag!r}, not those of the dialog")
+        if status.device_id != self.channel_id:
+            self._problem(f"MediaStatus for {status.device_id}, not {self.channel_id}")
+        up.sip.respond(event, Response.for_request(request, 200))
+        self.media_statuses += 1
+        self.media_status = status
+        self.media_status_at = self._loop.time()
+        self._media_status_seen.set()
+        if self.bye_on_end and status.end_of_file and self._end_task is None:
+            self._end_task = self._loop.create_task(self._bye_after_end(status))
+
+    async def _bye_after_end(self, status: MediaStatus) -> None:
+        deadline = self._loop.time() + self.end_grace_max_s
+        while not self.media_closed.is_set():
+            now = self._loop.time()
+            quiet = now - (self.last_packet_at or 0.0)
+            if quiet >= self.end_grace_s or now >= deadline:
+                break
+            await asyncio.sleep(min(self.end_grace_s - quiet, deadline - now))
+        await self.bye(reason=f"BYE after MediaStatus {status.notify_type}")
+
+    def next_mansrtsp_cseq(self) -> int:
+        """The session's own MANSRTSP CSeq counter (1, 2, ...), apart from the INFO's SIP CSeq."""
+        return next(self._mansrtsp_cseq)
+
+    async def info(self, request: MansrtspRequest, *, timeout: float = 10.0) -> InfoAnswer:
+        """Send `request` as an INFO in the dialog (the dialog's next CSeq, Content-Type
+        Application/MANSRTSP); the node's answer and the MANSRTSP reply in it. A reply that
+        does not parse, or names another CSeq, is a problem of the session. `UpstreamError`
+        without a dialog or an answer."""
+        dialog, up, peer = self.dialog, self.upstream, self.peer
+        if dialog is None or peer is None or up.endpoint is None:
+            raise UpstreamError(f"no dialog for INFO {request.method} "
+                                f"(end: {self.end_reason or 'not answered'})")
+        info = dialog.request("INFO", up.sip.via(peer.transport), build_mansrtsp(request),
+                              MANSRTSP_CONTENT_TYPE)
+        info.headers.add("User-Agent", _USER_AGENT)
+        try:
+            response = await asyncio.wait_for(up.sip.request(info, peer), timeout)
+        except (TimeoutError, TransactionTimeout, ConnectionError) as exc:
+            raise UpstreamError(f"INFO {request.method} unanswered: {exc!r}") from None
+        reply: MansrtspReply | None = None
+        if response.body:
+            try:
+                reply = parse_mansrtsp_reply(response.body)
+            except MansrtspError as exc:
+                self._problem(f"INFO {request.method}: MANSRTSP reply does not parse: {exc}")
+        elif response.status == 200:
+            self._problem(f"INFO {request.method}: 200 without a MANSRTSP reply")
+        if reply is not None and reply.cseq != request.cseq:
+            self._problem(f"INFO {request.method}: reply CSeq {reply.cseq}, sent {request.cseq}")
+        answer = InfoAnswer(info, response, reply)
+        if len(self.infos) < MAX_PROBLEMS:
+            self.infos.append(answer)
+        return answer
+
+    async def control(self, method: str, *, start: float | None = None,
+                      scale: float | None = None, timeout: float = 10.0) -> InfoAnswer:
+        """`info()` with the next MANSRTSP CSeq: `control("PLAY", start=10)` seeks,
+        `control("PLAY", scale=2)` changes the speed, `control("PAUSE")`, `control("PLAY")`
+        resumes. Raises `sip.errors.LocalProtocolError` for a request that cannot be sent."""
+        request = MansrtspRequest(method, self.next_mansrtsp_cseq(), start, scale)
+        return await self.info(request, timeout=timeout)
 
     def close(self, reason: str = "closed") -> None:
         """End the session's media (no BYE); idempotent, the first reason stays."""
@@ -887,6 +1174,9 @@ class UpstreamSession:
                 dialog.request("BYE", self.upstream.sip.via(self.peer.transport)), self.peer)
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
+        end_task = self._end_task
+        if end_task is not None and not end_task.done() and end_task is not asyncio.current_task():
+            end_task.cancel()
         for closable in (self._udp, self._tcp, self._server, self._sock):
             if closable is not None:
                 closable.close()
@@ -1017,6 +1307,16 @@ class UpstreamSession:
         if pt != 96:
             self.wrong_payload_type += 1
             self._problem(f"payload type {pt} (seq {seq})")
+        self.last_packet_at = now
+        self.payload_bytes += len(payload)
+        self._payload_hash.update(payload)
+        if self.keep_bytes:
+            room = self.max_kept_bytes - len(self.kept)
+            if len(payload) > room:
+                self.kept_truncated = True
+            self.kept += payload[:room] if room > 0 else b""
+        if marker:
+            self.markers += 1
         last = self._last_seq
         self._last_seq = seq
         if last is not None and seq != (last + 1) & 0xFFFF:
@@ -1027,6 +1327,8 @@ class UpstreamSession:
 
     def _units(self, units: list[AccessUnit]) -> None:
         for unit in units:
+            if 0xE0 <= unit.stream_id <= 0xEF:
+                self._video_frame(unit.pts)
             if unit.keyframe and self.first_keyframe_at is None and unit.stream_id >= 0xE0:
                 self.first_keyframe_at = self._loop.time()
             size = len(unit.ps_bytes) + len(unit.data)
@@ -1035,6 +1337,29 @@ class UpstreamSession:
                 continue
             self.units.append(unit)
             self.unit_bytes += size
+
+
+    def _video_frame(self, pts: int | None) -> None:
+        now = self._loop.time()
+        self.frames += 1
+        if self.first_frame_at is None:
+            self.first_frame_at = now
+        self.last_frame_at = now
+        if pts is None:
+            return
+        if self.last_pts is None:
+            self.first_pts = pts
+        else:
+            step = (pts - self.last_pts + _PTS_WRAP // 2) % _PTS_WRAP - _PTS_WRAP // 2
+            if abs(step) > MAX_PTS_STEP:
+                self.pts_jumps += 1
+                self._pts_done += self._pts_high - self._pts_low
+                self._pts_position = self._pts_low = self._pts_high = 0
+            else:
+                self._pts_position += step
+                self._pts_low = min(self._pts_low, self._pts_position)
+                self._pts_high = max(self._pts_high, self._pts_position)
+        self.last_pts = pts
 
 
 class _UdpMedia(asyncio.DatagramProtocol):
