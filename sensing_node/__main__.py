@@ -280,12 +280,29 @@ def cmd_simulate_camera(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_upstream(args: argparse.Namespace) -> int:
+    from .sim.recorded import PlaybackPlan
     from .sim.upstream import PlatformConfig, run_upstream
 
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
         print(f"--listen must be HOST:PORT, not {args.listen!r}", file=sys.stderr)
         return 2
+    playback = None
+    if args.playback is None:
+        for option, value in (("--download-speed", args.download_speed),
+                              ("--store", args.store)):
+            if value is not None:
+                print(f"{option} needs --playback", file=sys.stderr)
+                return 2
+    else:
+        channel, start, end = args.playback
+        try:
+            playback = PlaybackPlan.from_text(
+                channel, start, end, download_speed=args.download_speed, store=args.store,
+                timezone=args.timezone, transport=args.transport)
+        except ValueError as exc:
+            print(f"--playback: {exc}", file=sys.stderr)
+            return 2
     config = PlatformConfig(
         platform_id=args.id, realm=args.realm or args.id[:10], password=args.password,
         host=host, port=int(port), media_host=host,
@@ -298,7 +315,7 @@ def cmd_simulate_upstream(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         return await run_upstream(config, play=args.play, transport=args.transport,
-                                  seconds=args.seconds, stop=stop)
+                                  seconds=args.seconds, stop=stop, playback=playback)
 
     return asyncio.run(main())
 
@@ -345,8 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="act as an upper platform toward a node",
         description="Listen as an upper platform (sensing center): accept the node's REGISTER "
         "with digest, list its catalog, subscribe to it, and pull the channels given with "
-        "--play, checking the RTP (SSRC, sequence, PS frames). Configure the node with an "
-        "upstreams: entry for this address, ID and password.",
+        "--play, checking the RTP (SSRC, sequence, PS frames). With --playback, search the "
+        "channel's recordings of a range, play the range back and, with --download-speed, "
+        "download it; report frames, media and wall time, pace and bytes of each, and with "
+        "--store whether the bytes equal the stored ones. Exit status 1 if any check failed. "
+        "Configure the node with an upstreams: entry for this address, ID and password.",
     )
     up.add_argument("--listen", default="127.0.0.1:15060", help="SIP HOST:PORT (UDP and TCP)")
     up.add_argument("--id", default="31011200002000000100", help="20-digit platform ID")
@@ -356,7 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="channel ID to pull (repeatable)")
     up.add_argument("--transport", choices=("udp", "tcp-active", "tcp-passive"), default="udp",
                     help="media transport from the platform's side (default udp)")
-    up.add_argument("--seconds", type=float, help="stop after this long (default: at SIGTERM)")
+    up.add_argument("--seconds", type=float, help="stop after this long (default: at SIGTERM, "
+                    "or when the playback is done)")
+    up.add_argument("--playback", nargs=3, metavar=("CHANNEL", "START", "END"),
+                    help="play back CHANNEL's recordings from START to END, each Unix seconds or "
+                    "an ISO local time such as 2026-12-06T10:00:00")
+    up.add_argument("--download-speed", type=int, metavar="N",
+                    help="also download the range at N times real time (1 to 32)")
+    up.add_argument("--store", metavar="DIR",
+                    help="the node's recording directory (recording.dir): compare the bytes "
+                    "received with the stored ones")
+    up.add_argument("--timezone", metavar="ZONE",
+                    help="IANA zone of ISO times and of RecordInfo times, as the node's "
+                    "node.timezone (default: this machine's)")
     up.set_defaults(func=cmd_simulate_upstream)
 
     ver = sub.add_parser(

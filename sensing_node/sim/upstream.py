@@ -65,7 +65,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtp.errors import RtpError
 from rtp.framing import Deframer
@@ -91,6 +91,9 @@ from sip.transaction import Peer, RequestReceived, ResponseReceived, TimerValues
 
 from ..transport.rtp import MediaIngest
 from ..transport.sip import SipEndpoint, TransactionTimeout
+
+if TYPE_CHECKING:
+    from .recorded import PlaybackPlan
 
 __all__ = [
     "MODES",
@@ -1412,10 +1415,15 @@ async def run_upstream(
     seconds: float | None = None,
     stop: asyncio.Event | None = None,
     out: Callable[[str], None] = print,
+    playback: PlaybackPlan | None = None,
 ) -> int:
     """`sensing-node simulate-upstream`: listen, wait for the node's registration, list its
     catalog, subscribe to it, pull each channel of `play` over `transport`, and report until
-    `stop` is set or `seconds` have passed. 0 when all went well, 1 otherwise."""
+    `stop` is set or `seconds` have passed. With `playback`, search, play back and download
+    its range (`sim.recorded.check_recorded`) once the live pulls are up; without live pulls
+    the run then ends. 0 when all went well, 1 otherwise."""
+    from .recorded import check_recorded
+
     upstream = SimulatedUpstream(config)
     host, port = await upstream.start()
     out(f"upstream {config.platform_id} listening on {host}:{port} (UDP and TCP), "
@@ -1458,7 +1466,11 @@ async def run_upstream(
                 failed = True
                 out(f"{channel_id}: {session.status} {session.reason} "
                     f"{session.warning or ''}".rstrip())
-        while not stop.is_set() and (deadline is None or loop.time() < deadline):
+        if playback is not None and not await check_recorded(upstream, playback, out=out,
+                                                             stop=stop):
+            failed = True
+        while (not stop.is_set() and (deadline is None or loop.time() < deadline)
+               and (playback is None or sessions)):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
             while subscription is not None and not subscription.events.empty():
