@@ -273,6 +273,7 @@ def play_answer(
     start: int = 0,
     stop: int = 0,
     f: str | None = None,
+    filesize: int | None = None,
 ) -> bytes:
     """The SDP of our 200 to an upstream's INVITE (2016 App. K; 2022 App. H, D for TCP).
 
@@ -281,6 +282,8 @@ def play_answer(
     side, as in `PlayRequest.transport`: `tcp-active` answers `a=setup:active` (we connect),
     `tcp-passive` answers `a=setup:passive` (we listen). `session`, `start` and `stop` repeat
     the offer's `s=` and `t=`. `ssrc` is the `y=` we send with (up to 10 digits).
+    `filesize` (a Download's) is announced as `a=filesize:<bytes>`, the size of the recording
+    the range covers, for the upstream's progress bar.
     """
     if transport not in TRANSPORTS:
         raise LocalProtocolError(f"unknown transport {transport!r}")
@@ -292,7 +295,11 @@ def play_answer(
         raise LocalProtocolError(f"bad media port {port}")
     if f is not None and any(c in f for c in "\r\n"):
         raise LocalProtocolError("f= may not contain a line break")
+    if filesize is not None and filesize < 0:
+        raise LocalProtocolError(f"bad filesize {filesize}")
     attributes: list[tuple[str, str | None]] = [("sendonly", None), ("rtpmap", "96 PS/90000")]
+    if filesize is not None:
+        attributes.append(("filesize", str(filesize)))
     if transport != "udp":
         attributes += [("setup", transport.removeprefix("tcp-")), ("connection", "new")]
     video = MediaDescription.from_attributes(

@@ -32,16 +32,27 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from recorder.index import SegmentRow
 from sip.dialog import Dialog
-from sip.errors import SipError
+from sip.errors import LocalProtocolError, SipError
+from sip.mansrtsp import (
+    CONTENT_TYPE as MANSRTSP,
+)
+from sip.mansrtsp import (
+    MansrtspError,
+    is_mansrtsp,
+    mansrtsp_reply,
+    parse_mansrtsp,
+)
 from sip.message import Request, Response
+from sip.playback import media_status, sdp_range_to_unix
 from sip.relay import PlayRequest, PlayRequestError, parse_play_request, play_answer, warning_value
 from sip.sdp import gb_ssrc
 from sip.transaction import Peer, RequestReceived
 
 from ..devices.registry import Registry
 from ..media.consumers import StreamError
-from ..media.control import MediaControl, RelaySpec
+from ..media.control import MediaControl, PlaybackCommand, PlaybackSpec, RelaySpec
 from ..settings import Settings
 from ..transport.rtp import PortsExhausted
 
@@ -54,6 +65,13 @@ T1 = 0.5
 T2 = 4.0
 RETRY_AFTER_S = 10
 ENDED_KEPT = 100
+#: a download's pace is capped here; a larger downloadspeed sends as fast as the link takes
+MAX_DOWNLOAD_SPEED = 32
+#: MANSRTSP Scale values a playback follows
+SCALES = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+#: the node's recordings of a channel that overlap a range: (recording root, index rows)
+Recordings = Callable[[str, float, float], Coroutine[Any, Any, tuple[str, list[SegmentRow]]]]
 
 
 @dataclass(eq=False)
@@ -80,16 +98,21 @@ class RelaySession:
     ended: float | None = None
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
+    #: Play, Playback or Download (the offer's s=)
+    kind: str = "Play"
+    #: a playback's or download's range, Unix seconds
+    range: tuple[float, float] | None = None
 
     def as_json(self, hub: MediaControl | None = None) -> dict[str, Any]:
         stats = self.stats
         if hub is not None and self.relay_id is not None:
             stats = hub.relay_stats(self.relay_id) or stats
-        return {
+        record = {
             "upstream": self.link.id,
             "channel_id": self.channel_id,
             "call_id": self.invite.call_id,
             "user": self.user,
+            "kind": self.kind,
             "state": self.state,
             "transport": self.play.transport if self.play else None,
             "ssrc": self.ssrc or None,
@@ -102,6 +125,14 @@ class RelaySession:
             # the camera's packets passed on as they come (else whole frames)
             "cut_through": bool(stats.get("forwarding")),
         }
+        if self.range is not None:
+            record.update(
+                range_start=self.range[0], range_end=self.range[1],
+                speed=stats.get("speed"), paused=stats.get("paused", False),
+                position=stats.get("position"), done=stats.get("done", False),
+                gaps=stats.get("gaps", 0), altered=stats.get("altered", []),
+            )
+        return record
 
 
 class Restreamer:
@@ -129,8 +160,13 @@ class Restreamer:
         #: than limits.max_outgoing_streams)
         self.max_sessions = 4 * settings.limits.max_outgoing_streams + 1024
         self.ended: list[dict[str, Any]] = []
+        #: where playbacks and downloads find the recordings (the recording service's)
+        self.recordings: Recordings | None = None
+        #: after MediaStatus 121 the upstream is to BYE; past this the node does
+        self.eof_bye_wait_s = 30.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tag = 0
+        self._sn = 0
 
     # ----- counts -----
     def live(self) -> list[RelaySession]:
@@ -202,10 +238,18 @@ class Restreamer:
                 self._refuse(session, exc.status, exc.reason)
                 return
             session.channel_id = play.channel_id
+            session.kind = play.session
             if play.session != "Play":
-                self._refuse(session, 488, f"s={play.session} is not served here")
-                return
-            if self.registry.channel_device(play.channel_id) is None:
+                try:
+                    start, end = sdp_range_to_unix((play.start, play.stop))
+                except LocalProtocolError as exc:
+                    self._refuse(session, 400, "Bad Request", detail=str(exc))
+                    return
+                if start is None or end is None or self.recordings is None:
+                    self._refuse(session, 488, f"s={play.session} is not served here")
+                    return
+                session.range = (float(start), float(end))
+            elif self.registry.channel_device(play.channel_id) is None:
                 self._refuse(session, 404, "Unknown Channel")
                 return
             if not self.visible(link.id, play.channel_id):
@@ -216,7 +260,10 @@ class Restreamer:
                 self._refuse(session, 486, "Busy Here",
                              warning=warning_value(399, self.node_id, limit))
                 return
-            await self._start_media(session, play)
+            if session.range is not None:
+                await self._start_playback(session, play, session.range)
+            else:
+                await self._start_media(session, play)
         except asyncio.CancelledError:
             self._cleanup(session, "cancelled")
             raise
@@ -228,17 +275,9 @@ class Restreamer:
                 self.end(session, f"internal error: {exc}")
 
     async def _start_media(self, session: RelaySession, play: PlayRequest) -> None:
-        settings = self.settings
         hub = self.hub
-        if play.ssrc:
-            session.ssrc = play.ssrc
-        else:
-            try:
-                session.serial = hub.allocate_serial()
-            except StreamError as exc:
-                self._refuse(session, 503, "Service Unavailable", retry=True, detail=exc.reason)
-                return
-            session.ssrc = gb_ssrc(settings.node.realm, session.serial, history=False)
+        if not self._choose_ssrc(session, play):
+            return
         spec = RelaySpec(play.channel_id, int(session.ssrc), play.transport,
                          (play.address, play.port))
         try:
@@ -258,7 +297,153 @@ class Restreamer:
         port = opened.local_port
         self._answer(session, play, port)
 
-    def _answer(self, session: RelaySession, play: PlayRequest, port: int) -> None:
+    def _choose_ssrc(self, session: RelaySession, play: PlayRequest) -> bool:
+        """The upstream's SSRC, or one of ours (y= of a history stream for a playback); False
+        (and 503 sent) when no serial is free."""
+        if play.ssrc:
+            session.ssrc = play.ssrc
+            return True
+        try:
+            session.serial = self.hub.allocate_serial()
+        except StreamError as exc:
+            self._refuse(session, 503, "Service Unavailable", retry=True, detail=exc.reason)
+            return False
+        session.ssrc = gb_ssrc(self.settings.node.realm, session.serial,
+                               history=session.range is not None)
+        return True
+
+    async def _start_playback(
+        self, session: RelaySession, play: PlayRequest, span: tuple[float, float]
+    ) -> None:
+        """A playback or download of the node's recordings: the segments of the range, a
+        sender paced at real time (Playback) or at the download speed."""
+        assert self.recordings is not None
+        start, end = span
+        root, rows = await self.recordings(play.channel_id, start, end)
+        if session.cancelled or session.state == "ended":
+            return
+        if not rows:
+            self._refuse(session, 404, "No Recording In Range")
+            return
+        if not self._choose_ssrc(session, play):
+            return
+        speed = 1.0
+        if play.session == "Download":
+            asked = play.download_speed or 1
+            speed = float(asked) if asked <= MAX_DOWNLOAD_SPEED else 0.0
+        spec = PlaybackSpec(
+            play.channel_id, int(session.ssrc), play.transport, (play.address, play.port),
+            str(root), tuple(rows), start, end, speed=speed,
+            on_altered=self.settings.recording.altered_segments,
+        )
+        try:
+            opened = await self.hub.open_playback(
+                spec, lambda _, reason: self.end(session, reason),
+                lambda _: self._range_out(session),
+            )
+        except (PortsExhausted, OSError) as exc:
+            self._refuse(session, 503, "Service Unavailable", retry=True, detail=str(exc))
+            return
+        if session.cancelled or session.state == "ended":
+            self.hub.close_relay(opened.relay_id, "cancelled")
+            self._cleanup(session, "cancelled")
+            return
+        session.relay_id = opened.relay_id
+        filesize = None
+        if play.session == "Download":
+            filesize = sum(row.bytes for row in rows)
+        self._answer(session, play, opened.local_port, filesize=filesize)
+
+    def _range_out(self, session: RelaySession) -> None:
+        """The range has been sent: MediaStatus 121 in the dialog, then the upstream's BYE is
+        awaited (`eof_bye_wait_s`; past it the node ends the session)."""
+        dialog = session.dialog
+        if session.state == "ended" or dialog is None:
+            return
+        link = session.link
+        self._sn = self._sn % 999_999 + 1
+        body = media_status(self._sn, session.channel_id, encoding=link.settings.charset)
+        request = dialog.request("MESSAGE", link.endpoint.via(link.peer.transport), body,
+                                 "Application/MANSCDP+xml")
+        self._background(link.request(request))
+        log.info("upstream %s %s of %s: end of range, MediaStatus 121 sent", link.id,
+                 session.kind.lower(), session.channel_id)
+        if session.timer is not None:
+            session.timer.cancel()
+
+        def no_bye() -> None:
+            session.timer = None
+            self.end(session, "no BYE after the end of the range")
+
+        session.timer = asyncio.get_running_loop().call_later(self.eof_bye_wait_s, no_bye)
+
+    def on_info(self, link: UpstreamLink, event: RequestReceived) -> bool:
+        """MANSRTSP on a playback dialog: PLAY (seek, Scale, resume), PAUSE, TEARDOWN. False
+        when the INFO belongs to no session of ours (481)."""
+        request = event.request
+        session = self._by_dialog(request)
+        if session is None:
+            return False
+        if session.range is None or session.relay_id is None:
+            self._respond(link, event.peer, Response.for_request(
+                request, 405 if session.range is None else 491,
+                "Not A Playback" if session.range is None else "Request Pending"))
+            return True
+        if not is_mansrtsp(request.content_type):
+            self._respond(link, event.peer, Response.for_request(request, 415))
+            return True
+        try:
+            control = parse_mansrtsp(request.body)
+        except MansrtspError as exc:
+            self._info_reply(link, event, exc.status_hint or 400, exc.reason, exc.reply())
+            return True
+        cseq = control.cseq
+        if control.method == "TEARDOWN":
+            self._info_reply(link, event, 200, None, mansrtsp_reply(cseq))
+            self.end(session, "upstream sent TEARDOWN")
+            return True
+        if control.method == "PAUSE":
+            command = PlaybackCommand("pause")
+        else:
+            if control.scale is not None and control.scale not in SCALES:
+                reason = f"Scale {control.scale:g} not supported (0.5, 1, 2, 4, 8)"
+                self._info_reply(link, event, 400, reason, mansrtsp_reply(cseq, 551, reason))
+                return True
+            seek = None
+            if control.start is not None:
+                assert session.range is not None
+                seek = session.range[0] + control.start
+                if seek >= session.range[1]:
+                    reason = f"npt {control.start:g} is past the end of the range"
+                    self._info_reply(link, event, 400, reason, mansrtsp_reply(cseq, 457, reason))
+                    return True
+            command = PlaybackCommand("play", seek=seek, speed=control.scale)
+        if session.kind == "Download" and (command.seek is not None or command.speed is not None):
+            reason = "a download is not steered; PAUSE and PLAY only"
+            self._info_reply(link, event, 400, reason, mansrtsp_reply(cseq, 455, reason))
+            return True
+        self.hub.steer_playback(session.relay_id, command)
+        if command.seek is not None and session.timer is not None:
+            session.timer.cancel()  # played again after its end: no BYE awaited now
+            session.timer = None
+        self._info_reply(link, event, 200, None, mansrtsp_reply(cseq))
+        log.info("upstream %s steers %s: %s", link.id, session.channel_id,
+                 request.body[:80].decode("utf-8", "replace").split("\r")[0].strip())
+        return True
+
+    def _info_reply(
+        self, link: UpstreamLink, event: RequestReceived, status: int, reason: str | None,
+        body: bytes,
+    ) -> None:
+        response = Response.for_request(event.request, status, reason)
+        response.headers.add("Content-Type", MANSRTSP)
+        response.body = body
+        self._respond(link, event.peer, response)
+
+    def _answer(
+        self, session: RelaySession, play: PlayRequest, port: int, *,
+        filesize: int | None = None,
+    ) -> None:
         link = session.link
         self._tag += 1
         response = Response.for_request(
@@ -269,7 +454,8 @@ class Restreamer:
         response.headers.add("Content-Type", "application/sdp")
         response.body = play_answer(
             origin_id=link.local_id, media_ip=self.settings.node.media_ip, port=port,
-            transport=play.transport, ssrc=session.ssrc, f=play.f,
+            transport=play.transport, ssrc=session.ssrc, f=play.f, session=play.session,
+            start=play.start, stop=play.stop, filesize=filesize,
         )
         try:
             session.dialog = Dialog.from_request(session.invite, response, first_seq=1)
@@ -283,8 +469,9 @@ class Restreamer:
             self._retransmit(session, T1, 0.0)
         else:
             self._arm_ack_timeout(session)
-        log.info("upstream %s plays %s over %s (ssrc %s)", link.id, session.channel_id,
-                 play.transport, session.ssrc)
+        log.info("upstream %s %s %s over %s (ssrc %s)", link.id,
+                 {"Play": "plays", "Playback": "plays back", "Download": "downloads"}[play.session],
+                 session.channel_id, play.transport, session.ssrc)
 
     def _retransmit(self, session: RelaySession, interval: float, waited: float) -> None:
         """Resend our 2xx until the ACK (RFC 3261 13.3.1.4); BYE when it never comes."""
@@ -416,10 +603,20 @@ class Restreamer:
         loop = asyncio.get_running_loop()
         loop.call_later(64 * T1, self._forget, session)
         actor = f"upstream {session.link.id}" + (f" user {session.user}" if session.user else "")
-        detail = (f"{record['transport'] or '-'}, {record['bytes']} bytes, {reason}")
+        detail = f"{record['transport'] or '-'}, {record['bytes']} bytes, {reason}"
+        range_start, range_end = session.started, session.ended
+        action = "upstream_live"
+        if session.range is not None:
+            action = f"upstream_{session.kind.lower()}"
+            range_start, range_end = session.range
+            if record.get("gaps"):
+                detail += f"; {record['gaps']} gaps skipped"
+            if record.get("altered"):
+                detail += "; altered, not sent: " + "; ".join(record["altered"])
+                result = "altered" if result == "ok" else result
         self._background(self.audit(
-            actor=actor, action="upstream_live", channel_id=session.channel_id or None,
-            range_start=session.started, range_end=session.ended,
+            actor=actor, action=action, channel_id=session.channel_id or None,
+            range_start=range_start, range_end=range_end,
             result=result if result != "ok" or was_up else "error", detail=detail,
         ))
 

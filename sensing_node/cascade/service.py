@@ -177,6 +177,10 @@ class Cascade:
         if method == "CANCEL":
             restreamer.on_cancel(link, event)
             return
+        if method == "INFO":
+            if not restreamer.on_info(link, event):
+                self._answer(event, 481)
+            return
         if not link.may_ask:
             self._forbid(event, "Not Registered", link)
             return
@@ -186,7 +190,7 @@ class Cascade:
             self._message(link, event)
         elif method == "SUBSCRIBE":
             self._subscribe(link, event)
-        elif method in ("OPTIONS", "INFO"):
+        elif method == "OPTIONS":
             self._answer(event, 200)
         elif method in ("NOTIFY", "REGISTER"):
             self._answer(event, 405)

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["MediaControl", "RelayOpened", "RelaySpec"]
+from .playback import PlaybackCommand, PlaybackSpec
+
+__all__ = ["MediaControl", "PlaybackCommand", "PlaybackSpec", "RelayOpened", "RelaySpec"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,24 @@ class MediaControl(Protocol):
         until `start_relay`. Raises `StreamError` (the camera), `PortsExhausted` or `OSError`."""
         ...
 
+    async def open_playback(
+        self, spec: PlaybackSpec, on_end: RelayEnded, on_done: Callable[[int], None]
+    ) -> RelayOpened:
+        """Take a local port for a playback or download of recorded segments (`spec`); it
+        sends once `start_relay` is called, at the spec's pace. `on_done(relay_id)` is called
+        when the range is out (again after a seek), `on_end` when the session ends by itself
+        (the upstream went away, a segment was altered and the spec says end). Raises
+        `PortsExhausted` or `OSError`."""
+        ...
+
+    def steer_playback(self, relay_id: int, command: PlaybackCommand) -> bool:
+        """Pause, resume, seek or change the speed of a playback; False when it is gone.
+        Raises `ValueError` for a command that makes no sense (a speed of 0 or less)."""
+        ...
+
     def start_relay(self, relay_id: int) -> None:
-        """The upstream is ready (it ACKed): send, from the cached keyframe on."""
+        """The upstream is ready (it ACKed): send, from the cached keyframe on (a playback:
+        from the start of its range)."""
         ...
 
     def close_relay(self, relay_id: int, reason: str) -> None:

@@ -9,6 +9,7 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rtp.ps import AccessUnit
@@ -30,6 +31,7 @@ from ..transport.sip import SipEndpoint, TransactionTimeout
 from .addresses import media_bind_host
 from .consumers import Consumer, StreamError, _ApiHold
 from .control import RelayEnded, RelayOpened, RelaySpec
+from .playback import PlaybackCommand, PlaybackRelay, PlaybackSpec
 from .relay import RelaySender
 from .stream import LiveStream
 
@@ -50,6 +52,8 @@ RELAY_BUFFER_BYTES = 1 << 20
 CUT_THROUGH_MAX_RELAYS = 2
 #: relays in all that may pass packets on as they come; past it, all send whole frames
 CUT_THROUGH_MAX_TOTAL = 32
+#: threads reading recordings for playbacks (file reads and the PS demux, off the loop)
+PLAYBACK_READERS = 4
 
 
 class StreamHub:
@@ -94,6 +98,8 @@ class StreamHub:
         self.relays: dict[int, _HubRelay] = {}
         self._relay_ends: dict[int, RelayEnded] = {}
         self._relay_seq = 0
+        self.playbacks: dict[int, PlaybackRelay] = {}
+        self._playback_reads: ThreadPoolExecutor | None = None
         endpoint.on_response = self.on_response
 
     # ----- start / stop -----
@@ -103,8 +109,11 @@ class StreamHub:
         self._tick_task = self._supervisor.spawn("stream ticker", self._ticker)
 
     async def close(self) -> None:
-        for relay_id in list(self.relays):
+        for relay_id in [*self.relays, *self.playbacks]:
             self.close_relay(relay_id, "node stopping")
+        if self._playback_reads is not None:
+            self._playback_reads.shutdown(wait=False, cancel_futures=True)
+            self._playback_reads = None
         for stream in list(self.streams.values()):
             stream.stop("node stopping")
         await asyncio.gather(*(s.wait_closed() for s in list(self.streams.values())))
@@ -278,10 +287,48 @@ class StreamHub:
             raise StreamError(502, sender.end_reason or "relay ended")
         return RelayOpened(relay_id, port)
 
+    async def open_playback(
+        self, spec: PlaybackSpec, on_end: RelayEnded, on_done: Callable[[int], None]
+    ) -> RelayOpened:
+        media = self.settings.media
+        self._relay_seq += 1
+        relay_id = self._relay_seq
+        sender = RelaySender(
+            ssrc=spec.ssrc, transport=spec.transport, remote=spec.remote, port_pool=self.pool,
+            bind_host=self.media_bind_host, payload_max=media.rtp_payload_max,
+            timeout_s=float(media.timeout_s), connect_timeout_s=media.connect_timeout_s,
+            max_buffer_bytes=RELAY_BUFFER_BYTES,
+            on_end=lambda reason: self._relay_ended(relay_id, reason),
+        )
+        sender.cut_through = False
+        if self._playback_reads is None:
+            self._playback_reads = ThreadPoolExecutor(
+                PLAYBACK_READERS, thread_name_prefix="playback"
+            )
+        playback = PlaybackRelay(
+            spec, sender, executor=self._playback_reads,
+            on_done=lambda: on_done(relay_id),
+            on_end=lambda reason: self._relay_ended(relay_id, reason),
+        )
+        port = await sender.open()  # PortsExhausted, OSError: nothing to undo
+        self.playbacks[relay_id] = playback
+        self._relay_ends[relay_id] = on_end
+        return RelayOpened(relay_id, port)
+
+    def steer_playback(self, relay_id: int, command: PlaybackCommand) -> bool:
+        playback = self.playbacks.get(relay_id)
+        if playback is None:
+            return False
+        playback.steer(command)
+        return True
+
     def start_relay(self, relay_id: int) -> None:
         sender = self.relays.get(relay_id)
         if sender is not None:
             sender.start()
+        playback = self.playbacks.get(relay_id)
+        if playback is not None:
+            playback.start()
 
     def close_relay(self, relay_id: int, reason: str) -> None:
         self._relay_ends.pop(relay_id, None)
@@ -289,9 +336,15 @@ class StreamHub:
 
     def relay_stats(self, relay_id: int) -> dict[str, Any]:
         sender = self.relays.get(relay_id)
-        return sender.stats() if sender is not None else {}
+        if sender is not None:
+            return sender.stats()
+        playback = self.playbacks.get(relay_id)
+        return playback.stats() if playback is not None else {}
 
     def _drop_relay(self, relay_id: int, reason: str) -> None:
+        playback = self.playbacks.pop(relay_id, None)
+        if playback is not None:
+            playback.close(reason)
         sender = self.relays.pop(relay_id, None)
         if sender is None:
             return

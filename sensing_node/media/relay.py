@@ -116,6 +116,9 @@ class RelaySender(Consumer):
     connect_retry_s = 1.0
     #: send a frame's UDP packets in runs with UDP_SEGMENT where the kernel can
     udp_gso = True
+    #: called when the transport takes data again (it became writable, or a TCP upstream
+    #: read what was waiting): a sender that paces itself (playback) waits for it
+    on_writable: Callable[[], object] | None = None
 
     def __init__(
         self,
@@ -525,6 +528,18 @@ class RelaySender(Consumer):
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         for unit in pending:
             self.on_unit(unit)
+        if self.on_writable is not None:
+            self.on_writable()
+
+    @property
+    def writable(self) -> bool:
+        """Whether a unit handed over now goes out (else it is held or dropped): the session
+        is sending and a TCP upstream is not behind."""
+        return self.state == "sending" and not self._paused
+
+    def write_buffer(self) -> int:
+        """Bytes waiting in the TCP transport's write buffer (0 for UDP)."""
+        return self._tcp.get_write_buffer_size() if self._tcp is not None else 0
 
     # ----- UDP -----
     def _drain(self) -> None:
@@ -636,6 +651,8 @@ class RelaySender(Consumer):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.on_writable is not None:
+            self.on_writable()
 
     def _stall_check(self) -> None:
         self._timer = None

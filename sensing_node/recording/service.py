@@ -418,6 +418,14 @@ class RecordingService:
 
         return await loop.run_in_executor(self._reader, query)
 
+    async def playback_segments(
+        self, channel_id: str, start: float, end: float
+    ) -> tuple[str, list[SegmentRow]]:
+        """The recording root and the index rows of `channel_id` that overlap the range, for a
+        playback or download (read and checked by `recorder.playback` in the data plane)."""
+        segments, _ = await self.search(channel_id, start, end)
+        return str(self.root), segments
+
     async def segment_refs(self, channel_id: str, start: float, end: float) -> list[SegmentRef]:
         segments, _ = await self.search(channel_id, start, end)
         return [

@@ -15,6 +15,7 @@ from .schema import (
     _CONSTRUCT,
     Key,
     _boolean,
+    _choice,
     _Ctx,
     _describe,
     _device_id,
@@ -67,6 +68,8 @@ class RecordingSettings:
     min_free_gb: float
     channels: Mapping[str, Schedule] | None
     query_max_days: int
+    #: what a playback does with a segment whose SHA-256 no longer matches the index
+    altered_segments: str
 
     def root(self, node: NodeSettings) -> Path:
         """Where segments go: `dir`, or `<data_dir>/recordings`."""
@@ -201,6 +204,8 @@ RECORDING_KEYS: tuple[Key, ...] = (
         "all | [channel IDs] | {channel ID: always | off | weekly schedule}"),
     Key("query_max_days", _integer(1), 31,
         "longest range a device's RecordInfo query is answered for; longer ones are cut"),
+    Key("altered_segments", _choice(("skip", "end")), "skip",
+        "a played-back segment that fails its SHA-256 check is skipped or ends the session"),
 )
 
 
