@@ -18,7 +18,9 @@ import io
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import pytest
@@ -28,8 +30,15 @@ from recorder.playback import Frame, PlaybackReader
 from recorder.segments import SegmentWriter
 from rtp.framing import frame as rfc4571
 from rtp.packet import build_rtp
-from sensing_node.sim.recorded import stored_range
-from sensing_node.sim.upstream import PlatformConfig, SimulatedUpstream, UpstreamError
+from sensing_node import __main__ as cli
+from sensing_node.sim import recorded
+from sensing_node.sim.recorded import PlaybackPlan, parse_time, stored_range
+from sensing_node.sim.upstream import (
+    PlatformConfig,
+    SimulatedUpstream,
+    UpstreamError,
+    run_upstream,
+)
 from sensing_node.transport.sip import SipEndpoint
 from sip import manscdp
 from sip.dialog import Dialog
@@ -89,6 +98,7 @@ class LowerSide:
     invites: list[Request] = field(default_factory=list)
     plays: list[PlayRequest] = field(default_factory=list)
     infos: list[Request] = field(default_factory=list)
+    record_queries: list[manscdp.ManscdpMessage] = field(default_factory=list)
     byes: list[Request] = field(default_factory=list)
     status_answers: list[Response] = field(default_factory=list)
     dialogs: dict[str, Dialog] = field(default_factory=dict)
@@ -129,6 +139,50 @@ class LowerSide:
             if request.method == "BYE":
                 self.byes.append(request)
             self.endpoint.respond(event, Response.for_request(request, 200))
+            if request.method == "MESSAGE":
+                query = manscdp.parse_manscdp(request.body)
+                if query.cmd_type in ("Catalog", "RecordInfo"):
+                    task = asyncio.get_running_loop().create_task(self._answer(query))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, query: manscdp.ManscdpMessage) -> None:
+        """A catalog of the one channel; for RecordInfo one item per run of adjacent
+        segments. In parts of one item, each after the previous part's 200."""
+        if query.cmd_type == "Catalog":
+            await self._respond(query, [{"DeviceID": CHANNEL, "Name": "camera",
+                                         "Status": "ON"}], "DeviceList", [])
+            return
+        self.record_queries.append(query)
+        with RecordIndex(self.store / "index.sqlite3", read_only=True) as index:
+            rows = index.segments(query.device_id)
+        runs: list[list[float]] = []
+        for row in rows:
+            if runs and row.start_wall - runs[-1][1] < 0.1:
+                runs[-1][1] = row.end_wall
+            else:
+                runs.append([row.start_wall, row.end_wall])
+        items = [{"DeviceID": query.device_id, "Name": "camera",
+                  "StartTime": manscdp.format_gb_time(datetime.fromtimestamp(a, TZ)),
+                  "EndTime": manscdp.format_gb_time(datetime.fromtimestamp(b, TZ)),
+                  "FilePath": f"run{n}", "Type": "time"} for n, (a, b) in enumerate(runs)]
+        await self._respond(query, items, "RecordList", [("Name", "camera")])
+
+    async def _respond(self, query: manscdp.ManscdpMessage, items: list[dict[str, str]],
+                       list_name: str, fields: list[tuple[str, str]]) -> None:
+        assert self.driver.peer is not None
+        for body in manscdp.response_parts(query.cmd_type, query.sn, query.device_id, items,
+                                           list_name=list_name, fields=fields):
+            message = Request(method="MESSAGE", uri=f"sip:{PLATFORM}@{HOST}", body=body)
+            for name, value in (
+                ("Via", self.endpoint.via("udp")), ("From", f"<sip:{NODE_ID}@{REALM}>;tag=rec"),
+                ("To", f"<sip:{PLATFORM}@{REALM}>"), ("Call-ID", f"rec{query.sn}-{len(body)}"),
+                ("CSeq", "1 MESSAGE"), ("Max-Forwards", "70"),
+                ("Content-Type", "Application/MANSCDP+xml"),
+            ):
+                message.headers.add(name, value)
+            answer = await self.endpoint.request(message, self.driver.peer)
+            assert answer.status == 200
 
     def _invite(self, event: RequestReceived) -> None:
         request = event.request
@@ -472,3 +526,175 @@ async def test_a_stalled_range_waits_for_the_media_status(upstream, lower):
     with pytest.raises(UpstreamError, match="no MediaStatus within 0.2 s"):
         await session.wait_media_status(0.2)
     await session.bye()
+
+
+# ----- the command line ------------------------------------------------------------------------
+
+SHANGHAI = timezone(timedelta(hours=8))
+
+
+def test_times_are_unix_seconds_or_iso_local_times():
+    assert parse_time("1796522400") == 1796522400.0
+    assert parse_time(" 1796522400.25 ") == 1796522400.25
+    # 2026-12-06T10:00:00 at UTC+8 is 02:00 UTC.
+    assert parse_time("2026-12-06T10:00:00", SHANGHAI) == 1796522400.0
+    assert parse_time("2026-12-06T10:00:00+08:00") == 1796522400.0
+    assert parse_time("2026-12-06T02:00:00Z", SHANGHAI) == 1796522400.0  # its own offset
+    assert parse_time("2026-12-06T10:00:00", UTC) == 1796522400.0 + 8 * 3600
+    assert parse_time("2026-12-06T10:00:00") == datetime(2026, 12, 6, 10).timestamp()
+    for text in ("yesterday", "", "nan", "inf", "-5", "0", "2026-13-01T00:00:00"):
+        with pytest.raises(ValueError):
+            parse_time(text)
+
+
+def test_a_playback_plan_from_the_command_line_strings():
+    plan = PlaybackPlan.from_text(CHANNEL, "2026-12-06T10:00:00", "1796526000.5",
+                                  download_speed=8, store="/srv/rec", timezone="Asia/Shanghai",
+                                  transport="tcp-passive")
+    assert (plan.start, plan.end, plan.download_speed) == (1796522400.0, 1796526000.5, 8)
+    assert plan.store == Path("/srv/rec") and plan.transport == "tcp-passive"
+    assert plan.sdp_range == (1796522400, 1796526000)
+    assert plan.wire_time(plan.start) == datetime(2026, 12, 6, 10)
+    bare = PlaybackPlan.from_text(CHANNEL, "1796522400", "1796522401")
+    assert bare.download_speed is None and bare.store is None and bare.tz is None
+    for args, kw, text in (
+        (("3402000000132000000", "1796522400", "1796526000"), {}, "20-digit"),
+        ((CHANNEL, "1796526000", "1796522400"), {}, "after START"),
+        ((CHANNEL, "1796522400.2", "1796522400.9"), {}, "after START"),
+        ((CHANNEL, "1796522400", "1796526000"), {"download_speed": 33}, "1 to 32"),
+        ((CHANNEL, "1796522400", "1796526000"), {"download_speed": 0}, "1 to 32"),
+        ((CHANNEL, "1796522400", "1796526000"), {"timezone": "Mars/Olympus"}, "time zone"),
+        ((CHANNEL, "1796522400", "3000000000"), {}, "1970-2039"),
+        ((CHANNEL, "soon", "1796526000"), {}, "ISO time"),
+    ):
+        with pytest.raises(ValueError, match=text):
+            PlaybackPlan.from_text(*args, **kw)
+
+
+def test_the_playback_options_parse():
+    args = cli.build_parser().parse_args([
+        "simulate-upstream", "--password", "x", "--playback", CHANNEL, "2026-12-06T10:00:00",
+        "2026-12-06T10:05:00", "--download-speed", "4", "--store", "/srv/rec",
+        "--timezone", "Asia/Shanghai", "--transport", "tcp-active"])
+    assert args.playback == [CHANNEL, "2026-12-06T10:00:00", "2026-12-06T10:05:00"]
+    assert (args.download_speed, args.store, args.timezone) == (4, "/srv/rec", "Asia/Shanghai")
+    assert args.func is cli.cmd_simulate_upstream
+    plain = cli.build_parser().parse_args(["simulate-upstream", "--password", "x"])
+    assert plain.playback is None and plain.download_speed is None and plain.store is None
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--download-speed", "4"], "--download-speed needs --playback"),
+    (["--store", "/srv/rec"], "--store needs --playback"),
+    (["--playback", CHANNEL, "1796526000", "1796522400"], "--playback: END must be"),
+    (["--playback", CHANNEL, "1796522400", "1796526000", "--download-speed", "64"],
+     "--playback: download speed must be 1 to 32"),
+    (["--playback", CHANNEL, "noon", "1796526000"], "--playback: 'noon' is neither"),
+])
+def test_wrong_playback_options_exit_2_before_listening(capsys, extra, message):
+    assert cli.main(["simulate-upstream", "--password", "x", "--listen", "127.0.0.1:1",
+                     *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+async def _run_cli(store: Path, plan: PlaybackPlan,
+                   prepare=None) -> tuple[int, list[str], LowerSide]:
+    """run_upstream with `plan` against a lower side registering to it."""
+    config = PlatformConfig(PLATFORM, REALM, PASSWORD)
+    lines: list[str] = []
+    task = asyncio.get_running_loop().create_task(
+        run_upstream(config, playback=plan, out=lines.append))
+    await wait_for(lambda: config.port)
+    driver = RegistrationDriver(SimpleNamespace(local=(HOST, config.port)), "udp")  # type: ignore[arg-type]
+    side = LowerSide(driver, store)
+    if prepare is not None:
+        prepare(side)
+    driver.endpoint.on_request = side.on_request
+    await side.listen()
+    await driver.start()
+    try:
+        code = await asyncio.wait_for(task, 30.0)
+    finally:
+        for pending in list(side.tasks):
+            pending.cancel()
+        await asyncio.gather(*side.tasks, return_exceptions=True)
+        assert side.server is not None
+        side.server.close()
+        # The platform is gone: no unregistration to wait for.
+        if driver._task is not None:
+            driver._task.cancel()
+            await asyncio.gather(driver._task, return_exceptions=True)
+        for future in list(driver._pending):
+            future.cancel()
+        await driver.endpoint.close()
+    return code, lines, side
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp-passive"])
+async def test_playback_command_searches_plays_downloads_and_compares(
+        store, monkeypatch, transport):
+    monkeypatch.setattr(recorded, "PACE_MIN_MEDIA_S", math.inf)  # the lower side runs at 20x
+    plan = PlaybackPlan.from_text(CHANNEL, str(START), str(END), download_speed=4,
+                                  store=str(store), timezone="Asia/Shanghai",
+                                  transport=transport)
+    code, lines, side = await _run_cli(store, plan)
+    text = "\n".join(lines)
+    assert code == 0, text
+    [query] = side.record_queries
+    assert query.get("StartTime") == manscdp.format_gb_time(datetime.fromtimestamp(START, SHANGHAI))
+    assert query.get("EndTime") == manscdp.format_gb_time(datetime.fromtimestamp(END, SHANGHAI))
+    assert f"record info {CHANNEL} " in text and ": 2 items" in text
+    assert "run0" in text and "run1" in text
+    stored = stored_range(store, CHANNEL, START, END)
+    assert f"store: {len(SENT)} frames, {stored.bytes} bytes, sha256 {stored.sha256}, " \
+        "1 gaps" in lines
+    assert [p.session for p in side.plays] == ["Playback", "Download"]
+    assert side.plays[1].download_speed == 4
+    assert side.plays[1].offer.video.attribute("filesize") == "0"
+    assert any(line.startswith("download: 200 OK") and line.endswith("filesize 123456")
+               for line in lines)
+    for label in ("playback", "download"):
+        [report] = [line for line in lines if line.startswith(f"{label}: {len(SENT)} frames")]
+        assert f"media {(len(SENT) - 1) / FPS:.2f} s" in report
+        assert f"{stored.bytes} bytes, MediaStatus 121, end: BYE after MediaStatus 121" in report
+        assert f"{label}: bytes equal the store ({stored.bytes} bytes, sha256 {stored.sha256})" \
+            in lines
+    assert "FAILED" not in text
+    assert len(side.byes) == 2
+
+
+async def test_playback_command_fails_on_bytes_that_differ_from_the_store(store, monkeypatch):
+    monkeypatch.setattr(recorded, "PACE_MIN_MEDIA_S", math.inf)
+    plan = PlaybackPlan.from_text(CHANNEL, str(START), str(END), store=str(store))
+
+    def tamper(side: LowerSide) -> None:
+        side.tamper = True
+
+    code, lines, side = await _run_cli(store, plan, tamper)
+    assert code == 1
+    [failed] = [line for line in lines if "FAILED" in line]
+    assert failed.startswith("playback: FAILED: bytes differ from the store")
+    assert f"({len(SENT) - 1} frames received, {len(SENT)} stored)" in failed
+    assert [p.session for p in side.plays] == ["Playback"]  # no download asked
+
+
+async def test_playback_command_fails_on_a_pace_far_from_real_time(store):
+    # The lower side sends 40 times faster than a playback may: a pace near 40, not 1.
+    plan = PlaybackPlan.from_text(CHANNEL, str(START), str(END))
+
+    def hurry(side: LowerSide) -> None:
+        side.speed = 40.0
+
+    code, lines, _ = await _run_cli(store, plan, hurry)
+    assert code == 1
+    [failed] = [line for line in lines if "FAILED" in line]
+    assert failed.startswith("playback: FAILED: pace ") and "asked 1 (within 10%)" in failed
+
+
+async def test_playback_command_fails_when_the_store_has_no_index(tmp_path, store):
+    plan = PlaybackPlan.from_text(CHANNEL, str(START), str(END), store=str(tmp_path))
+    code, lines, side = await _run_cli(store, plan)
+    assert code == 1
+    assert f"store: {tmp_path}: no recordings index (index.sqlite3)" in lines
+    assert side.plays == []
+
