@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/demo.yaml
 
 .PHONY: run test bench bench-ingest bench-record bench-export bench-retention bench-compare \
-        bench-relay lint clean
+        bench-relay bench-playback lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ bench-retention: $(VENV)/.installed-test
 # results go to the section of docs/benchmarks.md named after it.
 bench-relay: $(VENV)/.installed-test
 	$(BIN)/python bench/relay.py
+
+# Playback and download to an upper platform from a 300-channel store while 300 live streams
+# come in, the whole node process: 50 playbacks at 1x, 10 downloads at 8x (a few minutes; see
+# bench/playback.py for options). Its results go to the section of docs/benchmarks.md named
+# after it.
+bench-playback: $(VENV)/.installed-test
+	$(BIN)/python bench/playback.py
 
 # Ingest and recording on two commits, alternately in one run: make bench-compare BASE=<rev>
 bench-compare: $(VENV)/.installed-test
