@@ -15,6 +15,16 @@ the failures a node must survive: another final status, no answer at all, an ans
 media, another SSRC or none, answers that contradict the offer (another m= proto, no
 `a=setup`, a wrong `c=`, no SDP at all), a device that only connects for TCP media or only does
 UDP, and `stop_media` for a stream that dies without a BYE.
+
+Like an NVR or an IPC with a memory card, it can hold recordings of its own
+(`CameraConfig.records`, the same spans for every channel). `Query/RecordInfo` is answered with
+the spans that overlap the asked range, clipped to it, in several MESSAGEs as Hikvision and Dahua
+devices split them. An INVITE with `s=Playback` or `s=Download` (`a=downloadspeed:N`) and a `t=`
+range that meets a recording is answered like a live one, with `s=` and `t=` repeated; the clip
+then plays for the range's length at real time (N times real time for a download), after which
+the camera sends `Notify/MediaStatus` 121 in the dialog and waits for the BYE. In-dialog INFO
+with MANSRTSP steers it: PAUSE holds the range's clock, PLAY resumes, seeks (to the key frame
+at or before the target) and changes the speed with Scale.
 """
 
 from __future__ import annotations
@@ -23,14 +33,26 @@ import asyncio
 import functools
 import itertools
 import logging
+import math
 import os
 import random
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone, tzinfo
 
 from sip import auth, manscdp
-from sip.errors import ParseError
+from sip.dialog import Dialog
+from sip.errors import LocalProtocolError, ParseError
+from sip.mansrtsp import (
+    MansrtspError,
+    MansrtspRequest,
+    is_mansrtsp,
+    mansrtsp_reply,
+    parse_mansrtsp,
+)
 from sip.message import Headers, Request, Response
+from sip.playback import media_status, sdp_range_to_unix
 from sip.sdp import MediaDescription, Origin, SessionDescription, build_sdp, parse_sdp
 from sip.transaction import Peer, RequestReceived
 
@@ -38,6 +60,13 @@ from ..transport.sip import SipEndpoint
 from .media import Clip, MediaSender, load_clip
 
 log = logging.getLogger(__name__)
+
+CHINA_TZ = timezone(timedelta(hours=8), "UTC+08:00")
+MAX_DOWNLOAD_SPEED = 32  # a=downloadspeed beyond it is served at this speed
+#: After its MediaStatus 121, how long a playback waits for the node's BYE before hanging up.
+PLAYBACK_BYE_WAIT_S = 30.0
+#: How many served playbacks and MANSRTSP requests the camera keeps for inspection.
+HISTORY = 100
 
 
 @dataclass
@@ -72,6 +101,12 @@ class CameraConfig:
     answer_address: str | None = None  # the c= address of the answer, e.g. 0.0.0.0
     ignore_setup: bool = False  # TCP media: always connect, never listen (a=setup ignored)
     udp_only: bool = False  # 488 to a TCP offer
+    # Recordings of its own, (start, end) in Unix seconds, the same for every channel. Empty:
+    # RecordInfo is answered with SumNum 0 and a Playback INVITE streams the clip like a live
+    # one, without end; with spans, a Playback or Download outside them gets 404.
+    records: tuple[tuple[float, float], ...] = ()
+    tz: tzinfo = CHINA_TZ  # the zone of the device's wall clock, for RecordInfo times
+    record_items_per_message: int = 8
 
 
 @dataclass
@@ -96,6 +131,18 @@ class MediaSession:
     invite: RequestReceived | None = field(default=None, repr=False)
     response: Response | None = field(default=None, repr=False)
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    range: tuple[int, int] | None = None  # a recorded range served, Unix seconds
+    speed: float = 1.0  # of a recorded range: 1 for Playback, the download speed for Download
+    dialog: Dialog | None = field(default=None, repr=False)  # ours as the callee, for a range
+
+
+@dataclass(frozen=True)
+class _Range:
+    """What a Playback or Download INVITE asks for: Unix seconds, and the pace."""
+
+    start: int
+    end: int
+    speed: float
 
 
 @dataclass
@@ -138,12 +185,24 @@ class SimulatedCamera:
         if config.answer_ssrc and not (config.answer_ssrc.isascii() and
                                        config.answer_ssrc.isdigit()):
             raise ValueError(f"answer_ssrc must be digits: {config.answer_ssrc!r}")
+        if config.record_items_per_message < 1:
+            raise ValueError("record_items_per_message must be at least 1")
+        for start, end in config.records:
+            if not (math.isfinite(start) and math.isfinite(end) and 0 < start < end):
+                raise ValueError(f"a record must be (start, end), 0 < start < end: {start}, {end}")
+        self.records = sorted(config.records)
         self.media_sessions: dict[str, MediaSession] = {}
         self.invites_received = 0
         self.byes_received = 0
         self._pending: dict[str, _PendingInvite] = {}
         # Final non-2xx answers by Call-ID, re-sent to a retransmitted INVITE for 64*T1.
         self._finals: OrderedDict[str, tuple[float, Response]] = OrderedDict()
+        self.record_queries = 0
+        # Recorded ranges answered 200: (channel, start, end, s=), the last HISTORY of them.
+        self.playbacks: list[tuple[str, int, int, str]] = []
+        self.infos: list[MansrtspRequest] = []  # MANSRTSP requests accepted, the last HISTORY
+        self.media_statuses_sent = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def device_id(self) -> str:
@@ -167,6 +226,9 @@ class SimulatedCamera:
         for session in self.media_sessions.values():
             self._end_session(session)
         self.media_sessions.clear()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -248,6 +310,8 @@ class SimulatedCamera:
                 self._on_bye(event)
             case "CANCEL":
                 self._on_cancel(event)
+            case "INFO":
+                self._on_info(event)
             case _:
                 self.endpoint.respond(event, Response.for_request(event.request, 405,
                                                                   to_tag="sim"))
@@ -262,6 +326,8 @@ class SimulatedCamera:
         self.endpoint.respond(event, Response.for_request(request, 200, to_tag="sim"))
         if msg.root == "Query":
             self.queries_answered[msg.cmd_type] = self.queries_answered.get(msg.cmd_type, 0) + 1
+            if msg.cmd_type == "RecordInfo":
+                self.record_queries += 1
             asyncio.get_running_loop().create_task(self._answer(msg))
         elif msg.root == "Control" and msg.cmd_type == "DeviceControl":
             self.controls.append(msg)
@@ -301,6 +367,8 @@ class SimulatedCamera:
                 ("Record", "OFF"),
             ]
             bodies = [self._response("DeviceStatus", query.sn, fields)]
+        elif query.cmd_type == "RecordInfo":
+            bodies = self.record_info_bodies(query)
         else:
             return
         for body in bodies:  # parts go one after the other, each after the previous 200
@@ -314,6 +382,64 @@ class SimulatedCamera:
         return manscdp.build_manscdp(
             "Response", cmd_type, sn, self.device_id, fields, encoding=self.config.charset
         )
+
+    # ----- recordings: RecordInfo -----
+    def records_in(self, start: float, end: float) -> list[tuple[float, float]]:
+        """The recordings that overlap [start, end), clipped to it, in time order."""
+        return [(max(s, start), min(e, end)) for s, e in self.records if s < end and e > start]
+
+    def record_info_bodies(self, query: manscdp.ManscdpMessage) -> list[bytes]:
+        """The Response/RecordInfo MESSAGE bodies for a query, as a Hikvision or Dahua device
+        writes them: one item per recording that overlaps StartTime..EndTime (local times of
+        `CameraConfig.tz`), clipped to the range, `record_items_per_message` items a part.
+
+        A channel of another device, or a range that cannot be read, gets SumNum 0.
+        """
+        cfg = self.config
+        channel_id = query.device_id
+        index = self._channel_index(channel_id)
+        name = cfg.name if index is None else f"{cfg.name} 通道{index}"
+        try:
+            start = manscdp.parse_gb_time(query.get("StartTime") or "", cfg.tz).timestamp()
+            end = manscdp.parse_gb_time(query.get("EndTime") or "", cfg.tz).timestamp()
+        except (ValueError, OverflowError) as exc:
+            log.info("%s: RecordInfo with a bad range: %s", self.device_id, exc)
+            start = end = 0.0
+        items: list[dict[str, manscdp.XmlValue]] = []
+        for rec_start, rec_end in self.records:
+            if index is None or rec_start >= end or rec_end <= start:
+                continue
+            items.append({
+                "DeviceID": channel_id,
+                "Name": name,
+                "FilePath": self._file_path(index, rec_start),
+                "Address": "模拟地址",
+                "StartTime": self._gb_time(max(rec_start, start)),
+                "EndTime": self._gb_time(min(rec_end, end)),
+                "Secrecy": 0,
+                "Type": "time",
+                "RecorderID": cfg.device_id,
+            })  # fmt: skip
+        return manscdp.response_parts(
+            "RecordInfo", query.sn, channel_id, items, list_name="RecordList",
+            fields=[("Name", name)], per_message=cfg.record_items_per_message,
+            encoding=cfg.charset,
+        )  # fmt: skip
+
+    def _channel_index(self, channel_id: str) -> int | None:
+        """1 for the first channel (and for the device itself, as an IPC answers), else None."""
+        if channel_id == self.device_id:
+            return 1
+        if channel_id in self.channel_ids:
+            return self.channel_ids.index(channel_id) + 1
+        return None
+
+    def _gb_time(self, unix: float) -> str:
+        return manscdp.format_gb_time(datetime.fromtimestamp(unix, self.config.tz))
+
+    def _file_path(self, index: int, start: float) -> str:
+        """Where the device says the file lies, in its own style: /record/ch1/20261206-1000.mp4."""
+        return f"/record/ch{index}/{datetime.fromtimestamp(start, self.config.tz):%Y%m%d-%H%M}.mp4"
 
     def _catalog_item(self, index: int, channel_id: str) -> dict[str, str]:
         cfg = self.config
@@ -365,14 +491,48 @@ class SimulatedCamera:
                 or (self.config.udp_only and video.is_tcp)):
             self._reject_invite(event, 488)
             return
+        wanted: _Range | None = None
+        if offer.session_name in ("Playback", "Download") and self.records:
+            try:
+                wanted = self._wanted_range(offer, video)
+            except (ValueError, LocalProtocolError) as exc:
+                log.info("%s: %s INVITE refused: %s", self.device_id, offer.session_name, exc)
+                self._reject_invite(event, 400)
+                return
+            if not self.records_in(wanted.start, wanted.end):
+                log.info("%s: no recording of %s in %d..%d", self.device_id, channel,
+                         wanted.start, wanted.end)
+                self._reject_invite(event, 404)
+                return
         pending = _PendingInvite(event, os.urandom(4).hex())
         self._pending[call_id] = pending
         if self.config.answer_invite:
             loop = asyncio.get_running_loop()
-            pending.task = loop.create_task(self._answer_invite(pending, channel, offer))
+            pending.task = loop.create_task(
+                self._answer_invite(pending, channel, offer, wanted)
+            )
+
+    @staticmethod
+    def _wanted_range(offer: SessionDescription, video: MediaDescription) -> _Range:
+        """The `t=` range (Unix or NTP seconds) and pace of a Playback or Download offer;
+        ValueError or LocalProtocolError when it names no range."""
+        start, end = sdp_range_to_unix(offer.timing)
+        if start is None or end is None or start >= end:
+            raise ValueError(f"t={offer.timing[0]} {offer.timing[1]} is no range")
+        speed = 1
+        if offer.session_name == "Download":
+            text = (video.attribute("downloadspeed") or "1").strip()
+            if not (text.isascii() and text.isdigit() and len(text) <= 4 and int(text) > 0):
+                raise ValueError(f"bad a=downloadspeed {text[:20]!r}")
+            speed = min(int(text), MAX_DOWNLOAD_SPEED)
+        return _Range(start, end, float(speed))
 
     async def _answer_invite(
-        self, pending: _PendingInvite, channel: str, offer: SessionDescription
+        self,
+        pending: _PendingInvite,
+        channel: str,
+        offer: SessionDescription,
+        wanted: _Range | None = None,
     ) -> None:
         cfg = self.config
         request = pending.event.request
@@ -400,10 +560,18 @@ class SimulatedCamera:
             if cfg.ignore_setup and transport == "tcp-listen":
                 transport = "tcp-connect"  # and connects to a port nobody listens on
             remote = (offer.address, video.port)
-            sender = MediaSender(
-                clip, int(answered) & 0xFFFFFFFF, transport, remote,
-                local_host=self._media_host(),
-            )
+            if wanted is None:
+                sender = MediaSender(
+                    clip, int(answered) & 0xFFFFFFFF, transport, remote,
+                    local_host=self._media_host(),
+                )
+            else:
+                sender = RangeSender(
+                    clip, int(answered) & 0xFFFFFFFF, transport, remote,
+                    seconds=wanted.end - wanted.start, speed=wanted.speed,
+                    on_range_out=functools.partial(self._range_out, call_id),
+                    local_host=self._media_host(),
+                )
             port = await sender.prepare()
         except Exception:
             log.exception("%s: cannot answer INVITE %s", self.device_id, call_id)
@@ -429,6 +597,9 @@ class SimulatedCamera:
             subject=request.headers.get("Subject"),
             invite=pending.event,
         )
+        if wanted is not None:
+            session.range = (wanted.start, wanted.end)
+            session.speed = wanted.speed
         self._replace_same_subject(session)
         answer = self._answer_sdp(
             session, offer, None if cfg.answer_ssrc == "" else answered, clip
@@ -436,6 +607,14 @@ class SimulatedCamera:
         response = Response.for_request(request, 200, to_tag=pending.to_tag)
         self._add_answer(response, build_sdp(answer) if cfg.answer_sdp else b"", channel)
         session.response = response
+        if wanted is not None:
+            try:
+                session.dialog = Dialog.from_request(request, response)
+            except (ParseError, LocalProtocolError) as exc:
+                log.info("%s: no dialog for the MediaStatus of %s: %s", self.device_id,
+                         call_id, exc)
+            self.playbacks.append((channel, wanted.start, wanted.end, session_name))
+            del self.playbacks[:-HISTORY]
         self.media_sessions[call_id] = session
         self.endpoint.respond(pending.event, response)
         log.info("%s: INVITE for %s answered (%s, SSRC %d)", self.device_id, channel,
@@ -465,6 +644,7 @@ class SimulatedCamera:
             origin=Origin(session.channel_id, "0", "0", "IN", "IP6" if ":" in host else "IP4",
                           host),
             session_name=session.session_name,
+            uri=offer.uri if session.session_name != "Play" else None,
             connection_address=host,
             timing=offer.timing,
             media=[video],
@@ -549,6 +729,10 @@ class SimulatedCamera:
             invite = session.invite.request
             self.media_sessions.pop(session.call_id, None)
             self._end_session(session)
+            if session.dialog is not None:  # after its MediaStatus: the dialog's next CSeq
+                bye = session.dialog.request("BYE", self.endpoint.via(self.config.transport))
+                answers.append(await self.endpoint.request(bye, self.server_peer))
+                continue
             contact = invite.contacts[0].uri if invite.contacts else None
             headers = Headers()
             headers.add("Via", self.endpoint.via(self.config.transport))
@@ -561,6 +745,100 @@ class SimulatedCamera:
                           uri=str(contact) if contact else f"sip:{self.config.server_id}")
             answers.append(await self.endpoint.request(bye, self.server_peer))
         return answers
+
+    # ----- recorded ranges: the end, and MANSRTSP -----
+    def _range_out(self, call_id: str, sender: MediaSender) -> None:
+        """The range has been sent: MediaStatus 121 in the dialog, then wait for the BYE."""
+        session = self.media_sessions.get(call_id)
+        if session is None or session.sender is not sender or session.dialog is None:
+            return
+        body = media_status(next(self.sn), session.channel_id, encoding=self.config.charset)
+        request = session.dialog.request("MESSAGE", self.endpoint.via(self.config.transport),
+                                         body, "Application/MANSCDP+xml")
+        self.media_statuses_sent += 1
+        log.info("%s: %s of %s sent (%d frames), MediaStatus 121", self.device_id,
+                 session.session_name, session.channel_id, sender.frames_sent)
+        self._background(self._send_media_status(session, request))
+
+    async def _send_media_status(self, session: MediaSession, request: Request) -> None:
+        try:
+            response = await self.endpoint.request(request, self.server_peer)
+            if response.status != 200:
+                log.info("%s: MediaStatus of %s answered %d", self.device_id, session.call_id,
+                         response.status)
+        except Exception as exc:
+            log.info("%s: MediaStatus of %s failed: %s", self.device_id, session.call_id, exc)
+        if self.media_sessions.get(session.call_id) is not session:
+            return  # the BYE came first
+
+        def no_bye() -> None:
+            session.timer = None
+            if self.media_sessions.get(session.call_id) is session:
+                log.info("%s: no BYE after the MediaStatus of %s", self.device_id,
+                         session.call_id)
+                self._background(self._hang_up_quietly(session.call_id))
+
+        loop = asyncio.get_running_loop()
+        session.timer = loop.call_later(PLAYBACK_BYE_WAIT_S, no_bye)
+
+    async def _hang_up_quietly(self, call_id: str) -> None:
+        try:
+            await self.hang_up(call_id)
+        except Exception as exc:
+            log.info("%s: BYE for %s failed: %s", self.device_id, call_id, exc)
+
+    def _background(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_info(self, event: RequestReceived) -> None:
+        """MANSRTSP in a playback dialog: 200 with the reply carrying its CSeq; PAUSE, PLAY
+        (resume, seek, Scale) and TEARDOWN steer the range's sender."""
+        request = event.request
+        session = self.media_sessions.get(request.call_id)
+        if session is None or session.response is None or not request.to.tag:
+            self._reply(event, 481)
+            return
+        if session.session_name == "Play":
+            self.endpoint.respond(event, Response.for_request(request, 405, "Not A Playback"))
+            return
+        if not is_mansrtsp(request.content_type):
+            self._reply(event, 415)
+            return
+        try:
+            control = parse_mansrtsp(request.body)
+        except MansrtspError as exc:
+            self._info_reply(event, exc.status_hint, exc.reply())
+            return
+        self.infos.append(control)
+        del self.infos[:-HISTORY]
+        sender = session.sender
+        cseq = control.cseq
+        if control.method == "PLAY" and control.scale is not None and control.scale < 0:
+            reply = mansrtsp_reply(cseq, 551, "Reverse playback not supported")
+            self._info_reply(event, 400, reply)
+            return
+        if control.method == "PLAY" and control.start is not None and session.range is not None:
+            if control.start >= session.range[1] - session.range[0]:
+                reply = mansrtsp_reply(cseq, 457, f"npt {control.start:g} is past the range")
+                self._info_reply(event, 400, reply)
+                return
+        if isinstance(sender, RangeSender):
+            if control.method == "PAUSE":
+                sender.pause()
+            elif control.method == "PLAY":
+                speed = None if control.scale is None else control.scale * session.speed
+                sender.play(seek=control.start, speed=speed)
+            else:
+                sender.stop()  # TEARDOWN: nothing more is sent; the dialog ends with BYE
+        self._info_reply(event, 200, mansrtsp_reply(cseq))
+
+    def _info_reply(self, event: RequestReceived, status: int, body: bytes) -> None:
+        response = Response.for_request(event.request, status)
+        response.headers.add("Content-Type", "Application/MANSRTSP")
+        response.body = body
+        self.endpoint.respond(event, response)
 
     def stop_media(self, call_id: str | None = None) -> None:
         """Stop sending without a BYE, as a camera whose stream dies; dialogs stay up."""
@@ -668,6 +946,102 @@ class SimulatedCamera:
         )
         return await self.endpoint.request(request, self.server_peer)
 
+
+class RangeSender(MediaSender):
+    """A recorded range as a camera plays it back: `seconds` of the clip (looped as live does)
+    at `speed` times real time, then `on_range_out(sender)` once, and nothing more is sent.
+
+    The range's clock counts frames, so `pause` holds it and `play` carries on from where it
+    stood: with `seek` (seconds into the range) from the key frame at or before that point,
+    with `speed` at the new pace. Frame n of the range is due `n / (fps * speed)` after the
+    range's (re)started clock.
+    """
+
+    def __init__(
+        self,
+        clip: Clip,
+        ssrc: int,
+        transport: str,
+        remote: tuple[str, int] | None = None,
+        *,
+        seconds: float,
+        speed: float = 1.0,
+        on_range_out: Callable[[MediaSender], None] | None = None,
+        local_host: str = "127.0.0.1",
+    ) -> None:
+        if not (seconds > 0 and speed > 0 and math.isfinite(seconds) and math.isfinite(speed)):
+            raise ValueError("seconds and speed must be positive")
+        super().__init__(clip, ssrc, transport, remote, local_host=local_host)
+        self.range_frames = max(1, round(seconds * clip.fps))
+        self.speed = speed
+        self.on_range_out = on_range_out
+        self.paused = False
+        self.range_out = False
+
+    @property
+    def position(self) -> float:
+        """Seconds into the range of the next frame to send."""
+        return self._index / self.clip.fps
+
+    def pause(self) -> None:
+        """Stop sending until `play`; the range's clock stands still meanwhile."""
+        if not self._streaming:
+            return
+        self.paused = True
+        self._streaming = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def play(self, *, seek: float | None = None, speed: float | None = None) -> None:
+        """Resume after `pause`, and/or move to `seek` seconds into the range, and/or go on at
+        `speed` times real time; the next frame goes at once."""
+        if self.range_out or self.finished.is_set():
+            return
+        if speed is not None:
+            if not (speed > 0 and math.isfinite(speed)):
+                raise ValueError(f"speed must be positive: {speed}")
+            self.speed = speed
+        if seek is not None:
+            self._index = self._key_at_or_before(max(0, math.floor(seek * self.clip.fps)))
+        if not (self._streaming or self.paused):
+            return  # not flowing yet: the changes apply when it starts
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.paused = False
+        self._begin()
+
+    def _key_at_or_before(self, index: int) -> int:
+        frames = self.clip.frames
+        loops, position = divmod(min(index, self.range_frames - 1), len(frames))
+        key = next((i for i in range(position, -1, -1) if frames[i][2]), 0)
+        return loops * len(frames) + key
+
+    def _begin(self) -> None:
+        assert self._loop is not None
+        self._streaming = True
+        self._start_time = self._loop.time() - self._index / (self.clip.fps * self.speed)
+        self._tick()
+
+    def _tick(self) -> None:
+        if self._index >= self.range_frames:
+            self._streaming = False
+            self._timer = None
+            if not self.range_out:
+                self.range_out = True
+                if self.on_range_out is not None:
+                    self.on_range_out(self)
+            return
+        clip = self.clip
+        loops, position = divmod(self._index, len(clip.frames))
+        data, pts, keyframe = clip.frames[position]
+        self._send_frame(data, pts + loops * clip.duration, keyframe)
+        self._index += 1
+        if not self._streaming or self._loop is None:
+            return
+        due = self._start_time + self._index / (clip.fps * self.speed)
+        self._timer = self._loop.call_at(due, self._tick)
 
 
 def _sender_transport(video: MediaDescription) -> str:
