@@ -226,9 +226,10 @@ class SimulatedCamera:
         for session in self.media_sessions.values():
             self._end_session(session)
         self.media_sessions.clear()
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -368,7 +369,11 @@ class SimulatedCamera:
             ]
             bodies = [self._response("DeviceStatus", query.sn, fields)]
         elif query.cmd_type == "RecordInfo":
-            bodies = self.record_info_bodies(query)
+            try:
+                bodies = self.record_info_bodies(query)
+            except LocalProtocolError as exc:  # a DeviceID that cannot be written back
+                log.info("%s: RecordInfo not answered: %s", self.device_id, exc)
+                return
         else:
             return
         for body in bodies:  # parts go one after the other, each after the previous 200
