@@ -24,6 +24,8 @@ from types import SimpleNamespace
 
 import av
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recorder.index import RecordIndex
 from recorder.playback import Frame, PlaybackReader
@@ -698,3 +700,38 @@ async def test_playback_command_fails_when_the_store_has_no_index(tmp_path, stor
     assert f"store: {tmp_path}: no recordings index (index.sqlite3)" in lines
     assert side.plays == []
 
+
+
+@given(st.text(max_size=40))
+@settings(max_examples=300)
+def test_any_text_is_a_time_or_a_value_error(text):
+    try:
+        value = parse_time(text, SHANGHAI)
+    except ValueError:
+        return
+    assert math.isfinite(value)
+
+
+@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2039, 12, 31),
+                    timezones=st.sampled_from([SHANGHAI, UTC, timezone(timedelta(hours=-5))])))
+def test_iso_times_read_back_to_their_instant(when):
+    assert parse_time(when.isoformat()) == when.timestamp()
+    assert parse_time(when.replace(tzinfo=None).isoformat(), when.tzinfo) == when.timestamp()
+
+
+async def test_a_range_that_does_not_end_is_hung_up_when_stopped(upstream, lower, store):
+    lower.send_media_status = False
+    plan = PlaybackPlan.from_text(CHANNEL, str(START), str(END), store=str(store))
+    stop = asyncio.Event()
+    lines: list[str] = []
+    run = asyncio.get_running_loop().create_task(
+        recorded.check_recorded(upstream, plan, out=lines.append, stop=stop))
+    await wait_for(lambda: upstream.sessions and next(iter(upstream.sessions.values())).frames
+                   == len(SENT))
+    stop.set()
+    assert await asyncio.wait_for(run, 5.0) is False
+    assert "playback: stopped; hanging up" in lines
+    assert "playback: FAILED: no MediaStatus 121 at the end" in lines
+    # All that came is what the store holds: only the end was missing.
+    assert any(line.startswith("playback: bytes equal the store") for line in lines)
+    assert len(lower.byes) == 1 and not upstream.sessions
