@@ -78,6 +78,7 @@ class Node:
         self.cascade = Cascade(settings, self.endpoint, self.registry, self.media,
                                audit=self.recording.log_access, wall=wall, mono=monotonic)
         self.cascade.record_search = self.recording.record_info
+        self.cascade.record_items = self.recording.record_items
         self.cascade.restreamer.recordings = self.recording.playback_segments
         self.sip_address: tuple[str, int] = ("", 0)
         self._tasks: list[asyncio.Task[None]] = []

@@ -52,7 +52,7 @@ from sip.transaction import Peer, RequestReceived
 
 from ..devices.registry import Registry
 from ..media.consumers import StreamError
-from ..media.control import MediaControl, PlaybackCommand, PlaybackSpec, RelaySpec
+from ..media.control import History, MediaControl, PlaybackCommand, PlaybackSpec, RelaySpec
 from ..settings import Settings
 from ..transport.rtp import PortsExhausted
 
@@ -102,6 +102,8 @@ class RelaySession:
     kind: str = "Play"
     #: a playback's or download's range, Unix seconds
     range: tuple[float, float] | None = None
+    #: where a playback's media comes from: the node's store, or the device's own
+    source: str = "store"
 
     def as_json(self, hub: MediaControl | None = None) -> dict[str, Any]:
         stats = self.stats
@@ -131,6 +133,7 @@ class RelaySession:
                 speed=stats.get("speed"), paused=stats.get("paused", False),
                 position=stats.get("position"), done=stats.get("done", False),
                 gaps=stats.get("gaps", 0), altered=stats.get("altered", []),
+                source=self.source,
             )
         return record
 
@@ -323,7 +326,11 @@ class Restreamer:
         if session.cancelled or session.state == "ended":
             return
         if not rows:
-            self._refuse(session, 404, "No Recording In Range")
+            if (self.settings.cascade.device_fallback
+                    and self.registry.channel_device(play.channel_id) is not None):
+                await self._start_device_playback(session, play)
+            else:
+                self._refuse(session, 404, "No Recording In Range")
             return
         if not self._choose_ssrc(session, play):
             return
@@ -353,6 +360,35 @@ class Restreamer:
         if play.session == "Download":
             filesize = sum(row.bytes for row in rows)
         self._answer(session, play, opened.local_port, filesize=filesize)
+
+    async def _start_device_playback(self, session: RelaySession, play: PlayRequest) -> None:
+        """The node holds nothing of the range (`cascade.device_fallback`): the device plays
+        its own recording of it, and the node passes it on as it does live video."""
+        if not self._choose_ssrc(session, play):
+            return
+        spec = RelaySpec(play.channel_id, int(session.ssrc), play.transport,
+                         (play.address, play.port))
+        history = History(play.session, play.start, play.stop,
+                          play.download_speed if play.session == "Download" else None)
+        session.source = "device"
+        try:
+            opened = await self.hub.open_device_playback(
+                spec, history, lambda _, reason: self.end(session, reason),
+                lambda _: self._range_out(session),
+            )
+        except (PortsExhausted, OSError) as exc:
+            self._refuse(session, 503, "Service Unavailable", retry=True, detail=str(exc))
+            return
+        except StreamError as exc:
+            status, reason = _camera_failure(exc)
+            self._refuse(session, status, reason, detail=exc.reason, retry=status == 503)
+            return
+        if session.cancelled or session.state == "ended":
+            self.hub.close_relay(opened.relay_id, "cancelled")
+            self._cleanup(session, "cancelled")
+            return
+        session.relay_id = opened.relay_id
+        self._answer(session, play, opened.local_port)
 
     def _range_out(self, session: RelaySession) -> None:
         """The range has been sent: MediaStatus 121 in the dialog, then the upstream's BYE is

@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from recorder.search import gb_time
 from sip import catalog as cat
 from sip.errors import ParseError
 from sip.manscdp import ManscdpMessage, build_manscdp, parse_manscdp
@@ -36,10 +37,12 @@ from sip.transaction import RequestReceived
 from ..devices.queries import DeviceQueries
 from ..devices.registry import Registry
 from ..media.control import MediaControl
+from ..recording.service import RecordAnswer
 from ..runtime.supervise import Supervisor
 from ..settings import Settings
 from ..transport.sip import SipEndpoint
 from .links import UpstreamLink
+from .records import add_device_records, uncovered
 from .restream import Restreamer
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,8 @@ class Cascade:
         self.queries: DeviceQueries | None = None
         #: Response/RecordInfo bodies from the node's recordings (the recording service's)
         self.record_search: Callable[..., Awaitable[list[bytes]]] | None = None
+        #: the same as items, to add a device's records to (`cascade.device_fallback`)
+        self.record_items: Callable[..., Awaitable[RecordAnswer]] | None = None
         self.subscriptions = SubscriptionTable(self.node_id)
         self.restreamer = Restreamer(settings, hub, registry, audit=audit, visible=self.visible,
                                      wall=wall)
@@ -273,11 +278,33 @@ class Cascade:
 
     async def _answer_records(self, link: UpstreamLink, msg: ManscdpMessage) -> None:
         """The node's own recordings of a shared channel, as runs without a gap; a channel not
-        shared with this upstream is answered as unknown (no items), not refused."""
+        shared with this upstream is answered as unknown (no items), not refused. With
+        `cascade.device_fallback`, what the device holds for the parts of the range the node
+        has nothing for is added (`add_device_records`)."""
         assert self.record_search is not None
         shared = self.visible(link.id, msg.device_id)
-        bodies = await self.record_search(msg, known=shared, encoding=link.settings.charset)
+        if shared and self.settings.cascade.device_fallback and self.record_items is not None:
+            answer = await self.record_items(msg, known=True)
+            await self._add_device_records(answer)
+            bodies = answer.bodies(link.settings.charset)
+        else:
+            bodies = await self.record_search(msg, known=shared, encoding=link.settings.charset)
         await self._send_parts(link, bodies, f"RecordInfo SN {msg.sn}")
+
+    async def _add_device_records(self, answer: RecordAnswer) -> None:
+        dev = self.registry.channel_device(answer.channel_id)
+        holes = uncovered(answer.start, answer.end, answer.spans)
+        if not holes or dev is None or not dev.online or self.queries is None:
+            return
+        tz = self.settings.node.tz
+        items = await self.queries.record_info(
+            dev, answer.channel_id, gb_time(answer.start, tz), gb_time(answer.end, tz),
+            timeout=self.settings.cascade.device_query_timeout_s,
+        )
+        added = add_device_records(answer, holes, items, tz)
+        if added:
+            log.info("RecordInfo for %s: %d items from device %s where the node has none",
+                     answer.channel_id, added, dev.id)
 
     def _shared_device(self, link: UpstreamLink, channel_id: str) -> Any:
         if not self.visible(link.id, channel_id):

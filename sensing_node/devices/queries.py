@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUERIES = ("DeviceInfo", "Catalog")  # asked after every (re)registration
+#: the most RecordInfo items kept from one device answer (a month of hourly files is 720)
+MAX_RECORD_ITEMS = 2000
 
 
 @dataclass
@@ -55,6 +57,7 @@ class _Collector:
     sum_num: int | None = None
     silence: asyncio.TimerHandle | None = None
     result: ManscdpMessage | None = None
+    records: list[dict[str, str]] = field(default_factory=list)  # RecordInfo items, in order
 
 
 class DeviceQueries:
@@ -265,6 +268,43 @@ class DeviceQueries:
                 collector.silence.cancel()
         return collector
 
+    async def record_info(
+        self, dev: Device, channel_id: str, start: str, end: str, *, timeout: float,
+    ) -> list[dict[str, str]]:
+        """Ask `dev` for the records of `channel_id` between `start` and `end` (GB local times,
+        `YYYY-MM-DDTHH:MM:SS`) and collect the items of every part of its answer, until
+        SumNum came, the parts stop for `catalog_silence_s`, or `timeout` passes; at most
+        `MAX_RECORD_ITEMS`. What came by then is returned (nothing when the device refused or
+        never answered)."""
+        sn = next(self._sn) % 1_000_000 or 1
+        key = (dev.id, "recordinfo", sn)
+        collector = _Collector(dev.id, asyncio.get_running_loop().create_future())
+        self._pending[key] = collector
+        body = manscdp.build_manscdp(
+            "Query", "RecordInfo", sn, channel_id,
+            [("StartTime", start), ("EndTime", end), ("Secrecy", 0), ("Type", "all")],
+            encoding=dev.charset,
+        )
+        request, peer = self.message_to(dev, body)
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self.endpoint.request(request, peer)
+                if response.status != 200:
+                    log.info("RecordInfo query to %s answered %d", dev.id, response.status)
+                    return []
+                await asyncio.shield(collector.done)
+        except TimeoutError:
+            log.info("RecordInfo from %s: %d items within %g s", dev.id,
+                     len(collector.records), timeout)
+        except Exception as exc:  # no transaction answer, the device's address unusable
+            log.info("RecordInfo query to %s failed: %s", dev.id, exc)
+        finally:
+            if self._pending.get(key) is collector:
+                del self._pending[key]
+            if collector.silence is not None:
+                collector.silence.cancel()
+        return collector.records
+
     async def query(self, dev: Device, cmd_type: str) -> ManscdpMessage | None:
         collector = await self._send(dev, cmd_type)
         return collector.result
@@ -297,6 +337,9 @@ class DeviceQueries:
         if collector is None or collector.done.done():
             log.debug("unsolicited %s SN %s from %s", msg.cmd_type, msg.sn, dev.id)
             return
+        if msg.cmd_type == "RecordInfo":
+            self._record_part(collector, msg)
+            return
         if msg.cmd_type != "Catalog":
             collector.result = msg
             collector.done.set_result(None)
@@ -308,6 +351,20 @@ class DeviceQueries:
             if item_id:  # devices sometimes send items without an ID: nothing to key them by
                 collector.items[item_id] = item
         if collector.sum_num is not None and len(collector.items) >= collector.sum_num:
+            self._finish(collector)
+            return
+        if collector.silence is not None:
+            collector.silence.cancel()
+        loop = asyncio.get_running_loop()
+        collector.silence = loop.call_later(self.catalog_silence_s, self._finish, collector)
+
+    def _record_part(self, collector: _Collector, msg: ManscdpMessage) -> None:
+        if msg.sum_num is not None:
+            collector.sum_num = msg.sum_num
+        room = MAX_RECORD_ITEMS - len(collector.records)
+        collector.records += msg.items[:room]
+        wanted = collector.sum_num
+        if wanted is None or len(collector.records) >= min(wanted, MAX_RECORD_ITEMS):
             self._finish(collector)
             return
         if collector.silence is not None:

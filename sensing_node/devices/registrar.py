@@ -322,6 +322,9 @@ class Registrar:
                 self._record_info(dev, msg, own)
             )
             return
+        if (msg.root == "Notify" and msg.cmd_type == "MediaStatus"
+                and self.dialog_requests is not None and self.dialog_requests(event)):
+            return  # the end of a playback of the device's recordings the node holds
         if msg.root != "Response":
             self._answer(event, 200)  # notifications (Alarm, MediaStatus ...) come later
             return

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .playback import PlaybackCommand, PlaybackSpec
+from .stream import History
 
-__all__ = ["MediaControl", "PlaybackCommand", "PlaybackSpec", "RelayOpened", "RelaySpec"]
+__all__ = ["History", "MediaControl", "PlaybackCommand", "PlaybackSpec", "RelayOpened",
+           "RelaySpec"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,15 @@ class MediaControl(Protocol):
         when the range is out (again after a seek), `on_end` when the session ends by itself
         (the upstream went away, a segment was altered and the spec says end). Raises
         `PortsExhausted` or `OSError`."""
+        ...
+
+    async def open_device_playback(
+        self, spec: RelaySpec, history: History, on_end: RelayEnded,
+        on_done: Callable[[int], None],
+    ) -> RelayOpened:
+        """A playback or download of the device's own recordings of a range (`history`),
+        passed on to the upstream like a live relay; `on_done` when the device says the range
+        is out (its MediaStatus 121). Raises as `open_relay`."""
         ...
 
     def steer_playback(self, relay_id: int, command: PlaybackCommand) -> bool:

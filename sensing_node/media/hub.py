@@ -16,6 +16,8 @@ from rtp.ps import AccessUnit
 from sip.dialog import Dialog
 from sip.errors import SipError
 from sip.headers import Headers
+from sip.mansrtsp import CONTENT_TYPE as MANSRTSP
+from sip.mansrtsp import MansrtspRequest, build_mansrtsp
 from sip.message import Request, Response
 from sip.sdp import SessionDescription, build_sdp, subject_header
 from sip.transaction import Peer, RequestReceived, ResponseReceived
@@ -33,7 +35,7 @@ from .consumers import Consumer, StreamError, _ApiHold
 from .control import RelayEnded, RelayOpened, RelaySpec
 from .playback import PlaybackCommand, PlaybackRelay, PlaybackSpec
 from .relay import RelaySender
-from .stream import LiveStream
+from .stream import History, LiveStream
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,11 @@ class StreamHub:
         self.relays: dict[int, _HubRelay] = {}
         self._relay_ends: dict[int, RelayEnded] = {}
         self._relay_seq = 0
+        self._mansrtsp_cseq = 0
         self.playbacks: dict[int, PlaybackRelay] = {}
+        #: playbacks of a device's own recordings, passed on to an upstream: relay ID -> the
+        #: stream from the device (its own, never shared; see open_device_playback)
+        self.device_playbacks: dict[int, LiveStream] = {}
         self._playback_reads: ThreadPoolExecutor | None = None
         endpoint.on_response = self.on_response
 
@@ -109,8 +115,10 @@ class StreamHub:
         self._tick_task = self._supervisor.spawn("stream ticker", self._ticker)
 
     async def close(self) -> None:
+        own = list(self.device_playbacks.values())
         for relay_id in [*self.relays, *self.playbacks]:
             self.close_relay(relay_id, "node stopping")
+        await asyncio.gather(*(s.wait_closed() for s in own))
         if self._playback_reads is not None:
             self._playback_reads.shutdown(wait=False, cancel_futures=True)
             self._playback_reads = None
@@ -128,7 +136,7 @@ class StreamHub:
         while True:
             await asyncio.sleep(TICK_S)
             now = loop.time()
-            for stream in list(self.streams.values()):
+            for stream in [*self.streams.values(), *self.device_playbacks.values()]:
                 try:
                     stream.tick(now)
                 except Exception as exc:
@@ -242,7 +250,7 @@ class StreamHub:
     def _forget(self, stream: LiveStream) -> None:
         if self.streams.get(stream.channel_id) is stream:
             del self.streams[stream.channel_id]
-        self._holds.pop(stream.channel_id, None)
+            self._holds.pop(stream.channel_id, None)
 
     # ----- SSRC serials (the last 4 digits of y=) -----
     def allocate_serial(self) -> int:
@@ -315,11 +323,89 @@ class StreamHub:
         self._relay_ends[relay_id] = on_end
         return RelayOpened(relay_id, port)
 
+    async def open_device_playback(
+        self, spec: RelaySpec, history: History, on_end: RelayEnded,
+        on_done: Callable[[int], None],
+    ) -> RelayOpened:
+        """A playback or download of the device's own recordings (`history`), passed on to an
+        upstream as a live relay is: the device is INVITEd for the range on a stream of this
+        relay's own (never shared, never invited again), and its MediaStatus 121 calls
+        `on_done`. Raises as `open_relay` does."""
+        media = self.settings.media
+        device = self.device_for(spec.channel_id)
+        self._relay_seq += 1
+        relay_id = self._relay_seq
+        sender = _HubRelay(
+            ssrc=spec.ssrc, transport=spec.transport, remote=spec.remote, port_pool=self.pool,
+            bind_host=self.media_bind_host, payload_max=media.rtp_payload_max,
+            timeout_s=float(media.timeout_s), connect_timeout_s=media.connect_timeout_s,
+            max_buffer_bytes=RELAY_BUFFER_BYTES,
+            on_end=lambda reason: self._relay_ended(relay_id, reason),
+        )
+        sender.channel_id = spec.channel_id
+        sender.cut_through = False
+        sender.on_stream_lost = lambda reason: self._relay_ended(
+            relay_id, f"device playback stopped: {reason}"
+        )
+        chosen, _, _ = self.transport_plan(spec.channel_id, device, None)
+        stream = LiveStream(self, spec.channel_id, device.id, chosen, pinned=True,
+                            history=history)
+        stream.on_eof = lambda: on_done(relay_id)
+        self.device_playbacks[relay_id] = stream
+        self._relay_ends[relay_id] = on_end
+        try:
+            port = await sender.open()
+            stream.add(sender)
+            stream.start()
+            self.relays[relay_id] = sender
+            await stream.wait_playing()
+        except BaseException:
+            self._drop_relay(relay_id, "not opened")
+            raise
+        if relay_id not in self.relays:
+            raise StreamError(502, sender.end_reason or "relay ended")
+        return RelayOpened(relay_id, port)
+
     def steer_playback(self, relay_id: int, command: PlaybackCommand) -> bool:
+        stream = self.device_playbacks.get(relay_id)
+        if stream is not None:
+            return self._steer_device(stream, command)
         playback = self.playbacks.get(relay_id)
         if playback is None:
             return False
         playback.steer(command)
+        return True
+
+    def _steer_device(self, stream: LiveStream, command: PlaybackCommand) -> bool:
+        """Pass a playback control on to the device, as MANSRTSP in its dialog."""
+        dialog, peer, history = stream.dialog, stream.peer, stream.history
+        if dialog is None or peer is None or history is None:
+            return False
+        self._mansrtsp_cseq += 1
+        if command.action == "pause":
+            request = MansrtspRequest("PAUSE", self._mansrtsp_cseq)
+        else:
+            start = None if command.seek is None else max(0.0, command.seek - history.start)
+            request = MansrtspRequest("PLAY", self._mansrtsp_cseq, start=start,
+                                      scale=command.speed)
+        info = dialog.request("INFO", self.endpoint.via(peer.transport), build_mansrtsp(request),
+                              MANSRTSP)
+        self._background_request(info, peer)
+        return True
+
+    def media_status(self, event: RequestReceived) -> bool:
+        """A device's MediaStatus MESSAGE: True (answered 200) when it ends one of our
+        playbacks of its recordings."""
+        request = event.request
+        stream = self.by_call_id.get(request.call_id)
+        if stream is None or stream.history is None or stream.dialog is None \
+                or not stream.dialog.match(request):
+            return False
+        self.endpoint.respond(event, Response.for_request(request, 200))
+        log.info("stream %s: the device's playback reached its end (MediaStatus)",
+                 stream.channel_id)
+        if stream.on_eof is not None:
+            stream.on_eof()
         return True
 
     def start_relay(self, relay_id: int) -> None:
@@ -345,10 +431,14 @@ class StreamHub:
         playback = self.playbacks.pop(relay_id, None)
         if playback is not None:
             playback.close(reason)
+        own = self.device_playbacks.pop(relay_id, None)
         sender = self.relays.pop(relay_id, None)
+        if own is not None:
+            own.stop(reason)  # BYE to the device
         if sender is None:
             return
-        self.unsubscribe(sender.channel_id, sender, reason=reason)
+        if own is None:
+            self.unsubscribe(sender.channel_id, sender, reason=reason)
         sender.close(reason)
         self._fan_out()
 
@@ -472,8 +562,11 @@ class StreamHub:
             self.endpoint.send(data, peer)
 
     def on_request(self, event: RequestReceived) -> bool:
-        """A BYE from a device for one of our streams; False if it belongs to none."""
+        """A BYE from a device for one of our streams, or the MediaStatus that ends a playback
+        of its recordings; False if it belongs to none."""
         request = event.request
+        if request.method == "MESSAGE":
+            return self.media_status(event)
         stream = self.by_call_id.get(request.call_id)
         if request.method != "BYE" or stream is None or stream.dialog is None \
                 or not stream.dialog.match(request):

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rtp.ps import AccessUnit
@@ -37,14 +38,31 @@ GOP_MAX_BYTES = 32 * 1024 * 1024
 GOP_MAX_UNITS = 2000
 
 
+@dataclass(frozen=True)
+class History:
+    """What a stream of a device's recordings asks for: `session` Playback or Download, the
+    `t=` times as sent, and a Download's speed."""
+
+    session: str
+    start: int
+    stop: int
+    download_speed: int | None = None
+
+
 class LiveStream:
     """The ingest of one channel: its INVITE attempts, receiver, demuxer and consumers."""
 
     def __init__(
         self, hub: StreamHub, channel_id: str, device_id: str, transport: str,
         fallback: tuple[str, ...] = (), *, pinned: bool = False,
+        history: History | None = None,
     ) -> None:
         self.hub = hub
+        #: a playback or download of the device's own recordings instead of live video: one
+        #: attempt, never invited again; `on_eof` is called when the device's MediaStatus 121
+        #: says its range is out
+        self.history = history
+        self.on_eof: Callable[[], None] | None = None
         self.channel_id = channel_id
         self.device_id = device_id
         self.transport = transport
@@ -149,7 +167,7 @@ class LiveStream:
                         continue
                     self._settle_attempt(exc)
                     log.warning("stream %s: %s", self.channel_id, exc.reason)
-                    if not any(c.persistent for c in self.consumers):
+                    if not any(c.persistent for c in self.consumers) or self.history is not None:
                         return
                 except Exception as exc:  # a bug: this attempt ends, never half set up
                     reason = self.last_error = f"internal error: {type(exc).__name__}: {exc}"
@@ -166,7 +184,8 @@ class LiveStream:
                     self._ended = None
                     self._teardown(bye=bye)
                     self._record_ended(reason)
-                    if self._stop_reason is not None or not self.consumers:
+                    if self._stop_reason is not None or not self.consumers \
+                            or self.history is not None:
                         return
                     self.last_error = reason
                     if self._transport_fault:
@@ -358,7 +377,8 @@ class LiveStream:
         self.device_id = device.id
         self.peer = peer = Peer(device.transport, *device.host_port)
         self.serial = hub.allocate_serial()
-        self.ssrc = gb_ssrc(settings.node.id, self.serial, history=False)
+        history = self.history
+        self.ssrc = gb_ssrc(settings.node.id, self.serial, history=history is not None)
         self.ssrc_value = int(self.ssrc)
         self.ingest = MediaIngest(on_units=self._units)
         self._next_seq = -1
@@ -373,6 +393,10 @@ class LiveStream:
             ssrc=self.ssrc,
             channel_id=self.channel_id,
             stream_number=0 if self.stream == "main" else 1,
+            session=history.session if history else "Play",
+            start=history.start if history else 0,
+            stop=history.stop if history else 0,
+            download_speed=history.download_speed if history else None,
         )
         invite = hub.build_invite(device, self.channel_id, peer, offer, self.ssrc)
         self.call_id = invite.call_id

@@ -90,6 +90,27 @@ class ChannelRecording(Consumer):
             recorder.lost(self.channel_id, self.service.wall(), reason)
 
 
+@dataclass
+class RecordAnswer:
+    """The answer to one Query/RecordInfo: the items (RecordList fields) in time order and
+    the spans of the node's own recordings among them, Unix seconds; `start`/`end` is the
+    range searched (after the `query_max_days` cut)."""
+
+    sn: int
+    channel_id: str
+    name: str
+    start: float
+    end: float
+    items: list[dict[str, manscdp.XmlValue]]
+    spans: list[tuple[float, float]]
+
+    def bodies(self, encoding: str = "GB2312") -> list[bytes]:
+        return manscdp.response_parts(
+            "RecordInfo", self.sn, self.channel_id, self.items, list_name="RecordList",
+            fields=[("Name", self.name)], per_message=10, max_bytes=8000, encoding=encoding,
+        )
+
+
 @dataclass(frozen=True)
 class StoragePlan:
     """What the configured retention needs against what the disk offers."""
@@ -434,10 +455,10 @@ class RecordingService:
             for row in segments
         ]
 
-    async def record_info(
-        self, query: manscdp.ManscdpMessage, *, known: bool = True, encoding: str = "GB2312"
-    ) -> list[bytes]:
-        """Response/RecordInfo bodies for a Query/RecordInfo, from the index.
+    async def record_items(
+        self, query: manscdp.ManscdpMessage, *, known: bool = True
+    ) -> RecordAnswer:
+        """The items answering a Query/RecordInfo, from the index.
 
         One item per run of segments without a gap (`recorder.search`), so a day is a handful
         of items, not 1,440; gaps are simply absent. A range longer than
@@ -469,10 +490,14 @@ class RecordingService:
             dict(item.fields(tz, name=name, recorder_id=self.settings.node.id))
             for item in found.items
         ]
-        return manscdp.response_parts(
-            "RecordInfo", query.sn, channel_id, items, list_name="RecordList",
-            fields=[("Name", name)], per_message=10, max_bytes=8000, encoding=encoding,
-        )
+        spans = [(item.start, item.end) for item in found.items]
+        return RecordAnswer(query.sn, channel_id, name, start, end, items, spans)
+
+    async def record_info(
+        self, query: manscdp.ManscdpMessage, *, known: bool = True, encoding: str = "GB2312"
+    ) -> list[bytes]:
+        """Response/RecordInfo bodies for a Query/RecordInfo, from the index (`record_items`)."""
+        return (await self.record_items(query, known=known)).bodies(encoding)
 
     # ----- audit -----
     async def log_access(self, **entry: Any) -> None:

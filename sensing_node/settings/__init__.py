@@ -25,10 +25,13 @@ from typing import Any
 import yaml
 
 from .cascade import (
+    CASCADE_KEYS,
     LIMITS_KEYS,
     UPSTREAM_KEYS,
+    CascadeSettings,
     LimitsSettings,
     UpstreamSettings,
+    build_cascade,
     build_limits,
     build_upstreams,
     read_list,
@@ -61,7 +64,8 @@ from .schema import (
 
 __all__ = [
     "STREAMS", "TRANSPORTS", "ChannelOverride", "ChannelsSettings", "ConfigError",
-    "DeviceOverride", "DevicesSettings", "Key", "LimitsSettings", "MediaSettings",
+    "CascadeSettings", "DeviceOverride", "DevicesSettings", "Key", "LimitsSettings",
+    "MediaSettings",
     "NodeSettings", "Rate", "UpstreamSettings",
     "RecordingSettings", "SECTIONS", "Schedule", "Section", "Settings", "SimulatorSettings",
     "load_settings", "parse_settings", "settings_for_tests", "system_timezone",
@@ -79,6 +83,7 @@ class Settings:
     recording: RecordingSettings
     upstreams: tuple[UpstreamSettings, ...]
     limits: LimitsSettings
+    cascade: CascadeSettings
     source: str
 
 
@@ -91,6 +96,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("recording", RECORDING_KEYS, _build_recording),
     Section("upstreams", UPSTREAM_KEYS, build_upstreams, many=True),
     Section("limits", LIMITS_KEYS, build_limits),
+    Section("cascade", CASCADE_KEYS, build_cascade),
 )
 
 

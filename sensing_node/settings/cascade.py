@@ -18,6 +18,7 @@ import yaml
 
 from .schema import (
     Key,
+    _boolean,
     _choice,
     _Ctx,
     _describe,
@@ -26,6 +27,7 @@ from .schema import (
     _Invalid,
     _is,
     _join,
+    _number,
     _Parsed,
     _read_mapping,
     _Reader,
@@ -177,3 +179,28 @@ LIMITS_KEYS: tuple[Key, ...] = (
 
 def build_limits(reader: _Reader, parsed: _Parsed) -> LimitsSettings:
     return LimitsSettings(**parsed.values)
+
+
+@dataclass(frozen=True)
+class CascadeSettings:
+    """The ``cascade:`` section: how the node answers upstreams beyond its own store."""
+
+    #: ask the device for the parts of a record search the node has not recorded, and play
+    #: such parts back from the device
+    device_fallback: bool
+    #: how long a device may take to answer a relayed RecordInfo query
+    device_query_timeout_s: float
+
+
+CASCADE_KEYS: tuple[Key, ...] = (
+    Key("device_fallback", _boolean, False,
+        "relay record searches (and playbacks) to the device where the node recorded nothing"),
+    Key("device_query_timeout_s", _number(0.5), 5,
+        "how long a device may take to answer a relayed RecordInfo query"),
+)
+
+
+def build_cascade(reader: _Reader, parsed: _Parsed) -> CascadeSettings:
+    v = dict(parsed.values)
+    v["device_query_timeout_s"] = float(v["device_query_timeout_s"])
+    return CascadeSettings(**v)
