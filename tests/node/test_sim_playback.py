@@ -39,6 +39,7 @@ from sensing_node.sim.upstream import (
     PlatformConfig,
     SimulatedUpstream,
     UpstreamError,
+    UpstreamSession,
     run_upstream,
 )
 from sensing_node.transport.sip import SipEndpoint
@@ -735,3 +736,15 @@ async def test_a_range_that_does_not_end_is_hung_up_when_stopped(upstream, lower
     # All that came is what the store holds: only the end was missing.
     assert any(line.startswith("playback: bytes equal the store") for line in lines)
     assert len(lower.byes) == 1 and not upstream.sessions
+
+
+async def test_media_time_spans_the_pts_across_wrap_and_b_frames_without_jumps(upstream):
+    session = UpstreamSession(upstream, CHANNEL, "udp", "1", max_units=1, max_unit_bytes=1)
+    wrap = 1 << 33
+    # I P B B (decode order) across the 33-bit wrap, then a jump of 10 s (a gap skipped, a
+    # seek), then two frames more, and one without PTS.
+    for pts in (wrap - 3600, 7200, 0, 3600, 7200 + 900_000, 10_800 + 900_000, None):
+        session._video_frame(pts)
+    assert session.frames == 7 and session.pts_jumps == 1
+    assert (session.first_pts, session.last_pts) == (wrap - 3600, 10_800 + 900_000)
+    assert session.media_seconds == (10_800 + 3600) / 90_000
