@@ -103,6 +103,11 @@ class Registrar:
         if method == "REGISTER":
             self._register(event)
         elif method == "MESSAGE":
+            # In a dialog of ours (a device's MediaStatus at the end of a playback of its
+            # recordings): From names the channel we INVITEd, not the device.
+            if event.request.to.tag and self.dialog_requests is not None \
+                    and self.dialog_requests(event):
+                return
             self._message(event)
         elif method == "OPTIONS":
             self._answer(event, 200)
@@ -322,9 +327,6 @@ class Registrar:
                 self._record_info(dev, msg, own)
             )
             return
-        if (msg.root == "Notify" and msg.cmd_type == "MediaStatus"
-                and self.dialog_requests is not None and self.dialog_requests(event)):
-            return  # the end of a playback of the device's recordings the node holds
         if msg.root != "Response":
             self._answer(event, 200)  # notifications (Alarm, MediaStatus ...) come later
             return

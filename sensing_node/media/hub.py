@@ -14,11 +14,12 @@ from typing import Any
 
 from rtp.ps import AccessUnit
 from sip.dialog import Dialog
-from sip.errors import SipError
+from sip.errors import ParseError, SipError
 from sip.headers import Headers
 from sip.mansrtsp import CONTENT_TYPE as MANSRTSP
 from sip.mansrtsp import MansrtspRequest, build_mansrtsp
 from sip.message import Request, Response
+from sip.playback import parse_media_status
 from sip.sdp import SessionDescription, build_sdp, subject_header
 from sip.transaction import Peer, RequestReceived, ResponseReceived
 
@@ -394,18 +395,28 @@ class StreamHub:
         return True
 
     def media_status(self, event: RequestReceived) -> bool:
-        """A device's MediaStatus MESSAGE: True (answered 200) when it ends one of our
-        playbacks of its recordings."""
+        """A MESSAGE in the dialog of one of our playbacks of a device's recordings, from
+        the device's address: answered (200, or 400 for a body that is no MANSCDP) and True;
+        its MediaStatus 121 ends the playback. False for any other MESSAGE."""
         request = event.request
         stream = self.by_call_id.get(request.call_id)
         if stream is None or stream.history is None or stream.dialog is None \
+                or stream.peer is None or event.peer.host != stream.peer.host \
                 or not stream.dialog.match(request):
             return False
+        try:
+            status = parse_media_status(request.body)
+        except ParseError as exc:
+            log.info("stream %s: unreadable MESSAGE in the playback dialog: %s",
+                     stream.channel_id, exc)
+            self.endpoint.respond(event, Response.for_request(request, 400))
+            return True
         self.endpoint.respond(event, Response.for_request(request, 200))
-        log.info("stream %s: the device's playback reached its end (MediaStatus)",
-                 stream.channel_id)
-        if stream.on_eof is not None:
-            stream.on_eof()
+        if status.end_of_file:
+            log.info("stream %s: the device's playback reached its end (MediaStatus 121)",
+                     stream.channel_id)
+            if stream.on_eof is not None:
+                stream.on_eof()
         return True
 
     def start_relay(self, relay_id: int) -> None:

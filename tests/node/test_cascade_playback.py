@@ -11,6 +11,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,18 @@ from recorder.index import RecordIndex, SegmentRow
 from recorder.playback import Frame, PlaybackReader, SegmentAltered
 from recorder.segments import SegmentWriter
 from recorder.service import root_index
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sensing_node.sim.upstream import PlatformConfig, SimulatedUpstream, UpstreamSession
+from sip import manscdp
 from sip.mansrtsp import MansrtspRequest
 from tests.recorder.media import FPS, TZ, is_video, timed, units
 
-from .conftest import RunningNode, StartNode, wait_for
+from .conftest import PASSWORD, RunningNode, StartNode, wait_for
 
 UPSTREAM = "31011200002000000100"
 UP_PASSWORD = "upstream-password"
 CHANNEL = "31011200001310000101"
+CAMERA = "31011200001320000001"  # its first channel is CHANNEL
 GAP_S = 10.0
 
 
@@ -255,3 +259,65 @@ async def test_a_tampered_segment_is_not_sent_and_is_reported(playback, action):
     assert entry.result == "altered" or action == "end"
     if action == "end":
         assert "recording altered" in entry.detail
+
+
+async def test_device_fallback_searches_and_plays_what_only_the_camera_holds(playback):
+    running, upstream, store = await playback(**{"cascade.device_fallback": True})
+    tz = running.node.settings.node.tz
+    # The camera recorded a stretch before the node recorded anything of the channel.
+    own = (store.t0 - 600.0, store.t0 - 60.0)
+    camera = SimulatedCamera(CameraConfig(
+        server=running.sip, device_id=CAMERA, password=PASSWORD, channels=1, records=(own,),
+        tz=tz,
+    ))
+    await camera.start(keepalives=False)
+    try:
+        await wait_for(lambda: running.node.registry.channel_device(CHANNEL) is not None)
+        begin = datetime.fromtimestamp(store.t0 - 900, tz).replace(tzinfo=None)
+        finish = datetime.fromtimestamp(store.later + 10, tz).replace(tzinfo=None)
+        items = await upstream.query_record_info(CHANNEL, begin, finish)
+        assert camera.record_queries == 1
+        device_items = [i for i in items if i["FilePath"].startswith("device:")]
+        node_items = [i for i in items if not i["FilePath"].startswith("device:")]
+        assert len(device_items) == 1 and len(node_items) == 2  # the node's two runs
+        [item] = device_items
+        assert item["FilePath"].startswith("device:/record/")
+        assert manscdp.parse_gb_time(item["StartTime"], tz).timestamp() == int(own[0])
+        assert manscdp.parse_gb_time(item["EndTime"], tz).timestamp() == int(own[1])
+        assert items == sorted(items, key=lambda i: i["StartTime"])
+        # A range only the camera holds is played back from the camera, through the node.
+        start, end = own[0] + 100, own[0] + 102
+        session = await upstream.invite(CHANNEL, "udp", session="Playback", start=start,
+                                        end=end)
+        assert session.ok, session
+        assert camera.playbacks and camera.playbacks[-1][1:] == (int(start), int(end),
+                                                                 "Playback")
+        status = await session.wait_media_status(timeout=10)
+        assert status.end_of_file
+        assert session.frames >= 40 and session.problems == []
+        await session.wait_ended(timeout=5)
+        await wait_for(lambda: not running.node.cascade.restreamer.live())
+        await wait_for(lambda: not camera.media_sessions)
+    finally:
+        await camera.stop(unregister=False)
+
+
+async def test_without_device_fallback_the_node_answers_from_its_store_alone(playback):
+    running, upstream, store = await playback()
+    tz = running.node.settings.node.tz
+    camera = SimulatedCamera(CameraConfig(
+        server=running.sip, device_id=CAMERA, password=PASSWORD, channels=1,
+        records=((store.t0 - 600.0, store.t0 - 60.0),), tz=tz,
+    ))
+    await camera.start(keepalives=False)
+    try:
+        await wait_for(lambda: running.node.registry.channel_device(CHANNEL) is not None)
+        begin = datetime.fromtimestamp(store.t0 - 900, tz).replace(tzinfo=None)
+        finish = datetime.fromtimestamp(store.later + 10, tz).replace(tzinfo=None)
+        items = await upstream.query_record_info(CHANNEL, begin, finish)
+        assert len(items) == 2 and camera.record_queries == 0
+        session = await upstream.invite(CHANNEL, "udp", session="Playback",
+                                        start=store.t0 - 500, end=store.t0 - 498)
+        assert session.status == 404 and not camera.playbacks
+    finally:
+        await camera.stop(unregister=False)
