@@ -13,8 +13,11 @@ The store. Before any node starts, `bench/playback_store.py` writes the recordin
 channels into the node's recording directory (`<data_dir>/recordings`, index
 `recorder.service.root_index`) with the recorder's own `SegmentWriter`: the played channels get
 what the run needs (the playbacks' channels `--warmup + --window + --slack` seconds, the
-downloads' channels `--speed` times that), every other channel a short recording, all of them
-ending ten minutes before the run. The channel IDs are those of the simulated NVR, so the
+downloads' channels `--speed` times that, each with a lead of one 60 s segment), every other
+channel a short recording, all of them ending ten minutes before the run. The sessions of a
+kind start at whole seconds spread evenly over the lead and play to the end of the recording,
+so they cross into their next segment, and read it, at different times, as sessions that
+started at different moments do. The channel IDs are those of the simulated NVR, so the
 channels that are played back are also ingested live. Before each run the store's pages are
 dropped from the page cache (`posix_fadvise(DONTNEED)`; `--warm-cache` keeps them), so the node
 reads the recordings from the disk.
@@ -24,9 +27,9 @@ recording service, cascade registration), pinned to CPU 0, and measures it twice
 
   ingest    N live streams pulled through the operator API (`POST /api/channels/{id}/live`)
             and nothing else: what the node spends on the live ingest alone.
-  playback  the same pulls stay; the simulated upper platform INVITEs `s=Playback` of a
-            channel's whole recording 50 times (channels 1-50) and `s=Download` with
-            `a=downloadspeed:8` 10 times (channels 51-60), media over UDP.
+  playback  the same pulls stay; the simulated upper platform INVITEs `s=Playback` 50 times
+            (channels 1-50) and `s=Download` with `a=downloadspeed:8` 10 times (channels
+            51-60), one session per channel, media over UDP.
 
 Node CPU per sent packet is the playback pass's CPU per second minus the ingest pass's, over
 the packets per second the platform received from the playbacks and downloads. Read
@@ -567,7 +570,7 @@ async def one_run(args: argparse.Namespace, frames: list[tuple[bytes, bool]],
 
         out["ingest"] = await window("ingest")
 
-        # The playback pass: every session asks for its channel's whole recording.
+        # The playback pass: one session per played channel, over its range.
         failures: list[str] = []
         invite_limit = asyncio.Semaphore(8)
 
@@ -671,7 +674,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
         f"{store['playback_s']:.0f} s each, the {args.downloads} download channels "
         f"{store['download_s']:.0f} s, the other "
         f"{store['channels'] - args.playbacks - args.downloads} {store['short_s']:.0f} s; "
-        "recorded up to 10 minutes before the run. "
+        "recorded up to 10 minutes before the run. The sessions of a kind start at points "
+        f"spread over the first {store['lead_s']:.0f} s of their recordings and play to "
+        "the end, so they change segments (and read the next one) at different times. "
         + ("Kept in the page cache (`--warm-cache`)." if args.warm_cache else
            "Its pages dropped from the page cache before each run, so the node reads it from "
            "the disk."))
@@ -799,6 +804,19 @@ def write_section(text: str) -> None:
     DOC.write_text(new)
 
 
+def session_ranges(plans: list[playback_store.ChannelPlan], end: float, playbacks: int,
+                   downloads: int, lead: float) -> dict[str, tuple[float, float]]:
+    """Each played channel's range: from a whole second within the lead of its recording
+    (spread evenly over the sessions of a kind, so their segment changes are spread over a
+    segment's length) to the end of the recording."""
+    out = {}
+    for i, p in enumerate(plans[:playbacks + downloads]):
+        j, n = (i, playbacks) if i < playbacks else (i - playbacks, downloads)
+        start = end - p.frames / playback_store.FPS
+        out[p.channel_id] = (start + int(lead * j / max(1, n)), end)
+    return out
+
+
 # ----- main ------------------------------------------------------------------------------------
 
 
@@ -807,7 +825,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--window", type=float, default=15.0, help="measurement window, s")
     parser.add_argument("--warmup", type=float, default=5.0)
-    parser.add_argument("--slack", type=float, default=20.0,
+    parser.add_argument("--slack", type=float, default=15.0,
                         help="recording a playback needs beyond warm-up and window, s")
     parser.add_argument("--channels", type=int, default=300, help="channels of the store")
     parser.add_argument("--live", type=int, default=300, help="live streams ingested")
@@ -842,8 +860,9 @@ def main() -> int:
 
     channels = channel_ids(NVR_ID, args.channels)
     playback_s = args.warmup + args.window + args.slack
+    lead = playback_store.SEGMENT_S
     plans = playback_store.plan(channels, args.playbacks + args.downloads, playback_s,
-                                args.speed * playback_s, args.downloads, args.short)
+                                args.speed * playback_s, args.downloads, args.short, lead)
     es = playback_store.clip_es(frames)
     need = playback_store.estimate_bytes(plans, es)
     base = args.dir if args.dir is not None else Path(tempfile.gettempdir())
@@ -865,10 +884,10 @@ def main() -> int:
                  "build_s": built.seconds, "playback_s": plans[0].frames / 25,
                  "download_s": plans[args.playbacks].frames / 25 if args.downloads else 0.0,
                  "short_s": plans[-1].frames / 25 if args.channels > args.playbacks
-                 + args.downloads else 0.0}
+                 + args.downloads else 0.0, "lead_s": lead}
         log(f"store: {built.bytes / 1e9:.2f} GB, {built.segments} segments in "
             f"{built.seconds:.0f} s")
-        ranges = {p.channel_id: (end - p.frames / 25, end) for p in plans}
+        ranges = session_ranges(plans, end, args.playbacks, args.downloads, lead)
 
         def publish() -> str:
             notes = list(args.note) + [f"Failed run: {f}" for f in failures]

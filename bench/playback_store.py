@@ -17,7 +17,8 @@ as the node's ingest cuts a camera's stream. One timeline serves every channel: 
 writes the first `seconds_i` of it, all channels ending at the same wall time.
 
 Which channels get how much: the first `played` channels are the ones the benchmark plays back
-and downloads and get the minutes they need; every other channel gets a short recording
+and downloads and get the minutes they need, plus a lead of one segment (60 s) within which
+their sessions start at different points; every other channel gets a short recording
 (`short_seconds`, two GOPs by default), so the index holds every channel as a store of that
 many channels would. `estimate_bytes` says what a plan will take on the disk before it is
 written, and `evict` drops the store's pages from the page cache, so that a run reads the
@@ -85,16 +86,18 @@ class StoreReport:
 
 
 def plan(channel_ids: Sequence[str], played: int, seconds: float,
-         download_seconds: float, downloads: int, short_seconds: float = SHORT_SECONDS
-         ) -> list[ChannelPlan]:
-    """The first `played - downloads` channels get `seconds`, the next `downloads` get
-    `download_seconds`, the rest `short_seconds` each."""
+         download_seconds: float, downloads: int, short_seconds: float = SHORT_SECONDS,
+         lead: float = 0.0) -> list[ChannelPlan]:
+    """The first `played - downloads` channels get `lead + seconds`, the next `downloads` get
+    `lead + download_seconds`, the rest `short_seconds` each. (A lead of a segment's length
+    lets the sessions start at different points of a segment, so that they do not all cross
+    into the next segment, and read it, at the same moment.)"""
     out = []
     for i, channel_id in enumerate(channel_ids):
         if i < played - downloads:
-            length = seconds
+            length = lead + seconds
         elif i < played:
-            length = download_seconds
+            length = lead + download_seconds
         else:
             length = short_seconds
         out.append(ChannelPlan(channel_id, length))
@@ -197,6 +200,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--download-seconds", type=float, default=320.0)
     parser.add_argument("--short-seconds", type=float, default=SHORT_SECONDS)
+    parser.add_argument("--lead", type=float, default=SEGMENT_S)
     parser.add_argument("--kbps", type=int, default=2000)
     args = parser.parse_args()
     from sensing_node.sim.camera import channel_ids
@@ -208,7 +212,8 @@ def main() -> int:
     finally:
         ingest_sender.BITRATE = saved
     plans = plan(channel_ids("31011200001320000001", args.channels), args.played,
-                 args.seconds, args.download_seconds, args.downloads, args.short_seconds)
+                 args.seconds, args.download_seconds, args.downloads, args.short_seconds,
+                 args.lead)
     print(f"about {estimate_bytes(plans, clip_es(frames)) / 1e9:.2f} GB", file=sys.stderr)
     report = build(args.root, plans, frames, float(int(time.time()) - 600),
                    log=lambda text: print(text, file=sys.stderr))
