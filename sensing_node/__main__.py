@@ -281,7 +281,8 @@ def cmd_simulate_camera(args: argparse.Namespace) -> int:
 
 def cmd_simulate_upstream(args: argparse.Namespace) -> int:
     from .sim.recorded import PlaybackPlan
-    from .sim.upstream import PlatformConfig, run_upstream
+    from .sim.upstream import PlatformConfig
+    from .sim.upstream_run import run_upstream
 
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:

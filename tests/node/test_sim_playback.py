@@ -40,8 +40,8 @@ from sensing_node.sim.upstream import (
     SimulatedUpstream,
     UpstreamError,
     UpstreamSession,
-    run_upstream,
 )
+from sensing_node.sim.upstream_run import run_upstream
 from sensing_node.transport.sip import SipEndpoint
 from sip import manscdp
 from sip.dialog import Dialog
