@@ -358,7 +358,7 @@ class Restreamer:
         session.relay_id = opened.relay_id
         filesize = None
         if play.session == "Download":
-            filesize = sum(row.bytes for row in rows)
+            filesize = _range_bytes(rows, start, end)
         self._answer(session, play, opened.local_port, filesize=filesize)
 
     async def _start_device_playback(self, session: RelaySession, play: PlayRequest) -> None:
@@ -678,6 +678,20 @@ class Restreamer:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [s.as_json(self.hub) for s in self.live()]
+
+
+def _range_bytes(rows: list[SegmentRow], start: float, end: float) -> int:
+    """About the bytes a download of `start`..`end` sends: each segment's share of the range,
+    in proportion to its time (what `a=filesize` announces, for the upstream's progress)."""
+    total = 0.0
+    for row in rows:
+        span = row.end_wall - row.start_wall
+        inside = min(end, row.end_wall) - max(start, row.start_wall)
+        if span <= 0:
+            total += row.bytes
+        elif inside > 0:
+            total += row.bytes * min(1.0, inside / span)
+    return round(total)
 
 
 def _camera_failure(exc: StreamError) -> tuple[int, str]:
