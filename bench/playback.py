@@ -380,6 +380,30 @@ def user_system(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tck, int(fields[12]) / tck
 
 
+def process_cpu(exclude: set[int]) -> dict[int, float]:
+    """CPU seconds (user + system) of every process on the machine but `exclude`, by PID.
+    (The kernel's per-CPU busy counters of /proc/stat are sampled at its ticks and miss
+    much of the short bursts of work on this machine; the processes' own counters do not.)"""
+    tck = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in exclude:
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        out[int(name)] = (int(fields[11]) + int(fields[12])) / tck
+    return out
+
+
+def other_cores(before: dict[int, float], after: dict[int, float], seconds: float) -> float:
+    """Cores the other processes used between two `process_cpu` readings (a process that
+    started in between counts whole; one that ended in between is missed)."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items()) / seconds
+
+
 def rcvbuf_errors() -> int:
     """The kernel's UDP RcvbufErrors (machine-wide)."""
     with open("/proc/net/snmp") as f:
@@ -505,12 +529,14 @@ async def one_run(args: argparse.Namespace, frames: list[tuple[bytes, bool]],
             t0, cpu0, us0 = time.monotonic(), node.cpu(), user_system(node.pid)
             io0, th0, own0 = proc_io(node.pid), thread_groups(node.pid), time.process_time()
             sent0, drops0 = cams.packets_sent(), rcvbuf_errors()
+            others0 = process_cpu({node.pid, os.getpid()})
             rx0 = {id(r): r.snapshot() for r in receivers}
             cams.lateness.clear()
             await asyncio.sleep(args.window)
             t1, cpu1, us1 = time.monotonic(), node.cpu(), user_system(node.pid)
             io1, th1, own1 = proc_io(node.pid), thread_groups(node.pid), time.process_time()
             sent1, drops1 = cams.packets_sent(), rcvbuf_errors()
+            others1 = process_cpu({node.pid, os.getpid()})
             rx1 = {id(r): r.snapshot() for r in receivers}
             api1 = live_counters(await streams(), live_set)
             seconds = t1 - t0
@@ -523,6 +549,7 @@ async def one_run(args: argparse.Namespace, frames: list[tuple[bytes, bool]],
                 "rchar_bps": (io1["rchar"] - io0["rchar"]) / seconds,
                 "disk_bps": (io1["read_bytes"] - io0["read_bytes"]) / seconds,
                 "field_share": (own1 - own0) / seconds,
+                "other_cores": other_cores(others0, others1, seconds),
                 "in_pps": (sent1 - sent0) / seconds,
                 "rcvbuf_errors": drops1 - drops0,
                 "live_streams": api1["streams"],
@@ -591,6 +618,10 @@ async def one_run(args: argparse.Namespace, frames: list[tuple[bytes, bool]],
         await asyncio.gather(*(invite(c, "Playback") for c in played[:args.playbacks]),
                              *(invite(c, "Download") for c in played[args.playbacks:]))
         out["invite_s"] = time.monotonic() - t
+        answers = sorted(s.answered_at - s.invited_at for s in sessions
+                         if s.answered_at is not None and s.invited_at is not None)
+        out["answer_ms"] = {"p50": 1e3 * percentile(answers, 0.5),
+                            "max": 1e3 * answers[-1]} if answers else {}
         out["invite_failures"] = failures
         log(f"  {len(sessions)} sessions up in {out['invite_s']:.1f} s"
             + (f"; {len(failures)} refused: {failures[:3]}" if failures else ""))
@@ -616,6 +647,35 @@ async def one_run(args: argparse.Namespace, frames: list[tuple[bytes, bool]],
         await upstream.stop()
         upmod.UpstreamSession = base_session
     return out
+
+
+def components(root: Path, channel_id: str) -> dict[str, float]:
+    """What reading costs on this machine, on one core, with the files in the page cache: a
+    `recorder.playback.PlaybackReader` (with the node's read-ahead) through one channel's
+    recording, and SHA-256 alone over the same bytes (the reader hashes every segment before
+    handing out its frames)."""
+    import hashlib
+
+    from recorder.index import RecordIndex
+    from recorder.playback import Frame, PlaybackReader
+    from recorder.service import root_index
+    from sensing_node.media.playback import READ_AHEAD
+
+    with RecordIndex(root_index(root), read_only=True) as index:
+        rows = index.segments(channel_id, 0, 2e9)
+    files = [(root / r.path).read_bytes() for r in rows]  # into the page cache
+    size = sum(len(b) for b in files)
+    t0 = time.thread_time()
+    for data in files:
+        hashlib.sha256(data).digest()
+    hash_s = time.thread_time() - t0
+    reader = PlaybackReader(str(root), rows, rows[0].start_wall, rows[-1].end_wall,
+                            read_ahead=READ_AHEAD)
+    t0 = time.thread_time()
+    frames = sum(1 for e in reader if isinstance(e, Frame))
+    read_s = time.thread_time() - t0
+    return {"bytes": size, "frames": frames, "reader_mbps": size / read_s / 1e6,
+            "reader_us_per_frame": 1e6 * read_s / frames, "sha256_mbps": size / hash_s / 1e6}
 
 
 # ----- report ----------------------------------------------------------------------------------
@@ -680,6 +740,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
         + ("Kept in the page cache (`--warm-cache`)." if args.warm_cache else
            "Its pages dropped from the page cache before each run, so the node reads it from "
            "the disk."))
+    comp = store.get("components")
+    if comp:
+        add(f"- Reading alone on this machine (one core, page cache, the node's read-ahead): "
+            f"`PlaybackReader` through a download channel's {comp['bytes'] / 1e6:.0f} MB "
+            f"({comp['frames']:,} frames) at {comp['reader_mbps']:.0f} MB/s, "
+            f"{comp['reader_us_per_frame']:.0f} µs per frame; SHA-256 alone over the same "
+            f"bytes {comp['sha256_mbps']:.0f} MB/s.")
     for note in notes:
         add(f"- {note}")
     add("")
@@ -729,13 +796,15 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
         "the streams with any. UDP drops: the kernel's RcvbufErrors in each window, "
         "machine-wide. Gaps: sequence gaps the platform saw over the run. Ended: sessions "
         "whose range ran out (MediaStatus) before the window ended. This process: its CPU "
-        "share in the playback window. Sender late: how late the camera sender started a "
-        "frame, p99 / max ms, playback window.")
+        "share in the playback window. Other: CPU the machine's other processes (the other "
+        "engineers' work) used in the ingest / playback window, in cores. Sender late: how "
+        "late the camera sender started a frame, p99 / max ms, playback window. Answer: "
+        "INVITE sent to its 200 OK, p50 / max ms, every session set up at once, 8 at a time.")
     add("")
     add("| run | sessions up | playbacks pkt/s, MB/s, fps | downloads pkt/s, MB/s, fps | "
         "readers % (µs/pkt) | loop % | live lost in all (streams) | UDP drops | gaps | "
-        "ended | this process | sender late ms | INVITEs s |")
-    add("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        "ended | this process | other | sender late ms | answer ms |")
+    add("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         ing, pb = r["ingest"], r["playback"]
         d = derived(r)
@@ -754,7 +823,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
             f"{pb['live_lost_total']} ({pb['streams_with_loss']}) | "
             f"{ing['rcvbuf_errors']} / {pb['rcvbuf_errors']} | {r['upstream_gaps']} | "
             f"{r['ended_early']} | {100 * pb['field_share']:.0f}% | "
-            f"{pb['late_p99_ms']:.1f} / {pb['late_max_ms']:.1f} | {r['invite_s']:.1f} |")
+            f"{ing['other_cores']:.2f} / {pb['other_cores']:.2f} | "
+            f"{pb['late_p99_ms']:.1f} / {pb['late_max_ms']:.1f} | "
+            + (f"{r['answer_ms']['p50']:.0f} / {r['answer_ms']['max']:.0f} |"
+               if r.get("answer_ms") else "– |"))
     add("")
     add("### Goals")
     add("")
@@ -888,6 +960,10 @@ def main() -> int:
         log(f"store: {built.bytes / 1e9:.2f} GB, {built.segments} segments in "
             f"{built.seconds:.0f} s")
         ranges = session_ranges(plans, end, args.playbacks, args.downloads, lead)
+        if args.downloads:
+            store["components"] = components(root, channels[args.playbacks])
+            log("reader alone: {reader_mbps:.0f} MB/s, {reader_us_per_frame:.0f} µs per "
+                "frame; SHA-256 {sha256_mbps:.0f} MB/s".format(**store["components"]))
 
         def publish() -> str:
             notes = list(args.note) + [f"Failed run: {f}" for f in failures]
