@@ -24,6 +24,19 @@ from typing import Any
 
 import yaml
 
+from .access import (
+    ACTIONS,
+    GRANT_KEYS,
+    METRICS_KEYS,
+    ROLES,
+    USER_KEYS,
+    GrantSettings,
+    MetricsSettings,
+    UserSettings,
+    build_grants,
+    build_metrics,
+    build_users,
+)
 from .cascade import (
     CASCADE_KEYS,
     LIMITS_KEYS,
@@ -63,6 +76,7 @@ from .schema import (
 )
 
 __all__ = [
+    "ACTIONS", "ROLES", "GrantSettings", "MetricsSettings", "UserSettings",
     "STREAMS", "TRANSPORTS", "ChannelOverride", "ChannelsSettings", "ConfigError",
     "CascadeSettings", "DeviceOverride", "DevicesSettings", "Key", "LimitsSettings",
     "MediaSettings",
@@ -84,6 +98,9 @@ class Settings:
     upstreams: tuple[UpstreamSettings, ...]
     limits: LimitsSettings
     cascade: CascadeSettings
+    users: tuple[UserSettings, ...]
+    grants: tuple[GrantSettings, ...]
+    metrics: MetricsSettings
     source: str
 
 
@@ -97,6 +114,9 @@ SECTIONS: tuple[Section, ...] = (
     Section("upstreams", UPSTREAM_KEYS, build_upstreams, many=True),
     Section("limits", LIMITS_KEYS, build_limits),
     Section("cascade", CASCADE_KEYS, build_cascade),
+    Section("users", USER_KEYS, build_users, many=True),
+    Section("grants", GRANT_KEYS, build_grants, many=True),
+    Section("metrics", METRICS_KEYS, build_metrics),
 )
 
 

@@ -44,6 +44,8 @@ class NodeSettings:
     http_port: int
     api_token: str
     api_trusted_proxy: bool
+    #: /metrics asks for a bearer token (any user's) too
+    metrics_auth: bool
     data_dir: Path
     timezone_name: str | None
     #: where RTP binds; None: media_ip if it is an address of this host, else the SIP host
@@ -169,6 +171,7 @@ NODE_KEYS: tuple[Key, ...] = (
     Key("api_token", _text, doc="Bearer token required on /api/*"),
     Key("api_trusted_proxy", _boolean, False,
         "holders of api_token are an authenticating proxy: X-User names the operator"),
+    Key("metrics_auth", _boolean, False, "GET /metrics asks for a bearer token too"),
     Key("data_dir", _path, Path("data"), "recordings and state; relative to the config file"),
     Key("timezone", _zone, None, "IANA zone for the Date header and file names; default: system"),
     Key("media_bind", _bind_ip, None,
@@ -191,6 +194,7 @@ def _build_node(reader: _Reader, parsed: _Parsed) -> NodeSettings:
         http_port=v["http_listen"].port,
         api_token=v["api_token"],
         api_trusted_proxy=v["api_trusted_proxy"],
+        metrics_auth=v["metrics_auth"],
         data_dir=(reader.base_dir / v["data_dir"]).resolve(),
         timezone_name=v["timezone"],
         media_bind=v["media_bind"],
