@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from .api.metrics import add_metrics
 from .api.routes import NODE, add_routes, bearer_auth
 from .node import Node
 from .settings import Settings
@@ -32,4 +33,5 @@ def build_app(
     app[NODE] = Node(settings, wall=wall, monotonic=monotonic)
     app.cleanup_ctx.append(_node_ctx)
     add_routes(app)
+    add_metrics(app)  # GET /metrics, with its own token check (node.metrics_auth)
     return app
