@@ -1,5 +1,5 @@
 """Command line: `sensing-node run | check-config | simulate-camera | simulate-upstream |
-verify-recordings | verify-audit | plan-storage`.
+verify-recordings | verify-audit | plan-storage | hash-token`.
 
 Also available as `python -m sensing_node`.
 """
@@ -13,6 +13,8 @@ import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .runtime.logs import LOG_FORMATS, configure_logging
 
 if TYPE_CHECKING:
     from .settings import NodeSettings
@@ -147,6 +149,26 @@ def cmd_plan_storage(args: argparse.Namespace) -> int:
         index.close()
     print("\n".join(plan.lines()))
     return 0 if plan.fits else 1
+
+
+def cmd_hash_token(args: argparse.Namespace) -> int:
+    """The SHA-256 of a token, for `users[].token_sha256`; the token from stdin when not given,
+    so that it stays out of the shell's history."""
+    from .settings.access import hash_token
+
+    token = args.token
+    if token is None:
+        if sys.stdin.isatty():
+            import getpass
+
+            token = getpass.getpass("token: ")
+        else:
+            token = sys.stdin.readline()
+    if not token.strip():
+        print("the token is empty; give a non-empty one", file=sys.stderr)
+        return 2
+    print(hash_token(token))
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -328,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the node", description="Run the node until SIGTERM.")
     run.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    run.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                     help="text lines (default), or one JSON object per line with device, "
+                     "channel and call_id fields")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser(
@@ -418,15 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("-c", "--config", required=True, help="the node's YAML file")
     plan.set_defaults(func=cmd_plan_storage)
+
+    token = sub.add_parser(
+        "hash-token",
+        help="print the SHA-256 of an API token for users[].token_sha256",
+        description="Print the SHA-256 to put into a user's token_sha256. Without TOKEN, read "
+        "it from stdin (a prompt on a terminal), which keeps it out of the shell's history.",
+    )
+    token.add_argument("token", nargs="?", metavar="TOKEN", help="the token (default: stdin)")
+    token.set_defaults(func=cmd_hash_token)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, getattr(args, "log_format", "text"))
     problem = check_layout()
     if problem is not None:
         print(problem, file=sys.stderr)
