@@ -44,7 +44,7 @@ __all__ = [
 #: What can be audited: watching live, playing back, exporting, searching recordings, API reads,
 #: and an operator moving a channel away from the device that held it.
 ACTIONS = ("live_view", "playback", "export", "search", "api_read", "channel_release",
-           "upstream_live", "upstream_playback", "upstream_download")
+           "upstream_live", "upstream_playback", "upstream_download", "grant", "config_reload")
 #: ``prev_hash`` of the first row.
 GENESIS = "0" * 64
 

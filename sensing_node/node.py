@@ -18,6 +18,7 @@ from functools import partial
 
 from sip.transaction import RequestReceived
 
+from .access.service import AccessService
 from .cascade.service import Cascade
 from .devices.queries import DeviceQueries
 from .devices.registrar import Registrar
@@ -75,8 +76,12 @@ class Node:
                                           wall=self.clock.stamp)
         self.clock.on_forward_step = self.recording.wall_stepped
         self.registrar.record_search = self.recording.record_info
+        #: users, sharing classes and grants: who may take what (access/)
+        self.access = AccessService(settings, wall=wall)
+        self.access.audit = self.recording.log_access
         self.cascade = Cascade(settings, self.endpoint, self.registry, self.media,
-                               audit=self.recording.log_access, wall=wall, mono=monotonic)
+                               audit=self.recording.log_access, access=self.access.policy,
+                               wall=wall, mono=monotonic)
         self.cascade.record_search = self.recording.record_info
         self.cascade.record_items = self.recording.record_items
         self.cascade.restreamer.recordings = self.recording.playback_segments
@@ -115,6 +120,11 @@ class Node:
             await self.recording.start(self.supervisor)
         except OSError as exc:
             raise StartupError(f"cannot open the recordings in {self.recording.root}: {exc}") \
+                from exc
+        try:
+            await self.access.start()
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(f"cannot open the grants in {self.access.store.path}: {exc}") \
                 from exc
         self._tasks.append(self.supervisor.spawn("housekeeping", self._housekeeping))
         contact_host = self.endpoint.advertise_host or self.sip_address[0]
@@ -175,6 +185,7 @@ class Node:
         self._tasks.clear()
         if self.queries is not None:
             await self.queries.stop()
+        await self.access.stop()
         await self.endpoint.close()
         self.registry.log_changes()
         gc.unfreeze()
@@ -201,6 +212,7 @@ class Node:
                 last_full_gc = time.monotonic()
             gc.freeze()
             self.clock.check()  # a wall clock step is logged and shown in /healthz
+            self.access.tick()  # sessions of grants that ended are ended too
             self.registry.sweep(self.clock.mono())
             self.registry.log_changes()
             try:

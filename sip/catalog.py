@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from types import MappingProxyType
-from typing import Final
+from typing import Final, Protocol
 
 from .errors import LocalProtocolError
 from .manscdp import ManscdpMessage, XmlValue, build_manscdp, format_gb_time, response_parts
@@ -40,6 +40,7 @@ __all__ = [
     "UPDATE",
     "ChannelShare",
     "SharePolicy",
+    "Visibility",
     "shared_channels",
     "catalog_response_parts",
     "device_info_response",
@@ -120,8 +121,15 @@ class SharePolicy:
         return False
 
 
+class Visibility(Protocol):
+    """Anything that says which upstream sees which channel (`SharePolicy`, or the node's
+    policy with its grants)."""
+
+    def visible_to(self, upstream_id: str, channel_id: str) -> bool: ...
+
+
 def shared_channels(
-    channels: Mapping[str, Fields], policy: SharePolicy, upstream_id: str
+    channels: Mapping[str, Fields], policy: Visibility, upstream_id: str
 ) -> dict[str, Fields]:
     """The channels `upstream_id` may see, in the order given, fields unchanged."""
     return {cid: f for cid, f in channels.items() if policy.visible_to(upstream_id, cid)}
@@ -244,10 +252,10 @@ def _without_status(fields: Fields) -> dict[str, XmlValue]:
 def catalog_changes(
     before: Mapping[str, Fields],
     after: Mapping[str, Fields],
-    policy: SharePolicy,
+    policy: Visibility,
     upstream_id: str,
     *,
-    previous_policy: SharePolicy | None = None,
+    previous_policy: Visibility | None = None,
 ) -> list[CatalogEvent]:
     """The Catalog NOTIFY events that take `upstream_id` from its view of `before` to `after`.
 

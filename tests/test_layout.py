@@ -88,6 +88,7 @@ def test_module_imports_alone_without_warnings(module):
 APP_LAYERS: list[set[str]] = [
     {"runtime"},
     {"settings"},
+    {"access"},
     {"transport"},
     {"devices", "sim"},
     {"media"},

@@ -50,6 +50,8 @@ from sip.relay import PlayRequest, PlayRequestError, parse_play_request, play_an
 from sip.sdp import gb_ssrc
 from sip.transaction import Peer, RequestReceived
 
+from ..access.policy import AccessPolicy, Session
+from ..access.principals import as_upstream
 from ..devices.registry import Registry
 from ..media.consumers import StreamError
 from ..media.control import History, MediaControl, PlaybackCommand, PlaybackSpec, RelaySpec
@@ -69,6 +71,8 @@ ENDED_KEPT = 100
 MAX_DOWNLOAD_SPEED = 32
 #: MANSRTSP Scale values a playback follows
 SCALES = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: what each kind of session is, for sharing and grants (a download is a copy: an export)
+ACTIONS = {"Play": "live", "Playback": "playback", "Download": "export"}
 
 #: the node's recordings of a channel that overlap a range: (recording root, index rows)
 Recordings = Callable[[str, float, float], Coroutine[Any, Any, tuple[str, list[SegmentRow]]]]
@@ -104,6 +108,8 @@ class RelaySession:
     range: tuple[float, float] | None = None
     #: where a playback's media comes from: the node's store, or the device's own
     source: str = "store"
+    #: the session as the access policy holds it (the grant it rests on, if any)
+    grant: Session | None = None
 
     def as_json(self, hub: MediaControl | None = None) -> dict[str, Any]:
         stats = self.stats
@@ -148,11 +154,11 @@ class Restreamer:
         registry: Registry,
         *,
         audit: Callable[..., Coroutine[Any, Any, None]],
-        visible: Callable[[str, str], bool],
+        access: AccessPolicy,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.visible = visible
+        self.access = access
         self.hub = hub
         self.registry = registry
         self.audit = audit
@@ -255,14 +261,26 @@ class Restreamer:
             elif self.registry.channel_device(play.channel_id) is None:
                 self._refuse(session, 404, "Unknown Channel")
                 return
-            if not self.visible(link.id, play.channel_id):
-                self._refuse(session, 403, "Channel Not Shared")
+            consumer = as_upstream(link.id)
+            action = ACTIONS[play.session]
+            decision = self.access.decide(consumer, play.channel_id, action)
+            if not decision.allowed and not decision.busy:
+                self._refuse(session, 403, "Channel Not Shared",
+                             warning=warning_value(399, self.node_id, decision.reason))
                 return
             limit = self._limit_hit(session)
             if limit is not None:
                 self._refuse(session, 486, "Busy Here",
                              warning=warning_value(399, self.node_id, limit))
                 return
+            opened = self.access.open(consumer, play.channel_id, action,
+                                      on_revoke=lambda reason: self.end(session, reason))
+            if not isinstance(opened, Session):
+                status, phrase = (486, "Busy Here") if opened.busy else (403, "Forbidden")
+                self._refuse(session, status, phrase,
+                             warning=warning_value(399, self.node_id, opened.reason))
+                return
+            session.grant = opened
             if session.range is not None:
                 await self._start_playback(session, play, session.range)
             else:
@@ -626,6 +644,8 @@ class Restreamer:
         if session.serial is not None:
             self.hub.release_serial(session.serial)
             session.serial = None
+        self.access.close(session.grant)
+        session.grant = None
         task = session.task
         if task is not None and not task.done() and task is not _current_task():
             task.cancel()

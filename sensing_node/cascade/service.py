@@ -34,6 +34,8 @@ from sip.message import Response
 from sip.subscription import Subscription, SubscriptionTable
 from sip.transaction import RequestReceived
 
+from ..access.policy import AccessPolicy
+from ..access.principals import as_upstream
 from ..devices.queries import DeviceQueries
 from ..devices.registry import Registry
 from ..media.control import MediaControl
@@ -85,17 +87,20 @@ class Cascade:
         hub: MediaControl,
         *,
         audit: Callable[..., Coroutine[Any, Any, None]],
+        access: AccessPolicy | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        #: who may see and take what: sharing classes and grants (the node's policy)
+        self.access = access or AccessPolicy(settings, wall=wall)
         self.endpoint = endpoint
         self.registry = registry
         self.hub = hub
         self.wall = wall
         self.mono = mono
         self.node_id = settings.node.id
-        self.policy = settings.channels.share_policy
+        self.policy = _Visibility(self.access)
         self.links: dict[str, UpstreamLink] = {}
         self.queries: DeviceQueries | None = None
         #: Response/RecordInfo bodies from the node's recordings (the recording service's)
@@ -103,10 +108,14 @@ class Cascade:
         #: the same as items, to add a device's records to (`cascade.device_fallback`)
         self.record_items: Callable[..., Awaitable[RecordAnswer]] | None = None
         self.subscriptions = SubscriptionTable(self.node_id)
-        self.restreamer = Restreamer(settings, hub, registry, audit=audit, visible=self.visible,
+        self.restreamer = Restreamer(settings, hub, registry, audit=audit, access=self.access,
                                      wall=wall)
         self.refused = 0
         self._view: dict[str, dict[str, str]] = {}
+        #: per upstream, the channels it saw at the last look (for NOTIFY when a grant starts
+        #: or ends, or the settings change, while the catalog stays the same)
+        self._seen: dict[str, frozenset[str]] = {}
+        self._seen_key: tuple[int, float] = (-1, 0.0)
         self._notify_chains: dict[int, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[None]] = set()
@@ -126,6 +135,9 @@ class Cascade:
             self.links[upstream.id] = link
             self._tasks.append(supervisor.spawn(f"upstream {upstream.id}", link.run))
         self._view = channel_view(self.registry)
+        self._seen = {link_id: frozenset(cat.shared_channels(self._view, self.policy, link_id))
+                      for link_id in self.links}
+        self._seen_key = self.access.epoch(), self.access.next_change()
         if self.links:
             self._tasks.append(supervisor.spawn("catalog watch", self._watch))
 
@@ -142,7 +154,7 @@ class Cascade:
             chain.cancel()
 
     def visible(self, upstream_id: str, channel_id: str) -> bool:
-        return self.policy.visible_to(upstream_id, channel_id)
+        return self.access.visible(as_upstream(upstream_id), channel_id)
 
     def _link_changed(self, link: UpstreamLink) -> None:
         if not link.registered:
@@ -445,14 +457,21 @@ class Cascade:
         """NOTIFY every subscription of what changed in its upstream's view since the last
         look."""
         view = channel_view(self.registry)
-        if view == self._view:
+        key = self.access.epoch(), self.access.next_change()
+        if view == self._view and key == self._seen_key:
             return
-        before, self._view = self._view, view
+        before, self._view, self._seen_key = self._view, view, key
+        seen, self._seen = self._seen, {
+            link.id: frozenset(cat.shared_channels(view, self.policy, link.id))
+            for link in self.links.values()
+        }
         for link in self.links.values():
             subs = self.subscriptions.of(link.id)
             if not subs:
                 continue
-            events = cat.catalog_changes(before, view, self.policy, link.id)
+            before_seen = _Seen(seen.get(link.id, frozenset()))
+            events = cat.catalog_changes(before, view, self.policy, link.id,
+                                         previous_policy=before_seen)
             if not events:
                 continue
             per_part = ITEMS_PER_PART_TCP if link.peer.reliable else ITEMS_PER_PART_UDP
@@ -494,3 +513,23 @@ def _version() -> str:
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("cascade task %s failed", task.get_name(), exc_info=task.exception())
+
+
+class _Visibility:
+    """The node's access policy as `sip.catalog` asks it: which upstream sees which channel."""
+
+    def __init__(self, access: AccessPolicy) -> None:
+        self.access = access
+
+    def visible_to(self, upstream_id: str, channel_id: str) -> bool:
+        return self.access.visible(as_upstream(upstream_id), channel_id)
+
+
+class _Seen:
+    """What an upstream saw at the last look."""
+
+    def __init__(self, channels: frozenset[str]) -> None:
+        self.channels = channels
+
+    def visible_to(self, upstream_id: str, channel_id: str) -> bool:
+        return channel_id in self.channels
