@@ -111,7 +111,8 @@ def free_port() -> int:
 
 def run_node(tmp_path: Path, *options: str, until: str, timeout: float = 30.0) -> list[str]:
     """Run the node with one built-in camera (recorded, so its stream plays) until a line
-    contains `until`, stop it with SIGTERM; every line it logged."""
+    after "HTTP API on" (the signal handlers are set right after it) contains `until`, stop it
+    with SIGTERM; every line it logged."""
     config = tmp_path / "node.yaml"
     config.write_text(
         "node:\n"
@@ -131,14 +132,16 @@ def run_node(tmp_path: Path, *options: str, until: str, timeout: float = 30.0) -
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout
+        serving = False
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
             lines.append(line)
-            if until in line:
+            if serving and until in line:
                 break
-        assert any(until in line for line in lines), "".join(lines)
+            serving = serving or "HTTP API on" in line
+        assert serving and until in lines[-1], "".join(lines)
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=20)
         lines += rest.splitlines(keepends=True)
@@ -164,7 +167,7 @@ def test_run_with_log_format_json_writes_one_object_per_line(tmp_path):
 
 
 def test_text_stays_the_default(tmp_path):
-    lines = run_node(tmp_path, until="HTTP API on")
+    lines = run_node(tmp_path, until="playing:")
     assert lines[-1].rstrip().endswith("INFO sensing_node: stopped")
     with pytest.raises(json.JSONDecodeError):
         json.loads(lines[0])
