@@ -919,6 +919,8 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the store and the node's data go (a temporary directory "
                         "under it; default the system's)")
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="keep each run's node log in this directory")
     parser.add_argument("--note", action="append", default=[])
     parser.add_argument("--no-doc", action="store_true")
     parser.add_argument("--json", help="also write every raw figure to this file")
@@ -1007,10 +1009,15 @@ def main() -> int:
                 results.append(r)
                 node_log = tmp / "node.log"
                 if node_log.exists():
-                    r["node_log_errors"] = [line for line in node_log.read_text().splitlines()
+                    lines = node_log.read_text().splitlines()
+                    r["node_log_errors"] = [line for line in lines
                                             if " ERROR " in line or "Traceback" in line][:20]
+                    r["node_log_warnings"] = sum(1 for line in lines if " WARNING " in line)
                     for line in r["node_log_errors"]:
                         log(f"  node: {line}")
+                    if args.logs is not None:
+                        args.logs.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(node_log, args.logs / f"node-run{run}.log")
                 publish()
         except KeyboardInterrupt:
             log("interrupted: reporting what was measured")
