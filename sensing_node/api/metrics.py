@@ -309,7 +309,7 @@ class NodeCollector:
                                             "Registrations that succeeded, by upper platform",
                                             labels=["upstream"])
         for item in cascade.snapshot():
-            for name in states:
+            for name in [*states, *([item["state"]] if item["state"] not in states else [])]:
                 state.add_metric([item["id"], name], int(item["state"] == name))
             sessions.add_metric([item["id"]], item["sessions"])
             limit.add_metric([item["id"]], item["max_streams"])
