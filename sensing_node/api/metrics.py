@@ -26,6 +26,7 @@ import hmac
 import logging
 import sqlite3
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -123,9 +124,9 @@ class NodeCollector:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.index: IndexFigures | None = None
-        # Stream counters: the last values seen of each running stream (the stream kept so
-        # that its id is not reused while it is listed here), and the sums of ended ones.
-        self._seen: dict[int, tuple[Any, dict[str, int]]] = {}
+        # Stream counters: the last values seen of each running stream (by id, with a weak
+        # reference, its channel and device), and the sums of the ended ones.
+        self._seen: dict[int, tuple[weakref.ref[Any], str, str, dict[str, int]]] = {}
         self._retired: Counter[str] = Counter()
         self._retired_by_channel: dict[tuple[str, str], Counter[str]] = {}
         # Upstream refusals: counted once each, from the restreamer's list of ended sessions.
@@ -207,21 +208,23 @@ class NodeCollector:
     def _stream_counters(self) -> tuple[Counter[str], dict[tuple[str, str], Counter[str]]]:
         """RTP totals of every stream the node has run (ended ones as last seen), overall and
         by (channel, device)."""
-        seen: dict[int, tuple[Any, dict[str, int]]] = {}
-        for stream in self.node.media.streams.values():
-            seen[id(stream)] = (stream, {name: stream.counter(name) for name in RTP_COUNTERS})
-        for key, (stream, values) in self._seen.items():
-            if key not in seen:  # ended since the last scrape: its counts stay in the totals
+        current = {id(stream): stream for stream in self.node.media.streams.values()}
+        for key, (ref, channel, device, values) in self._seen.items():
+            if ref() is None or current.get(key) is not ref():
+                # Ended since the last scrape (the weak reference tells a new stream that got
+                # the same id from the one seen): its counts stay in the totals.
                 self._retired.update(values)
-                by = self._retired_by_channel.setdefault(
-                    (stream.channel_id, stream.device_id), Counter())
-                by.update(values)
-        self._seen = seen
+                self._retired_by_channel.setdefault((channel, device), Counter()).update(values)
+        self._seen = {
+            key: (weakref.ref(stream), stream.channel_id, stream.device_id,
+                  {name: stream.counter(name) for name in RTP_COUNTERS})
+            for key, stream in current.items()
+        }
         totals = Counter(self._retired)
         by_channel = {key: Counter(values) for key, values in self._retired_by_channel.items()}
-        for stream, values in seen.values():
+        for _, channel, device, values in self._seen.values():
             totals.update(values)
-            by_channel.setdefault((stream.channel_id, stream.device_id), Counter()).update(values)
+            by_channel.setdefault((channel, device), Counter()).update(values)
         return totals, by_channel
 
     def _streams(self) -> Iterator[Metric]:
@@ -244,12 +247,12 @@ class NodeCollector:
         if not self.node.settings.metrics.per_channel:
             return
         for name in RTP_COUNTERS:
-            family = CounterMetricFamily(f"sensing_node_channel_rtp_{name}",
-                                         f"{docs[name]}, by channel (metrics.per_channel)",
-                                         labels=["channel", "device"])
+            per_channel = CounterMetricFamily(f"sensing_node_channel_rtp_{name}",
+                                              f"{docs[name]}, by channel (metrics.per_channel)",
+                                              labels=["channel", "device"])
             for (channel, device), values in sorted(by_channel.items()):
-                family.add_metric([channel, device], values[name])
-            yield family
+                per_channel.add_metric([channel, device], values[name])
+            yield per_channel
 
     # ----- recording -----
     def _recording(self) -> Iterator[Metric]:

@@ -130,6 +130,14 @@ async def test_scrape_is_consistent_with_the_api(start_node: StartNode, cameras:
     ended = await scrape(running)
     assert value(ended, "sensing_node_streams", state="playing") == 0
     assert value(ended, "sensing_node_rtp_packets_total") >= seen > 0
+    # A new stream of the channel adds its packets to what the ended one had.
+    seen = value(ended, "sensing_node_rtp_packets_total")
+    await live(running, channel)
+    await wait_for(lambda: packets(running) > 0)
+    anew = packets(running)
+    again = await scrape(running)
+    assert value(again, "sensing_node_rtp_packets_total") >= seen + anew
+    assert value(again, "sensing_node_streams", state="playing") == 1
 
 
 async def test_per_channel_series_when_configured(start_node: StartNode, cameras: AddCamera):
