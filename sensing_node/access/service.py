@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -48,7 +48,7 @@ class AccessService:
         self._executor.shutdown(wait=False)
 
     async def add(self, grant: GrantSettings, by: str) -> Grant:
-        made = await self._run(self.store.add, grant, by, self.wall())
+        made: Grant = await self._run(self.store.add, grant, by, self.wall())
         self.policy.add_api_grant(made)
         await self._audit(actor=by, action="grant", result="created",
                           purpose=made.purpose, detail=_describe(made))
@@ -93,8 +93,8 @@ class AccessService:
         if self.audit is not None:
             await self.audit(**entry)
 
-    def _background(self, work: Awaitable[None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

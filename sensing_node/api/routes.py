@@ -1,12 +1,17 @@
 """Operator HTTP API: /healthz (open) and /api/* (Bearer token).
 
+A token is `node.api_token` (an admin) or a user's (`users:`), and each route needs a right of
+the user's role (`access.principals.RIGHTS`): 403 names the right missing, and the refusal is
+audited. Video (playback, export, search) is served only as the access policy allows: sharing
+classes and grants for viewers, a user's `channels` for every role.
+
 Every time in a response is ISO 8601 with the offset of the node's zone (`node.timezone`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -15,12 +20,17 @@ from aiohttp import web
 
 from recorder.export import ExportError, export_mp4, export_ps, plan_export
 
+from ..access.grants import GrantError, grant_from_json
+from ..access.policy import Session
+from ..access.principals import Principal, authenticate, missing_right
 from ..devices.registry import Device, iso
 from ..media.consumers import StreamError
 from ..node import Node
 from ..settings import TRANSPORTS
 
 NODE: web.AppKey[Node] = web.AppKey("node")
+#: who is asking (set by `bearer_auth` on /api/*)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -28,18 +38,61 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/api/"):
-        token = request.app[NODE].settings.node.api_token
         header = request.headers.get("Authorization", "")
         scheme, _, supplied = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            supplied.strip().encode(), token.encode()
-        ):
+        principal = None
+        if scheme.lower() == "bearer":
+            principal = authenticate(request.app[NODE].settings, supplied)
+        if principal is None:
             return web.json_response(
                 {"error": "missing or wrong bearer token"},
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="sensing-node"'},
             )
+        request[PRINCIPAL] = principal
     return await handler(request)
+
+
+#: the audit action a refusal of each right is logged as
+_AUDITED = {"read": "api_read", "live": "live_view", "pull": "live_view", "playback": "playback",
+            "search": "search", "export": "export", "release": "channel_release",
+            "grants": "grant", "audit": "api_read", "config": "config_reload"}
+
+
+def needs(right: str) -> Callable[[Handler], Handler]:
+    """The route needs `right` of the caller's role: else 403 naming it, audited."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def checked(request: web.Request) -> web.StreamResponse:
+            principal = request[PRINCIPAL]
+            problem = missing_right(principal, right)
+            if problem is not None:
+                await request.app[NODE].recording.log_access(
+                    actor=_actor(request), action=_AUDITED[right],
+                    channel_id=request.match_info.get("channel_id")
+                    or request.query.get("channel"),
+                    purpose=_purpose(request), result="denied",
+                    detail=f"{request.method} {request.path}: {problem}",
+                )
+                return _error(403, problem)
+            return await handler(request)
+
+        checked.__name__ = handler.__name__
+        checked.__doc__ = handler.__doc__
+        return checked
+
+    return wrap
+
+
+def _principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+def _may_see(request: web.Request, channel_id: str) -> bool:
+    """Whether the caller may know of the channel: staff within their channels, a viewer
+    where the sharing class or a grant lets it."""
+    principal = _principal(request)
+    return request.app[NODE].access.policy.visible(principal, channel_id)
 
 
 def device_json(node: Node, dev: Device) -> dict[str, Any]:
@@ -107,9 +160,11 @@ def channel_json(dev: Device, channel_id: str, fields: dict[str, str]) -> dict[s
 
 async def healthz(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    reasons = node.health_problems()
+    problems = node.health_problems()
+    # Grants that end soon are worth a look, not a degraded node.
+    reasons = problems + node.access.policy.expiring()
     body = {
-        "status": "degraded" if reasons else "ok",
+        "status": "degraded" if problems else "ok",
         "reasons": reasons,
         "node_id": node.settings.node.id,
         "devices": len(node.registry),
@@ -138,7 +193,7 @@ async def list_channels(request: web.Request) -> web.Response:
         [
             channel_json(dev, cid, fields)
             for dev, cid, fields in node.registry.channels()
-            if device_id is None or dev.id == device_id
+            if (device_id is None or dev.id == device_id) and _may_see(request, cid)
         ]
     )
 
@@ -243,10 +298,12 @@ def _actor(request: web.Request) -> str:
     """Who is asking, with the client's address: the operator that an authenticating proxy
     names in X-User when the token's holder is that proxy (`node.api_trusted_proxy`), else the
     token itself; from anyone else X-User is only a claim and is ignored."""
+    principal = request.get(PRINCIPAL)
+    name = principal.name if principal is not None else "anonymous"
     user = ""
-    if request.app[NODE].settings.node.api_trusted_proxy:
+    if name == "api-token" and request.app[NODE].settings.node.api_trusted_proxy:
         user = request.headers.get("X-User", "").strip()[:100]
-    return f"{user or 'api-token'}@{request.remote or '?'}"
+    return f"{user or name}@{request.remote or '?'}"
 
 
 def _purpose(request: web.Request) -> str | None:
@@ -289,6 +346,13 @@ async def search_recordings(request: web.Request) -> web.Response:
         channel, start, end = _range(request)
     except _BadQuery as exc:
         return _error(400, str(exc))
+    if not _may_see(request, channel):
+        reason = f"channel {channel} is not shared with {_principal(request).name}"
+        await node.recording.log_access(
+            actor=_actor(request), action="search", channel_id=channel, range_start=start,
+            range_end=end, purpose=_purpose(request), result="denied", detail=reason,
+        )
+        return _error(403, reason)
     segments, gaps = await node.recording.search(channel, start, end)
     tz = node.settings.node.tz
     await node.recording.log_access(
@@ -342,6 +406,34 @@ async def _stream_range(request: web.Request, action: str, fmt: str) -> web.Stre
         )
         return _error(400, f"{'an export' if action == 'export' else 'a playback'} needs a "
                            "purpose (purpose=... or the X-Purpose header)")
+    revoked: list[str] = []
+    session = node.access.policy.open(_principal(request), channel, action,
+                                      on_revoke=lambda reason: _cut(request, revoked, reason))
+    if not isinstance(session, Session):
+        await node.recording.log_access(
+            actor=actor, action=action, channel_id=channel, range_start=start, range_end=end,
+            purpose=purpose, result="denied", detail=session.reason,
+        )
+        return _error(429 if session.busy else 403, session.reason)
+    try:
+        return await _send_range(request, action, fmt, channel, start, end, purpose, revoked)
+    finally:
+        node.access.policy.close(session)
+
+
+def _cut(request: web.Request, revoked: list[str], reason: str) -> None:
+    """A grant under which a range is being sent ended: stop sending it."""
+    revoked.append(reason)
+    if request.transport is not None:
+        request.transport.close()
+
+
+async def _send_range(
+    request: web.Request, action: str, fmt: str, channel: str, start: float, end: float,
+    purpose: str, revoked: list[str],
+) -> web.StreamResponse:
+    node = request.app[NODE]
+    actor = _actor(request)
     refs = await node.recording.segment_refs(channel, start, end)
     loop = asyncio.get_running_loop()
     try:
@@ -368,16 +460,29 @@ async def _stream_range(request: web.Request, action: str, fmt: str) -> web.Stre
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     sent, result, detail = 0, "ok", ""
+    producing: asyncio.Future[bytes | None] | None = None
     try:
         while True:
-            chunk = await loop.run_in_executor(None, next, chunks, None)
+            producing = loop.run_in_executor(None, next, chunks, None)
+            # Shielded: a cancelled handler leaves the chunk's thread to finish, not the
+            # future cancelled under it (the generator is closed once it is done).
+            chunk = await asyncio.shield(producing)
+            producing = None
             if chunk is None:
                 break
             await response.write(chunk)
             sent += len(chunk)
-    except (ExportError, OSError, ConnectionError) as exc:
-        result, detail = "error", str(exc)
+    except (ExportError, OSError, ConnectionError, asyncio.CancelledError) as exc:
+        # A client that went away cancels the handler; a grant that ended closed the link.
+        result, detail = "error", str(exc) or type(exc).__name__
+        if revoked:
+            result, detail = "revoked", revoked[0]
+        if isinstance(exc, asyncio.CancelledError):
+            raise
     finally:
+        if producing is not None:  # the chunk under way in its thread: let it finish first
+            with contextlib.suppress(Exception):
+                await producing
         await loop.run_in_executor(None, chunks.close)  # type: ignore[attr-defined]
         await node.recording.log_access(
             actor=actor, action=action, channel_id=channel, range_start=plan.start_wall,
@@ -449,23 +554,69 @@ async def list_upstreams(request: web.Request) -> web.Response:
     })
 
 
+# ----- grants -----
+def _grant_json(node: Node, item: dict[str, Any]) -> dict[str, Any]:
+    tz = node.settings.node.tz
+    return {**item, "valid_from": iso(item["valid_from"], tz),
+            "valid_to": iso(item["valid_to"], tz), "created_at": iso(item["created_at"], tz)}
+
+
+async def list_grants(request: web.Request) -> web.Response:
+    """Every grant, the configuration's and the API's, with its remaining time and the
+    sessions it carries now."""
+    node = request.app[NODE]
+    return web.json_response([_grant_json(node, g) for g in node.access.policy.snapshot()])
+
+
+async def create_grant(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "the body must be JSON")
+    try:
+        grant = grant_from_json(body, node.settings.node.tz)
+    except GrantError as exc:
+        await node.recording.log_access(actor=_actor(request), action="grant", result="denied",
+                                        detail=f"not created: {exc}")
+        return _error(400, str(exc))
+    made = await node.access.add(grant, _actor(request))
+    item = next(g for g in node.access.policy.snapshot() if g["id"] == made.id)
+    return web.json_response(_grant_json(node, item), status=201)
+
+
+async def revoke_grant(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    grant_id = request.match_info["grant_id"]
+    try:
+        ended = await node.access.revoke(grant_id, _actor(request))
+    except KeyError:
+        return _error(404, f"unknown grant {grant_id}")
+    except GrantError as exc:
+        return _error(409, str(exc))
+    return web.json_response({"revoked": grant_id, "ended_sessions": len(ended)})
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/api/devices", list_devices)
-    app.router.add_get("/api/devices/{device_id}", get_device)
-    app.router.add_get("/api/channels", list_channels)
-    app.router.add_get("/api/stats", stats)
-    app.router.add_get("/api/streams", list_streams)
-    app.router.add_get("/api/streams/ended", ended_streams)
-    app.router.add_post("/api/channels/{channel_id}/live", start_live)
-    app.router.add_delete("/api/channels/{channel_id}/live", stop_live)
-    app.router.add_post("/api/channels/{channel_id}/release", release_channel)
-    app.router.add_get("/api/recordings", search_recordings)
-    app.router.add_get("/api/recordings/export", export_recording)
-    app.router.add_get("/api/recordings/play", play_recording)
-    app.router.add_get("/api/audit", audit_log)
-    app.router.add_get("/api/upstreams", list_upstreams)
+    app.router.add_get("/api/devices", needs("read")(list_devices))
+    app.router.add_get("/api/devices/{device_id}", needs("read")(get_device))
+    app.router.add_get("/api/channels", needs("read")(list_channels))
+    app.router.add_get("/api/stats", needs("read")(stats))
+    app.router.add_get("/api/streams", needs("read")(list_streams))
+    app.router.add_get("/api/streams/ended", needs("read")(ended_streams))
+    app.router.add_post("/api/channels/{channel_id}/live", needs("pull")(start_live))
+    app.router.add_delete("/api/channels/{channel_id}/live", needs("pull")(stop_live))
+    app.router.add_post("/api/channels/{channel_id}/release", needs("release")(release_channel))
+    app.router.add_get("/api/recordings", needs("search")(search_recordings))
+    app.router.add_get("/api/recordings/export", needs("export")(export_recording))
+    app.router.add_get("/api/recordings/play", needs("playback")(play_recording))
+    app.router.add_get("/api/audit", needs("audit")(audit_log))
+    app.router.add_get("/api/upstreams", needs("read")(list_upstreams))
+    app.router.add_get("/api/grants", needs("grants")(list_grants))
+    app.router.add_post("/api/grants", needs("grants")(create_grant))
+    app.router.add_delete("/api/grants/{grant_id}", needs("grants")(revoke_grant))
