@@ -15,10 +15,11 @@ import pytest
 
 from sensing_node.api import routes
 from sensing_node.settings.access import hash_token
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sensing_node.sim.upstream import PlatformConfig, SimulatedUpstream
 
-from .conftest import RunningNode, StartNode, wait_for
-from .test_cascade_playback import CHANNEL, record
+from .conftest import PASSWORD, RunningNode, StartNode, wait_for
+from .test_cascade_playback import CAMERA, CHANNEL, record
 
 UPSTREAM = "31011200002000000100"
 UP_PASSWORD = "upstream-password"
@@ -231,3 +232,34 @@ async def test_an_ending_grant_cuts_an_api_playback_and_healthz_warns_before(nod
         (e.result, e.detail) for e in await audit(running)]
     assert 0 < received < int(entry.detail.split(", ")[1].split()[0]) + 1
     assert entry.actor.startswith("vera@") and entry.purpose == "review"
+
+
+async def test_a_grant_starting_and_ending_reaches_the_upstreams_catalog(node):
+    upstream = SimulatedUpstream(PlatformConfig(platform_id=UPSTREAM, password=UP_PASSWORD))
+    _, port = await upstream.start()
+    camera: SimulatedCamera | None = None
+    try:
+        running = await node(**{
+            "upstreams": [{"id": UPSTREAM, "address": f"127.0.0.1:{port}",
+                           "password": UP_PASSWORD}],
+        })
+        camera = SimulatedCamera(CameraConfig(server=running.sip, device_id=CAMERA,
+                                              password=PASSWORD, channels=4))
+        await camera.start(keepalives=False)
+        await wait_for(lambda: running.node.registry.channel_device(AUTHORIZED) is not None)
+        await upstream.wait_registered(timeout=10)
+        assert AUTHORIZED not in await upstream.query_catalog()
+        subscription = await upstream.subscribe_catalog()
+        status, made = await call(running, "POST", "/api/grants",
+                                  json=grant(UPSTREAM, ["live"]))
+        assert status == 201
+        event = await subscription.next_event(timeout=5)
+        assert (event.channel_id, event.event) == (AUTHORIZED, "ADD")
+        assert AUTHORIZED in await upstream.query_catalog()
+        await call(running, "DELETE", f"/api/grants/{made['id']}")
+        event = await subscription.next_event(timeout=5)
+        assert (event.channel_id, event.event) == (AUTHORIZED, "DEL")
+    finally:
+        if camera is not None:
+            await camera.stop(unregister=False)
+        await upstream.stop()
