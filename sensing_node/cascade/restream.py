@@ -54,7 +54,14 @@ from ..access.policy import AccessPolicy, Session
 from ..access.principals import as_upstream
 from ..devices.registry import Registry
 from ..media.consumers import StreamError
-from ..media.control import History, MediaControl, PlaybackCommand, PlaybackSpec, RelaySpec
+from ..media.control import (
+    History,
+    MediaControl,
+    PlaybackCommand,
+    PlaybackSpec,
+    RelayOpened,
+    RelaySpec,
+)
 from ..settings import Settings
 from ..transport.rtp import PortsExhausted
 
@@ -177,6 +184,33 @@ class Restreamer:
         self._tag = 0
         self._sn = 0
 
+    def apply_settings(self, settings: Settings) -> None:
+        """Take reloaded limits and options: sessions set up from now on are held to them,
+        running ones stay."""
+        self.settings = settings
+        self.max_sessions = 4 * settings.limits.max_outgoing_streams + 1024
+
+    def end_upstream(self, upstream_id: str, reason: str) -> int:
+        """End every session of one upstream (BYE; 503 to an INVITE not answered yet); how
+        many."""
+        ended = 0
+        for session in self.live():
+            if session.link.id != upstream_id:
+                continue
+            if session.final is None:
+                self._refuse(session, 503, "Service Unavailable", retry=True, detail=reason)
+            else:
+                self.end(session, reason)
+            ended += 1
+        return ended
+
+    def move_sessions(self, old: UpstreamLink, new: UpstreamLink) -> None:
+        """The upstream registers again (new settings, same address): its sessions go on over
+        the new link."""
+        for session in self.sessions.values():
+            if session.link is old:
+                session.link = new
+
     # ----- counts -----
     def live(self) -> list[RelaySession]:
         return [s for s in self.sessions.values() if s.state != "ended"]
@@ -296,13 +330,25 @@ class Restreamer:
                 self.end(session, f"internal error: {exc}")
 
     async def _start_media(self, session: RelaySession, play: PlayRequest) -> None:
-        hub = self.hub
+        """Live video: the channel's stream from the hub."""
         if not self._choose_ssrc(session, play):
             return
-        spec = RelaySpec(play.channel_id, int(session.ssrc), play.transport,
+        await self._open(session, play, self.hub.open_relay(
+            self._relay_spec(session, play), lambda _, reason: self.end(session, reason)))
+
+    def _relay_spec(self, session: RelaySession, play: PlayRequest) -> RelaySpec:
+        return RelaySpec(play.channel_id, int(session.ssrc), play.transport,
                          (play.address, play.port))
+
+    async def _open(
+        self, session: RelaySession, play: PlayRequest,
+        opening: Coroutine[Any, Any, RelayOpened], *, filesize: int | None = None,
+    ) -> None:
+        """Wait for the relay, then answer the INVITE; a failure is the upstream's answer (503
+        without a port, the camera's own status), and a session CANCELled meanwhile gives the
+        relay back."""
         try:
-            opened = await hub.open_relay(spec, lambda _, reason: self.end(session, reason))
+            opened = await opening
         except (PortsExhausted, OSError) as exc:
             self._refuse(session, 503, "Service Unavailable", retry=True, detail=str(exc))
             return
@@ -311,12 +357,11 @@ class Restreamer:
             self._refuse(session, status, reason, detail=exc.reason, retry=status == 503)
             return
         if session.cancelled or session.state == "ended":
-            hub.close_relay(opened.relay_id, "cancelled")
+            self.hub.close_relay(opened.relay_id, "cancelled")
             self._cleanup(session, "cancelled")
             return
         session.relay_id = opened.relay_id
-        port = opened.local_port
-        self._answer(session, play, port)
+        self._answer(session, play, opened.local_port, filesize=filesize)
 
     def _choose_ssrc(self, session: RelaySession, play: PlayRequest) -> bool:
         """The upstream's SSRC, or one of ours (y= of a history stream for a playback); False
@@ -361,52 +406,22 @@ class Restreamer:
             str(root), tuple(rows), start, end, speed=speed,
             on_altered=self.settings.recording.altered_segments,
         )
-        try:
-            opened = await self.hub.open_playback(
-                spec, lambda _, reason: self.end(session, reason),
-                lambda _: self._range_out(session),
-            )
-        except (PortsExhausted, OSError) as exc:
-            self._refuse(session, 503, "Service Unavailable", retry=True, detail=str(exc))
-            return
-        if session.cancelled or session.state == "ended":
-            self.hub.close_relay(opened.relay_id, "cancelled")
-            self._cleanup(session, "cancelled")
-            return
-        session.relay_id = opened.relay_id
-        filesize = None
-        if play.session == "Download":
-            filesize = _range_bytes(rows, start, end)
-        self._answer(session, play, opened.local_port, filesize=filesize)
+        filesize = _range_bytes(rows, start, end) if play.session == "Download" else None
+        await self._open(session, play, self.hub.open_playback(
+            spec, lambda _, reason: self.end(session, reason), lambda _: self._range_out(session),
+        ), filesize=filesize)
 
     async def _start_device_playback(self, session: RelaySession, play: PlayRequest) -> None:
         """The node holds nothing of the range (`cascade.device_fallback`): the device plays
         its own recording of it, and the node passes it on as it does live video."""
         if not self._choose_ssrc(session, play):
             return
-        spec = RelaySpec(play.channel_id, int(session.ssrc), play.transport,
-                         (play.address, play.port))
         history = History(play.session, play.start, play.stop,
                           play.download_speed if play.session == "Download" else None)
         session.source = "device"
-        try:
-            opened = await self.hub.open_device_playback(
-                spec, history, lambda _, reason: self.end(session, reason),
-                lambda _: self._range_out(session),
-            )
-        except (PortsExhausted, OSError) as exc:
-            self._refuse(session, 503, "Service Unavailable", retry=True, detail=str(exc))
-            return
-        except StreamError as exc:
-            status, reason = _camera_failure(exc)
-            self._refuse(session, status, reason, detail=exc.reason, retry=status == 503)
-            return
-        if session.cancelled or session.state == "ended":
-            self.hub.close_relay(opened.relay_id, "cancelled")
-            self._cleanup(session, "cancelled")
-            return
-        session.relay_id = opened.relay_id
-        self._answer(session, play, opened.local_port)
+        await self._open(session, play, self.hub.open_device_playback(
+            self._relay_spec(session, play), history,
+            lambda _, reason: self.end(session, reason), lambda _: self._range_out(session)))
 
     def _range_out(self, session: RelaySession) -> None:
         """The range has been sent: MediaStatus 121 in the dialog, then the upstream's BYE is

@@ -97,6 +97,19 @@ class Registrar:
         self.max_pending = max_pending
         self._drain_scheduled = False
 
+    def apply_settings(self, settings: Settings) -> None:
+        """Take reloaded settings: passwords, allow-lists, per-device overrides, expiry and
+        time sync apply from each device's next request on; a registered device stays
+        registered until its registration ends or its next REGISTER is refused. A changed
+        flood limit starts every device's bucket afresh."""
+        old, new = self.settings.devices, settings.devices
+        self.settings = settings
+        if new.message_rate != old.message_rate:
+            self.message_buckets = TokenBuckets(new.message_rate.per_s, new.message_rate.burst)
+        if new.register_rate != old.register_rate:
+            self.register_buckets = TokenBuckets(new.register_rate.per_s,
+                                                 new.register_rate.burst)
+
     # ----- dispatch -----
     def on_request(self, event: RequestReceived) -> None:
         method = event.request.method

@@ -126,6 +126,13 @@ class Registry:
         self.max_claims = 100_000
         self._changes: dict[str, list[Any]] = {"online": [0, []], "offline": [0, []]}
 
+    def apply_settings(self, *, keepalive_timeout_s: float, channel_takeover_s: float) -> None:
+        """Take reloaded timeouts (`devices.keepalive_timeout_s`, `devices.channel_takeover_s`):
+        the next sweep and the next catalog judge by them."""
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.keepalive_persist_s = keepalive_timeout_s / 2
+        self.channel_takeover_s = channel_takeover_s
+
     # ----- persistence -----
     def load(self, now: float) -> int:
         """Read the store at start-up (`now`: the wall clock); returns how many registrations

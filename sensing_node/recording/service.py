@@ -193,6 +193,16 @@ class RecordingService:
         self._offline: set[str] = set()
         self._reconciled = False
 
+    def apply_settings(self, settings: Settings) -> None:
+        """Take reloaded settings: the plan (`recording.channels`) is reconciled at once
+        (recordings start and stop), retention, the disk alarm and the search span apply from
+        their next use. Where segments go and how they are cut are bound at start: the node
+        passes the running `dir`, `segment_s` and `fsync_s` (see `settings.reload`)."""
+        self.settings = settings
+        self.config = settings.recording
+        if self.recorder is not None and self._task is not None:
+            self.reconcile()
+
     # ----- start / stop -----
     async def start(self, supervisor: Supervisor | None = None) -> None:
         """Open the recorder and the audit log, then run the recording loop under `supervisor`
