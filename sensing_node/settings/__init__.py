@@ -49,6 +49,7 @@ from .cascade import (
     build_upstreams,
     read_list,
 )
+from .console import CONSOLE_KEYS, ConsoleSettings, IceServer, build_console
 from .devices import DEVICES_KEYS, DeviceOverride, DevicesSettings, Rate, _build_devices
 from .media import (
     CHANNELS_KEYS,
@@ -78,7 +79,8 @@ from .schema import (
 __all__ = [
     "ACTIONS", "ROLES", "GrantSettings", "MetricsSettings", "UserSettings",
     "STREAMS", "TRANSPORTS", "ChannelOverride", "ChannelsSettings", "ConfigError",
-    "CascadeSettings", "DeviceOverride", "DevicesSettings", "Key", "LimitsSettings",
+    "CascadeSettings", "ConsoleSettings", "DeviceOverride", "DevicesSettings", "IceServer",
+    "Key", "LimitsSettings",
     "MediaSettings",
     "NodeSettings", "Rate", "UpstreamSettings",
     "RecordingSettings", "SECTIONS", "Schedule", "Section", "Settings", "SimulatorSettings",
@@ -101,6 +103,7 @@ class Settings:
     users: tuple[UserSettings, ...]
     grants: tuple[GrantSettings, ...]
     metrics: MetricsSettings
+    console: ConsoleSettings
     source: str
 
 
@@ -117,6 +120,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("users", USER_KEYS, build_users, many=True),
     Section("grants", GRANT_KEYS, build_grants, many=True),
     Section("metrics", METRICS_KEYS, build_metrics),
+    Section("console", CONSOLE_KEYS, build_console),
 )
 
 
