@@ -267,7 +267,8 @@ class StreamHub:
         self._serials.discard(serial)
 
     # ----- relays to upstreams (the control interface, media/control.py) -----
-    async def open_relay(self, spec: RelaySpec, on_end: RelayEnded) -> RelayOpened:
+    def _new_relay(self, spec: RelaySpec | PlaybackSpec) -> tuple[int, _HubRelay]:
+        """A relay ID and the sender of a new relay to an upstream (not opened yet)."""
         media = self.settings.media
         self._relay_seq += 1
         relay_id = self._relay_seq
@@ -280,6 +281,10 @@ class StreamHub:
         )
         sender.channel_id = spec.channel_id
         sender.gap_timeout_s = float(media.timeout_s)
+        return relay_id, sender
+
+    async def open_relay(self, spec: RelaySpec, on_end: RelayEnded) -> RelayOpened:
+        relay_id, sender = self._new_relay(spec)
         sender.on_stream_lost = lambda reason: self._relay_ended(
             relay_id, f"camera stream stopped: {reason}"
         )
@@ -299,16 +304,7 @@ class StreamHub:
     async def open_playback(
         self, spec: PlaybackSpec, on_end: RelayEnded, on_done: Callable[[int], None]
     ) -> RelayOpened:
-        media = self.settings.media
-        self._relay_seq += 1
-        relay_id = self._relay_seq
-        sender = RelaySender(
-            ssrc=spec.ssrc, transport=spec.transport, remote=spec.remote, port_pool=self.pool,
-            bind_host=self.media_bind_host, payload_max=media.rtp_payload_max,
-            timeout_s=float(media.timeout_s), connect_timeout_s=media.connect_timeout_s,
-            max_buffer_bytes=RELAY_BUFFER_BYTES,
-            on_end=lambda reason: self._relay_ended(relay_id, reason),
-        )
+        relay_id, sender = self._new_relay(spec)
         sender.cut_through = False
         if self._playback_reads is None:
             self._playback_reads = ThreadPoolExecutor(
@@ -332,18 +328,8 @@ class StreamHub:
         upstream as a live relay is: the device is INVITEd for the range on a stream of this
         relay's own (never shared, never invited again), and its MediaStatus 121 calls
         `on_done`. Raises as `open_relay` does."""
-        media = self.settings.media
         device = self.device_for(spec.channel_id)
-        self._relay_seq += 1
-        relay_id = self._relay_seq
-        sender = _HubRelay(
-            ssrc=spec.ssrc, transport=spec.transport, remote=spec.remote, port_pool=self.pool,
-            bind_host=self.media_bind_host, payload_max=media.rtp_payload_max,
-            timeout_s=float(media.timeout_s), connect_timeout_s=media.connect_timeout_s,
-            max_buffer_bytes=RELAY_BUFFER_BYTES,
-            on_end=lambda reason: self._relay_ended(relay_id, reason),
-        )
-        sender.channel_id = spec.channel_id
+        relay_id, sender = self._new_relay(spec)
         sender.cut_through = False
         sender.on_stream_lost = lambda reason: self._relay_ended(
             relay_id, f"device playback stopped: {reason}"
