@@ -232,6 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run(settings) -> int:  # type: ignore[no-untyped-def]
     from aiohttp import web
 
+    from .api.routes import NODE
     from .app import build_app
     from .node import StartupError
 
@@ -251,9 +252,12 @@ async def _run(settings) -> int:  # type: ignore[no-untyped-def]
         log.error("%s", exc)
         await runner.cleanup()
         return 1
+    loop = asyncio.get_running_loop()
+    # SIGHUP reads the config file again (set before the line below, which tells a supervisor
+    # or a test that the node serves)
+    loop.add_signal_handler(signal.SIGHUP, app[NODE].reload_soon, "node (SIGHUP)")
     log.info("HTTP API on http://%s:%d", settings.node.http_host, settings.node.http_port)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()

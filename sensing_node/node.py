@@ -4,6 +4,15 @@ cascade) built from the settings, started in order and stopped in reverse.
 `Node.start` opens the store, the SIP port, the recorder and the housekeeping; `Node.stop` ends
 the streams while devices can still take the BYE and flushes the registry to SQLite last. The
 HTTP application around it is `sensing_node.app`.
+
+`Node.reload` reads the config file again (SIGHUP, `POST /api/config/reload`). A file with any
+problem is refused whole and the node runs on as it was. A valid one is handed to every part
+that keeps settings: the registrar (passwords, allow-lists, overrides), the registry (timeouts),
+the stream hub (media options), the access policy (users, sharing classes, grants: the sessions
+no longer allowed end), the cascade (limits; upstreams added, removed, changed) and the
+recording plan. What is bound at start keeps its running value and is named as needing a
+restart (`settings.reload.RESTART_KEYS`). Both outcomes are logged and audited
+(`config_reload`).
 """
 
 from __future__ import annotations
@@ -14,10 +23,13 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from sip.transaction import RequestReceived
 
+from .access.principals import Principal
 from .access.service import AccessService
 from .cascade.service import Cascade
 from .devices.queries import DeviceQueries
@@ -29,7 +41,8 @@ from .recording.service import RecordingService
 from .runtime.clock import NodeClock
 from .runtime.stats import Stats
 from .runtime.supervise import Supervisor
-from .settings import Settings
+from .settings import ConfigError, Settings, load_settings
+from .settings.reload import merge
 from .sim.camera import CameraConfig, SimulatedCamera
 from .transport.sip import SipEndpoint
 
@@ -38,8 +51,50 @@ log = logging.getLogger(__name__)
 FULL_GC_INTERVAL_S = 600.0
 
 
+#: problems of a refused file written to the audit log (all of them go to the log and the API)
+AUDITED_PROBLEMS = 10
+
+
 class StartupError(Exception):
     """The node cannot start (a port is taken, the data directory is unusable ...)."""
+
+
+class ReloadRefused(Exception):
+    """The config file cannot be used; `problems` as `check-config` gives them (file:line)."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"{source}: {len(problems)} problem(s)")
+        self.source = source
+        self.problems = list(problems)
+
+
+@dataclass
+class Reloaded:
+    """What a reload applied: the sections that changed, the keys that need a restart (their
+    running values kept), the sessions it ended, and the upstreams added, removed, changed."""
+
+    source: str
+    applied: list[str]
+    restart_needed: list[str]
+    ended_sessions: int
+    upstreams: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"source": self.source, "applied": self.applied,
+                "restart_needed": self.restart_needed, "ended_sessions": self.ended_sessions,
+                "upstreams": self.upstreams}
+
+    def describe(self) -> str:
+        parts = [f"applied: {', '.join(self.applied) or 'nothing changed'}"]
+        moves = "; ".join(f"{what} {', '.join(ids)}" for what, ids in self.upstreams.items()
+                          if ids)
+        if moves:
+            parts.append(f"upstreams {moves}")
+        if self.restart_needed:
+            parts.append(f"restart needed for {', '.join(self.restart_needed)} (not applied)")
+        if self.ended_sessions:
+            parts.append(f"{self.ended_sessions} sessions ended")
+        return "; ".join(parts)
 
 
 class Node:
@@ -54,6 +109,10 @@ class Node:
     ) -> None:
         self.settings = settings
         self.wall = wall
+        #: when the running settings were read (start, or the last reload that was taken)
+        self.loaded_at = wall()
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[Any]] = set()
         #: deadlines on the monotonic clock, labels on the wall clock, steps of the latter noticed
         #: at every housekeeping tick; recordings are dated by `clock.stamp` (never backwards)
         self.clock = NodeClock(wall, monotonic, tz=settings.node.tz)
@@ -221,6 +280,84 @@ class Node:
             except Exception as exc:  # disk full, permissions: report, keep serving
                 self._flush_error = f"registry store: {exc}"
                 log.error("writing the registry failed: %s", exc)
+
+    # ----- reload -----
+    async def reload(self, *, actor: str = "node") -> Reloaded:
+        """Read the config file the node runs from (`settings.source`) again and apply it;
+        raises `ReloadRefused` (the running settings stay) when the file has any problem.
+        `actor` is who asked, for the audit log. Reloads run one at a time."""
+        async with self._reload_lock:
+            source = self.settings.source
+            loop = asyncio.get_running_loop()
+            try:
+                new = await loop.run_in_executor(None, load_settings, source)
+            except ConfigError as exc:
+                problems = exc.problems
+                log.error("configuration reload refused, the running configuration stays: "
+                          "%s", "; ".join(problems))
+                await self.recording.log_access(
+                    actor=actor, action="config_reload", result="refused",
+                    detail=f"{source}: {len(problems)} problem(s): "
+                    + "; ".join(problems[:AUDITED_PROBLEMS]),
+                )
+                raise ReloadRefused(source, problems) from None
+            merged = merge(self.settings, new)
+            ended, upstreams = await self._apply(merged.settings)
+            self.loaded_at = self.wall()
+            outcome = Reloaded(source, merged.applied, merged.restart_needed, ended, upstreams)
+            log.info("configuration reloaded from %s: %s", source, outcome.describe())
+            if merged.restart_needed:
+                log.warning("configuration reload: %s changed, which takes a restart; the "
+                            "running values stay until then", ", ".join(merged.restart_needed))
+            await self.recording.log_access(actor=actor, action="config_reload", result="ok",
+                                            detail=f"{source}: {outcome.describe()}")
+            return outcome
+
+    def reload_soon(self, actor: str) -> None:
+        """`reload` in a task of its own (from a signal handler); its outcome is logged."""
+        task = asyncio.get_running_loop().create_task(self.reload(actor=actor), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloaded)
+
+    def _reloaded(self, task: asyncio.Task[Any]) -> None:
+        self._reloads.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, ReloadRefused):  # a refusal is logged
+            log.error("configuration reload failed", exc_info=exc)
+
+    async def _apply(self, settings: Settings) -> tuple[int, dict[str, list[str]]]:
+        """Hand `settings` (merged: nothing bound at start changes) to every part; the sessions
+        ended and the upstreams added, removed and changed."""
+        self.settings = settings
+        self.registrar.apply_settings(settings)
+        devices = settings.devices
+        self.registry.apply_settings(keepalive_timeout_s=devices.keepalive_timeout_s,
+                                     channel_takeover_s=devices.channel_takeover_s)
+        self.media.settings = settings  # read at each use: media options, channel overrides
+        policy = self.access.policy
+        policy.apply(settings)
+        users = {user.name: user for user in settings.users}
+        for session in list(policy.sessions):
+            # A user's sessions are judged by the user as configured now; one who is gone
+            # sees no channel.
+            who = session.consumer
+            if who.kind != "user" or who.name == "api-token":
+                continue
+            user = users.get(who.name)
+            session.consumer = (Principal(who.name, "viewer", ()) if user is None
+                                else Principal(user.name, user.role, user.channels))
+        ended = policy.recheck()
+        if ended:
+            log.info("configuration reload: %d sessions no longer allowed ended (%s)",
+                     len(ended), ended[0][1])
+        self.access.ended_by_reload(ended)
+        changes = await self.cascade.apply_settings(settings)
+        self.recording.apply_settings(settings)
+        upstreams = {"added": changes.added, "removed": changes.removed,
+                     "changed": changes.changed}
+        return len(ended) + changes.ended, upstreams
 
     def health_problems(self) -> list[str]:
         problems = []

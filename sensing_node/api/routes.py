@@ -25,8 +25,9 @@ from ..access.policy import Session
 from ..access.principals import Principal, authenticate, missing_right
 from ..devices.registry import Device, iso
 from ..media.consumers import StreamError
-from ..node import Node
+from ..node import Node, ReloadRefused
 from ..settings import TRANSPORTS
+from ..settings.reload import masked
 
 NODE: web.AppKey[Node] = web.AppKey("node")
 #: who is asking (set by `bearer_auth` on /api/*)
@@ -597,6 +598,30 @@ async def revoke_grant(request: web.Request) -> web.Response:
     return web.json_response({"revoked": grant_id, "ended_sessions": len(ended)})
 
 
+async def reload_config(request: web.Request) -> web.Response:
+    """Read the config file again and apply it: what changed, what needs a restart, the
+    sessions ended; 400 with every problem (file:line) when the file is refused."""
+    node = request.app[NODE]
+    try:
+        outcome = await node.reload(actor=_actor(request))
+    except ReloadRefused as exc:
+        return web.json_response(
+            {"error": f"{exc.source}: {len(exc.problems)} problem(s); the running "
+                      "configuration stays", "problems": exc.problems},
+            status=400,
+        )
+    return web.json_response(outcome.as_json())
+
+
+async def show_config(request: web.Request) -> web.Response:
+    """The running configuration, secrets masked, with its file and when it was read."""
+    node = request.app[NODE]
+    return web.json_response({
+        **masked(node.settings),
+        "loaded_at": iso(node.loaded_at, node.settings.node.tz),
+    })
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -620,3 +645,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/grants", needs("grants")(list_grants))
     app.router.add_post("/api/grants", needs("grants")(create_grant))
     app.router.add_delete("/api/grants/{grant_id}", needs("grants")(revoke_grant))
+    app.router.add_get("/api/config", needs("config")(show_config))
+    app.router.add_post("/api/config/reload", needs("config")(reload_config))

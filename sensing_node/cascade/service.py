@@ -21,9 +21,11 @@ registered to it; anything else gets 403. Then:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from recorder.search import gb_time
@@ -32,7 +34,7 @@ from sip.errors import ParseError
 from sip.manscdp import ManscdpMessage, build_manscdp, parse_manscdp
 from sip.message import Response
 from sip.subscription import Subscription, SubscriptionTable
-from sip.transaction import RequestReceived
+from sip.transaction import Peer, RequestReceived
 
 from ..access.policy import AccessPolicy
 from ..access.principals import as_upstream
@@ -41,7 +43,7 @@ from ..devices.registry import Registry
 from ..media.control import MediaControl
 from ..recording.service import RecordAnswer
 from ..runtime.supervise import Supervisor
-from ..settings import Settings
+from ..settings import Settings, UpstreamSettings
 from ..transport.sip import SipEndpoint
 from .links import UpstreamLink
 from .records import add_device_records, uncovered
@@ -59,6 +61,16 @@ MAX_ANSWERS = 64
 #: how long the answer of a device to a relayed DeviceControl is waited for
 CONTROL_ANSWER_S = 5.0
 NODE_NAME = "sensing-node"
+
+
+@dataclass
+class UpstreamChanges:
+    """What a reload did to the upstreams (their IDs), and the sessions it ended."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    ended: int = 0
 
 
 def channel_view(registry: Registry) -> dict[str, dict[str, str]]:
@@ -118,6 +130,11 @@ class Cascade:
         self._seen_key: tuple[int, float] = (-1, 0.0)
         self._notify_chains: dict[int, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        #: each upstream's registration task, by upstream
+        self._link_tasks: dict[str, asyncio.Task[None]] = {}
+        self._supervisor: Supervisor | None = None
+        self._contact: tuple[str, int] = ("", 0)
+        self._watching = False
         self._background: set[asyncio.Future[None]] = set()
         self._tag = 0
         self._sn = 0
@@ -129,25 +146,95 @@ class Cascade:
     # ----- life cycle -----
     def start(self, supervisor: Supervisor, contact: tuple[str, int]) -> None:
         """Register to every upstream and start the catalog watch."""
+        self._supervisor, self._contact = supervisor, contact
         for upstream in self.settings.upstreams:
-            link = UpstreamLink(upstream, self.endpoint, node_id=self.node_id, contact=contact,
-                                wall=self.wall, mono=self.mono, on_change=self._link_changed)
-            self.links[upstream.id] = link
-            self._tasks.append(supervisor.spawn(f"upstream {upstream.id}", link.run))
+            self._start_link(upstream)
         self._view = channel_view(self.registry)
         self._seen = {link_id: frozenset(cat.shared_channels(self._view, self.policy, link_id))
                       for link_id in self.links}
         self._seen_key = self.access.epoch(), self.access.next_change()
-        if self.links:
-            self._tasks.append(supervisor.spawn("catalog watch", self._watch))
+        self._start_watch()
+
+    def _start_link(self, upstream: UpstreamSettings) -> UpstreamLink:
+        assert self._supervisor is not None
+        link = UpstreamLink(upstream, self.endpoint, node_id=self.node_id, contact=self._contact,
+                            wall=self.wall, mono=self.mono, on_change=self._link_changed)
+        self.links[upstream.id] = link
+        self._link_tasks[upstream.id] = self._supervisor.spawn(f"upstream {upstream.id}",
+                                                               link.run)
+        return link
+
+    def _start_watch(self) -> None:
+        if self.links and not self._watching and self._supervisor is not None:
+            self._watching = True
+            self._tasks.append(self._supervisor.spawn("catalog watch", self._watch))
+
+    async def _stop_link(self, link: UpstreamLink) -> None:
+        """Stop registering to `link` and unregister (Expires: 0) from it."""
+        task = self._link_tasks.pop(link.id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await link.stop()
+        if self._supervisor is not None:  # its failures are no longer the node's problems
+            self._supervisor.tasks.pop(f"upstream {link.id}", None)
+
+    async def apply_settings(self, settings: Settings) -> UpstreamChanges:
+        """Take reloaded settings. Limits and `cascade:` options hold for sessions set up from
+        now on; running ones stay. Upstreams: a new one is registered to; a removed one has
+        its sessions ended (BYE) and is unregistered from (Expires: 0); a changed one is
+        unregistered from and registered to again with its new settings, its sessions going on
+        where its address, transport and our code toward it stay the same (else they end).
+        Only a new `max_streams` is taken without registering again."""
+        self.settings = settings
+        self.restreamer.apply_settings(settings)
+        new = {upstream.id: upstream for upstream in settings.upstreams}
+        changes = UpstreamChanges(
+            added=[i for i in new if i not in self.links],
+            removed=[i for i in self.links if i not in new],
+            changed=[i for i in new if i in self.links and self.links[i].settings != new[i]],
+        )
+        if self._supervisor is None:  # not started: start() takes settings.upstreams
+            return changes
+        for upstream_id in changes.removed:
+            link = self.links[upstream_id]
+            changes.ended += self.restreamer.end_upstream(
+                upstream_id, "upstream removed from the configuration")
+            await self._stop_link(link)
+            del self.links[upstream_id]
+            self.subscriptions.drop_upstream(upstream_id)
+            self._seen.pop(upstream_id, None)
+            log.info("upstream %s removed: unregistered", upstream_id)
+        for upstream_id in changes.changed:
+            old, upstream = self.links[upstream_id], new[upstream_id]
+            if dataclasses.replace(old.settings, max_streams=upstream.max_streams) == upstream:
+                old.settings = upstream
+                continue
+            same_place = (old.peer == Peer(upstream.transport, upstream.host, upstream.port)
+                          and old.local_id == (upstream.local_id or self.node_id))
+            if not same_place:
+                changes.ended += self.restreamer.end_upstream(
+                    upstream_id, "upstream moved in the configuration")
+            await self._stop_link(old)
+            link = self._start_link(upstream)
+            if same_place:
+                self.restreamer.move_sessions(old, link)
+            log.info("upstream %s changed: registering again", upstream_id)
+        for upstream_id in changes.added:
+            self._start_link(new[upstream_id])
+            log.info("upstream %s added: registering", upstream_id)
+        self._start_watch()
+        return changes
 
     async def stop(self) -> None:
         """BYE to every upstream session, then unregister (Expires: 0) from every upstream."""
         self.restreamer.close()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._link_tasks.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._link_tasks.clear()
         await asyncio.gather(*(link.stop() for link in self.links.values()),
                              return_exceptions=True)
         for chain in list(self._notify_chains.values()):
