@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .api.metrics import add_metrics
 from .api.routes import NODE, add_routes, bearer_auth
+from .api.webrtc import add_webrtc_routes
 from .node import Node
 from .settings import Settings
 
@@ -34,4 +35,5 @@ def build_app(
     app.cleanup_ctx.append(_node_ctx)
     add_routes(app)
     add_metrics(app)  # GET /metrics, with its own token check (node.metrics_auth)
+    add_webrtc_routes(app)  # live video in the browser; viewers end before the node stops
     return app
