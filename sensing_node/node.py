@@ -233,6 +233,9 @@ class Node:
             self.registrar.on_request(event)
 
     async def stop(self) -> None:
+        for task in list(self._reloads):  # a SIGHUP's reload does not outlive the node
+            task.cancel()
+        await asyncio.gather(*self._reloads, return_exceptions=True)
         # Upstream sessions first (BYE, then Expires: 0 to every upstream), then the streams,
         # while the devices (and the built-in cameras) can still take the BYE.
         await self.cascade.stop()
