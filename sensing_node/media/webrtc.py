@@ -39,6 +39,8 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.frame import Frame
+from av.packet import Packet
 
 from rtp.nal import H264_IDR, H264_PPS, H264_SPS, iter_nal_units
 from rtp.ps import AccessUnit
@@ -206,7 +208,7 @@ class PtsTimeline:
             if step > self.max_step:
                 step = None
         if step is None:
-            step = int((now - last_now) * CLOCK_RATE)
+            step = round((now - last_now) * CLOCK_RATE)
         self.position += min(max(step, 1), self.max_step)
         return self.position
 
@@ -239,7 +241,7 @@ class HubVideoTrack(MediaStreamTrack):
         self._decoder_codec: str | None = None
         self._pending: list[av.VideoFrame] = []
 
-    async def recv(self) -> av.Packet | av.VideoFrame:  # type: ignore[override]
+    async def recv(self) -> Frame | Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         while not self._pending:
@@ -445,7 +447,11 @@ class Viewers:
         self._check(viewer)
 
         feed = viewer.feed
-        feed.on_stream_end = lambda reason: self.end(viewer.id, f"stream ended: {reason}")
+
+        def stream_ended(reason: str) -> None:
+            self.end(viewer.id, f"stream ended: {reason}")
+
+        feed.on_stream_end = stream_ended
         viewer._subscribed = True
         await self.hub.subscribe(viewer.channel_id, feed, from_keyframe=True)
         self._check(viewer)

@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 
 import sensing_node.sim.camera
 from rtp.nal import H264_IDR, H264_PPS, H264_SPS, iter_nal_units
+from rtp.ps import AccessUnit
 from sensing_node.api.webrtc import WEBRTC
-from sensing_node.media.webrtc import ParameterSets, PtsTimeline
+from sensing_node.media.webrtc import ParameterSets, PtsTimeline, ViewerFeed
 from sensing_node.settings import ConfigError, parse_settings
 from sensing_node.settings.access import hash_token
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
@@ -256,6 +257,20 @@ async def test_viewer_ends_when_the_browser_closes(
     assert "peer connection" in entries[0]["detail"], entries[0]
 
 
+async def test_viewer_ends_with_its_stream(
+    live: Setup, browsers: Callable[[], Browser]
+) -> None:
+    running, cam = await live()
+    channel = cam.channel_ids[0]
+    browser = browsers()
+    await watch(running, browser, channel)
+    await browser.frame()
+    running.node.media.streams[channel].stop("the device went away")
+    assert await running.get("/api/webrtc") == []
+    entries = await wait_for_audit(running, 2)
+    assert entries[0]["detail"].endswith("stream ended: the device went away")
+
+
 async def test_node_stop_closes_every_peer_connection(
     live: Setup, browsers: Callable[[], Browser]
 ) -> None:
@@ -299,6 +314,24 @@ async def test_refusals(live: Setup, browsers: Callable[[], Browser]) -> None:
     assert consumers(running, channel).count("webrtc") == 1
     results = [e["result"] for e in await audit(running)]
     assert results.count("denied") == 2 and results.count("ok") == 1
+
+
+@pytest.mark.parametrize(("camera", "status"), [
+    ({"invite_status": 486}, 502),
+    ({"answer_invite": False}, 504),
+])
+async def test_camera_failures_as_a_live_pull_maps_them(
+    live: Setup, browsers: Callable[[], Browser], camera: dict[str, Any], status: int
+) -> None:
+    running, cam = await live({"media.answer_timeout_s": 1}, **camera)
+    channel = cam.channel_ids[0]
+    got, body = await post_offer(running, channel, await browsers().offer())
+    assert got == status, body
+    assert body["sip_status"] == camera.get("invite_status")
+    assert await running.get("/api/webrtc") == []
+    assert "webrtc" not in consumers(running, channel)
+    (entry,) = await audit(running)
+    assert entry["result"] == "error" and entry["detail"] == f"webrtc: {body['error']}"
 
 
 async def test_h265_channel_is_refused_with_415(
@@ -356,6 +389,62 @@ async def test_revoked_grant_ends_the_viewer(
 
 
 # ----- the pieces --------------------------------------------------------------------------------
+def video_units() -> list[AccessUnit]:
+    return [u for u in units("gb_h264_alaw_zlm.ps") if u.stream_id >= 0xE0]
+
+
+def test_feed_takes_video_only_and_knows_its_codec() -> None:
+    feed = ViewerFeed()
+    every = units("gb_h264_alaw_zlm.ps")[:60]
+    for unit in every:
+        feed.on_unit(unit)
+    video = [u for u in every if u.stream_id >= 0xE0]
+    assert len(video) < len(every)  # the clip has audio, which the browser does not get
+    assert feed.codec == "h264" and list(feed.items) == video and feed.received == len(video)
+
+
+def test_slow_viewer_drops_to_the_next_keyframe() -> None:
+    video = video_units()
+    keyframes = [i for i, u in enumerate(video) if u.keyframe]
+    feed = ViewerFeed(maxsize=30)
+    for unit in video[:31]:  # nobody reads: the 31st frame finds the queue full
+        feed.on_unit(unit)
+    assert not feed.items and feed.dropped == 31
+    next_key = next(i for i in keyframes if i > 31)
+    for unit in video[31:next_key + 3]:
+        feed.on_unit(unit)
+    assert feed.dropped == next_key  # everything before the keyframe
+    assert list(feed.items) == video[next_key:next_key + 3] and feed.items[0].keyframe
+
+
+def test_lost_packets_skip_to_the_next_keyframe() -> None:
+    video = video_units()
+    feed = ViewerFeed()
+    for unit in video[:10]:
+        feed.on_unit(unit)
+    feed.on_loss(3)
+    assert not feed.items and feed.dropped == 10
+    for unit in video[10:30]:
+        feed.on_unit(unit)
+    key = next(i for i, u in enumerate(video) if i >= 10 and u.keyframe)
+    assert feed.dropped == key  # the 10 queued, and those up to the keyframe
+    assert list(feed.items) == video[key:30]
+
+
+async def test_feed_ended_before_any_frame() -> None:
+    feed = ViewerFeed()
+    ended: list[str] = []
+    feed.on_stream_end = ended.append
+    waiting = asyncio.ensure_future(feed.first_codec())
+    await asyncio.sleep(0)
+    feed.on_end("refused")
+    with pytest.raises(EOFError, match="refused"):
+        await waiting
+    assert ended == ["refused"]
+    feed.on_end("again")
+    assert ended == ["refused"]  # told once
+
+
 def nal(nal_type: int, body: bytes = b"\x88\x99") -> bytes:
     return b"\x00\x00\x00\x01" + bytes([0x60 | nal_type]) + body
 
@@ -388,11 +477,12 @@ def test_parameter_sets_take_any_bytes(chunks: list[bytes]) -> None:
 
 def test_pts_timeline_follows_the_camera_and_survives_jumps() -> None:
     timeline = PtsTimeline(max_step_s=2.0)
-    assert timeline.next(1 << 33 - 1, 0.0) == 0
-    assert timeline.next(3599, 0.04) == 3600  # across the 33-bit wrap
-    assert timeline.next(None, 0.08) == 3600 + 3600
-    assert timeline.next(500, 1.08) == 7200 + 90000  # back in time: the clock's second
-    assert timeline.next(500, 1.08) == 97200 + 1  # the same PTS again: one tick on
+    assert timeline.next((1 << 33) - 1, 0.0) == 0
+    assert timeline.next(3599, 0.5) == 3600  # across the 33-bit wrap, by the PTS
+    assert timeline.next(None, 0.54) == 3600 + 3600  # no PTS: by the clock
+    assert timeline.next(500, 1.54) == 7200 + 90000  # back in time: by the clock
+    assert timeline.next(500, 1.54) == 97200 + 1  # the same PTS again: one tick on
+    assert timeline.next(500 + 10 * 90000, 1.58) == 97201 + 3600  # a jump of 10 s: by the clock
 
 
 @given(st.lists(st.tuples(st.none() | st.integers(0, (1 << 33) - 1),
