@@ -43,7 +43,8 @@ RESTART_KEYS: dict[str, dict[str, str]] = {
 
 #: what a secret is shown as
 MASK = "***"
-_SECRETS = frozenset({"password", "api_token", "token_sha256"})
+#: the fields that hold a secret, wherever they are (a TURN server's `credential` too)
+_SECRETS = frozenset({"password", "api_token", "token_sha256", "credential"})
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,9 @@ def merge(running: Settings, new: Settings) -> Merged:
 
 
 def masked(settings: Settings) -> dict[str, Any]:
-    """The settings as JSON values, every password, token and token hash shown as `MASK`
-    (an unset one as null). Field names are the dataclasses' (`sip_host` and `sip_port` for
-    `sip_listen`, `from` for a device's `from`)."""
+    """The settings as JSON values, every password, token, token hash and TURN credential
+    shown as `MASK` (an unset one as null). Field names are the dataclasses' (`sip_host`
+    and `sip_port` for `sip_listen`, `from` for a device's `from`)."""
     plain = _plain(settings)
     assert isinstance(plain, dict)
     return plain

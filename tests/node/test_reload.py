@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -20,11 +21,14 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sensing_node.api.routes import NODE
 from sensing_node.app import build_app
-from sensing_node.settings import load_settings
+from sensing_node.settings import load_settings, settings_for_tests
 from sensing_node.settings.access import hash_token
+from sensing_node.settings.reload import masked
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sensing_node.sim.upstream import PlatformConfig, SimulatedUpstream, UpstreamSession
 
@@ -379,6 +383,24 @@ async def test_the_running_configuration_is_shown_with_secrets_masked(node_from_
     assert overrides[CAMERA]["password"] == "***"
     assert overrides["31011200001320000002"]["password"] is None
     assert shown["upstreams"][0]["id"] == UP_A and shown["devices"]["allow"] == ["31011200"]
+
+
+@given(secrets=st.lists(st.text(string.ascii_letters + string.digits + "-_!#%&*+,.:;=?@^~",
+                                 min_size=6, max_size=40).map(lambda t: "S3cr!" + t),
+                         min_size=6, max_size=6))
+def test_no_secret_is_shown_whatever_it_is(tmp_path_factory, secrets):
+    api_token, password, override, upstream_password, token, credential = secrets
+    settings = settings_for_tests(tmp_path_factory.getbasetemp(), **{
+        "node.api_token": api_token, "devices.password": password,
+        "devices.overrides": {CAMERA: {"password": override}},
+        "upstreams": [{"id": UP_A, "address": "127.0.0.1:9", "password": upstream_password}],
+        "users": [{"name": "nina", "token_sha256": hash_token(token), "role": "admin"}],
+        "console.ice_servers": [{"urls": ["turn:127.0.0.1:3478"], "username": "u",
+                                 "credential": credential}],
+    })
+    text = json.dumps(masked(settings))
+    assert [s for s in [*secrets, hash_token(token)] if s in text] == []
+    assert text.count('"***"') == 6
 
 
 # ----- a real process -------------------------------------------------------------------------
