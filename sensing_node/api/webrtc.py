@@ -73,10 +73,12 @@ async def start_viewer(request: web.Request) -> web.Response:
 
     viewers = state.viewers
     mine: list[str] = []  # the viewer, once reserved, for a revoked grant to end
-    session = node.access.policy.open(
-        principal, channel_id, "live",
-        on_revoke=lambda reason: [viewers.end(v, f"revoked: {reason}") for v in mine],
-    )
+
+    def revoked(reason: str) -> None:
+        for viewer_id in mine:
+            viewers.end(viewer_id, f"revoked: {reason}")
+
+    session = node.access.policy.open(principal, channel_id, "live", on_revoke=revoked)
     if not isinstance(session, Session):
         await audit("denied", f"webrtc: {session.reason}")
         return _error(429 if session.busy else 403, session.reason)

@@ -46,7 +46,7 @@ from rtp.nal import H264_IDR, H264_PPS, H264_SPS, iter_nal_units
 from rtp.ps import AccessUnit
 
 from ..settings import IceServer
-from .consumers import FrameQueue
+from .consumers import FrameQueue, StreamError
 from .stream import LiveStream
 
 __all__ = [
@@ -413,17 +413,26 @@ class Viewers:
         returns the SDP answer once ICE gathering is done. `ice_servers` empty: host
         candidates only.
 
-        Raises ViewerError (400, 415, 504) or the hub's StreamError; the viewer has then
-        ended. A viewer ended meanwhile (DELETE, node stop) raises ViewerError(410).
+        Raises ViewerError (400, 415, 502, 504; 410 for a viewer ended meanwhile by DELETE or
+        node stop; 500 for what aiortc failed at) or the hub's StreamError; the viewer has then
+        ended.
         """
         try:
             return await self._start(viewer, offer, ice_servers, transcode_h265,
                                      first_frame_timeout_s)
-        except ViewerError as exc:
+        except (ViewerError, StreamError) as exc:
             self.end(viewer.id, exc.reason)
             raise
-        except BaseException as exc:
-            self.end(viewer.id, f"not started: {exc or type(exc).__name__}")
+        except Exception as exc:
+            if viewer.state == "ended":  # ended meanwhile, under aiortc's feet
+                raise ViewerError(410, viewer.end_reason or "ended") from None
+            log.exception("webrtc viewer %s of %s could not be started", viewer.id,
+                          viewer.channel_id)
+            reason = f"not started: {type(exc).__name__}: {exc}"
+            self.end(viewer.id, reason)
+            raise ViewerError(500, reason) from None
+        except BaseException:
+            self.end(viewer.id, "not started: cancelled")
             raise
 
     async def _start(
