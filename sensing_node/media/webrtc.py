@@ -451,7 +451,9 @@ class Viewers:
         except Exception as exc:  # aiortc raises ValueError and its own errors alike
             raise ViewerError(400, f"the offer cannot be answered with H.264 video: "
                                    f"{exc or type(exc).__name__}") from None
-        if transceiver.mid is None or transceiver.direction == "inactive":
+        # The offer's direction, seen from this side (aiortc keeps it only privately): the
+        # browser must want to receive.
+        if transceiver.mid is None or transceiver._offerDirection not in ("sendonly", "sendrecv"):
             raise ViewerError(400, "the offer has no video to receive")
         self._check(viewer)
 

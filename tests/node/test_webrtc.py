@@ -319,6 +319,13 @@ async def test_refusals(live: Setup, browsers: Callable[[], Browser]) -> None:
     assert response.status == 400
     status, body = await post_offer(running, channel, "v=0\r\nnot an offer\r\n")
     assert status == 400
+    for kind, direction in [("video", "sendonly"), ("audio", "recvonly")]:
+        other = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        other.addTransceiver(kind, direction=direction)
+        await other.setLocalDescription(await other.createOffer())
+        status, body = await post_offer(running, channel, other.localDescription.sdp)
+        await other.close()
+        assert (status, body["error"]) == (400, "the offer has no video to receive")
     assert running.node.media.streams == {}  # nothing was pulled for these
 
     await watch(running, browsers(), channel)
