@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/demo.yaml
 
 .PHONY: run test bench bench-ingest bench-record bench-export bench-retention bench-compare \
-        bench-relay bench-playback lint clean
+        bench-relay bench-playback chromium lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
+	@echo "Console: http://127.0.0.1:8080/ (sign in with the demo token, demo-token)"
 	$(BIN)/sensing-node run -c $(CONFIG)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test
@@ -60,6 +61,15 @@ bench-playback: $(VENV)/.installed-test
 # Ingest and recording on two commits, alternately in one run: make bench-compare BASE=<rev>
 bench-compare: $(VENV)/.installed-test
 	$(BIN)/python bench/compare.py --base $(BASE) --doc
+
+# The browser tests (tests/browser) drive the system's Chromium through Playwright; Playwright's
+# own browser download is not used. Installs the Debian package where apt-get can (as root).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 \
+	  && [ "$$(id -u)" = 0 ] && { apt-get install -y -q chromium \
+	  || { apt-get update -q && apt-get install -y -q chromium; }; } \
+	  || echo "chromium is not installed (as root: apt-get install chromium);" \
+	          "the browser tests will be skipped"; }
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from .api.console import add_console_routes
 from .api.metrics import add_metrics
 from .api.routes import NODE, add_routes, bearer_auth
 from .api.webrtc import add_webrtc_routes
@@ -36,4 +37,5 @@ def build_app(
     add_routes(app)
     add_metrics(app)  # GET /metrics, with its own token check (node.metrics_auth)
     add_webrtc_routes(app)  # live video in the browser; viewers end before the node stops
+    add_console_routes(app)  # the operator console at /, and GET /api/events
     return app

@@ -1,0 +1,269 @@
+"""The operator console in headless Chromium against a running node with its two built-in
+simulated cameras: sign-in, the device list, updates over the event stream, roles, the
+recordings timeline with playback and export, and live video over WebRTC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import av
+import pytest
+
+from sensing_node.access.principals import hash_token
+from sensing_node.api.console import EVENTS
+from sensing_node.sim.camera import channel_ids
+from tests.node.conftest import TOKEN, RunningNode, StartNode, wait_for
+from tests.node.test_cascade_playback import CHANNEL, record
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.browser
+
+NODE_ID = "31011200002000000001"
+CAMERAS = ["31011200001320000001", "31011200001320000002"]  # the built-in cameras' codes
+ZONE = "Asia/Shanghai"  # the recordings' zone in tests.node.test_cascade_playback (UTC+8)
+USERS = [
+    {"name": "vera", "token_sha256": hash_token("vera-token"), "role": "viewer"},
+    {"name": "otto", "token_sha256": hash_token("otto-token"), "role": "operator"},
+]
+DEVICE_IDS = "rows => rows.map(r => r.dataset.device)"
+CHANNEL_IDS = "rows => rows.map(r => r.dataset.channel)"
+SCREENSHOT = ROOT / "docs" / "console.png"
+
+
+async def node_with_cameras(start_node: StartNode, **extra: Any) -> RunningNode:
+    running = await start_node(**{
+        "node.id": NODE_ID, "node.timezone": ZONE, "devices.allow": ["31011200"],
+        "simulator.cameras": 2, "simulator.channels_per_camera": 1, "media.timeout_s": 2,
+        "users": USERS, **extra,
+    })
+    await wait_for(lambda: sum(len(d.channels) for d in running.node.registry) == 2, 15)
+    assert channel_ids(CAMERAS[0], 1) == [CHANNEL]
+    return running
+
+
+async def signed_in(browser: Any, running: RunningNode, token: str = TOKEN) -> Any:
+    page = await browser.new_page(viewport={"width": 1280, "height": 800},
+                                  accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors
+    await page.goto(str(running.client.make_url("/")))
+    await page.fill("#token", token)
+    await page.click("#signin-form button")
+    await page.wait_for_selector("#top", state="visible")
+    await page.wait_for_selector("#link.up")  # the event stream is open
+    return page
+
+
+async def test_a_wrong_token_is_refused_and_the_right_one_shows_the_cameras(browser, start_node):
+    running = await node_with_cameras(start_node)
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(str(running.client.make_url("/")))
+    await page.fill("#token", "not-the-token")
+    await page.click("#signin-form button")
+    await page.wait_for_selector("#signin-error", state="visible")
+    assert await page.text_content("#signin-error") == "The token was refused."
+    assert await page.is_hidden("#top")
+    assert await page.evaluate("sessionStorage.getItem('sensing-node-token')") is None
+
+    await page.fill("#token", TOKEN)
+    await page.click("#signin-form button")
+    await page.wait_for_selector("#top", state="visible")
+    assert await page.text_content("#who") == "admin"
+    await page.wait_for_function("document.querySelector('#ov-online').textContent === '2'")
+    assert await page.text_content("#ov-offline") == "0"
+
+    await page.click("nav [data-page=devices]")
+    await page.wait_for_selector(f"#devices-body tr[data-device='{CAMERAS[1]}']")
+    rows = await page.eval_on_selector_all(
+        "#devices-body tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    assert sorted(r[0] for r in rows) == CAMERAS
+    assert {r[1] for r in rows} == {"Simulated camera 1", "Simulated camera 2"}
+    assert {r[2] for r in rows} == {"online"}
+    channels = await page.eval_on_selector_all("#channels-body tr", CHANNEL_IDS)
+    assert sorted(channels) == sorted(channel_ids(CAMERAS[0], 1) + channel_ids(CAMERAS[1], 1))
+
+    # Search by name, by ID and by civil code (the first 8 digits).
+    await page.fill("#device-search", "camera 2")
+    assert await page.eval_on_selector_all("#devices-body tr", DEVICE_IDS) == [CAMERAS[1]]
+    await page.fill("#device-search", CHANNEL)
+    assert await page.eval_on_selector_all("#channels-body tr", CHANNEL_IDS) == [CHANNEL]
+    await page.fill("#device-search", "31011200")
+    assert len(await page.query_selector_all("#devices-body tr[data-device]")) == 2
+    await page.fill("#device-search", "44010000")
+    assert await page.query_selector_all("#devices-body tr[data-device]") == []
+    await page.fill("#device-search", "")
+    # A reload keeps the session (sessionStorage) and the page.
+    await page.reload()
+    await page.wait_for_selector(f"#devices-body tr[data-device='{CAMERAS[0]}']")
+    await page.wait_for_selector("#link.up")
+    await page.wait_for_function(f"document.querySelector('#node-id').textContent === '{NODE_ID}'")
+    await page.screenshot(path=str(SCREENSHOT))
+    assert errors == []
+
+
+async def test_the_page_hears_a_camera_go_offline_over_one_event_stream(browser, start_node):
+    running = await node_with_cameras(start_node)
+    page = await signed_in(browser, running)
+    await page.wait_for_function("document.querySelector('#ov-online').textContent === '2'")
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    camera = running.node.simulators[1]
+    await camera.stop()  # unregisters (Expires: 0)
+    await page.wait_for_function(
+        "document.querySelector('#ov-offline').textContent === '1'", timeout=10_000)
+    assert await page.text_content("#ov-online") == "1"
+    # The page reads the figures the event does not carry again once (ending with /metrics),
+    # not on a timer: no /api/events reconnect and no request while nothing changes.
+    await wait_for(lambda: any(url.endswith("/metrics") for url in requests), 10)
+    settled = len(requests)
+    await asyncio.sleep(3)
+    assert len(requests) == settled, requests[settled:]
+    assert not any("/api/events" in url for url in requests)
+    assert len(running.client.app[EVENTS].clients) == 1
+
+
+async def test_the_event_stream_takes_the_token_as_header_or_query(start_node):
+    running = await node_with_cameras(start_node)
+    client = running.client
+    assert (await client.get("/api/events")).status == 401
+    assert (await client.get("/api/events?token=wrong")).status == 401
+    # The query token stands in only where a browser cannot send the header.
+    assert (await client.get(f"/api/devices?token={TOKEN}")).status == 401
+    for kwargs in ({"params": {"token": TOKEN}}, {"headers": running.headers}):
+        response = await client.get("/api/events", **kwargs)
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/event-stream"
+        first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
+        assert first.startswith(b"retry: 3000\nevent: hello\ndata: ")
+        hello = json.loads(first.split(b"data: ", 1)[1])
+        assert hello == {"node_id": NODE_ID, "timezone": ZONE, "utc_offset_s": 8 * 3600,
+                         "retention_days": 30}
+        response.close()
+    # A camera that leaves is told as a device event.
+    response = await client.get("/api/events", headers=running.headers)
+    await response.content.readuntil(b"\n\n")
+    await running.node.simulators[0].stop()
+    event = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 10)
+    kind, data = event.decode().strip().split("\n")
+    assert kind == "event: device"
+    assert json.loads(data.removeprefix("data: ")) == {
+        "id": CAMERAS[0], "name": "Simulated camera 1", "online": False, "change": "changed"}
+    response.close()
+
+
+async def test_controls_a_role_may_not_use_are_hidden(browser, start_node):
+    running = await node_with_cameras(start_node)
+    expected = {"vera-token": ("viewer", False, False), "otto-token": ("operator", False, True),
+                TOKEN: ("admin", True, True)}
+    for token, (role, admin, export) in expected.items():
+        page = await signed_in(browser, running, token)
+        assert await page.text_content("#who") == role
+        assert await page.is_visible("nav [data-page=audit]") is admin
+        assert await page.is_visible("nav [data-page=grants]") is admin
+        await page.click("nav [data-page=recordings]")
+        assert await page.is_visible("#export-form") is export
+        await page.close()
+
+
+async def test_the_timeline_shows_segments_and_a_gap_plays_and_exports(
+        browser, start_node, tmp_path: Path):
+    running = await node_with_cameras(start_node)
+    store = record(running.node.recording.root, time.time() - 3600)
+    tz = ZoneInfo(ZONE)
+    day = datetime.fromtimestamp(store.t0, tz).strftime("%Y-%m-%d")
+    page = await signed_in(browser, running)
+    await page.click("nav [data-page=recordings]")
+    await page.select_option("#rec-channel", CHANNEL)
+    await page.fill("#rec-day", day)
+    await page.click("#rec-search")
+    await page.wait_for_selector("#timeline-bar .segment")
+    await page.select_option("#rec-zoom", "60")
+
+    # Four segments and one gap, placed in the node's zone, the gap between the 2nd and 3rd.
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts, tz).isoformat(timespec="milliseconds")
+    blocks = await page.eval_on_selector_all(
+        "#timeline-bar > div",
+        "els => els.map(e => [e.className, e.dataset.start, parseFloat(e.style.left), "
+        "parseFloat(e.style.width)])")
+    segments = [b for b in blocks if b[0] == "segment"]
+    gaps = [b for b in blocks if b[0] == "gap"]
+    assert len(segments) == 4 and len(gaps) == 1, blocks
+    assert [s[1][:19] for s in segments] == [iso(r.start_wall)[:19] for r in store.rows]
+    assert all(s[1].endswith("+08:00") for s in segments)
+    assert segments[1][2] + segments[1][3] <= gaps[0][2] + 0.01
+    assert gaps[0][2] + gaps[0][3] <= segments[2][2] + 0.01
+    assert gaps[0][3] > 10  # 10 s of a 60 s window
+    summary = await page.text_content("#rec-summary")
+    assert f"from {iso(store.t0)[:19].replace('T', ' ')}" in summary, summary
+
+    # A click on the third segment (after the gap) plays from there, without a purpose not.
+    third = await page.query_selector_all("#timeline-bar .segment")
+    await third[2].click()
+    assert await page.is_visible("#rec-message")
+    await page.fill("#rec-purpose", "incident 42")
+    await third[2].click()
+    src = await page.get_attribute("#rec-video", "src")
+    later = datetime.fromtimestamp(store.later, tz)
+    assert f"start={day}T{later:%H}%3A{later:%M}%3A" in src, src
+    await page.wait_for_function(
+        "(() => { const v = document.querySelector('#rec-video');"
+        " return !v.error && v.readyState >= 2 && v.currentTime > 0.5; })()", timeout=20_000)
+    size = await page.evaluate("[document.querySelector('#rec-video').videoWidth,"
+                               " document.querySelector('#rec-video').videoHeight]")
+    assert size[0] > 0 and size[1] > 0
+
+    # Export the whole recording as MP4: a file PyAV plays, with every recorded frame.
+    async with page.expect_download() as download_info:
+        await page.click("#export-form button")
+    download = await download_info.value
+    path = tmp_path / download.suggested_filename
+    await download.save_as(path)
+    assert download.suggested_filename.startswith(CHANNEL) and path.suffix == ".mp4"
+    with av.open(str(path)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames == sum(row.frames for row in store.rows)
+    entries = await running.node.recording.audit_query(action="export")
+    assert entries[0].purpose == "incident 42" and entries[0].result == "ok"
+    assert page.errors == []
+
+
+async def test_a_live_tile_shows_moving_video(browser, start_node):
+    running = await node_with_cameras(start_node)
+    if not any(getattr(r, "canonical", "").endswith("/webrtc")
+               for r in running.client.app.router.resources()):
+        pytest.xfail("POST /api/channels/{id}/webrtc is not in the node yet")
+    page = await signed_in(browser, running)
+    await page.click("nav [data-page=live]")
+    await page.select_option("#wall-layout", "4")
+    assert len(await page.query_selector_all("#wall .tile")) == 4
+    tile = (await page.query_selector_all("#wall .tile"))[0]
+    select = await tile.query_selector(".tile-channel")
+    await select.select_option(CHANNEL)
+    await page.wait_for_function(
+        "Number(document.querySelector('#wall .tile').dataset.frames || 0) > 5",
+        timeout=20_000)
+    video = await tile.query_selector("video")
+    first = await video.screenshot()
+    shown = int(await tile.get_attribute("data-frames"))
+    await page.wait_for_function(
+        f"Number(document.querySelector('#wall .tile').dataset.frames) > {shown + 10}",
+        timeout=20_000)
+    second = await video.screenshot()
+    assert first != second
+    assert await page.evaluate(
+        "document.querySelector('#wall .tile video').videoWidth") > 0
+    # Stopping the tile ends the WebRTC session.
+    await select.select_option("")
+    await wait_for(lambda: not any(s["consumers"] for s in running.node.media.snapshot()), 10)
+    assert page.errors == []
