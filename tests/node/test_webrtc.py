@@ -19,18 +19,26 @@ import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sensing_node.sim.camera
 from rtp.nal import H264_IDR, H264_PPS, H264_SPS, iter_nal_units
 from rtp.ps import AccessUnit
 from sensing_node.api.webrtc import WEBRTC
-from sensing_node.media.webrtc import ParameterSets, PtsTimeline, ViewerFeed
+from sensing_node.media.consumers import StreamError
+from sensing_node.media.webrtc import (
+    ParameterSets,
+    PtsTimeline,
+    ViewerError,
+    ViewerFeed,
+    Viewers,
+)
 from sensing_node.settings import ConfigError, parse_settings
 from sensing_node.settings.access import hash_token
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sensing_node.sim.media import Clip
+from tests.conftest import load
 from tests.recorder.media import frame_number, units
 
 from .conftest import PASSWORD, RunningNode, StartNode, wait_for
@@ -335,6 +343,60 @@ async def test_refusals(live: Setup, browsers: Callable[[], Browser]) -> None:
     assert consumers(running, channel).count("webrtc") == 1
     results = [e["result"] for e in await audit(running)]
     assert results.count("denied") == 2 and results.count("ok") == 1
+
+
+async def test_chromium_offer_is_answered_with_h264_only(
+    live: Setup, browsers: Callable[[], Browser]
+) -> None:
+    running, cam = await live()
+    offer = load("webrtc/chromium-150-recvonly-offer.sdp").decode()
+    status, body = await post_offer(running, cam.channel_ids[0], offer)
+    assert status == 200, body
+    answer = body["sdp"].splitlines()
+    (media,) = [line for line in answer if line.startswith("m=")]
+    assert media.startswith("m=video ") and media.endswith(" UDP/TLS/RTP/SAVPF 103 104 109 114")
+    assert "a=rtpmap:103 H264/90000" in answer and "a=rtpmap:109 H264/90000" in answer
+    assert "a=fmtp:104 apt=103" in answer  # retransmissions (NACK) kept
+    assert "a=sendonly" in answer and "a=mid:0" in answer and "a=setup:active" in answer
+
+
+class RefusingHub:
+    """A hub that refuses every stream: an offer that gets this far was taken."""
+
+    async def subscribe(self, channel_id: str, consumer: Any, **_: Any) -> Any:
+        raise StreamError(404, "no such channel here")
+
+    def unsubscribe(self, channel_id: str, consumer: Any, **_: Any) -> None:
+        pass
+
+
+CHROMIUM_OFFER = load("webrtc/chromium-150-recvonly-offer.sdp").decode().split("\r\n")
+
+
+@settings(max_examples=40)
+@given(st.one_of(
+    st.text(max_size=300),
+    st.lists(st.booleans(), min_size=len(CHROMIUM_OFFER), max_size=len(CHROMIUM_OFFER)).map(
+        lambda keep: "\r\n".join(line for line, k in zip(CHROMIUM_OFFER, keep, strict=True) if k)
+    ),
+    st.tuples(st.integers(0, len(CHROMIUM_OFFER) - 1), st.text(max_size=40)).map(
+        lambda cut: "\r\n".join(CHROMIUM_OFFER[:cut[0]] + [cut[1]] + CHROMIUM_OFFER[cut[0] + 1:])
+    ),
+))
+def test_any_offer_is_taken_or_refused_with_400(offer: str) -> None:
+    async def offer_it() -> int:
+        viewers = Viewers(RefusingHub())
+        viewer = viewers.reserve(CAMERA, "tester")
+        try:
+            await viewers.start(viewer, offer)
+        except (ViewerError, StreamError) as exc:
+            return exc.status
+        finally:
+            await viewers.close()
+            assert len(viewers) == 0
+        raise AssertionError("an offer was answered without a stream")
+
+    assert asyncio.run(offer_it()) in (400, 404)
 
 
 @pytest.mark.parametrize(("camera", "status"), [
