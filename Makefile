@@ -63,11 +63,12 @@ bench-compare: $(VENV)/.installed-test
 	$(BIN)/python bench/compare.py --base $(BASE) --doc
 
 # The browser tests (tests/browser) drive the system's Chromium through Playwright; Playwright's
-# own browser download is not used. Installs the Debian package where apt-get can (as root).
+# own browser download is not used. Installs the Debian package where apt-get can (as root),
+# with a CJK font for channel names.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 \
-	  && [ "$$(id -u)" = 0 ] && { apt-get install -y -q chromium \
-	  || { apt-get update -q && apt-get install -y -q chromium; }; } \
+	  && [ "$$(id -u)" = 0 ] && { apt-get install -y -q chromium fonts-wqy-microhei \
+	  || { apt-get update -q && apt-get install -y -q chromium fonts-wqy-microhei; }; } \
 	  || echo "chromium is not installed (as root: apt-get install chromium);" \
 	          "the browser tests will be skipped"; }
 

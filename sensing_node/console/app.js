@@ -314,7 +314,7 @@ function renderDevices() {
     details.append(summary, pre);
     const actions = document.createElement("span");
     actions.append(button("Live", () => { watch(c.id); }),
-                   button("Recordings", () => { $("#rec-channel").value = c.id; showPage("recordings"); }));
+                   button("Recordings", () => openRecordings(c.id)));
     const tr = row([[c.id, "mono"], c.name, [c.device_id, "mono"],
       [c.status, c.status === "ON" ? "online" : "offline"], c.civil_code, details, actions]);
     tr.dataset.channel = c.id;
@@ -325,7 +325,7 @@ function renderDevices() {
 
 // live view
 async function loadLive() {
-  if (!state.channels.length) state.channels = await api("/api/channels");
+  state.channels = await api("/api/channels");
   buildWall(Number($("#wall-layout").value));
 }
 
@@ -412,7 +412,7 @@ async function playTile(tile, channelId) {
       const link = document.createElement("a");
       link.href = "#recordings"; link.textContent = "Play the recording instead";
       link.addEventListener("click", (e) => {
-        e.preventDefault(); $("#rec-channel").value = channelId; showPage("recordings");
+        e.preventDefault(); openRecordings(channelId);
       });
       $(".tile-status", tile.el).append(link);
     } else {
@@ -444,10 +444,16 @@ function countFrames(tile, pc) {
 }
 
 // recordings
+function openRecordings(channelId) {
+  state.recWanted = channelId;
+  return showPage("recordings");
+}
+
 async function loadRecordingsPage() {
-  if (!state.channels.length) state.channels = await api("/api/channels");
+  state.channels = await api("/api/channels");
   const select = $("#rec-channel");
-  const current = select.value;
+  const current = state.recWanted || select.value;
+  state.recWanted = null;
   select.replaceChildren(...state.channels.map((c) => new Option(`${c.name || c.id} (${c.id})`, c.id)));
   if (current) select.value = current;
   if (!$("#rec-day").value) $("#rec-day").value = nodeToday();
