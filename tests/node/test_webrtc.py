@@ -336,7 +336,12 @@ async def test_refusals(live: Setup, browsers: Callable[[], Browser]) -> None:
         assert (status, body["error"]) == (400, "the offer has no video to receive")
     assert running.node.media.streams == {}  # nothing was pulled for these
 
-    await watch(running, browsers(), channel)
+    watching = await watch(running, browsers(), channel)
+    response = await running.client.get("/api/webrtc", headers=viewer_headers)
+    assert response.status == 200 and await response.json() == []  # not a channel vic sees
+    response = await running.client.delete(f"/api/webrtc/{watching['session_id']}",
+                                           headers=viewer_headers)
+    assert response.status == 404  # nor a viewer vic may end
     status, body = await post_offer(running, channel, await browsers().offer())
     assert status == 429 and body["limit"] == "limits.max_sessions_per_channel"
     assert "(1) reached" in body["error"] and "1 viewers" in body["error"]
