@@ -101,6 +101,7 @@ class ViewerFeed(FrameQueue):
         self, maxsize: int = VIEWER_QUEUE_FRAMES, max_bytes: int = VIEWER_QUEUE_BYTES
     ) -> None:
         super().__init__(maxsize, max_bytes)
+        self._skipping = True  # a browser can start at a keyframe only
         #: the codec of the first video frame (None until one came)
         self.codec: str | None = None
         self.received = 0

@@ -491,6 +491,16 @@ def test_feed_takes_video_only_and_knows_its_codec() -> None:
     assert feed.codec == "h264" and list(feed.items) == video and feed.received == len(video)
 
 
+def test_feed_starts_at_a_keyframe() -> None:
+    video = video_units()
+    feed = ViewerFeed()
+    for unit in video[5:30]:  # joined mid-GOP, with no cached keyframe to start from
+        feed.on_unit(unit)
+    key = next(i for i, u in enumerate(video) if i >= 5 and u.keyframe)
+    assert feed.codec == "h264" and feed.dropped == key - 5
+    assert list(feed.items) == video[key:30]
+
+
 def test_slow_viewer_drops_to_the_next_keyframe() -> None:
     video = video_units()
     keyframes = [i for i, u in enumerate(video) if u.keyframe]
