@@ -1,8 +1,9 @@
 """The ``console:`` section: how the operator console's live video reaches the browser.
 
 Live video goes to the browser over WebRTC. Without ICE servers the node offers only its host
-candidates, which is all loopback and a flat LAN need; across NAT give it STUN and TURN servers
-(``ice_servers``, the same entries a browser's ``RTCConfiguration.iceServers`` takes). H.264 is
+candidates, which is all loopback and a flat LAN need; across NAT give it a STUN and a TURN
+server (``ice_servers``, entries as a browser's ``RTCConfiguration.iceServers`` takes them; aiortc
+uses one of each, so more are refused rather than silently ignored). H.264 is
 passed through as it comes; H.265, which browsers do not take over WebRTC, is refused (the
 console offers the recorded MP4) unless ``transcode_h265`` decodes it and encodes H.264, one
 encoder per viewer.
@@ -10,6 +11,7 @@ encoder per viewer.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -29,8 +31,11 @@ from .schema import (
 
 __all__ = ["CONSOLE_KEYS", "ICE_SCHEMES", "ConsoleSettings", "IceServer", "build_console"]
 
-ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+ICE_SCHEMES = ("stun:", "turn:", "turns:")
 _ICE_SERVER_KEYS = ("urls", "username", "credential")
+# RFC 7064 and RFC 7065 URLs, as aiortc reads them (stuns: it does not use)
+_URL = re.compile(r"(?P<scheme>(?i:stun|turns?)):(?P<host>[^?:]+)(:(?P<port>[0-9]{1,5}))?"
+                  r"(\?transport=(?P<transport>[a-z]+))?")
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,16 @@ class ConsoleSettings:
 
 def _url(node: yaml.Node, seen: list[str]) -> str:
     value = _string(node, "a STUN or TURN URL").strip()
-    if not value.lower().startswith(ICE_SCHEMES) or len(value) <= len("stun:"):
-        raise _Invalid(f"expected a URL starting with {', '.join(ICE_SCHEMES)}, got {value!r}")
+    match = _URL.fullmatch(value)
+    if match is None:
+        raise _Invalid(f"expected stun:HOST[:PORT], turn:HOST[:PORT][?transport=udp|tcp] or "
+                       f"turns:HOST[:PORT][?transport=tcp] (RFC 7064, RFC 7065), got {value!r}")
+    scheme, transport = match["scheme"].lower(), match["transport"]
+    if scheme == "stun" and transport is not None:
+        raise _Invalid(f"a stun: URL takes no transport, got {value!r}")
+    if transport is not None and transport not in ("udp", "tcp") or \
+            scheme == "turns" and transport == "udp":
+        raise _Invalid(f"unsupported transport {transport!r} in {value!r}")
     return value
 
 
@@ -92,7 +105,13 @@ def _ice_server(node: yaml.Node, ctx: _Ctx, index: int) -> IceServer:
 def _ice_servers(node: yaml.Node, ctx: _Ctx) -> tuple[IceServer, ...]:
     if not isinstance(node, yaml.SequenceNode):
         raise _Invalid(f"expected a list of ICE servers (- urls: ...), got {_describe(node)}")
-    return tuple(_items(node, ctx, lambda item, seen: _ice_server(item, ctx, len(seen))))
+    servers = tuple(_items(node, ctx, lambda item, seen: _ice_server(item, ctx, len(seen))))
+    urls = [url.lower() for server in servers for url in server.urls]
+    if sum(url.startswith("stun:") for url in urls) > 1 \
+            or sum(url.startswith(("turn:", "turns:")) for url in urls) > 1:
+        raise _Invalid("the node uses one STUN and one TURN server (aiortc takes no more); "
+                       "list at most one of each")
+    return servers
 
 
 CONSOLE_KEYS: tuple[Key, ...] = (

@@ -19,6 +19,7 @@ import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcicetransport import connection_kwargs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +34,7 @@ from sensing_node.media.webrtc import (
     ViewerError,
     ViewerFeed,
     Viewers,
+    ice_configuration,
 )
 from sensing_node.settings import ConfigError, parse_settings
 from sensing_node.settings.access import hash_token
@@ -604,7 +606,30 @@ def test_console_settings_default_and_errors() -> None:
         parse_settings(base + "console:\n  ice_servers:\n    - urls: http://x\n"
                               "    - urls: [turn:t.example]\n")
     assert caught.value.problems == [
-        "<string>:5: console.ice_servers[0]: expected a URL starting with stun:, stuns:, "
-        "turn:, turns:, got 'http://x'",
+        "<string>:5: console.ice_servers[0]: expected stun:HOST[:PORT], turn:HOST[:PORT]"
+        "[?transport=udp|tcp] or turns:HOST[:PORT][?transport=tcp] (RFC 7064, RFC 7065), "
+        "got 'http://x'",
         "<string>:6: console.ice_servers[1]: a TURN server needs username and credential",
     ]
+    for servers, problem in [
+        ("[{urls: 'stun:a.example?transport=udp'}]", "a stun: URL takes no transport"),
+        ("[{urls: 'turns:a.example?transport=udp', username: u, credential: c}]",
+         "unsupported transport 'udp'"),
+        ("[{urls: 'stuns:a.example'}]", "expected stun:HOST"),
+        ("[{urls: [stun:a.example, 'stun:b.example:3479']}]", "list at most one of each"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            parse_settings(base + f"console: {{ice_servers: {servers}}}\n")
+        (text,) = caught.value.problems
+        assert problem in text, text
+    settings = parse_settings(base + "console:\n  ice_servers:\n    - urls: stun:a.example\n"
+                                     "    - {urls: 'turn:t.example:3478?transport=tcp', "
+                                     "username: u, credential: c}\n")
+    stun, turn = settings.console.ice_servers
+    assert stun.urls == ("stun:a.example",) and turn.username == "u"
+    # aiortc takes both as they are; none configured is none at all, not its public default
+    kwargs = connection_kwargs(ice_configuration(settings.console.ice_servers).iceServers)
+    assert kwargs == {"stun_server": ("a.example", 3478), "turn_server": ("t.example", 3478),
+                      "turn_ssl": False, "turn_transport": "tcp", "turn_username": "u",
+                      "turn_password": "c"}
+    assert ice_configuration(()).iceServers == []
