@@ -177,6 +177,8 @@ def add_webrtc_routes(app: web.Application) -> None:
     place, so that the viewers end (and are audited) before the node stops."""
     node = app[NODE]
     app[WEBRTC] = WebrtcViewers(Viewers(node.media, wall=node.wall))
+    # Browser viewers and upstream sessions share limits.max_sessions_per_channel.
+    node.cascade.restreamer.viewers = app[WEBRTC].viewers.count
     app.cleanup_ctx.append(_viewers_ctx)
     app.router.add_post("/api/channels/{channel_id}/webrtc", needs("live")(start_viewer))
     app.router.add_get("/api/webrtc", needs("read")(list_viewers))

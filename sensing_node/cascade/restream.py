@@ -178,6 +178,8 @@ class Restreamer:
         self.ended: list[dict[str, Any]] = []
         #: where playbacks and downloads find the recordings (the recording service's)
         self.recordings: Recordings | None = None
+        #: browser viewers of a channel (the console's), counted in max_sessions_per_channel
+        self.viewers: Callable[[str], int] = lambda _: 0
         #: after MediaStatus 121 the upstream is to BYE; past this the node does
         self.eof_bye_wait_s = 30.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -236,7 +238,7 @@ class Restreamer:
         total = self.count(besides=session)
         if total >= limits.max_outgoing_streams:
             return f"outgoing streams of the node ({total}/{limits.max_outgoing_streams})"
-        of_channel = self.count(channel=channel_id, besides=session)
+        of_channel = self.count(channel=channel_id, besides=session) + self.viewers(channel_id)
         if of_channel >= limits.max_sessions_per_channel:
             return (f"sessions of channel {channel_id} "
                     f"({of_channel}/{limits.max_sessions_per_channel})")

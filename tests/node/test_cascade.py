@@ -247,6 +247,18 @@ async def test_per_channel_limit(cascade):
     assert refused.status == 486 and f"channel {channel} (1/1)" in refused.warning
 
 
+async def test_browser_viewers_count_in_the_per_channel_limit(cascade):
+    running, upstream, camera = await cascade(node={"limits.max_sessions_per_channel": 2})
+    channel = camera.channel_ids[0]
+    viewers = {channel: 1}  # one browser watching it through the console
+    running.node.cascade.restreamer.viewers = lambda c: viewers.get(c, 0)
+    assert (await upstream.invite(channel, "udp")).ok
+    refused = await upstream.invite(channel, "udp")
+    assert refused.status == 486 and f"channel {channel} (2/2)" in refused.warning
+    viewers.clear()
+    assert (await upstream.invite(channel, "udp")).ok
+
+
 async def test_refusals_by_share_and_channel(cascade):
     _, upstream, camera = await cascade()
     ch = camera.channel_ids
