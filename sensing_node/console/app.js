@@ -200,8 +200,11 @@ function onEvent(kind, data) {
   if (state.page === "devices") renderDevices();
 }
 
+// Only the pages that show status read it again; the live wall and the forms do not.
+const STATUS_PAGES = new Set(["overview", "devices", "upstreams"]);
+
 function scheduleRefresh(delay) {
-  if (state.refreshTimer) return;
+  if (state.refreshTimer || !STATUS_PAGES.has(state.page)) return;
   state.refreshTimer = setTimeout(() => { state.refreshTimer = null; refresh(state.page); }, delay);
 }
 
@@ -381,6 +384,8 @@ async function playTile(tile, channelId) {
   $(".tile-frames", tile.el).textContent = "0";
   if (!channelId) { tileStatus(tile, ""); return; }
   tile.channel = channelId;
+  tile.asked = performance.now();
+  delete tile.el.dataset.firstFrameMs;
   tileStatus(tile, "connecting…");
   const pc = new RTCPeerConnection({ iceServers: [] });
   tile.pc = pc;
@@ -433,8 +438,13 @@ function gathered(pc) {
 function countFrames(tile, pc) {
   const v = tile.video;
   if (!v.requestVideoFrameCallback) return;
-  const step = (_, meta) => {
+  const step = (now, meta) => {
     if (tile.pc !== pc) return;
+    if (!tile.el.dataset.firstFrameMs) {
+      // From the choice of channel to the first frame on screen.
+      tile.el.dataset.firstFrameMs = String(Math.round(now - tile.asked));
+      $(".tile-frames", tile.el).title = `first frame after ${tile.el.dataset.firstFrameMs} ms`;
+    }
     tile.frames = meta.presentedFrames;
     $(".tile-frames", tile.el).textContent = String(tile.frames);
     tile.el.dataset.frames = String(tile.frames);

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.browser
 NODE_ID = "31011200002000000001"
 CAMERAS = ["31011200001320000001", "31011200001320000002"]  # the built-in cameras' codes
 H265_CAMERA = "31011200001320000009"
+UPSTREAM = "31011200002000000100"
 ZONE = "Asia/Shanghai"  # the recordings' zone in tests.node.test_cascade_playback (UTC+8)
 USERS = [
     {"name": "vera", "token_sha256": hash_token("vera-token"), "role": "viewer"},
@@ -178,6 +180,24 @@ async def test_the_event_stream_takes_the_token_as_header_or_query(start_node):
     response.close()
 
 
+async def test_the_page_and_its_files_are_served_and_nothing_else(start_node):
+    running = await node_with_cameras(start_node)
+    client = running.client
+    page = await client.get("/")
+    assert page.status == 200 and page.content_type == "text/html"
+    html = await page.text()
+    names = re.findall(r'(?:src|href)="/console/([^"]+)"', html)
+    assert sorted(names) == ["app.js", "style.css"]
+    types = {"app.js": "text/javascript", "style.css": "text/css"}
+    for name in names:
+        response = await client.get(f"/console/{name}")
+        assert response.status == 200 and response.content_type == types[name]
+        assert "http://" not in await response.text()  # nothing from a CDN
+    for path in ["/console/__init__.py", "/console/missing.js", "/console/..%2Fapi%2Fconsole.py",
+                 "/console/.hidden.js", "/console/"]:
+        assert (await client.get(path)).status == 404, path
+
+
 async def test_controls_a_role_may_not_use_are_hidden(browser, start_node):
     running = await node_with_cameras(start_node)
     expected = {"vera-token": ("viewer", False, False), "otto-token": ("operator", False, True),
@@ -190,6 +210,64 @@ async def test_controls_a_role_may_not_use_are_hidden(browser, start_node):
         await page.click("nav [data-page=recordings]")
         assert await page.is_visible("#export-form") is export
         await page.close()
+
+
+async def test_admins_create_and_revoke_grants_and_filter_the_audit_log(browser, start_node):
+    running = await node_with_cameras(start_node, upstreams=[
+        {"id": UPSTREAM, "address": "127.0.0.1:9", "password": "upstream-password"}])
+    page = await signed_in(browser, running)
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    # The upper platform is listed with its state (nothing answers at port 9).
+    await page.wait_for_selector(f"#ov-upstreams td:text('{UPSTREAM}')")
+    await page.click("nav [data-page=upstreams]")
+    await page.wait_for_selector(f"#upstreams-body td:text('{UPSTREAM}')")
+    cells = await page.eval_on_selector_all(
+        "#upstreams-body tr td", "tds => tds.map(td => td.textContent)")
+    assert cells[:2] == [UPSTREAM, "127.0.0.1:9"] and cells[4] == "0 of 16", cells
+    assert cells[2] in ("registering", "retrying"), cells
+
+    await page.click("nav [data-page=grants]")
+    await page.fill("#grant-form [name=consumer]", "vera")
+    await page.fill("#grant-form [name=channels]", CHANNEL)
+    await page.fill("#grant-form [name=actions]", "live, playback")
+    await page.fill("#grant-form [name=purpose]", "case 17")
+    await page.fill("#grant-form [name=valid_from]", "2026-01-01T08:00")
+    await page.fill("#grant-form [name=valid_to]", "2027-03-01T08:00")  # more than 365 days
+    await page.click("#grant-form button")
+    message = page.locator("#grant-message")
+    await message.wait_for()
+    assert "365 days" in await message.text_content()
+    await page.fill("#grant-form [name=valid_to]", "2026-12-31T08:00")
+    await page.click("#grant-form button")
+    await page.wait_for_selector("#grants-body button:text('Revoke')")
+    grants = await running.get("/api/grants")
+    assert [(g["consumer"], g["channels"], g["actions"]) for g in grants] == [
+        ("vera", [CHANNEL], ["live", "playback"])]
+    assert grants[0]["valid_from"] == "2026-01-01T08:00:00.000+08:00"  # the node's zone
+    row = await page.eval_on_selector_all(
+        "#grants-body tr td", "tds => tds.map(td => td.textContent)")
+    assert row[:2] == [grants[0]["id"], "vera"]
+    assert row[5] == "2026-01-01 08:00:00 – 2026-12-31 08:00:00"
+    await page.click("#grants-body button:text('Revoke')")
+    await page.wait_for_selector("#grants-body td:text-is('No grant.')")
+    assert await running.get("/api/grants") == []
+
+    # The audit log, filtered by action: the grant refused, made and revoked, newest first.
+    await page.click("nav [data-page=audit]")
+    await page.fill("#audit-form [name=action]", "grant")
+    await page.click("#audit-form button")
+    await page.wait_for_function(
+        "document.querySelectorAll('#audit-body tr').length === 3")
+    rows = await page.eval_on_selector_all(
+        "#audit-body tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    entries = await running.node.recording.audit_query(action="grant")
+    assert [(r[2], r[6], r[7]) for r in rows] == [
+        (e.action, e.result, e.detail) for e in entries]
+    assert [r[6] for r in rows][2] == "denied"
+    await page.fill("#audit-form [name=action]", "no-such-action")
+    await page.click("#audit-form button")
+    await page.wait_for_selector("#audit-body td:text('No entry matches.')")
+    assert page.errors == []
 
 
 async def test_the_timeline_shows_segments_and_a_gap_plays_and_exports(
@@ -284,6 +362,9 @@ async def test_a_live_wall_shows_moving_video(browser, start_node):
     assert before != after  # the pattern moves
     assert await page.evaluate("document.querySelector('#wall .tile video').videoWidth") > 0
     assert "live" in await (await tiles[0].query_selector(".tile-status")).text_content()
+    assert int(await tiles[0].get_attribute("data-first-frame-ms")) > 0
+    # The overview heard of both streams on the event stream (this page reads no status).
+    await page.wait_for_function("document.querySelector('#ov-streams').textContent === '2'")
     await page.screenshot(path=str(SCREENSHOT))
     viewers = (await running.get("/api/webrtc"))
     assert len(viewers if isinstance(viewers, list) else viewers["viewers"]) == 2
