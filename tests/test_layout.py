@@ -95,7 +95,7 @@ APP_LAYERS: list[set[str]] = [
     {"recording"},
     {"cascade"},
     {"node"},
-    {"api"},
+    {"api", "console"},  # console: the page's static files, served by api/console.py
     {"app"},
     {"__main__"},
 ]
