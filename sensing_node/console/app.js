@@ -168,9 +168,20 @@ function connectEvents() {
   const source = new EventSource(withToken("/api/events", {}));
   state.events = source;
   source.onopen = () => $("#link").classList.add("up");
-  source.onerror = () => $("#link").classList.remove("up");  // EventSource reconnects itself
+  source.onerror = () => {
+    $("#link").classList.remove("up");
+    // A dropped connection is retried by EventSource itself; a refused one (401, 503) closes
+    // it for good: check the token (a 401 signs out) and try again a while later.
+    if (source.readyState === EventSource.CLOSED && state.events === source) {
+      api("/api/devices").then(() => setTimeout(() => {
+        if (state.events === source) connectEvents();
+      }, 10000), () => {});
+    }
+  };
   source.addEventListener("hello", (e) => {
+    const again = state.hello !== null;  // a reconnection: what changed meanwhile was missed
     state.hello = JSON.parse(e.data);
+    if (again) scheduleRefresh(0);
     $("#node-id").textContent = state.hello.node_id;
     if (!$("#rec-day").value) $("#rec-day").value = nodeToday();
     renderOverview();

@@ -17,6 +17,7 @@ import av
 import pytest
 
 from sensing_node.access.principals import hash_token
+from sensing_node.api import console
 from sensing_node.api.console import EVENTS
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera, channel_ids
 from tests.node.conftest import PASSWORD, TOKEN, RunningNode, StartNode, wait_for
@@ -196,6 +197,36 @@ async def test_the_page_and_its_files_are_served_and_nothing_else(start_node):
     for path in ["/console/__init__.py", "/console/missing.js", "/console/..%2Fapi%2Fconsole.py",
                  "/console/.hidden.js", "/console/"]:
         assert (await client.get(path)).status == 404, path
+
+
+async def read_event(response: Any) -> tuple[str, Any]:
+    block = (await asyncio.wait_for(response.content.readuntil(b"\n\n"), 10)).decode()
+    fields = dict(line.split(": ", 1) for line in block.strip().split("\n")
+                  if not line.startswith(("retry", ":")))
+    return fields["event"], json.loads(fields["data"])
+
+
+async def test_event_streams_are_bounded_and_end_when_the_node_stops(start_node, monkeypatch):
+    monkeypatch.setattr(console, "CLIENT_QUEUE_MAX", 3)
+    monkeypatch.setattr(console, "MAX_CLIENTS", 1)
+    running = await node_with_cameras(start_node)
+    client, hub = running.client, running.client.app[EVENTS]
+    response = await client.get("/api/events", headers=running.headers)
+    assert (await read_event(response))[0] == "hello"
+    # One page too many is refused.
+    refused = await client.get("/api/events", headers=running.headers)
+    assert refused.status == 503 and "at most 1 pages" in (await refused.json())["error"]
+    # A page that falls behind gets what fitted, then `resync`, then new events again.
+    for i in range(10):
+        hub.publish("device", {"id": f"dev{i}", "online": True, "change": "new"})
+    got = [await read_event(response) for _ in range(4)]
+    assert got == [("device", {"id": f"dev{i}", "online": True, "change": "new"})
+                   for i in range(3)] + [("resync", {})]
+    hub.publish("device", {"id": "dev10", "online": False, "change": "changed"})
+    assert (await read_event(response))[1]["id"] == "dev10"
+    # An open stream does not hold the node's shutdown.
+    await asyncio.wait_for(client.close(), 20)
+    assert hub.clients == set()
 
 
 async def test_controls_a_role_may_not_use_are_hidden(browser, start_node):
