@@ -102,8 +102,9 @@ class EventHub:
     async def close(self) -> None:
         self.closing = True
         for client in list(self.clients):
-            with contextlib.suppress(asyncio.QueueFull):
-                client.queue.put_nowait(None)
+            if client.queue.full():  # the end goes in even where the page fell behind
+                client.queue.get_nowait()
+            client.queue.put_nowait(None)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -137,7 +138,7 @@ class EventHub:
         for kind, items in after.items():
             old = before.get(kind, {})
             for key, value in items.items():
-                if old.get(key) != value:
+                if key not in old or _comparable(old[key]) != _comparable(value):
                     change = "new" if key not in old else "changed"
                     out.append((kind, {**value, "change": change}))
             for key, value in old.items():
@@ -165,6 +166,18 @@ class EventHub:
                 client.queue.put_nowait((kind, data))
             except asyncio.QueueFull:
                 client.overflowed = True
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _comparable(value: dict[str, Any]) -> dict[str, Any]:
+    """A value without the figures that move by themselves ("last failure 12 s ago"): a health
+    reason is news when it appears or goes, not every second while it stands."""
+    reasons = value.get("reasons")
+    if reasons is None:
+        return value
+    return {**value, "reasons": [_NUMBER.sub("#", reason) for reason in reasons]}
 
 
 EVENTS: web.AppKey[EventHub] = web.AppKey("console_events", EventHub)

@@ -205,8 +205,9 @@ function onEvent(kind, data) {
     else state.streams.push(data);
   }
   if (kind === "health") state.health = data;
-  // Figures not in the event (bitrates, counters) are read again once things settle.
-  scheduleRefresh(kind === "resync" || kind === "device" ? 300 : 1000);
+  // Figures not in the event (bitrates, counters) are read again once things settle; a
+  // health event carries all there is to show.
+  if (kind !== "health") scheduleRefresh(kind === "resync" || kind === "device" ? 300 : 1000);
   renderOverview();
   if (state.page === "devices") renderDevices();
 }

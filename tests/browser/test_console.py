@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import av
 import pytest
+from aiohttp import web
 
 from sensing_node.access.principals import hash_token
 from sensing_node.api import console
@@ -227,6 +228,24 @@ async def test_event_streams_are_bounded_and_end_when_the_node_stops(start_node,
     # An open stream does not hold the node's shutdown.
     await asyncio.wait_for(client.close(), 20)
     assert hub.clients == set()
+
+
+def test_a_health_reason_is_news_when_it_comes_or_goes_not_as_its_figures_move():
+    hub = console.EventHub(web.Application())
+
+    def health(*reasons: str) -> dict[str, Any]:
+        return {"health": {"node": {"status": "degraded" if reasons else "ok",
+                                    "reasons": list(reasons)}}}
+
+    failed = "task ticker failed (1 failures, last failure {} s ago): boom"
+    assert hub.changes(health(failed.format(3)), health(failed.format(4))) == []
+    assert hub.changes(health(), health(failed.format(0))) == [
+        ("health", {"status": "degraded", "reasons": [failed.format(0)], "change": "changed"})]
+    assert hub.changes(health(failed.format(9)), health())[0][1]["status"] == "ok"
+    devices = {"device": {"a": {"id": "a", "online": True}}}
+    assert hub.changes(devices, {"device": {}}) == [
+        ("device", {"id": "a", "online": True, "change": "gone"})]
+    assert hub.changes({"device": {}}, devices)[0][1]["change"] == "new"
 
 
 async def test_controls_a_role_may_not_use_are_hidden(browser, start_node):
