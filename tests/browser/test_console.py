@@ -416,13 +416,14 @@ async def test_a_live_wall_shows_moving_video(browser, start_node):
     # The overview heard of both streams on the event stream (this page reads no status).
     await page.wait_for_function("document.querySelector('#ov-streams').textContent === '2'")
     await page.screenshot(path=str(SCREENSHOT))
-    viewers = (await running.get("/api/webrtc"))
-    assert len(viewers if isinstance(viewers, list) else viewers["viewers"]) == 2
+    viewers = await running.get("/api/webrtc")
+    assert sorted(v["channel_id"] for v in viewers) == sorted([CHANNEL, second])
 
     # A tile set to nothing ends its WebRTC session (DELETE) and the stream's consumer.
     await (await tiles[0].query_selector(".tile-channel")).select_option("")
     await wait_for(lambda: not any(s["channel_id"] == CHANNEL and s["consumers"]
                                    for s in running.node.media.snapshot()), 10)
+    assert [v["channel_id"] for v in await running.get("/api/webrtc")] == [second]
     assert page.errors == []
 
 
