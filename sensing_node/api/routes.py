@@ -22,7 +22,7 @@ from recorder.export import ExportError, export_mp4, export_ps, plan_export
 
 from ..access.grants import GrantError, grant_from_json
 from ..access.policy import Session
-from ..access.principals import Principal, authenticate, missing_right
+from ..access.principals import RIGHTS, Principal, authenticate, missing_right
 from ..devices.registry import Device, iso
 from ..media.consumers import StreamError
 from ..node import Node, ReloadRefused
@@ -555,6 +555,17 @@ async def list_upstreams(request: web.Request) -> web.Response:
     })
 
 
+async def whoami(request: web.Request) -> web.Response:
+    """Who the token belongs to and what its role may do (the console shows only what the
+    caller may use; the API checks every call anyway)."""
+    principal = _principal(request)
+    return web.json_response({
+        "name": principal.name, "role": principal.role,
+        "rights": sorted(RIGHTS.get(principal.role, ())),
+        "channels": list(principal.channels) if principal.channels is not None else None,
+    })
+
+
 # ----- grants -----
 def _grant_json(node: Node, item: dict[str, Any]) -> dict[str, Any]:
     tz = node.settings.node.tz
@@ -628,6 +639,7 @@ def _error(status: int, message: str) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/whoami", whoami)
     app.router.add_get("/api/devices", needs("read")(list_devices))
     app.router.add_get("/api/devices/{device_id}", needs("read")(get_device))
     app.router.add_get("/api/channels", needs("read")(list_channels))

@@ -11,7 +11,8 @@ const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
 
 const state = {
   token: null,
-  role: null,          // admin | operator | viewer, inferred from which calls are refused
+  role: null,          // admin | operator | viewer, as GET /api/whoami says
+  user: null,
   page: "overview",
   devices: [],
   channels: [],
@@ -134,22 +135,16 @@ async function signIn(token) {
   sessionStorage.setItem("sensing-node-token", token);
   document.body.classList.remove("signed-out", "role-admin", "role-operator", "role-viewer");
   document.body.classList.add(`role-${state.role}`);
-  $("#who").textContent = state.role;
+  $("#who").textContent = `${state.user} (${state.role})`;
   connectEvents();
   await showPage(location.hash.slice(1) || "overview");
 }
 
-// The API has no "who am I": a role is known by what it is refused. The audit log is the
-// admins'; an export without a channel is 400 for a caller who may export (operators) and
-// 403 for one who may not (viewers). The API still checks every call.
+// The caller's role and name, from the API (which still checks every call).
 async function inferRole() {
-  try { await api("/api/audit?limit=1"); return "admin"; } catch (err) {
-    if (err.status !== 403) throw err;
-  }
-  try { await api("/api/recordings/export"); } catch (err) {
-    if (err.status === 403) return "viewer";
-  }
-  return "operator";
+  const me = await api("/api/whoami");
+  state.user = me.name;
+  return me.role;
 }
 
 function signOut(message) {
