@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/demo.yaml
 
 .PHONY: run test bench bench-ingest bench-record bench-export bench-retention bench-compare \
-        bench-relay bench-playback chromium lint clean
+        bench-relay bench-playback bench-console chromium lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ bench-relay: $(VENV)/.installed-test
 # after it.
 bench-playback: $(VENV)/.installed-test
 	$(BIN)/python bench/playback.py
+
+# Time to first frame in the console's live view, the whole node and headless Chromium: a
+# channel already pulled, one not pulled, a 2x2 wall (under a minute; see bench/console.py for
+# options). Its results go to the section of docs/benchmarks.md named after it.
+bench-console: $(VENV)/.installed-test chromium
+	$(BIN)/python bench/console.py
 
 # Ingest and recording on two commits, alternately in one run: make bench-compare BASE=<rev>
 bench-compare: $(VENV)/.installed-test
