@@ -128,3 +128,20 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return float("nan")
     k = min(len(sorted_values), max(1, math.ceil(q * len(sorted_values))))
     return sorted_values[k - 1]
+
+
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def write_section(begin: str, end: str, text: str, doc: Path = DOC) -> None:
+    """Put `text` between the markers `begin` and `end` of docs/benchmarks.md, in place of what
+    was there (appended at the end when the markers are missing)."""
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    old = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if begin in old and end in old:
+        head, _, rest = old.partition(begin)
+        _, _, tail = rest.partition(end)
+        new = head + block + tail.lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    doc.write_text(new)

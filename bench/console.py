@@ -70,6 +70,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import NODE_ID, PASSWORD, REALM, ROOT, pin  # noqa: E402
+from common import write_section as write_doc_section  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- console:begin -->", "<!-- console:end -->"
@@ -630,15 +631,7 @@ def report(r: dict[str, Any], args: argparse.Namespace, info: dict[str, Any], co
 
 
 def write_section(text: str) -> None:
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
-    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, _, rest = old.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        new = head + block + tail.lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    DOC.write_text(new)
+    write_doc_section(BEGIN, END, text)
 
 
 def machine() -> dict[str, Any]:

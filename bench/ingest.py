@@ -52,6 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, pin  # noqa: E402
+from common import write_section as write_doc_section  # noqa: E402
 from ingest_sender import SSRC_BASE, clip, clip_stats  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -706,16 +707,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
 
 
 def write_section(text: str) -> None:
-    """Put `text` between the ingest markers of docs/benchmarks.md (appended if missing)."""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
-    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, _, rest = old.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        new = head + block + tail.lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    DOC.write_text(new)
+    write_doc_section(BEGIN, END, text)
 
 
 def main() -> int:

@@ -86,6 +86,7 @@ from common import (  # noqa: E402
     percentile,
     pin,
 )
+from common import write_section as write_doc_section  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- relay:begin -->", "<!-- relay:end -->"
@@ -831,15 +832,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
 
 
 def write_section(text: str) -> None:
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
-    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, _, rest = old.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        new = head + block + tail.lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    DOC.write_text(new)
+    write_doc_section(BEGIN, END, text)
 
 
 def machine() -> dict[str, Any]:
