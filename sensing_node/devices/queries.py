@@ -353,10 +353,7 @@ class DeviceQueries:
         if collector.sum_num is not None and len(collector.items) >= collector.sum_num:
             self._finish(collector)
             return
-        if collector.silence is not None:
-            collector.silence.cancel()
-        loop = asyncio.get_running_loop()
-        collector.silence = loop.call_later(self.catalog_silence_s, self._finish, collector)
+        self._await_more(collector)
 
     def _record_part(self, collector: _Collector, msg: ManscdpMessage) -> None:
         if msg.sum_num is not None:
@@ -367,6 +364,10 @@ class DeviceQueries:
         if wanted is None or len(collector.records) >= min(wanted, MAX_RECORD_ITEMS):
             self._finish(collector)
             return
+        self._await_more(collector)
+
+    def _await_more(self, collector: _Collector) -> None:
+        """More parts are due: the answer is complete once they stop for catalog_silence_s."""
         if collector.silence is not None:
             collector.silence.cancel()
         loop = asyncio.get_running_loop()
