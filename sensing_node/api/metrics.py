@@ -25,7 +25,6 @@ import asyncio
 import logging
 import sqlite3
 import time
-import weakref
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from recorder.service import root_index
 from sip.registration import RegistrationState
 
 from ..access.principals import authenticate
+from ..media.hub import RTP_TOTALS
 from ..node import Node
 from ..settings import Settings
 from .routes import NODE
@@ -60,7 +60,7 @@ SIP_METHODS = frozenset({
     "PUBLISH", "REFER", "REGISTER", "SUBSCRIBE", "UPDATE",
 })
 STREAM_STATES = ("starting", "playing", "retrying", "ended")
-RTP_COUNTERS = ("packets", "bytes", "lost")
+RTP_COUNTERS = RTP_TOTALS
 
 
 @dataclass(frozen=True)
@@ -121,11 +121,6 @@ class NodeCollector:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.index: IndexFigures | None = None
-        # Stream counters: the last values seen of each running stream (by id, with a weak
-        # reference, its channel and device), and the sums of the ended ones.
-        self._seen: dict[int, tuple[weakref.ref[Any], str, str, dict[str, int]]] = {}
-        self._retired: Counter[str] = Counter()
-        self._retired_by_channel: dict[tuple[str, str], Counter[str]] = {}
         # Upstream refusals: counted once each, from the restreamer's list of ended sessions.
         self._refused: Counter[tuple[str, str]] = Counter()
         self._last_ended: dict[str, Any] | None = None
@@ -203,25 +198,15 @@ class NodeCollector:
 
     # ----- live streams -----
     def _stream_counters(self) -> tuple[Counter[str], dict[tuple[str, str], Counter[str]]]:
-        """RTP totals of every stream the node has run (ended ones as last seen), overall and
-        by (channel, device)."""
-        current = {id(stream): stream for stream in self.node.media.streams.values()}
-        for key, (ref, channel, device, values) in self._seen.items():
-            if ref() is None or current.get(key) is not ref():
-                # Ended since the last scrape (the weak reference tells a new stream that got
-                # the same id from the one seen): its counts stay in the totals.
-                self._retired.update(values)
-                self._retired_by_channel.setdefault((channel, device), Counter()).update(values)
-        self._seen = {
-            key: (weakref.ref(stream), stream.channel_id, stream.device_id,
-                  {name: stream.counter(name) for name in RTP_COUNTERS})
-            for key, stream in current.items()
-        }
-        totals = Counter(self._retired)
-        by_channel = {key: Counter(values) for key, values in self._retired_by_channel.items()}
-        for _, channel, device, values in self._seen.values():
+        """RTP totals of every stream the node has run (an ended one with its last counts, as
+        the hub keeps them), overall and by (channel, device)."""
+        media = self.node.media
+        totals = Counter(media.ended_totals)
+        by_channel = {key: Counter(values) for key, values in media.ended_by_channel.items()}
+        for stream in [*media.streams.values(), *media.device_playbacks.values()]:
+            values = {name: stream.counter(name) for name in RTP_COUNTERS}
             totals.update(values)
-            by_channel.setdefault((channel, device), Counter()).update(values)
+            by_channel.setdefault((stream.channel_id, stream.device_id), Counter()).update(values)
         return totals, by_channel
 
     def _streams(self) -> Iterator[Metric]:

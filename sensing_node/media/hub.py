@@ -55,6 +55,8 @@ RELAY_BUFFER_BYTES = 1 << 20
 CUT_THROUGH_MAX_RELAYS = 2
 #: relays in all that may pass packets on as they come; past it, all send whole frames
 CUT_THROUGH_MAX_TOTAL = 32
+#: the receive counters a stream leaves to the node's totals when it ends
+RTP_TOTALS = ("packets", "bytes", "lost")
 #: threads reading recordings for playbacks (file reads and the PS demux, off the loop)
 PLAYBACK_READERS = 4
 
@@ -101,6 +103,9 @@ class StreamHub:
         self.relays: dict[int, _HubRelay] = {}
         self._relay_ends: dict[int, RelayEnded] = {}
         self._relay_seq = 0
+        #: RTP counters of the streams that ended, in all and by (channel, device)
+        self.ended_totals: Counter[str] = Counter()
+        self.ended_by_channel: dict[tuple[str, str], Counter[str]] = {}
         self._mansrtsp_cseq = 0
         self.playbacks: dict[int, PlaybackRelay] = {}
         #: playbacks of a device's own recordings, passed on to an upstream: relay ID -> the
@@ -249,6 +254,11 @@ class StreamHub:
         return stream
 
     def _forget(self, stream: LiveStream) -> None:
+        # What an ended stream received stays in the node's totals (/metrics).
+        counts = {name: stream.counter(name) for name in RTP_TOTALS}
+        self.ended_totals.update(counts)
+        self.ended_by_channel.setdefault((stream.channel_id, stream.device_id),
+                                         Counter()).update(counts)
         if self.streams.get(stream.channel_id) is stream:
             del self.streams[stream.channel_id]
             self._holds.pop(stream.channel_id, None)
