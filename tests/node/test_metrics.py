@@ -123,6 +123,7 @@ async def test_scrape_is_consistent_with_the_api(start_node: StartNode, cameras:
 
     # The stream ends: its packets stay in the totals, which never go down.
     seen = value(families, "sensing_node_rtp_packets_total")
+    stream = running.node.media.streams[channel]
     response = await running.client.delete(f"/api/channels/{channel}/live",
                                            headers=running.headers)
     assert response.status == 200
@@ -130,6 +131,8 @@ async def test_scrape_is_consistent_with_the_api(start_node: StartNode, cameras:
     ended = await scrape(running)
     assert value(ended, "sensing_node_streams", state="playing") == 0
     assert value(ended, "sensing_node_rtp_packets_total") >= seen > 0
+    # Exactly what the stream received, to its last packet (not its count at the last scrape).
+    assert value(ended, "sensing_node_rtp_packets_total") == stream.counter("packets")
     # A new stream of the channel adds its packets to what the ended one had.
     seen = value(ended, "sensing_node_rtp_packets_total")
     await live(running, channel)
