@@ -80,6 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ingest_sender  # noqa: E402
 import playback_store  # noqa: E402
 from common import NODE_ID, PASSWORD, REALM, ROOT, percentile, pin  # noqa: E402
+from common import write_section as write_doc_section  # noqa: E402
 from relay import NodeProcess, cell, clip_for, free_port, machine, wait_until  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -870,15 +871,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
 
 
 def write_section(text: str) -> None:
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
-    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, _, rest = old.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        new = head + block + tail.lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    DOC.write_text(new)
+    write_doc_section(BEGIN, END, text)
 
 
 def session_ranges(plans: list[playback_store.ChannelPlan], end: float, playbacks: int,
