@@ -51,10 +51,6 @@ class Grant:
                 and self.valid_from <= now < self.valid_to
                 and any(channel_id.startswith(prefix) for prefix in self.channels))
 
-    def names(self, consumer: str, channel_id: str) -> bool:
-        """Whether the grant is about this consumer and channel at all (any time, action)."""
-        return consumer == self.consumer and any(channel_id.startswith(p) for p in self.channels)
-
     def as_json(self, now: float) -> dict[str, Any]:
         return {
             "id": self.id, "consumer": self.consumer, "channels": list(self.channels),
