@@ -556,9 +556,9 @@ class Cascade:
             subs = self.subscriptions.of(link.id)
             if not subs:
                 continue
-            before_seen = _Seen(seen.get(link.id, frozenset()))
-            events = cat.catalog_changes(before, view, self.policy, link.id,
-                                         previous_policy=before_seen)
+            # Both looks from the sets just taken: the policy is asked once per channel.
+            events = cat.catalog_changes(before, view, _Seen(self._seen[link.id]), link.id,
+                                         previous_policy=_Seen(seen.get(link.id, frozenset())))
             if not events:
                 continue
             per_part = ITEMS_PER_PART_TCP if link.peer.reliable else ITEMS_PER_PART_UDP
