@@ -59,11 +59,9 @@ import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +69,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import NODE_ID, PASSWORD, REALM, ROOT, pin  # noqa: E402
 from common import write_section as write_doc_section  # noqa: E402
+from relay import NodeProcess, free_port, machine, wait_until  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- console:begin -->", "<!-- console:end -->"
 HOST = "127.0.0.1"
-NODE_BIN = ROOT / ".venv" / "bin" / "sensing-node"
 TOKEN = "bench-console-token"
 CAMERAS, CHANNELS_PER_CAMERA = 2, 2
 GOAL_MS = 1000.0  # issue 13: under 1 s when the channel is already pulled
@@ -211,12 +209,6 @@ def log(text: str) -> None:
 # ----- the node process ------------------------------------------------------------------------
 
 
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def node_config(tmp: Path, sip_port: int, http_port: int) -> Path:
     text = f"""\
 node:
@@ -244,48 +236,6 @@ media:
     return path
 
 
-class NodeProcess:
-    def __init__(self, config: Path, cpu: int | None, log_path: Path) -> None:
-        self.log_path = log_path
-        self.log_file = open(log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [str(NODE_BIN), "run", "-c", str(config)], cwd=ROOT, stdout=self.log_file,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self.pinned = "not pinned"
-        if cpu is not None:
-            # Threads the node creates later inherit the main thread's affinity and nice.
-            os.sched_setaffinity(self.proc.pid, {cpu})
-            self.pinned = f"cpu {cpu}"
-            try:
-                os.setpriority(os.PRIO_PROCESS, self.proc.pid, -10)
-                self.pinned += ", nice -10"
-            except OSError:
-                pass
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log_file.close()
-
-    def problems(self) -> list[str]:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return [line for line in lines if " ERROR " in line or "Traceback" in line][:20]
-
-
-async def wait_until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} within {timeout:g} s")
-        await asyncio.sleep(0.05)
 
 
 # ----- the browser side ------------------------------------------------------------------------
@@ -633,23 +583,6 @@ def report(r: dict[str, Any], args: argparse.Namespace, info: dict[str, Any], co
 def write_section(text: str) -> None:
     write_doc_section(BEGIN, END, text)
 
-
-def machine() -> dict[str, Any]:
-    import platform
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip() or "?"
-    return {"cpu": cpu, "nproc": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "commit": commit,
-            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def main() -> int:

@@ -379,7 +379,10 @@ limits:
 
 
 class NodeProcess:
+    """`sensing-node run -c config` as a subprocess, pinned to `cpu`, its output in `log_path`."""
+
     def __init__(self, config: Path, cpu: int | None, log_path: Path) -> None:
+        self.log_path = log_path
         self.log_file = open(log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [str(NODE_BIN), "run", "-c", str(config)], cwd=ROOT, stdout=self.log_file,
@@ -415,6 +418,11 @@ class NodeProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self.log_file.close()
+
+    def problems(self) -> list[str]:
+        """The log's errors and tracebacks (the first 20 lines of them)."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [line for line in lines if " ERROR " in line or "Traceback" in line][:20]
 
 
 # ----- one config, one run ---------------------------------------------------------------------
