@@ -15,6 +15,7 @@ from sensing_node.api.routes import NODE
 from sensing_node.app import build_app
 from sensing_node.node import Node
 from sensing_node.settings import settings_for_tests
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 
 TOKEN = "test-token"
 
@@ -76,6 +77,35 @@ async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
     yield start
     for client in clients:
         await client.close()
+
+
+#: the camera `node_with_camera` registers (its channels end in 0101, 0102 ...)
+CAMERA = "31011200001320000001"
+CameraSetup = Callable[..., Awaitable[tuple[RunningNode, SimulatedCamera]]]
+
+
+@pytest.fixture
+async def node_with_camera(start_node: StartNode) -> AsyncIterator[CameraSetup]:
+    """`setup(node_settings, **camera_config)`: a node plus one registered, catalogued camera
+    (CAMERA); the cameras are stopped at the end."""
+    cameras: list[SimulatedCamera] = []
+
+    async def setup(
+        node: dict[str, Any] | None = None, **camera: Any
+    ) -> tuple[RunningNode, SimulatedCamera]:
+        running = await start_node(**(node or {}))
+        config = CameraConfig(server=running.sip, device_id=CAMERA, password=PASSWORD,
+                              **camera)
+        cam = SimulatedCamera(config)
+        cameras.append(cam)
+        await cam.start(keepalives=False)
+        device = running.node.registry.get(CAMERA)
+        await wait_for(lambda: device is not None and len(device.channels) == config.channels)
+        return running, cam
+
+    yield setup
+    for cam in cameras:
+        await cam.stop(unregister=False)
 
 
 async def stop(running: RunningNode) -> None:

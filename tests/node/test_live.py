@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,11 +17,11 @@ import pytest
 from rtp.packet import build_rtp
 from rtp.ps import AccessUnit
 from sensing_node.media.consumers import Consumer, FrameQueue, StreamError
-from sensing_node.sim.camera import CameraConfig, SimulatedCamera
+from sensing_node.sim.camera import SimulatedCamera
 from sensing_node.sim.media import load_clip
 from sensing_node.transport.rtp import TcpRtpReceiver, UdpRtpReceiver
 
-from .conftest import PASSWORD, RunningNode, StartNode, wait_for
+from .conftest import PASSWORD, CameraSetup, RunningNode, StartNode, wait_for
 
 CAMERA = "31011200001320000001"
 TRANSPORTS = ["udp", "tcp-passive", "tcp-active"]
@@ -30,26 +30,15 @@ Setup = Callable[..., Awaitable[tuple[RunningNode, SimulatedCamera]]]
 
 
 @pytest.fixture
-async def live(start_node: StartNode) -> AsyncIterator[Setup]:
-    """A node plus one registered, catalogued camera; both stopped at the end."""
-    cameras: list[SimulatedCamera] = []
+def live(node_with_camera: CameraSetup) -> CameraSetup:
+    """A node (media.timeout_s 2) plus one registered, catalogued camera."""
 
     async def setup(
         node: dict[str, Any] | None = None, **camera: Any
     ) -> tuple[RunningNode, SimulatedCamera]:
-        running = await start_node(**{"media.timeout_s": 2, **(node or {})})
-        config = CameraConfig(server=running.sip, device_id=CAMERA, password=PASSWORD,
-                              **camera)
-        cam = SimulatedCamera(config)
-        cameras.append(cam)
-        await cam.start(keepalives=False)
-        device = running.node.registry.get(CAMERA)
-        await wait_for(lambda: device is not None and len(device.channels) == config.channels)
-        return running, cam
+        return await node_with_camera({"media.timeout_s": 2, **(node or {})}, **camera)
 
-    yield setup
-    for cam in cameras:
-        await cam.stop(unregister=False)
+    return setup
 
 
 async def post_live(running: RunningNode, channel: str, body: Any = None) -> tuple[int, Any]:

@@ -38,12 +38,12 @@ from sensing_node.media.webrtc import (
 )
 from sensing_node.settings import ConfigError, parse_settings
 from sensing_node.settings.access import hash_token
-from sensing_node.sim.camera import CameraConfig, SimulatedCamera
+from sensing_node.sim.camera import SimulatedCamera
 from sensing_node.sim.media import Clip
 from tests.conftest import load
 from tests.recorder.media import frame_number, units
 
-from .conftest import PASSWORD, RunningNode, StartNode, wait_for
+from .conftest import CameraSetup, RunningNode, wait_for
 
 CAMERA = "31011200001320000001"
 UNKNOWN_CHANNEL = "31011200001310009999"
@@ -62,26 +62,15 @@ def corpus_clip() -> Clip:
 
 
 @pytest.fixture
-async def live(start_node: StartNode) -> AsyncIterator[Setup]:
-    """A node plus one registered, catalogued camera; both stopped at the end."""
-    cameras: list[SimulatedCamera] = []
+def live(node_with_camera: CameraSetup) -> CameraSetup:
+    """A node (media.timeout_s 5) plus one registered, catalogued camera."""
 
     async def setup(
         node: dict[str, Any] | None = None, **camera: Any
     ) -> tuple[RunningNode, SimulatedCamera]:
-        running = await start_node(**{"media.timeout_s": 5, **(node or {})})
-        config = CameraConfig(server=running.sip, device_id=CAMERA, password=PASSWORD,
-                              **camera)
-        cam = SimulatedCamera(config)
-        cameras.append(cam)
-        await cam.start(keepalives=False)
-        device = running.node.registry.get(CAMERA)
-        await wait_for(lambda: device is not None and len(device.channels) == config.channels)
-        return running, cam
+        return await node_with_camera({"media.timeout_s": 5, **(node or {})}, **camera)
 
-    yield setup
-    for cam in cameras:
-        await cam.stop(unregister=False)
+    return setup
 
 
 @pytest.fixture
