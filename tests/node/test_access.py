@@ -116,7 +116,8 @@ async def test_grants_are_made_listed_and_revoked_with_a_year_at_most(node):
     entries = await audit(running, action="grant")
     assert [e.result for e in reversed(entries)] == ["denied", "created", "revoked"]
     assert all(e.actor.startswith("api-token@") for e in entries)
-    # Kept in SQLite: a new node on the same data directory has it (revoked: not listed).
+    # A grant made after a revocation gets a new ID (the store keeps revoked ones; that they
+    # survive a restart is test_access_policy.py's test_api_grants_are_kept_checked_and_revoked).
     status, again = await call(running, "POST", "/api/grants", json=grant(UPSTREAM, ["live"]))
     assert status == 201
 
