@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,6 +23,7 @@ from .schema import (
     _device_id,
     _integer,
     _Invalid,
+    _is,
     _items,
     _number,
 )
@@ -53,6 +55,19 @@ class MediaSettings:
     connect_timeout_s: float
     #: transports to move on to when one fails in a way another could avoid
     transport_fallback: tuple[str, ...] = ()
+    #: media worker processes; 0 stands for "auto" (one per core the node may run on)
+    workers: int = 1
+
+    @property
+    def worker_count(self) -> int:
+        """How many media processes to run: `workers`, or for "auto" the cores the node may
+        use (its CPU affinity), at least 1."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # not Linux
+            return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,16 @@ class ChannelsSettings:
         return override.transport if override is not None and override.transport else default
 
 
+def _workers(node: yaml.Node, ctx: _Ctx) -> int:
+    """`auto` (0) or a whole number of worker processes, 1 to 64."""
+    if isinstance(node, yaml.ScalarNode) and node.value == "auto":
+        return 0
+    if not _is(node, "int"):
+        raise _Invalid(f"expected auto or a whole number of processes, got {_describe(node)}")
+    value: int = _bounded(1, 64)(node, ctx)
+    return value
+
+
 def _transports(node: yaml.Node, ctx: _Ctx) -> tuple[str, ...]:
     if not isinstance(node, yaml.SequenceNode):
         raise _Invalid(f"expected a list such as [tcp-passive, udp], got {_describe(node)}")
@@ -125,6 +150,8 @@ MEDIA_KEYS: tuple[Key, ...] = (
         "tcp-active: give up connecting to the device's media port after this long"),
     Key("transport_fallback", _transports, (),
         "transports to try next when one fails in a way another could avoid; empty: none"),
+    Key("workers", _workers, 1,
+        "media worker processes: auto (one per core) or N; 1 keeps media in the node's process"),
 )
 
 
