@@ -162,6 +162,8 @@ def channel_json(dev: Device, channel_id: str, fields: dict[str, str]) -> dict[s
 async def healthz(request: web.Request) -> web.Response:
     node = request.app[NODE]
     problems = node.health_problems()
+    # Media overload: the processes that cannot keep up and the channels shed.
+    problems += [p for p in node.media.overload.problems() if p not in problems]
     # Grants that end soon are worth a look, not a degraded node.
     reasons = problems + node.access.policy.expiring()
     body = {
@@ -208,6 +210,13 @@ async def stats(request: web.Request) -> web.Response:
     body["tcp_connections"] = len(node.endpoint.connections)
     body["recording"] = node.recording.stats()
     body["tasks"] = node.supervisor.as_dict()  # failures and restarts of long-lived tasks
+    body["overload"] = overload = node.media.overload.as_json()  # media/overload.py
+    tz = node.settings.node.tz
+    for item in overload["shed"]:
+        item["since"] = iso(item["since"], tz)
+    if overload["last_decision"] is not None:
+        overload["last_decision"] = {**overload["last_decision"],
+                                     "at": iso(overload["last_decision"]["at"], tz)}
     body["transactions"] = {
         "server": node.endpoint.tx.server_transaction_count,
         "client": node.endpoint.tx.client_transaction_count,

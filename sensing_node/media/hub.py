@@ -34,6 +34,7 @@ from ..transport.sip import SipEndpoint, TransactionTimeout
 from .addresses import media_bind_host
 from .consumers import Consumer, StreamError, _ApiHold
 from .control import RelayEnded, RelayOpened, RelaySpec
+from .overload import MAIN, LoadMeter, OverloadGuard
 from .playback import PlaybackCommand, PlaybackRelay, PlaybackSpec
 from .relay import RelaySender
 from .stream import History, LiveStream
@@ -113,6 +114,11 @@ class StreamHub:
         self.device_playbacks: dict[int, LiveStream] = {}
         self._playback_reads: ThreadPoolExecutor | None = None
         endpoint.on_response = self.on_response
+        # Overload (media/overload.py): what this process measures, and who decides.
+        self.load_meter = LoadMeter()
+        self.overload = OverloadGuard(lambda: self.settings.media.overload,
+                                      lambda channel: self.settings.channels.priority_for(channel),
+                                      wall=wall)
 
     # ----- start / stop -----
     def start(self, supervisor: Supervisor | None = None) -> None:
@@ -140,6 +146,7 @@ class StreamHub:
     async def _ticker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            asked = loop.time()
             await asyncio.sleep(TICK_S)
             now = loop.time()
             for stream in [*self.streams.values(), *self.device_playbacks.values()]:
@@ -153,6 +160,10 @@ class StreamHub:
             for call_id, (_, _, expires) in list(self._acks.items()):
                 if expires <= now:
                     del self._acks[call_id]
+            # Overload: shed whole streams when this process cannot keep up (media/overload.py).
+            load, carried = self.load_meter.sample(now, now - asked - TICK_S, self.streams.values())
+            for channel_id in self.overload.feed(MAIN, now, load, carried):
+                self.streams[channel_id].stop(self.overload.reason(channel_id))
 
     # ----- subscribing -----
     def device_for(self, channel_id: str) -> Device:
@@ -179,6 +190,9 @@ class StreamHub:
         """
         if transport is not None and transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}")
+        refused = self.overload.admit(channel_id)  # shed for media overload
+        if refused is not None:
+            raise StreamError(503, refused)
         stream = self.streams.get(channel_id)
         if stream is None:
             device = self.device_for(channel_id)

@@ -43,6 +43,10 @@ TRANSPORTS = ("udp", "tcp-passive", "tcp-active")
 STREAMS = ("main", "sub")
 
 
+#: what a media process that cannot keep up does (media/overload.py)
+OVERLOAD_POLICIES = ("shed-lowest-priority", "shed-newest", "off")
+
+
 @dataclass(frozen=True)
 class MediaSettings:
     """The ``media:`` section: how live streams are pulled from devices."""
@@ -57,6 +61,8 @@ class MediaSettings:
     transport_fallback: tuple[str, ...] = ()
     #: media worker processes; 0 stands for "auto" (one per core the node may run on)
     workers: int = 1
+    #: one of OVERLOAD_POLICIES: which whole streams go when a media process cannot keep up
+    overload: str = "shed-lowest-priority"
 
     @property
     def worker_count(self) -> int:
@@ -80,6 +86,8 @@ class ChannelOverride:
     share: str | None = None
     #: the upstreams an `authorized` channel goes to
     upstreams: tuple[str, ...] = ()
+    #: under media overload, higher is kept longer (`media.overload: shed-lowest-priority`)
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,11 @@ class ChannelsSettings:
     def transport_for(self, channel_id: str, default: str) -> str:
         override = self.overrides.get(channel_id)
         return override.transport if override is not None and override.transport else default
+
+    def priority_for(self, channel_id: str) -> int:
+        """The channel's priority under media overload (higher is kept longer); default 0."""
+        override = self.overrides.get(channel_id)
+        return override.priority if override is not None else 0
 
 
 def _workers(node: yaml.Node, ctx: _Ctx) -> int:
@@ -152,6 +165,9 @@ MEDIA_KEYS: tuple[Key, ...] = (
         "transports to try next when one fails in a way another could avoid; empty: none"),
     Key("workers", _workers, 1,
         "media worker processes: auto (one per core) or N; 1 keeps media in the node's process"),
+    Key("overload", _choice(OVERLOAD_POLICIES), "shed-lowest-priority",
+        "a media process that cannot keep up sheds whole streams: shed-lowest-priority | "
+        "shed-newest | off"),
 )
 
 
@@ -177,6 +193,8 @@ CHANNEL_KEYS: tuple[Key, ...] = (
     Key("transport", _choice(TRANSPORTS), None, "media.transport for this channel"),
     Key("share", _choice(SHARES), None, "sharing class of this channel; default: default_share"),
     Key("upstreams", _upstream_ids, (), "the upstreams an authorized channel is shared with"),
+    Key("priority", _bounded(-1000, 1000), 0,
+        "under media overload, higher is kept longer (-1000..1000)"),
 )
 
 

@@ -1,0 +1,456 @@
+"""Overload without collapse: a media process that cannot keep up sheds whole streams by a
+stated policy (`media.overload`), so that the streams it keeps stay lossless, instead of
+losing packets on all of them (lost packets make each remaining one dearer: reorder holds,
+demuxer restarts, recording gaps, so more is lost).
+
+Two halves, so that each media process measures itself and one guard decides for all of them:
+
+- `LoadMeter` runs where the streams are (the node's process today, each media worker soon).
+  Once a tick it turns what it sees into a `Load`, a few plain numbers: how late its own
+  periodic wake-up came, how busy its event loop was, how many streams lost packets (RTP
+  sequence gaps, or the kernel's receive-buffer drops on their UDP sockets) since the last
+  tick, and the streams it carries (`Candidate`s). Nothing here is done per packet.
+- `OverloadGuard` takes each process's `Load` and decides: which streams to stop now, which
+  channels are refused and until when, and which one comes back next.
+
+The rules (the constants are attributes of the guard):
+
+- A tick is *hot* when the wake-up came `lag_hot_s` (0.1 s) late or later, or when at least
+  `spread_min` (3) streams and `spread_share` (a quarter) of those playing lost packets. One
+  camera losing packets is a camera's problem, not overload.
+- A process is *overloaded* once at least `hot_share` (3/4) of its ticks over the last
+  `sustain_s` (3 s) were hot. It is clear again after `clear_s` (5 s) of *calm* ticks only:
+  a wake-up less than `lag_calm_s` (0.025 s) late and at most one stream losing packets.
+  Between the two nothing changes, so the state does not flap.
+- While overloaded (unless the policy is ``off``), a step stops the first streams of the
+  policy's order: ``shed-newest`` the most recently started, ``shed-lowest-priority`` the
+  lowest `channels.overrides.<id>.priority`, of equal priority the most recently started.
+  A step stops `shed_share` (5 %) of the process's streams, more when the share of packets
+  lost says more is needed (at most `shed_share_max`, 25 %), at least one. The next step
+  needs `settle_s` (2 s) and then a fresh `sustain_s` of hot ticks.
+- Only the channels' live streams are shed. Relays to upstreams and viewers ride on them and
+  end with them, never on their own; playbacks of recordings are no candidates.
+- A shed channel is refused (`admit`) for a cool-down of `cooldown_s` (60 s), doubled for each
+  time it was shed again within `strike_s` (10 min) of coming back, at most `cooldown_max_s`.
+  Channels whose cool-down is over come back one at a time, every `readmit_every_s` (10 s), once
+  no process is overloaded, every process has been calm for `readmit_calm_s` (10 s) and none
+  was `readmit_busy` (80 %) busy or more at its last tick: the most valuable first (the reverse
+  of the shedding order). Coming back means the next subscription is accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .stream import LiveStream
+
+log = logging.getLogger(__name__)
+
+
+#: the process the node's own streams run in (with media.workers: 1, all of them)
+MAIN = "main"
+#: at most this many channel IDs are named in one /healthz line or log line
+NAMED_MAX = 20
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one media process measured over its last tick."""
+
+    #: how late its periodic wake-up came, seconds
+    lag_s: float
+    #: streams playing
+    streams: int
+    #: streams that lost packets since the last tick (sequence gaps or kernel drops)
+    lossy: int = 0
+    #: packets received and lost since the last tick, all streams together
+    packets: int = 0
+    lost: int = 0
+    #: packets the kernel dropped on the streams' UDP sockets (a full receive buffer: the
+    #: process did not read fast enough) since the last tick; None where unknown
+    drops: int | None = None
+    #: share of the tick its event loop's thread spent on the CPU; None where unknown
+    busy: float | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A stream a process carries and might shed: `started` orders them (higher is newer)."""
+
+    channel_id: str
+    started: float
+
+
+@dataclass
+class Shed:
+    """A channel stopped for overload, refused until `until` (monotonic) and then until its
+    turn to come back."""
+
+    channel_id: str
+    process: str
+    priority: int
+    started: float
+    since: float  # monotonic
+    since_wall: float
+    until: float  # monotonic: end of the cool-down
+    strikes: int
+    reason: str
+
+
+@dataclass
+class _Process:
+    state: str = "ok"  # ok | overloaded
+    since: float = 0.0
+    window_start: float | None = None
+    ticks: deque[bool] = field(default_factory=deque)  # hot or not, over the window
+    times: deque[float] = field(default_factory=deque)
+    calm_since: float | None = None
+    previous: float | None = None  # when the tick before this one was fed
+    hold_until: float = 0.0
+    last: Load | None = None
+
+
+class OverloadGuard:
+    """Decides, from each media process's `Load`, which whole streams to shed and when a
+    shed channel may come back (see the module's docstring for the rules)."""
+
+    lag_hot_s = 0.1
+    lag_calm_s = 0.025
+    spread_min = 3
+    spread_share = 0.25
+    sustain_s = 3.0
+    hot_share = 0.75
+    clear_s = 5.0
+    settle_s = 2.0
+    shed_share = 0.05
+    shed_share_max = 0.25
+    cooldown_s = 60.0
+    cooldown_max_s = 960.0
+    strike_s = 600.0
+    readmit_every_s = 10.0
+    readmit_calm_s = 10.0
+    readmit_busy = 0.8
+
+    def __init__(
+        self,
+        policy: Callable[[], str] = lambda: "shed-lowest-priority",
+        priority: Callable[[str], int] = lambda channel_id: 0,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self.priority = priority
+        self.wall = wall
+        self.processes: dict[str, _Process] = {}
+        #: channels shed and refused, by channel ID
+        self.shed: dict[str, Shed] = {}
+        #: channel -> (monotonic time it came back, strikes then), to lengthen a cool-down
+        self._returned: dict[str, tuple[float, int]] = {}
+        self._last_readmit = -math.inf
+        self._now = 0.0  # the last tick's monotonic time
+        self.last_decision: dict[str, Any] | None = None
+
+    # ----- the decisions -----
+    def feed(
+        self, process: str, now: float, load: Load, candidates: Sequence[Candidate]
+    ) -> list[str]:
+        """Take `process`'s load at monotonic `now`; the channels it must stop now."""
+        state = self.processes.setdefault(process, _Process())
+        state.last = load
+        self._now = now
+        hot, calm = self.hot(load), self.calm(load)
+        if state.window_start is None:
+            state.window_start = now
+        state.ticks.append(hot)
+        state.times.append(now)
+        while state.times and state.times[0] < now - self.sustain_s:
+            state.times.popleft()
+            state.ticks.popleft()
+        # A tick's figures cover the time since the one before.
+        began = state.previous if state.previous is not None else now
+        state.previous = now
+        state.calm_since = (state.calm_since if state.calm_since is not None else began) \
+            if calm else None
+        policy = self.policy()
+        if state.state == "ok" and self._sustained(state, now):
+            state.state, state.since = "overloaded", now
+            self._decide("overload", process, (), self._describe(load)
+                         + ("; media.overload is off: nothing is shed" if policy == "off" else ""))
+        elif state.state == "overloaded" and state.calm_since is not None \
+                and now - state.calm_since >= self.clear_s:
+            state.state, state.since = "ok", now
+            self._decide("clear", process, (), f"calm for {self.clear_s:g} s")
+        if policy == "off":
+            if self.shed:
+                self._decide("readmit", process, tuple(self.shed),
+                             "media.overload is off: every shed channel may come back")
+                self.shed.clear()
+            return []
+        victims: list[str] = []
+        if state.state == "overloaded" and now >= state.hold_until \
+                and self._sustained(state, now):
+            victims = self._shed(process, now, load, candidates, policy)
+            state.hold_until = now + self.settle_s
+            state.ticks.clear()
+            state.times.clear()
+            state.window_start = state.hold_until
+        self._readmit(now, policy)
+        return victims
+
+    def hot(self, load: Load) -> bool:
+        """A tick that counts toward overload."""
+        spread = max(self.spread_min, math.ceil(load.streams * self.spread_share))
+        return load.lag_s >= self.lag_hot_s or load.lossy >= spread
+
+    def calm(self, load: Load) -> bool:
+        """A tick that counts toward the end of an overload."""
+        return load.lag_s < self.lag_calm_s and load.lossy <= 1
+
+    def _sustained(self, state: _Process, now: float) -> bool:
+        if state.window_start is None or now - state.window_start < self.sustain_s \
+                or not state.ticks:
+            return False
+        return sum(state.ticks) >= self.hot_share * len(state.ticks)
+
+    def _rank(self, policy: str) -> Callable[[Shed], tuple[float, ...]]:
+        """The shedding order, first shed first (its reverse is the order of coming back)."""
+        if policy == "shed-newest":
+            return lambda item: (-item.started,)
+        return lambda item: (item.priority, -item.started)
+
+    def _shed(
+        self, process: str, now: float, load: Load, candidates: Sequence[Candidate],
+        policy: str,
+    ) -> list[str]:
+        wall = self.wall()
+        items = [
+            Shed(c.channel_id, process, self.priority(c.channel_id), c.started, now, wall,
+                 now, 0, "")
+            for c in candidates if c.channel_id not in self.shed
+        ]
+        if not items:
+            return []
+        received = load.packets + load.lost
+        lost_share = load.lost / received if received else 0.0
+        share = min(max(self.shed_share, lost_share), self.shed_share_max)
+        count = max(1, math.ceil(len(items) * share))
+        chosen = sorted(items, key=self._rank(policy))[:count]
+        reason = f"shed: media overload ({policy}; {self._describe(load)})"
+        for item in chosen:
+            came_back, strikes = self._returned.pop(item.channel_id, (-math.inf, 0))
+            item.strikes = strikes + 1 if now - came_back < self.strike_s else 1
+            item.until = now + min(self.cooldown_s * 2 ** (item.strikes - 1),
+                                   self.cooldown_max_s)
+            item.reason = reason
+            self.shed[item.channel_id] = item
+        names = tuple(item.channel_id for item in chosen)
+        self._decide("shed", process, names,
+                     f"{self._describe(load)}; {len(chosen)} of {len(items)} streams by "
+                     f"{policy}")
+        return list(names)
+
+    def _readmit(self, now: float, policy: str) -> None:
+        if not self.shed or now - self._last_readmit < self.readmit_every_s:
+            return
+        for state in self.processes.values():
+            last = state.last
+            if state.state != "ok" or state.calm_since is None \
+                    or now - state.calm_since < self.readmit_calm_s:
+                return
+            if last is not None and last.busy is not None and last.busy >= self.readmit_busy:
+                return
+        due = [item for item in self.shed.values() if item.until <= now]
+        if not due:
+            return
+        item = max(due, key=self._rank(policy))
+        del self.shed[item.channel_id]
+        self._returned[item.channel_id] = (now, item.strikes)
+        self._last_readmit = now
+        self._decide("readmit", item.process, (item.channel_id,),
+                     f"calm for {self.readmit_calm_s:g} s, cool-down over")
+
+    def forget(self, process: str) -> None:
+        """A process that ended (its streams went with it)."""
+        self.processes.pop(process, None)
+
+    # ----- what subscriptions, /healthz and /api/stats see -----
+    def admit(self, channel_id: str) -> str | None:
+        """None if the channel may be started; else why not (it was shed)."""
+        item = self.shed.get(channel_id)
+        if item is None:
+            return None
+        left = max(0.0, item.until - self._now)
+        return (f"{item.reason}; refused until the load is low again, at least "
+                f"{left:.0f} s more")
+
+    def reason(self, channel_id: str) -> str:
+        """Why a shed channel's stream was stopped."""
+        item = self.shed.get(channel_id)
+        return item.reason if item is not None else "shed: media overload"
+
+    @property
+    def overloaded(self) -> list[str]:
+        return [name for name, state in self.processes.items() if state.state == "overloaded"]
+
+    def problems(self) -> list[str]:
+        """Lines for /healthz: a process overloaded, channels shed."""
+        problems = []
+        for name in self.overloaded:
+            last = self.processes[name].last
+            problems.append(f"media overload in process {name}"
+                            + (f": {self._describe(last)}" if last is not None else ""))
+        if self.shed:
+            problems.append(f"{len(self.shed)} channel(s) shed for media overload "
+                            f"({self.policy()}), refused until the load is low again: "
+                            + _named(self.shed))
+        return problems
+
+    def as_json(self) -> dict[str, Any]:
+        """The `overload` object of /api/stats: `since` in Unix seconds, `cool_down_s` the
+        seconds of cool-down a shed channel has left (0: it comes back in its turn)."""
+        lags = [s.last.lag_s for s in self.processes.values() if s.last is not None]
+        processes = {}
+        for name, state in self.processes.items():
+            last = state.last
+            processes[name] = {
+                "state": state.state,
+                **({} if last is None else {
+                    "lag_s": round(last.lag_s, 4), "streams": last.streams,
+                    "lossy": last.lossy, "packets": last.packets, "lost": last.lost,
+                    "drops": last.drops,
+                    "busy": None if last.busy is None else round(last.busy, 3),
+                }),
+            }
+        return {
+            "state": "overloaded" if self.overloaded else "ok",
+            "policy": self.policy(),
+            "lag_s": round(max(lags), 4) if lags else None,
+            "processes": processes,
+            "shed": [
+                {"channel_id": item.channel_id, "process": item.process,
+                 "priority": item.priority, "since": item.since_wall, "strikes": item.strikes,
+                 "cool_down_s": round(max(0.0, item.until - self._now), 1),
+                 "reason": item.reason}
+                for item in self.shed.values()
+            ],
+            "last_decision": self.last_decision,
+        }
+
+    def _describe(self, load: Load) -> str:
+        text = f"wake-up {load.lag_s:.3f} s late, {load.lossy} of {load.streams} streams lost " \
+               f"packets"
+        if load.lost:
+            text += f" ({load.lost} of {load.packets + load.lost})"
+        if load.drops:
+            text += f", {load.drops} dropped by the kernel"
+        return text
+
+    def _decide(self, action: str, process: str, channels: tuple[str, ...], reason: str) -> None:
+        """Remember and log one decision (never more than one line per decision)."""
+        self.last_decision = {"at": self.wall(), "action": action, "process": process,
+                              "channels": list(channels), "reason": reason}
+        named = f": {_named(channels)}" if channels else ""
+        level = logging.WARNING if action in ("overload", "shed") else logging.INFO
+        log.log(level, "media overload, process %s: %s%s (%s)", process, _ACTIONS[action],
+                named, reason)
+
+
+_ACTIONS = {"overload": "cannot keep up", "shed": "streams shed", "clear": "keeping up again",
+            "readmit": "channel(s) may come back"}
+
+
+def _named(channels: Iterable[str]) -> str:
+    names = list(channels)
+    text = ", ".join(names[:NAMED_MAX])
+    return text + (f" and {len(names) - NAMED_MAX} more" if len(names) > NAMED_MAX else "")
+
+
+class LoadMeter:
+    """Measures one media process's `Load` once a tick, from its streams' counters (never per
+    packet); `drops` reads the kernel's per-socket drop counts of the given UDP ports
+    (`udp_drops`), `cpu` the event loop thread's CPU time."""
+
+    def __init__(
+        self,
+        *,
+        cpu: Callable[[], float] = time.thread_time,
+        drops: Callable[[Collection[int]], dict[int, int] | None] | None = None,
+    ) -> None:
+        self.cpu = cpu
+        self.drops = drops if drops is not None else udp_drops
+        #: a load to report instead of the one measured (a drill, and the tests)
+        self.fed: Load | None = None
+        #: channel -> (the stream, its packets, lost, UDP port, kernel drops) at the last tick
+        self._marks: dict[str, tuple[int, int, int, int, int]] = {}
+        self._cpu_mark: tuple[float, float] | None = None
+
+    def sample(
+        self, now: float, lag_s: float, streams: Iterable[LiveStream]
+    ) -> tuple[Load, list[Candidate]]:
+        """The load over the tick that ended at monotonic `now`, and the streams carried."""
+        playing = [s for s in streams if s.state == "playing"]
+        ports = {s.channel_id: getattr(s.receiver, "port", 0) for s in playing
+                 if s.transport == "udp"}
+        kernel = self.drops(ports.values()) if ports else {}
+        marks: dict[str, tuple[int, int, int, int, int]] = {}
+        lossy = packets = lost = dropped = 0
+        for stream in playing:
+            channel_id = stream.channel_id
+            port = ports.get(channel_id, 0)
+            now_packets, now_lost = stream.counter("packets"), stream.counter("lost")
+            now_drops = kernel.get(port, 0) if kernel is not None and port else 0
+            mark = marks[channel_id] = (id(stream), now_packets, now_lost, port, now_drops)
+            before = self._marks.get(channel_id)
+            if before is None or before[0] != mark[0]:
+                continue  # a stream new since the last tick: counted from now on
+            new_lost = now_lost - before[2]
+            new_drops = now_drops - before[4] if port == before[3] else 0
+            packets += now_packets - before[1]
+            lost += new_lost
+            dropped += max(0, new_drops)
+            if new_lost > 0 or new_drops > 0:
+                lossy += 1
+        self._marks = marks
+        cpu = self.cpu()
+        busy = None
+        if self._cpu_mark is not None and now > self._cpu_mark[0]:
+            busy = (cpu - self._cpu_mark[1]) / (now - self._cpu_mark[0])
+        self._cpu_mark = (now, cpu)
+        load = Load(lag_s=max(0.0, lag_s), streams=len(playing), lossy=lossy, packets=packets,
+                    lost=lost, drops=dropped if kernel is not None else None, busy=busy)
+        if self.fed is not None:
+            load = self.fed
+        return load, [Candidate(s.channel_id, s.started_at) for s in playing]
+
+
+def udp_drops(ports: Collection[int], tables: Sequence[str] = ("/proc/net/udp",
+                                                               "/proc/net/udp6")) -> \
+        dict[int, int] | None:
+    """The kernel's drop count of each UDP socket bound to one of `ports` (the last column of
+    /proc/net/udp: datagrams dropped, mostly for a full receive buffer); None where the table
+    cannot be read (not Linux)."""
+    wanted = set(ports)
+    found: dict[int, int] = {}
+    read = False
+    for table in tables:
+        try:
+            with open(table, encoding="ascii") as lines:
+                next(lines, None)  # the header
+                for line in lines:
+                    fields = line.split()
+                    if len(fields) < 13:
+                        continue
+                    port = int(fields[1].rpartition(":")[2], 16)
+                    if port in wanted:
+                        found[port] = found.get(port, 0) + int(fields[-1])
+            read = True
+        except (OSError, ValueError):
+            continue
+    return found if read else None

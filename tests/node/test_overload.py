@@ -1,0 +1,389 @@
+"""Overload without collapse (media/overload.py): the guard's decisions on fed loads and a fake
+clock, what a media process measures of itself, the settings, and a node on loopback that
+sheds the newest of its simulated cameras' streams and says so in /healthz and /api/stats."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from sensing_node.media.overload import (
+    MAIN,
+    Candidate,
+    Load,
+    LoadMeter,
+    OverloadGuard,
+    udp_drops,
+)
+from sensing_node.settings import ConfigError, parse_settings
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera, channel_ids
+
+from .conftest import PASSWORD, StartNode, wait_for
+
+TICK = 0.5
+#: 20 streams playing, started one a second (the last is the newest)
+STREAMS = [Candidate(f"3101120000131000{n:04d}", float(n)) for n in range(20)]
+HOT = Load(lag_s=0.0, streams=20, lossy=8, packets=7000, lost=200)  # 8 of 20 losing packets
+CALM = Load(lag_s=0.002, streams=20, lossy=0, packets=7200, busy=0.5)
+
+
+@dataclass
+class Run:
+    """A guard fed one load a tick on a fake clock."""
+
+    policy: str = "shed-lowest-priority"
+    priorities: dict[str, int] = field(default_factory=dict)
+    now: float = 0.0
+    candidates: list[Candidate] = field(default_factory=lambda: list(STREAMS))
+
+    def __post_init__(self) -> None:
+        self.guard = OverloadGuard(lambda: self.policy,
+                                   lambda channel: self.priorities.get(channel, 0),
+                                   wall=lambda: 1_700_000_000.0 + self.now)
+        self.shed: list[list[str]] = []  # each step's channels, in order
+
+    def tick(self, load: Load, seconds: float = TICK) -> list[str]:
+        """Feed `load` each tick for `seconds`; the channels shed meanwhile (stopped, so no
+        longer candidates)."""
+        out: list[str] = []
+        for _ in range(round(seconds / TICK)):
+            self.now += TICK
+            victims = self.guard.feed(MAIN, self.now, load, self.candidates)
+            if victims:
+                self.shed.append(victims)
+                out += victims
+                self.candidates = [c for c in self.candidates if c.channel_id not in victims]
+        return out
+
+    @property
+    def state(self) -> str:
+        return self.guard.processes[MAIN].state
+
+
+def name(n: int) -> str:
+    return STREAMS[n].channel_id
+
+
+# ----- detection -----
+
+
+def test_one_lossy_camera_is_not_overload() -> None:
+    run = Run()
+    bad_camera = Load(lag_s=0.003, streams=20, lossy=1, packets=7000, lost=300)
+    assert run.tick(bad_camera, 30.0) == []
+    assert run.state == "ok"
+    assert run.guard.problems() == []
+    # Two cameras out of twenty are not a spread either (at least 3 and a quarter of them).
+    assert run.tick(Load(lag_s=0.003, streams=20, lossy=4), 30.0) == []
+    assert run.state == "ok"
+
+
+def test_spread_loss_sustained_sheds_the_newest_first() -> None:
+    run = Run(policy="shed-newest")
+    # Hot for less than sustain_s (3 s) after the first tick: nothing yet.
+    assert run.tick(HOT, 3.0) == []
+    assert run.state == "ok"
+    assert run.tick(HOT, TICK) == [name(19)]
+    assert run.state == "overloaded"
+    assert run.guard.admit(name(19)) is not None
+    assert run.guard.admit(name(18)) is None
+
+
+def test_late_wake_up_sustained_is_overload_but_a_spike_is_not() -> None:
+    run = Run(policy="shed-newest")
+    late = Load(lag_s=0.3, streams=20)
+    for _ in range(10):  # one late tick in four: a GC pause, a slow query
+        assert run.tick(late, TICK) == []
+        assert run.tick(CALM, 3 * TICK) == []
+    assert run.state == "ok"
+    assert run.tick(late, 3.5) == [name(19)]
+
+
+def test_shed_lowest_priority_order_and_ties_newest() -> None:
+    priorities = {name(n): 5 for n in range(20)}
+    priorities |= {name(3): 1, name(7): 1, name(12): 2, name(19): 9}
+    run = Run(priorities=priorities)
+    run.guard.shed_share = run.guard.shed_share_max = 0.2  # 4 streams a step
+    shed = run.tick(HOT, 3.5)
+    # priority 1 (newest first: 7, then 3), then 2, then the newest of the 5s (18, not 19: 9)
+    assert shed == [name(7), name(3), name(12), name(18)]
+    assert [item["priority"] for item in run.guard.as_json()["shed"]] == [1, 1, 2, 5]
+
+
+def test_shed_newest_ignores_priority() -> None:
+    run = Run(policy="shed-newest", priorities={name(19): 100, name(18): 100})
+    run.guard.shed_share = run.guard.shed_share_max = 0.15  # 3 streams a step
+    assert run.tick(HOT, 3.5) == [name(19), name(18), name(17)]
+
+
+def test_steps_settle_then_shed_more_until_the_signal_clears() -> None:
+    run = Run(policy="shed-newest")
+    assert run.tick(HOT, 3.5) == [name(19)]  # 5 % of 20: one stream
+    # settle_s (2 s) then a fresh sustain_s (3 s) of hot ticks before the next step
+    assert run.tick(HOT, 4.5) == []
+    assert run.tick(HOT, TICK) == [name(18)]
+    # Loss spread and heavy (30 % of packets): the step follows the loss share, at most 25 %.
+    heavy = Load(lag_s=0.0, streams=18, lossy=18, packets=7000, lost=3000)
+    assert run.tick(heavy, 5.0) == [name(n) for n in (17, 16, 15, 14, 13)]  # 25 % of 18
+    # Not calm (one tick in two still late) but no longer hot: no more shedding, and the
+    # overload holds until clear_s (5 s) of calm ticks only.
+    between = Load(lag_s=0.05, streams=13, lossy=1)
+    assert run.tick(between, 20.0) == []
+    assert run.state == "overloaded"
+    run.tick(CALM, 4.5)
+    assert run.state == "overloaded"
+    run.tick(CALM, TICK)
+    assert run.state == "ok"
+    assert run.guard.last_decision is not None
+    assert run.guard.last_decision["action"] == "clear"
+
+
+# ----- cool-down and coming back -----
+
+
+def shed_three(run: Run) -> list[str]:
+    run.guard.shed_share = run.guard.shed_share_max = 0.15  # 3 streams a step
+    shed = run.tick(HOT, 3.5)
+    assert len(shed) == 3
+    return shed
+
+
+def test_shed_channels_come_back_one_at_a_time_after_cool_down_most_valuable_first() -> None:
+    run = Run(priorities={name(19): -1, name(18): 3})
+    shed = shed_three(run)
+    assert shed == [name(19), name(17), name(16)]  # -1 first, then the newest of 0
+    refusal = run.guard.admit(name(17))
+    assert refusal is not None and refusal.startswith("shed: media overload (shed-lowest-priority")
+    # Calm at once, but the cool-down (60 s) holds every one of them.
+    run.tick(CALM, 59.0)
+    assert set(run.guard.shed) == set(shed)
+    # Then one every readmit_every_s (10 s), the reverse of the shedding order.
+    back = []
+    for _ in range(3):
+        before = set(run.guard.shed)
+        run.tick(CALM, 10.0)
+        back += sorted(before - set(run.guard.shed))
+    assert back == [name(16), name(17), name(19)]
+    assert all(run.guard.admit(channel) is None for channel in shed)
+    assert run.guard.problems() == []
+
+
+def test_a_busy_loop_keeps_shed_channels_out() -> None:
+    run = Run(policy="shed-newest")
+    shed = shed_three(run)
+    busy = Load(lag_s=0.002, streams=17, packets=6000, busy=0.93)  # calm, but no headroom
+    run.tick(busy, 300.0)
+    assert set(run.guard.shed) == set(shed)
+    run.tick(CALM, 5.0)  # headroom again: the first comes back
+    assert len(run.guard.shed) == 2
+
+
+def test_shed_again_soon_after_coming_back_doubles_the_cool_down() -> None:
+    run = Run(policy="shed-newest")
+    run.tick(HOT, 3.5)
+    assert run.guard.shed[name(19)].strikes == 1
+    run.tick(CALM, 70.0)
+    assert name(19) not in run.guard.shed
+    run.candidates.append(Candidate(name(19), run.now))  # subscribed again: the newest
+    assert run.tick(HOT, 3.5) == [name(19)]
+    item = run.guard.shed[name(19)]
+    assert item.strikes == 2
+    assert item.until - item.since == pytest.approx(120.0)
+    refusal = run.guard.admit(name(19))
+    assert refusal is not None and "at least 120 s more" in refusal
+
+
+def test_policy_off_reports_but_sheds_nothing_and_lets_the_shed_back() -> None:
+    run = Run(policy="shed-newest")
+    run.tick(HOT, 3.5)
+    assert name(19) in run.guard.shed
+    run.policy = "off"
+    assert run.tick(HOT, 30.0) == []
+    assert run.guard.shed == {}
+    assert run.state == "overloaded"
+    problems = run.guard.problems()
+    assert len(problems) == 1 and problems[0].startswith("media overload in process main")
+
+
+# ----- what /healthz and /api/stats are given -----
+
+
+def test_problems_and_json_name_the_shed_channels() -> None:
+    run = Run(policy="shed-newest", priorities={name(19): 7})
+    run.tick(HOT, 3.5)
+    problems = run.guard.problems()
+    assert problems[0] == ("media overload in process main: wake-up 0.000 s late, 8 of 20 "
+                           "streams lost packets (200 of 7200)")
+    assert problems[1].startswith("1 channel(s) shed for media overload (shed-newest)")
+    assert problems[1].endswith(name(19))
+    body = run.guard.as_json()
+    assert body["state"] == "overloaded" and body["policy"] == "shed-newest"
+    assert body["lag_s"] == 0.0
+    assert body["processes"][MAIN]["lossy"] == 8
+    [item] = body["shed"]
+    assert item["channel_id"] == name(19) and item["priority"] == 7
+    assert item["since"] == 1_700_000_003.5 and item["cool_down_s"] == 60.0
+    assert body["last_decision"]["action"] == "shed"
+    assert body["last_decision"]["channels"] == [name(19)]
+
+
+def test_each_decision_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    run = Run(policy="shed-newest")
+    with caplog.at_level("INFO", logger="sensing_node.media.overload"):
+        run.tick(HOT, 4.0)  # overload and one step, then settling
+        run.tick(CALM, 64.0)  # clear, then one channel back
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 4, messages
+    assert "cannot keep up" in messages[0]
+    assert f"streams shed: {name(19)}" in messages[1]
+    assert "keeping up again" in messages[2]
+    assert f"may come back: {name(19)}" in messages[3]
+
+
+# ----- what a media process measures -----
+
+
+class FakeStream:
+    def __init__(self, channel_id: str, started: float, transport: str = "udp",
+                 port: int = 0) -> None:
+        self.channel_id = channel_id
+        self.started_at = started
+        self.transport = transport
+        self.state = "playing"
+        self.receiver = SimpleNamespace(port=port)
+        self.counts = {"packets": 0, "lost": 0}
+
+    def counter(self, counter: str) -> int:
+        return self.counts[counter]
+
+
+def test_load_meter_counts_deltas_per_stream() -> None:
+    drops = {30000: 5, 30002: 0}
+    cpu = [10.0]
+    meter = LoadMeter(cpu=lambda: cpu[0], drops=lambda ports: dict(drops))
+    a = FakeStream("a", 1.0, port=30000)
+    b = FakeStream("b", 2.0, port=30002)
+    c = FakeStream("c", 3.0, transport="tcp-passive", port=30004)
+    load, carried = meter.sample(100.0, 0.004, [a, b, c])
+    assert load.streams == 3 and load.lossy == 0 and load.busy is None
+    assert [x.channel_id for x in carried] == ["a", "b", "c"]
+    a.counts = {"packets": 350, "lost": 0}
+    b.counts = {"packets": 340, "lost": 10}
+    c.counts = {"packets": 360, "lost": 0}
+    drops[30000] = 9  # a's socket overflowed: lost in the kernel before any sequence check
+    cpu[0] = 10.3
+    d = FakeStream("d", 4.0, port=30006)
+    d.counts = {"packets": 5000, "lost": 400}  # new since the last tick: counted from now on
+    load, _ = meter.sample(100.5, 0.2, [a, b, c, d])
+    assert load == Load(lag_s=0.2, streams=4, lossy=2, packets=1050, lost=10, drops=4,
+                        busy=pytest.approx(0.6))
+    c.state = "retrying"  # not playing: neither counted nor a candidate
+    load, carried = meter.sample(101.0, -0.001, [a, b, c, d])
+    assert load.streams == 3 and load.lag_s == 0.0
+    assert [x.channel_id for x in carried] == ["a", "b", "d"]
+    meter.fed = HOT
+    assert meter.sample(101.5, 0.0, [a])[0] is HOT
+
+
+def test_udp_drops_reads_a_real_overflowing_socket() -> None:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with receiver, sender:
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        receiver.bind(("127.0.0.1", 0))
+        port = receiver.getsockname()[1]
+        before = udp_drops([port])
+        assert before == {port: 0}
+        for _ in range(200):  # never read: the small buffer overflows
+            sender.sendto(b"x" * 1200, ("127.0.0.1", port))
+        after = udp_drops([port])
+        assert after is not None and after[port] > 0
+    assert udp_drops([port], tables=("/nonexistent/udp",)) is None
+
+
+# ----- settings -----
+
+
+def test_settings_overload_policy_and_priorities() -> None:
+    base = "node: {api_token: t}\ndevices: {password: p}\n"
+    settings = parse_settings(base)
+    assert settings.media.overload == "shed-lowest-priority"
+    assert settings.channels.priority_for("31011200001310000001") == 0
+    settings = parse_settings(
+        base + "media: {overload: shed-newest}\n"
+        'channels: {overrides: {"31011200001310000001": {priority: -3}}}\n'
+    )
+    assert settings.media.overload == "shed-newest"
+    assert settings.channels.priority_for("31011200001310000001") == -3
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(base + "media: {overload: shed-oldest}\n"
+                       'channels: {overrides: {"31011200001310000001": {priority: 5000}}}\n')
+    assert caught.value.problems == [
+        '<string>:3: media.overload: unknown value "shed-oldest"; did you mean "shed-newest"?',
+        "<string>:4: channels.overrides.31011200001310000001.priority: must be at most 1000, "
+        "got 5000",
+    ]
+
+
+# ----- a node on loopback -----
+
+
+CAMERAS = [f"3101120000132000000{n}" for n in (1, 2, 3)]
+
+
+async def test_node_sheds_the_newest_stream_and_says_so(start_node: StartNode) -> None:
+    running = await start_node(**{"media.overload": "shed-newest"})
+    hub = running.node.media
+    hub.overload.sustain_s = 1.0  # the rules unchanged, sooner
+    cameras = []
+    try:
+        channels = []
+        for device_id in CAMERAS:
+            camera = SimulatedCamera(CameraConfig(server=running.sip, device_id=device_id,
+                                                  password=PASSWORD))
+            cameras.append(camera)
+            await camera.start(keepalives=False)
+            channels.append(channel_ids(device_id, 1)[0])
+        await wait_for(lambda: all(running.node.registry.channel_device(c) for c in channels))
+        for channel in channels:  # one after another: the last is the newest
+            response = await running.client.post(f"/api/channels/{channel}/live",
+                                                 headers=running.headers)
+            assert response.status == 200, await response.text()
+        newest = channels[-1]
+        # The guard is told every stream loses packets, as a process that cannot keep up sees.
+        hub.load_meter.fed = Load(lag_s=0.0, streams=3, lossy=3, packets=1000, lost=300)
+        await wait_for(lambda: hub.overload.shed, timeout=10.0)
+        hub.load_meter.fed = Load(lag_s=0.0, streams=2, lossy=0)  # not hot: no second step
+        assert list(hub.overload.shed) == [newest]
+        await wait_for(lambda: newest not in hub.streams)
+        ended = await running.get("/api/streams/ended")
+        assert ended[0]["channel_id"] == newest
+        assert ended[0]["reason"].startswith("shed: media overload (shed-newest; ")
+        playing = await running.get("/api/streams")
+        assert sorted(s["channel_id"] for s in playing) == sorted(channels[:2])
+        assert all(s["state"] == "playing" for s in playing)
+        # Refused while it cools down, with the reason.
+        response = await running.client.post(f"/api/channels/{newest}/live",
+                                             headers=running.headers)
+        assert response.status == 503
+        assert (await response.json())["error"].startswith("shed: media overload")
+        health = await running.get("/healthz")
+        assert health["status"] == "degraded"
+        [line] = [r for r in health["reasons"] if "shed for media overload" in r]
+        assert line.endswith(newest)
+        assert any(r.startswith("media overload in process main") for r in health["reasons"])
+        overload: dict[str, Any] = (await running.get("/api/stats"))["overload"]
+        assert overload["state"] == "overloaded" and overload["policy"] == "shed-newest"
+        assert [item["channel_id"] for item in overload["shed"]] == [newest]
+        assert overload["shed"][0]["priority"] == 0
+        assert datetime.fromisoformat(overload["shed"][0]["since"]).tzinfo is not None
+        assert overload["last_decision"]["action"] == "shed"
+        assert overload["last_decision"]["channels"] == [newest]
+    finally:
+        for camera in cameras:
+            await camera.stop(unregister=False)
