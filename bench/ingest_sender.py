@@ -23,7 +23,9 @@ its distribution, the packets sent per stream and its own CPU time as one JSON o
 
 The targets file is a JSON object: `{"host": "127.0.0.1", "ports": [...]}`; stream i goes to
 ports[i] with SSRC 0x0B000000 + i. Within the process, streams `first` .. `first + count - 1`
-are sent.
+are sent. Two optional lists, as long as `ports`, change that per stream: `ssrcs` (the SSRC each
+stream was given, e.g. in the node's INVITE) and `clips` (each stream's kind as `clip_spec`
+reads it, e.g. `1920x1080@8000k`; each kind is its own clip, encoded once and cached).
 """
 
 from __future__ import annotations
@@ -66,19 +68,24 @@ _LEN = struct.Struct("!H")
 # ----- the clip --------------------------------------------------------------------------------
 
 
-def clip() -> list[tuple[bytes, bool]]:
-    """The benchmark clip as (PS bytes of one frame, key frame) pairs, encoded once and cached.
+def clip(width: int | None = None, height: int | None = None, bitrate: int | None = None
+         ) -> list[tuple[bytes, bool]]:
+    """The benchmark clip as (PS bytes of one frame, key frame) pairs, encoded once and cached;
+    by default WIDTH x HEIGHT at BITRATE.
 
     The picture is a fixed detailed texture (as a camera view of a scene) with a few moving
     blocks and light per-frame noise (sensor noise), which makes x264 spend most of its bits on
     the key frames, as camera streams do.
     """
-    name = f"clip-{WIDTH}x{HEIGHT}-{FPS}fps-{BITRATE // 1000}k-gop{GOP}-{CLIP_SECONDS}s.pkl"
+    width = width or WIDTH
+    height = height or HEIGHT
+    bitrate = bitrate or BITRATE
+    name = f"clip-{width}x{height}-{FPS}fps-{bitrate // 1000}k-gop{GOP}-{CLIP_SECONDS}s.pkl"
     path = CACHE / name
     if path.exists():
         with open(path, "rb") as f:
             return pickle.load(f)  # noqa: S301  # our own cache file
-    frames = _encode()
+    frames = _encode(width, height, bitrate)
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -87,7 +94,29 @@ def clip() -> list[tuple[bytes, bool]]:
     return frames
 
 
-def _encode() -> list[tuple[bytes, bool]]:
+def clip_spec(text: str) -> tuple[int, int, int]:
+    """A stream kind as `720p@4` or `1920x1080@8000k`: (width, height, bits per second); a
+    bare number after @ is Mbit/s."""
+    size, _, rate = text.strip().partition("@")
+    named = {"720p": (1280, 720), "1080p": (1920, 1080), "960p": (1280, 960), "4mp": (2560, 1440)}
+    if size.lower() in named:
+        width, height = named[size.lower()]
+    else:
+        w, _, h = size.lower().partition("x")
+        width, height = int(w), int(h)
+    rate = rate.strip().lower() or "4"
+    bitrate = int(rate[:-1]) * 1000 if rate.endswith("k") else int(float(rate) * 1_000_000)
+    if width <= 0 or height <= 0 or width % 2 or height % 2 or bitrate <= 0:
+        raise ValueError(f"not a stream kind: {text!r} (e.g. 720p@4 or 1920x1080@8000k)")
+    return width, height, bitrate
+
+
+def spec_name(spec: tuple[int, int, int]) -> str:
+    """The canonical text of a stream kind, which `clip_spec` reads back."""
+    return f"{spec[0]}x{spec[1]}@{spec[2] // 1000}k"
+
+
+def _encode(width: int, height: int, bitrate: int) -> list[tuple[bytes, bool]]:
     from fractions import Fraction
 
     import av
@@ -97,27 +126,27 @@ def _encode() -> list[tuple[bytes, bool]]:
 
     rng = np.random.default_rng(28181)
     # A detailed, smooth-ish texture: noise blurred a little by averaging shifted copies.
-    base = rng.integers(0, 256, (HEIGHT, WIDTH), dtype=np.int16)
+    base = rng.integers(0, 256, (height, width), dtype=np.int16)
     base = (base + np.roll(base, 1, 0) + np.roll(base, 1, 1) + np.roll(base, (1, 1), (0, 1))) // 4
-    gradient = np.linspace(0, 60, WIDTH, dtype=np.int16)[None, :]
+    gradient = np.linspace(0, 60, width, dtype=np.int16)[None, :]
     background = np.clip(base // 2 + 40 + gradient, 0, 255)
-    chroma_u = np.full((HEIGHT // 2, WIDTH // 2), 118, np.uint8)
-    chroma_v = np.full((HEIGHT // 2, WIDTH // 2), 136, np.uint8)
+    chroma_u = np.full((height // 2, width // 2), 118, np.uint8)
+    chroma_v = np.full((height // 2, width // 2), 136, np.uint8)
 
     codec = av.CodecContext.create("libx264", "w")
-    codec.width, codec.height = WIDTH, HEIGHT
+    codec.width, codec.height = width, height
     codec.pix_fmt = "yuv420p"
     codec.time_base = Fraction(1, FPS)
     codec.framerate = Fraction(FPS, 1)
-    codec.bit_rate = BITRATE
+    codec.bit_rate = bitrate
     codec.gop_size = GOP
     codec.max_b_frames = 0  # cameras send I and P frames
     codec.options = {
         "preset": "veryfast",
         "tune": "zerolatency",
         "x264-params": (
-            f"keyint={GOP}:min-keyint={GOP}:scenecut=0:vbv-maxrate={BITRATE // 1000}:"
-            f"vbv-bufsize={BITRATE // 1000}:nal-hrd=none:repeat-headers=1"
+            f"keyint={GOP}:min-keyint={GOP}:scenecut=0:vbv-maxrate={bitrate // 1000}:"
+            f"vbv-bufsize={bitrate // 1000}:nal-hrd=none:repeat-headers=1"
         ),
     }
     codec.open()
@@ -137,14 +166,14 @@ def _encode() -> list[tuple[bytes, bool]]:
         y = background.copy()
         for b in range(6):  # moving blocks
             size = 60 + 20 * b
-            cx = int((WIDTH - size) * (0.5 + 0.45 * np.sin(0.05 * k + b)))
-            cy = int((HEIGHT - size) * (0.5 + 0.45 * np.cos(0.035 * k + 2 * b)))
+            cx = int((width - size) * (0.5 + 0.45 * np.sin(0.05 * k + b)))
+            cy = int((height - size) * (0.5 + 0.45 * np.cos(0.035 * k + 2 * b)))
             y[cy : cy + size, cx : cx + size] = 40 + 35 * b
         y = y + rng.integers(-3, 4, y.shape, dtype=np.int16)
         planes = np.concatenate(
             [np.clip(y, 0, 255).astype(np.uint8).ravel(), chroma_u.ravel(), chroma_v.ravel()]
         )
-        frame = av.VideoFrame(WIDTH, HEIGHT, "yuv420p")
+        frame = av.VideoFrame(width, height, "yuv420p")
         offset = 0
         for plane in frame.planes:
             h = plane.height
@@ -229,13 +258,18 @@ def session_start(frames: list[tuple[bytes, bool]]) -> list[bytes]:
 
 def run(targets: dict[str, Any], transport: str, duration: float, first: int, count: int,
         total_streams: int, gso: bool = True, first_headers: bool = False) -> dict[str, Any]:
-    frames = clip()
     tcp = transport == "tcp"
-    tpl = templates(frames, tcp, gso)
-    firsts = session_start(frames) if first_headers else []
     host, ports = targets["host"], targets["ports"]
-    nframes = len(tpl)
+    ssrcs = targets.get("ssrcs") or [SSRC_BASE + i for i in range(len(ports))]
+    kinds = targets.get("clips") or [spec_name((WIDTH, HEIGHT, BITRATE))] * len(ports)
     streams = range(first, first + count)
+    # Per stream kind: the clip's frame templates and, to open a session, its first frames.
+    tpls: dict[str, list[tuple[bytearray, list[int], list[tuple[int, int]]]]] = {}
+    firsts: dict[str, list[bytes]] = {}
+    for name in sorted({kinds[i] for i in streams}):
+        frames = clip(*clip_spec(name))
+        tpls[name] = templates(frames, tcp, gso)
+        firsts[name] = session_start(frames) if first_headers else []
     socks = []
     for i in streams:
         if tcp:
@@ -257,12 +291,14 @@ def run(targets: dict[str, Any], transport: str, duration: float, first: int, co
     order = []
     for j, i in enumerate(streams):
         phase = period * i / total_streams
-        position = (i * nframes) // total_streams
-        order.append((phase, j, i, position))
-    order.sort()
+        tpl = tpls[kinds[i]]
+        position = (i * len(tpl)) // total_streams
+        order.append((phase, j, i, position, tpl))
+    order.sort(key=lambda item: item[:3])
     # The first frame of each stream, when it is to open a session (see session_start).
-    first_tpl = {position: templates([(firsts[position], False)], tcp, gso)[0]
-                 for _, _, _, position in order} if first_headers else {}
+    first_tpl = {(kinds[i], position): templates([(firsts[kinds[i]][position], False)], tcp,
+                                                 gso)[0]
+                 for _, _, i, position, _ in order} if first_headers else {}
     sends = [s.sendall if tcp else s.send for s in socks]
     seqs = [0] * count
     sent_packets = [0] * count
@@ -289,7 +325,7 @@ def run(targets: dict[str, Any], transport: str, duration: float, first: int, co
         if base >= stop:
             break
         ts = (k * FRAME_TICKS) & 0xFFFFFFFF
-        for phase, j, i, position in order:
+        for phase, j, i, position, tpl in order:
             due = base + phase
             now = perf()
             if due - now > 0.0003:  # otherwise send up to 0.3 ms early rather than spin
@@ -300,10 +336,10 @@ def run(targets: dict[str, Any], transport: str, duration: float, first: int, co
                 progress.append((now, total_sent))
                 next_tick = now + TICK
             if k == 0 and first_tpl:
-                buf, offsets, chunks = first_tpl[position]
+                buf, offsets, chunks = first_tpl[kinds[i], position]
             else:
-                buf, offsets, chunks = tpl[(position + k) % nframes]
-            ssrc = SSRC_BASE + i
+                buf, offsets, chunks = tpl[(position + k) % len(tpl)]
+            ssrc = ssrcs[i]
             seq = seqs[j]
             send = sends[j]
             for off in offsets:

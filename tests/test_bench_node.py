@@ -1,0 +1,122 @@
+"""The whole-node benchmark's helpers (`bench/common.py`, `bench/node_bench.py`,
+`bench/node_report.py`): the CPU of a process tree, with a child that is alive and one that was
+reaped; the stream mix; what counts as shed in the node's overload report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import common  # noqa: E402
+import ingest_sender  # noqa: E402
+import node_bench  # noqa: E402
+import node_report  # noqa: E402
+
+BURN_S = 0.3  # CPU seconds the grandchild spends, by its own clock
+
+# A parent that starts a child burning BURN_S of CPU, says so, and on each line it reads:
+# "reap" waits for the child (which has exited by then), "quit" ends.
+PARENT = textwrap.dedent(f"""
+    import subprocess, sys
+    child = subprocess.Popen([sys.executable, "-c", '''
+    import sys, time
+    while time.process_time() < {BURN_S}:
+        pass
+    print(time.process_time(), flush=True)
+    sys.stdin.read()
+    '''], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    print(child.pid, child.stdout.readline().strip(), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "reap":
+            child.stdin.close()
+            child.wait()
+            print("reaped", flush=True)
+        else:
+            break
+""")
+
+
+@pytest.fixture
+def parent():
+    proc = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    with proc:  # closes its pipes
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_tree_cpu_counts_a_child_alive_and_reaped(parent: subprocess.Popen[str]) -> None:
+    child_pid, child_cpu = parent.stdout.readline().split()  # type: ignore[union-attr]
+    assert float(child_cpu) >= BURN_S
+    assert common.tree_pids(parent.pid) == [parent.pid, int(child_pid)]
+    alive, processes = common.tree_cpu_seconds(parent.pid)
+    assert processes == 2
+    assert alive >= BURN_S - 0.02  # clock ticks of /proc/PID/stat
+    own = common.tree_cpu_seconds(int(child_pid))[0]
+    assert own <= alive
+
+    parent.stdin.write("reap\n")  # type: ignore[union-attr]
+    parent.stdin.flush()  # type: ignore[union-attr]
+    assert parent.stdout.readline().strip() == "reaped"  # type: ignore[union-attr]
+    assert common.tree_pids(parent.pid) == [parent.pid]
+    reaped, processes = common.tree_cpu_seconds(parent.pid)
+    assert processes == 1
+    assert reaped >= alive - 0.02  # the child's time is now in the parent's cutime
+
+
+def test_tree_of_a_process_that_is_gone() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(10)
+    assert common.tree_pids(proc.pid) == []
+    assert common.tree_cpu_seconds(proc.pid) == (0.0, 0)
+
+
+def test_stream_kinds_dealt_round_robin() -> None:
+    kinds = node_bench.stream_kinds("720p@2,1080p@8000k, 1920x1080@4", 5)
+    assert kinds == ["1280x720@2000k", "1920x1080@8000k", "1920x1080@4000k",
+                     "1280x720@2000k", "1920x1080@8000k"]
+    assert [ingest_sender.clip_spec(k) for k in kinds[:3]] == [
+        (1280, 720, 2_000_000), (1920, 1080, 8_000_000), (1920, 1080, 4_000_000)]
+
+
+@pytest.mark.parametrize("text", ["720p@0", "721x480@4", "big@4", "720p@x"])
+def test_stream_kind_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        ingest_sender.clip_spec(text)
+
+
+def test_shed_channels_found_whatever_the_report_looks_like() -> None:
+    ours = {"31011200001310000001", "31011200001310000002", "31011200001310000003"}
+    report = {"state": "shedding", "shed": [{"channel": "31011200001310000002"}],
+              "processes": {"w1": {"31011200001310000003": "shed", "streams": 2}},
+              "last_decision": "31011200009990000001 (not ours)"}
+    assert node_bench.channel_ids_in(report, ours) == {"31011200001310000002",
+                                                       "31011200001310000003"}
+    assert node_bench.channel_ids_in({"state": "ok", "shed": []}, ours) == set()
+
+
+def test_loss_of_kept_and_shed_streams() -> None:
+    result = {"channels": ["a", "b", "c"], "shed": ["c"], "lost_per_stream": [0, 5, 100],
+              "sent_by_stream": [100, 100, 100]}
+    split = node_report.loss_split(result)
+    assert split["kept"] == {"n": 2, "lost": 5, "sent": 200, "with_loss": 1}
+    assert split["shed"] == {"n": 1, "lost": 100, "sent": 100, "with_loss": 1}
+
+
+def test_finish_counts_loss_per_stream() -> None:
+    out = {"sent_per_stream": [100, 100], "window_sent": 100.0, "sent_by_t1": 150.0}
+    node_bench.finish(out, [100, 90], 0, 140, cpu_s=0.5, seconds=1.0)
+    assert out["lost"] == 10 and out["streams_with_loss"] == 1
+    assert out["max_stream_loss"] == pytest.approx(0.10)
+    assert out["window_packets"] == pytest.approx(95.0)  # sent in the window, less 5 % lost
+    assert out["us_per_packet"] == pytest.approx(1e6 * 0.5 / 95.0)
+    assert out["backlog_ms"] == pytest.approx(100.0)  # 10 packets behind at 100 packets/s
