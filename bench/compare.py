@@ -1,17 +1,18 @@
-"""Before/after: the ingest and recording benchmarks on two commits, alternately, in one run.
+"""Before/after: the whole-node benchmark on two commits, alternately, in one run.
 
     .venv/bin/python bench/compare.py --base REV [--head REV] [--streams 300] [--runs 3]
-                                      [--duration 20] [--record-duration 30] [--no-record]
-                                      [--fsync 2,0] [--writer-cpu C] [--json FILE] [--doc]
+                                      [--duration 20] [--transport udp,tcp] [--no-record]
+                                      [--json FILE] [--doc]
     make bench-compare BASE=REV
 
-Each commit is checked out into a temporary git worktree and imported from there (PYTHONPATH),
-so the files being edited in the working tree do not change what is measured. Per round, the
-base is measured, then the head: `bench/ingest.py` (bare loop, then the node's receive path, UDP
-and TCP) and `bench/record.py` (ingest, then ingest + recording; the head once per `--fsync`
-value when its record benchmark knows the option). Alternating the two commits within each
-round spreads the machine's drift over both; each pass is still compared with the bare loop
-that ran seconds before it, so the ratio node/bare is the figure to compare, as elsewhere in
+Each commit is checked out into a temporary git worktree, and the node runs from there
+(`bench/node_bench.py --node-root`), so the files being edited in the working tree do not change
+what is measured; the harness (senders, simulated NVR, bare loop, measurement) is this tree's,
+the same for both. Per round, the base is measured, then the head, each with one run of
+`bench/node_bench.py`: per transport a bare pass, the node ingesting and, unless --no-record,
+the node ingesting and recording, one worker. Alternating the two commits within each round
+spreads the machine's drift over both; each node pass is still compared with the bare loop that
+ran seconds before it, so the ratio node/bare is the figure to compare, as elsewhere in
 docs/benchmarks.md.
 
 With --doc, the summary replaces the section between `<!-- compare:begin -->` and
@@ -55,15 +56,15 @@ class Checkout:
         self.path = parent / self.commit
         git("worktree", "add", "--detach", "-f", str(self.path), self.commit)
 
-    def run(self, script: str, args: list[str], out: Path) -> list[dict[str, Any]]:
-        env = dict(os.environ, PYTHONPATH=str(self.path))
-        cmd = [sys.executable, str(self.path / "bench" / script), *args, "--json", str(out)]
+    def run(self, args: list[str], out: Path) -> list[dict[str, Any]]:
+        """One run of this tree's bench/node_bench.py with the node from the checkout."""
+        cmd = [sys.executable, str(BENCH / "node_bench.py"), "--node-root", str(self.path),
+               *args, "--no-doc", "--json", str(out)]
         log(f"[{self.commit}] {' '.join(cmd[1:])}")
-        subprocess.run(cmd, cwd=self.path, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, cwd=ROOT, check=False, stdout=subprocess.DEVNULL)
+        if not out.exists():
+            raise RuntimeError(f"{self.commit}: bench/node_bench.py wrote no results")
         return list(json.loads(out.read_text())["results"])
-
-    def knows(self, script: str, option: str) -> bool:
-        return option in (self.path / "bench" / script).read_text()
 
     def remove(self) -> None:
         git("worktree", "remove", "--force", str(self.path))
@@ -77,104 +78,87 @@ def spread(values: list[float], digits: int = 2) -> str:
     return med if len(values) == 1 or lo == hi else f"{med} ({lo:.{digits}f}–{hi:.{digits}f})"
 
 
-def ingest_rows(results: list[dict[str, Any]], transport: str) -> dict[str, list[float]]:
-    by_run: dict[int, dict[str, dict[str, Any]]] = {}
-    for r in results:
-        if r["transport"] == transport:
-            by_run.setdefault(r["round"], {})[r["kind"]] = r
-    pairs = [p for p in by_run.values() if "bare" in p and "node" in p]
+def pairs(results: list[dict[str, Any]], transport: str, recording: bool
+          ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(node pass, bare pass) of each round, for one transport and recording setting."""
+    out = []
+    for node in results:
+        if (node["kind"] == "node" and node["transport"] == transport
+                and node["recording"] == recording and node["workers"] == 1):
+            for bare in results:
+                if (bare["kind"] == "bare" and bare["transport"] == transport
+                        and bare["round"] == node["round"]):
+                    out.append((node, bare))
+    return out
+
+
+def rows(results: list[dict[str, Any]], transport: str, recording: bool
+         ) -> dict[str, list[float]]:
+    ps = pairs(results, transport, recording)
     return {
-        "bare": [p["bare"]["us_per_packet"] for p in pairs],
-        "node": [p["node"]["us_per_packet"] for p in pairs],
-        "ratio": [p["node"]["us_per_packet"] / p["bare"]["us_per_packet"] for p in pairs],
-        "cpu": [100 * p["node"]["cpu_share"] for p in pairs],
-        "lost": [float(p["node"]["lost"]) for p in pairs],
+        "bare": [b["us_per_packet"] for _, b in ps],
+        "node": [n["us_per_packet"] for n, _ in ps],
+        "ratio": [n["us_per_packet"] / b["us_per_packet"] for n, b in ps],
+        "cpu": [100 * n["cpu_share"] for n, _ in ps],
+        "lost": [float(n["lost"]) for n, _ in ps],
     }
 
 
-def record_rows(results: list[dict[str, Any]]) -> dict[str, list[float]]:
-    by_run: dict[int, dict[str, dict[str, Any]]] = {}
-    for r in results:
-        by_run.setdefault(r["round"], {})[r["kind"]] = r
-    pairs = [p for p in by_run.values() if "ingest" in p and "record" in p]
-    return {
-        "ingest": [p["ingest"]["us_per_packet"] for p in pairs],
-        "record": [p["record"]["us_per_packet"] for p in pairs],
-        "added": [p["record"]["us_per_packet"] - p["ingest"]["us_per_packet"] for p in pairs],
-        "loop_added": [p["record"]["loop_us_per_packet"] - p["ingest"]["loop_us_per_packet"]
-                       for p in pairs],
-        "writer": [p["record"].get("writer_us_per_packet", 0.0) for p in pairs],
-        "lost": [float(p["record"]["lost"]) for p in pairs],
-        "syncs": [float((p["record"].get("fdatasync") or {}).get("count", 0)) for p in pairs],
-        "sync_s": [float((p["record"].get("fdatasync") or {}).get("total_s", 0.0))
-                   for p in pairs],
-        "cpu": [100 * p["record"]["cpu_share"] for p in pairs],
-    }
+def added(results: list[dict[str, Any]], transport: str) -> list[float]:
+    """Record µs/pkt minus ingest µs/pkt, per round."""
+    ing = {n["round"]: n["us_per_packet"] for n, _ in pairs(results, transport, False)}
+    rec = {n["round"]: n["us_per_packet"] for n, _ in pairs(results, transport, True)}
+    return [rec[k] - ing[k] for k in sorted(ing.keys() & rec.keys())]
 
 
 def summary(args: argparse.Namespace, data: dict[str, Any]) -> str:
     base, head = data["base"], data["head"]
     lines = [
-        "## Before and after: ingest and recording on two commits (`bench/compare.py`)",
+        "## Before and after: the whole node on two commits (`bench/compare.py`)",
         "",
         f"Base {base} against head {head}, alternately in one run: each round measures the base, "
-        "then the head. Written by `bench/compare.py`; the passes are those of "
-        "`bench/ingest.py` and `bench/record.py` described in their sections.",
+        "then the head, with the same harness (this tree's `bench/node_bench.py`, the node run "
+        "from a worktree of each commit); the passes are those of the \"Whole node\" section.",
         "",
         f"- Date: {data['date']}; the whole run took {data['minutes']:.0f} min; machine: "
         f"{data['machine']}",
         f"- Command: `{data['command']}`",
-        f"- {args.streams} streams of 4 Mbit/s; {args.runs} rounds; ingest windows of "
-        f"{args.duration:g} s, recording windows of {args.record_duration:g} s with "
-        f"{args.segment:g} s segments"
-        + (f", the recorder's writer thread on CPU {args.writer_cpu}." if args.writer_cpu
-           is not None else "."),
+        f"- {args.streams} streams ({args.mix}); {args.runs} round{'s' * (args.runs != 1)}; "
+        "windows of "
+        f"{args.duration:g} s; one worker.",
         "",
-        "Median (min–max) over the rounds. µs/pkt: receiver process CPU per RTP packet; ratio: "
-        "node µs/pkt over the bare loop's in the same round.",
+        "Median (min–max) over the rounds. µs/pkt: CPU of the node's process tree (or the bare "
+        "process) per packet; ratio: node µs/pkt over the bare loop's in the same round.",
         "",
-        "| transport | commit | bare µs/pkt | node µs/pkt | ratio node/bare | node CPU | lost |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| transport | pass | commit | bare µs/pkt | node µs/pkt | ratio node/bare | node CPU "
+        "| lost |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for transport in ("udp", "tcp"):
-        for label in ("base", "head"):
-            rows = ingest_rows(data["ingest"][label], transport)
-            lines.append(
-                f"| {transport.upper()} | {data[label]} | {spread(rows['bare'])} | "
-                f"{spread(rows['node'])} | {spread(rows['ratio'])} | {spread(rows['cpu'], 1)}% "
-                f"| {spread(rows['lost'], 0)} |"
-            )
+    passes = [False] if args.no_record else [False, True]
+    for transport in args.transports:
+        for recording in passes:
+            for label in ("base", "head"):
+                r = rows(data["results"][label], transport, recording)
+                lines.append(
+                    f"| {transport.upper()} | {'record' if recording else 'ingest'} | "
+                    f"{data[label]} | {spread(r['bare'])} | {spread(r['node'])} | "
+                    f"{spread(r['ratio'])} | {spread(r['cpu'], 1)}% | {spread(r['lost'], 0)} |")
     lines.append("")
-    for transport in ("udp", "tcp"):
-        b = statistics.median(ingest_rows(data["ingest"]["base"], transport)["ratio"] or [0])
-        h = statistics.median(ingest_rows(data["ingest"]["head"], transport)["ratio"] or [0])
-        if b:
-            lines.append(f"- {transport.upper()}: the head's ratio to the bare loop is "
-                         f"{100 * (h / b - 1):+.1f}% against the base's (median of rounds).")
-    if data["record"]:
-        lines += [
-            "",
-            "Recording on top of ingest. Added: record µs/pkt minus ingest µs/pkt of the same "
-            "round; loop added: the same for the event-loop thread alone; fdatasyncs: periodic "
-            "syncs of open segments in the record window (`recording.fsync_s`) and the seconds "
-            "spent in them; record CPU: the whole process, in % of the one core it is pinned to "
-            "(above 95% it is saturated and falls behind, and the added figure is no longer a "
-            "cost).",
-            "",
-            "| commit | fsync_s | ingest µs/pkt | record µs/pkt | added µs/pkt | loop added "
-            "µs/pkt | writer µs/pkt | fdatasyncs | in fdatasync, s | record CPU | lost (record) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for key, results in data["record"].items():
-            label, _, fsync = key.partition(":")
-            rows = record_rows(results)
-            lines.append(
-                f"| {data[label]} | {fsync or '–'} | {spread(rows['ingest'])} | "
-                f"{spread(rows['record'])} | {spread(rows['added'])} | "
-                f"{spread(rows['loop_added'])} | {spread(rows['writer'])} | "
-                f"{spread(rows['syncs'], 0)} | {spread(rows['sync_s'])} | "
-                f"{spread(rows['cpu'], 1)}% | {spread(rows['lost'], 0)} |"
-            )
+    for transport in args.transports:
+        for recording in passes:
+            b = statistics.median(rows(data["results"]["base"], transport, recording)["ratio"]
+                                  or [0])
+            h = statistics.median(rows(data["results"]["head"], transport, recording)["ratio"]
+                                  or [0])
+            if b:
+                lines.append(f"- {transport.upper()}, {'record' if recording else 'ingest'}: "
+                             f"the head's ratio to the bare loop is {100 * (h / b - 1):+.1f}% "
+                             "against the base's (median of rounds).")
+        if not args.no_record:
+            for label in ("base", "head"):
+                lines.append(f"- {transport.upper()}: recording adds "
+                             f"{spread(added(data['results'][label], transport))} µs/pkt on "
+                             f"{data[label]}.")
     return "\n".join(lines) + "\n"
 
 
@@ -194,49 +178,31 @@ def main() -> None:
     parser.add_argument("--head", default="HEAD")
     parser.add_argument("--streams", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3, help="rounds")
-    parser.add_argument("--duration", type=float, default=20.0, help="ingest window, s")
-    parser.add_argument("--record-duration", type=float, default=30.0)
-    parser.add_argument("--segment", type=float, default=10.0)
-    parser.add_argument("--fsync", default="2,0", help="head's recording.fsync_s values")
-    parser.add_argument("--writer-cpu", type=int,
-                        help="pin the recorder's writer thread to this CPU (record passes)")
+    parser.add_argument("--duration", type=float, default=20.0, help="window, s")
+    parser.add_argument("--transport", default="udp,tcp")
+    parser.add_argument("--mix", default="720p@4", help="stream kinds (bench/node_bench.py)")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--json", help="also write every raw figure to this file")
     parser.add_argument("--doc", action="store_true", help="write docs/benchmarks.md")
     args = parser.parse_args()
+    args.transports = [x for x in args.transport.split(",") if x]
     started = time.monotonic()
+    bench_args = ["--streams", str(args.streams), "--runs", "1", "--window", str(args.duration),
+                  "--transport", args.transport, "--workers", "1", "--mix", args.mix,
+                  "--recording", "off" if args.no_record else "off,on"]
     with tempfile.TemporaryDirectory(prefix="compare-") as tmp:
         parent = Path(tmp)
         sides = {"base": Checkout(args.base, parent), "head": Checkout(args.head, parent)}
         data: dict[str, Any] = {
             "base": sides["base"].commit, "head": sides["head"].commit,
-            "ingest": {"base": [], "head": []}, "record": {},
+            "results": {"base": [], "head": []},
         }
         try:
             for rnd in range(1, args.runs + 1):
                 for label, side in sides.items():
-                    out = parent / f"ingest-{label}-{rnd}.json"
-                    for r in side.run("ingest.py", [
-                        "--streams", str(args.streams), "--runs", "1", "--duration",
-                        str(args.duration), "--max-wait", "60", "--no-doc"], out):
-                        data["ingest"][label].append(dict(r, round=rnd))
-                if args.no_record:
-                    continue
-                for label, side in sides.items():
-                    fsyncs = [None]
-                    if label == "head" and side.knows("record.py", "--fsync"):
-                        fsyncs = args.fsync.split(",")
-                    for fsync in fsyncs:
-                        extra = [] if fsync is None else ["--fsync", fsync]
-                        if args.writer_cpu is not None:
-                            extra += ["--writer-cpu", str(args.writer_cpu)]
-                        out = parent / f"record-{label}-{fsync}-{rnd}.json"
-                        key = label if fsync is None else f"{label}:{fsync}"
-                        for r in side.run("record.py", [
-                            "--streams", str(args.streams), "--runs", "1", "--duration",
-                            str(args.record_duration), "--segment", str(args.segment),
-                            "--disk-gb", "1", "--out", "", *extra], out):
-                            data["record"].setdefault(key, []).append(dict(r, round=rnd))
+                    out = parent / f"{label}-{rnd}.json"
+                    for r in side.run(bench_args, out):
+                        data["results"][label].append(dict(r, round=rnd))
         finally:
             for side in sides.values():
                 side.remove()
@@ -252,7 +218,7 @@ def main() -> None:
     text = summary(args, data)
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(data, indent=1))
+        Path(args.json).write_text(json.dumps(data, indent=1, default=str))
     if args.doc:
         write_doc(text)
 

@@ -215,7 +215,7 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
 
 
 def node_config(tmp: Path, n: int, transport: str, recording: bool, workers: int,
-                segment_s: int) -> tuple[Path, int, int]:
+                segment_s: int, fsync_s: float = 2.0) -> tuple[Path, int, int]:
     """The node's configuration file for one pass; returns it with its SIP and HTTP ports.
     `media.workers` is written only when it is not 1 (the default), so that a node from before
     the setting runs the one-worker passes."""
@@ -244,7 +244,7 @@ media:
 {media}recording:
   channels: {'all' if recording else '[]'}
   segment_s: {segment_s}
-  fsync_s: 2
+  fsync_s: {fsync_s:g}
   min_free_gb: 0
 """
     path = tmp / "node.yaml"
@@ -524,7 +524,7 @@ async def node_pass(transport: str, n: int, recording: bool, workers: int, kinds
 
     loop = asyncio.get_running_loop()
     config, sip_port, http_port = node_config(tmp, n, transport, recording, workers,
-                                              args.segment)
+                                              args.segment, args.fsync)
     if workers != 1:
         problem = await loop.run_in_executor(None, check_config, config, args.node_root)
         if problem is not None:
@@ -797,7 +797,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--recording", default="off,on", help="off, on or both")
     parser.add_argument("--workers", default="1,2", help="media.workers values")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--window", type=float, default=20.0, help="measurement window, s")
+    parser.add_argument("--window", "--duration", dest="window", type=float, default=20.0,
+                        help="measurement window, s")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--tail", type=float, default=1.0,
                         help="the senders go on this long after the window")
@@ -807,6 +808,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "720p@4 (Mbit/s) or 1920x1080@8000k")
     parser.add_argument("--segment", type=int, default=10,
                         help="recording.segment_s (10: segments close inside short windows)")
+    parser.add_argument("--fsync", type=float, default=2.0,
+                        help="recording.fsync_s: the sync pass of open segments (0: off)")
     parser.add_argument("--senders", type=int, default=1, help="sender processes")
     parser.add_argument("--pin-workers", action="store_true",
                         help="pin passes with several workers too, to as many CPUs")

@@ -116,7 +116,7 @@ def header(info: dict[str, Any], args: Any, clips: dict[str, dict[str, float]],
         f"{args.runs} run{'s' if args.runs > 1 else ''}, each going through the transports and "
         "stream counts, and for each a bare pass, then a node pass per recording and workers "
         f"setting. Pinning: {args.pinning}. Recording: `recording.segment_s: {args.segment}`, "
-        "`fsync_s: 2`, to a temporary directory on the same disk as /tmp.")
+        f"`fsync_s: {args.fsync:g}`, to a temporary directory under `{args.dir}`.")
     kinds = []
     for name, c in clips.items():
         kinds.append(f"{name} ({c['bitrate_bps'] / 1e6:.2f} Mbit/s on the wire, "

@@ -1,8 +1,9 @@
-"""Run every benchmark of the node and write docs/benchmarks.md (`make bench`).
+"""Run the benchmarks of the node and write docs/benchmarks.md (`make bench`, `make bench-full`).
 
-    .venv/bin/python bench/run_all.py [--runs 3] [--devices 10000] [--no-doc] [--no-ingest]
+    .venv/bin/python bench/run_all.py [--quick] [--runs 3] [--devices 10000] [--no-doc]
+                                      [--no-node]
 
-Each measurement runs at least three times in fresh processes; the report gives the median and
+Each measurement runs three times (`--runs`) in fresh processes; the report gives the median and
 the spread (min-max). Every process is separate and pinned: the server under test (node, echo
 loop, minimal registrar) on CPU 0, the load generator or SIPp on CPU 1. Each round measures the
 bare echo loop and the minimal registrar right before the node, with the same load generator, so
@@ -15,9 +16,17 @@ Passes:
   sipp x N     SIPp registering the same number of devices (fixed rate, then at the goal rate)
   profile      cProfile of the node's loop thread while registering, keeping alive and idling
   memory       tracemalloc (10,000 devices) and RSS (50,000 devices) of the node
-  ingest       bench/ingest.py: simulated cameras over UDP and TCP into the node's media receive
-               path (about 50 min; --no-ingest skips it); it writes its own section of the doc,
-               between markers that this script keeps when it rewrites the rest
+  node         bench/node_bench.py: simulated cameras over UDP and TCP into the whole node, with
+               and without recording, 1 and 2 media workers, N = 100..500 (about 90 min;
+               --no-node skips it); it writes its own section of the doc ("Whole node")
+
+--quick (`make bench`, about 4 minutes): one round, no experiments, SIPp, profile or RSS pass,
+and `bench/node_bench.py --quick` (300 streams over UDP, with and without recording, 1 and 2
+workers, 10 s windows, one run). Without it (`make bench-full`) everything runs: about 100
+minutes.
+
+This script writes the doc from its start to the first section another benchmark keeps between
+`<!-- name:begin -->` and `<!-- name:end -->` markers; from there on the doc is kept as it is.
 
 Prints the medians and spreads, and rewrites docs/benchmarks.md unless --no-doc.
 """
@@ -641,7 +650,7 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
         "other work on a shared machine from taking the measured cores)")
     add(f"- Load average when the run started: {', '.join(f'{x:.2f}' for x in info['loadavg'])}")
     add(f"- Date: {info['date']}; the whole run took {elapsed:.0f} s")
-    add(f"- Command: {command}; {args.runs} rounds of each measurement, {n:,} devices, "
+    add(f"- Command: {command}; {plural(args.runs, 'round')} of each measurement, {n:,} devices, "
         f"{args.window} transactions in flight")
     add("")
 
@@ -721,11 +730,12 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
     # --- results
     add("## Results")
     add("")
-    add(f"Median and spread (min – max) of {args.runs} rounds. A *REGISTER transaction* is one "
-        "request and its final response; a registration is two (REGISTER → 401, "
-        "REGISTER with Authorization → 200), and the goal is read as transactions (read as "
-        "registrations it is twice as far). *CPU per transaction* is the server process's "
-        "CPU time (all threads, from /proc) divided by the transactions it answered; "
+    add(f"Median and spread (min – max) of {plural(args.runs, 'round')}. A *REGISTER "
+        "transaction* is one request and its final response; a registration is two "
+        "(REGISTER → 401, REGISTER with Authorization → 200), and the goal is read as "
+        "transactions (read as registrations it is twice as far). *CPU per transaction* is "
+        "the server process's CPU time (all threads, from /proc) divided by the transactions "
+        "it answered; "
         "*capacity* is one core divided by that.")
     add("")
     add("| measurement | median | spread |")
@@ -1364,10 +1374,18 @@ def main() -> int:
                         "written")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
-    parser.add_argument("--no-ingest", action="store_true",
-                        help="skip the live-ingest benchmark (bench/ingest.py, about 50 min)")
+    parser.add_argument("--no-node", "--no-ingest", dest="no_node", action="store_true",
+                        help="skip the whole-node benchmark (bench/node_bench.py)")
+    parser.add_argument("--quick", action="store_true",
+                        help="one round, no experiments, SIPp, profile or RSS pass, and the "
+                        "whole-node benchmark's --quick pass (about 4 minutes)")
     parser.add_argument("--json", help="also write every raw figure to this file")
     args = parser.parse_args()
+    if args.quick:
+        if args.runs == parser.get_default("runs"):
+            args.runs = 1
+        args.no_sipp = args.no_experiments = args.no_profile = True
+        args.memory_devices = 0
     args.ka_rounds = 2
 
     started = time.perf_counter()
@@ -1454,32 +1472,26 @@ def main() -> int:
         kept = kept_sections(DOC)
         DOC.write_text(text.rstrip("\n") + "\n\n" + kept if kept else text)
         log(f"wrote {os.path.relpath(DOC, ROOT)} ({elapsed:.0f} s)")
-    if not args.no_ingest:
-        # The live-ingest benchmark rewrites its own section of the doc (kept above).
-        log("live-ingest benchmark (bench/ingest.py) ...")
-        ingest = [PY, str(BENCH / "ingest.py"), "--runs", str(args.runs)]
+    if not args.no_node:
+        # The whole-node benchmark rewrites its own section of the doc (kept above).
+        log("whole-node benchmark (bench/node_bench.py) ...")
+        node = [PY, str(BENCH / "node_bench.py")]
+        node += ["--quick"] if args.quick else ["--runs", str(args.runs)]
         if args.no_doc:
-            ingest.append("--no-doc")
-        if subprocess.run(ingest, cwd=ROOT).returncode != 0:
-            log("the live-ingest benchmark failed")
+            node.append("--no-doc")
+        if subprocess.run(node, cwd=ROOT).returncode != 0:
+            log("the whole-node benchmark failed")
             return 1
     return 0
 
 
-#: Sections other benchmarks write between `<!-- name:begin -->` and `<!-- name:end -->`; this
-#: script keeps them, in this order, when it rewrites the rest of the doc.
-KEPT_SECTIONS = ("ingest", "record", "export", "retention", "compare", "relay")
-
-
 def kept_sections(path: Path) -> str:
-    """The sections other benchmarks keep between their markers in the doc, markers included."""
+    """What this script keeps of the doc when it rewrites it: everything from the first
+    `<!-- name:begin -->` marker on (the sections other benchmarks write between their markers,
+    and what was written by hand between them)."""
     text = path.read_text() if path.exists() else ""
-    out = []
-    for name in KEPT_SECTIONS:
-        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-        if begin in text and end in text:
-            out.append(begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n")
-    return "\n".join(out)
+    found = re.search(r"^<!-- [\w-]+:begin -->$", text, re.MULTILINE)
+    return text[found.start():] if found else ""
 
 
 def print_summary(m: dict[str, Any], sipp: dict[str, Any], memory: dict[str, Any]) -> None:
