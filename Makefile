@@ -4,8 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/demo.yaml
 
-.PHONY: run test bench bench-ingest bench-record bench-export bench-retention bench-compare \
-        bench-relay bench-playback bench-console chromium lint clean
+.PHONY: run test bench bench-full bench-node bench-ingest bench-record bench-export \
+        bench-retention bench-compare bench-relay bench-playback bench-console chromium lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,17 +27,31 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest -q
 
+# The figures a reviewer needs, about 4 minutes: registrations, keepalives, idle and memory (one
+# round), and the whole node at 300 streams with and without recording, 1 and 2 media workers.
 bench: $(VENV)/.installed-test
+	$(BIN)/python bench/run_all.py --quick
+
+# Everything bench/run_all.py measures, three rounds, then the whole-node sweep (about 100 min).
+bench-full: $(VENV)/.installed-test
 	$(BIN)/python bench/run_all.py
 
-# Live ingest only: N simulated cameras over UDP and TCP (see bench/ingest.py for options).
-bench-ingest: $(VENV)/.installed-test
-	$(BIN)/python bench/ingest.py
+# The whole node: N = 100..500 simulated cameras over UDP and TCP, with and without recording,
+# 1 and 2 media workers, against the bare loop in the same run (about 90 minutes; see
+# bench/node_bench.py for options, e.g. ARGS="--overload" or ARGS="--quick").
+bench-node: $(VENV)/.installed-test
+	$(BIN)/python bench/node_bench.py $(ARGS)
 
-# Recording on top of ingest, export speed, retention sweep at 30 days x 300 channels. Their
-# results go to the sections of docs/benchmarks.md named after them (record: bench/results/).
+# Presets of bench-node: live ingest alone (one worker), and ingest against ingest + recording
+# (UDP, 300 and 100 streams). Their results go to the "Whole node" section too.
+bench-ingest: $(VENV)/.installed-test
+	$(BIN)/python bench/ingest.py $(ARGS)
+
 bench-record: $(VENV)/.installed-test
-	$(BIN)/python bench/record.py
+	$(BIN)/python bench/record.py $(ARGS)
+
+# Export speed, retention sweep at 30 days x 300 channels. Their results go to the sections of
+# docs/benchmarks.md named after them.
 
 bench-export: $(VENV)/.installed-test
 	$(BIN)/python bench/export.py --cpu 1
@@ -64,7 +78,8 @@ bench-playback: $(VENV)/.installed-test
 bench-console: $(VENV)/.installed-test chromium
 	$(BIN)/python bench/console.py
 
-# Ingest and recording on two commits, alternately in one run: make bench-compare BASE=<rev>
+# The whole node, ingest and recording, on two commits alternately in one run (this tree's
+# harness, each commit's node): make bench-compare BASE=<rev>
 bench-compare: $(VENV)/.installed-test
 	$(BIN)/python bench/compare.py --base $(BASE) --doc
 
