@@ -103,7 +103,9 @@ def header(info: dict[str, Any], args: Any, clips: dict[str, dict[str, float]],
         "(`bench/ingest_sender.py`) to the ports and SSRCs of the node's INVITEs. CPU is that "
         "of the node's whole process tree over the window, per packet the node took "
         "(`/api/streams`); loss is per stream over the whole pass. Written by "
-        "`bench/node_bench.py`; how each figure is taken: its docstring.")
+        "`bench/node_bench.py`; how each figure is taken: its docstring. It replaced the "
+        "receive-path benchmarks whose last figures are in \"Live ingest\" and \"Recording\" "
+        "above (the node's receive path and recorder in a process of the benchmark's own).")
     L.append("")
     for note in notes:
         L += [f"> **{note}**", ""]
