@@ -46,6 +46,8 @@ __all__ = [
     "MAGIC_COOKIE",
     "InviteState",
     "ack_for_non_2xx",
+    "DEFAULT_MAX_SERVER_BYTES",
+    "SERVER_ENTRY_OVERHEAD",
 ]
 
 MAGIC_COOKIE = "z9hG4bK"
@@ -124,11 +126,24 @@ Event = RequestReceived | ResponseReceived | TransactionTimedOut
 
 
 class _ServerTx:
-    __slots__ = ("peer", "response")
+    __slots__ = ("size", "response")
 
-    def __init__(self, peer: Peer) -> None:
-        self.peer = peer
+    def __init__(self, size: int) -> None:
+        self.size = size  # what the entry counts against max_server_bytes
         self.response: bytes | None = None  # last response sent, replayed on retransmission
+
+
+# What a cached server transaction costs besides the bytes of its key and response: the
+# OrderedDict entry, the key tuple, the (deadline, tx) pair and the _ServerTx, with CPython's
+# object headers (measured with tracemalloc on CPython 3.11: about 440 bytes).
+SERVER_ENTRY_OVERHEAD = 448
+# Enough for Timer J (32 s) at 15,000 REGISTER transactions per second with responses of up to
+# about 500 bytes: 15,000 * 32 * (448 + 500 + 60 of key) = 460 MiB.
+DEFAULT_MAX_SERVER_BYTES = 480 * 2**20
+
+
+def _entry_size(key: ServerKey, response: int) -> int:
+    return SERVER_ENTRY_OVERHEAD + len(key[0]) + len(key[1]) + response
 
 
 class _ClientTx:
@@ -224,15 +239,22 @@ class TransactionLayer:
         self,
         timers: TimerValues | None = None,
         *,
-        max_server_transactions: int = 200_000,
+        max_server_bytes: int = DEFAULT_MAX_SERVER_BYTES,
+        max_server_transactions: int = 2_000_000,
         max_client_transactions: int = 50_000,
     ) -> None:
         self.timers = timers or TimerValues()
+        # The server transaction cache is bounded by what it holds (`server_bytes`: each
+        # entry's key and cached response plus SERVER_ENTRY_OVERHEAD), the oldest entry going
+        # first; the count bound is only a backstop against entries of no size at all.
+        self.max_server_bytes = max_server_bytes
         self.max_server_transactions = max_server_transactions
         self.max_client_transactions = max_client_transactions
         # Server transactions in creation order: Timer J has one length for all UDP server
         # transactions, so the oldest is always the first to expire and a FIFO is enough.
         self._server: OrderedDict[ServerKey, tuple[float, _ServerTx]] = OrderedDict()
+        self.server_bytes = 0
+        self.server_evictions = 0  # entries dropped for room before their Timer J ended
         self._client: dict[ClientKey, _ClientTx | _InviteClientTx] = {}
         self._timers: list[tuple[float, int, ClientKey]] = []
         self._seq = itertools.count()
@@ -251,20 +273,39 @@ class TransactionLayer:
             return [RequestReceived(None, request, peer)]
         key = server_key(request)
         assert key is not None
+        if not self.receive_key(key, peer, now):
+            return []
+        return [RequestReceived(key, request, peer)]
+
+    def receive_key(self, key: ServerKey, peer: Peer, now: float) -> bool:
+        """The transaction part of `receive` for a non-INVITE request whose server key the
+        caller worked out (`fastpath.recognise`): True for a new transaction, which the caller
+        answers with `respond` or `respond_bytes`; False for a retransmission, absorbed, its
+        cached response (if any yet) queued again to `peer`."""
         entry = self._server.get(key)
         if entry is not None:
             self.absorbed_retransmissions += 1
             tx = entry[1]
             if tx.response is not None:
                 self._out.append(Outgoing(tx.response, peer))
-            return []
+            return False
         self._expire_server(now)
-        if len(self._server) >= self.max_server_transactions:
-            self._server.popitem(last=False)
+        size = _entry_size(key, 0)
+        self._make_room(size, 1)
         # Until answered, keep the transaction for Timer J past now as well; the expiry is
         # reset by respond().
-        self._server[key] = (now + 64 * self.timers.t1, _ServerTx(peer))
-        return [RequestReceived(key, request, peer)]
+        self._server[key] = (now + 64 * self.timers.t1, _ServerTx(size))
+        self.server_bytes += size
+        return True
+
+    def _make_room(self, size: int, entries: int) -> None:
+        """Evict the oldest entries until `entries` more of `size` bytes in all fit."""
+        server = self._server
+        while server and (self.server_bytes + size > self.max_server_bytes
+                          or len(server) + entries > self.max_server_transactions):
+            _, (_, tx) = server.popitem(last=False)
+            self.server_bytes -= tx.size
+            self.server_evictions += 1
 
     def _receive_response(self, response: Response, peer: Peer, now: float) -> list[Event]:
         via = response.top_via
@@ -291,19 +332,31 @@ class TransactionLayer:
     # ----- server side -----
     def respond(self, key: ServerKey | None, response: Response, peer: Peer, now: float) -> None:
         """Send `response`; for a transaction key, cache it to answer retransmissions."""
-        data = response.to_bytes()
+        self.respond_bytes(key, response.status, response.to_bytes(), peer, now)
+
+    def respond_bytes(
+        self, key: ServerKey | None, status: int, data: bytes, peer: Peer, now: float
+    ) -> None:
+        """`respond` with the response already serialised (`data`, of status `status`)."""
         if key is not None:
             entry = self._server.get(key)
             if entry is not None:
                 tx = entry[1]
                 tx.response = data
-                if response.status >= 200:
+                server = self._server
+                if status >= 200 and peer.reliable:
                     # Timer J: 64*T1 on UDP, zero on reliable transports (17.2.2).
-                    if peer.reliable:
-                        del self._server[key]
-                    else:
-                        self._server[key] = (now + 64 * self.timers.t1, tx)
-                        self._server.move_to_end(key)
+                    del server[key]
+                    self.server_bytes -= tx.size
+                else:
+                    size = _entry_size(key, len(data))
+                    self.server_bytes += size - tx.size
+                    tx.size = size
+                    if status >= 200:
+                        server[key] = (now + 64 * self.timers.t1, tx)
+                        server.move_to_end(key)
+                    if self.server_bytes > self.max_server_bytes:
+                        self._make_room(0, 0)  # the oldest go, this one last of all
         self._out.append(Outgoing(data, peer))
 
     def send_raw(self, data: bytes, peer: Peer) -> None:
@@ -478,10 +531,11 @@ class TransactionLayer:
     def _expire_server(self, now: float) -> None:
         server = self._server
         while server:
-            key, (deadline, _) = next(iter(server.items()))
+            key, (deadline, tx) = next(iter(server.items()))
             if deadline > now:
                 break
             del server[key]
+            self.server_bytes -= tx.size
 
     # ----- output -----
     def datagrams_to_send(self) -> list[Outgoing]:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sip import auth, ids, manscdp
 from sip.errors import ParseError
+from sip.fastpath import FastRequest
 from sip.manscdp import ManscdpMessage, parse_manscdp
 from sip.message import Request, Response
 from sip.transaction import Peer, RequestReceived
@@ -78,7 +79,9 @@ class Registrar:
         # monotonic clock, which a stepped wall clock does not move; the wall clock only dates
         # what is written down and the Date header.
         self.mono = monotonic
-        self.endpoint: SipEndpoint | None = None
+        self._endpoint: SipEndpoint | None = None
+        # Requests in an upstream's name are the cascade's (Node._route): never fast-pathed.
+        self._upstream_ids = frozenset(upstream.id for upstream in settings.upstreams)
         self.queries: DeviceQueries | None = None
         #: in-dialog requests (BYE) of the node's sessions with devices; False: not one of them
         self.dialog_requests: Callable[[RequestReceived], bool] | None = None
@@ -104,24 +107,40 @@ class Registrar:
         flood limit starts every device's bucket afresh."""
         old, new = self.settings.devices, settings.devices
         self.settings = settings
+        self._upstream_ids = frozenset(upstream.id for upstream in settings.upstreams) \
+            | self._upstream_ids  # the cascade may still hold the old ones for a while
         if new.message_rate != old.message_rate:
             self.message_buckets = TokenBuckets(new.message_rate.per_s, new.message_rate.burst)
         if new.register_rate != old.register_rate:
             self.register_buckets = TokenBuckets(new.register_rate.per_s,
                                                  new.register_rate.burst)
 
+    @property
+    def endpoint(self) -> SipEndpoint | None:
+        return self._endpoint
+
+    @endpoint.setter
+    def endpoint(self, endpoint: SipEndpoint | None) -> None:
+        """The SIP endpoint answers go out through; its UDP REGISTERs and keepalives of the
+        usual shape come to `fast_request` from then on (sip.fastpath)."""
+        if self._endpoint is not None and self._endpoint.fast_path == self.fast_request:
+            self._endpoint.fast_path = None
+        self._endpoint = endpoint
+        if endpoint is not None:
+            endpoint.fast_path = self.fast_request
+
     # ----- dispatch -----
     def on_request(self, event: RequestReceived) -> None:
         method = event.request.method
         if method == "REGISTER":
-            self._register(event)
+            self._register(_Parsed(event, self))
         elif method == "MESSAGE":
             # In a dialog of ours (a device's MediaStatus at the end of a playback of its
             # recordings): From names the channel we INVITEd, not the device.
             if event.request.to.tag and self.dialog_requests is not None \
                     and self.dialog_requests(event):
                 return
-            self._message(event)
+            self._message(_Parsed(event, self))
         elif method == "OPTIONS":
             self._answer(event, 200)
         elif method == "ACK":
@@ -143,56 +162,76 @@ class Registrar:
         assert self.endpoint is not None
         self.endpoint.respond(event, response)
 
+    def fast_request(self, request: FastRequest, peer: Peer) -> bool:
+        """A REGISTER or keepalive MESSAGE recognised from its bytes (`sip.fastpath`), put
+        through the same transaction handling and the same policy as on the full path, and
+        answered with the same bytes. False, with nothing done, hands it to the full path."""
+        endpoint = self._endpoint
+        if endpoint is None or request.device_id in self._upstream_ids:
+            return False
+        if not endpoint.fast_transaction(request, peer):
+            return True  # a retransmission, answered from the transaction cache
+        incoming = _Fast(request, peer, self)
+        try:
+            if request.method == "REGISTER":
+                self._register(incoming)
+            else:
+                self._message(incoming)
+        except Exception:
+            log.exception("error handling %s from %s", request.method, peer)
+            incoming.answer(500, to_tag=False)
+        return True
+
     # ----- REGISTER -----
-    def _register(self, event: RequestReceived) -> None:
-        req = event.request
+    def _register(self, req: _Incoming) -> None:
         now = self.mono()
-        device_id = req.from_.uri.user or ""  # the parser has checked From already
+        device_id = req.device_id  # the parser has checked From already
+        peer = req.peer
         problem = ids.check_device_id(device_id)
         if problem is not None:
-            log.info("REGISTER refused: %r from %s: %s", device_id, event.peer.host, problem)
-            self._answer(event, 403, "Invalid Device ID")
+            log.info("REGISTER refused: %r from %s: %s", device_id, peer.host, problem)
+            req.answer(403, "Invalid Device ID")
             return
         if not self.settings.devices.allowed(device_id):
-            self._answer(event, 403, "Device Not Allowed")
+            req.answer(403, "Device Not Allowed")
             return
-        if not self._may_register_from(device_id, event.peer.host):
+        if not self._may_register_from(device_id, peer.host):
             self._log_refusal(f"from/{device_id}", now, "REGISTER %s from %s refused: outside "
                               "its network %s (devices.overrides.%s.from)", device_id,
-                              event.peer.host, self.settings.devices.network_for(device_id),
+                              peer.host, self.settings.devices.network_for(device_id),
                               device_id)
-            self._answer(event, 403, "Source Not Allowed")
+            req.answer(403, "Source Not Allowed")
             return
-        source = f"{event.peer.host}/{device_id}"
+        source = f"{peer.host}/{device_id}"
         if self.auth_lockout.locked(source, now):
             self.stats.auth_rate_limited += 1
-            self._answer(event, 403, "Too Many Failed Attempts")
+            req.answer(403, "Too Many Failed Attempts")
             return
         if not self.register_buckets.allow(device_id, now):
             rate = self.settings.devices.register_rate
             self._log_refusal(f"flood/{device_id}", now, "REGISTER %s from %s: 503, over "
                               "devices.register_rate (%g/s, burst %d)", device_id,
-                              event.peer.host, rate.per_s, rate.burst)
-            self._overloaded(event, "flooded")
+                              peer.host, rate.per_s, rate.burst)
+            self._overloaded(req, "flooded")
             return
         if self.registry.full(device_id):
-            self._overloaded(event, "registry_full")
+            self._overloaded(req, "registry_full")
             return
         if self.settings.devices.unauthenticated(device_id):
             # Only from its `from` network (checked above); the password plays no part.
             log.warning("REGISTER %s from %s %s:%d accepted WITHOUT authentication "
-                        "(devices.overrides.%s.auth: none)", device_id, event.peer.transport,
-                        event.peer.host, event.peer.port, device_id)
-            self._accept(event, device_id)
+                        "(devices.overrides.%s.auth: none)", device_id, peer.transport,
+                        peer.host, peer.port, device_id)
+            self._accept(req, device_id)
             return
-        header = req.headers.get("Authorization")
+        header = req.header("authorization")
         if header is None:
-            self._challenge(event, now, source, stale=False)
+            self._challenge(req, now, source, stale=False)
             return
         try:
             creds = auth.parse_digest(header)
         except ParseError:
-            self._answer(event, 400, "Bad Authorization Header")
+            req.answer(400, "Bad Authorization Header")
             return
         # The nonce is bound to this source address and device ID (`source`); with qop=auth
         # each request must count `nc` up, without qop a nonce serves one REGISTER.
@@ -203,8 +242,8 @@ class Registrar:
             if verdict == "replayed":
                 self.stats.dropped["replayed_nonce"] += 1
                 self._log_refusal(f"replay/{device_id}", now, "REGISTER %s from %s: nonce "
-                                  "used before", device_id, event.peer.host)
-            self._challenge(event, now, source, stale=verdict in ("stale", "replayed"))
+                                  "used before", device_id, peer.host)
+            self._challenge(req, now, source, stale=verdict in ("stale", "replayed"))
             return
         password = self.settings.devices.password_for(device_id)
         username = self.settings.devices.username_for(device_id)
@@ -215,39 +254,36 @@ class Registrar:
         ):
             self.stats.auth_failures += 1
             self.auth_lockout.fail(source, now)
-            log.warning("REGISTER %s from %s: wrong credentials", device_id, event.peer.host)
-            self._answer(event, 403, "Forbidden")
+            log.warning("REGISTER %s from %s: wrong credentials", device_id, peer.host)
+            req.answer(403, "Forbidden")
             return
         self.nonces.use(nonce, nc)
         self.auth_lockout.succeed(source)
-        self._accept(event, device_id)
+        self._accept(req, device_id)
 
-    def _challenge(self, event: RequestReceived, now: float, bind: str, *, stale: bool) -> None:
-        response = Response.for_request(event.request, 401, to_tag=self.to_tag)
+    def _challenge(self, req: _Incoming, now: float, bind: str, *, stale: bool) -> None:
         nonce = self.nonces.make(now, bind)
         value = auth.build_challenge(self.settings.node.realm, nonce, stale=stale)
-        response.headers.add("WWW-Authenticate", value)
-        self._reply(event, response)
+        req.answer(401, None, (("WWW-Authenticate", value),))
 
-    def _accept(self, event: RequestReceived, device_id: str) -> None:
-        req = event.request
+    def _accept(self, req: _Incoming, device_id: str) -> None:
         now = self.wall()  # written down and sent; the registry takes expiry from `mono`
-        expires = requested_expires(req)
-        response = Response.for_request(req, 200, to_tag=self.to_tag)
-        contact = req.headers.get("Contact") or ""
-        gb_ver = req.headers.get("X-GB-Ver")
+        expires = req.requested_expires()
+        headers: list[tuple[str, str]] = []
+        contact = req.header("contact") or ""
+        gb_ver = req.header("x-gb-ver")
         old = self.registry.get(device_id)
         old_peer = None
         if old is not None and old.transport == "tcp" and old.remote:
             old_peer = Peer("tcp", *old.host_port)
         if expires == 0:
             self.registry.unregister(device_id, now)
-            response.headers.add("Expires", "0")
+            headers.append(("Expires", "0"))
             if old_peer is not None and self.endpoint is not None:
                 self.endpoint.release(old_peer, device_id)
         else:
             granted = min(max(expires, MIN_EXPIRES), self.settings.devices.register_expires_s)
-            peer = event.peer
+            peer = req.peer
             dev, fresh = self.registry.register(
                 device_id,
                 now=now,
@@ -256,7 +292,7 @@ class Registrar:
                 remote=f"{peer.host}:{peer.port}",
                 contact=contact,
                 call_id=req.call_id,
-                user_agent=req.headers.get("User-Agent") or "",
+                user_agent=req.header("user-agent") or "",
                 gb_version=GB_VERSIONS.get(gb_ver.strip(), gb_ver.strip()) if gb_ver else None,
             )
             if self.endpoint is not None:
@@ -265,32 +301,29 @@ class Registrar:
                 if peer.reliable:
                     self.endpoint.adopt(peer, device_id)  # its own connection: no idle timeout
             if contact:
-                response.headers.add("Contact", contact)
-            response.headers.add("Expires", str(granted))
+                headers.append(("Contact", contact))
+            headers.append(("Expires", str(granted)))
             if self.settings.devices.time_sync:
-                response.headers.add("Date", gb_date(now, self.settings))
+                headers.append(("Date", gb_date(now, self.settings)))
             if fresh and self.queries is not None:
                 self.queries.device_registered(dev)
         if gb_ver:
-            response.headers.add("X-GB-Ver", gb_ver)
-        self._reply(event, response)
+            headers.append(("X-GB-Ver", gb_ver))
+        req.answer(200, None, tuple(headers))
 
-    def _overloaded(self, event: RequestReceived, kind: str) -> None:
+    def _overloaded(self, req: _Incoming, kind: str) -> None:
         self.stats.dropped[kind] += 1
-        response = Response.for_request(event.request, 503, to_tag=self.to_tag)
-        response.headers.add("Retry-After", "5")
-        self._reply(event, response)
+        req.answer(503, None, (("Retry-After", "5"),))
 
     # ----- MESSAGE -----
-    def _message(self, event: RequestReceived) -> None:
-        req = event.request
+    def _message(self, req: _Incoming) -> None:
         now = self.mono()
-        device_id = req.from_.uri.user or ""
+        device_id = req.device_id
         dev = self.registry.get(device_id)
         if dev is None or not dev.registered(now):
-            self._answer(event, 403, "Device Not Registered")
+            req.answer(403, "Device Not Registered")
             return
-        peer = event.peer
+        peer = req.peer
         remote = f"{peer.host}:{peer.port}"
         if (remote != dev.remote or peer.transport != dev.transport) and not (
             self.settings.devices.follows_source(device_id) and self._may_register_from(
@@ -302,32 +335,32 @@ class Registrar:
             self._log_refusal(f"source/{device_id}", now, "MESSAGE for %s from %s %s refused: "
                               "registered at %s %s", device_id, peer.transport, remote,
                               dev.transport, dev.remote)
-            self._answer(event, 403, "Source Mismatch")
+            req.answer(403, "Source Mismatch")
             return
         if not self.message_buckets.allow(device_id, now):
             rate = self.settings.devices.message_rate
             self._log_refusal(f"flood/{device_id}", now, "MESSAGE from %s: 503, over "
                               "devices.message_rate (%g/s, burst %d)", device_id, rate.per_s,
                               rate.burst)
-            self._overloaded(event, "flooded")
+            self._overloaded(req, "flooded")
             return
         try:
             msg = parse_manscdp(req.body)
         except ParseError as exc:
             log.warning("MESSAGE from %s refused: %s", device_id, exc)
             reason = "Bad MANSCDP Body" if exc.status_hint == 400 else None
-            self._answer(event, exc.status_hint, reason)
+            req.answer(exc.status_hint, reason)
             return
         dev.charset = answer_charset(msg, req.body, dev.charset)
         if msg.cmd_type == "Keepalive":
             self.registry.keepalive(device_id, now=self.wall(), transport=peer.transport,
                                     remote=remote)
-            self._answer(event, 200)
+            req.answer(200)
             if self.queries is not None:
                 self.queries.keepalive(dev)  # a Catalog it left unanswered is asked again
             return
         if msg.root == "Query" and msg.cmd_type == "RecordInfo" and self.record_search is not None:
-            self._answer(event, 200)
+            req.answer(200)
             # A device learns about its own channels only (upper platforms are the cascade's
             # business): another device's channel is answered as an unknown one.
             own = self.registry.channel_device(msg.device_id) is dev
@@ -341,12 +374,12 @@ class Registrar:
             )
             return
         if msg.root != "Response":
-            self._answer(event, 200)  # notifications (Alarm, MediaStatus ...) come later
+            req.answer(200)  # notifications (Alarm, MediaStatus ...) come later
             return
         if len(self.pending) >= self.max_pending:
-            self._overloaded(event, "overloaded")
+            self._overloaded(req, "overloaded")
             return
-        self._answer(event, 200)
+        req.answer(200)
         self.pending.append((dev, msg))
         if not self._drain_scheduled and self.endpoint is not None:
             self._drain_scheduled = True
@@ -384,6 +417,84 @@ class Registrar:
                     self.queries.response_received(dev, msg)
             except Exception:
                 log.exception("error handling %s from %s", msg.cmd_type, dev.id)
+
+
+class _Incoming(Protocol):
+    """What the REGISTER and MESSAGE policy reads of a request and how it answers it, the same
+    for a parsed request (`_Parsed`) and one recognised from its bytes (`_Fast`)."""
+
+    peer: Peer
+    device_id: str
+    call_id: str
+    body: bytes
+
+    def header(self, key: str) -> str | None: ...
+
+    def requested_expires(self) -> int: ...
+
+    def answer(self, status: int, reason: str | None = None,
+               headers: tuple[tuple[str, str], ...] = (), *, to_tag: bool = True) -> None: ...
+
+
+class _Parsed:
+    """A request from the parser and the transaction layer; answered with a `Response`."""
+
+    __slots__ = ("event", "request", "peer", "device_id", "call_id", "body", "registrar")
+
+    def __init__(self, event: RequestReceived, registrar: Registrar) -> None:
+        self.event = event
+        self.request = req = event.request
+        self.peer = event.peer
+        self.device_id = req.from_.uri.user or ""
+        self.call_id = req.call_id
+        self.body = req.body
+        self.registrar = registrar
+
+    def header(self, key: str) -> str | None:
+        return self.request.headers.get(key)
+
+    def requested_expires(self) -> int:
+        return requested_expires(self.request)
+
+    def answer(self, status: int, reason: str | None = None,
+               headers: tuple[tuple[str, str], ...] = (), *, to_tag: bool = True) -> None:
+        registrar = self.registrar
+        response = Response.for_request(self.request, status, reason,
+                                        to_tag=registrar.to_tag if to_tag else None)
+        for name, value in headers:
+            response.headers.add(name, value)
+        registrar._reply(self.event, response)
+
+
+class _Fast:
+    """A request recognised from its bytes (`sip.fastpath`); answered with bytes."""
+
+    __slots__ = ("request", "peer", "device_id", "call_id", "body", "registrar")
+
+    def __init__(self, request: FastRequest, peer: Peer, registrar: Registrar) -> None:
+        self.request = request
+        self.peer = peer
+        self.device_id = request.device_id
+        self.call_id = request.call_id
+        self.body = request.body
+        self.registrar = registrar
+
+    def header(self, key: str) -> str | None:
+        return self.request.headers.get(key)
+
+    def requested_expires(self) -> int:
+        # A recognised Contact has no parameters, so no expires parameter either.
+        expires = self.request.expires
+        return 3600 if expires is None else expires
+
+    def answer(self, status: int, reason: str | None = None,
+               headers: tuple[tuple[str, str], ...] = (), *, to_tag: bool = True) -> None:
+        registrar = self.registrar
+        request = self.request
+        data = request.response(status, reason, to_tag=registrar.to_tag if to_tag else None,
+                                headers=headers)
+        assert registrar.endpoint is not None
+        registrar.endpoint.respond_bytes(request.key, status, data, self.peer)
 
 
 def in_network(host: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:

@@ -1,6 +1,10 @@
 """SIP over UDP and TCP on one port: a thin asyncio adapter around `sip.TransactionLayer`.
 
 Datagrams go to `sip.message.parse_message`, TCP byte streams to `sip.stream.StreamParser`.
+A datagram that `sip.fastpath.recognise` knows (a REGISTER or plain keepalive of the usual
+shape) goes to `fast_path` first when one is set (the registrar's): it enters the transaction
+layer by its key (`fast_transaction`) and is answered with bytes (`respond_bytes`), and comes
+back to the parser whenever the handler declines it.
 Parsed messages pass through the transaction layer; new requests reach the application through
 `on_request`, answers to our own requests resolve the futures returned by `request()`. Bad input
 is answered 400 where the request can still be addressed, otherwise dropped and counted; an
@@ -23,6 +27,7 @@ import socket
 from collections.abc import Callable
 
 from sip.errors import MessageTooLarge, ParseError
+from sip.fastpath import FastRequest, recognise
 from sip.message import MAX_MESSAGE_SIZE, Request, Response, parse_message, validate_request
 from sip.salvage import salvage_error_response
 from sip.stream import StreamParser
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 
 RequestHandler = Callable[[RequestReceived], None]
 ResponseHandler = Callable[[ResponseReceived], None]
+#: takes a recognised request and answers it (True), or declines it untouched (False)
+FastHandler = Callable[[FastRequest, Peer], bool]
 
 
 class TransactionTimeout(Exception):
@@ -67,6 +74,7 @@ class SipEndpoint:
         # Final responses nobody waits for: 2xx retransmissions to an INVITE (the TU ACKs each
         # one again, RFC 3261 13.2.2.4) and answers that arrive after the caller gave up.
         self.on_response: ResponseHandler | None = None
+        self.fast_path: FastHandler | None = None
         self.stats = stats or Stats()
         self.tx = TransactionLayer(timers)
         self.advertise_host = advertise_host
@@ -182,6 +190,11 @@ class SipEndpoint:
         peer = Peer("udp", addr[0], addr[1])
         if not data.strip(b"\r\n\x00 "):
             return  # keep-alive padding some devices send over UDP
+        fast = self.fast_path
+        if fast is not None:
+            request = recognise(data)
+            if request is not None and fast(request, peer):
+                return
         try:
             message = parse_message(data)
         except ParseError as exc:
@@ -255,7 +268,25 @@ class SipEndpoint:
         self.tx.send_raw(answer, peer)
         self._flush()
 
+    def fast_transaction(self, request: FastRequest, peer: Peer) -> bool:
+        """Count a recognised request and enter it in the transaction layer, as
+        `message_received` does for a parsed one: True when it is new (answer it with
+        `respond_bytes`), False for a retransmission (answered from the cache already)."""
+        self.stats.requests_received[request.method] += 1
+        if self.tx.receive_key(request.key, peer, self.loop.time()):
+            return True
+        self.stats.retransmissions_absorbed += 1
+        self._flush()
+        return False
+
     # ----- output -----
+    def respond_bytes(self, key: tuple[str, str, str], status: int, data: bytes,
+                      peer: Peer) -> None:
+        """`respond` with the response already serialised."""
+        self.stats.responses_sent[status] += 1
+        self.tx.respond_bytes(key, status, data, peer, self.loop.time())
+        self._flush()
+
     def respond(self, event: RequestReceived, response: Response) -> None:
         self.stats.responses_sent[response.status] += 1
         self.tx.respond(event.key, response, event.peer, self.loop.time())

@@ -1,0 +1,254 @@
+"""Recognising the two requests that dominate a big site from raw bytes (RFC 3261 sections 7,
+8.2.6, 17.2.3; GB/T 28181-2016 9.1 registration and 9.6 keepalive).
+
+Thousands of cameras refresh their registration (REGISTER, answered 401, then REGISTER with
+digest credentials) and send a keepalive MESSAGE every minute, always in the same shape.
+`recognise` takes one datagram and, for a REGISTER or a plain keepalive MESSAGE of that usual
+shape, returns a `FastRequest`: the few values the registrar reads, the server transaction key,
+and the header lines a response copies. `FastRequest.response` builds the bytes that
+`Response.for_request(...)` with the same added headers would serialise to.
+
+The recogniser accepts only what the full path (`message.parse_message`, `validate_request`, the
+transaction layer) accepts and reads the same way; everything else returns None and goes through
+the full path. It is deliberately narrow: one CRLF-terminated header per line (no folding, no bare
+LF), no header repeated, one Via with an RFC 3261 branch, From, To and Contact as a plain
+`<sip:user@host[:port]>` with at most a `tag` parameter, no Require, Date or Contact expires
+parameter, a Content-Length, and for a MESSAGE a To without tag and a Keepalive body. Headers it
+does not read may be present as long as their names are tokens; the full path reads none of them
+either (Route and Record-Route are checked with the parser's own patterns).
+"""
+
+from __future__ import annotations
+
+import re
+
+from .headers import COMPACT_FORMS
+from .message import MAX_MESSAGE_SIZE, REASONS
+from .transaction import MAGIC_COOKIE
+from .uri import is_name_addr_list, is_request_uri
+
+__all__ = ["FastRequest", "recognise"]
+
+_HEAD_END = b"\r\n\r\n"
+_NAME = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+")
+# SIP/2.0/UDP host[:port] followed by rport, received and exactly one branch, in any order.
+_VIA = re.compile(
+    rb"SIP/2\.0/(?:UDP|TCP) ([A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?"
+    rb"((?:;(?:rport(?:=[0-9]{1,5})?|received=[0-9.]{1,39}|branch=z9hG4bK[A-Za-z0-9.\-_!%*+`'~]+))+)"
+)
+# From, To and Contact: <sip:user@host[:port]> and, for From and To, an optional tag.
+_ADDR = re.compile(rb"<sip:([A-Za-z0-9]+)@[A-Za-z0-9.\-]+(?::([0-9]{1,5}))?>")
+_TAG = re.compile(rb";tag=[A-Za-z0-9.\-_!%*+`'~]+")
+_CALL_ID = re.compile(rb"[!-~]+")
+_CSEQ = re.compile(rb"([0-9]{1,10}) (REGISTER|MESSAGE)")
+_DIGITS = re.compile(rb"[0-9]{1,10}")
+_KEEPALIVE = b"<CmdType>Keepalive</CmdType>"
+
+# Headers whose presence needs the full path: checks of `validate_request` the recogniser does
+# not repeat (Require, Date), and list headers it does not split.
+_REFUSED = frozenset({"require", "proxy-require", "date"})
+# Headers a response copies (RFC 3261 8.2.6.2), in the order the request has them.
+_COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})
+# Headers the recogniser reads itself; any other one is passed over.
+_READ = _COPIED | {"contact", "expires", "max-forwards", "content-length", "content-type",
+                   "route", "record-route"}
+_KEYS: dict[bytes, str] = {}
+_KEYS_LIMIT = 512
+
+
+def _key(name: bytes) -> str:
+    key = _KEYS.get(name)
+    if key is None:
+        lowered = name.decode("ascii").lower()
+        key = COMPACT_FORMS.get(lowered, lowered)
+        if len(_KEYS) < _KEYS_LIMIT:
+            _KEYS[name] = key
+    return key
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+class FastRequest:
+    """A REGISTER or keepalive MESSAGE recognised from its bytes; see the module docstring.
+
+    `key` is the server transaction key the transaction layer would compute (branch, sent-by,
+    method); `headers` holds every header value as the parser would store it (by lower-case key,
+    compact forms expanded), for the registrar's `header` look-ups.
+    """
+
+    __slots__ = ("method", "key", "device_id", "call_id", "expires", "body", "headers",
+                 "_copied", "_to_index", "_to_tagged")
+
+    def __init__(
+        self,
+        method: str,
+        key: tuple[str, str, str],
+        device_id: str,
+        call_id: str,
+        expires: int | None,
+        body: bytes,
+        headers: dict[str, str],
+        copied: list[bytes],
+        to_index: int,
+        to_tagged: bool,
+    ) -> None:
+        self.method = method
+        self.key = key
+        self.device_id = device_id
+        self.call_id = call_id
+        self.expires = expires  # the Expires header, None without one
+        self.body = body
+        self.headers = headers
+        self._copied = copied  # "Name: value" of the copied headers, in order
+        self._to_index = to_index  # the To line among them, the one a to-tag changes
+        self._to_tagged = to_tagged
+
+    def header(self, key: str) -> str | None:
+        """A header's value by lower-case key (`"authorization"`), None if absent."""
+        return self.headers.get(key)
+
+    def response(
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        to_tag: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> bytes:
+        """The bytes of `Response.for_request(request, status, reason, to_tag=to_tag)` with
+        `headers` added in order (no body)."""
+        copied = self._copied
+        if to_tag and not self._to_tagged:
+            copied = copied.copy()
+            at = self._to_index
+            copied[at] = copied[at] + b";tag=" + to_tag.encode("utf-8", "surrogateescape")
+        text = reason if reason is not None else REASONS.get(status, "Unknown")
+        lines = [f"SIP/2.0 {status} {text}".encode("utf-8", "surrogateescape"), *copied]
+        for name, value in headers:
+            lines.append(f"{name}: {value}".encode("utf-8", "surrogateescape"))
+        lines.append(b"Content-Length: 0\r\n\r\n")
+        return b"\r\n".join(lines)
+
+
+def recognise(data: bytes) -> FastRequest | None:
+    """A `FastRequest` for a REGISTER or plain keepalive MESSAGE of the usual shape, None for
+    anything else (which then takes the full path). Never raises."""
+    if data[:9] == b"REGISTER ":
+        method = "REGISTER"
+    elif data[:8] == b"MESSAGE ":
+        method = "MESSAGE"
+    else:
+        return None
+    if len(data) > MAX_MESSAGE_SIZE:
+        return None
+    head_end = data.find(_HEAD_END)
+    if head_end < 0:
+        return None
+    head = data[:head_end]
+    if b"\n" in head.replace(b"\r\n", b"") or b"\r" in head.replace(b"\r\n", b""):
+        return None  # bare LF or CR: the parser's job
+    lines = head.split(b"\r\n")
+    start = lines[0].split(b" ")
+    if len(start) != 3 or start[2] != b"SIP/2.0":
+        return None
+    uri = _text(start[1])
+    if uri.partition(":")[0].lower() not in ("sip", "sips") or not is_request_uri(uri):
+        return None
+    values: dict[str, str] = {}
+    raw: dict[str, bytes] = {}
+    copied: list[bytes] = []
+    to_index = -1
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        name = name.rstrip(b" \t")
+        if not colon or not name or line[:1] in (b" ", b"\t") or _NAME.fullmatch(name) is None:
+            return None
+        key = _key(name)
+        if key in values or key in _REFUSED:
+            return None
+        value = value.strip(b" \t")
+        values[key] = _text(value)
+        if key in _READ:
+            raw[key] = value
+            if key in _COPIED:
+                if key == "to":
+                    to_index = len(copied)
+                copied.append(name + b": " + value)
+    return _check(method, data, head_end, values, raw, copied, to_index)
+
+
+def _port_ok(port: bytes | None) -> bool:
+    return port is None or int(port) <= 65535
+
+
+def _check(
+    method: str,
+    data: bytes,
+    head_end: int,
+    values: dict[str, str],
+    raw: dict[str, bytes],
+    copied: list[bytes],
+    to_index: int,
+) -> FastRequest | None:
+    via, from_, to, call_id, cseq = (raw.get(k) for k in ("via", "from", "to", "call-id", "cseq"))
+    if via is None or from_ is None or to is None or call_id is None or cseq is None:
+        return None
+    m = _VIA.fullmatch(via)
+    if m is None or not _port_ok(m[2]):
+        return None
+    params = m[3]
+    if params.count(b";branch=") != 1 or params.count(b";rport") > 1 \
+            or params.count(b";received=") > 1:
+        return None
+    branch = params[params.index(b";branch=") + 8:].partition(b";")[0]
+    if len(branch) <= len(MAGIC_COOKIE):
+        return None  # only the magic cookie: validate_request answers 400
+    host = m[1].decode("ascii").lower()
+    sent_by = host if m[2] is None else f"{host}:{int(m[2])}"
+    key = (branch.decode("ascii"), sent_by, method)
+    f = _ADDR.match(from_)
+    if f is None or not _port_ok(f[2]) or (f.end() != len(from_) and
+                                            _TAG.fullmatch(from_, f.end()) is None):
+        return None
+    t = _ADDR.match(to)
+    if t is None or not _port_ok(t[2]):
+        return None
+    to_tagged = t.end() != len(to)
+    if to_tagged and (method == "MESSAGE" or _TAG.fullmatch(to, t.end()) is None):
+        return None  # a MESSAGE with a To tag may belong to a dialog of ours
+    if _CALL_ID.fullmatch(call_id) is None:
+        return None
+    c = _CSEQ.fullmatch(cseq)
+    if c is None or c[2].decode("ascii") != method or int(c[1]) >= 2**31:
+        return None
+    contact = raw.get("contact")
+    if contact is not None:
+        a = _ADDR.fullmatch(contact)
+        if a is None or not _port_ok(a[2]):
+            return None
+    expires = None
+    value = raw.get("expires")
+    if value is not None:
+        if _DIGITS.fullmatch(value) is None or int(value) > 2**32 - 1:
+            return None
+        expires = int(value)
+    value = raw.get("max-forwards")
+    if value is not None and (_DIGITS.fullmatch(value) is None or int(value) > 255):
+        return None
+    for name in ("route", "record-route"):
+        if name in values and not is_name_addr_list(values[name]):
+            return None
+    length = raw.get("content-length")
+    if length is None or _DIGITS.fullmatch(length) is None:
+        return None
+    body_start = head_end + 4
+    body_end = body_start + int(length)
+    if body_end > len(data):
+        return None
+    body = data[body_start:body_end]
+    if method == "MESSAGE" and _KEEPALIVE not in body:
+        return None
+    return FastRequest(method, key, f[1].decode("ascii"), values["call-id"], expires, body,
+                       values, copied, to_index, to_tagged)
