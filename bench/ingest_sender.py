@@ -3,9 +3,10 @@
     python bench/ingest_sender.py --targets T.json --transport udp --duration 30 --cpu 1 \
         --out S.json [--first 0 --count 200]
 
-Every stream sends the same H.264 clip (`clip()`: 1280x720, 25 fps, about 4 Mbit/s, a key frame
-every 50 frames), muxed by `rtp.psmux.PsMuxer` as a camera does and cut into RTP packets of
-1,400 payload bytes by `rtp.psmux.RtpPacketizer`. The packets are built once per process; for
+Every stream sends an H.264 clip (`clip()`: by default 1280x720, 25 fps, about 4 Mbit/s, a key
+frame every 50 frames; other sizes and rates per stream, see the targets file below), muxed
+by `rtp.psmux.PsMuxer` as a camera does and cut into RTP packets of 1,400 payload bytes by
+`rtp.psmux.RtpPacketizer`. The packets are built once per process; for
 each stream only the sequence number, timestamp and SSRC are written into the shared packet
 buffers (`struct.pack_into`) right before it is sent. Each stream sends the packets of one frame
 as a burst at the frame's time (every 40 ms), like a camera's encoder output; the streams'
@@ -303,6 +304,7 @@ def run(targets: dict[str, Any], transport: str, duration: float, first: int, co
     seqs = [0] * count
     sent_packets = [0] * count
     sent_bytes = 0
+    stream_bytes = [0] * count  # as the receiver reads them (TCP: with the RFC 4571 length)
     pack_into = _HEADER.pack_into
     lateness: list[float] = []
     record = lateness.append
@@ -354,6 +356,7 @@ def run(targets: dict[str, Any], transport: str, duration: float, first: int, co
                         send(mv[begin:end])
                     mv.release()
                 sent_bytes += len(buf)
+                stream_bytes[j] += len(buf)
             except OSError:
                 errors += 1
             sent_packets[j] += seq - seqs[j]
@@ -379,6 +382,7 @@ def run(targets: dict[str, Any], transport: str, duration: float, first: int, co
         "frames_per_stream": k,
         "sent_packets": sent_packets,
         "sent_bytes": sent_bytes,
+        "sent_bytes_per_stream": stream_bytes,
         "progress": progress + [(time.monotonic(), total_sent)],
         "send_errors": errors,
         "wall_s": wall,

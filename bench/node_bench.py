@@ -397,6 +397,7 @@ def sender_figures(sent: list[dict[str, Any]], t0: float, t1: float) -> dict[str
     marks = [sum(sent_by(s["progress"], t) for s in sent) for t in (t0, t1)]
     return {
         "sent_per_stream": per_stream,
+        "sent_bytes_per_stream": [x for s in sent for x in s.get("sent_bytes_per_stream", ())],
         "sent_bytes": sum(s["sent_bytes"] for s in sent),
         "window_sent": marks[1] - marks[0],
         "sent_by_t1": marks[1],
@@ -413,6 +414,7 @@ def finish(out: dict[str, Any], got: list[int], taken_t0: float, taken_t1: float
     """Loss per stream, backlog and cost per packet of one pass, into `out`."""
     lost = [max(0, s - g) for s, g in zip(out["sent_per_stream"], got, strict=True)]
     sent = out.pop("sent_per_stream")
+    out.pop("sent_bytes_per_stream", None)
     # Packets taken in the window: those sent in it, less the pass's share lost. (The node's
     # own counters at the window's ends would do as well, but with worker processes the API
     # has them only as often as the workers report, and that would blur a short window.)
@@ -463,10 +465,12 @@ def bare_pass(transport: str, n: int, kinds: list[str], args: argparse.Namespace
                            "pinned": recv.pinned, "processes": 1}
     out.update(sender_figures(sent, a["t"], b["t"]))
     seconds = b["t"] - a["t"]
-    if transport == "tcp":  # bytes: packets from the senders' bytes per packet
-        per_packet = out["sent_bytes"] / max(1, sum(out["sent_per_stream"]))
-        got = [round(x / per_packet) for x in c["bytes"]]
-        t0, t1 = sum(a["bytes"]) / per_packet, sum(b["bytes"]) / per_packet
+    if transport == "tcp":  # bytes: packets from each stream's bytes per packet
+        per_packet = [b / max(1, p) for b, p in zip(out.pop("sent_bytes_per_stream"),
+                                                     out["sent_per_stream"], strict=True)]
+        got = [round(x / size) for x, size in zip(c["bytes"], per_packet, strict=True)]
+        t0 = sum(x / size for x, size in zip(a["bytes"], per_packet, strict=True))
+        t1 = sum(x / size for x, size in zip(b["bytes"], per_packet, strict=True))
     else:
         got, t0, t1 = c["packets"], sum(a["packets"]), sum(b["packets"])
     finish(out, got, t0, t1, b["cpu"] - a["cpu"], seconds)
