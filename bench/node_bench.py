@@ -615,13 +615,15 @@ async def node_pass(transport: str, n: int, recording: bool, workers: int, kinds
         busy1, own1 = busy_cpu_seconds(), time.process_time()
         _, taken1 = await taken()
         sent = await loop.run_in_executor(None, senders.results)
+        # Until the node's counters stop moving; worker processes report theirs every 0.5 s.
+        pause = args.drain if max(procs0, procs1) <= 1 else max(args.drain, 1.2)
         last = -1
-        for _ in range(60):  # until the node's counters stop moving
+        for _ in range(60):
             by, total = await taken()
             if total == last:
                 break
             last = total
-            await asyncio.sleep(args.drain)
+            await asyncio.sleep(pause)
         stats = await get("/api/stats")
         out.update(sender_figures(sent, t0, t1))
         finish(out, [by.get(c, 0) for c in channels], taken0, taken1, cpu1 - cpu0, t1 - t0)

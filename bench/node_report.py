@@ -257,19 +257,21 @@ def overload(results: list[dict[str, Any]]) -> list[str]:
 def per_run(results: list[dict[str, Any]]) -> list[str]:
     L = ["Per pass. Sender: the sender processes' CPU over their run, in cores; late p99: how "
          "late a frame's burst started. Other: CPU used by other processes during the window, "
-         "in cores. Setup: from the first pull to every channel answered.", "",
+         "in cores. Setup: from the first pull to every channel answered. Rec. dropped: "
+         "access units the recorder did not write (`/api/stats`, recording).", "",
          "| run | transport | N | pass | pinned | CPU | µs/pkt | lost (streams) | backlog ms | "
-         "procs | sender | late p99 ms | other | setup s |",
-         "|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "procs | sender | late p99 ms | other | setup s | rec. dropped |",
+         "|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         name = "bare" if r["kind"] == "bare" else (
             f"{'record' if r['recording'] else 'ingest'}, {r['workers']} w"
             + (f", {r['overload']:.0%}" if r.get("overload") else ""))
         setup = f"{r['setup_s']:.1f}" if "setup_s" in r else "–"
+        dropped = (r.get("recording_stats") or {}).get("dropped_units", "–")
         L.append(f"| {r.get('run', 1)} | {r['transport'].upper()} | {r['streams']} | {name} | "
                  f"{r['pinned']} | {100 * r['cpu_share']:.1f}% | {r['us_per_packet']:.2f} | "
                  f"{r['lost']:,} ({r['streams_with_loss']}) | {r['backlog_ms']:.0f} | "
                  f"{r['processes']} | {r['sender_cpu_share']:.2f} | {r['late_p99_ms']:.1f} | "
-                 f"{r['other_load']:.2f} | {setup} |")
+                 f"{r['other_load']:.2f} | {setup} | {dropped} |")
     L.append("")
     return L

@@ -120,3 +120,28 @@ def test_finish_counts_loss_per_stream() -> None:
     assert out["window_packets"] == pytest.approx(95.0)  # sent in the window, less 5 % lost
     assert out["us_per_packet"] == pytest.approx(1e6 * 0.5 / 95.0)
     assert out["backlog_ms"] == pytest.approx(100.0)  # 10 packets behind at 100 packets/s
+
+
+def pass_result(kind: str, us: float, share: float, *, recording: bool = False,
+                workers: int = 1, n: int = 400, lost: int = 0) -> dict:
+    return {"kind": kind, "transport": "udp", "streams": n, "recording": recording,
+            "workers": workers, "run": 1, "us_per_packet": us, "cpu_share": share,
+            "lost": lost, "streams_with_loss": int(lost > 0), "max_stream_loss": 0.0,
+            "backlog_ms": 0.0, "window_sent": 1000.0, "seconds": 1.0, "processes": workers,
+            "pinned": "cpu 0", "sender_cpu_share": 0.1, "late_p99_ms": 0.0, "other_load": 0.0}
+
+
+def test_report_states_each_goal_against_the_bare_loop_of_its_run() -> None:
+    results = [pass_result("bare", 2.0, 0.3),
+               pass_result("node", 4.8, 0.7),  # 2.4x the bare loop: met
+               pass_result("node", 5.5, 0.9, recording=True),  # 90 % of the core: not met
+               pass_result("node", 5.0, 0.6, recording=True, workers=2)]
+    args = node_bench.parse(["--streams", "400", "--transport", "udp", "--runs", "1"])
+    text = node_report.report(results, args, {"cpu": "x", "nproc": 2, "kernel": "k",
+                                              "python": "3", "loadavg": "0", "date": "d",
+                                              "commit": "c"}, {}, "cmd", 60.0, [])
+    assert "| UDP | 400 | ingest, 1 worker | 1,000 | 70.0% | 4.80 | 2.40 |" in text
+    assert "2.40x the bare loop's µs/packet, goal ≤ 2.5x: **met**" in text
+    assert "90% of the core (5.50 µs/packet), no loss; goal zero loss at ≤ 85%: **not met**" \
+        in text
+    assert "one worker 400 streams, two at least 400" in text  # the sweep's top: a bound
