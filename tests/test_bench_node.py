@@ -145,3 +145,12 @@ def test_report_states_each_goal_against_the_bare_loop_of_its_run() -> None:
     assert "90% of the core (5.50 µs/packet), no loss; goal zero loss at ≤ 85%: **not met**" \
         in text
     assert "one worker 400 streams, two at least 400" in text  # the sweep's top: a bound
+
+
+def test_a_workers_value_the_node_refuses_is_named(tmp_path: Path) -> None:
+    config, _, _ = node_bench.node_config(tmp_path, 10, "udp", True, 2, 10)
+    assert "workers: 2" in config.read_text()
+    assert node_bench.check_config(config, node_bench.ROOT) is None
+    config.write_text(config.read_text().replace("workers: 2", "workers: 99"))
+    problem = node_bench.check_config(config, node_bench.ROOT)
+    assert problem is not None and "media.workers" in problem
