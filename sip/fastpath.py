@@ -30,7 +30,11 @@ from .uri import is_name_addr_list, is_request_uri
 __all__ = ["FastRequest", "recognise"]
 
 _HEAD_END = b"\r\n\r\n"
-_NAME = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+")
+# One header line after a CRLF: a token name, the colon, the value without the SP and HTAB
+# around it (as the parser stores it).
+_FIELD = re.compile(
+    rb"\r\n([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*((?:[^\r\n]*[^\r\n \t])?)[ \t]*(?=\r\n|\Z)"
+)
 # SIP/2.0/UDP host[:port] followed by rport, received and exactly one branch, in any order.
 _VIA = re.compile(
     rb"SIP/2\.0/(?:UDP|TCP) ([A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?"
@@ -49,9 +53,6 @@ _KEEPALIVE = b"<CmdType>Keepalive</CmdType>"
 _REFUSED = frozenset({"require", "proxy-require", "date"})
 # Headers a response copies (RFC 3261 8.2.6.2), in the order the request has them.
 _COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})
-# Headers the recogniser reads itself; any other one is passed over.
-_READ = _COPIED | {"contact", "expires", "max-forwards", "content-length", "content-type",
-                   "route", "record-route"}
 _KEYS: dict[bytes, str] = {}
 _KEYS_LIMIT = 512
 
@@ -74,8 +75,8 @@ class FastRequest:
     """A REGISTER or keepalive MESSAGE recognised from its bytes; see the module docstring.
 
     `key` is the server transaction key the transaction layer would compute (branch, sent-by,
-    method); `headers` holds every header value as the parser would store it (by lower-case key,
-    compact forms expanded), for the registrar's `header` look-ups.
+    method); `headers` holds every header value as the parser would store it, still in bytes
+    (by lower-case key, compact forms expanded), for the registrar's `header` look-ups.
     """
 
     __slots__ = ("method", "key", "device_id", "call_id", "expires", "body", "headers",
@@ -89,7 +90,7 @@ class FastRequest:
         call_id: str,
         expires: int | None,
         body: bytes,
-        headers: dict[str, str],
+        headers: dict[str, bytes],
         copied: list[bytes],
         to_index: int,
         to_tagged: bool,
@@ -107,7 +108,8 @@ class FastRequest:
 
     def header(self, key: str) -> str | None:
         """A header's value by lower-case key (`"authorization"`), None if absent."""
-        return self.headers.get(key)
+        value = self.headers.get(key)
+        return None if value is None else value.decode("utf-8", "surrogateescape")
 
     def response(
         self,
@@ -147,36 +149,33 @@ def recognise(data: bytes) -> FastRequest | None:
     if head_end < 0:
         return None
     head = data[:head_end]
-    if b"\n" in head.replace(b"\r\n", b"") or b"\r" in head.replace(b"\r\n", b""):
-        return None  # bare LF or CR: the parser's job
-    lines = head.split(b"\r\n")
-    start = lines[0].split(b" ")
+    breaks = head.count(b"\r\n")
+    if head.count(b"\r") != breaks or head.count(b"\n") != breaks:
+        return None  # a bare CR or LF: the parser's job
+    line_end = head.find(b"\r\n")
+    start = (head if line_end < 0 else head[:line_end]).split(b" ")
     if len(start) != 3 or start[2] != b"SIP/2.0":
         return None
     uri = _text(start[1])
     if uri.partition(":")[0].lower() not in ("sip", "sips") or not is_request_uri(uri):
         return None
-    values: dict[str, str] = {}
+    fields = _FIELD.findall(head)
+    if len(fields) != breaks:
+        return None  # a line that is no `name: value` (folded, no colon, a bad name)
     raw: dict[str, bytes] = {}
     copied: list[bytes] = []
     to_index = -1
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        name = name.rstrip(b" \t")
-        if not colon or not name or line[:1] in (b" ", b"\t") or _NAME.fullmatch(name) is None:
+    keys = _KEYS
+    for name, value in fields:
+        key = keys.get(name) or _key(name)
+        if key in raw or key in _REFUSED:
             return None
-        key = _key(name)
-        if key in values or key in _REFUSED:
-            return None
-        value = value.strip(b" \t")
-        values[key] = _text(value)
-        if key in _READ:
-            raw[key] = value
-            if key in _COPIED:
-                if key == "to":
-                    to_index = len(copied)
-                copied.append(name + b": " + value)
-    return _check(method, data, head_end, values, raw, copied, to_index)
+        raw[key] = value
+        if key in _COPIED:
+            if key == "to":
+                to_index = len(copied)
+            copied.append(name + b": " + value)
+    return _check(method, data, head_end, raw, copied, to_index)
 
 
 def _port_ok(port: bytes | None) -> bool:
@@ -187,7 +186,6 @@ def _check(
     method: str,
     data: bytes,
     head_end: int,
-    values: dict[str, str],
     raw: dict[str, bytes],
     copied: list[bytes],
     to_index: int,
@@ -238,7 +236,7 @@ def _check(
     if value is not None and (_DIGITS.fullmatch(value) is None or int(value) > 255):
         return None
     for name in ("route", "record-route"):
-        if name in values and not is_name_addr_list(values[name]):
+        if name in raw and not is_name_addr_list(_text(raw[name])):
             return None
     length = raw.get("content-length")
     if length is None or _DIGITS.fullmatch(length) is None:
@@ -250,5 +248,5 @@ def _check(
     body = data[body_start:body_end]
     if method == "MESSAGE" and _KEEPALIVE not in body:
         return None
-    return FastRequest(method, key, f[1].decode("ascii"), values["call-id"], expires, body,
-                       values, copied, to_index, to_tagged)
+    return FastRequest(method, key, f[1].decode("ascii"), call_id.decode("ascii"), expires,
+                       body, raw, copied, to_index, to_tagged)

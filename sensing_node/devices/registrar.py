@@ -480,7 +480,7 @@ class _Fast:
         self.registrar = registrar
 
     def header(self, key: str) -> str | None:
-        return self.request.headers.get(key)
+        return self.request.header(key)
 
     def requested_expires(self) -> int:
         # A recognised Contact has no parameters, so no expires parameter either.
