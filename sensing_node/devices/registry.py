@@ -24,7 +24,9 @@ operator released it (`release_channel`); until then the item is refused and log
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import math
 import operator
 import time
 from collections.abc import Callable, Iterator
@@ -69,6 +71,8 @@ class Device:
     # Monotonic times (the registry's `mono` clock): they decide, the wall times above only say.
     expires_mono: float = float("-inf")
     keepalive_mono: float = float("-inf")
+    # The deadline of the device's live entry in the registry's sweep heap (inf: none).
+    sweep_at: float = float("inf")
 
     def row(self) -> tuple[Any, ...]:
         self.stored_keepalive = self.keepalive_mono
@@ -125,13 +129,24 @@ class Registry:
         self._claims: dict[str, str] = {}
         self.max_claims = 100_000
         self._changes: dict[str, list[Any]] = {"online": [0, []], "offline": [0, []]}
+        # Online devices by the monotonic time they are due to be looked at by `sweep`: the
+        # earlier of the registration's end and the last keepalive plus the timeout, as it was
+        # when the entry was made. A keepalive moves a device's deadline later without touching
+        # the heap; `sweep` finds the entry early, sees the device still alive and puts it back
+        # with its deadline of then. Only a deadline that moves earlier (a shorter registration,
+        # a shorter timeout) adds an entry at once; entries no longer live are dropped when
+        # they come up (lazy invalidation), so each device has one or two.
+        self._due: list[tuple[float, str]] = []
 
     def apply_settings(self, *, keepalive_timeout_s: float, channel_takeover_s: float) -> None:
         """Take reloaded timeouts (`devices.keepalive_timeout_s`, `devices.channel_takeover_s`):
         the next sweep and the next catalog judge by them."""
+        shorter = keepalive_timeout_s < self.keepalive_timeout_s
         self.keepalive_timeout_s = keepalive_timeout_s
         self.keepalive_persist_s = keepalive_timeout_s / 2
         self.channel_takeover_s = channel_takeover_s
+        if shorter:
+            self._reschedule_all()
 
     # ----- persistence -----
     def load(self, now: float) -> int:
@@ -162,6 +177,8 @@ class Registry:
             )
             valid += dev.registered(mono)
             self.devices[dev.id] = dev
+            if dev.online:
+                self._schedule(dev)
         for device_id, channel_id, fields in channels:
             owner = self.devices.get(device_id)
             if owner is None:
@@ -238,6 +255,7 @@ class Registry:
         dev.expires_mono = mono + expires
         dev.keepalive_mono = mono
         self._set_online(dev, True)
+        self._schedule(dev)
         self._dirty.add(device_id)
         return dev, fresh
 
@@ -264,6 +282,7 @@ class Registry:
             dev.transport = transport
             dev.remote = remote
             self._set_online(dev, True)
+            self._schedule(dev)
             self._dirty.add(device_id)
         elif mono - dev.stored_keepalive >= self.keepalive_persist_s:
             self._dirty.add(device_id)
@@ -364,17 +383,48 @@ class Registry:
 
     def sweep(self, mono: float) -> list[Device]:
         """Take devices offline whose registration expired or whose keepalives stopped, as of
-        `mono` (monotonic seconds, the registry's clock)."""
+        `mono` (monotonic seconds, the registry's clock), in the order they became due.
+
+        Looks only at the devices whose heap entry is due: the cost follows the devices due,
+        not the devices registered."""
         gone = []
         timeout = self.keepalive_timeout_s
-        for dev in self.devices.values():
+        due = self._due
+        devices = self.devices
+        while due and due[0][0] <= mono:
+            when, device_id = heapq.heappop(due)
+            dev = devices.get(device_id)
+            if dev is None or when != dev.sweep_at:
+                continue  # superseded by an earlier entry of the same device
+            dev.sweep_at = math.inf
             if not dev.online:
                 continue
             if not dev.registered(mono) or mono - dev.keepalive_mono >= timeout:
                 self._set_online(dev, False)
                 self._dirty.add(dev.id)
                 gone.append(dev)
+            else:
+                self._schedule(dev, after=mono)  # a keepalive moved it on
         return gone
+
+    def _schedule(self, dev: Device, after: float = -math.inf) -> None:
+        """Make sure an entry of `dev` comes up in the sweep heap by its deadline (and after
+        `after`, so that a device found alive is not looked at again in the same sweep)."""
+        when = min(dev.expires_mono, dev.keepalive_mono + self.keepalive_timeout_s)
+        if when <= after:
+            when = math.nextafter(after, math.inf)
+        if when < dev.sweep_at:
+            dev.sweep_at = when
+            heapq.heappush(self._due, (when, dev.id))
+            if len(self._due) > 2 * len(self.devices) + 1024:
+                self._reschedule_all()  # too many entries no longer live: start afresh
+
+    def _reschedule_all(self) -> None:
+        self._due.clear()  # in place: a sweep in progress holds the list
+        for dev in self.devices.values():
+            dev.sweep_at = math.inf
+            if dev.online:
+                self._schedule(dev)
 
     def _set_online(self, dev: Device, online: bool) -> None:
         if dev.online != online:
