@@ -113,41 +113,61 @@ def _psm_types(b: bytes, start: int, stop: int) -> dict[int, int] | None:
     return types
 
 
+def _nal_kinds(h264: bool) -> tuple[tuple[bool, bool, bool] | None, ...]:
+    """Per NAL header byte: (slice, opens an access unit whatever follows, key picture), or
+    None for a system start code (0xB9 and up), where PsDemuxer would end the PES."""
+    kinds: list[tuple[bool, bool, bool] | None] = []
+    for b0 in range(256):
+        if b0 >= 0xB9:
+            kinds.append(None)
+        elif h264:
+            nal_type = b0 & 0x1F
+            kinds.append((nal_type in (1, 2, 5), nal_type in _H264_OPENERS, nal_type == _H264_IDR))
+        else:
+            nal_type = (b0 >> 1) & 0x3F
+            kinds.append((nal_type <= 31, nal_type in _H265_OPENERS, nal_type in _H265_IRAP))
+    return tuple(kinds)
+
+
+_H264_KINDS = _nal_kinds(h264=True)
+_H265_KINDS = _nal_kinds(h264=False)
+
+
 def _scan_video(codec: str, data: bytes) -> bool | None:
     """Keyframe flag of a frame's video payload holding exactly one access unit, else None."""
-    h264 = codec == "h264"
-    openers = _H264_OPENERS if h264 else _H265_OPENERS
-    need = 2 if h264 else 3  # header bytes plus the byte holding the first-slice bit
+    if codec == "h264":
+        kinds, need = _H264_KINDS, 2  # header bytes plus the byte holding the first-slice bit
+    else:
+        kinds, need = _H265_KINDS, 3
     end = len(data)
     k = data.find(_START, 0, 4)
     if k < 0 or k > 1 or (k == 1 and data[0] != 0):
         return None
     first = True
     seen_vcl = keyframe = False
+    search = _START_CODE.search  # as data.find(_START, header), about 2x faster
     while k >= 0:
         header = k + 3
         if header + need > end:
             return None
-        b0 = data[header]
-        if b0 >= 0xB9:  # a system start code: PsDemuxer would end the PES here
+        kind = kinds[data[header]]
+        if kind is None:
             return None
-        if h264:
-            nal_type = b0 & 0x1F
-            vcl = nal_type in (1, 2, 5)
-            keyframe = keyframe or nal_type == _H264_IDR
-        else:
-            nal_type = (b0 >> 1) & 0x3F
-            vcl = nal_type <= 31
-            keyframe = keyframe or nal_type in _H265_IRAP
-        opens = nal_type in openers or (vcl and data[header + need - 1] & 0x80 != 0)
+        vcl, opener, key = kind
+        # a slice opens the next picture when it is its first (first_mb_in_slice 0 in
+        # H.264, first_slice_segment_in_pic_flag in H.265), as in rtp.nal.next_access_unit
+        opens = opener or (vcl and data[header + need - 1] & 0x80 != 0)
         if first:
             if not opens:
                 return None
             first = False
         elif seen_vcl and opens:
             return None
-        seen_vcl = seen_vcl or vcl
-        found = _START_CODE.search(data, header)  # as data.find(_START, header), about 2x faster
+        if vcl:
+            seen_vcl = True
+            if key:
+                keyframe = True
+        found = search(data, header)
         k = -1 if found is None else found.start()
     return keyframe if seen_vcl else None
 
@@ -439,8 +459,9 @@ class PsFrameDemuxer:
             return None
         if new_types is not None:
             types = new_types
-        if any(start[1] not in types for start in starts):
-            return None
+        for start in starts:
+            if start[1] not in types:
+                return None
         keyframe = False
         data = b""
         detected = self._detected_codec
@@ -466,7 +487,11 @@ class PsFrameDemuxer:
         self._packs += packs
         self._pes_packets += pes
         self._psm_updates += psms
-        units = self._units(frame, starts, data, keyframe)
+        if len(starts) == 1 and video_sid >= 0:  # the usual frame: one video unit, no audio
+            _, _, pts, dts, _, _ = starts[0]
+            units = [AccessUnit(video_sid, codec, pts, dts, keyframe, data, frame, self._offset)]
+        else:
+            units = self._units(frame, starts, data, keyframe)
         kept = _Frame(frame, units, packs, pes, psms)
         if video_sid < 0:
             if self._video_sid < 0:  # no video unit open: only this frame's last unit is
@@ -474,11 +499,16 @@ class PsFrameDemuxer:
             else:
                 self._remember([*self._recent, kept], held=self._held)
             return [] if self._held else units
+        # This frame's video unit is now the open one: only this frame is kept (as _remember).
         self._video_sid = video_sid
-        self._tail_zero = data[-1] == 0
-        released = [unit for old in self._recent for unit in old.units] if self._held else []
-        self._remember([kept], held=self._tail_zero)
-        return released if self._held else released + units
+        held = self._tail_zero = data[-1] == 0
+        recent, was_held = self._recent, self._held
+        self._recent, self._held = [kept], held
+        self._recent_units, self._recent_bytes = len(units), n
+        if not was_held:
+            return [] if held else units
+        released = [unit for old in recent for unit in old.units]
+        return released if held else released + units
 
     def _units(
         self,
@@ -490,10 +520,6 @@ class PsFrameDemuxer:
         base = self._offset
         types = self._types
         n = len(frame)
-        if len(starts) == 1 and starts[0][1] >= 0xE0:
-            sid, pts, dts = starts[0][1:4]
-            codec = STREAM_TYPES[types[sid]]
-            return [AccessUnit(sid, codec, pts, dts, keyframe, video, frame, base)]
         units = []
         for index, (segment, sid, pts, dts, payload, end) in enumerate(starts):
             stop = starts[index + 1][0] if index + 1 < len(starts) else n

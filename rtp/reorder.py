@@ -52,6 +52,7 @@ class ReorderBuffer(Generic[T]):
         self.restarts = 0
         # Released sequence numbers by slot, to tell a duplicate from a late packet.
         self._history = 1 << max(7, (2 * window - 1).bit_length())
+        self._mask = self._history - 1  # slot of a sequence number in _released
         self._released = [-1] * self._history
         self._next: int | None = None  # the sequence number to release next
         self._highest = 0
@@ -66,7 +67,7 @@ class ReorderBuffer(Generic[T]):
         if sequence != self._next or self._held:
             return False
         self.received += 1
-        self._released[sequence & (self._history - 1)] = sequence
+        self._released[sequence & self._mask] = sequence
         self._next = (sequence + 1) & 0xFFFF
         self._highest = sequence
         if self._candidate is not None:
@@ -83,7 +84,7 @@ class ReorderBuffer(Generic[T]):
             expected = sequence
         delta = ((sequence - expected + 0x8000) & 0xFFFF) - 0x8000
         if delta == 0 and not self._held:
-            self._released[sequence & (self._history - 1)] = sequence
+            self._released[sequence & self._mask] = sequence
             self._next = (sequence + 1) & 0xFFFF
             self._highest = sequence
             if self._candidate is not None:
@@ -93,7 +94,7 @@ class ReorderBuffer(Generic[T]):
         out: list[T] = []
         if delta < 0:
             if -delta <= self._history:
-                if self._released[sequence & (self._history - 1)] == sequence:
+                if self._released[sequence & self._mask] == sequence:
                     self.duplicates += 1
                 else:
                     self.late += 1
@@ -195,7 +196,7 @@ class ReorderBuffer(Generic[T]):
                 if (seq - expected) & 0xFFFF >= gap:
                     break
                 out.append(held.pop(seq)[0])
-                self._released[seq & (self._history - 1)] = seq
+                self._released[seq & self._mask] = seq
                 missing -= 1
         self.lost += missing
         self._next = sequence
@@ -208,7 +209,7 @@ class ReorderBuffer(Generic[T]):
         assert expected is not None
         held = self._held
         released = self._released
-        mask = self._history - 1
+        mask = self._mask
         entry = held.pop(expected, None)
         if entry is None:
             return

@@ -326,3 +326,92 @@ def test_damaged_frame_never_raises_and_matches_psdemuxer_from_there(name, index
     assert [u.offset for u in earlier] == sorted(before)
     for unit in earlier:
         assert unit == before[unit.offset] or unit == theirs.get(unit.offset)
+
+
+# --- NAL header bytes: the fast path's table against PsDemuxer --------------------------------
+
+# Header bytes cameras send: H.264 AUD, SPS, PPS, SEI, then IDR and P slices; H.265 (first byte
+# of two) VPS, SPS, PPS, AUD, SEI, then IDR, CRA and trailing pictures.
+OPENERS = {"h264": [0x09, 0x67, 0x68, 0x06], "h265": [0x40, 0x42, 0x44, 0x46, 0x4E]}
+SLICES = {"h264": [0x65, 0x41, 0x01], "h265": [0x26, 0x2A, 0x02]}
+
+
+@st.composite
+def nal_frames(draw: st.DrawFn, codec: str) -> list[tuple[bytes, int, bool]]:
+    """Frames of 1-5 NAL units: the first opens an access unit (a frame that does not is a
+    continuation, which PsDemuxer adds to the unit already returned: see the module
+    docstring), the others have any header byte, system start codes included. Bodies have
+    no zero bytes, so the only start codes are the NALs' own; start codes of 3 or 4 bytes;
+    sometimes a trailing zero."""
+    frames = []
+    h265 = codec == "h265"
+    for index in range(draw(st.integers(1, 6))):
+        data = b""
+        for position in range(draw(st.integers(1, 5))):
+            if position == 0:
+                header = draw(st.sampled_from(OPENERS[codec] + SLICES[codec]))
+                first_slice = 0x80  # first_mb_in_slice 0 / first_slice_segment_in_pic_flag
+            else:
+                typical = st.sampled_from(OPENERS[codec] + SLICES[codec])
+                system = st.sampled_from([0xB9, 0xBA, 0xBC, 0xE0])  # as where bytes were lost
+                header = draw(st.one_of(typical, system, st.integers(0, 255)))
+                first_slice = 0
+            body = bytearray(draw(st.binary(min_size=2, max_size=6)).replace(b"\x00", b"\x11"))
+            body[0] |= first_slice
+            if h265:
+                body[:0] = b"\x01"  # nuh_layer_id 0, nuh_temporal_id_plus1 1
+            start = b"\x00\x00\x00\x01" if draw(st.booleans()) else b"\x00\x00\x01"
+            data += start + bytes([header]) + body
+        if draw(st.booleans()):
+            data += b"\x00"
+        frames.append((data, index * 3600, draw(st.booleans())))
+    return frames
+
+
+@pytest.mark.parametrize("codec", ["h264", "h265"])
+@given(draw=st.data())
+def test_any_nal_headers_give_psdemuxers_units(codec, draw):
+    # Every header byte goes through the fast path's NAL table: whether a frame holds one
+    # access unit, ends at a system start code and is a keyframe must be what PsDemuxer
+    # finds, or the frame falls back.
+    muxer = PsMuxer(codec)
+    frames = [
+        muxer.mux_video(data, pts, keyframe=key) for data, pts, key in draw.draw(nal_frames(codec))
+    ]
+    units, demuxer = per_frame(frames)
+    assert units == reference_per_frame(frames)
+    assert demuxer.revised_units == 0
+
+
+def test_camera_nal_headers_take_the_fast_path():
+    # The test above is only worth something if its frames can take the fast path.
+    for codec, first, slice_header in (
+        ("h264", 0x67, b"\x65\x88"),
+        ("h265", 0x40, b"\x26\x01\xaf"),
+    ):
+        muxer = PsMuxer(codec)
+        data = b"\x00\x00\x00\x01" + bytes([first]) + b"\x01\x0c\x00\x00\x01" + slice_header
+        frames = [muxer.mux_video(data + b"\x11" * 40, 3600 * k, keyframe=True) for k in range(3)]
+        units, demuxer = per_frame(frames)
+        assert demuxer.fast_frames == 3 and [u.keyframe for u in units] == [True] * 3
+        assert units == reference_per_frame(frames)
+
+
+@pytest.mark.parametrize("codec", ["h264", "h265"])
+def test_every_opener_after_a_slice_starts_another_unit(codec):
+    # Two access units in one frame: PsDemuxer cuts at the second opener, so the frame must
+    # fall back, whichever NAL type opens the second one.
+    extra = b"\x01" if codec == "h265" else b""
+    first, other = b"\x88\x11\x22", b"\x08\x11\x22"  # a picture's first slice, a later one
+    for opener in OPENERS[codec] + SLICES[codec]:
+        data = b""
+        for header, body in (
+            (OPENERS[codec][0], first), (SLICES[codec][0], first),
+            (opener, first), (SLICES[codec][1], other),
+        ):
+            data += b"\x00\x00\x00\x01" + bytes([header]) + extra + body
+        muxer = PsMuxer(codec)
+        frames = [muxer.mux_video(data, 3600 * k, keyframe=k == 0) for k in range(2)]
+        units, demuxer = per_frame(frames)
+        assert demuxer.slow_frames == 2, hex(opener)
+        assert units == reference_per_frame(frames)
