@@ -133,13 +133,15 @@ class _ServerTx:
         self.response: bytes | None = None  # last response sent, replayed on retransmission
 
 
-# What a cached server transaction costs besides the bytes of its key and response: the
-# OrderedDict entry, the key tuple, the (deadline, tx) pair and the _ServerTx, with CPython's
-# object headers (measured with tracemalloc on CPython 3.11: about 440 bytes).
-SERVER_ENTRY_OVERHEAD = 448
-# Enough for Timer J (32 s) at 15,000 REGISTER transactions per second with responses of up to
-# about 500 bytes: 15,000 * 32 * (448 + 500 + 60 of key) = 460 MiB.
-DEFAULT_MAX_SERVER_BYTES = 480 * 2**20
+# What a cached server transaction costs besides the characters of its key and the bytes of its
+# response: the OrderedDict entry, the (deadline, tx) pair, the _ServerTx, the key tuple and the
+# object headers of its two strings and of the response (tracemalloc and sys.getsizeof on
+# CPython 3.11, 64-bit: 337 + 64 + 2 * 49 + 33 bytes).
+SERVER_ENTRY_OVERHEAD = 536
+# Timer J (32 s) at 15,000 REGISTER transactions per second is 480,000 answered transactions;
+# 512 MiB holds them with responses of up to about 540 bytes (a 401 or 200 to a GB/T 28181
+# REGISTER is 400 to 500).
+DEFAULT_MAX_SERVER_BYTES = 512 * 2**20
 
 
 def _entry_size(key: ServerKey, response: int) -> int:
