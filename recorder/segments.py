@@ -7,12 +7,15 @@ concatenate to the stream), so each file plays on its own. Layout::
     <root>/<channel>/<YYYY-MM-DD>/<YYYYmmddTHHMMSS.fff>.ps       (local time of the first frame)
     <root>/<channel>/<YYYY-MM-DD>/<YYYYmmddTHHMMSS.fff>.ps.part  (while being written)
 
-Life of a segment: units are batched in memory and written about 1 MiB at a time; ``sync()``
-(the recorder's periodic pass) also writes out the batch and fdatasyncs the ``.part`` file, and
-the directory holding it the first time; on close the file is fsync'd, renamed from ``.part``
-and its directory fsync'd, and only then indexed, with the SHA-256 computed while writing and the
-channel's previous hash (the chain). A ``.part`` left by a crash or a power loss is finished by
-``recorder.recovery``.
+Life of a segment: units are batched in memory and written about 1 MiB at a time, with one
+writev(2) of the units' own bytes per batch, after which the segment's SHA-256 is updated with
+the batch (unit by unit: hashlib takes no list of buffers, and joining the batch first costs more
+than the calls it saves). ``sync()`` also writes out the batch and fdatasyncs the ``.part`` file,
+and the directory holding it the first time; the recorder's periodic pass uses
+``written_out()`` instead and leaves the syncing to a thread of its own. On close the file is
+fsync'd, renamed from ``.part`` and its directory fsync'd, and only then indexed, with the SHA-256
+computed while writing and the channel's previous hash (the chain). A ``.part`` left by a crash
+or a power loss is finished by ``recorder.recovery``.
 
 Every write goes through :func:`_write`, so tests can inject ``ENOSPC``. A failed write ends the
 segment at the last unit written completely (truncate, fsync, index) and records a gap until
@@ -30,10 +33,12 @@ stream merely took that long to start (no gap).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -53,6 +58,7 @@ __all__ = [
     "local_tz",
     "parse_segment_name",
     "segment_name",
+    "syncfs",
 ]
 
 log = logging.getLogger("recorder.segments")
@@ -90,6 +96,28 @@ def _from(chunks: list[bytes], offset: int) -> list[bytes | memoryview]:
         if len(out) == _IOV_MAX:
             break
     return out
+
+
+def _load_syncfs() -> Callable[[int], None] | None:
+    try:
+        call = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):  # not Linux (or a libc without it)
+        return None
+    call.argtypes = [ctypes.c_int]
+    call.restype = ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        """syncfs(2): write out every file of the file system holding ``fd`` and flush the
+        disk's cache, directory entries and sizes included (one call, one journal commit)."""
+        if call(fd) != 0:  # ctypes releases the GIL for the call
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return syncfs
+
+
+#: ``syncfs(fd)`` where the platform has it (Linux), else None.
+syncfs = _load_syncfs()
 
 
 def local_tz() -> tzinfo:
@@ -138,18 +166,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _is_video(unit: AccessUnit) -> bool:
-    return 0xE0 <= unit.stream_id <= 0xEF
-
-
-@dataclass(slots=True)
-class _Unit:
-    """A unit sitting in the write buffer: where it ends there, and what it adds to the row."""
-
-    end: int
-    wall: float
-    pts: int | None
-    video: bool
+# A unit sitting in the write buffer: (where it ends there, wall, pts, video). A plain tuple,
+# built once per unit: a dataclass's __init__ would cost more than the rest of write().
+_Unit = tuple[int, float, int | None, bool]
 
 
 @dataclass(slots=True)
@@ -164,7 +183,7 @@ class _Open:
     sha: hashlib._Hash = field(default_factory=hashlib.sha256)
     chunks: list[bytes] = field(default_factory=list)  # the pending units' PS bytes
     buffered: int = 0  # their total length
-    pending: list[_Unit] = field(default_factory=list)
+    pending: list[_Unit] = field(default_factory=list)  # one per chunk
     written: int = 0  # bytes in the file
     synced: int = 0  # bytes of the file on the disk (fdatasync'd)
     frames: int = 0
@@ -234,9 +253,16 @@ class SegmentWriter:
 
     def write(self, unit: AccessUnit, wall: float) -> list[SegmentRow]:
         """Append ``unit`` (received at ``wall``, Unix seconds); cut a segment when due."""
-        video = _is_video(unit)
+        video = 0xE0 <= unit.stream_id <= 0xEF  # video stream IDs (inline: runs per unit)
         if video:
-            self._track_frame_interval(unit.pts)
+            pts = unit.pts
+            if pts is not None:
+                last = self._last_pts
+                if last is not None:
+                    step = ((pts - last) % PTS_WRAP) / 90000.0
+                    if 0.0 < step <= 1.0:
+                        self._frame_s = step
+                self._last_pts = pts
             self._last_wall = wall + self._frame_s  # where a gap still open at close ends
         closed: list[SegmentRow] = []
         seg = self._open
@@ -252,11 +278,12 @@ class SegmentWriter:
         if seg is None:
             self.dropped_units += 1
             return closed
-        seg.chunks.append(unit.ps_bytes)
-        seg.buffered += len(unit.ps_bytes)
-        seg.pending.append(_Unit(seg.buffered, wall, unit.pts, video))
+        data = unit.ps_bytes
+        seg.chunks.append(data)
+        end = seg.buffered = seg.buffered + len(data)
+        seg.pending.append((end, wall, unit.pts, video))
         self.units += 1
-        if seg.buffered >= self.buffer_bytes:
+        if end >= self.buffer_bytes:
             closed += self._flush(seg)
         return closed
 
@@ -333,6 +360,34 @@ class SegmentWriter:
         self.syncs += 1
         return closed
 
+    def written_out(
+        self, files: list[tuple[int, Path, Path | None]], dup: bool = True
+    ) -> list[SegmentRow]:
+        """The first half of ``sync()``, for a caller that syncs elsewhere (the recorder's sync
+        thread): write the buffered bytes of the open segment to its ``.part`` file and, if the
+        file grew since the last call, add ``(descriptor, .part path, its directory the first
+        time, else None)`` to ``files`` and count it as synced from now on.
+
+        The descriptor is an ``os.dup`` of the file's, which the caller closes once it has
+        synced it (the segment may close meanwhile); -1 with ``dup=False``, for a caller that
+        syncs the whole file system (``syncfs``)."""
+        seg = self._open
+        if seg is None:
+            return []
+        closed = self._flush(seg) if seg.chunks else []
+        if self._open is not seg or seg.written == seg.synced:
+            return closed
+        fd = -1
+        if dup:
+            try:
+                fd = os.dup(seg.fd)
+            except OSError as exc:
+                self._error(f"cannot sync {seg.part}", exc)
+                return closed
+        files.append((fd, seg.part, None if seg.synced else seg.part.parent))
+        seg.synced = seg.written
+        return closed
+
     def close(self, wall: float | None = None) -> list[SegmentRow]:
         """End the open segment (durable and indexed on return) and any gap still open: at
         ``wall`` (the caller stops recording the channel then), else at the last frame."""
@@ -382,15 +437,6 @@ class SegmentWriter:
 
     # -- segment life --------------------------------------------------------------------------
 
-    def _track_frame_interval(self, pts: int | None) -> None:
-        if pts is None:
-            return
-        if self._last_pts is not None:
-            step = ((pts - self._last_pts) % PTS_WRAP) / 90000.0
-            if 0.0 < step <= 1.0:
-                self._frame_s = step
-        self._last_pts = pts
-
     def _start(self, unit: AccessUnit, wall: float) -> _Open | None:
         day, name = segment_name(wall, self.tz)
         directory = self.root / self.channel_id / day
@@ -431,18 +477,24 @@ class SegmentWriter:
         return []
 
     def _commit(self, seg: _Open, size: int, count: int) -> None:
-        """The first ``size`` buffered bytes (``count`` units) are in the file."""
+        """The first ``size`` buffered bytes (``count`` units) are in the file: hash them (the
+        same bytes in the same order as the file, so the digest is the file's) and add their
+        frames and times to the row."""
+        whole = count == len(seg.pending)  # the usual case: the whole batch was written
         update = seg.sha.update
-        for chunk in seg.chunks[:count]:
+        for chunk in seg.chunks if whole else seg.chunks[:count]:
             update(chunk)
-        for item in seg.pending[:count]:
-            if item.video:
-                seg.frames += 1
-                if item.pts is not None:
-                    if seg.start_pts is None:
-                        seg.start_pts = item.pts
-                    seg.end_pts = item.pts
-            seg.last_wall = item.wall
+        frames, start_pts, end_pts = seg.frames, seg.start_pts, seg.end_pts
+        for _end, _wall, pts, video in seg.pending if whole else seg.pending[:count]:
+            if video:
+                frames += 1
+                if pts is not None:
+                    if start_pts is None:
+                        start_pts = pts
+                    end_pts = pts
+        seg.frames, seg.start_pts, seg.end_pts = frames, start_pts, end_pts
+        if count:
+            seg.last_wall = seg.pending[count - 1][1]
         seg.written += size
         self.bytes += size
         del seg.chunks[:count]
@@ -453,10 +505,10 @@ class SegmentWriter:
         """A write failed after ``done`` buffered bytes reached the file."""
         self._error(f"writing {seg.part} failed", exc)
         count = 0
-        while count < len(seg.pending) and seg.pending[count].end <= done:
+        while count < len(seg.pending) and seg.pending[count][0] <= done:
             count += 1
-        keep = seg.pending[count - 1].end if count else 0
-        resume = seg.pending[count].wall
+        keep = seg.pending[count - 1][0] if count else 0
+        resume = seg.pending[count][1]
         self._commit(seg, keep, count)
         seg.chunks.clear()
         seg.buffered = 0
@@ -473,7 +525,7 @@ class SegmentWriter:
         return closed
 
     def _end_of(self, seg: _Open) -> float:
-        last = seg.pending[-1].wall if seg.pending else seg.last_wall
+        last = seg.pending[-1][1] if seg.pending else seg.last_wall
         return last + self._frame_s
 
     def _close(self, end_wall: float | None = None) -> list[SegmentRow]:

@@ -1,15 +1,25 @@
 """The recorder service: one writer thread behind a queue, so the media hot path never blocks.
 
 The caller (an asyncio loop receiving RTP) calls :meth:`Recorder.submit` per access unit; that
-only puts a tuple on a ``queue.SimpleQueue``. The thread owns every :class:`SegmentWriter`,
-so file writes, hashing, fsync and SQLite inserts all happen there. Errors are counted, logged
+only puts a tuple on a ``queue.SimpleQueue`` (no lock: one thread submits). The thread owns
+every :class:`SegmentWriter`, so file writes, hashing, the fsync of each segment at its close
+and SQLite inserts all happen there; only the periodic syncs of open segments run on a thread of
+their own (see Durability). Errors are counted, logged
 (throttled) and never end the thread. The queue is bounded by ``max_queue`` units and by
 ``max_queue_bytes`` bytes of PS: past either, units are dropped and the channel resumes at its
 next keyframe, with a gap recorded.
 
-Durability: every ``fsync_s`` seconds the writer thread makes one pass over the open segments,
-writes out what each has buffered and fdatasyncs its ``.part`` file (one call per file that grew
-since the last pass), so a power loss costs at most about that much of each open segment.
+Durability: every ``fsync_s`` seconds the writer thread makes one pass over the open segments and
+writes out what each has buffered; a second thread, ``recorder-sync``, then makes it durable, so
+the writer never waits for the disk in between: by default with one ``syncfs(2)`` of the file
+system holding the recordings (one call and one journal commit per pass, however many segments
+are open; this also writes out whatever else is pending on that file system), else (another
+platform, or ``sync_whole_fs=False``) one fdatasync per ``.part`` file that grew since the last
+pass. A power cut therefore loses at most ``fsync_s`` seconds of each open segment plus the time
+of one sync (a pass that finds the last one still running waits for it, so on a disk that cannot
+keep up the loss grows with its backlog), plus the units still in the queue. A segment that has
+closed is never lost: its close fsyncs the file, renames it and fsyncs its directory before it is
+indexed, on the writer thread.
 
 The thread is the index's only writer: segments, gaps, recovery and the retention sweep's
 deletions (:meth:`Recorder.sweep` reads on its caller's thread and hands each batch of
@@ -21,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -31,6 +42,7 @@ from typing import Any
 
 from rtp.ps import AccessUnit
 
+from . import segments
 from .index import RecordIndex, SegmentRow
 from .recovery import recover
 from .retention import BATCH_SIZE, check_retention_days, sweep
@@ -68,18 +80,22 @@ class Recorder:
     :param max_queue_bytes: PS bytes the queue may hold; a unit that would go past it is dropped.
     :param fsync_s: interval of the sync pass over the open segments; 0 or None: segments are
         made durable only when they close.
+    :param sync_whole_fs: make each pass durable with one ``syncfs(2)`` of the file system
+        holding ``root`` (where the platform has it); False: one fdatasync per segment that grew.
     :param monotonic: the clock of the sync pass (tests pass a fake one).
     :param recover_on_start: first thing in the thread, finish and index what a crash left
         (``recorder.recovery.recover``); the rows are announced through ``on_segment`` too.
 
     Counters: ``units``, ``bytes``, ``segments_closed``, ``write_errors``, ``dropped_units``,
-    ``deleted`` (by retention), ``syncs`` (fdatasync calls), ``sync_passes``, ``sync_s``
-    (seconds spent in them); ``queue_depth``, ``queue_bytes``; ``last_error``.
+    ``deleted`` (by retention), ``syncs`` (sync calls of the passes: syncfs, or fdatasync per
+    file), ``sync_passes`` (those that found a segment grown), ``sync_s`` (seconds spent in
+    them, on the sync thread); ``queue_depth``, ``queue_bytes``; ``last_error``.
 
     Each counter has one owner thread, so no ``+=`` ever races with another: :meth:`submit`'s
     thread (the event loop in the node) owns the queue's byte intake and the drops at the door;
-    the writer thread owns everything else. ``dropped_units`` and ``queue_bytes`` add up the two
-    sides when read.
+    the sync thread owns ``syncs``, ``sync_passes``, ``sync_s`` and the errors of its syncs; the
+    writer thread owns everything else. ``dropped_units``, ``queue_bytes`` and ``write_errors``
+    add up the sides when read.
     """
 
     def __init__(
@@ -97,6 +113,7 @@ class Recorder:
         fsync_s: float | None = FSYNC_S,
         monotonic: Callable[[], float] = time.monotonic,
         recover_on_start: bool = True,
+        sync_whole_fs: bool = True,
     ) -> None:
         if segment_s < 1:
             raise ValueError(f"segment_s must be at least 1 second, not {segment_s}")
@@ -113,6 +130,7 @@ class Recorder:
         self.max_queue_bytes = max_queue_bytes
         self.buffer_bytes = buffer_bytes
         self.fsync_s = fsync_s or None
+        self.sync_whole_fs = sync_whole_fs and segments.syncfs is not None
         self.monotonic = monotonic
         #: how long the writer thread pauses when it has emptied the queue
         self.batch_pause_s = 0.01
@@ -120,11 +138,8 @@ class Recorder:
         self.units = 0
         self.bytes = 0
         self.segments_closed = 0
-        self.write_errors = 0
+        self._write_errors = 0
         self.deleted = 0
-        self.syncs = 0
-        self.sync_passes = 0
-        self.sync_s = 0.0
         self.last_error: str | None = None
         self._writer_dropped = 0  # not written: waiting for a keyframe after a loss
         self._bytes_out = 0  # PS bytes of the units taken off the queue
@@ -132,8 +147,26 @@ class Recorder:
         self._door_dropped = 0  # refused at submit(): queue full, or closed
         self._bytes_in = 0  # PS bytes of the units queued
         self._overflowing: set[str] = set()
+        # Owned by the sync thread:
+        self.syncs = 0
+        self.sync_passes = 0
+        self.sync_s = 0.0
+        self._sync_errors = 0
         self._writers: dict[str, SegmentWriter] = {}
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._enqueue = self._queue.put  # (submit's, bound once)
+        # Sync passes for the sync thread: the files that grew (SegmentWriter.written_out);
+        # None stops it. _sync_idle is set while no pass is pending or running.
+        self._sync_requests: queue.SimpleQueue[list[tuple[int, Path, Path | None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._sync_idle = threading.Event()
+        self._sync_idle.set()
+        self._syncer: threading.Thread | None = None
+        if self.fsync_s is not None:
+            self._syncer = threading.Thread(target=self._sync_loop, name="recorder-sync",
+                                            daemon=True)
+            self._syncer.start()
         # Requests are put under this lock, and so is the stop: none lands behind it unanswered.
         self._put_lock = threading.Lock()
         self._closed = False
@@ -161,17 +194,24 @@ class Recorder:
         the writer (waiting for a keyframe after a loss)."""
         return self._door_dropped + self._writer_dropped
 
+    @property
+    def write_errors(self) -> int:
+        """Failed writes, syncs, requests and hooks (see ``last_error``)."""
+        return self._write_errors + self._sync_errors
+
     def submit(self, channel_id: str, unit: AccessUnit, wall: float) -> None:
         """Queue ``unit`` of ``channel_id``, received at ``wall`` (Unix seconds). Never blocks.
 
-        Call it from one thread (the media path's): the intake counters are that thread's own.
+        Call it from one thread (the media path's): the intake counters are that thread's own,
+        so no lock is taken (``SimpleQueue.put`` is atomic by itself).
         """
         if self._closed:
             self._door_dropped += 1
             return
         size = len(unit.ps_bytes)
+        queued = self._bytes_in + size
         if (
-            self._bytes_in - self._bytes_out + size > self.max_queue_bytes
+            queued - self._bytes_out > self.max_queue_bytes
             or self._queue.qsize() >= self.max_queue
         ):
             self._door_dropped += 1
@@ -181,8 +221,8 @@ class Recorder:
             return
         if self._overflowing:
             self._overflowing.discard(channel_id)
-        self._bytes_in += size
-        self._queue.put(("unit", channel_id, unit, wall))
+        self._bytes_in = queued
+        self._enqueue(("unit", channel_id, unit, wall))
 
     def gap(self, channel_id: str, start_wall: float, end_wall: float, reason: str) -> None:
         """Record that ``channel_id`` was not received between the two times."""
@@ -308,8 +348,7 @@ class Recorder:
                     item = None
             if check <= 0 or item is None:  # a batch starts (or a long one goes on)
                 check = _SYNC_CHECK_ITEMS
-                if clock() >= next_sync:
-                    self._sync()
+                if clock() >= next_sync and self._sync():
                     next_sync = clock() + every
             if item is None:
                 check = 0
@@ -332,18 +371,38 @@ class Recorder:
                 self._handle(("close_channel", channel_id, stopped_at))
             except Exception as exc:
                 self._failed(("close_channel", channel_id), exc)
+        if self._syncer is not None:  # a pass still running finishes first
+            self._sync_requests.put(None)
+            self._syncer.join()
 
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
-        if kind == "unit":
+        if kind == "unit":  # (per unit: _apply's work, inline)
             unit = item[2]
             self._bytes_out += len(unit.ps_bytes)  # off the queue, whatever becomes of it
-            writer = self._writer(item[1])
-            self._apply(writer, writer.write, unit, item[3])
+            writer = self._writers.get(item[1]) or self._writer(item[1])
+            units, size, errors = writer.units, writer.bytes, writer.write_errors
+            rows: list[SegmentRow] = []
+            try:
+                rows = writer.write(unit, item[3])
+            finally:
+                if writer.units != units:
+                    self.units += 1
+                else:
+                    self._writer_dropped += 1
+                if writer.bytes != size:
+                    self.bytes += writer.bytes - size
+                if writer.write_errors != errors:
+                    self._count_errors(writer, writer.write_errors - errors)
+            for row in rows:
+                self.segments_closed += 1
+                self._announce(row)
             return
         if kind in ("barrier", "flush"):
             try:
-                if kind == "flush":
+                if kind == "barrier":  # drain(): the sync pass already begun is done too
+                    self._sync_idle.wait()
+                else:
                     for writer in list(self._writers.values()):
                         self._apply(writer, writer.flush)
             finally:
@@ -392,18 +451,65 @@ class Recorder:
             self._writers[channel_id] = writer
         return writer
 
-    def _sync(self) -> None:
-        """The sync pass: write out and fdatasync every open segment that grew since the last."""
-        began = self.monotonic()
+    def _sync(self) -> bool:
+        """The sync pass: write out every open segment's buffer, then have the sync thread make
+        the segments that grew since the last pass durable. False (nothing done) while the last
+        pass is still running."""
+        if not self._sync_idle.is_set():
+            return False
+        files: list[tuple[int, Path, Path | None]] = []
+        dup = not self.sync_whole_fs
         for writer in list(self._writers.values()):
-            syncs = writer.syncs
             try:
-                self._apply(writer, writer.sync)
+                self._apply(writer, writer.written_out, files, dup)
             except Exception as exc:
                 self._failed(("sync", writer.channel_id), exc)
-            self.syncs += writer.syncs - syncs
-        self.sync_passes += 1
-        self.sync_s += self.monotonic() - began
+        if files:
+            self._sync_idle.clear()
+            self._sync_requests.put(files)
+        return True
+
+    def _sync_loop(self) -> None:
+        """The sync thread: one pass per request, each sync call on the disk's time, not the
+        writer's."""
+        root_fd = -1
+        while (files := self._sync_requests.get()) is not None:
+            began = self.monotonic()
+            try:
+                if self.sync_whole_fs:  # at once, whatever the number of files
+                    if root_fd < 0:
+                        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    assert segments.syncfs is not None
+                    segments.syncfs(root_fd)
+                    self.syncs += 1
+                else:
+                    self._sync_files(files)
+            except Exception as exc:  # the thread must outlive any one error
+                self._sync_failed("syncfs of the recordings", exc)
+            finally:
+                self.sync_passes += 1
+                self.sync_s += self.monotonic() - began
+                self._sync_idle.set()
+        if root_fd >= 0:
+            os.close(root_fd)
+
+    def _sync_files(self, files: list[tuple[int, Path, Path | None]]) -> None:
+        """fdatasync each file (and its directory the first time), closing its duplicate."""
+        for fd, part, directory in files:
+            try:
+                os.fdatasync(fd)
+                if directory is not None:
+                    segments.fsync_dir(directory)
+                self.syncs += 1
+            except OSError as exc:
+                self._sync_failed(f"cannot sync {part}", exc)
+            finally:
+                os.close(fd)
+
+    def _sync_failed(self, what: str, exc: Exception) -> None:
+        self._sync_errors += 1
+        self.last_error = f"{what}: {exc}"
+        self._log(self.last_error)
 
     def _apply(
         self, writer: SegmentWriter, call: Callable[..., list[SegmentRow]], *args: Any
@@ -415,11 +521,9 @@ class Recorder:
         finally:
             self.units += writer.units - before[0]
             self.bytes += writer.bytes - before[1]
-            self.write_errors += writer.write_errors - before[2]
             self._writer_dropped += writer.dropped_units - before[3]
             if writer.write_errors != before[2]:
-                self.last_error = f"channel {writer.channel_id}: {writer.last_error}"
-                self._log(self.last_error)
+                self._count_errors(writer, writer.write_errors - before[2])
         for row in rows:
             self.segments_closed += 1
             self._announce(row)
@@ -431,8 +535,13 @@ class Recorder:
             except Exception as exc:  # a hook must not stop recording
                 self._failed(("on_segment", row.channel_id), exc)
 
+    def _count_errors(self, writer: SegmentWriter, count: int) -> None:
+        self._write_errors += count
+        self.last_error = f"channel {writer.channel_id}: {writer.last_error}"
+        self._log(self.last_error)
+
     def _failed(self, item: tuple[Any, ...], exc: Exception) -> None:
-        self.write_errors += 1
+        self._write_errors += 1
         self.last_error = f"{item[0]} for channel {item[1]}: {exc!r}"
         self._log(self.last_error, exc)
 

@@ -282,3 +282,58 @@ def test_chunking_and_batching_do_not_change_the_files(cuts, buffer_bytes, segme
     assert b"".join(files) == PREFIX_BYTES
     expected_starts = [PREFIX[k].offset for k in range(0, 130, 25 * segment_s)][: len(files)]
     assert [PREFIX_BYTES.find(f) for f in files] == expected_starts
+
+
+
+def _reference_rows(name: str, files: list[bytes]) -> list[tuple[str, int, int | None, int | None]]:
+    """What each segment's row should hold, computed unit by unit as the writer once did (the
+    SHA-256 updated with each unit's bytes, the video frames counted, the first and last PTS),
+    from the units of ``name`` whose bytes each file is."""
+    source = stream(name)
+    out = []
+    for blob in files:
+        start = source.find(blob)
+        inside = [u for u in units(name) if start <= u.offset < start + len(blob)]
+        assert b"".join(u.ps_bytes for u in inside) == blob  # whole units, byte-exact
+        sha, frames, first, last = hashlib.sha256(), 0, None, None
+        for unit in inside:
+            sha.update(unit.ps_bytes)
+            if is_video(unit):
+                frames += 1
+                if unit.pts is not None:
+                    first = unit.pts if first is None else first
+                    last = unit.pts
+        out.append((sha.hexdigest(), frames, first, last))
+    return out
+
+
+def _row_values(rows: list[SegmentRow]) -> list[tuple[str, int, int | None, int | None]]:
+    return [(r.sha256, r.frames, r.start_pts, r.end_pts) for r in rows]
+
+
+@pytest.mark.parametrize("buffer_bytes", [1, 16 * 1024, 1 << 20])
+@pytest.mark.parametrize("name", ["gb_h264_alaw_zlm.ps", "h265_640x360_25fps_10s_ffmpeg.ps"])
+def test_batched_hashing_gives_the_files_hash_and_the_unit_by_unit_rows(root, index, name,
+                                                                         buffer_bytes):
+    rows = record(root, index, name, buffer_bytes=buffer_bytes)
+    files = contents(root, rows)
+    assert len(rows) >= 4
+    assert _row_values(rows) == _reference_rows(name, files)
+    assert [r.sha256 for r in rows] == [hashlib.sha256(blob).hexdigest() for blob in files]
+    assert [r.prev_sha256 for r in rows] == [None] + [r.sha256 for r in rows[:-1]]
+
+
+def test_a_failed_batch_hashes_only_the_units_that_reached_the_file(root, index, monkeypatch):
+    disk = DiskFull(room=150_000)  # a batch of 200 KB is written in part: whole units kept
+    monkeypatch.setattr(recorder.segments, "_write", disk)
+    w = writer(root, index, buffer_bytes=200_000, segment_s=60)
+    rows: list[SegmentRow] = []
+    for unit, wall in timed(units("gb_h264_zlm.ps")):
+        rows += w.write(unit, wall)
+        if disk.failures:
+            disk.room = float("inf")  # space comes back
+    rows += w.close()
+    assert disk.failures == 1 and len(rows) == 2
+    files = contents(root, rows)
+    assert 0 < len(files[0]) <= 150_000
+    assert _row_values(rows) == _reference_rows("gb_h264_zlm.ps", files)

@@ -8,10 +8,12 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from recorder import segments as segment_files
 from recorder.index import RecordIndex, SegmentRow
 from recorder.service import Recorder
 from recorder.verify import verify
@@ -207,7 +209,8 @@ def test_open_segments_are_synced_every_fsync_s_in_one_pass(root, monkeypatch):
     clock = FakeClock(100.0)
     items = list(timed(units(NAME)))
     first, second = items[:60], items[:120]
-    with Recorder(root, segment_s=60, tz=TZ, fsync_s=2, monotonic=clock) as recorder:
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=2, monotonic=clock,
+                  sync_whole_fs=False) as recorder:
         for unit, wall in first:
             recorder.submit(CHANNEL, unit, wall)
         recorder.submit("34020000001320000002", items[0][0], T0)
@@ -227,9 +230,9 @@ def test_open_segments_are_synced_every_fsync_s_in_one_pass(root, monkeypatch):
         assert part.read_bytes() == b"".join(u.ps_bytes for u, _ in first)
         assert recorder.sync_passes == 1 and recorder.syncs == 2
 
-        clock.now = 104.5  # due again, but nothing grew: no call
+        clock.now = 104.5  # due again, but nothing grew: no call (and no pass to count)
         assert recorder.drain(WAIT)
-        assert recorder.sync_passes == 2 and len(synced) == 2
+        assert recorder.sync_passes == 1 and len(synced) == 2
 
         for unit, wall in items[60:120]:
             recorder.submit(CHANNEL, unit, wall)
@@ -239,7 +242,7 @@ def test_open_segments_are_synced_every_fsync_s_in_one_pass(root, monkeypatch):
         clock.now = 106.5
         assert recorder.drain(WAIT)
         assert synced[2:] == [(str(part), sum(len(u.ps_bytes) for u, _ in second))]
-        assert recorder.sync_passes == 3 and recorder.syncs == 3 and recorder.write_errors == 0
+        assert recorder.sync_passes == 2 and recorder.syncs == 3 and recorder.write_errors == 0
     assert len(synced) == 3  # closing fsyncs (not fdatasyncs) the files
     with RecordIndex(root / "index.sqlite3") as index:
         assert verify(root, index).ok
@@ -257,7 +260,8 @@ def test_an_idle_writer_wakes_up_for_its_sync_pass(root, monkeypatch):
 
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     clock = FakeClock(0.0)
-    with Recorder(root, segment_s=60, tz=TZ, fsync_s=0.05, monotonic=clock) as recorder:
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=0.05, monotonic=clock,
+                  sync_whole_fs=False) as recorder:
         for unit, wall in timed(units(NAME)[:60]):
             recorder.submit(CHANNEL, unit, wall)
         assert recorder.drain(WAIT) and not called.is_set()
@@ -278,6 +282,129 @@ def test_fsync_s_zero_syncs_only_at_close(root, monkeypatch):
     assert synced == [] and recorder.segments_closed == 1
     with pytest.raises(ValueError, match="fsync_s"):
         Recorder(root, fsync_s=-1)
+
+
+needs_syncfs = pytest.mark.skipif(segment_files.syncfs is None,
+                                  reason="syncfs(2) is Linux's; elsewhere passes sync per file")
+
+
+def record_syncfs(monkeypatch: pytest.MonkeyPatch, root: Path,
+                  gate: threading.Event | None = None) -> list[dict[str, int]]:
+    """Every syncfs from now on, as the sizes of the .part files under ``root`` then (after
+    waiting for ``gate``, if given); the real call still happens."""
+    calls: list[dict[str, int]] = []
+    real = segment_files.syncfs
+    assert real is not None
+
+    def syncfs(fd: int) -> None:
+        if gate is not None:
+            assert gate.wait(WAIT)
+        assert os.path.samestat(os.fstat(fd), os.stat(root))
+        calls.append({p.parent.parent.name: p.stat().st_size for p in root.glob("*/*/*.part")})
+        real(fd)
+
+    monkeypatch.setattr(segment_files, "syncfs", syncfs)
+    return calls
+
+
+@needs_syncfs
+def test_a_sync_pass_is_one_syncfs_of_the_recordings_file_system(root, monkeypatch):
+    per_file = record_syncs(monkeypatch)
+    calls = record_syncfs(monkeypatch, root)
+    clock = FakeClock(100.0)
+    items = list(timed(units(NAME)))
+    other = "34020000001320000002"
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=2, monotonic=clock) as recorder:
+        for unit, wall in items[:60]:
+            recorder.submit(CHANNEL, unit, wall)
+        recorder.submit(other, items[0][0], T0)
+        assert recorder.drain(WAIT) and calls == []
+
+        clock.now = 102.0  # due: both segments written out, then one call for the two
+        assert recorder.drain(WAIT)
+        size = sum(len(u.ps_bytes) for u, _ in items[:60])
+        assert calls == [{CHANNEL: size, other: len(items[0][0].ps_bytes)}]
+        assert recorder.sync_passes == 1 and recorder.syncs == 1
+
+        clock.now = 104.5  # due again, but nothing grew: no call
+        assert recorder.drain(WAIT)
+        assert len(calls) == 1 and recorder.sync_passes == 1
+
+        for unit, wall in items[60:90]:
+            recorder.submit(CHANNEL, unit, wall)
+        assert recorder.drain(WAIT)  # written before the clock moves
+        clock.now = 106.5
+        assert recorder.drain(WAIT)
+        assert calls[1:] == [{CHANNEL: sum(len(u.ps_bytes) for u, _ in items[:90]),
+                              other: len(items[0][0].ps_bytes)}]
+        assert recorder.syncs == 2 and recorder.write_errors == 0
+    assert per_file == [] and len(calls) == 2  # closing fsyncs (not syncs) each file
+
+
+@needs_syncfs
+def test_the_writer_goes_on_while_a_sync_pass_waits_for_the_disk(root, monkeypatch):
+    gate = threading.Event()
+    calls = record_syncfs(monkeypatch, root, gate)
+    clock = FakeClock(0.0)
+    items = list(timed(units(NAME)))
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=1, monotonic=clock) as recorder:
+        for unit, wall in items[:30]:
+            recorder.submit(CHANNEL, unit, wall)
+        assert recorder.flush(WAIT)
+        clock.now = 1.0  # the pass starts, and its syncfs waits on the gate
+        for unit, wall in items[30:60]:
+            recorder.submit(CHANNEL, unit, wall)
+        assert recorder.flush(WAIT)  # written meanwhile: the writer did not wait
+        part = next(root.glob(f"{CHANNEL}/*/*.ps.part"))
+        assert part.stat().st_size == sum(len(u.ps_bytes) for u, _ in items[:60])
+        clock.now = 2.0  # due again while the first pass runs: not queued behind it
+        for unit, wall in items[60:90]:
+            recorder.submit(CHANNEL, unit, wall)
+        assert recorder.flush(WAIT)
+        assert calls == [] and recorder.sync_passes == 0
+        gate.set()
+        for _ in range(int(WAIT / 0.01)):  # the pass under way ends
+            if recorder.sync_passes:
+                break
+            time.sleep(0.01)
+        assert len(calls) == 1 and recorder.sync_passes == 1
+        assert recorder.drain(WAIT)  # the pass skipped at 2.0 is made at the next batch
+        assert len(calls) == 2 and recorder.sync_passes == 2
+        assert calls[1] == {CHANNEL: sum(len(u.ps_bytes) for u, _ in items[:90])}
+
+
+@needs_syncfs
+def test_a_failed_syncfs_is_counted_and_the_next_pass_tries_again(root, monkeypatch):
+    real = segment_files.syncfs
+    failures = [OSError(5, "Input/output error")]
+
+    def syncfs(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real(fd)
+
+    monkeypatch.setattr(segment_files, "syncfs", syncfs)
+    clock = FakeClock(0.0)
+    items = list(timed(units(NAME)))
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=1, monotonic=clock) as recorder:
+        for unit, wall in items[:30]:
+            recorder.submit(CHANNEL, unit, wall)
+        assert recorder.drain(WAIT)
+        clock.now = 1.0
+        assert recorder.drain(WAIT)
+        assert recorder.write_errors == 1 and recorder.syncs == 0 and recorder.sync_passes == 1
+        assert "Input/output error" in (recorder.last_error or "")
+        for unit, wall in items[30:60]:
+            recorder.submit(CHANNEL, unit, wall)
+        assert recorder.drain(WAIT)
+        clock.now = 2.0
+        assert recorder.drain(WAIT)
+        assert recorder.syncs == 1 and recorder.sync_passes == 2
+    assert recorder.segments_closed == 1 and recorder.write_errors == 1
+    with RecordIndex(root / "index.sqlite3") as index:
+        (row,) = index.segments(CHANNEL)
+        assert row.bytes == sum(len(u.ps_bytes) for u, _ in items[:60])
+        assert verify(root, index).ok
 
 
 def _old_segments(root: Path, channels: int, per_channel: int) -> list[SegmentRow]:
