@@ -54,6 +54,7 @@ _REFUSED = frozenset({"require", "proxy-require", "date"})
 # Headers a response copies (RFC 3261 8.2.6.2), in the order the request has them.
 _COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})
 _KEYS: dict[bytes, str] = {}
+_URIS: dict[bytes, bool] = {}
 _KEYS_LIMIT = 512
 
 
@@ -156,8 +157,7 @@ def recognise(data: bytes) -> FastRequest | None:
     start = (head if line_end < 0 else head[:line_end]).split(b" ")
     if len(start) != 3 or start[2] != b"SIP/2.0":
         return None
-    uri = _text(start[1])
-    if uri.partition(":")[0].lower() not in ("sip", "sips") or not is_request_uri(uri):
+    if not _uri_ok(start[1]):
         return None
     fields = _FIELD.findall(head)
     if len(fields) != breaks:
@@ -178,6 +178,18 @@ def recognise(data: bytes) -> FastRequest | None:
     return _check(method, data, head_end, raw, copied, to_index)
 
 
+def _uri_ok(raw: bytes) -> bool:
+    """A SIP or SIPS Request-URI (`validate_request`, `is_request_uri`); the verdicts on the
+    few URIs devices send (the node's own) are kept."""
+    verdict = _URIS.get(raw)
+    if verdict is None:
+        uri = _text(raw)
+        verdict = uri.partition(":")[0].lower() in ("sip", "sips") and is_request_uri(uri)
+        if len(_URIS) < _KEYS_LIMIT:
+            _URIS[raw] = verdict
+    return verdict
+
+
 def _port_ok(port: bytes | None) -> bool:
     return port is None or int(port) <= 65535
 
@@ -190,7 +202,8 @@ def _check(
     copied: list[bytes],
     to_index: int,
 ) -> FastRequest | None:
-    via, from_, to, call_id, cseq = (raw.get(k) for k in ("via", "from", "to", "call-id", "cseq"))
+    get = raw.get
+    via, from_, to, call_id, cseq = get("via"), get("from"), get("to"), get("call-id"), get("cseq")
     if via is None or from_ is None or to is None or call_id is None or cseq is None:
         return None
     m = _VIA.fullmatch(via)

@@ -188,7 +188,7 @@ class SipEndpoint:
     # ----- input -----
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         peer = Peer("udp", addr[0], addr[1])
-        if not data.strip(b"\r\n\x00 "):
+        if data[:1] in b"\r\n\x00 " and not data.strip(b"\r\n\x00 "):
             return  # keep-alive padding some devices send over UDP
         fast = self.fast_path
         if fast is not None:
