@@ -24,7 +24,6 @@ import re
 
 from .headers import COMPACT_FORMS
 from .message import MAX_MESSAGE_SIZE, REASONS
-from .transaction import MAGIC_COOKIE
 from .uri import is_name_addr_list, is_request_uri
 
 __all__ = ["FastRequest", "recognise"]
@@ -35,14 +34,19 @@ _HEAD_END = b"\r\n\r\n"
 _FIELD = re.compile(
     rb"\r\n([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*((?:[^\r\n]*[^\r\n \t])?)[ \t]*(?=\r\n|\Z)"
 )
-# SIP/2.0/UDP host[:port] followed by rport, received and exactly one branch, in any order.
+_PORT = rb"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[0-5]?[0-9]{1,4})"
+_OTHER_VIA_PARAMS = rb"(?:;rport(?:=[0-9]{1,5})?|;received=[0-9.]{1,39})*"
+_BRANCH_CHARS = rb"[A-Za-z0-9.\-_!%*+`'~]"
+# SIP/2.0/UDP host[:port] with exactly one branch (an RFC 3261 one, more than the magic cookie
+# alone) among rport and received parameters.
 _VIA = re.compile(
-    rb"SIP/2\.0/(?:UDP|TCP) ([A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?"
-    rb"((?:;(?:rport(?:=[0-9]{1,5})?|received=[0-9.]{1,39}|branch=z9hG4bK[A-Za-z0-9.\-_!%*+`'~]+))+)"
+    rb"SIP/2\.0/(?:UDP|TCP) ([A-Za-z0-9.\-]+)(?::(" + _PORT + rb"))?" + _OTHER_VIA_PARAMS
+    + rb";branch=(z9hG4bK" + _BRANCH_CHARS + rb"+)" + _OTHER_VIA_PARAMS
 )
-# From, To and Contact: <sip:user@host[:port]> and, for From and To, an optional tag.
-_ADDR = re.compile(rb"<sip:([A-Za-z0-9]+)@[A-Za-z0-9.\-]+(?::([0-9]{1,5}))?>")
-_TAG = re.compile(rb";tag=[A-Za-z0-9.\-_!%*+`'~]+")
+# From and To: <sip:user@host[:port]> and an optional tag; Contact without the tag.
+_ADDR = rb"<sip:([A-Za-z0-9]+)@[A-Za-z0-9.\-]+(?::" + _PORT + rb")?>"
+_TAGGED = re.compile(_ADDR + rb"(;tag=[A-Za-z0-9.\-_!%*+`'~]+)?")
+_CONTACT = re.compile(_ADDR)
 _CALL_ID = re.compile(rb"[!-~]+")
 _CSEQ = re.compile(rb"([0-9]{1,10}) (REGISTER|MESSAGE)")
 _DIGITS = re.compile(rb"[0-9]{1,10}")
@@ -190,10 +194,6 @@ def _uri_ok(raw: bytes) -> bool:
     return verdict
 
 
-def _port_ok(port: bytes | None) -> bool:
-    return port is None or int(port) <= 65535
-
-
 def _check(
     method: str,
     data: bytes,
@@ -207,51 +207,39 @@ def _check(
     if via is None or from_ is None or to is None or call_id is None or cseq is None:
         return None
     m = _VIA.fullmatch(via)
-    if m is None or not _port_ok(m[2]):
+    if m is None:
         return None
-    params = m[3]
-    if params.count(b";branch=") != 1 or params.count(b";rport") > 1 \
-            or params.count(b";received=") > 1:
-        return None
-    branch = params[params.index(b";branch=") + 8:].partition(b";")[0]
-    if len(branch) <= len(MAGIC_COOKIE):
-        return None  # only the magic cookie: validate_request answers 400
     host = m[1].decode("ascii").lower()
     sent_by = host if m[2] is None else f"{host}:{int(m[2])}"
-    key = (branch.decode("ascii"), sent_by, method)
-    f = _ADDR.match(from_)
-    if f is None or not _port_ok(f[2]) or (f.end() != len(from_) and
-                                            _TAG.fullmatch(from_, f.end()) is None):
+    key = (m[3].decode("ascii"), sent_by, method)
+    f = _TAGGED.fullmatch(from_)
+    t = _TAGGED.fullmatch(to)
+    if f is None or t is None:
         return None
-    t = _ADDR.match(to)
-    if t is None or not _port_ok(t[2]):
-        return None
-    to_tagged = t.end() != len(to)
-    if to_tagged and (method == "MESSAGE" or _TAG.fullmatch(to, t.end()) is None):
+    to_tagged = t[2] is not None
+    if to_tagged and method == "MESSAGE":
         return None  # a MESSAGE with a To tag may belong to a dialog of ours
     if _CALL_ID.fullmatch(call_id) is None:
         return None
     c = _CSEQ.fullmatch(cseq)
     if c is None or c[2].decode("ascii") != method or int(c[1]) >= 2**31:
         return None
-    contact = raw.get("contact")
-    if contact is not None:
-        a = _ADDR.fullmatch(contact)
-        if a is None or not _port_ok(a[2]):
-            return None
+    contact = get("contact")
+    if contact is not None and _CONTACT.fullmatch(contact) is None:
+        return None
     expires = None
-    value = raw.get("expires")
+    value = get("expires")
     if value is not None:
         if _DIGITS.fullmatch(value) is None or int(value) > 2**32 - 1:
             return None
         expires = int(value)
-    value = raw.get("max-forwards")
+    value = get("max-forwards")
     if value is not None and (_DIGITS.fullmatch(value) is None or int(value) > 255):
         return None
     for name in ("route", "record-route"):
         if name in raw and not is_name_addr_list(_text(raw[name])):
             return None
-    length = raw.get("content-length")
+    length = get("content-length")
     if length is None or _DIGITS.fullmatch(length) is None:
         return None
     body_start = head_end + 4
