@@ -593,7 +593,10 @@ def format_gb_time(dt: datetime, *, millis: bool = False, tz: tzinfo | None = No
     """
     if tz is not None and dt.tzinfo is not None:
         dt = dt.astimezone(tz)
-    text = f"{dt.year:04d}-{dt:%m-%dT%H:%M:%S}"
+    # Fields by hand rather than strftime, which costs several times as much (every REGISTER
+    # 200 carries one).
+    text = (f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:"
+            f"{dt.second:02d}")
     if millis:
         text += f".{dt.microsecond // 1000:03d}"
     return text
