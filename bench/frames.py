@@ -15,8 +15,10 @@ methods on a queue that the measurement empties between batches, outside the tim
 The chain is measured cumulatively, each time built afresh and fed the whole stream:
 
 - ``receive``: the receiver, with a sink that does nothing;
-- ``assembly``: + `LiveStream.on_packet` and `MediaIngest` with a demuxer that returns nothing
+- ``assembly``: + `MediaIngest` as the receiver's sink, with a demuxer that returns nothing
   (collecting the payloads and joining them once per frame);
+- ``on_packet``: + `LiveStream.on_packet` between the two, as the node wires them (sequence
+  check, RTP consumers: none here);
 - ``demux``: + the real `PsFrameDemuxer`, its units dropped;
 - ``hub``: + `LiveStream._units` without consumers;
 - ``recorder``: + one recorder consumer: the whole chain.
@@ -31,6 +33,15 @@ on that commit too (a git worktree under /tmp), alternately with the working tre
 so the two are compared within one run of this script. ``--profile`` adds a cProfile summary
 of the whole chain on the 4 Mbit/s stream (own time per function, per video frame); the
 profiler's own overhead inflates every figure, so read it for proportions.
+
+Loss. ``lossy`` is the whole chain with one packet in LOSS_EVERY left out. After each hole
+`MediaIngest.restart` starts a new demuxer; the rest of the damaged frame sends it to the
+internal `PsDemuxer`, and `MediaIngest` takes the fast path up again only at a keyframe that
+carries its PSM (up to a GOP later). ``lossy, resumed`` is the same with the change this
+measures for `sensing_node`: after a hole, the demuxer knows the stream's program stream map
+(`PsFrameDemuxer(stream_types=...)`), so the fast path is taken up again at the next frame
+that starts with a pack header (`_ResumingIngest`). Where the tree has no such parameter
+(the base), that row is left out.
 """
 
 from __future__ import annotations
@@ -54,7 +65,7 @@ SOURCE = ("127.0.0.1", 40000)
 CHANNEL = "31011200001310000101"
 FPS = 25
 BATCH = 500  # packets timed together; the recorder's queue is emptied between batches
-STEPS = ("receive", "assembly", "demux", "hub", "recorder")
+STEPS = ("receive", "assembly", "on_packet", "demux", "hub", "recorder")
 #: (name, width, height, bit/s)
 STREAMS = (
     ("720p 0.6 Mbit/s", 1280, 720, 600_000),
@@ -63,6 +74,8 @@ STREAMS = (
     ("1080p 8 Mbit/s", 1920, 1080, 8_000_000),
 )
 BEGIN, END = "<!-- frames:begin -->", "<!-- frames:end -->"
+LOSS_EVERY = 1000  # one packet in this many is left out in the lossy chains
+LOSSY = ("lossy", "lossy, resumed")
 
 
 # ----- the streams (parent process) ------------------------------------------------------------
@@ -147,13 +160,14 @@ class _NullSink:
 def build_chain(step: str, loop: Any) -> tuple[Any, Any]:
     """The receiver of a chain up to `step`, and the recorder's queue (or None)."""
     import queue
+    import threading
 
     from recorder.service import Recorder
     from sensing_node.media.stream import LiveStream
     from sensing_node.recording.service import ChannelRecording
     from sensing_node.transport.rtp import MediaIngest, UdpRtpReceiver
 
-    level = STEPS.index(step)
+    level = STEPS.index(step) if step in STEPS else len(STEPS) - 1
     intake = None
     if level == 0:
         sink: Any = _NullSink()
@@ -172,11 +186,12 @@ def build_chain(step: str, loop: Any) -> tuple[Any, Any]:
         stream.consumer_errors = 0
         stream.channel_id = CHANNEL
         hub.streams[CHANNEL] = stream
-        ingest = MediaIngest(on_units=stream._units if level >= 3 else _drop)
-        if level == 1:
+        kind = _resuming_ingest(MediaIngest) if step == "lossy, resumed" else MediaIngest
+        ingest = kind(on_units=stream._units if level >= 4 else _drop)
+        if level <= 2:
             ingest.demuxer = _NoDemux()
         stream.ingest = ingest
-        if level >= 4:
+        if level >= 5:
             intake = Recorder.__new__(Recorder)  # submit() only: no writer thread
             intake._closed = False
             intake._door_dropped = 0
@@ -185,13 +200,56 @@ def build_chain(step: str, loop: Any) -> tuple[Any, Any]:
             intake.max_queue_bytes = 1 << 40
             intake._overflowing = set()
             intake._queue = queue.SimpleQueue()
+            intake._put_lock = threading.Lock()  # for lost(), after a hole
             service = _Namespace(recorder=intake, hub=hub, wall=time.time)
             stream.consumers.append(ChannelRecording(service, CHANNEL))  # type: ignore[arg-type]
-        sink = stream
+        sink = stream if level >= 2 else ingest
     receiver = UdpRtpReceiver(sink)
     receiver._loop = loop
     receiver.expect(SOURCE[0], SSRC)
     return receiver, intake
+
+
+def _resuming_ingest(base: Any) -> Any:
+    """`MediaIngest` as it would be if, after a hole, it took the fast path up again at the
+    next frame that starts with a pack header, with the program stream map the stream had."""
+    from rtp.psframe import PsFrameDemuxer
+
+    class _ResumingIngest(base):  # type: ignore[misc, valid-type]
+        _after_hole = False
+
+        def restart(self) -> None:
+            types = self.demuxer.stream_types
+            super().restart()
+            self.demuxer = PsFrameDemuxer(self.max_buffered, types)
+            self._after_hole = bool(types)
+
+        def end_frame(self) -> None:
+            demuxer = self.demuxer
+            if not (self._after_hole and demuxer.fallen_back and self._parts
+                    and self._parts[0][:4] == b"\x00\x00\x01\xba"):
+                super().end_frame()
+                if not self.demuxer.fallen_back:
+                    self._after_hole = False
+                return
+            # the first whole frame after the hole: a new demuxer with the map, as restart()
+            self._after_hole = False
+            units = demuxer.flush()
+            if units:
+                self._deliver(units)
+            self.demuxer = PsFrameDemuxer(self.max_buffered, demuxer.stream_types)
+            self.fast_path_resumed += 1
+            super().end_frame()
+
+    return _ResumingIngest
+
+
+def supports_resume() -> bool:
+    import inspect
+
+    from rtp.psframe import PsFrameDemuxer
+
+    return "stream_types" in inspect.signature(PsFrameDemuxer).parameters
 
 
 class _Namespace:
@@ -215,7 +273,8 @@ def feed(receiver: Any, intake: Any, packets: list[bytes]) -> int:
             q = intake._queue
             while not q.empty():
                 item = q.get_nowait()
-                intake._bytes_out += len(item[2].ps_bytes)
+                if item[0] == "unit":
+                    intake._bytes_out += len(item[2].ps_bytes)
     return total
 
 
@@ -277,6 +336,15 @@ def measure(streams_file: Path, repeats: int) -> dict[str, dict[str, int]]:
             gc.collect()
             spent = demux_alone(packets)
             best["demuxer alone"] = min(best.get("demuxer alone", spent), spent)
+            lossy = [p for k, p in enumerate(packets) if k % LOSS_EVERY != LOSS_EVERY // 2]
+            for step in LOSSY if supports_resume() else LOSSY[:1]:
+                receiver, intake = build_chain(step, loop)
+                gc.collect()
+                spent = feed(receiver, intake, lossy)
+                assert receiver.sink_errors == 0, (name, step)
+                best[step] = min(best.get(step, spent), spent)
+                best[step + ": holes"] = receiver.lost
+                best[step + ": fast path resumed"] = receiver.sink.ingest.fast_path_resumed
         out[name] = best
     return out
 
@@ -317,8 +385,10 @@ def child(tree: Path, streams_file: Path, what: str, extra: str) -> Any:
     env = dict(os.environ, PYTHONPATH=str(tree), PYTHONHASHSEED="0")
     done = subprocess.run(
         [sys.executable, str(BENCH / "frames.py"), what, str(tree), str(streams_file), extra],
-        cwd=tree, env=env, check=True, capture_output=True, text=True,
+        cwd=tree, env=env, capture_output=True, text=True,
     )
+    if done.returncode:
+        raise SystemExit(f"{what} in {tree} failed:\n{done.stderr}")
     return json.loads(done.stdout)
 
 
@@ -359,12 +429,17 @@ def report(results: dict[str, list[dict[str, dict[str, int]]]],
             row += (f" {spread([ns / info['packets'] / 1000 for ns in whole])} |"
                     f" {spread([ns / info['frames'] / 1000 for ns in whole])} |")
         lines.append(row)
-        row = "| demuxer alone |"
-        for tree in labels:
-            alone = [run[name]["demuxer alone"] for run in results[tree]]
-            row += (f" {spread([ns / info['packets'] / 1000 for ns in alone])} |"
-                    f" {spread([ns / info['frames'] / 1000 for ns in alone])} |")
-        lines += [row, ""]
+        for extra in ("demuxer alone", *LOSSY):
+            row = f"| {extra} |"
+            for tree in labels:
+                spent = [run[name][extra] for run in results[tree] if extra in run[name]]
+                if not spent:
+                    row += " – | – |"
+                    continue
+                row += (f" {spread([ns / info['packets'] / 1000 for ns in spent])} |"
+                        f" {spread([ns / info['frames'] / 1000 for ns in spent])} |")
+            lines.append(row)
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -191,9 +191,16 @@ class PsFrameDemuxer:
     ``slow_frames`` (frames whose units came from the fast path / the internal demuxer) and
     ``revised_units`` (see ``_fall_back``). ``detected``, ``refusal`` and ``stream_types`` mean
     what they mean there.
+
+    ``stream_types``: the program stream map the stream had so far, for a demuxer that takes
+    it up again after lost packets at a frame without a PSM (cameras send one only with key
+    frames). The units are then those of a ``PsDemuxer`` given that map before the first byte;
+    a PSM that differs from it makes the frame fall back.
     """
 
-    def __init__(self, max_buffered: int = MAX_BUFFERED) -> None:
+    def __init__(
+        self, max_buffered: int = MAX_BUFFERED, stream_types: dict[int, int] | None = None
+    ) -> None:
         # PsDemuxer cuts a unit still open when more than this follows its start: the frames
         # since the last video frame and the frame being read stay within it.
         self.max_buffered = max_buffered
@@ -203,7 +210,7 @@ class PsFrameDemuxer:
         self._shift = 0  # stream offset of the first byte the internal demuxer got
         self._offset = 0  # stream offset of the next frame
         self._detected: str | None = None
-        self._types: dict[int, int] = {}
+        self._types: dict[int, int] = dict(stream_types) if stream_types else {}
         self._video_sid = -1
         self._detected_codec: str | None = None
         self._tail_zero = False  # the last video payload ended with a zero byte

@@ -415,3 +415,38 @@ def test_every_opener_after_a_slice_starts_another_unit(codec):
         units, demuxer = per_frame(frames)
         assert demuxer.slow_frames == 2, hex(opener)
         assert units == reference_per_frame(frames)
+
+
+def seeded_reference(frames: list[bytes], types: dict[int, int]) -> list[AccessUnit]:
+    demuxer = PsDemuxer()
+    demuxer.stream_types = dict(types)
+    units: list[AccessUnit] = []
+    for frame in frames:
+        units += demuxer.feed(frame)
+    return units + demuxer.flush()
+
+
+def test_known_stream_types_take_a_stream_up_again_without_a_psm():
+    # After lost packets the ingest starts a new demuxer at the next whole frame, which has no
+    # PSM unless it is a keyframe: given the map the stream had, it takes the fast path.
+    frames = mux_clip("h264", clip_frames("h264"), "g711a")
+    types = reference(b"".join(frames))[1].stream_types
+    later = next(k for k in range(30, len(frames)) if frames[k][14:18] == b"\x00\x00\x01\xe0")
+    rest = frames[later:]
+    assert not any(b"\x00\x00\x01\xbc" in frame for frame in rest[:10])  # no PSM for a while
+    demuxer = PsFrameDemuxer(stream_types=types)
+    units = [unit for frame in rest for unit in demuxer.feed_frame(frame)] + demuxer.flush()
+    assert demuxer.fast_frames == len(rest) and demuxer.stream_types == types
+    assert units == seeded_reference(rest, types)
+    assert units[0].offset == 0 and units[0].stream_id == 0xE0 and units[0].codec == "h264"
+    # without the map the first frame is no camera frame to the fast path
+    assert per_frame(rest)[1].slow_frames == len(rest)
+
+
+def test_wrong_known_stream_types_fall_back_to_psdemuxer():
+    frames = mux_clip("h264", clip_frames("h264")[:12])
+    wrong = {0xE0: 0x24}  # H.265 where the bitstream is H.264
+    demuxer = PsFrameDemuxer(stream_types=wrong)
+    units = [unit for frame in frames for unit in demuxer.feed_frame(frame)] + demuxer.flush()
+    assert demuxer.slow_frames == len(frames)
+    assert units == seeded_reference(frames, wrong)
