@@ -20,6 +20,15 @@ rate (open loop), retransmits on a timer like a UDP client transaction (T1 = 500
 With `--cpu-pid` the CPU time of that process (the node) is read from /proc at the start and end
 of each phase, so the report has the server's CPU seconds per transaction and its utilisation.
 
+With `--spawn-node TREE` (instead of `--server`) the load generator starts the node itself:
+`bench/node_proc.py` of the source tree TREE (a git worktree of another commit, for a before and
+after in the same run), with TREE first on PYTHONPATH, pinned to `--node-cpu`, metered as with
+`--cpu-pid`, and stopped at the end; its `info` (collections, sweeps, transactions) is added to
+the report. For example, on two cores:
+
+    python bench/loadgen.py --spawn-node . --node-cpu 0 --cpu 1 --devices 10000 \
+        --phases reg,ka,quiet,idle,regrate --reg-rate 15000
+
 With `--echo` the server is a bare echo loop: every datagram comes back unchanged, the echoed
 REGISTER stands for the 401 (a fixed nonce is used) and for the 200, the echoed MESSAGE for
 its 200. The client does exactly the same work in both modes.
@@ -38,7 +47,9 @@ import json
 import os
 import select
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -484,7 +495,11 @@ class LoadGenerator:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", required=True, help="HOST:PORT of the node or echo server")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--server", help="HOST:PORT of the node or echo server")
+    target.add_argument("--spawn-node", metavar="TREE",
+                        help="start bench/node_proc.py of this source tree and load it")
+    parser.add_argument("--node-cpu", type=int, default=None, help="pin the spawned node here")
     parser.add_argument("--echo", action="store_true", help="the server is a bare echo loop")
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--first", type=int, default=1, help="serial of the first device")
@@ -504,9 +519,62 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-pid", type=int, default=None, help="server PID to meter")
     args = parser.parse_args(argv)
 
+    node = spawn_node(Path(args.spawn_node), args.node_cpu) if args.spawn_node else None
+    try:
+        return run(args, node)
+    finally:
+        if node is not None:
+            node.stop()
+
+
+class SpawnedNode:
+    """bench/node_proc.py of a source tree, in its own process, steered over its stdin."""
+
+    def __init__(self, tree: Path, cpu: int | None) -> None:
+        tree = tree.resolve()
+        self.data = tempfile.TemporaryDirectory(prefix="loadgen-node-")
+        cmd = [sys.executable, str(tree / "bench" / "node_proc.py"), "--data-dir", self.data.name]
+        if cpu is not None:
+            cmd += ["--cpu", str(cpu)]
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     start_new_session=True)
+        assert self.proc.stdout is not None
+        ready = json.loads(self.proc.stdout.readline())
+        self.port: int = ready["sip_port"]
+        self.pid: int = ready["pid"]
+        self.ready = ready
+
+    def cmd(self, line: str) -> dict[str, object]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.cmd("quit")
+                self.proc.wait(30)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(10)
+        self.data.cleanup()
+
+
+def spawn_node(tree: Path, cpu: int | None) -> SpawnedNode:
+    return SpawnedNode(tree, cpu)
+
+
+def run(args: argparse.Namespace, node: SpawnedNode | None) -> int:
     pinned = pin(args.cpu)
-    host, _, port = args.server.rpartition(":")
-    gen = LoadGenerator((host, int(port)), echo=args.echo, cpu_pid=args.cpu_pid)
+    if node is not None:
+        server, cpu_pid = ("127.0.0.1", node.port), node.pid
+    else:
+        host, _, port = args.server.rpartition(":")
+        server, cpu_pid = (host, int(port)), args.cpu_pid
+    gen = LoadGenerator(server, echo=args.echo, cpu_pid=cpu_pid)
     run_tag = os.urandom(3).hex().encode()
     n = args.devices
     result: dict[str, object] = {"pinned": pinned, "devices": n, "phases": {}}
@@ -543,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
         phases[name] = factories[name]()
     result["node_requests_answered"] = gen.node_requests
     result["stray_datagrams"] = gen.stray
+    if node is not None:
+        result["node"] = {"tree": str(Path(args.spawn_node).resolve()), "ready": node.ready,
+                          "info": node.cmd("info")}
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0
