@@ -17,6 +17,10 @@ the device is configured with `follow_source`). A body that is not acceptable MA
 XML, undecodable, oversized) gets 400; anything else is answered 200 at once and its content is
 handled afterwards, from a bounded queue (503 with Retry-After when it is full). A device's
 RecordInfo query is answered for its own channels only.
+
+Both policies are written once over `_Incoming`: a request from the parser and the transaction
+layer (`_Parsed`, answered with a `Response`) or a UDP REGISTER or keepalive recognised from its
+bytes (`_Fast`, from `sip.fastpath` through `fast_request`, answered with the same bytes).
 """
 
 from __future__ import annotations
