@@ -20,7 +20,8 @@ machine's drift falls on both alike; compare the two within one run. After `--wa
 window of `--seconds` is measured:
 
   writer    CPU of the writer thread (/proc/self/task/TID/schedstat) per unit submitted, and
-            its system share (/proc ticks)
+            its system share (/proc ticks); with the sync thread (`recorder-sync`, in versions
+            that have one) added, what the recorder's threads cost together
   submit    CPU of the submitting thread (`time.thread_time()` around each 40 ms round of
             submits) per unit, less the same loop over a do-nothing function (the bench's own
             loop), measured in the same process before the pass
@@ -178,6 +179,8 @@ def run_pass(args: argparse.Namespace) -> dict[str, Any]:
     rec = Recorder(root, segment_s=args.segment, fsync_s=args.fsync, recover_on_start=False)
     tid = rec._thread.native_id
     assert tid is not None
+    syncer = getattr(rec, "_syncer", None)  # the sync thread, in versions that have one
+    sync_tid = syncer.native_id if syncer is not None else None
     submit = rec.submit
     rounds = round((args.warmup + args.seconds) / PERIOD)
     first = round(args.warmup / PERIOD)
@@ -196,6 +199,7 @@ def run_pass(args: argparse.Namespace) -> dict[str, Any]:
         elif r >= first:
             late_max = max(late_max, -delay)
         if r == first:
+            s0 = task_times(sync_tid)[0] if sync_tid else 0.0
             w0, ws0 = task_times(tid)
             p0, m0 = time.process_time(), time.monotonic()
             d0, b0 = rec.dropped_units, rec.bytes
@@ -210,6 +214,7 @@ def run_pass(args: argparse.Namespace) -> dict[str, Any]:
             units += units_per_round[r % len(clip)]
             queue_max = max(queue_max, rec.queue_depth)
     w1, ws1 = task_times(tid)
+    s1 = task_times(sync_tid)[0] if sync_tid else 0.0
     p1, m1 = time.process_time(), time.monotonic()
     syncs.counting = False
     calls = dict(syncs.calls)
@@ -228,6 +233,8 @@ def run_pass(args: argparse.Namespace) -> dict[str, Any]:
         "writer_us": (w1 - w0) / units * 1e6,
         "writer_cpu": (w1 - w0) / window,
         "writer_system": (ws1 - ws0) / (w1 - w0) if w1 > w0 else 0.0,
+        "sync_us": (s1 - s0) / units * 1e6,
+        "recorder_us": (w1 - w0 + s1 - s0) / units * 1e6,
         "submit_us": submit_cpu / units * 1e6 - loop_us,
         "loop_us": loop_us,
         "process_cpu": (p1 - p0) / window,
@@ -268,6 +275,7 @@ def one_pass(code: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 COLUMNS = [
+    ("recorder_us", "writer + sync µs/unit", "{:.1f}"),
     ("writer_us", "writer µs/unit", "{:.1f}"),
     ("writer_cpu", "writer CPU", "{:.1%}"),
     ("writer_system", "of it system", "{:.0%}"),
@@ -328,16 +336,17 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]],
         rows = results[side]
         lines.append(f"| {side} | {len(rows)} | " + " | ".join(
             cell([r[key] for r in rows], fmt) for key, _, fmt in COLUMNS) + " |")
-    base_w = statistics.median(r["writer_us"] for r in results["base"])
-    head_w = statistics.median(r["writer_us"] for r in results["head"])
-    base_s = statistics.median(r["submit_us"] for r in results["base"])
-    head_s = statistics.median(r["submit_us"] for r in results["head"])
+    def ratio(key: str) -> str:
+        base = statistics.median(r[key] for r in results["base"])
+        head = statistics.median(r[key] for r in results["head"])
+        return f"{head / base:.2f}" if base else "n/a"
+
     lines += [
         "",
-        f"- Writer thread: head/base {head_w / base_w:.2f} (medians); submitting thread: "
-        f"head/base {head_s / base_s:.2f} (the bench's own loop, "
+        f"- Head/base, medians: writer and sync threads {ratio('recorder_us')}, writer thread "
+        f"{ratio('writer_us')}, submitting thread {ratio('submit_us')} (the bench's own loop, "
         f"{statistics.median(r['loop_us'] for r in results['head']):.2f} µs per unit, taken "
-        "off both).",
+        f"off both), sync calls per second {ratio('syncs_per_s')}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -369,8 +378,11 @@ def main() -> None:
     git("worktree", "add", "--detach", "-f", str(tree), base_commit)
     head = Path(args.head).resolve()
     head_name = git("rev-parse", "--short", "HEAD") if head == ROOT else str(head)
-    if head == ROOT and git("status", "--porcelain", "--", "recorder"):
-        head_name += " with the working tree's changes to recorder/"
+    if head == ROOT:
+        changed = [line[3:] for line in git("status", "--porcelain", "--", "recorder", "rtp")
+                   .splitlines()]
+        if changed:
+            head_name += f" with uncommitted changes to {', '.join(changed)}"
     results: dict[str, list[dict[str, Any]]] = {"base": [], "head": []}
     try:
         for run in range(args.runs):
