@@ -7,7 +7,7 @@ helpers look at headers only and never decode slice data beyond the first bit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 __all__ = [
     "H264_AUD",
@@ -19,6 +19,7 @@ __all__ = [
     "H265_PPS",
     "H265_SPS",
     "H265_VPS",
+    "codec_of_nal_headers",
     "detect_video_codec",
     "is_keyframe",
     "iter_nal_units",
@@ -129,15 +130,35 @@ def detect_video_codec(data: bytes | bytearray | memoryview, max_nals: int = 64)
     for count, (header, _) in enumerate(iter_nal_units("h264", raw)):
         if count >= max_nals:
             break
-        b0 = raw[header]
-        if b0 & 0x80:
-            continue
-        if _h265_plausible(raw, header):
-            t265 = (b0 >> 1) & 0x3F
-            if t265 in (H265_VPS, H265_SPS, H265_PPS, H265_AUD) or t265 in _H265_IRAP:
-                return "h265"
-            continue
-        t264 = b0 & 0x1F
-        if t264 in (H264_SPS, H264_PPS, H264_IDR, H264_AUD) and (b0 & 0x60 or t264 == H264_AUD):
-            return "h264"
+        found = _codec_at(raw, header)
+        if found is not None:
+            return found
+    return None
+
+
+def codec_of_nal_headers(
+    data: bytes | bytearray, headers: Sequence[int], max_nals: int = 64
+) -> str | None:
+    """`detect_video_codec` for a caller that has found the NAL headers already: ``headers``
+    are their offsets in ``data``, all of them, in order (as ``iter_nal_units`` yields them)."""
+    for header in headers[:max_nals]:
+        found = _codec_at(data, header)
+        if found is not None:
+            return found
+    return None
+
+
+def _codec_at(data: bytes | bytearray, header: int) -> str | None:
+    """The codec the NAL header at ``header`` proves, if any (see `detect_video_codec`)."""
+    b0 = data[header]
+    if b0 & 0x80:
+        return None
+    if _h265_plausible(data, header):
+        t265 = (b0 >> 1) & 0x3F
+        if t265 in (H265_VPS, H265_SPS, H265_PPS, H265_AUD) or t265 in _H265_IRAP:
+            return "h265"
+        return None
+    t264 = b0 & 0x1F
+    if t264 in (H264_SPS, H264_PPS, H264_IDR, H264_AUD) and (b0 & 0x60 or t264 == H264_AUD):
+        return "h264"
     return None

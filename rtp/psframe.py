@@ -6,8 +6,8 @@ marker on its last packet). :class:`PsFrameDemuxer` takes such a frame whole (th
 payloads joined) and walks it by length fields: pack header (14 bytes plus stuffing), system
 header, PSM and PES packets (6 bytes plus PES_packet_length). The only byte scan is one
 search pass over the frame's video payload for NAL start codes, which proves that the
-frame holds exactly one access unit and gives the keyframe flag (plus
-``rtp.nal.detect_video_codec`` on the first frames, until the codec shows).
+frame holds exactly one access unit and gives the keyframe flag (and, on the first frames
+until the codec shows, the NAL headers ``rtp.nal.detect_video_codec`` would look at).
 
 Equivalence. For every frame it accepts (the fast path), the units are exactly those
 ``PsDemuxer`` gives for the same byte stream, fed whole or frame by frame (same stream id,
@@ -65,7 +65,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .nal import detect_video_codec
+from .nal import codec_of_nal_headers
 from .ps import MAX_BUFFERED, MAX_UNIT_PES, STREAM_TYPES, AccessUnit, PsDemuxer
 
 __all__ = ["PsFrameDemuxer"]
@@ -133,8 +133,9 @@ _H264_KINDS = _nal_kinds(h264=True)
 _H265_KINDS = _nal_kinds(h264=False)
 
 
-def _scan_video(codec: str, data: bytes) -> bool | None:
-    """Keyframe flag of a frame's video payload holding exactly one access unit, else None."""
+def _scan_video(codec: str, data: bytes) -> tuple[bool, list[int]] | None:
+    """Keyframe flag and NAL header offsets of a frame's video payload holding exactly one
+    access unit, else None."""
     if codec == "h264":
         kinds, need = _H264_KINDS, 2  # header bytes plus the byte holding the first-slice bit
     else:
@@ -145,11 +146,13 @@ def _scan_video(codec: str, data: bytes) -> bool | None:
         return None
     first = True
     seen_vcl = keyframe = False
+    headers: list[int] = []
     search = _START_CODE.search  # as data.find(_START, header), about 2x faster
     while k >= 0:
         header = k + 3
         if header + need > end:
             return None
+        headers.append(header)
         kind = kinds[data[header]]
         if kind is None:
             return None
@@ -169,7 +172,7 @@ def _scan_video(codec: str, data: bytes) -> bool | None:
                 keyframe = True
         found = search(data, header)
         k = -1 if found is None else found.start()
-    return keyframe if seen_vcl else None
+    return (keyframe, headers) if seen_vcl else None
 
 
 @dataclass(slots=True)
@@ -479,14 +482,14 @@ class PsFrameDemuxer:
             data = video[0] if len(video) == 1 else b"".join(video)
             if self._tail_zero and data[:4] != b"\x00\x00\x00\x01":
                 return None  # PsDemuxer would move the previous frame's last byte here
-            if detected is None:
-                detected = detect_video_codec(data)
+            scanned = _scan_video(codec, data)
+            if scanned is None:
+                return None
+            keyframe, headers = scanned
+            if detected is None:  # as detect_video_codec(data), without a second scan
+                detected = codec_of_nal_headers(data, headers)
                 if detected is not None and detected != codec:
                     return None
-            found_key = _scan_video(codec, data)
-            if found_key is None:
-                return None
-            keyframe = found_key
         # Accepted: commit the state, then build the units.
         self._detected = "MPEG-PS"
         self._types = types

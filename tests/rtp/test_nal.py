@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtp.nal import detect_video_codec, is_keyframe, iter_nal_units, next_access_unit
+from rtp.nal import (
+    codec_of_nal_headers,
+    detect_video_codec,
+    is_keyframe,
+    iter_nal_units,
+    next_access_unit,
+)
 from rtp.ps import PsDemuxer
 from tests.conftest import load
 
@@ -122,3 +128,35 @@ def test_helpers_accept_any_bytes(data: bytes, codec: str, seen: bool) -> None:
     assert detect_video_codec(data) in (None, "h264", "h265")
     cut, resume, _ = next_access_unit(codec, data, 0, seen)
     assert 0 <= resume <= len(data) and (cut is None or 0 <= cut < len(data))
+
+
+def headers_of(data: bytes) -> list[int]:
+    return [offset for offset, _ in iter_nal_units("h264", data)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["gb_h264_zlm.ps", "gb_h265_zlm.ps", "h264_640x360_25fps_10s_ffmpeg.ps",
+     "h265_640x360_25fps_10s_ffmpeg.ps"],
+)
+def test_codec_of_known_headers_is_detect_video_codec(name: str) -> None:
+    decided = 0
+    for data in frames(name):
+        found = codec_of_nal_headers(data, headers_of(data))
+        assert found == detect_video_codec(data)
+        decided += found is not None
+    assert decided >= 10  # the keyframes at least (an AUD decides any frame)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([b"\x00\x00\x01", b"\x00\x00\x00\x01"]), st.binary(max_size=4)),
+        max_size=80,
+    ),
+    st.integers(0, 80),
+)
+def test_codec_of_known_headers_matches_on_any_nal_units(parts, max_nals: int) -> None:
+    # up to 80 NAL units of any header bytes, so that the max_nals limit is met too
+    data = b"".join(start + body for start, body in parts)
+    found = codec_of_nal_headers(data, headers_of(data), max_nals)
+    assert found == detect_video_codec(data, max_nals)
