@@ -3,7 +3,8 @@ the cameras' own rate, on two versions of the code in one run.
 
     .venv/bin/python bench/writer.py --base REV [--head DIR] [--streams 300] [--runs 3]
                                      [--seconds 10] [--warmup 3] [--segment 10] [--fsync 2]
-                                     [--bitrate 4000000] [--media gb_h264_zlm.ps] [--dir DIR]
+                                     [--sync-files] [--bitrate 4000000]
+                                     [--media gb_h264_zlm.ps] [--dir DIR]
                                      [--json FILE] [--doc]
 
 No network and no demuxing in the measured path: the test clip (`tests/data/media`, 25 fps) is
@@ -176,7 +177,11 @@ def run_pass(args: argparse.Namespace) -> dict[str, Any]:
     loop_us = spent / count * 1e6
 
     root = Path(tempfile.mkdtemp(prefix="writer-bench-", dir=args.dir))
-    rec = Recorder(root, segment_s=args.segment, fsync_s=args.fsync, recover_on_start=False)
+    extra: dict[str, Any] = {"sync_whole_fs": False} if args.sync_files else {}
+    if extra and "sync_whole_fs" not in Recorder.__init__.__code__.co_varnames:
+        extra = {}  # a version that syncs file by file anyway
+    rec = Recorder(root, segment_s=args.segment, fsync_s=args.fsync, recover_on_start=False,
+                   **extra)
     tid = rec._thread.native_id
     assert tid is not None
     syncer = getattr(rec, "_syncer", None)  # the sync thread, in versions that have one
@@ -266,6 +271,8 @@ def one_pass(code: Path, args: argparse.Namespace) -> dict[str, Any]:
            "--seconds", str(args.seconds), "--warmup", str(args.warmup), "--segment",
            str(args.segment), "--fsync", str(args.fsync), "--bitrate", str(args.bitrate),
            "--media", args.media]
+    if args.sync_files:
+        cmd.append("--sync-files")
     if args.dir:
         cmd += ["--dir", args.dir]
     env = dict(os.environ, PYTHONPATH=str(code))
@@ -363,6 +370,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--segment", type=float, default=10.0)
     parser.add_argument("--fsync", type=float, default=2.0)
+    parser.add_argument("--sync-files", action="store_true",
+                        help="Recorder(sync_whole_fs=False): one fdatasync per grown file")
     parser.add_argument("--bitrate", type=int, default=4_000_000)
     parser.add_argument("--media", default="gb_h264_zlm.ps")
     parser.add_argument("--dir", default=None, help="where the recordings go (a real disk)")

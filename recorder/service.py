@@ -11,13 +11,15 @@ next keyframe, with a gap recorded.
 
 Durability: every ``fsync_s`` seconds the writer thread makes one pass over the open segments and
 writes out what each has buffered; a second thread, ``recorder-sync``, then makes it durable, so
-the writer never waits for the disk in between: by default with one ``syncfs(2)`` of the file
-system holding the recordings (one call and one journal commit per pass, however many segments
-are open; this also writes out whatever else is pending on that file system), else (another
-platform, or ``sync_whole_fs=False``) one fdatasync per ``.part`` file that grew since the last
-pass. A power cut therefore loses at most ``fsync_s`` seconds of each open segment plus the time
-of one sync (a pass that finds the last one still running waits for it, so on a disk that cannot
-keep up the loss grows with its backlog), plus the units still in the queue. A segment that has
+the writer never waits for the disk in between: one fdatasync per ``.part`` file that grew since
+the last pass (and its directory the first time), or, with ``sync_whole_fs=True`` on Linux, one
+``syncfs(2)`` of the file system holding the recordings (one call and one journal commit per
+pass however many segments are open, but it writes out whatever else is pending on that file
+system, and in ``bench/writer.py`` at 400 streams it held up the writer's own writes in 2 of 5
+passes, which the fdatasyncs never did). A power cut therefore loses at most ``fsync_s`` seconds
+of each open segment plus the time of one pass of syncs (a pass that finds the last one still
+running waits for it, so on a disk that cannot keep up the loss grows with its backlog), plus the
+units still in the queue. A segment that has
 closed is never lost: its close fsyncs the file, renames it and fsyncs its directory before it is
 indexed, on the writer thread.
 
@@ -81,7 +83,8 @@ class Recorder:
     :param fsync_s: interval of the sync pass over the open segments; 0 or None: segments are
         made durable only when they close.
     :param sync_whole_fs: make each pass durable with one ``syncfs(2)`` of the file system
-        holding ``root`` (where the platform has it); False: one fdatasync per segment that grew.
+        holding ``root`` (where the platform has it) instead of one fdatasync per segment that
+        grew (see Durability above).
     :param monotonic: the clock of the sync pass (tests pass a fake one).
     :param recover_on_start: first thing in the thread, finish and index what a crash left
         (``recorder.recovery.recover``); the rows are announced through ``on_segment`` too.
@@ -113,7 +116,7 @@ class Recorder:
         fsync_s: float | None = FSYNC_S,
         monotonic: Callable[[], float] = time.monotonic,
         recover_on_start: bool = True,
-        sync_whole_fs: bool = True,
+        sync_whole_fs: bool = False,
     ) -> None:
         if segment_s < 1:
             raise ValueError(f"segment_s must be at least 1 second, not {segment_s}")

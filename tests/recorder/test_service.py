@@ -209,8 +209,7 @@ def test_open_segments_are_synced_every_fsync_s_in_one_pass(root, monkeypatch):
     clock = FakeClock(100.0)
     items = list(timed(units(NAME)))
     first, second = items[:60], items[:120]
-    with Recorder(root, segment_s=60, tz=TZ, fsync_s=2, monotonic=clock,
-                  sync_whole_fs=False) as recorder:
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=2, monotonic=clock) as recorder:
         for unit, wall in first:
             recorder.submit(CHANNEL, unit, wall)
         recorder.submit("34020000001320000002", items[0][0], T0)
@@ -260,8 +259,7 @@ def test_an_idle_writer_wakes_up_for_its_sync_pass(root, monkeypatch):
 
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     clock = FakeClock(0.0)
-    with Recorder(root, segment_s=60, tz=TZ, fsync_s=0.05, monotonic=clock,
-                  sync_whole_fs=False) as recorder:
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=0.05, monotonic=clock) as recorder:
         for unit, wall in timed(units(NAME)[:60]):
             recorder.submit(CHANNEL, unit, wall)
         assert recorder.drain(WAIT) and not called.is_set()
@@ -314,7 +312,8 @@ def test_a_sync_pass_is_one_syncfs_of_the_recordings_file_system(root, monkeypat
     clock = FakeClock(100.0)
     items = list(timed(units(NAME)))
     other = "34020000001320000002"
-    with Recorder(root, segment_s=60, tz=TZ, fsync_s=2, monotonic=clock) as recorder:
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=2, monotonic=clock,
+                  sync_whole_fs=True) as recorder:
         for unit, wall in items[:60]:
             recorder.submit(CHANNEL, unit, wall)
         recorder.submit(other, items[0][0], T0)
@@ -341,13 +340,51 @@ def test_a_sync_pass_is_one_syncfs_of_the_recordings_file_system(root, monkeypat
     assert per_file == [] and len(calls) == 2  # closing fsyncs (not syncs) each file
 
 
+def test_the_writer_goes_on_while_a_file_sync_waits_for_the_disk(root, monkeypatch):
+    gate = threading.Event()
+    seen: list[tuple[str, int]] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        assert gate.wait(WAIT)
+        seen.append((os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size))
+        if len(seen) == 1:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    clock = FakeClock(0.0)
+    items = list(timed(units(NAME)))
+    first = sum(len(u.ps_bytes) for u, _ in items[:30])
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=1, monotonic=clock) as recorder:
+        for unit, wall in items[:30]:
+            recorder.submit(CHANNEL, unit, wall)
+        assert recorder.flush(WAIT)
+        clock.now = 1.0  # the pass starts; its fdatasync waits on the gate
+        for unit, wall in items[30:60]:
+            recorder.submit(CHANNEL, unit, wall)
+        assert recorder.flush(WAIT)  # written meanwhile: the writer did not wait
+        part = next(root.glob(f"{CHANNEL}/*/*.ps.part"))
+        assert part.stat().st_size == sum(len(u.ps_bytes) for u, _ in items[:60])
+        gate.set()
+        assert recorder.drain(WAIT)
+        assert seen[0][0] == str(part.resolve()) and seen[0][1] >= first
+        assert recorder.write_errors == 1 and recorder.syncs == 0
+        assert f"cannot sync {part}" in (recorder.last_error or "")
+        clock.now = 2.0  # the next pass syncs the file again (it grew)
+        assert recorder.drain(WAIT)
+        assert recorder.syncs == 1 and recorder.sync_passes == 2
+    assert recorder.segments_closed == 1 and recorder.write_errors == 1
+
+
 @needs_syncfs
 def test_the_writer_goes_on_while_a_sync_pass_waits_for_the_disk(root, monkeypatch):
     gate = threading.Event()
     calls = record_syncfs(monkeypatch, root, gate)
     clock = FakeClock(0.0)
     items = list(timed(units(NAME)))
-    with Recorder(root, segment_s=60, tz=TZ, fsync_s=1, monotonic=clock) as recorder:
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=1, monotonic=clock,
+                  sync_whole_fs=True) as recorder:
         for unit, wall in items[:30]:
             recorder.submit(CHANNEL, unit, wall)
         assert recorder.flush(WAIT)
@@ -386,7 +423,8 @@ def test_a_failed_syncfs_is_counted_and_the_next_pass_tries_again(root, monkeypa
     monkeypatch.setattr(segment_files, "syncfs", syncfs)
     clock = FakeClock(0.0)
     items = list(timed(units(NAME)))
-    with Recorder(root, segment_s=60, tz=TZ, fsync_s=1, monotonic=clock) as recorder:
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=1, monotonic=clock,
+                  sync_whole_fs=True) as recorder:
         for unit, wall in items[:30]:
             recorder.submit(CHANNEL, unit, wall)
         assert recorder.drain(WAIT)
