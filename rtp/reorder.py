@@ -119,11 +119,16 @@ class ReorderBuffer(Generic[T]):
             self._highest = sequence
         if delta >= self.window:
             self._skip_to((sequence - self.window + 1) & 0xFFFF, out)
-        if not self._held:
+        held = self._held
+        if not held:
             self._oldest = now
-        self._held[sequence] = (item, now)
-        self._release_run(out)
-        self._expire(now, out)
+        held[sequence] = (item, now)
+        # While a gap waits, most packets neither fill it nor time it out: the two calls
+        # below are made only when they have something to do (no candidate is left here).
+        if self._next in held:
+            self._release_run(out)
+        if held and now >= self._oldest + self.max_delay_s:
+            self._expire(now, out)
         return out
 
     def flush(self, now: float) -> list[T]:
