@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
@@ -138,10 +139,14 @@ def _keep_length(data: bytes) -> int:
     return max((offset for offset in offsets if offset <= complete), default=0)
 
 
-def _candidates(root: Path, index: RecordIndex, tz: tzinfo) -> list[tuple[str, float, Path]]:
+def _candidates(
+    root: Path, index: RecordIndex, tz: tzinfo, channels: Collection[str] | None = None
+) -> list[tuple[str, float, Path]]:
     known = index.paths() | index.deleted_paths()
     found: list[tuple[str, float, Path]] = []
     for channel in sorted(p for p in root.iterdir() if p.is_dir()):
+        if channels is not None and channel.name not in channels:
+            continue
         for path in sorted(channel.glob("*/*")):
             name = path.name
             is_part = name.endswith(PART_SUFFIX)
@@ -186,17 +191,22 @@ def _finish_part(path: Path) -> tuple[Path, bytes] | None:
     return final, data
 
 
-def recover(root: str | Path, index: RecordIndex, *, tz: tzinfo | None = None) -> list[SegmentRow]:
+def recover(
+    root: str | Path, index: RecordIndex, *, tz: tzinfo | None = None,
+    channels: Collection[str] | None = None,
+) -> list[SegmentRow]:
     """Finish and index what a crash left under ``root``; return the rows added.
 
     ``tz`` must be the time zone the files were named in (the node's local zone by default).
+    ``channels``: only these channels' directories (what one process of several recorded,
+    while the others go on writing theirs); all of them if None.
     """
     root = Path(root)
     if not root.is_dir():
         return []
     zone = tz if tz is not None else local_tz()
     rows: list[SegmentRow] = []
-    for channel, start, path in _candidates(root, index, zone):
+    for channel, start, path in _candidates(root, index, zone, channels):
         if path.name.endswith(PART_SUFFIX):
             finished = _finish_part(path)
             if finished is None:

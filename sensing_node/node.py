@@ -45,6 +45,7 @@ from .settings import ConfigError, Settings, load_settings
 from .settings.reload import merge
 from .sim.camera import CameraConfig, SimulatedCamera
 from .transport.sip import SipEndpoint
+from .workers.pool import MediaWorkers
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class Node:
         self.cascade.queries = self.queries
         self.queries.start(self.supervisor)
         self.media.start(self.supervisor)
+        await self._start_workers()
         try:
             await self.recording.start(self.supervisor)
         except OSError as exc:
@@ -189,6 +191,24 @@ class Node:
         contact_host = self.endpoint.advertise_host or self.sip_address[0]
         self.cascade.start(self.supervisor, (contact_host, self.sip_address[1]))
         await self._start_simulators()
+
+    async def _start_workers(self) -> None:
+        """`media.workers` > 1: the media worker processes, before any stream starts."""
+        count = self.settings.media.worker_count
+        if count < 2:
+            return
+        media = self.media
+        workers = MediaWorkers(
+            self.settings, count, host=media.media_bind_host, receive=media.receive_config,
+            recording_root=self.recording.root,
+        )
+        try:
+            await workers.start(self.supervisor)
+        except (OSError, TimeoutError) as exc:
+            await workers.close()
+            raise StartupError(f"cannot start the media workers: {exc}") from exc
+        media.workers = self.recording.workers = workers
+        log.info("media in %d worker processes", count)
 
     async def _start_simulators(self) -> None:
         """Built-in cameras (`simulator.cameras`) registering over loopback, for the demo."""

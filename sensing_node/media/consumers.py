@@ -32,11 +32,16 @@ class Consumer:
     :cvar persistent: keep the stream pulled through failures (a recorder); others are dropped
         when the attempt they wait for fails.
     :cvar wants_rtp: also call `on_rtp` with every RTP payload, in sequence order.
+    :cvar remote_feed: what it needs of a stream that a media worker receives
+        (`media.workers` > 1): ``units`` (the frames, sent over to the node's process: the
+        default), ``record`` (the worker records the frames itself; `on_unit` and `on_loss`
+        are not called in the node's process) or ``none`` (it only keeps the stream up).
     """
 
     name = "consumer"
     persistent = False
     wants_rtp = False
+    remote_feed = "units"
 
     def on_unit(self, unit: AccessUnit) -> None:
         """A demuxed frame; `unit.ps_bytes` are the original PS bytes that carried it."""
@@ -118,3 +123,4 @@ class _ApiHold(Consumer):
     """Keeps a stream started with POST /api/channels/{id}/live until DELETE."""
 
     name = "api"
+    remote_feed = "none"

@@ -10,7 +10,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtp.ps import AccessUnit
 from sip.dialog import Dialog
@@ -38,6 +38,9 @@ from .overload import MAIN, LoadMeter, OverloadGuard
 from .playback import PlaybackCommand, PlaybackRelay, PlaybackSpec
 from .relay import RelaySender
 from .stream import History, LiveStream
+
+if TYPE_CHECKING:
+    from ..workers.pool import MediaWorkers
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,9 @@ class StreamHub:
         #: stream from the device (its own, never shared; see open_device_playback)
         self.device_playbacks: dict[int, LiveStream] = {}
         self._playback_reads: ThreadPoolExecutor | None = None
+        #: the media worker processes that receive the streams (`media.workers` > 1); None:
+        #: this process does
+        self.workers: MediaWorkers | None = None
         endpoint.on_response = self.on_response
         # Overload (media/overload.py): what this process measures, and who decides.
         self.load_meter = LoadMeter()
@@ -139,6 +145,8 @@ class StreamHub:
         await asyncio.gather(*(s.wait_closed() for s in list(self.streams.values())))
         if self._background:  # give the BYEs a moment to be answered
             await asyncio.wait(list(self._background), timeout=1.0)
+        if self.workers is not None:
+            await self.workers.close(self.wall())
         if self._tick_task is not None:
             self._tick_task.cancel()
             await asyncio.gather(self._tick_task, return_exceptions=True)

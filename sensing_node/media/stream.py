@@ -24,6 +24,7 @@ from ..transport.rtp import (
     TcpRtpReceiver,
     UdpRtpReceiver,
 )
+from ..workers.pool import RemoteReceiver
 from .consumers import Consumer, StreamError
 
 if TYPE_CHECKING:
@@ -90,7 +91,8 @@ class LiveStream:
         self.call_id: str | None = None
         self.dialog: Dialog | None = None
         self.peer: Peer | None = None
-        self.receiver: UdpRtpReceiver | TcpRtpReceiver | None = None
+        self.receiver: UdpRtpReceiver | TcpRtpReceiver | RemoteReceiver | None = None
+        self._frames_base = 0  # frames counted before the current remote receiver
         self.ingest = MediaIngest(on_units=self._units)
         self._next_seq = -1  # the RTP sequence number expected next; -1 before the first
         self.acked_at: float | None = None  # loop time
@@ -281,6 +283,7 @@ class LiveStream:
             return
         self.consumers.append(consumer)
         self._rtp_consumers = tuple(c for c in self.consumers if c.wants_rtp)
+        self._feed()
         if from_keyframe:
             for unit in self.gop:
                 self._call(consumer, consumer.on_unit, unit)
@@ -292,6 +295,7 @@ class LiveStream:
             return
         self.consumers.remove(consumer)
         self._rtp_consumers = tuple(c for c in self.consumers if c.wants_rtp)
+        self._feed()
         if self.consumers or self.state == "ended":
             return
         linger_s = self.hub.settings.media.linger_s if linger else 0
@@ -300,6 +304,14 @@ class LiveStream:
             self._linger = loop.call_later(linger_s, self._linger_over)
         else:
             self.stop(reason)
+
+    def _feed(self) -> None:
+        """A stream a media worker receives: tell it what the consumers need (the frames
+        sent over, the channel recorded there)."""
+        receiver = self.receiver
+        if isinstance(receiver, RemoteReceiver):
+            feeds = {c.remote_feed for c in self.consumers}
+            receiver.feed("units" in feeds, "record" in feeds)
 
     def _linger_over(self) -> None:
         self._linger = None
@@ -352,6 +364,36 @@ class LiveStream:
                     consumer.on_unit(unit)
                 except Exception:
                     self._failed(consumer)
+
+    # ----- what a media worker reports (`media.workers` > 1) -----
+    def _remote_loss(self, missing: int) -> None:
+        """The worker gave packets up; it restarted its demuxer and told its recorder."""
+        self.gop, self._gop_bytes = [], 0
+        for consumer in list(self.consumers):
+            if consumer.remote_feed != "record":
+                self._call(consumer, consumer.on_loss, missing)
+
+    def _remote_key(self, codec: str | None, width: int | None, height: int | None) -> None:
+        """The attempt's first video keyframe (or one of another codec), seen in the worker."""
+        if not self._proven:
+            self._media_came()
+        self.codec = codec
+        if width is not None:
+            self.width, self.height = width, height
+
+    def _remote_units(self, units: list[AccessUnit]) -> None:
+        """Frames the worker sent over for the consumers here (it counted them)."""
+        for unit in units:
+            if unit.stream_id >= 0xE0 and unit.keyframe:
+                self.gop, self._gop_bytes = [unit], len(unit.ps_bytes)
+            elif self.gop:
+                self._cache(unit)
+            for consumer in self.consumers:
+                if consumer.remote_feed == "units":
+                    try:
+                        consumer.on_unit(unit)
+                    except Exception:
+                        self._failed(consumer)
 
     def _cache(self, unit: AccessUnit) -> None:
         self.gop.append(unit)
@@ -435,7 +477,8 @@ class LiveStream:
         """tcp-active: connect to the port of the answer, at its c= address, and if that
         fails and the device signals from another address, there (a c= it cannot be reached
         at: a private address behind NAT, a wrong one)."""
-        assert isinstance(self.receiver, TcpRtpReceiver) and self.remote is not None
+        assert isinstance(self.receiver, (TcpRtpReceiver, RemoteReceiver))
+        assert self.remote is not None
         host, _, media_port = self.remote.rpartition(":")
         host = host.strip("[]")
         signalling = device.host_port[0]
@@ -463,6 +506,16 @@ class LiveStream:
         hub = self.hub
         host = hub.media_bind_host
         try:
+            if hub.workers is not None:
+                peers: tuple[str, ...] | None = None
+                if self.transport != "udp":  # see below
+                    peers = (device.host_port[0],) if self.transport == "tcp-passive" else ()
+                remote = await hub.workers.open_receiver(self, self.transport, host, hub.pool,
+                                                         peers)
+                self.receiver = remote
+                self._frames_base = self.frames
+                self._feed()
+                return remote.port
             if self.transport == "udp":
                 udp = await UdpRtpReceiver.open(host, hub.pool, self, hub.receive_config)
                 self.receiver = udp
@@ -512,6 +565,9 @@ class LiveStream:
             receiver.expect(hosts, self.ssrc_value)
         elif isinstance(receiver, TcpRtpReceiver):
             receiver.expect(self.ssrc_value, hosts if self.transport == "tcp-passive" else None)
+        elif isinstance(receiver, RemoteReceiver):
+            receiver.expect(hosts, self.ssrc_value,
+                            hosts if self.transport == "tcp-passive" else None)
 
     def _teardown(self, *, bye: bool) -> None:
         """Hang up (if asked and a dialog is up) and release the port and the SSRC.
@@ -571,10 +627,14 @@ class LiveStream:
             return
         timeout = self.hub.settings.media.timeout_s
         last = receiver.last_packet_at
-        refusal = self.ingest.demuxer.refusal
+        if isinstance(receiver, RemoteReceiver):
+            self.frames = self._frames_base + receiver.frames
+            refusal = receiver.refusal
+        else:
+            refusal = self.ingest.demuxer.refusal
         if refusal is not None:
             self.end_attempt(f"unusable media: {refusal}")
-        elif isinstance(receiver, TcpRtpReceiver) and receiver.closed.is_set():
+        elif not isinstance(receiver, UdpRtpReceiver) and receiver.closed.is_set():
             self.end_attempt("the device closed the media connection")
         elif last is None and now - self.acked_at >= timeout:
             self._transport_fault = True  # another transport may bring it

@@ -42,6 +42,7 @@ from ..media.consumers import Consumer, StreamError
 from ..media.hub import StreamHub
 from ..runtime.supervise import Supervisor
 from ..settings import RecordingSettings, Settings
+from ..workers.pool import MediaWorkers, RoutedRecorder
 
 __all__ = ["ChannelRecording", "RecordingService", "StoragePlan", "plan_storage"]
 
@@ -59,6 +60,7 @@ class ChannelRecording(Consumer):
 
     name = "recorder"
     persistent = True
+    remote_feed = "record"  # a media worker records the channel itself
 
     def __init__(self, service: RecordingService, channel_id: str) -> None:
         self.service = service
@@ -176,6 +178,9 @@ class RecordingService:
         self.wall = wall
         self.root = self.config.root(settings.node)
         self.recorder: Recorder | None = None
+        #: the media worker processes, which record the channels they receive (`media.workers`
+        #: > 1; set by the node before `start`)
+        self.workers: MediaWorkers | None = None
         self.audit: AuditLog | None = None
         self.recordings: dict[str, ChannelRecording] = {}
         self.disk_alarm: str | None = None
@@ -210,10 +215,15 @@ class RecordingService:
         loop = asyncio.get_running_loop()
         tz = self.settings.node.tz
         self.up = self.wall()
-        self.recorder = await loop.run_in_executor(None, lambda: Recorder(
+        recorder = await loop.run_in_executor(None, lambda: Recorder(
             self.root, segment_s=self.config.segment_s, tz=tz, clock=self.wall,
             fsync_s=self.config.fsync_s,
         ))
+        self.recorder = recorder
+        if self.workers is not None:
+            # What a crash left is finished before any worker opens a segment of its own.
+            await loop.run_in_executor(None, recorder.drain)
+            self.recorder = RoutedRecorder(recorder, self.workers)  # type: ignore[assignment]
         audit_path = self.settings.node.data_dir / "audit.sqlite3"
         self.audit = await loop.run_in_executor(self._audit_thread, AuditLog, audit_path)
         await self._check_disk()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,9 @@ from sensing_node.settings import settings_for_tests
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 
 TOKEN = "test-token"
+#: media worker processes of every node the tests start (`media.workers`; CI runs the media
+#: tests with 1 and with 2)
+WORKERS = int(os.environ.get("SENSING_NODE_TEST_WORKERS", "0") or 0)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -67,6 +71,8 @@ async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
             "devices.allow": ["31011200", "34020000"],
         }
         values.update({k.replace("__", "."): v for k, v in overrides.items()})
+        if WORKERS and "media.workers" not in values:
+            values["media.workers"] = WORKERS
         settings = settings_for_tests(data_dir or tmp_path / "data", **values)
         app = build_app(settings, **(clocks or {}))
         client = TestClient(TestServer(app, host="127.0.0.1"))

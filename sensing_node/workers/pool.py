@@ -1,0 +1,530 @@
+"""The node's side of the media workers: starting them, giving them streams, watching them.
+
+`MediaWorkers` runs `media.workers` worker processes (`sensing_node.workers.worker`). A new
+stream goes to a worker when its receiver is opened: the channel's worker if it has one (a
+channel stays with one worker while that lives, so its recording goes on in one place), else
+the worker carrying the fewest packets per second. The node's process binds the RTP port
+from its port pool, as with one process, and passes the socket over; the worker receives,
+demuxes and records. What the node's process keeps of such a stream is a `RemoteReceiver`:
+the `LiveStream` (signalling, retries, consumers) talks to it as to a local receiver.
+
+A worker that dies is started again (after a pause that grows while it keeps dying); its
+streams end their attempt ("media worker N stopped") and are invited again, and the segments
+it left open are finished and indexed as after a crash (`recorder.recovery.recover`, for its
+channels only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recorder.index import RecordIndex
+from recorder.recovery import recover
+from recorder.service import Recorder, root_index
+from rtp.ps import AccessUnit
+
+from ..runtime.supervise import Supervisor
+from ..settings import Settings
+from ..transport.rtp import PortPool, RtpReceiveConfig
+from .wire import Link, RemoteError
+from .worker import RECEIVER_COUNTERS, RECORDER_COUNTERS
+
+if TYPE_CHECKING:
+    from ..media.stream import LiveStream
+
+log = logging.getLogger(__name__)
+
+#: how often each worker's counters are fetched (stream timeouts and rates read them)
+STATS_S = 0.5
+#: a worker's answer to a request longer than this: it is taken for hung
+REQUEST_TIMEOUT_S = 15.0
+#: pause before a dead worker is started again, doubled while it keeps dying
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 30.0
+
+
+class RemoteReceiver:
+    """The node's handle on a stream receiver that runs in a worker.
+
+    Has what `LiveStream` reads of a local receiver: `port`, the counters and
+    `last_packet_at` (as of the worker's last report, at most `STATS_S` old), `closed` (a TCP
+    connection the device closed) and `close()`; and `frames` and `refusal` (the demuxer runs
+    in the worker too).
+    """
+
+    remote = True
+
+    def __init__(
+        self, worker: _Worker, sid: int, stream: LiveStream, port: int, pool: PortPool
+    ) -> None:
+        self.worker = worker
+        self.sid = sid
+        self.stream = stream
+        self.port = port
+        self._pool = pool
+        self.last_packet_at: float | None = None
+        self.packets = self.bytes = self.lost = self.reordered = self.duplicates = 0
+        self.dropped_foreign = self.dropped_early = 0
+        self.frames = 0
+        self.refusal: str | None = None
+        self.ssrc: int | None = None  # the SSRC the worker accepts (latched from the first)
+        self.refused_connections = 0  # TCP: connections turned away
+        self.peer: tuple[Any, ...] | None = None  # TCP: who carries the stream
+        #: the address the port is bound to (by the node's pool, before it was passed over)
+        self.bound: tuple[str, int] = ("", port)
+        self.closed = asyncio.Event()
+        self.ended = False
+        self._tap = False
+        self._record = False
+
+    def update(self, stats: dict[str, Any], now: float) -> None:
+        for name in RECEIVER_COUNTERS:
+            if name in stats:
+                setattr(self, name, stats[name])
+        age = stats.get("age")
+        if age is not None:
+            self.last_packet_at = now - age
+        self.frames = stats.get("frames", self.frames)
+        self.refusal = stats.get("refusal")
+        self.ssrc = stats.get("ssrc", self.ssrc)
+        self.refused_connections = stats.get("refused_connections", 0)
+        peer = stats.get("peer")
+        self.peer = tuple(peer) if peer else None
+
+    def expect(self, hosts: Iterable[str], ssrc: int | None, peers: Iterable[str] | None) -> None:
+        self.worker.send({"op": "expect", "sid": self.sid, "hosts": sorted(hosts),
+                          "ssrc": ssrc, "peers": None if peers is None else sorted(peers)})
+
+    async def connect_tcp(self, host: str, port: int) -> None:
+        """tcp-active, in the worker; raises `TimeoutError` or `ConnectionError` as the local
+        receiver does."""
+        answer = await self.worker.request(
+            {"op": "connect", "sid": self.sid, "host": host, "port": port})
+        failed = answer.get("failed")
+        if failed == "timeout":
+            raise TimeoutError(answer.get("message", "connect timed out"))
+        if failed:
+            raise ConnectionError(answer.get("message", "connect failed"))
+
+    def feed(self, tap: bool, record: bool) -> None:
+        """Whether the node's process wants the frames, and whether the worker records them."""
+        if tap != self._tap:
+            self._tap = tap
+            self.worker.send({"op": "tap", "sid": self.sid, "on": tap})
+        if record != self._record:
+            self._record = record
+            self.worker.send({"op": "record", "sid": self.sid, "on": record})
+
+    def close(self) -> None:
+        """Close it in the worker (what it still held is demuxed and recorded there) and give
+        the port back; the final counters are added to the stream's totals when they come."""
+        if self.ended:
+            return
+        self.ended = True
+        self.worker.streams.pop(self.sid, None)
+        self._pool.release(self.port)
+        if self.worker.alive:
+            self.worker.spawn_request({"op": "close", "sid": self.sid}, self._closed)
+
+    def _closed(self, final: dict[str, Any]) -> None:
+        totals = self.stream._totals
+        for name in totals:
+            if name in final:
+                totals[name] += final[name] - getattr(self, name)
+
+
+class _Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: asyncio.subprocess.Process | None = None
+        self.link: Link | None = None
+        self.fds: socket.socket | None = None
+        self.alive = False
+        self.streams: dict[int, RemoteReceiver] = {}
+        #: channels that stay with this worker while it lives
+        self.channels: set[str] = set()
+        self.stats: dict[str, Any] = {}
+        self.rate = 0.0  # packets per second, from the last two reports
+        self._last: tuple[float, int] | None = None
+        self.restarts = 0
+        self.pid: int | None = None
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.alive and self.link is not None:
+            self.link.send(message)
+
+    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        if not self.alive or self.link is None:
+            raise ConnectionError(f"media worker {self.index} is not running")
+        try:
+            return await self.link.request(message, timeout=REQUEST_TIMEOUT_S)
+        except RemoteError as exc:
+            raise OSError(f"media worker {self.index}: {exc}") from None
+
+    def spawn_request(self, message: dict[str, Any], done: Any) -> None:
+        """A request whose answer goes to `done` later; failures are only logged."""
+        async def run() -> None:
+            try:
+                done(await self.request(message))
+            except (OSError, TimeoutError) as exc:
+                log.debug("media worker %d: %s: %s", self.index, message.get("op"), exc)
+
+        task = asyncio.create_task(run())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def load(self, mean_rate: float) -> float:
+        return self.rate + len(self.streams) * mean_rate
+
+
+class MediaWorkers:
+    """`count` media worker processes and the streams they carry."""
+
+    def __init__(
+        self, settings: Settings, count: int, *, host: str, receive: RtpReceiveConfig,
+        recording_root: Path | None,
+    ) -> None:
+        self.settings = settings
+        self.host = host
+        self.receive = receive
+        self.recording_root = recording_root
+        self.workers = [_Worker(i) for i in range(count)]
+        self._sid = 0
+        self._stopping = False
+        self._supervisor = Supervisor()
+        self._watchers: list[asyncio.Task[None]] = []
+
+    # ----- life cycle -----
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start every worker (each is restarted when it dies) and the stats poll."""
+        if supervisor is not None:
+            self._supervisor = supervisor
+        await asyncio.gather(*(self._spawn(worker) for worker in self.workers))
+        for worker in self.workers:
+            self._watchers.append(asyncio.create_task(
+                self._watch(worker), name=f"media worker {worker.index} watch"))
+        self._supervisor.spawn("media worker stats", self._poll)
+
+    async def close(self, wall: float | None = None) -> None:
+        """Stop every worker: its streams closed, its open segments made durable (a gap
+        still open ends at `wall`)."""
+        self._stopping = True
+        for task in self._watchers:
+            task.cancel()
+        stops = [self._stop(worker, wall) for worker in self.workers if worker.alive]
+        await asyncio.gather(*stops, return_exceptions=True)
+
+    async def _stop(self, worker: _Worker, wall: float | None) -> None:
+        try:
+            await worker.request({"op": "stop", "wall": wall})
+        except (OSError, TimeoutError) as exc:
+            log.warning("media worker %d did not stop in order: %s", worker.index, exc)
+        worker.alive = False
+        process = worker.process
+        if process is not None:
+            try:
+                async with asyncio.timeout(10):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if worker.link is not None:
+            worker.link.close("node stopping")
+        if worker.fds is not None:
+            worker.fds.close()
+
+    async def _spawn(self, worker: _Worker) -> None:
+        ctl, ctl_child = socket.socketpair()
+        fds, fds_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(os.environ)
+        root = logging.getLogger()
+        env["SENSING_NODE_LOG_LEVEL"] = logging.getLevelName(root.level)
+        env.setdefault("SENSING_NODE_LOG_FORMAT", getattr(root, "sensing_node_format", "text"))
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sensing_node.workers.worker",
+                str(ctl_child.fileno()), str(fds_child.fileno()),
+                pass_fds=(ctl_child.fileno(), fds_child.fileno()), env=env,
+            )
+        finally:
+            ctl_child.close()
+            fds_child.close()
+        fds.settimeout(5.0)
+        worker.fds = fds
+        reader, writer = await asyncio.open_unix_connection(sock=ctl)
+        worker.link = Link(
+            reader, writer, lambda message: self._event(worker, message),
+            lambda sid, units: self._frames(worker, sid, units),
+            name=f"media worker {worker.index}",
+        )
+        worker.alive = True
+        config = self.receive
+        recording = None
+        if self.recording_root is not None:
+            rec = self.settings.recording
+            recording = {"root": str(self.recording_root), "segment_s": rec.segment_s,
+                         "fsync_s": rec.fsync_s, "tz": self.settings.node.timezone_name}
+        answer = await worker.request({
+            "op": "hello", "index": worker.index, "host": self.host,
+            "receive": {"reorder_window": config.reorder_window,
+                        "max_delay_s": config.max_delay_s, "rcvbuf": config.rcvbuf,
+                        "connect_attempts": config.connect_attempts,
+                        "connect_retry_s": config.connect_retry_s,
+                        "connect_timeout_s": config.connect_timeout_s},
+            "recording": recording,
+        })
+        worker.pid = answer.get("pid")
+        log.info("media worker %d running (pid %s)", worker.index, worker.pid)
+
+    async def _watch(self, worker: _Worker) -> None:
+        """Start the worker again whenever it dies."""
+        pause = RESTART_MIN_S
+        while True:
+            assert worker.process is not None and worker.link is not None
+            process_ended = asyncio.ensure_future(worker.process.wait())
+            await asyncio.wait([process_ended, worker.link.closed],
+                               return_when=asyncio.FIRST_COMPLETED)
+            if self._stopping:
+                return
+            reason = (f"exit status {process_ended.result()}" if process_ended.done()
+                      else worker.link.closed.result())
+            if not process_ended.done():
+                worker.process.kill()
+            process_ended.cancel()
+            self._died(worker, reason)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RESTART_MAX_S)
+            await self._recover(worker)
+            try:
+                await self._spawn(worker)
+            except (OSError, TimeoutError) as exc:
+                log.error("media worker %d did not start again: %s", worker.index, exc)
+                continue
+            worker.restarts += 1
+            if worker.restarts and pause > RESTART_MIN_S * 8:
+                pause = RESTART_MIN_S  # it ran; the next death starts the backoff again
+
+    def _died(self, worker: _Worker, reason: str) -> None:
+        worker.alive = False
+        log.error("media worker %d stopped (%s); its %d stream(s) are invited again",
+                  worker.index, reason, len(worker.streams))
+        if worker.link is not None:
+            worker.link.close(reason)
+        if worker.fds is not None:
+            worker.fds.close()
+            worker.fds = None
+        for receiver in list(worker.streams.values()):
+            receiver.ended = True
+            receiver._pool.release(receiver.port)
+            receiver.stream.end_attempt(f"media worker {worker.index} stopped", bye=True)
+        worker.streams.clear()
+        worker.stats = {}
+
+    async def _recover(self, worker: _Worker) -> None:
+        """Finish the segments the dead worker left open (its channels only)."""
+        root = self.recording_root
+        if root is None or not worker.channels:
+            return
+        channels = set(worker.channels)
+        tz = self.settings.node.tz
+
+        def run() -> int:
+            index = RecordIndex(root_index(root))
+            try:
+                return len(recover(root, index, tz=tz, channels=channels))
+            finally:
+                index.close()
+
+        try:
+            count = await asyncio.get_running_loop().run_in_executor(None, run)
+        except Exception:
+            log.exception("media worker %d: recovering its segments failed", worker.index)
+            return
+        if count:
+            log.warning("media worker %d: %d segment(s) it left open recovered", worker.index,
+                        count)
+
+    # ----- streams -----
+    def worker_for(self, channel_id: str) -> _Worker:
+        """The channel's worker: the one it has while that lives, else the least loaded."""
+        alive = [w for w in self.workers if w.alive]
+        for worker in alive:
+            if channel_id in worker.channels:
+                return worker
+        if not alive:
+            raise ConnectionError("no media worker is running")
+        rates = [w.rate / len(w.streams) for w in alive if w.streams and w.rate]
+        mean = sum(rates) / len(rates) if rates else 1.0
+        worker = min(alive, key=lambda w: (w.load(mean), w.index))
+        for other in self.workers:
+            other.channels.discard(channel_id)
+        worker.channels.add(channel_id)
+        return worker
+
+    async def open_receiver(
+        self, stream: LiveStream, transport: str, host: str, pool: PortPool,
+        peers: Iterable[str] | None,
+    ) -> RemoteReceiver:
+        """Bind the stream's port, hand it to the channel's worker, and return the handle.
+        Raises `PortsExhausted` or `OSError` (the worker's failures included)."""
+        worker = self.worker_for(stream.channel_id)
+        if transport == "udp":
+            sock, port = await pool.acquire_udp(host)
+        else:
+            sock, port = await pool.acquire_tcp(host)
+        self._sid += 1
+        sid = self._sid
+        try:
+            bound = sock.getsockname()[:2]
+            if worker.fds is None:
+                raise ConnectionError(f"media worker {worker.index} is not running")
+            socket.send_fds(worker.fds, [sid.to_bytes(8, "big")], [sock.fileno()])
+        except BaseException:
+            pool.release(port)
+            raise
+        finally:
+            sock.close()
+        receiver = RemoteReceiver(worker, sid, stream, port, pool)
+        receiver.bound = bound
+        worker.streams[sid] = receiver
+        try:
+            await worker.request({
+                "op": "open", "sid": sid, "token": sid, "channel": stream.channel_id,
+                "transport": transport, "peers": None if peers is None else list(peers),
+            })
+        except BaseException:
+            receiver.ended = True
+            worker.streams.pop(sid, None)
+            pool.release(port)
+            worker.send({"op": "close", "sid": sid})
+            raise
+        return receiver
+
+    # ----- from the workers -----
+    def _event(self, worker: _Worker, message: dict[str, Any]) -> None:
+        receiver = worker.streams.get(message.get("sid", -1))
+        if receiver is None:
+            return
+        event = message.get("ev")
+        if event == "loss":
+            receiver.stream._remote_loss(int(message["missing"]))
+        elif event == "key":
+            receiver.stream._remote_key(message.get("codec"), message.get("width"),
+                                        message.get("height"))
+        elif event == "closed":
+            receiver.closed.set()
+
+    def _frames(self, worker: _Worker, sid: int, units: list[AccessUnit]) -> None:
+        receiver = worker.streams.get(sid)
+        if receiver is not None and receiver.stream.receiver is receiver:
+            receiver.stream._remote_units(units)
+
+    async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(STATS_S)
+            alive = [w for w in self.workers if w.alive]
+            answers = await asyncio.gather(
+                *(w.request({"op": "stats"}) for w in alive), return_exceptions=True,
+            )
+            now = loop.time()
+            for worker, answer in zip(alive, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    continue
+                worker.stats = answer
+                packets = 0
+                for sid, stats in answer.get("streams", {}).items():
+                    receiver = worker.streams.get(int(sid))
+                    if receiver is not None:
+                        receiver.update(stats, now)
+                    packets += stats.get("packets", 0)
+                last = worker._last
+                if last is not None and now > last[0] and packets >= last[1]:
+                    worker.rate = (packets - last[1]) / (now - last[0])
+                worker._last = (now, packets)
+
+    # ----- what the node reports -----
+    def recorder_totals(self) -> dict[str, Any]:
+        totals: dict[str, Any] = dict.fromkeys(RECORDER_COUNTERS, 0)
+        errors: list[str] = []
+        for worker in self.workers:
+            rec = worker.stats.get("recorder") or {}
+            for name in RECORDER_COUNTERS:
+                totals[name] += rec.get(name, 0)
+            if rec.get("last_error"):
+                errors.append(f"worker {worker.index}: {rec['last_error']}")
+        totals["last_error"] = errors[-1] if errors else None
+        return totals
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [{
+            "index": w.index, "pid": w.pid, "alive": w.alive, "streams": len(w.streams),
+            "channels": len(w.channels), "packets_per_s": round(w.rate, 1),
+            "lag_s": w.stats.get("lag_s"), "max_lag_s": w.stats.get("max_lag_s"),
+            "cpu_s": w.stats.get("cpu_s"), "restarts": w.restarts,
+            "frames_dropped": w.stats.get("frames_dropped", 0),
+        } for w in self.workers]
+
+
+class RoutedRecorder:
+    """The recording service's recorder when workers record: per-channel calls go to the
+    channel's worker, whose own `Recorder` writes the channel; the rest (retention, the
+    index, frames of a stream the node's process itself receives) to the local one."""
+
+    def __init__(self, local: Recorder, workers: MediaWorkers) -> None:
+        self.local = local
+        self.workers = workers
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.local, name)
+
+    def submit(self, channel_id: str, unit: AccessUnit, wall: float) -> None:
+        self.local.submit(channel_id, unit, wall)
+
+    def _route(self, call: str, channel_id: str, *args: Any) -> None:
+        try:
+            worker = self.workers.worker_for(channel_id)
+        except ConnectionError:
+            return  # no worker runs: the channel is not recorded now anyway
+        worker.send({"op": "rec", "call": call, "channel": channel_id, "args": list(args)})
+
+    def lost(self, channel_id: str, wall: float, reason: str = "packet loss") -> None:
+        self._route("lost", channel_id, wall, reason)
+
+    def gap(self, channel_id: str, start_wall: float, end_wall: float, reason: str) -> None:
+        self._route("gap", channel_id, start_wall, end_wall, reason)
+
+    def planned(self, channel_id: str, since: float, up: float | None = None) -> None:
+        self._route("planned", channel_id, since, up)
+
+    def close_channel(self, channel_id: str, wall: float | None = None) -> None:
+        self._route("close_channel", channel_id, wall)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        for worker in self.workers.workers:
+            worker.send({"op": "flush"})
+        return self.local.flush(timeout)
+
+    def _total(self, name: str) -> Any:
+        return getattr(self.local, name) + self.workers.recorder_totals()[name]
+
+    units = property(lambda self: self._total("units"))
+    bytes = property(lambda self: self._total("bytes"))
+    segments_closed = property(lambda self: self._total("segments_closed"))
+    write_errors = property(lambda self: self._total("write_errors"))
+    dropped_units = property(lambda self: self._total("dropped_units"))
+    queue_depth = property(lambda self: self._total("queue_depth"))
+    queue_bytes = property(lambda self: self._total("queue_bytes"))
+    syncs = property(lambda self: self._total("syncs"))
+
+    @property
+    def last_error(self) -> str | None:
+        return self.local.last_error or self.workers.recorder_totals()["last_error"]

@@ -1,0 +1,450 @@
+"""One media worker process: the data plane of the streams the node's process gives it.
+
+Started by `sensing_node.workers.pool` as ``python -m sensing_node.workers.worker CTL FDS``
+with the two socket ends it inherits (see `wire`). For each stream it receives the RTP (on
+the socket the node's process bound and passed over), puts it back in order, demuxes the PS,
+records the frames with its own `Recorder` when the channel is recorded, and sends the frames
+to the node's process only while something there wants them (a relay, a viewer). It keeps no
+state that outlives it: when it dies, the node's process invites its streams again elsewhere
+and finishes what it was recording (`recorder.recovery`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from recorder.service import Recorder
+from rtp.ps import AccessUnit
+from rtp.sps import find_video_format
+
+from ..runtime.logs import configure_logging
+from ..settings.node import system_timezone
+from ..transport.rtp import (
+    MediaIngest,
+    RtpReceiveConfig,
+    TcpRtpReceiver,
+    UdpRtpReceiver,
+)
+from .wire import Link
+
+log = logging.getLogger(__name__)
+
+#: how often the worker looks at how late its loop runs (the lag it reports)
+LAG_PROBE_S = 0.25
+#: units of a GOP kept for a consumer that joins (as `media.stream.GOP_MAX_BYTES`)
+GOP_MAX_BYTES = 32 * 1024 * 1024
+GOP_MAX_UNITS = 2000
+#: sockets passed over and not (yet) claimed by an `open`: more is a broken peer
+MAX_PENDING_SOCKETS = 256
+
+RECORDER_COUNTERS = ("units", "bytes", "segments_closed", "write_errors", "dropped_units",
+                     "queue_depth", "queue_bytes", "syncs")
+RECEIVER_COUNTERS = ("packets", "bytes", "lost", "reordered", "duplicates", "dropped_foreign",
+                     "dropped_early")
+
+
+class _Passed:
+    """The port pool of one socket the node's process bound and passed over."""
+
+    def __init__(self, sock: socket.socket, port: int) -> None:
+        self.sock, self.port = sock, port
+
+    async def acquire_udp(self, host: str) -> tuple[socket.socket, int]:
+        return self.sock, self.port
+
+    async def acquire_tcp(self, host: str) -> tuple[socket.socket, int]:
+        return self.sock, self.port
+
+    def release(self, port: int) -> None:
+        """The node's process keeps the pool's books; it releases the port when it closes."""
+
+
+class WorkerStream:
+    """One stream's receive path in a worker: the `RtpSink` of its receiver."""
+
+    def __init__(self, worker: Worker, sid: int, channel_id: str) -> None:
+        self.worker = worker
+        self.sid = sid
+        self.channel_id = channel_id
+        self.receiver: UdpRtpReceiver | TcpRtpReceiver | None = None
+        self.ingest = MediaIngest(on_units=self._units)
+        self._next_seq = -1
+        self.frames = 0
+        self.tap = False  # the node's process wants the frames
+        self.record = False  # this worker's recorder writes them
+        self.codec: str | None = None
+        self.keyed = False
+        self.gop: list[AccessUnit] = []
+        self._gop_bytes = 0
+        self._late_wall: float | None = None
+
+    # ----- the hot path -----
+    def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+        if seq != self._next_seq:
+            if self._next_seq >= 0:
+                self._discontinuity((seq - self._next_seq) & 0xFFFF)
+        self._next_seq = (seq + 1) & 0xFFFF
+        self.ingest.on_packet(payload, seq, ts, marker)
+
+    def _discontinuity(self, missing: int) -> None:
+        self.ingest.restart()
+        self.gop, self._gop_bytes = [], 0
+        worker = self.worker
+        if self.record and worker.recorder is not None:
+            worker.recorder.lost(self.channel_id, time.time(), f"{missing} RTP packet(s) lost")
+        worker.link.send({"ev": "loss", "sid": self.sid, "missing": missing})
+
+    def _units(self, units: list[AccessUnit]) -> None:
+        for unit in units:
+            if unit.stream_id >= 0xE0:  # video
+                self.frames += 1
+                if unit.keyframe:
+                    if not self.keyed or unit.codec != self.codec:
+                        self._keyframe(unit)
+                    self.gop, self._gop_bytes = [unit], len(unit.ps_bytes)
+                    continue
+            if self.gop:
+                self.gop.append(unit)
+                self._gop_bytes += len(unit.ps_bytes)
+                if self._gop_bytes > GOP_MAX_BYTES or len(self.gop) > GOP_MAX_UNITS:
+                    self.gop, self._gop_bytes = [], 0
+        if self.record:
+            recorder = self.worker.recorder
+            if recorder is not None:
+                wall = self._late_wall or time.time()
+                channel_id = self.channel_id
+                for unit in units:
+                    recorder.submit(channel_id, unit, wall)
+        if self.tap:
+            self.worker.link.send_frames(self.sid, units)
+
+    def _keyframe(self, unit: AccessUnit) -> None:
+        self.keyed = True
+        self.codec = unit.codec
+        width = height = None
+        if unit.codec in ("h264", "h265"):
+            video = find_video_format(unit.codec, unit.data)
+            if video is not None:
+                width, height = video.width, video.height
+        self.worker.link.send({"ev": "key", "sid": self.sid, "codec": unit.codec,
+                               "width": width, "height": height})
+
+    # ----- control -----
+    def set_tap(self, on: bool) -> None:
+        if on and not self.tap and self.gop:
+            self.worker.link.send_frames(self.sid, list(self.gop))
+        self.tap = on
+
+    def stats(self, now: float) -> dict[str, Any]:
+        receiver = self.receiver
+        if receiver is None:
+            return {"frames": self.frames}
+        out: dict[str, Any] = {name: getattr(receiver, name) for name in RECEIVER_COUNTERS}
+        last = receiver.last_packet_at
+        out["age"] = None if last is None else now - last
+        out["frames"] = self.frames
+        out["refusal"] = self.ingest.demuxer.refusal
+        out["ssrc"] = receiver.ssrc
+        if isinstance(receiver, TcpRtpReceiver):
+            out["refused_connections"] = receiver.refused_connections
+            out["peer"] = receiver.peer
+        return out
+
+    def close(self) -> dict[str, Any]:
+        receiver, self.receiver = self.receiver, None
+        loop = asyncio.get_running_loop()
+        final: dict[str, Any] = {}
+        if receiver is not None:
+            if receiver.last_packet_at is not None:
+                self._late_wall = time.time() - (loop.time() - receiver.last_packet_at)
+            try:
+                receiver.close()  # hands over what the reorder buffer held
+                self.ingest.flush()
+            finally:
+                self._late_wall = None
+                final = {name: getattr(receiver, name) for name in RECEIVER_COUNTERS}
+        final["frames"] = self.frames
+        self.tap = self.record = False
+        self.gop = []
+        return final
+
+
+class Worker:
+    def __init__(self, ctl: socket.socket, fds: socket.socket) -> None:
+        self.ctl = ctl
+        self.fds = fds
+        self.index = 0
+        self.host = "127.0.0.1"
+        self.config = RtpReceiveConfig()
+        self.recorder: Recorder | None = None
+        self.streams: dict[int, WorkerStream] = {}
+        self.lag_s = 0.0
+        self.max_lag_s = 0.0
+        self._sockets: dict[int, socket.socket] = {}
+        self._socket_waiters: dict[int, asyncio.Future[socket.socket]] = {}
+        self._stopped: asyncio.Future[None] | None = None
+        self._watches: set[asyncio.Task[None]] = set()
+        self.link: Link
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
+        reader, writer = await asyncio.open_unix_connection(sock=self.ctl)
+        self.link = Link(reader, writer, self._control, self._no_frames, name="worker link")
+        self.fds.setblocking(False)
+        loop.add_reader(self.fds.fileno(), self._take_sockets)
+        lag = asyncio.create_task(self._probe_lag())
+        try:
+            await asyncio.wait([self.link.closed, self._stopped],
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lag.cancel()
+            loop.remove_reader(self.fds.fileno())
+            for watch in self._watches:
+                watch.cancel()
+            self._shutdown()
+            self.link.close()
+
+    def _no_frames(self, stream: int, units: list[AccessUnit]) -> None:
+        raise ValueError("a worker takes no frames")
+
+    async def _probe_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            began = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            lag = max(0.0, loop.time() - began - LAG_PROBE_S)
+            self.lag_s = lag
+            self.max_lag_s = max(self.max_lag_s, lag)
+
+    # ----- sockets from the node's process -----
+    def _take_sockets(self) -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.fds, 16, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.error("worker %d: socket channel: %s", self.index, exc)
+                return
+            if not data and not fds:
+                return  # the node's process closed it; the link's end follows
+            if len(data) != 8 or len(fds) != 1 or len(self._sockets) >= MAX_PENDING_SOCKETS:
+                for fd in fds:
+                    os.close(fd)
+                log.error("worker %d: a malformed socket message dropped", self.index)
+                continue
+            token = int.from_bytes(data, "big")
+            sock = socket.socket(fileno=fds[0])
+            waiter = self._socket_waiters.pop(token, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(sock)
+            else:
+                self._sockets[token] = sock
+
+    async def _socket(self, token: int) -> socket.socket:
+        sock = self._sockets.pop(token, None)
+        if sock is not None:
+            return sock
+        waiter = asyncio.get_running_loop().create_future()
+        self._socket_waiters[token] = waiter
+        try:
+            async with asyncio.timeout(10):
+                return await waiter
+        finally:
+            self._socket_waiters.pop(token, None)
+
+    # ----- requests and events from the node's process -----
+    def _control(self, message: dict[str, Any]) -> Any:
+        op = message.get("op")
+        if op == "open":
+            return self._open(message)
+        if op == "connect":
+            return self._connect(message)
+        stream = self.streams.get(message.get("sid", -1))
+        if op == "expect":
+            if stream is not None and stream.receiver is not None:
+                receiver = stream.receiver
+                hosts = message.get("hosts")
+                if isinstance(receiver, UdpRtpReceiver):
+                    receiver.expect(hosts, message.get("ssrc"))
+                else:
+                    receiver.expect(message.get("ssrc"), message.get("peers"))
+            return None
+        if op == "close":
+            stream = self.streams.pop(message.get("sid", -1), None)
+            return stream.close() if stream is not None else {}
+        if op == "tap":
+            if stream is not None:
+                stream.set_tap(bool(message.get("on")))
+            return None
+        if op == "record":
+            if stream is not None:
+                stream.record = bool(message.get("on")) and self.recorder is not None
+            return None
+        if op == "rec":
+            self._recorder_call(message)
+            return None
+        if op == "stats":
+            return self._stats()
+        if op == "flush":
+            if self.recorder is not None:
+                self.recorder.flush(timeout=0)
+            return None
+        if op == "hello":
+            return self._hello(message)
+        if op == "stop":
+            return self._stop(message.get("wall"))
+        raise ValueError(f"unknown request {op!r}")
+
+    def _hello(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.index = int(message["index"])
+        self.host = str(message["host"])
+        self.config = RtpReceiveConfig(**message.get("receive", {}))
+        recording = message.get("recording")
+        if recording is not None:
+            tz = recording.get("tz")
+            self.recorder = Recorder(
+                recording["root"], segment_s=recording["segment_s"],
+                tz=system_timezone() if tz is None else _zone(tz),
+                fsync_s=recording.get("fsync_s"), recover_on_start=False,
+            )
+        return {"pid": os.getpid()}
+
+    async def _open(self, message: dict[str, Any]) -> dict[str, Any]:
+        sid = int(message["sid"])
+        sock = await self._socket(int(message["token"]))
+        port = sock.getsockname()[1]
+        stream = WorkerStream(self, sid, str(message["channel"]))
+        pool: Any = _Passed(sock, port)
+        try:
+            if message["transport"] == "udp":
+                stream.receiver = await UdpRtpReceiver.open(self.host, pool, stream, self.config)
+            else:
+                tcp = TcpRtpReceiver(stream, self.config)
+                stream.receiver = tcp
+                await tcp.listen_tcp(self.host, pool, message.get("peers"))
+                watch = asyncio.create_task(self._watch_closed(sid, tcp))
+                self._watches.add(watch)
+                watch.add_done_callback(self._watches.discard)
+        except BaseException:
+            sock.close()
+            raise
+        self.streams[sid] = stream
+        return {"port": port}
+
+    async def _watch_closed(self, sid: int, tcp: TcpRtpReceiver) -> None:
+        """Tell the node's process when the device closes a TCP media connection."""
+        await tcp.closed.wait()
+        stream = self.streams.get(sid)
+        if stream is not None and stream.receiver is tcp:
+            self.link.send({"ev": "closed", "sid": sid})
+
+    async def _connect(self, message: dict[str, Any]) -> dict[str, Any]:
+        stream = self.streams.get(int(message["sid"]))
+        if stream is None or not isinstance(stream.receiver, TcpRtpReceiver):
+            return {"failed": "connection", "message": "the stream is gone"}
+        try:
+            await stream.receiver.connect_tcp(str(message["host"]), int(message["port"]))
+        except TimeoutError as exc:
+            return {"failed": "timeout", "message": str(exc)}
+        except OSError as exc:  # ConnectionError included
+            return {"failed": "connection", "message": str(exc)}
+        return {}
+
+    def _recorder_call(self, message: dict[str, Any]) -> None:
+        recorder = self.recorder
+        if recorder is None:
+            return
+        call, channel, args = message["call"], str(message["channel"]), message.get("args", [])
+        if call == "lost":
+            recorder.lost(channel, *args)
+        elif call == "planned":
+            recorder.planned(channel, *args)
+        elif call == "gap":
+            recorder.gap(channel, *args)
+        elif call == "close_channel":
+            recorder.close_channel(channel, *args)
+        else:
+            raise ValueError(f"unknown recorder call {call!r}")
+
+    def _stats(self) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time()
+        recorder = self.recorder
+        rec: dict[str, Any] = {}
+        if recorder is not None:
+            rec = {name: getattr(recorder, name) for name in RECORDER_COUNTERS}
+            rec["last_error"] = recorder.last_error
+        max_lag, self.max_lag_s = self.max_lag_s, self.lag_s
+        return {
+            "streams": {str(sid): s.stats(now) for sid, s in self.streams.items()},
+            "recorder": rec,
+            "lag_s": self.lag_s,
+            "max_lag_s": max_lag,
+            "cpu_s": time.process_time(),
+            "frames_dropped": self.link.frames_dropped,
+        }
+
+    async def _stop(self, wall: float | None) -> dict[str, Any]:
+        """Close every stream, then the recorder (open segments durable and indexed)."""
+        self._close_streams()
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: recorder.close(wall=wall))
+        stopped = self._stopped
+        if stopped is not None and not stopped.done():
+            asyncio.get_running_loop().call_soon(stopped.set_result, None)
+        return {}
+
+    def _close_streams(self) -> None:
+        for stream in list(self.streams.values()):
+            try:
+                stream.close()
+            except Exception:
+                log.exception("worker %d: closing stream %d", self.index, stream.sid)
+        self.streams.clear()
+
+    def _shutdown(self) -> None:
+        """The node's process went away without a stop: close what is open."""
+        self._close_streams()
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            recorder.close()
+
+
+def _zone(name: str) -> Any:
+    import zoneinfo
+
+    return zoneinfo.ZoneInfo(name)
+
+
+def main(argv: list[str]) -> int:
+    ctl_fd, fds_fd = int(argv[1]), int(argv[2])
+    level = os.environ.get("SENSING_NODE_LOG_LEVEL", "INFO")
+    fmt = os.environ.get("SENSING_NODE_LOG_FORMAT", "text")
+    configure_logging(level, fmt)
+    try:
+        import uvloop
+    except ImportError:
+        runner: Any = asyncio.run
+    else:
+        runner = uvloop.run
+    # Ctrl-C in the node's terminal reaches the whole process group: the node's process
+    # stops the workers in order (streams closed, segments made durable), not the signal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctl = socket.socket(fileno=ctl_fd)
+    fds = socket.socket(fileno=fds_fd)
+    runner(Worker(ctl, fds).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
