@@ -388,8 +388,8 @@ def main() -> None:
     head = Path(args.head).resolve()
     head_name = git("rev-parse", "--short", "HEAD") if head == ROOT else str(head)
     if head == ROOT:
-        changed = [line[3:] for line in git("status", "--porcelain", "--", "recorder", "rtp")
-                   .splitlines()]
+        changed = [line.split(maxsplit=1)[1] for line in
+                   git("status", "--porcelain", "--", "recorder", "rtp").splitlines()]
         if changed:
             head_name += f" with uncommitted changes to {', '.join(changed)}"
     results: dict[str, list[dict[str, Any]]] = {"base": [], "head": []}
