@@ -1,16 +1,21 @@
 """Per-frame costs of the receive chain, step by step, in one process (no sockets).
 
-    .venv/bin/python bench/frames.py [--runs 5] [--seconds 40] [--base REV] [--profile]
-        [--write] [--json FILE]
+    .venv/bin/python bench/frames.py [--runs 5] [--seconds 120] [--repeats 3] [--base REV]
+        [--head REV] [--profile] [--write] [--json FILE]
+
+About 2 minutes with ``--base``. It runs one process at a time; other work on the machine
+shows in the spread.
 
 Camera-style PS over RTP (each frame muxed into one pack by `rtp.psmux.PsMuxer` and cut into
 packets of 1,400 payload bytes by `rtp.psmux.RtpPacketizer`, as `bench/ingest_sender.py` sends
 it) goes through the node's receive chain as `sensing_node.media` wires it: the UDP receiver
 (`_RtpReceiver._receive`: header check, SSRC, reorder), `LiveStream.on_packet`, `MediaIngest`
 (frame assembly), `rtp.psframe.PsFrameDemuxer`, `LiveStream._units` (frame count, GOP cache,
-fan-out) and one recorder consumer (`ChannelRecording.on_unit` -> `Recorder.submit`, the real
-methods on a queue that the measurement empties between batches, outside the timed part).
-`datagram_received` is called directly, from the latched source.
+fan-out) and one recorder consumer (`ChannelRecording.on_unit` -> `Recorder.submit`: a real
+`Recorder` whose threads are not started, its queue emptied between batches of BATCH packets,
+outside the timed part). `datagram_received` is called directly, from the latched source. A
+run fails if a consumer or the recorder failed or dropped anything (the node would count it
+and go on, and the step would look cheaper or dearer than it is).
 
 The chain is measured cumulatively, each time built afresh and fed the whole stream:
 
@@ -27,10 +32,12 @@ The cost of a step is the difference between its chain and the one before, per R
 per video frame (ns from `time.perf_counter_ns`, over every packet of the stream). The streams:
 720p at 2 and 4 Mbit/s and 1080p at 8 Mbit/s, 25 fps, plus a 600 kbit/s 720p stream where the
 per-frame work dominates (two or three packets a frame); the clips are encoded with PyAV once
-and cached (`bench/ingest_sender.py`'s texture, GOP 50). Each run is a fresh process; the
-figures are the median (min-max) of the runs. With ``--base REV`` the same measurement runs
-on that commit too (a git worktree under /tmp), alternately with the working tree in every run,
-so the two are compared within one run of this script. ``--profile`` adds a cProfile summary
+and cached (`bench/ingest_sender.py`'s texture, GOP 50). Each run is a fresh process that
+measures every chain ``--repeats`` times and keeps the least; the figures are the median
+(min-max) of the runs. With ``--base REV`` the same measurement runs on that commit too (a git
+worktree under /tmp), alternately with the head in every run, so the two are compared within
+one run of this script; the head is the working tree, or ``--head REV`` in a worktree of its
+own (so that others' unfinished edits stay out). ``--profile`` adds a cProfile summary
 of the whole chain on the 4 Mbit/s stream (own time per function, per video frame); the
 profiler's own overhead inflates every figure, so read it for proportions.
 
