@@ -207,6 +207,7 @@ class Node:
         except (OSError, TimeoutError) as exc:
             await workers.close()
             raise StartupError(f"cannot start the media workers: {exc}") from exc
+        workers.keep = self.recording.planned
         media.workers = self.recording.workers = workers
         log.info("media in %d worker processes", count)
 

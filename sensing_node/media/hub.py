@@ -284,6 +284,8 @@ class StreamHub:
         if self.streams.get(stream.channel_id) is stream:
             del self.streams[stream.channel_id]
             self._holds.pop(stream.channel_id, None)
+            if self.workers is not None:
+                self.workers.release(stream.channel_id)
 
     # ----- SSRC serials (the last 4 digits of y=) -----
     def allocate_serial(self) -> int:

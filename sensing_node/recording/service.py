@@ -337,6 +337,10 @@ class RecordingService:
         finally:
             self._subscribing.pop(channel_id, None)
 
+    def planned(self, channel_id: str) -> bool:
+        """Whether the channel's recording is planned now (told to the recorder)."""
+        return channel_id in self._planned
+
     def _stop_recording(self, channel_id: str) -> None:
         consumer = self.recordings.pop(channel_id)
         task = self._subscribing.pop(channel_id, None)

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,6 +152,7 @@ class _Worker:
         self.channels: set[str] = set()
         self.stats: dict[str, Any] = {}
         self.rate = 0.0  # packets per second, from the last two reports
+        self._reporting = 0  # streams in that rate
         self._last: tuple[float, int] | None = None
         self.restarts = 0
         self.pid: int | None = None
@@ -182,7 +183,9 @@ class _Worker:
         task.add_done_callback(self._pending.discard)
 
     def load(self, mean_rate: float) -> float:
-        return self.rate + len(self.streams) * mean_rate
+        """Packets per second it carries, and a stream's worth for each channel it has that
+        brings none yet (just assigned, or waiting to be invited again)."""
+        return self.rate + max(0, len(self.channels) - self._reporting) * mean_rate
 
 
 class MediaWorkers:
@@ -201,6 +204,9 @@ class MediaWorkers:
         self._stopping = False
         self._supervisor = Supervisor()
         self._watchers: list[asyncio.Task[None]] = []
+        #: whether a channel stays with its worker when it has no stream (its recording is
+        #: planned: the worker's recorder holds its segment state)
+        self.keep: Callable[[str], bool] = lambda channel_id: False
 
     # ----- life cycle -----
     async def start(self, supervisor: Supervisor | None = None) -> None:
@@ -299,10 +305,9 @@ class MediaWorkers:
             if not process_ended.done():
                 worker.process.kill()
             process_ended.cancel()
-            self._died(worker, reason)
+            await self._died(worker, reason)
             await asyncio.sleep(pause)
             pause = min(pause * 2, RESTART_MAX_S)
-            await self._recover(worker)
             try:
                 await self._spawn(worker)
             except (OSError, TimeoutError) as exc:
@@ -312,7 +317,9 @@ class MediaWorkers:
             if worker.restarts and pause > RESTART_MIN_S * 8:
                 pause = RESTART_MIN_S  # it ran; the next death starts the backoff again
 
-    def _died(self, worker: _Worker, reason: str) -> None:
+    async def _died(self, worker: _Worker, reason: str) -> None:
+        """Finish what the worker was recording, then end its streams' attempts (they are
+        invited again, on the workers that run)."""
         worker.alive = False
         log.error("media worker %d stopped (%s); its %d stream(s) are invited again",
                   worker.index, reason, len(worker.streams))
@@ -321,6 +328,10 @@ class MediaWorkers:
         if worker.fds is not None:
             worker.fds.close()
             worker.fds = None
+        # Before any of its channels is recorded elsewhere: recovery must find only the
+        # files this worker left.
+        await self._recover(worker)
+        worker.channels.clear()
         for receiver in list(worker.streams.values()):
             receiver.ended = True
             receiver._pool.release(receiver.port)
@@ -368,6 +379,13 @@ class MediaWorkers:
             other.channels.discard(channel_id)
         worker.channels.add(channel_id)
         return worker
+
+    def release(self, channel_id: str) -> None:
+        """The channel's stream ended and nothing keeps it with its worker (`keep`): its next
+        stream goes to the least loaded worker."""
+        if not self.keep(channel_id):
+            for worker in self.workers:
+                worker.channels.discard(channel_id)
 
     async def open_receiver(
         self, stream: LiveStream, transport: str, host: str, pool: PortPool,
@@ -440,6 +458,7 @@ class MediaWorkers:
                 if isinstance(answer, BaseException):
                     continue
                 worker.stats = answer
+                worker._reporting = len(answer.get("streams", {}))
                 packets = 0
                 for sid, stats in answer.get("streams", {}).items():
                     receiver = worker.streams.get(int(sid))

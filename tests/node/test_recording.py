@@ -39,7 +39,7 @@ from sensing_node.settings import settings_for_tests
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sip import manscdp
 
-from .conftest import PASSWORD, TOKEN, RunningNode, StartNode, wait_for
+from .conftest import PASSWORD, TOKEN, WORKERS, RunningNode, StartNode, wait_for
 from .test_cli import ROOT, write_config
 
 CAMERA = "31011200001320000001"
@@ -69,7 +69,8 @@ async def recording(start_node: StartNode, tmp_path: Path):
         """What `start_node` does, with the node on `wall`."""
         settings = settings_for_tests(data_dir, **{
             "node.api_token": TOKEN, "devices.password": PASSWORD,
-            "devices.allow": ["31011200", "34020000"], **values})
+            "devices.allow": ["31011200", "34020000"],
+            **({"media.workers": WORKERS} if WORKERS else {}), **values})
         app = build_app(settings, wall=wall)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()

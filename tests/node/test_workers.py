@@ -1,0 +1,172 @@
+"""Media worker processes (`media.workers: 2`): real worker processes on loopback.
+
+The streams of two cameras go to two workers, which receive and record them while the node's
+process keeps the signalling; a worker killed with SIGKILL is started again, its stream is
+invited again, and the segment it left open is recovered. The message format between the
+processes is checked on its own (any bytes are a message or `WireError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recorder.index import RecordIndex
+from rtp.ps import AccessUnit
+from sensing_node.media.consumers import FrameQueue
+from sensing_node.sim.camera import CameraConfig, SimulatedCamera
+from sensing_node.workers.pool import RemoteReceiver
+from sensing_node.workers.wire import CODECS, WireError, decode_frames, encode_frames
+
+from .conftest import PASSWORD, RunningNode, StartNode, stop, wait_for
+
+CAMERAS = ("31011200001320000001", "31011200001320000002")
+
+
+async def two_cameras(start_node: StartNode, **overrides: Any) -> tuple[RunningNode, list[Any]]:
+    running = await start_node(media__workers=2, **overrides)
+    cams = []
+    for device_id in CAMERAS:
+        cam = SimulatedCamera(CameraConfig(server=running.sip, device_id=device_id,
+                                           password=PASSWORD))
+        await cam.start(keepalives=False)
+        cams.append(cam)
+    await wait_for(lambda: len(list(running.node.registry.channels())) == 2, timeout=10)
+    return running, cams
+
+
+def children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.update(int(p) for p in text)
+    return found
+
+
+async def test_two_workers_carry_a_stream_each_and_record_it(
+    start_node: StartNode,
+) -> None:
+    running, cams = await two_cameras(start_node, recording__channels="all",
+                                      recording__segment_s=1)
+    node = running.node
+    try:
+        workers = node.media.workers
+        assert workers is not None and len(workers.workers) == 2
+        pids = {w.pid for w in workers.workers}
+        assert pids == children(os.getpid()) & pids and None not in pids
+        channels = [cam.channel_ids[0] for cam in cams]
+        # Recording pulls both; each lands on a worker of its own (the least loaded).
+        await wait_for(lambda: all(
+            c in node.media.streams and node.media.streams[c].state == "playing"
+            for c in channels), timeout=15)
+        receivers = [node.media.streams[c].receiver for c in channels]
+        assert all(isinstance(r, RemoteReceiver) for r in receivers)
+        assert {r.worker.index for r in receivers} == {0, 1}  # type: ignore[union-attr]
+        # The workers record (nothing reaches the node's own recorder) ...
+        await wait_for(lambda: node.recording.stats()["segments_closed"] >= 4, timeout=20)
+        assert node.recording.recorder.local.units == 0  # type: ignore[union-attr]
+        # ... while a viewer in the node's process gets the frames sent over.
+        queue = FrameQueue()
+        await node.media.subscribe(channels[0], queue)
+        first = await asyncio.wait_for(queue.get(), 10)
+        assert first.keyframe and first.codec == "h264"
+        node.media.unsubscribe(channels[0], queue)
+        stats = await running.get("/api/streams")
+        assert {s["channel_id"] for s in stats} == set(channels)
+        assert all(s["frames"] > 0 and s["packets"] > 0 and s["codec"] == "h264"
+                   for s in stats)
+    finally:
+        root = node.recording.root
+        await stop(running)
+        for cam in cams:
+            await cam.stop(unregister=False)
+    # Every segment the workers wrote is whole, hashed and indexed, none left open.
+    assert not list(root.rglob("*.part"))
+    index = RecordIndex(root / "index.sqlite3")
+    try:
+        for channel in channels:
+            rows = index.segments(channel)
+            assert rows
+            for row in rows:
+                assert hashlib.sha256((root / row.path).read_bytes()).hexdigest() == row.sha256
+    finally:
+        index.close()
+
+
+async def test_a_killed_worker_is_restarted_and_its_stream_recovered(
+    start_node: StartNode,
+) -> None:
+    running, cams = await two_cameras(start_node, recording__channels="all",
+                                      recording__segment_s=60, media__timeout_s=2)
+    node = running.node
+    try:
+        channel = cams[0].channel_ids[0]
+        await wait_for(lambda: channel in node.media.streams
+                       and node.media.streams[channel].frames > 30, timeout=20)
+        stream = node.media.streams[channel]
+        receiver = stream.receiver
+        assert isinstance(receiver, RemoteReceiver)
+        worker = receiver.worker
+        old_pid = worker.pid
+        root = node.recording.root
+        # (the recording service has the workers write their buffers out every few seconds)
+        await wait_for(lambda: any(p.stat().st_size > 50_000
+                                   for p in (root / channel).rglob("*.part")), timeout=15)
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        # Started again, the segment it left recovered and indexed, the stream invited again.
+        await wait_for(lambda: worker.alive and worker.pid != old_pid, timeout=20)
+        index = RecordIndex(root / "index.sqlite3")
+        try:
+            await wait_for(lambda: any(r.recovered for r in index.segments(channel)),
+                           timeout=10)
+        finally:
+            index.close()
+        await wait_for(lambda: stream.state == "playing" and stream.receiver is not receiver
+                       and stream.attempts >= 2, timeout=20)
+        assert stream.last_error == f"media worker {worker.index} stopped"
+        frames = stream.frames
+        await wait_for(lambda: stream.frames > frames + 10, timeout=10)
+    finally:
+        await stop(running)
+        for cam in cams:
+            await cam.stop(unregister=False)
+
+
+def _unit(i: int, codec: str) -> AccessUnit:
+    return AccessUnit(0xE0 + i % 16, codec, None if i % 3 else i * 3600, None,
+                      i % 5 == 0, bytes([i % 256]) * (i * 7 % 300), bytes(i % 97), i * 1000)
+
+
+def test_frames_round_trip() -> None:
+    units = [_unit(i, CODECS[i % len(CODECS)]) for i in range(40)]
+    message = b"".join(encode_frames(7, units))
+    assert decode_frames(message[5:]) == (7, units)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_frames_body_decodes_or_raises_wire_error(body: bytes) -> None:
+    try:
+        stream, units = decode_frames(body)
+    except WireError:
+        return
+    assert len(units) == struct.unpack_from("!IH", body)[1] and stream >= 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 200), max_size=6), st.integers(1, 40))
+def test_a_frames_body_cut_anywhere_raises_wire_error(sizes: list[int], cut: int) -> None:
+    units = [_unit(n, "h265") for n in sizes]
+    body = b"".join(encode_frames(1, units))[5:]
+    with pytest.raises(WireError):
+        decode_frames(body[:-(1 + cut % len(body))])
