@@ -91,6 +91,7 @@ APP_LAYERS: list[set[str]] = [
     {"access"},
     {"transport"},
     {"devices", "sim"},
+    {"workers"},  # the media worker processes and their handles, below the streams
     {"media"},
     {"recording"},
     {"cascade"},
