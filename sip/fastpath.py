@@ -85,7 +85,7 @@ class FastRequest:
     """
 
     __slots__ = ("method", "key", "device_id", "call_id", "expires", "body", "headers",
-                 "_copied", "_to_index", "_to_tagged")
+                 "size", "_data", "_copied", "_to_index", "_to_tagged")
 
     def __init__(
         self,
@@ -99,6 +99,8 @@ class FastRequest:
         copied: list[bytes],
         to_index: int,
         to_tagged: bool,
+        data: bytes = b"",
+        size: int = 0,
     ) -> None:
         self.method = method
         self.key = key
@@ -110,6 +112,14 @@ class FastRequest:
         self._copied = copied  # "Name: value" of the copied headers, in order
         self._to_index = to_index  # the To line among them, the one a to-tag changes
         self._to_tagged = to_tagged
+        self._data = data
+        self.size = size  # bytes of the message in what `recognise` was given, body included
+
+    @property
+    def raw(self) -> bytes:
+        """The message's own bytes, for the parser when the fast path declines it."""
+        data = self._data
+        return data if len(data) == self.size else data[: self.size]
 
     def header(self, key: str) -> str | None:
         """A header's value by lower-case key (`"authorization"`), None if absent."""
@@ -140,8 +150,10 @@ class FastRequest:
 
 
 def recognise(data: bytes) -> FastRequest | None:
-    """A `FastRequest` for a REGISTER or plain keepalive MESSAGE of the usual shape, None for
-    anything else (which then takes the full path). Never raises."""
+    """A `FastRequest` for a REGISTER or plain keepalive MESSAGE of the usual shape at the start
+    of `data` (a datagram, or what a stream has buffered: bytes after the body are left alone
+    and `size` says where the message ends), None for anything else, which then takes the full
+    path. Never raises."""
     if data[:9] == b"REGISTER ":
         method = "REGISTER"
     elif data[:8] == b"MESSAGE ":
@@ -250,4 +262,4 @@ def _check(
     if method == "MESSAGE" and _KEEPALIVE not in body:
         return None
     return FastRequest(method, key, f[1].decode("ascii"), call_id.decode("ascii"), expires,
-                       body, raw, copied, to_index, to_tagged)
+                       body, raw, copied, to_index, to_tagged, data, body_end)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import LocalProtocolError, MessageTooLarge, ParseError
+from .fastpath import FastRequest, recognise
 from .message import MAX_MESSAGE_SIZE, Request, Response, find_head_end, parse_head
 
 __all__ = ["KeepAlivePing", "StreamEvent", "StreamParser"]
@@ -37,7 +38,7 @@ class KeepAlivePing:
     pong_due: bool = True
 
 
-StreamEvent = Request | Response | KeepAlivePing
+StreamEvent = Request | Response | KeepAlivePing | FastRequest
 
 
 class StreamParser:
@@ -48,8 +49,11 @@ class StreamParser:
     malformed one in the same segment before raising.
     """
 
-    def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
+    def __init__(self, max_size: int = MAX_MESSAGE_SIZE, *, fast: bool = False) -> None:
         self.max_size = max_size
+        # With `fast`, a REGISTER or keepalive that `fastpath.recognise` knows, found whole at
+        # the start of the buffer, comes out as a `FastRequest` instead of a parsed `Request`.
+        self.fast = fast
         self.broken = False
         self._buf = bytearray()
         # Where the next search for the empty line starts: bytes before it were searched.
@@ -104,6 +108,12 @@ class StreamParser:
         if self._pending is None:
             if self._buf and self._buf[0] in (_CR, _LF):
                 return self._take_ping()
+            buf = self._buf
+            if self.fast and self._scan == 0 and buf[:1] in (b"R", b"M"):
+                fast = recognise(bytes(buf[: self.max_size]))
+                if fast is not None:
+                    del buf[: fast.size]
+                    return fast
             if not self._read_head():
                 return None
         return self._take_body()

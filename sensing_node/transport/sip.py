@@ -1,10 +1,10 @@
 """SIP over UDP and TCP on one port: a thin asyncio adapter around `sip.TransactionLayer`.
 
 Datagrams go to `sip.message.parse_message`, TCP byte streams to `sip.stream.StreamParser`.
-A datagram that `sip.fastpath.recognise` knows (a REGISTER or plain keepalive of the usual
-shape) goes to `fast_path` first when one is set (the registrar's): it enters the transaction
-layer by its key (`fast_transaction`) and is answered with bytes (`respond_bytes`), and comes
-back to the parser whenever the handler declines it.
+A datagram or TCP message that `sip.fastpath.recognise` knows (a REGISTER or plain keepalive
+of the usual shape) goes to `fast_path` first when one is set (the registrar's): it enters the
+transaction layer by its key (`fast_transaction`) and is answered with bytes (`respond_bytes`),
+and goes to the parser whenever the handler declines it.
 Parsed messages pass through the transaction layer; new requests reach the application through
 `on_request`, answers to our own requests resolve the futures returned by `request()`. Bad input
 is answered 400 where the request can still be addressed, otherwise dropped and counted; an
@@ -268,6 +268,18 @@ class SipEndpoint:
         self.tx.send_raw(answer, peer)
         self._flush()
 
+    def fast_received(self, request: FastRequest, peer: Peer) -> None:
+        """A message the TCP stream parser recognised: to `fast_path`, or parsed if it declines."""
+        handler = self.fast_path
+        if handler is not None and handler(request, peer):
+            return
+        try:
+            message = parse_message(request.raw)
+        except ParseError as exc:  # not expected: the recogniser accepts only what parses
+            self._reject(request.raw, exc, peer)
+            return
+        self.message_received(message, peer)
+
     def fast_transaction(self, request: FastRequest, peer: Peer) -> bool:
         """Count a recognised request and enter it in the transaction layer, as
         `message_received` does for a parsed one: True when it is new (answer it with
@@ -474,6 +486,7 @@ class _SipTcpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None and self.transport is not None
+        self.parser.fast = self.endpoint.fast_path is not None
         try:
             items = self.parser.feed(data)
         except ParseError as exc:
@@ -491,6 +504,10 @@ class _SipTcpConnection(asyncio.Protocol):
                 if not self.owned:
                     self._last_message = asyncio.get_running_loop().time()
                 self.endpoint.message_received(item, self.peer)
+            elif isinstance(item, FastRequest):
+                if not self.owned:
+                    self._last_message = asyncio.get_running_loop().time()
+                self.endpoint.fast_received(item, self.peer)
             elif item.pong_due:
                 self.transport.write(b"\r\n")  # pong to a double-CRLF ping (RFC 5626 4.4.1)
 

@@ -27,7 +27,7 @@ from sensing_node.devices.registrar import Registrar
 from sensing_node.devices.registry import Registry
 from sensing_node.runtime.stats import Stats
 from sensing_node.settings import settings_for_tests
-from sensing_node.transport.sip import SipEndpoint
+from sensing_node.transport.sip import SipEndpoint, _SipTcpConnection
 from sip.auth import NonceTracker
 from sip.fastpath import recognise
 from sip.message import parse_message
@@ -66,6 +66,23 @@ class Sent:
         self.datagrams.append((data, addr))
 
 
+class Stream:
+    """A TCP connection's transport: its peer's address, and what is written to it."""
+
+    def __init__(self, peer: tuple[str, int]) -> None:
+        self.peer = peer
+        self.written: list[bytes] = []
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.peer if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.written.append(b"<closed>")
+
+
 class World:
     """One endpoint + registrar + registry, with or without the fast path."""
 
@@ -86,6 +103,7 @@ class World:
         self.endpoint.udp = self.sent  # type: ignore[assignment]
         self.registrar.endpoint = self.endpoint
         self.fast_taken = 0
+        self.streams: dict[tuple[str, int], Stream] = {}
         if fast:
             take = self.registrar.fast_request
 
@@ -110,6 +128,18 @@ class World:
         self.sent.datagrams.clear()
         return out
 
+    def send_tcp(self, segments: list[bytes], addr: tuple[str, int] = SOURCE) -> list[bytes]:
+        """`segments` over the (one, long-lived) TCP connection from `addr`; what came back."""
+        stream = self.streams.get(addr)
+        if stream is None:
+            stream = self.streams[addr] = Stream(addr)
+            # The connection a device opened and registered through (no idle timer to run).
+            _SipTcpConnection(self.endpoint, owned=True).connection_made(stream)  # type: ignore[arg-type]
+        for segment in segments:
+            self.endpoint.connections[("tcp", *addr)].data_received(segment)  # type: ignore[index]
+        out, stream.written = stream.written, []
+        return out
+
     def state(self) -> dict[str, Any]:
         tx = self.endpoint.tx
         return {
@@ -130,6 +160,13 @@ class Pair:
         self.clock = [100.0]
         self.fast = World(tmp / "fast", fast=True, clock=self.clock, **overrides)
         self.full = World(tmp / "full", fast=False, clock=self.clock, **overrides)
+
+    def send_tcp(self, segments: list[bytes], addr: tuple[str, int] = SOURCE) -> list[bytes]:
+        fast = self.fast.send_tcp(segments, addr)
+        full = self.full.send_tcp(segments, addr)
+        assert fast == full
+        assert self.fast.state() == self.full.state()
+        return full
 
     def send(self, data: bytes, addr: tuple[str, int] = SOURCE) -> list[bytes]:
         """Both answer `data` alike (checked); returns the answers."""
@@ -339,6 +376,30 @@ def test_the_exchange_in_other_spellings_takes_the_fast_path_alike(tmp_path, spe
     assert pair.fast.fast_taken == 3
     dev = pair.fast.registry.get(DEVICE)
     assert dev is not None and (dev.user_agent, dev.gb_version) == ("IP Camera", "2016")
+
+
+async def test_over_tcp_the_exchange_takes_the_fast_path_alike(tmp_path):
+    """A coroutine: the keepalive cut in two arms the connection's stall timer on the loop."""
+    pair = Pair(tmp_path)
+    tcp = [(n, v.replace("UDP", "TCP")) for n, v in register_fields()]
+    (challenge,) = pair.send_tcp([build("REGISTER", tcp)])
+    auth = digest(nonce_of(challenge))
+    second = build("REGISTER", [(n, v.replace("UDP", "TCP")) for n, v in register_fields(
+        cseq=2, branch="z9hG4bK1002", authorization=auth)])
+    # The authorized REGISTER and two keepalives in one segment, then one cut in two.
+    kas = [build("MESSAGE", message_fields(branch=f"z9hG4bK20{i}"), keepalive_body(i))
+           for i in range(3)]
+    answers = pair.send_tcp([second + kas[0] + b"\r\n\r\n" + kas[1]])
+    assert [a[:15] for a in answers] == [b"SIP/2.0 200 OK\r"] * 2 + [b"\r\n",
+                                                                    b"SIP/2.0 200 OK\r"]
+    answers = pair.send_tcp([kas[2][:100], kas[2][100:]])
+    assert len(answers) == 1 and answers[0].startswith(b"SIP/2.0 200 OK\r\n")
+    dev = pair.fast.registry.get(DEVICE)
+    assert dev is not None and dev.transport == "tcp" and dev.online
+    assert pair.fast.endpoint.connections[("tcp", *SOURCE)].owned  # type: ignore[index]
+    # The last keepalive came in two segments: the parser framed it, the full path took it.
+    assert pair.fast.fast_taken == 4
+    assert pair.fast.endpoint.tx.server_transaction_count == 0  # Timer J is zero over TCP
 
 
 # ----- the corpus ----------------------------------------------------------------------------
