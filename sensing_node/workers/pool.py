@@ -23,7 +23,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from recorder.index import RecordIndex
 from recorder.recovery import recover
@@ -36,8 +36,21 @@ from ..transport.rtp import PortPool, RtpReceiveConfig
 from .wire import Link, RemoteError
 from .worker import RECEIVER_COUNTERS, RECORDER_COUNTERS
 
-if TYPE_CHECKING:
-    from ..media.stream import LiveStream
+
+class LiveStream(Protocol):
+    """What a receiver's handle needs of the stream it feeds (`media.stream.LiveStream`)."""
+
+    channel_id: str
+    receiver: Any
+    _totals: dict[str, int]
+
+    def end_attempt(self, reason: str, *, bye: bool = True) -> None: ...
+
+    def _remote_loss(self, missing: int) -> None: ...
+
+    def _remote_key(self, codec: str | None, width: int | None, height: int | None) -> None: ...
+
+    def _remote_units(self, units: list[AccessUnit]) -> None: ...
 
 log = logging.getLogger(__name__)
 
