@@ -109,7 +109,7 @@ class StreamParser:
             if self._buf and self._buf[0] in (_CR, _LF):
                 return self._take_ping()
             buf = self._buf
-            if self.fast and self._scan == 0 and buf[:1] in (b"R", b"M"):
+            if self.fast and self._scan == 0 and buf and buf[0] in (0x52, 0x4D):  # R, M
                 fast = recognise(bytes(buf[: self.max_size]))
                 if fast is not None:
                     del buf[: fast.size]
