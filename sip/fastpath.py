@@ -3,10 +3,11 @@
 
 Thousands of cameras refresh their registration (REGISTER, answered 401, then REGISTER with
 digest credentials) and send a keepalive MESSAGE every minute, always in the same shape.
-`recognise` takes one datagram and, for a REGISTER or a plain keepalive MESSAGE of that usual
-shape, returns a `FastRequest`: the few values the registrar reads, the server transaction key,
-and the header lines a response copies. `FastRequest.response` builds the bytes that
-`Response.for_request(...)` with the same added headers would serialise to.
+`recognise` takes one datagram (or what a TCP stream has buffered) and, for a REGISTER or a
+plain keepalive MESSAGE of that usual shape, returns a `FastRequest`: the few values the
+registrar reads, the server transaction key, and the header lines a response copies.
+`FastRequest.response` builds the bytes that `Response.for_request(...)` with the same added
+headers would serialise to.
 
 The recogniser accepts only what the full path (`message.parse_message`, `validate_request`, the
 transaction layer) accepts and reads the same way; everything else returns None and goes through
@@ -52,8 +53,8 @@ _CSEQ = re.compile(rb"([0-9]{1,10}) (REGISTER|MESSAGE)")
 _DIGITS = re.compile(rb"[0-9]{1,10}")
 _KEEPALIVE = b"<CmdType>Keepalive</CmdType>"
 
-# Headers whose presence needs the full path: checks of `validate_request` the recogniser does
-# not repeat (Require, Date), and list headers it does not split.
+# Headers whose presence sends a request the full way: the checks of `validate_request` that the
+# recogniser does not repeat (Require, Date), and Proxy-Require with them.
 _REFUSED = frozenset({"require", "proxy-require", "date"})
 # Headers a response copies (RFC 3261 8.2.6.2), in the order the request has them.
 _COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})
