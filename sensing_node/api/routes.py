@@ -209,6 +209,8 @@ async def stats(request: web.Request) -> web.Response:
     body["channels"] = sum(1 for _ in node.registry.channels())
     body["tcp_connections"] = len(node.endpoint.connections)
     body["recording"] = node.recording.stats()
+    workers = node.media.workers  # media.workers > 1: each worker process's figures
+    body["workers"] = workers.snapshot() if workers is not None else []
     body["tasks"] = node.supervisor.as_dict()  # failures and restarts of long-lived tasks
     body["overload"] = overload = node.media.overload.as_json()  # media/overload.py
     tz = node.settings.node.tz

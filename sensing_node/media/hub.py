@@ -10,7 +10,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rtp.ps import AccessUnit
 from sip.dialog import Dialog
@@ -31,6 +31,7 @@ from ..transport.rtp import (
     RtpReceiveConfig,
 )
 from ..transport.sip import SipEndpoint, TransactionTimeout
+from ..workers.pool import MediaWorkers, RemoteReceiver
 from .addresses import media_bind_host
 from .consumers import Consumer, StreamError, _ApiHold
 from .control import RelayEnded, RelayOpened, RelaySpec
@@ -38,9 +39,6 @@ from .overload import MAIN, LoadMeter, OverloadGuard
 from .playback import PlaybackCommand, PlaybackRelay, PlaybackSpec
 from .relay import RelaySender
 from .stream import History, LiveStream
-
-if TYPE_CHECKING:
-    from ..workers.pool import MediaWorkers
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +120,7 @@ class StreamHub:
         endpoint.on_response = self.on_response
         # Overload (media/overload.py): what this process measures, and who decides.
         self.load_meter = LoadMeter()
+        self._worker_meters: dict[int, LoadMeter] = {}  # with media workers: one for each
         self.overload = OverloadGuard(lambda: self.settings.media.overload,
                                       lambda channel: self.settings.channels.priority_for(channel),
                                       wall=wall)
@@ -168,10 +167,39 @@ class StreamHub:
             for call_id, (_, _, expires) in list(self._acks.items()):
                 if expires <= now:
                     del self._acks[call_id]
-            # Overload: shed whole streams when this process cannot keep up (media/overload.py).
-            load, carried = self.load_meter.sample(now, now - asked - TICK_S, self.streams.values())
-            for channel_id in self.overload.feed(MAIN, now, load, carried):
-                self.streams[channel_id].stop(self.overload.reason(channel_id))
+            # Overload: shed whole streams when a media process cannot keep up
+            # (media/overload.py): this one, or each worker by what it reports.
+            if self.workers is None:
+                load, carried = self.load_meter.sample(now, now - asked - TICK_S,
+                                                       self.streams.values())
+                victims = self.overload.feed(MAIN, now, load, carried)
+            else:
+                victims = self._worker_loads(now)
+            for channel_id in victims:
+                stream = self.streams.get(channel_id)
+                if stream is not None:
+                    stream.stop(self.overload.reason(channel_id))
+
+    def _worker_loads(self, now: float) -> list[str]:
+        """Feed the overload guard each worker's load; the channels to shed."""
+        assert self.workers is not None
+        carried: dict[int, list[LiveStream]] = {w.index: [] for w in self.workers.workers}
+        for stream in self.streams.values():
+            receiver = stream.receiver
+            if isinstance(receiver, RemoteReceiver):
+                carried[receiver.worker.index].append(stream)
+        victims: list[str] = []
+        for worker in self.workers.workers:
+            if not worker.alive or not worker.stats:
+                continue
+            meter = self._worker_meters.get(worker.index)
+            if meter is None:
+                meter = self._worker_meters[worker.index] = LoadMeter(
+                    cpu=lambda w=worker: float(w.stats.get("loop_cpu_s", 0.0)))
+            load, streams = meter.sample(now, float(worker.stats.get("max_lag_s") or 0.0),
+                                         carried[worker.index])
+            victims += self.overload.feed(f"worker {worker.index}", now, load, streams)
+        return victims
 
     # ----- subscribing -----
     def device_for(self, channel_id: str) -> Device:

@@ -389,6 +389,7 @@ class Worker:
             "lag_s": self.lag_s,
             "max_lag_s": max_lag,
             "cpu_s": time.process_time(),
+            "loop_cpu_s": time.thread_time(),  # the loop's thread (stats are answered on it)
             "frames_dropped": self.link.frames_dropped,
         }
 

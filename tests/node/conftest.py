@@ -22,6 +22,8 @@ TOKEN = "test-token"
 #: media worker processes of every node the tests start (`media.workers`; CI runs the media
 #: tests with 1 and with 2)
 WORKERS = int(os.environ.get("SENSING_NODE_TEST_WORKERS", "0") or 0)
+#: the streams are received in the node's own process (relays can cut through)
+IN_PROCESS = WORKERS < 2
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:

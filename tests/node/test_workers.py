@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from recorder.index import RecordIndex
 from rtp.ps import AccessUnit
 from sensing_node.media.consumers import FrameQueue
+from sensing_node.media.overload import Load
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sensing_node.workers.pool import RemoteReceiver
 from sensing_node.workers.wire import CODECS, WireError, decode_frames, encode_frames
@@ -170,3 +171,39 @@ def test_a_frames_body_cut_anywhere_raises_wire_error(sizes: list[int], cut: int
     body = b"".join(encode_frames(1, units))[5:]
     with pytest.raises(WireError):
         decode_frames(body[:-(1 + cut % len(body))])
+
+
+async def test_an_overloaded_worker_sheds_its_newest_stream(start_node: StartNode) -> None:
+    """The overload guard watches each worker by what it reports: a worker told to be losing
+    packets on every stream sheds its newest, and the other worker's stream plays on."""
+    running, cams = await two_cameras(start_node, media__overload="shed-newest")
+    hub = running.node.media
+    hub.overload.sustain_s = 1.0  # the rules unchanged, sooner
+    try:
+        channels = [cam.channel_ids[0] for cam in cams]
+        for channel in channels:
+            response = await running.client.post(f"/api/channels/{channel}/live",
+                                                 headers=running.headers)
+            assert response.status == 200, await response.text()
+        receivers = [hub.streams[c].receiver for c in channels]
+        assert all(isinstance(r, RemoteReceiver) for r in receivers)
+        victim = receivers[1].worker.index  # type: ignore[union-attr]
+        await wait_for(lambda: victim in hub._worker_meters, timeout=5)
+        hub._worker_meters[victim].fed = Load(lag_s=0.0, streams=3, lossy=3, packets=1000,
+                                              lost=300)
+        await wait_for(lambda: hub.overload.shed, timeout=10)
+        hub._worker_meters[victim].fed = Load(lag_s=0.0, streams=0)
+        assert list(hub.overload.shed) == [channels[1]]
+        await wait_for(lambda: channels[1] not in hub.streams)
+        assert hub.streams[channels[0]].state == "playing"
+        health = await running.get("/healthz")
+        assert any(r.startswith(f"media overload in process worker {victim}")
+                   for r in health["reasons"])
+        stats = await running.get("/api/stats")
+        assert [s["channel_id"] for s in stats["overload"]["shed"]] == [channels[1]]
+        assert [w["index"] for w in stats["workers"]] == [0, 1]
+        assert all(w["alive"] and w["pid"] for w in stats["workers"])
+    finally:
+        await stop(running)
+        for cam in cams:
+            await cam.stop(unregister=False)
