@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -461,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level, getattr(args, "log_format", "text"))
+    log_format = getattr(args, "log_format", "text")
+    configure_logging(args.log_level, log_format)
+    os.environ["SENSING_NODE_LOG_FORMAT"] = log_format  # media workers log alike
     problem = check_layout()
     if problem is not None:
         print(problem, file=sys.stderr)

@@ -56,8 +56,12 @@ log = logging.getLogger(__name__)
 
 #: how often each worker's counters are fetched (stream timeouts and rates read them)
 STATS_S = 0.5
-#: a worker's answer to a request longer than this: it is taken for hung
+#: a worker's answer to a request longer than this: the request fails
 REQUEST_TIMEOUT_S = 15.0
+#: the stats request's own limit; a worker that misses HUNG_AFTER of them in a row is taken
+#: for hung and killed (then started again)
+STATS_TIMEOUT_S = 2.0
+HUNG_AFTER = 5
 #: pause before a dead worker is started again, doubled while it keeps dying
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
@@ -168,6 +172,7 @@ class _Worker:
         self._reporting = 0  # streams in that rate
         self._last: tuple[float, int] | None = None
         self.restarts = 0
+        self.missed = 0  # stats requests in a row it did not answer
         self.pid: int | None = None
         self._pending: set[asyncio.Task[Any]] = set()
 
@@ -175,11 +180,13 @@ class _Worker:
         if self.alive and self.link is not None:
             self.link.send(message)
 
-    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def request(
+        self, message: dict[str, Any], timeout: float = REQUEST_TIMEOUT_S
+    ) -> dict[str, Any]:
         if not self.alive or self.link is None:
             raise ConnectionError(f"media worker {self.index} is not running")
         try:
-            return await self.link.request(message, timeout=REQUEST_TIMEOUT_S)
+            return await self.link.request(message, timeout=timeout)
         except RemoteError as exc:
             raise OSError(f"media worker {self.index}: {exc}") from None
 
@@ -266,7 +273,7 @@ class MediaWorkers:
         env = dict(os.environ)
         root = logging.getLogger()
         env["SENSING_NODE_LOG_LEVEL"] = logging.getLevelName(root.level)
-        env.setdefault("SENSING_NODE_LOG_FORMAT", getattr(root, "sensing_node_format", "text"))
+        env.setdefault("SENSING_NODE_LOG_FORMAT", "text")
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "sensing_node.workers.worker",
@@ -464,12 +471,21 @@ class MediaWorkers:
             await asyncio.sleep(STATS_S)
             alive = [w for w in self.workers if w.alive]
             answers = await asyncio.gather(
-                *(w.request({"op": "stats"}) for w in alive), return_exceptions=True,
+                *(w.request({"op": "stats"}, STATS_TIMEOUT_S) for w in alive),
+                return_exceptions=True,
             )
             now = loop.time()
             for worker, answer in zip(alive, answers, strict=True):
                 if isinstance(answer, BaseException):
+                    worker.missed += 1
+                    if worker.missed == HUNG_AFTER and worker.process is not None \
+                            and worker.alive:
+                        # Its loop does not answer: killed, and started again by its watch.
+                        log.error("media worker %d has not answered for %.0f s; killed",
+                                  worker.index, HUNG_AFTER * STATS_TIMEOUT_S)
+                        worker.process.kill()
                     continue
+                worker.missed = 0
                 worker.stats = answer
                 worker._reporting = len(answer.get("streams", {}))
                 packets = 0

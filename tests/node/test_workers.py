@@ -207,3 +207,23 @@ async def test_an_overloaded_worker_sheds_its_newest_stream(start_node: StartNod
         await stop(running)
         for cam in cams:
             await cam.stop(unregister=False)
+
+
+async def test_a_worker_that_stops_answering_is_killed_and_started_again(
+    start_node: StartNode, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sensing_node.workers.pool.STATS_TIMEOUT_S", 0.3)
+    monkeypatch.setattr("sensing_node.workers.pool.HUNG_AFTER", 2)
+    running = await start_node(media__workers=2)
+    try:
+        workers = running.node.media.workers
+        assert workers is not None
+        worker = workers.workers[0]
+        old_pid = worker.pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGSTOP)  # alive, but its loop never answers
+        await wait_for(lambda: worker.alive and worker.pid not in (None, old_pid), timeout=15)
+        assert worker.restarts == 1 and workers.workers[1].restarts == 0
+        assert (await worker.request({"op": "stats"}))["streams"] == {}
+    finally:
+        await stop(running)
