@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RCVBUF = 1 << 20
 _MAX_PAYLOAD = 0xFFFF  # no RTP payload is longer (a UDP datagram, an RFC 4571 frame)
+_PACK_HEADER = b"\x00\x00\x01\xba"
 EARLY_PACKETS = 64  # packets held from before the answer, at most...
 EARLY_BYTES = 128 * 1024  # ...and at most this many bytes of them
 _PLAIN = struct.Struct("!BHII")  # after the first byte: M/PT, sequence, timestamp, SSRC
@@ -597,8 +598,21 @@ class MediaIngest:
     next timestamp. The payloads are kept as views (the receivers hand out views of immutable
     `bytes`), joined once per frame and demuxed in one call by `rtp.psframe.PsFrameDemuxer`,
     which walks a camera's one-pack-per-frame PS by its length fields and falls back to the
-    full `PsDemuxer` for anything else (taken up again at the next keyframe that carries its
-    PSM): parsing per frame rather than per packet is most of what keeps the receive path cheap.
+    full `PsDemuxer` for anything else: parsing per frame rather than per packet is most of
+    what keeps the receive path cheap.
+
+    Taking the fast path up again. A stream that fell back is handed to a new demuxer at the
+    next keyframe that carries its PSM. After lost packets (`restart`) it is sooner: the new
+    demuxer is given the program stream map the stream had, so the first whole frame after
+    the hole (the first that starts with a pack header) takes the fast path even without a
+    PSM, and if what follows the hole (the rest of a damaged frame) made it fall back, the
+    next frame that starts with a pack header gets a demuxer of its own. That is one try per
+    hole; a stream that does not fit the fast path at all (FFmpeg's packs) waits for a
+    keyframe as before. The units are those the keyframe rule gives (the frames after the
+    hole are demuxed by `PsDemuxer`'s rules either way), except that they come one frame
+    sooner, audio units are labelled from the map instead of "unknown", and `offset` counts
+    from the new demuxer's first frame. `fast_frames` and `slow_frames` count the frames
+    each path took over all demuxers of the stream.
 
     Units go to `on_units` (a list per frame), else to `on_unit` one by one, else they are
     collected in `units`.
@@ -635,6 +649,8 @@ class MediaIngest:
         self._ts = -1
         self.frames = 0
         self.fast_path_resumed = 0
+        self._after_hole = False  # restart() gave the demuxer a map: resume at a whole frame
+        self._fast_before = self._slow_before = 0  # frames of the demuxers replaced
 
     def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
         parts = self._parts
@@ -680,17 +696,46 @@ class MediaIngest:
         self.frames += 1
         data = b"".join(parts)
         demuxer = self.demuxer
-        if demuxer.fallen_back and opens_keyframe(data):
+        if demuxer.fallen_back:
             # Something did not fit the fast path (a lost packet, a start without a PSM):
-            # a keyframe with its PSM is a clean place to take it up again.
-            units = demuxer.flush()
-            if units:
-                self._deliver(units)
-            self.demuxer = demuxer = PsFrameDemuxer(self.max_buffered)
-            self.fast_path_resumed += 1
+            # a keyframe with its PSM is a clean place to take it up again, and after a hole
+            # any frame that starts with a pack header, given the map the stream had.
+            if opens_keyframe(data):
+                demuxer = self._resume(None)
+            elif self._after_hole and data.startswith(_PACK_HEADER):
+                demuxer = self._resume(demuxer.stream_types)
         units = demuxer.feed_frame(data)
+        if self._after_hole and not demuxer.fallen_back:
+            self._after_hole = False  # back on the fast path: the keyframe rule again
         if units:
             self._deliver(units)
+
+    def _resume(self, stream_types: dict[int, int] | None) -> PsFrameDemuxer:
+        """Hand out what the fallen-back demuxer holds and put a new one in its place."""
+        old = self.demuxer
+        units = old.flush()
+        if units:
+            self._deliver(units)
+        self._replace(PsFrameDemuxer(self.max_buffered, stream_types))
+        self.fast_path_resumed += 1
+        self._after_hole = False  # one try per hole; then the keyframe rule
+        return self.demuxer
+
+    def _replace(self, demuxer: PsFrameDemuxer) -> None:
+        old = self.demuxer
+        self._fast_before += old.fast_frames
+        self._slow_before += old.slow_frames
+        self.demuxer = demuxer
+
+    @property
+    def fast_frames(self) -> int:
+        """Frames demuxed on the fast path, over all the stream's demuxers."""
+        return self._fast_before + self.demuxer.fast_frames
+
+    @property
+    def slow_frames(self) -> int:
+        """Frames demuxed by the full `PsDemuxer` (fallen back), over all demuxers."""
+        return self._slow_before + self.demuxer.slow_frames
 
     def flush(self) -> None:
         """End of stream: the frame in progress, then what the demuxer still holds."""
@@ -701,9 +746,12 @@ class MediaIngest:
 
     def restart(self) -> None:
         """After lost packets: hand out what was complete, then demux afresh from the next
-        structure (what follows a hole is the middle of something)."""
+        structure (what follows a hole is the middle of something), with the program stream
+        map the stream had, so that a frame without a PSM can take the fast path."""
         self.flush()
-        self.demuxer = PsFrameDemuxer(self.max_buffered)
+        types = self.demuxer.stream_types
+        self._replace(PsFrameDemuxer(self.max_buffered, types))
+        self._after_hole = bool(types)
         self._ts = -1
 
     def _one_by_one(self, units: list[AccessUnit]) -> None:
