@@ -49,13 +49,16 @@ from .index import RecordIndex, SegmentRow
 
 __all__ = [
     "NODE_NOT_RUNNING",
+    "Closing",
     "NOT_STARTED",
     "PART_SUFFIX",
     "SEGMENT_SUFFIX",
     "SegmentWriter",
     "check_channel_id",
     "fsync_dir",
+    "index_segment",
     "local_tz",
+    "make_durable",
     "parse_segment_name",
     "segment_name",
     "syncfs",
@@ -171,6 +174,56 @@ def fsync_dir(path: Path) -> None:
 _Unit = tuple[int, float, int | None, bool]
 
 
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """A segment written whole and closed for writing: what its finisher needs to make it
+    durable (:func:`make_durable`) and index it (:func:`index_segment`)."""
+
+    fd: int  # open for writing; make_durable closes it
+    part: Path
+    channel_id: str
+    path: str  # relative to the root, as indexed
+    start_wall: float
+    end_wall: float
+    start_pts: int | None
+    end_pts: int | None
+    bytes: int
+    frames: int
+    codec: str
+    sha256: str
+
+
+def make_durable(closing: Closing) -> Path:
+    """fsync the segment's file, close it, rename it from ``.part`` and fsync its directory;
+    returns the final path. The descriptor is closed whatever happens; OSError on failure (the
+    ``.part`` is then left for ``recorder.recovery``)."""
+    final = closing.part.with_name(closing.part.name.removesuffix(".part"))
+    try:
+        os.fsync(closing.fd)
+    finally:
+        os.close(closing.fd)
+    os.rename(closing.part, final)
+    fsync_dir(final.parent)
+    return final
+
+
+def index_segment(index: RecordIndex, closing: Closing, prev_sha256: str | None) -> SegmentRow:
+    """Index a durable segment, chained to ``prev_sha256``."""
+    return index.add_segment(
+        channel_id=closing.channel_id,
+        path=closing.path,
+        start_wall=closing.start_wall,
+        end_wall=closing.end_wall,
+        start_pts=closing.start_pts,
+        end_pts=closing.end_pts,
+        bytes=closing.bytes,
+        frames=closing.frames,
+        codec=closing.codec,
+        sha256=closing.sha256,
+        prev_sha256=prev_sha256,
+    )
+
+
 @dataclass(slots=True)
 class _Open:
     """The segment being written."""
@@ -199,6 +252,9 @@ class SegmentWriter:
         this many seconds (wall clock) since it started.
     :param tz: local time zone for directory and file names.
     :param buffer_bytes: write batch size.
+    :param finisher: given, a closed segment is handed to it (:class:`Closing`) instead of being
+        made durable and indexed here: the caller does both, in order, and keeps the chain
+        (``index.chain_head`` to begin with); ``write()`` and the others then return no rows.
 
     ``write()``, ``gap()``, ``lost()``, ``sync()`` and ``close()`` return the segment rows they
     indexed. Counters: ``units``, ``bytes``, ``dropped_units`` (not written: before a keyframe),
@@ -216,6 +272,7 @@ class SegmentWriter:
         tz: tzinfo | None = None,
         buffer_bytes: int = BUFFER_BYTES,
         log_errors: bool = True,
+        finisher: Callable[[Closing], None] | None = None,
     ) -> None:
         if segment_s < 1:
             raise ValueError(f"segment_s must be at least 1 second, not {segment_s}")
@@ -226,6 +283,7 @@ class SegmentWriter:
         self.tz = tz if tz is not None else local_tz()
         self.buffer_bytes = buffer_bytes
         self.log_errors = log_errors
+        self.finisher = finisher
         self.units = 0
         self.bytes = 0
         self.dropped_units = 0
@@ -547,33 +605,23 @@ class SegmentWriter:
             os.close(seg.fd)
             seg.part.unlink()  # nothing was written: not a recording
             return []
-        final = seg.part.with_name(seg.part.name.removesuffix(".part"))
+        closing = Closing(
+            seg.fd, seg.part, self.channel_id, seg.rel, seg.start_wall,
+            max(end_wall, seg.start_wall), seg.start_pts, seg.end_pts, seg.written, seg.frames,
+            seg.codec, seg.sha.hexdigest(),
+        )
+        if self.finisher is not None:
+            self.finisher(closing)
+            self._extend(closing.end_wall)
+            self.segments_closed += 1
+            return []
         try:
-            os.fsync(seg.fd)
-            os.close(seg.fd)
-            seg.fd = -1
-            os.rename(seg.part, final)
-            fsync_dir(final.parent)
+            make_durable(closing)
         except OSError as exc:
             self._error(f"cannot make {seg.part} durable; left for recovery", exc)
-            if seg.fd >= 0:
-                os.close(seg.fd)
             return []
-        sha = seg.sha.hexdigest()
-        row = self.index.add_segment(
-            channel_id=self.channel_id,
-            path=seg.rel,
-            start_wall=seg.start_wall,
-            end_wall=max(end_wall, seg.start_wall),
-            start_pts=seg.start_pts,
-            end_pts=seg.end_pts,
-            bytes=seg.written,
-            frames=seg.frames,
-            codec=seg.codec,
-            sha256=sha,
-            prev_sha256=self._prev_sha,
-        )
-        self._prev_sha = sha
+        row = index_segment(self.index, closing, self._prev_sha)
+        self._prev_sha = row.sha256
         self._extend(row.end_wall)
         self.segments_closed += 1
         return [row]

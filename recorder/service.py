@@ -2,9 +2,10 @@
 
 The caller (an asyncio loop receiving RTP) calls :meth:`Recorder.submit` per access unit; that
 only puts a tuple on a ``queue.SimpleQueue`` (no lock: one thread submits). The thread owns
-every :class:`SegmentWriter`, so file writes, hashing, the fsync of each segment at its close
-and SQLite inserts all happen there; only the periodic syncs of open segments run on a thread of
-their own (see Durability). Errors are counted, logged
+every :class:`SegmentWriter`, so file writes, hashing and SQLite inserts all happen there; what
+waits for the disk (the periodic syncs of open segments, and the fsyncs and rename of each
+segment that closes) runs on a second thread, ``recorder-sync`` (see Durability), whenever
+``fsync_s`` is set. Errors are counted, logged
 (throttled) and never end the thread. The queue is bounded by ``max_queue`` units and by
 ``max_queue_bytes`` bytes of PS: past either, units are dropped and the channel resumes at its
 next keyframe, with a gap recorded.
@@ -20,10 +21,12 @@ passes, which the fdatasyncs never did). A power cut therefore loses at most ``f
 of each open segment plus the time of one pass of syncs (a pass that finds the last one still
 running waits for it, so on a disk that cannot keep up the loss grows with its backlog), plus the
 units still in the queue. A segment that has
-closed is never lost: its close fsyncs the file, renames it and fsyncs its directory before it is
-indexed, on the writer thread.
+closed is never lost: the sync thread fsyncs the file, renames it and fsyncs its directory, and
+only then hands it back to the writer thread, which indexes it chained to its channel's last
+hash (a segment that cannot be made durable is left as ``.part`` for recovery, and the chain
+goes on from the last segment indexed).
 
-The thread is the index's only writer: segments, gaps, recovery and the retention sweep's
+The writer thread is the index's only writer: segments, gaps, recovery and the retention sweep's
 deletions (:meth:`Recorder.sweep` reads on its caller's thread and hands each batch of
 deletions to the writer) all commit through its connection.
 """
@@ -158,13 +161,20 @@ class Recorder:
         self._writers: dict[str, SegmentWriter] = {}
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._enqueue = self._queue.put  # (submit's, bound once)
-        # Sync passes for the sync thread: the files that grew (SegmentWriter.written_out);
-        # None stops it. _sync_idle is set while no pass is pending or running.
-        self._sync_requests: queue.SimpleQueue[list[tuple[int, Path, Path | None]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._sync_idle = threading.Event()
-        self._sync_idle.set()
+        # Work for the sync thread, in order: sync passes (the files that grew, from
+        # SegmentWriter.written_out) and closed segments to make durable; None stops it. The
+        # durable segments come back to the writer thread through _durable, to be indexed
+        # there. _pass_idle is set while no pass is pending or running; _sync_pending counts
+        # the requests not yet done (under _sync_done, which drain() waits on).
+        self._sync_requests: queue.SimpleQueue[
+            list[tuple[int, Path, Path | None]] | segments.Closing | None
+        ] = queue.SimpleQueue()
+        self._pass_idle = threading.Event()
+        self._pass_idle.set()
+        self._sync_done = threading.Condition()
+        self._sync_pending = 0
+        self._durable: queue.SimpleQueue[segments.Closing] = queue.SimpleQueue()
+        self._chain: dict[str, str | None] = {}  # each channel's last hash (writer thread)
         self._syncer: threading.Thread | None = None
         if self.fsync_s is not None:
             self._syncer = threading.Thread(target=self._sync_loop, name="recorder-sync",
@@ -263,7 +273,7 @@ class Recorder:
         kept in the index. Not to be called on the writer thread (``on_segment``).
         """
         check_retention_days(retention_days, allow_short)
-        if threading.current_thread() is self._thread:
+        if threading.current_thread() in (self._thread, self._syncer):
             raise RuntimeError("Recorder.sweep would wait for its own thread")
         if self._closed:  # before any file goes: its deletion could not be indexed any more
             raise RecorderClosed("the recorder is closed")
@@ -374,9 +384,10 @@ class Recorder:
                 self._handle(("close_channel", channel_id, stopped_at))
             except Exception as exc:
                 self._failed(("close_channel", channel_id), exc)
-        if self._syncer is not None:  # a pass still running finishes first
+        if self._syncer is not None:  # what it was given is done first, then indexed here
             self._sync_requests.put(None)
             self._syncer.join()
+            self._index_durable()
 
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
@@ -401,10 +412,15 @@ class Recorder:
                 self.segments_closed += 1
                 self._announce(row)
             return
+        if kind == "durable":
+            self._index_durable()
+            return
         if kind in ("barrier", "flush"):
             try:
-                if kind == "barrier":  # drain(): the sync pass already begun is done too
-                    self._sync_idle.wait()
+                if kind == "barrier":  # drain(): what the sync thread was given is done too
+                    with self._sync_done:
+                        self._sync_done.wait_for(lambda: self._sync_pending == 0)
+                    self._index_durable()
                 else:
                     for writer in list(self._writers.values()):
                         self._apply(writer, writer.flush)
@@ -450,6 +466,8 @@ class Recorder:
                 tz=self.tz,
                 buffer_bytes=self.buffer_bytes,
                 log_errors=False,  # logged here, throttled
+                # closed segments are made durable and indexed on the sync thread, if any
+                finisher=self._to_sync_thread if self._syncer is not None else None,
             )
             self._writers[channel_id] = writer
         return writer
@@ -458,7 +476,7 @@ class Recorder:
         """The sync pass: write out every open segment's buffer, then have the sync thread make
         the segments that grew since the last pass durable. False (nothing done) while the last
         pass is still running."""
-        if not self._sync_idle.is_set():
+        if not self._pass_idle.is_set():
             return False
         files: list[tuple[int, Path, Path | None]] = []
         dup = not self.sync_whole_fs
@@ -468,15 +486,31 @@ class Recorder:
             except Exception as exc:
                 self._failed(("sync", writer.channel_id), exc)
         if files:
-            self._sync_idle.clear()
-            self._sync_requests.put(files)
+            self._pass_idle.clear()
+            self._to_sync_thread(files)
         return True
 
+    def _to_sync_thread(self, item: list[tuple[int, Path, Path | None]] | segments.Closing) -> None:
+        with self._sync_done:
+            self._sync_pending += 1
+        self._sync_requests.put(item)
+
     def _sync_loop(self) -> None:
-        """The sync thread: one pass per request, each sync call on the disk's time, not the
-        writer's."""
+        """The sync thread: sync passes and segment closes in the order the writer made them,
+        each sync call on the disk's time, not the writer's."""
         root_fd = -1
-        while (files := self._sync_requests.get()) is not None:
+        while (item := self._sync_requests.get()) is not None:
+            if isinstance(item, segments.Closing):
+                try:
+                    segments.make_durable(item)
+                except Exception as exc:  # (the thread must outlive any one error)
+                    self._sync_failed(f"channel {item.channel_id}: cannot make {item.part} "
+                                      "durable; left for recovery", exc)
+                else:
+                    self._durable.put(item)
+                    self._queue.put(("durable", None))  # wakes the writer to index it
+                self._sync_request_done()
+                continue
             began = self.monotonic()
             try:
                 if self.sync_whole_fs:  # at once, whatever the number of files
@@ -486,15 +520,43 @@ class Recorder:
                     segments.syncfs(root_fd)
                     self.syncs += 1
                 else:
-                    self._sync_files(files)
+                    self._sync_files(item)
             except Exception as exc:  # the thread must outlive any one error
                 self._sync_failed("syncfs of the recordings", exc)
             finally:
                 self.sync_passes += 1
                 self.sync_s += self.monotonic() - began
-                self._sync_idle.set()
+                self._pass_idle.set()
+                self._sync_request_done()
         if root_fd >= 0:
             os.close(root_fd)
+
+    def _sync_request_done(self) -> None:
+        with self._sync_done:
+            self._sync_pending -= 1
+            if not self._sync_pending:
+                self._sync_done.notify_all()
+
+    def _index_durable(self) -> None:
+        """Index the segments the sync thread made durable, in the order they closed, each
+        chained to its channel's last hash, and announce them (the writer thread stays the
+        index's one writer)."""
+        while True:
+            try:
+                closing = self._durable.get_nowait()
+            except queue.Empty:
+                return
+            channel_id = closing.channel_id
+            try:
+                prev = (self._chain[channel_id] if channel_id in self._chain
+                        else self.index.chain_head(channel_id))
+                row = segments.index_segment(self.index, closing, prev)
+            except Exception as exc:  # the file is durable: recovery indexes it at next start
+                self._failed(("index", channel_id), exc)
+                continue
+            self._chain[channel_id] = row.sha256
+            self.segments_closed += 1
+            self._announce(row)
 
     def _sync_files(self, files: list[tuple[int, Path, Path | None]]) -> None:
         """fdatasync each file (and its directory the first time), closing its duplicate."""

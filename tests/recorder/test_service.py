@@ -119,7 +119,12 @@ def test_errors_are_counted_and_the_thread_keeps_going(root, caplog):
             recorder.submit(CHANNEL, unit, wall)
         assert recorder.drain(WAIT)
         assert recorder.write_errors == 61  # 60 refused units and one failed hook
-        assert "cannot be used as a directory name" in (recorder.last_error or "")
+        # the latest of the two (the hook runs on the sync thread, after its segment's close)
+        assert recorder.last_error in (
+            "on_segment for channel 34020000001320000001: RuntimeError('hook failed')",
+            "unit for channel ../escape: ValueError(\"channel id '../escape' cannot be used as "
+            "a directory name\")",
+        )
         assert recorder.segments_closed == 1
     assert len([r for r in caplog.records if r.name == "recorder.service"]) == 1  # throttled
     assert not (root.parent / "escape").exists()
@@ -564,3 +569,73 @@ def test_a_sweep_needs_an_open_recorder_and_a_thread_of_its_own(root):
     with RecordIndex(root / "index.sqlite3", read_only=True) as reader:
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             reader.add_gap(CHANNEL, T0, T0 + 1, "a write through a reader")
+
+
+def test_a_closing_segment_is_made_durable_on_the_sync_thread_while_the_writer_goes_on(
+        root, monkeypatch):
+    gate = threading.Event()
+    fsyncs: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:  # (the writer fsyncs the directories it creates)
+        on = threading.current_thread().name
+        if on == "recorder-sync" and "recorder-sync" not in fsyncs:
+            assert gate.wait(WAIT)
+        fsyncs.append(on)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    indexed_on: list[str] = []
+    real_add = RecordIndex.add_segment
+
+    def add_segment(self, **kwargs):
+        indexed_on.append(threading.current_thread().name)
+        return real_add(self, **kwargs)
+
+    monkeypatch.setattr(RecordIndex, "add_segment", add_segment)
+    items = list(timed(units(NAME)))
+    clock = FakeClock(0.0)  # no sync pass comes due
+    with Recorder(root, segment_s=2, tz=TZ, monotonic=clock) as recorder:
+        for unit, wall in items[:60]:  # the keyframe at 50 closes the first segment
+            recorder.submit(CHANNEL, unit, wall)
+        assert recorder.flush(WAIT)  # while the first segment's fsync waits
+        first, second = sorted(root.glob(f"{CHANNEL}/*/*.ps.part"))
+        assert second.read_bytes() == b"".join(u.ps_bytes for u, _ in items[50:60])
+        assert recorder.segments_closed == 0 and "recorder-sync" not in fsyncs
+        gate.set()
+        assert recorder.drain(WAIT)
+        assert recorder.segments_closed == 1 and not first.exists()
+    assert recorder.segments_closed == 2 and recorder.write_errors == 0
+    # file and directory of each segment on the sync thread; the index on the writer's
+    assert fsyncs.count("recorder-sync") == 4 and set(indexed_on) == {"recorder-writer"}
+    with RecordIndex(root / "index.sqlite3") as index:
+        rows = index.segments(CHANNEL)
+        assert [r.prev_sha256 for r in rows] == [None, rows[0].sha256]
+        assert b"".join((root / r.path).read_bytes() for r in rows) == b"".join(
+            u.ps_bytes for u, _ in items[:60])
+        assert verify(root, index).ok
+
+
+def test_a_segment_that_cannot_be_made_durable_is_left_for_recovery_and_the_chain_skips_it(
+        root, monkeypatch):
+    real_fsync = os.fsync
+    failed: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if not failed and threading.current_thread().name == "recorder-sync":
+            failed.append(fd)
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    items = list(timed(units(NAME)))
+    with Recorder(root, segment_s=2, tz=TZ, monotonic=FakeClock(0.0)) as recorder:
+        for unit, wall in items[:60]:
+            recorder.submit(CHANNEL, unit, wall)
+    assert recorder.write_errors == 1 and recorder.segments_closed == 1
+    assert "left for recovery" in (recorder.last_error or "")
+    (left,) = root.glob(f"{CHANNEL}/*/*.ps.part")
+    assert left.read_bytes() == b"".join(u.ps_bytes for u, _ in items[:50])
+    with RecordIndex(root / "index.sqlite3") as index:
+        (row,) = index.segments(CHANNEL)
+        assert row.prev_sha256 is None  # chained to what is indexed, not to the file left
