@@ -41,14 +41,13 @@ own (so that others' unfinished edits stay out). ``--profile`` adds a cProfile s
 of the whole chain on the 4 Mbit/s stream (own time per function, per video frame); the
 profiler's own overhead inflates every figure, so read it for proportions.
 
-Loss. ``lossy`` is the whole chain with one packet in LOSS_EVERY left out. After each hole
-`MediaIngest.restart` starts a new demuxer; the rest of the damaged frame sends it to the
-internal `PsDemuxer`, and `MediaIngest` takes the fast path up again only at a keyframe that
-carries its PSM (up to a GOP later). ``lossy, resumed`` is the same with the change this
-measures for `sensing_node`: after a hole, the demuxer knows the stream's program stream map
-(`PsFrameDemuxer(stream_types=...)`), so the fast path is taken up again at the next frame
-that starts with a pack header (`_ResumingIngest`). Where the tree has no such parameter
-(the base), that row is left out.
+Loss. ``lossy`` is the whole chain with one packet in LOSS_EVERY left out, through the tree's
+own `MediaIngest`: after each hole `MediaIngest.restart` starts a new demuxer and the rest of
+the damaged frame sends it to the internal `PsDemuxer`; since 6bef05f the new demuxer knows the
+stream's program stream map and the fast path is taken up again at the next frame that starts
+with a pack header, where before it waited for a keyframe that carries its PSM (up to a GOP
+later). Under each table: the holes, how often the fast path was taken up again, and the
+frames the full demuxer took (where the tree counts them).
 """
 
 from __future__ import annotations
@@ -81,8 +80,8 @@ STREAMS = (
     ("1080p 8 Mbit/s", 1920, 1080, 8_000_000),
 )
 BEGIN, END = "<!-- frames:begin -->", "<!-- frames:end -->"
-LOSS_EVERY = 1000  # one packet in this many is left out in the lossy chains
-LOSSY = ("lossy", "lossy, resumed")
+LOSS_EVERY = 1000  # one packet in this many is left out in the lossy chain
+LOSSY = ("lossy",)
 
 
 # ----- the streams (parent process) ------------------------------------------------------------
@@ -147,6 +146,8 @@ class _NoDemux:
     """Stands in for the demuxer in the ``assembly`` step."""
 
     fallen_back = False
+    stream_types: dict[int, int] = {}
+    fast_frames = slow_frames = 0
 
     def feed_frame(self, frame: object) -> list[object]:
         return []
@@ -192,8 +193,7 @@ def build_chain(step: str, loop: Any) -> tuple[Any, Any]:
         stream.consumer_errors = 0
         stream.channel_id = CHANNEL
         hub.streams[CHANNEL] = stream
-        kind = _resuming_ingest(MediaIngest) if step == "lossy, resumed" else MediaIngest
-        ingest = kind(on_units=stream._units if level >= 4 else _drop)
+        ingest = MediaIngest(on_units=stream._units if level >= 4 else _drop)
         if level <= 2:
             ingest.demuxer = _NoDemux()
         stream.ingest = ingest
@@ -214,48 +214,6 @@ def build_chain(step: str, loop: Any) -> tuple[Any, Any]:
     receiver._loop = loop
     receiver.expect(SOURCE[0], SSRC)
     return receiver, intake
-
-
-def _resuming_ingest(base: Any) -> Any:
-    """`MediaIngest` as it would be if, after a hole, it took the fast path up again at the
-    next frame that starts with a pack header, with the program stream map the stream had."""
-    from rtp.psframe import PsFrameDemuxer
-
-    class _ResumingIngest(base):  # type: ignore[misc, valid-type]
-        _after_hole = False
-
-        def restart(self) -> None:
-            types = self.demuxer.stream_types
-            super().restart()
-            self.demuxer = PsFrameDemuxer(self.max_buffered, types)
-            self._after_hole = bool(types)
-
-        def end_frame(self) -> None:
-            demuxer = self.demuxer
-            if not (self._after_hole and demuxer.fallen_back and self._parts
-                    and self._parts[0][:4] == b"\x00\x00\x01\xba"):
-                super().end_frame()
-                if not self.demuxer.fallen_back:
-                    self._after_hole = False
-                return
-            # the first whole frame after the hole: a new demuxer with the map, as restart()
-            self._after_hole = False
-            units = demuxer.flush()
-            if units:
-                self._deliver(units)
-            self.demuxer = PsFrameDemuxer(self.max_buffered, demuxer.stream_types)
-            self.fast_path_resumed += 1
-            super().end_frame()
-
-    return _ResumingIngest
-
-
-def supports_resume() -> bool:
-    import inspect
-
-    from rtp.psframe import PsFrameDemuxer
-
-    return "stream_types" in inspect.signature(PsFrameDemuxer).parameters
 
 
 class _Namespace:
@@ -362,14 +320,16 @@ def measure(streams_file: Path, repeats: int) -> dict[str, dict[str, int]]:
             spent = demux_alone(packets)
             best["demuxer alone"] = min(best.get("demuxer alone", spent), spent)
             lossy = [p for k, p in enumerate(packets) if k % LOSS_EVERY != LOSS_EVERY // 2]
-            for step in LOSSY if supports_resume() else LOSSY[:1]:
+            for step in LOSSY:
                 receiver, intake = build_chain(step, loop)
                 gc.collect()
                 spent = feed(receiver, intake, lossy)
                 check(receiver, intake, name, step)
                 best[step] = min(best.get(step, spent), spent)
                 best[step + ": holes"] = receiver.lost
-                best[step + ": fast path resumed"] = receiver.sink.ingest.fast_path_resumed
+                ingest = receiver.sink.ingest
+                best[step + ": fast path resumed"] = ingest.fast_path_resumed
+                best[step + ": slow frames"] = getattr(ingest, "slow_frames", -1)
         out[name] = best
     return out
 
@@ -464,6 +424,14 @@ def report(results: dict[str, list[dict[str, dict[str, int]]]],
                 row += (f" {spread([ns / info['packets'] / 1000 for ns in spent])} |"
                         f" {spread([ns / info['frames'] / 1000 for ns in spent])} |")
             lines.append(row)
+        lossy = []
+        for tree, label in labels.items():
+            counts = results[tree][0][name]
+            slow = counts.get("lossy: slow frames", -1)
+            lossy.append(f"{label}: {counts['lossy: holes']} hole(s), fast path taken up again "
+                         f"{counts['lossy: fast path resumed']} time(s)"
+                         + (f", {slow} frame(s) on the full demuxer" if slow >= 0 else ""))
+        lines += ["", "Lossy chain: " + "; ".join(lossy) + "."]
         lines.append("")
     return "\n".join(lines)
 
