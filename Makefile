@@ -24,8 +24,14 @@ run: $(VENV)/.installed
 	@echo "Console: http://127.0.0.1:8080/ (sign in with the demo token, demo-token)"
 	$(BIN)/sensing-node run -c $(CONFIG)
 
+# The media tests run a second time with the streams in two media worker processes
+# (media.workers: 2; tests/node/test_workers.py starts its own).
+MEDIA_TESTS := tests/node/test_live.py tests/node/test_recording.py tests/node/test_cascade.py \
+               tests/node/test_webrtc.py tests/node/test_trust.py tests/node/test_field_devices.py
+
 test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest -q
+	SENSING_NODE_TEST_WORKERS=2 $(BIN)/python -m pytest -q $(MEDIA_TESTS)
 
 # The figures a reviewer needs, about 4 minutes: registrations, keepalives, idle and memory (one
 # round), and the whole node at 300 streams with and without recording, 1 and 2 media workers.

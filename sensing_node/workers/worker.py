@@ -438,9 +438,11 @@ def main(argv: list[str]) -> int:
         runner: Any = asyncio.run
     else:
         runner = uvloop.run
-    # Ctrl-C in the node's terminal reaches the whole process group: the node's process
-    # stops the workers in order (streams closed, segments made durable), not the signal.
+    # Ctrl-C in the node's terminal, or a service manager's SIGTERM to the whole group,
+    # reaches the workers too: the node's process stops them in order (streams closed,
+    # segments made durable). Should it die instead, the link's end stops the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ctl = socket.socket(fileno=ctl_fd)
     fds = socket.socket(fileno=fds_fd)
     runner(Worker(ctl, fds).run())

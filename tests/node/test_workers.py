@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import struct
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,7 @@ from sensing_node.workers.pool import RemoteReceiver
 from sensing_node.workers.wire import CODECS, WireError, decode_frames, encode_frames
 
 from .conftest import PASSWORD, RunningNode, StartNode, stop, wait_for
+from .test_cli import ROOT, write_config
 
 CAMERAS = ("31011200001320000001", "31011200001320000002")
 
@@ -227,3 +233,54 @@ async def test_a_worker_that_stops_answering_is_killed_and_started_again(
         assert (await worker.request({"op": "stats"}))["streams"] == {}
     finally:
         await stop(running)
+
+
+def test_sigterm_to_the_whole_group_stops_the_workers_in_order(tmp_path: Path) -> None:
+    """`sensing-node run` with two workers recording; a service manager's SIGTERM reaches
+    every process of the group: the node's process stops the workers in order, so every
+    segment is closed and indexed and no worker is left behind."""
+    config, _, http_port = write_config(
+        tmp_path, "simulator:\n  cameras: 2\nmedia:\n  workers: 2\n"
+        "recording:\n  channels: all\n  segment_s: 60\n", password="12345678")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sensing_node", "run", "-c", str(config)], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        recording: dict[str, Any] = {}
+        while time.monotonic() < deadline and recording.get("units", 0) < 100:
+            time.sleep(0.3)
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{http_port}/api/stats",
+                    headers={"Authorization": "Bearer secret"})
+                stats = json.loads(urllib.request.urlopen(request, timeout=2).read())
+            except OSError:
+                continue
+            recording = stats["recording"]
+            workers = stats["workers"]
+        assert recording.get("units", 0) >= 100, recording
+        pids = [w["pid"] for w in workers]
+        assert len(pids) == 2 and all(pids)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
+    root = tmp_path / "data" / "recordings"
+    assert not list(root.rglob("*.part"))
+    index = RecordIndex(root / "index.sqlite3")
+    try:
+        channels = {p.name for p in root.iterdir() if p.is_dir()}
+        assert len(channels) == 2
+        rows = [row for channel in channels for row in index.segments(channel)]
+    finally:
+        index.close()
+    assert len(rows) == 2 and not any(row.recovered for row in rows)
+    for row in rows:
+        assert hashlib.sha256((root / row.path).read_bytes()).hexdigest() == row.sha256
