@@ -202,12 +202,13 @@ class Node:
             self.settings, count, host=media.media_bind_host, receive=media.receive_config,
             recording_root=self.recording.root,
         )
+        workers.keep = self.recording.planned
+        workers.stamp = self.clock.stamp
         try:
             await workers.start(self.supervisor)
         except (OSError, TimeoutError) as exc:
             await workers.close()
             raise StartupError(f"cannot start the media workers: {exc}") from exc
-        workers.keep = self.recording.planned
         media.workers = self.recording.workers = workers
         log.info("media in %d worker processes", count)
 

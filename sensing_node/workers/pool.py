@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -224,6 +225,8 @@ class MediaWorkers:
         self._stopping = False
         self._supervisor = Supervisor()
         self._watchers: list[asyncio.Task[None]] = []
+        #: the node's recording clock (`NodeClock.stamp`), which the workers keep to
+        self.stamp: Callable[[], float] = time.time
         #: whether a channel stays with its worker when it has no stream (its recording is
         #: planned: the worker's recorder holds its segment state)
         self.keep: Callable[[str], bool] = lambda channel_id: False
@@ -299,7 +302,7 @@ class MediaWorkers:
             recording = {"root": str(self.recording_root), "segment_s": rec.segment_s,
                          "fsync_s": rec.fsync_s, "tz": self.settings.node.timezone_name}
         answer = await worker.request({
-            "op": "hello", "index": worker.index, "host": self.host,
+            "op": "hello", "clock": self._clock(), "index": worker.index, "host": self.host,
             "receive": {"reorder_window": config.reorder_window,
                         "max_delay_s": config.max_delay_s, "rcvbuf": config.rcvbuf,
                         "connect_attempts": config.connect_attempts,
@@ -383,6 +386,10 @@ class MediaWorkers:
             log.warning("media worker %d: %d segment(s) it left open recovered", worker.index,
                         count)
 
+    def _clock(self) -> dict[str, float]:
+        """The recording clock for a worker: its value now and the shared monotonic time."""
+        return {"stamp": self.stamp(), "mono": time.monotonic()}
+
     # ----- streams -----
     def worker_for(self, channel_id: str) -> _Worker:
         """The channel's worker: the one it has while that lives, else the least loaded."""
@@ -435,8 +442,9 @@ class MediaWorkers:
         worker.streams[sid] = receiver
         try:
             await worker.request({
-                "op": "open", "sid": sid, "token": sid, "channel": stream.channel_id,
-                "transport": transport, "peers": None if peers is None else list(peers),
+                "op": "open", "clock": self._clock(), "sid": sid, "token": sid,
+                "channel": stream.channel_id, "transport": transport,
+                "peers": None if peers is None else list(peers),
             })
         except BaseException:
             receiver.ended = True
@@ -471,7 +479,8 @@ class MediaWorkers:
             await asyncio.sleep(STATS_S)
             alive = [w for w in self.workers if w.alive]
             answers = await asyncio.gather(
-                *(w.request({"op": "stats"}, STATS_TIMEOUT_S) for w in alive),
+                *(w.request({"op": "stats", "clock": self._clock()}, STATS_TIMEOUT_S)
+                  for w in alive),
                 return_exceptions=True,
             )
             now = loop.time()

@@ -98,7 +98,7 @@ class WorkerStream:
         self.gop, self._gop_bytes = [], 0
         worker = self.worker
         if self.record and worker.recorder is not None:
-            worker.recorder.lost(self.channel_id, time.time(), f"{missing} RTP packet(s) lost")
+            worker.recorder.lost(self.channel_id, worker.wall(), f"{missing} RTP packet(s) lost")
         worker.link.send({"ev": "loss", "sid": self.sid, "missing": missing})
 
     def _units(self, units: list[AccessUnit]) -> None:
@@ -118,7 +118,7 @@ class WorkerStream:
         if self.record:
             recorder = self.worker.recorder
             if recorder is not None:
-                wall = self._late_wall or time.time()
+                wall = self._late_wall or self.worker.wall()
                 channel_id = self.channel_id
                 for unit in units:
                     recorder.submit(channel_id, unit, wall)
@@ -163,7 +163,7 @@ class WorkerStream:
         final: dict[str, Any] = {}
         if receiver is not None:
             if receiver.last_packet_at is not None:
-                self._late_wall = time.time() - (loop.time() - receiver.last_packet_at)
+                self._late_wall = self.worker.wall() - (loop.time() - receiver.last_packet_at)
             try:
                 receiver.close()  # hands over what the reorder buffer held
                 self.ingest.flush()
@@ -190,6 +190,9 @@ class Worker:
         self._sockets: dict[int, socket.socket] = {}
         self._socket_waiters: dict[int, asyncio.Future[socket.socket]] = {}
         self._stopped: asyncio.Future[None] | None = None
+        # The node's recording clock (`NodeClock.stamp`): its value at a time of the shared
+        # monotonic clock, as the node's process last sent it; counted on from there.
+        self._anchor = (time.time(), time.monotonic())
         self._watches: set[asyncio.Task[None]] = set()
         self.link: Link
 
@@ -211,6 +214,18 @@ class Worker:
                 watch.cancel()
             self._shutdown()
             self.link.close()
+
+    def wall(self) -> float:
+        """The node's recording time now: never earlier than one given before."""
+        stamp, mono = self._anchor
+        return stamp + (time.monotonic() - mono)
+
+    def _set_clock(self, clock: dict[str, float] | None) -> None:
+        if clock is None:
+            return
+        stamp, mono = float(clock["stamp"]), float(clock["mono"])
+        if stamp + (time.monotonic() - mono) >= self.wall():  # never back
+            self._anchor = (stamp, mono)
 
     def _no_frames(self, stream: int, units: list[AccessUnit]) -> None:
         raise ValueError("a worker takes no frames")
@@ -264,6 +279,7 @@ class Worker:
     # ----- requests and events from the node's process -----
     def _control(self, message: dict[str, Any]) -> Any:
         op = message.get("op")
+        self._set_clock(message.get("clock"))
         if op == "open":
             return self._open(message)
         if op == "connect":
