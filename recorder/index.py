@@ -250,6 +250,27 @@ class RecordIndex:
         assert row_id is not None
         return SegmentRow(row_id, *values[:11], recovered)
 
+    def add_segments(self, segments: Sequence[dict[str, Any]]) -> list[SegmentRow]:
+        """Index durable segment files in one transaction (one commit, so one WAL fsync for
+        all of them), in order; each item holds :meth:`add_segment`'s arguments. Nothing is
+        indexed if one fails."""
+        out: list[SegmentRow] = []
+        with self._transaction() as db:
+            for kw in segments:
+                values = (
+                    kw["channel_id"], kw["path"], kw["start_wall"], kw["end_wall"],
+                    kw["start_pts"], kw["end_pts"], kw["bytes"], kw["frames"], kw["codec"],
+                    kw["sha256"], kw["prev_sha256"], int(kw.get("recovered", False)),
+                )
+                cursor = db.execute(
+                    f"INSERT INTO segments ({_SEGMENT_COLUMNS.removeprefix('id, ')})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    values,
+                )
+                assert cursor.lastrowid is not None
+                out.append(SegmentRow(cursor.lastrowid, *values[:11], bool(values[11])))
+        return out
+
     def add_gap(self, channel_id: str, start_wall: float, end_wall: float, reason: str) -> GapRow:
         """Record that ``channel_id`` was not recorded from ``start_wall`` to ``end_wall``."""
         with self._transaction() as db:

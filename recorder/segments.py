@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
+from typing import Any
 
 from rtp.ps import AccessUnit
 
@@ -60,6 +61,7 @@ __all__ = [
     "local_tz",
     "make_durable",
     "parse_segment_name",
+    "segment_fields",
     "segment_name",
     "syncfs",
 ]
@@ -207,21 +209,27 @@ def make_durable(closing: Closing) -> Path:
     return final
 
 
+def segment_fields(closing: Closing, prev_sha256: str | None) -> dict[str, Any]:
+    """``RecordIndex.add_segment``'s arguments for a durable segment chained to
+    ``prev_sha256``."""
+    return {
+        "channel_id": closing.channel_id,
+        "path": closing.path,
+        "start_wall": closing.start_wall,
+        "end_wall": closing.end_wall,
+        "start_pts": closing.start_pts,
+        "end_pts": closing.end_pts,
+        "bytes": closing.bytes,
+        "frames": closing.frames,
+        "codec": closing.codec,
+        "sha256": closing.sha256,
+        "prev_sha256": prev_sha256,
+    }
+
+
 def index_segment(index: RecordIndex, closing: Closing, prev_sha256: str | None) -> SegmentRow:
     """Index a durable segment, chained to ``prev_sha256``."""
-    return index.add_segment(
-        channel_id=closing.channel_id,
-        path=closing.path,
-        start_wall=closing.start_wall,
-        end_wall=closing.end_wall,
-        start_pts=closing.start_pts,
-        end_pts=closing.end_pts,
-        bytes=closing.bytes,
-        frames=closing.frames,
-        codec=closing.codec,
-        sha256=closing.sha256,
-        prev_sha256=prev_sha256,
-    )
+    return index.add_segment(**segment_fields(closing, prev_sha256))
 
 
 @dataclass(slots=True)

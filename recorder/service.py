@@ -20,11 +20,12 @@ system, and in ``bench/writer.py`` at 400 streams it held up the writer's own wr
 passes, which the fdatasyncs never did). A power cut therefore loses at most ``fsync_s`` seconds
 of each open segment plus the time of one pass of syncs (a pass that finds the last one still
 running waits for it, so on a disk that cannot keep up the loss grows with its backlog), plus the
-units still in the queue. A segment that has
-closed is never lost: the sync thread fsyncs the file, renames it and fsyncs its directory, and
+units still in the queue. A segment that has closed is never lost: the sync thread fsyncs the
+file, renames it and fsyncs its directory, and
 only then hands it back to the writer thread, which indexes it chained to its channel's last
-hash (a segment that cannot be made durable is left as ``.part`` for recovery, and the chain
-goes on from the last segment indexed).
+hash, with the others made durable meanwhile in one transaction (a segment that cannot be made
+durable is left as ``.part`` for recovery, and the chain goes on from the last segment
+indexed).
 
 The writer thread is the index's only writer: segments, gaps, recovery and the retention sweep's
 deletions (:meth:`Recorder.sweep` reads on its caller's thread and hands each batch of
@@ -538,23 +539,33 @@ class Recorder:
                 self._sync_done.notify_all()
 
     def _index_durable(self) -> None:
-        """Index the segments the sync thread made durable, in the order they closed, each
-        chained to its channel's last hash, and announce them (the writer thread stays the
-        index's one writer)."""
+        """Index the segments the sync thread has made durable so far, in the order they
+        closed, each chained to its channel's last hash, in one transaction (one commit for
+        all), and announce them: the writer thread stays the index's one writer."""
+        closings: list[segments.Closing] = []
         while True:
             try:
-                closing = self._durable.get_nowait()
+                closings.append(self._durable.get_nowait())
             except queue.Empty:
-                return
-            channel_id = closing.channel_id
-            try:
-                prev = (self._chain[channel_id] if channel_id in self._chain
-                        else self.index.chain_head(channel_id))
-                row = segments.index_segment(self.index, closing, prev)
-            except Exception as exc:  # the file is durable: recovery indexes it at next start
-                self._failed(("index", channel_id), exc)
-                continue
-            self._chain[channel_id] = row.sha256
+                break
+        if not closings:
+            return
+        chain: dict[str, str | None] = {}
+        fields = []
+        try:
+            for closing in closings:
+                channel_id = closing.channel_id
+                if channel_id not in chain:
+                    chain[channel_id] = (self._chain[channel_id] if channel_id in self._chain
+                                         else self.index.chain_head(channel_id))
+                fields.append(segments.segment_fields(closing, chain[channel_id]))
+                chain[channel_id] = closing.sha256
+            rows = self.index.add_segments(fields)
+        except Exception as exc:  # the files are durable: recovery indexes them at next start
+            self._failed(("index", ", ".join(sorted(chain))), exc)
+            return
+        self._chain.update(chain)
+        for row in rows:
             self.segments_closed += 1
             self._announce(row)
 

@@ -127,3 +127,27 @@ def test_search_in_a_long_history_finds_exactly_the_overlapping_segments(
     across = index.segments(channel, 13 * day - 30.0, 13 * day + 90.0)
     assert [r.start_wall for r in across] == [long_start, 13 * day, 13 * day + 60.0]
     assert index.segments(channel, 20 * day, 21 * day) == []
+
+
+def _fields(channel: str, start: float, prev: str | None) -> dict[str, object]:
+    return {"channel_id": channel, "path": f"{channel}/d/{start}.ps", "start_wall": start,
+            "end_wall": start + 60, "start_pts": 0, "end_pts": 90000 * 59, "bytes": 1000,
+            "frames": 1500, "codec": "h264", "sha256": f"{start:064.0f}", "prev_sha256": prev}
+
+
+def test_segments_added_together_are_the_rows_added_one_by_one(index, tmp_path):
+    items = [_fields("a", 0, None), _fields("b", 0, None), _fields("a", 60, f"{0:064.0f}")]
+    rows = index.add_segments(items)
+    with RecordIndex(tmp_path / "one_by_one.sqlite3") as other:
+        expected = [other.add_segment(**kw) for kw in items]  # type: ignore[arg-type]
+    assert rows == expected
+    assert index.segments() == sorted(rows, key=lambda r: (r.start_wall, r.id))
+    assert index.chain_head("a") == f"{60:064.0f}"
+
+
+def test_segments_added_together_are_all_or_nothing(index):
+    add(index, "a", 0, 60)
+    with pytest.raises(sqlite3.IntegrityError):  # the second path is taken
+        index.add_segments([_fields("b", 0, None), _fields("a", 0, None)])
+    assert [r.channel_id for r in index.segments()] == ["a"]
+    assert index.add_segments([]) == []

@@ -473,7 +473,7 @@ def _old_segments(root: Path, channels: int, per_channel: int) -> list[SegmentRo
 def test_a_sweep_during_heavy_indexing_leaves_every_write_to_the_writer_thread(root, monkeypatch):
     old = _old_segments(root, channels=20, per_channel=100)
     writes: list[tuple[str, str]] = []  # (what, on which thread), in commit order
-    for name in ("add_segment", "add_gap", "record_deletions"):
+    for name in ("add_segment", "add_segments", "add_gap", "record_deletions"):
         real = getattr(RecordIndex, name)
 
         def spy(self, *args, _real=real, _name=name, **kwargs):
@@ -530,7 +530,7 @@ def test_a_sweep_during_heavy_indexing_leaves_every_write_to_the_writer_thread(r
     assert {thread for _, thread in writes} == {"recorder-writer"}
     kinds = [what for what, _ in writes]
     first = kinds.index("record_deletions")
-    assert "add_segment" in kinds[:first] and "add_segment" in kinds[first:]
+    assert "add_segments" in kinds[:first] and "add_segments" in kinds[first:]
     assert kinds.count("record_deletions") == len(old) // 50
     with RecordIndex(root / "index.sqlite3") as index:
         assert sorted(r.id for r in index.segments()) == sorted(r.id for r in announced)
@@ -586,13 +586,13 @@ def test_a_closing_segment_is_made_durable_on_the_sync_thread_while_the_writer_g
 
     monkeypatch.setattr(os, "fsync", fsync)
     indexed_on: list[str] = []
-    real_add = RecordIndex.add_segment
+    real_add = RecordIndex.add_segments
 
-    def add_segment(self, **kwargs):
+    def add_segments(self, items):
         indexed_on.append(threading.current_thread().name)
-        return real_add(self, **kwargs)
+        return real_add(self, items)
 
-    monkeypatch.setattr(RecordIndex, "add_segment", add_segment)
+    monkeypatch.setattr(RecordIndex, "add_segments", add_segments)
     items = list(timed(units(NAME)))
     clock = FakeClock(0.0)  # no sync pass comes due
     with Recorder(root, segment_s=2, tz=TZ, monotonic=clock) as recorder:
@@ -639,3 +639,40 @@ def test_a_segment_that_cannot_be_made_durable_is_left_for_recovery_and_the_chai
     with RecordIndex(root / "index.sqlite3") as index:
         (row,) = index.segments(CHANNEL)
         assert row.prev_sha256 is None  # chained to what is indexed, not to the file left
+
+
+def test_segments_made_durable_meanwhile_are_indexed_in_one_transaction(root, monkeypatch):
+    gate = threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread().name == "recorder-sync":
+            assert gate.wait(WAIT)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    batches: list[list[str]] = []
+    real_add = RecordIndex.add_segments
+
+    def add_segments(self, items):
+        batches.append([kw["channel_id"] for kw in items])
+        return real_add(self, items)
+
+    monkeypatch.setattr(RecordIndex, "add_segments", add_segments)
+    channels = [f"3402000000131{c:07d}" for c in range(3)]
+    items = list(timed(units(NAME)))
+    with Recorder(root, segment_s=2, tz=TZ, monotonic=FakeClock(0.0)) as recorder:
+        for unit, wall in items[:60]:  # each channel's first segment closes at frame 50
+            for channel in channels:
+                recorder.submit(channel, unit, wall)
+        done = threading.Event()
+        assert recorder._put(("barrier", done))  # drain(), queued before any close is durable
+        gate.set()
+        assert done.wait(WAIT)
+        assert batches == [channels] and recorder.segments_closed == 3
+    assert batches[1:] == [channels]  # and the last three, closed together at the end
+    with RecordIndex(root / "index.sqlite3") as index:
+        for channel in channels:
+            first, second = index.chain(channel)
+            assert (first.prev_sha256, second.prev_sha256) == (None, first.sha256)
+        assert verify(root, index).ok
