@@ -609,10 +609,11 @@ class MediaIngest:
     next frame that starts with a pack header gets a demuxer of its own. That is one try per
     hole; a stream that does not fit the fast path at all (FFmpeg's packs) waits for a
     keyframe as before. The units are those the keyframe rule gives (the frames after the
-    hole are demuxed by `PsDemuxer`'s rules either way), except that they come one frame
-    sooner, audio units are labelled from the map instead of "unknown", and `offset` counts
-    from the new demuxer's first frame. `fast_frames` and `slow_frames` count the frames
-    each path took over all demuxers of the stream.
+    hole are demuxed by `PsDemuxer`'s rules either way), except that they come out no later
+    (a frame sooner where the fast path takes them), a unit `PsDemuxer` would label "unknown"
+    for want of the map is labelled from it, and `offset` counts from the new demuxer's first
+    frame. `fast_frames` and `slow_frames` count the frames each path took over all the
+    stream's demuxers.
 
     Units go to `on_units` (a list per frame), else to `on_unit` one by one, else they are
     collected in `units`.
