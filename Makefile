@@ -31,7 +31,7 @@ MEDIA_TESTS := tests/node/test_live.py tests/node/test_recording.py tests/node/t
 
 test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest -q
-	SENSING_NODE_TEST_WORKERS=2 $(BIN)/python -m pytest -q $(MEDIA_TESTS)
+	SENSING_NODE_TEST_WORKERS=2 $(BIN)/python -m pytest -q -o timeout_method=thread $(MEDIA_TESTS)
 
 # The figures a reviewer needs, about 4 minutes: registrations, keepalives, idle and memory (one
 # round), and the whole node at 300 streams with and without recording, 1 and 2 media workers.
