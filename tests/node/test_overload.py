@@ -337,7 +337,8 @@ CAMERAS = [f"3101120000132000000{n}" for n in (1, 2, 3)]
 
 
 async def test_node_sheds_the_newest_stream_and_says_so(start_node: StartNode) -> None:
-    running = await start_node(**{"media.overload": "shed-newest"})
+    # The guard of the node's own process (each worker's: tests/node/test_workers.py).
+    running = await start_node(**{"media.overload": "shed-newest", "media.workers": 1})
     hub = running.node.media
     hub.overload.sustain_s = 1.0  # the rules unchanged, sooner
     cameras = []
