@@ -472,7 +472,9 @@ async def test_audit_log_tampering_is_reported_by_verify_audit(recording, tmp_pa
 
 async def test_an_interrupted_stream_is_recorded_as_a_gap(recording, monkeypatch) -> None:
     # The node's clock runs three days behind: every time below is the node's own.
-    running, cam = await recording(wall=Wall(offset=-3 * DAY), **{"media.timeout_s": 1})
+    # (the recorder of this process is watched: one media process)
+    running, cam = await recording(wall=Wall(offset=-3 * DAY),
+                                   **{"media.timeout_s": 1, "media.workers": 1})
     running.node.media.backoff_min_s = 0.2
     await segments_of(running, 1)
     service = running.node.recording
@@ -580,7 +582,8 @@ async def test_a_channel_is_recorded_only_inside_its_schedule(recording) -> None
     assert service.wanted() == {CHANNEL}
     service.reconcile()
     consumer = service.recordings[CHANNEL]
-    await wait_for(lambda: consumer.units > 0, timeout=15)  # frames reach the recorder
+    # frames reach the recorder (of this process or of a media worker)
+    await wait_for(lambda: service.stats()["units"] > 0, timeout=15)
     assert consumer in media.streams[CHANNEL].consumers
 
     wall.frozen = at(13, 0)
@@ -595,7 +598,8 @@ async def test_the_retention_sweep_leaves_every_index_write_to_the_writer_thread
     recording, monkeypatch
 ) -> None:
     wall = Wall(offset=-40 * DAY)  # what is recorded first is forty days old later on
-    running, _ = await recording(wall=wall)
+    # (the threads of this process's recorder are watched: one media process)
+    running, _ = await recording(wall=wall, **{"media.workers": 1})
     old = await segments_of(running, 2)
     service = running.node.recording
     threads: list[str] = []
