@@ -800,7 +800,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", default="100,200,300,400,500", help="stream counts N")
     parser.add_argument("--transport", default="udp,tcp")
-    parser.add_argument("--recording", default="off,on", help="off, on or both")
+    parser.add_argument("--recording", default="off,on", help="off, on or off,on")
     parser.add_argument("--workers", default="1,2", help="media.workers values")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--window", "--duration", dest="window", type=float, default=20.0,
