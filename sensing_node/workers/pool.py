@@ -77,8 +77,6 @@ class RemoteReceiver:
     in the worker too).
     """
 
-    remote = True
-
     def __init__(
         self, worker: _Worker, sid: int, stream: LiveStream, port: int, pool: PortPool
     ) -> None:
