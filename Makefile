@@ -25,15 +25,14 @@ run: $(VENV)/.installed
 	$(BIN)/sensing-node run -c $(CONFIG)
 
 # The media tests run a second time with the streams in two media worker processes
-# (media.workers: 2; tests/node/test_workers.py starts its own).
+# (media.workers: 2; tests/node/test_workers.py starts its own), bounded in all.
 MEDIA_TESTS := tests/node/test_live.py tests/node/test_recording.py tests/node/test_cascade.py \
                tests/node/test_webrtc.py tests/node/test_trust.py tests/node/test_clock.py \
                tests/node/test_metrics.py
 
 test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest -q
-	SENSING_NODE_TEST_WORKERS=2 timeout 1200 $(BIN)/python -m pytest -q -o timeout_method=thread \
-	    $(MEDIA_TESTS)
+	SENSING_NODE_TEST_WORKERS=2 timeout 1200 $(BIN)/python -m pytest -q $(MEDIA_TESTS)
 
 # The figures a reviewer needs, about 4 minutes: registrations, keepalives, idle and memory (one
 # round), and the whole node at 300 streams with and without recording, 1 and 2 media workers.
