@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -159,7 +160,9 @@ class RemoteReceiver:
 class _Worker:
     def __init__(self, index: int) -> None:
         self.index = index
-        self.process: asyncio.subprocess.Process | None = None
+        #: a plain `subprocess.Popen`: an event loop's child watcher would keep the loop from
+        #: closing should it miss the exit; the worker's end is seen by its link closing
+        self.process: subprocess.Popen[bytes] | None = None
         self.link: Link | None = None
         self.fds: socket.socket | None = None
         self.alive = False
@@ -255,14 +258,8 @@ class MediaWorkers:
         except (OSError, TimeoutError) as exc:
             log.warning("media worker %d did not stop in order: %s", worker.index, exc)
         worker.alive = False
-        process = worker.process
-        if process is not None:
-            try:
-                async with asyncio.timeout(10):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        if worker.process is not None:
+            await _reap(worker.process, 10.0)
         if worker.link is not None:
             worker.link.close("node stopping")
         if worker.fds is not None:
@@ -276,9 +273,9 @@ class MediaWorkers:
         env["SENSING_NODE_LOG_LEVEL"] = logging.getLevelName(root.level)
         env.setdefault("SENSING_NODE_LOG_FORMAT", "text")
         try:
-            worker.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sensing_node.workers.worker",
-                str(ctl_child.fileno()), str(fds_child.fileno()),
+            worker.process = subprocess.Popen(
+                [sys.executable, "-m", "sensing_node.workers.worker",
+                 str(ctl_child.fileno()), str(fds_child.fileno())],
                 pass_fds=(ctl_child.fileno(), fds_child.fileno()), env=env,
             )
         finally:
@@ -316,16 +313,13 @@ class MediaWorkers:
         pause = RESTART_MIN_S
         while True:
             assert worker.process is not None and worker.link is not None
-            process_ended = asyncio.ensure_future(worker.process.wait())
-            await asyncio.wait([process_ended, worker.link.closed],
-                               return_when=asyncio.FIRST_COMPLETED)
+            # A worker that exits (or is killed) closes its end of the link.
+            reason = await asyncio.shield(worker.link.closed)
             if self._stopping:
                 return
-            reason = (f"exit status {process_ended.result()}" if process_ended.done()
-                      else worker.link.closed.result())
-            if not process_ended.done():
-                worker.process.kill()
-            process_ended.cancel()
+            status = await _reap(worker.process, 2.0)
+            if status is not None:
+                reason = f"exit status {status}"
             await self._died(worker, reason)
             await asyncio.sleep(pause)
             pause = min(pause * 2, RESTART_MAX_S)
@@ -527,6 +521,16 @@ class MediaWorkers:
             "cpu_s": w.stats.get("cpu_s"), "restarts": w.restarts,
             "frames_dropped": w.stats.get("frames_dropped", 0),
         } for w in self.workers]
+
+
+async def _reap(process: subprocess.Popen[bytes], wait_s: float) -> int | None:
+    """Wait up to `wait_s` for a worker to exit (off the loop), then kill it; its status."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(None, process.wait, wait_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return await loop.run_in_executor(None, process.wait)
 
 
 class RoutedRecorder:
