@@ -175,6 +175,7 @@ class _Worker:
         self._last: tuple[float, int] | None = None
         self.restarts = 0
         self.missed = 0  # stats requests in a row it did not answer
+        self.ready = False  # it answered its hello (a worker still starting is not polled)
         self.pid: int | None = None
         self._pending: set[asyncio.Task[Any]] = set()
 
@@ -290,6 +291,7 @@ class MediaWorkers:
             name=f"media worker {worker.index}",
         )
         worker.alive = True
+        worker.ready = False
         config = self.receive
         recording = None
         if self.recording_root is not None:
@@ -306,6 +308,8 @@ class MediaWorkers:
             "recording": recording,
         })
         worker.pid = answer.get("pid")
+        worker.missed = 0
+        worker.ready = True
         log.info("media worker %d running (pid %s)", worker.index, worker.pid)
 
     async def _watch(self, worker: _Worker) -> None:
@@ -469,7 +473,7 @@ class MediaWorkers:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(STATS_S)
-            alive = [w for w in self.workers if w.alive]
+            alive = [w for w in self.workers if w.alive and w.ready]
             answers = await asyncio.gather(
                 *(w.request({"op": "stats", "clock": self._clock()}, STATS_TIMEOUT_S)
                   for w in alive),
