@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/demo.yaml
 
-.PHONY: run test bench bench-full bench-node bench-ingest bench-record bench-export \
+.PHONY: run test test-workers bench bench-full bench-node bench-ingest bench-record bench-export \
         bench-retention bench-compare bench-relay bench-playback bench-console chromium lint clean
 
 $(BIN)/python:
@@ -24,7 +24,7 @@ run: $(VENV)/.installed
 	@echo "Console: http://127.0.0.1:8080/ (sign in with the demo token, demo-token)"
 	$(BIN)/sensing-node run -c $(CONFIG)
 
-# The media tests run a second time with the streams in two media worker processes
+# `make test-workers` runs the media tests a second time with the streams in two media worker processes
 # (media.workers: 2; tests/node/test_workers.py starts its own), bounded in all.
 MEDIA_TESTS := tests/node/test_live.py tests/node/test_recording.py tests/node/test_cascade.py \
                tests/node/test_webrtc.py tests/node/test_trust.py tests/node/test_clock.py \
@@ -32,6 +32,10 @@ MEDIA_TESTS := tests/node/test_live.py tests/node/test_recording.py tests/node/t
 
 test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest -q
+
+# Not yet part of `make test`: with two workers a run of these can stop for good after a
+# failing test (the event loop's close never returns); see docs/benchmarks.md, Whole node.
+test-workers: $(VENV)/.installed-test
 	SENSING_NODE_TEST_WORKERS=2 timeout 1200 $(BIN)/python -m pytest -q $(MEDIA_TESTS)
 
 # The figures a reviewer needs, about 4 minutes: registrations, keepalives, idle and memory (one
