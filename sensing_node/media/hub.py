@@ -30,6 +30,7 @@ from ..transport.rtp import (
     PortPool,
     RtpReceiveConfig,
 )
+from ..transport.single_port import SinglePortMux
 from ..transport.sip import SipEndpoint, TransactionTimeout
 from ..workers.pool import MediaWorkers, RemoteReceiver
 from .addresses import media_bind_host
@@ -117,6 +118,9 @@ class StreamHub:
         #: the media worker processes that receive the streams (`media.workers` > 1); None:
         #: this process does
         self.workers: MediaWorkers | None = None
+        #: the node's one media port (`media.single_port`), bound in start(); None: a port
+        #: of node.rtp_ports per stream
+        self.single_port: SinglePortMux | None = None
         endpoint.on_response = self.on_response
         # Overload (media/overload.py): what this process measures, and who decides.
         self.load_meter = LoadMeter()
@@ -130,6 +134,14 @@ class StreamHub:
         """Run the ticker (media timeouts, rates) under `supervisor`, restarted if it fails."""
         self._supervisor = supervisor or Supervisor()
         self._tick_task = self._supervisor.spawn("stream ticker", self._ticker)
+        port = self.settings.media.single_port
+        if port is not None and self.single_port is None:
+            # Bound here, so that a port someone else holds stops the node at start rather
+            # than failing every stream later.
+            self.single_port = SinglePortMux.bind(self.media_bind_host, port,
+                                                  self.receive_config.rcvbuf)
+            log.info("single media port %s:%d (UDP and TCP), streams told apart by SSRC",
+                     self.media_bind_host, port)
 
     async def close(self) -> None:
         own = list(self.device_playbacks.values())
@@ -146,6 +158,9 @@ class StreamHub:
             await asyncio.wait(list(self._background), timeout=1.0)
         if self.workers is not None:
             await self.workers.close(self.wall())
+        if self.single_port is not None:
+            self.single_port.close()
+            self.single_port = None
         if self._tick_task is not None:
             self._tick_task.cancel()
             await asyncio.gather(self._tick_task, return_exceptions=True)
@@ -638,6 +653,11 @@ class StreamHub:
     # ----- API -----
     def snapshot(self) -> list[dict[str, Any]]:
         return [stream.as_json() for stream in self.streams.values()]
+
+    def single_port_stats(self) -> dict[str, int] | None:
+        """The single media port's node-wide counters (datagrams of an SSRC no stream has,
+        TCP connections refused); None without single-port mode."""
+        return self.single_port.stats() if self.single_port is not None else None
 
 
 class _HubRelay(RelaySender):

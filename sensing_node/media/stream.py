@@ -24,6 +24,7 @@ from ..transport.rtp import (
     TcpRtpReceiver,
     UdpRtpReceiver,
 )
+from ..transport.single_port import SharedTcpReceiver, SharedUdpReceiver
 from ..workers.pool import RemoteReceiver
 from .consumers import Consumer, StreamError
 
@@ -502,9 +503,30 @@ class LiveStream:
     async def _open_receiver(self, device: Device) -> int:
         """Bind the attempt's port on node.media_ip. Until the answer, a UDP receiver only
         holds what comes in, and a tcp-passive port takes connections only from the device's
-        signalling address (its SDP address is added once the answer names it)."""
+        signalling address (its SDP address is added once the answer names it).
+
+        In single-port mode (`media.single_port`) no port is bound: the receiver joins the
+        node's one port under the SSRC of the offer, and the offer names that port."""
         hub = self.hub
         host = hub.media_bind_host
+        mux = hub.single_port
+        if mux is not None:
+            assert self.ssrc_value is not None
+            try:
+                await mux.ready()
+                if self.transport == "udp":
+                    self.receiver = await SharedUdpReceiver.attach(
+                        mux, self.ssrc_value, self, hub.receive_config)
+                    return mux.port
+                shared = SharedTcpReceiver(self, hub.receive_config)
+                port = shared.attach(mux, self.ssrc_value, (device.host_port[0],)
+                                     if self.transport == "tcp-passive" else ())
+                self.receiver = shared
+                return port
+            except ValueError as exc:  # a device answered another stream with our SSRC
+                raise StreamError(503, str(exc)) from None
+            except OSError as exc:
+                raise StreamError(503, f"the single media port is not open: {exc}") from None
         try:
             if hub.workers is not None:
                 peers: tuple[str, ...] | None = None
@@ -559,6 +581,8 @@ class LiveStream:
             self.ssrc, self.ssrc_value = answer.ssrc, answer.ssrc_int
         else:
             self.ssrc_value = None  # learnt from the first packet
+        # A receiver on the single port is moved to the answered SSRC by its expect(); one
+        # another stream has there makes the answer unusable (ValueError).
         receiver = self.receiver
         hosts = {device.host_port[0], address}
         if isinstance(receiver, UdpRtpReceiver):

@@ -61,6 +61,8 @@ from .media import (
     ChannelsSettings,
     MediaSettings,
     SimulatorSettings,
+    build_media,
+    check_single_port,
 )
 from .node import NODE_KEYS, NodeSettings, _build_node, system_timezone
 from .recording import RECORDING_KEYS, RecordingSettings, Schedule, _build_recording
@@ -111,7 +113,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("node", NODE_KEYS, _build_node),
     Section("devices", DEVICES_KEYS, _build_devices),
     Section("simulator", SIMULATOR_KEYS, lambda _, parsed: SimulatorSettings(**parsed.values)),
-    Section("media", MEDIA_KEYS, lambda _, parsed: MediaSettings(**parsed.values)),
+    Section("media", MEDIA_KEYS, build_media),
     Section("channels", CHANNELS_KEYS, lambda _, parsed: ChannelsSettings(**parsed.values)),
     Section("recording", RECORDING_KEYS, _build_recording),
     Section("upstreams", UPSTREAM_KEYS, build_upstreams, many=True),
@@ -202,6 +204,7 @@ def _read_document(reader: _Reader, root: yaml.Node | None) -> Settings | None:
         return None
     settings = Settings(source=reader.filename, **built)
     _check_shares(reader, settings, given.get("channels", (None, None))[0])
+    check_single_port(reader, settings.media, settings.node, given.get("media", (None, None))[1])
     return settings
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from sip.catalog import ChannelShare, SharePolicy
 
+from .node import NodeSettings
 from .schema import (
     Key,
     _bounded,
@@ -26,6 +27,8 @@ from .schema import (
     _is,
     _items,
     _number,
+    _Parsed,
+    _Reader,
 )
 
 
@@ -63,6 +66,9 @@ class MediaSettings:
     workers: int = 1
     #: one of OVERLOAD_POLICIES: which whole streams go when a media process cannot keep up
     overload: str = "shed-lowest-priority"
+    #: one UDP and TCP port for every stream, demultiplexed by SSRC
+    #: (`transport/single_port.py`); None: a port of node.rtp_ports per stream
+    single_port: int | None = None
 
     @property
     def worker_count(self) -> int:
@@ -130,6 +136,44 @@ def _workers(node: yaml.Node, ctx: _Ctx) -> int:
     return value
 
 
+def build_media(reader: _Reader, parsed: _Parsed) -> MediaSettings:
+    """The ``media:`` section, with single-port mode checked against the media workers.
+
+    Single-port mode keeps the media in the node's process, and `media.workers` other than 1
+    is a configuration error rather than a warning and one worker: the one port cannot be
+    shared out among processes by SSRC (SO_REUSEPORT spreads datagrams by address, not by
+    stream, and passing each packet on to a worker would add the copy per packet the workers
+    exist to take away), and a node quietly running on one core when its file asks for
+    several would be overloaded with nothing in the file to say why.
+    """
+    values = parsed.values
+    if values["single_port"] is not None and values["workers"] != 1:
+        reader.report(parsed.nodes.get("single_port"), "media.single_port",
+                      "single-port mode runs the media in the node's process; it needs "
+                      "media.workers: 1")
+    return MediaSettings(**values)
+
+
+def check_single_port(
+    reader: _Reader, media: MediaSettings, node: NodeSettings, section: yaml.Node | None
+) -> None:
+    """`media.single_port` must not be a port of node.rtp_ports (the per-port receivers of
+    relays and playbacks take those) nor SIP's; `section` is the ``media:`` mapping."""
+    port = media.single_port
+    if port is None:
+        return
+    where: yaml.Node | None = section
+    if isinstance(section, yaml.MappingNode):
+        where = next((value for key, value in section.value if key.value == "single_port"),
+                     section)
+    if node.rtp_port_min <= port <= node.rtp_port_max:
+        reader.report(where, "media.single_port",
+                      f"{port} lies in node.rtp_ports ({node.rtp_port_min}-{node.rtp_port_max}); "
+                      f"choose a port outside that range")
+    elif port == node.sip_port:
+        reader.report(where, "media.single_port", f"{port} is the SIP port (node.sip_listen)")
+
+
 def _transports(node: yaml.Node, ctx: _Ctx) -> tuple[str, ...]:
     if not isinstance(node, yaml.SequenceNode):
         raise _Invalid(f"expected a list such as [tcp-passive, udp], got {_describe(node)}")
@@ -168,6 +212,9 @@ MEDIA_KEYS: tuple[Key, ...] = (
     Key("overload", _choice(OVERLOAD_POLICIES), "shed-lowest-priority",
         "a media process that cannot keep up sheds whole streams: shed-lowest-priority | "
         "shed-newest | off"),
+    Key("single_port", _bounded(1, 65535), None,
+        "one UDP and TCP port (outside node.rtp_ports) for every stream, told apart by SSRC; "
+        "needs workers: 1; empty: a port of node.rtp_ports per stream"),
 )
 
 

@@ -574,6 +574,37 @@ def test_media_transport_keys(tmp_path: Path) -> None:
     assert problems[3].endswith("udp is listed twice")
 
 
+def test_single_port_is_off_by_default_and_a_port_outside_the_rtp_range() -> None:
+    assert parse_settings(MINIMAL).media.single_port is None
+    assert parse_settings(MINIMAL + "media:\n  single_port:\n").media.single_port is None
+    settings = parse_settings(MINIMAL + "media: {single_port: 10000, workers: 1}\n")
+    assert settings.media.single_port == 10000 and settings.media.worker_count == 1
+    edge = parse_settings('node: {api_token: t, rtp_ports: "30000-30999"}\n'
+                          'devices: {password: p}\nmedia: {single_port: 31000}\n')
+    assert edge.media.single_port == 31000
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    (MINIMAL + "media:\n  single_port: 0\n", 4, "must be at least 1, got 0"),
+    (MINIMAL + "media:\n  single_port: 65536\n", 4, "must be at most 65535, got 65536"),
+    (MINIMAL + 'media:\n  single_port: "10000"\n', 4, "remove the quotes"),
+    (MINIMAL + "media:\n  single_port: 30000\n", 4,
+     "30000 lies in node.rtp_ports (30000-30999); choose a port outside that range"),
+    ('node:\n  api_token: t\n  rtp_ports: "40000-40099"\ndevices: {password: p}\n'
+     "media:\n  transport: udp\n  single_port: 40099\n", 7, "lies in node.rtp_ports"),
+    ('node:\n  api_token: t\n  sip_listen: "127.0.0.1:10000"\ndevices: {password: p}\n'
+     "media:\n  single_port: 10000\n", 6, "10000 is the SIP port"),
+    (MINIMAL + "media:\n  workers: 2\n  single_port: 10000\n", 5,
+     "single-port mode runs the media in the node's process; it needs media.workers: 1"),
+    (MINIMAL + "media:\n  single_port: 10000\n  workers: auto\n", 4, "needs media.workers: 1"),
+])
+def test_single_port_problems(tmp_path: Path, text: str, line: int, message: str) -> None:
+    problems = problems_of(write(tmp_path, text))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{tmp_path / 'node.yaml'}:{line}: media.single_port: ")
+    assert message in problems[0]
+
+
 UPSTREAMS = """upstreams:
   - id: "31011200002000000100"
     address: "127.0.0.1:15060"

@@ -1,0 +1,341 @@
+"""Single-port media (`media.single_port`): one UDP socket and one TCP listener for every stream.
+
+Sites that must open a firewall for the node's media ask for one port rather than a range, as
+ZLMediaKit's single-port mode gives them. `SinglePortMux` owns the two sockets for the node's
+whole run (bound when the hub starts, closed when it stops) and hands each packet to the
+stream whose SSRC it carries: the streams' SSRCs are the y= the node offers, unique per node
+(`StreamHub.allocate_serial`), or the one the device answered with instead (the receivers'
+`expect` re-keys the stream; an SSRC another stream already has is refused, since the two
+could not be told apart).
+
+Demultiplexing is one dict lookup per datagram, keyed by the four bytes that carry the SSRC
+in an RTP header (`ssrc_key`): no packet object, no integer. A datagram of a stream then goes
+through that stream's `SharedUdpReceiver`, which is a `UdpRtpReceiver` without a socket of its
+own, so the source check (only the device's hosts, the source latched from the first good
+packet), the packets held before the answer, the reorder buffer and the counters are the very
+code of the per-port mode. Datagrams of an SSRC no stream has are dropped and counted
+(`unknown_ssrc`): an unauthenticated packet never picks the stream it goes to beyond the SSRC
+the signalling gave, and never changes which source feeds it.
+
+TCP (RFC 4571): a connection to the listener is bound to a stream by the SSRC of its first
+packet, and only if the connecting host is one the stream expects (the device's, as a
+`tcp-passive` port of its own would check) and the stream has no connection yet; others are
+closed and counted (`refused_connections`). A connection that sends no whole packet within
+`PENDING_TIMEOUT_S` is closed too, and at most `MAX_PENDING` wait at a time, so strangers
+cannot hold sockets open. `tcp-active` streams connect out from an ephemeral port as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from rtp.framing import Deframer
+
+from .rtp import RtpReceiveConfig, RtpSink, TcpRtpReceiver, UdpRtpReceiver, set_rcvbuf
+
+__all__ = ["SharedTcpReceiver", "SharedUdpReceiver", "SinglePortMux", "ssrc_key"]
+
+log = logging.getLogger(__name__)
+
+#: a connection to the TCP listener must send its first whole packet within this many seconds
+PENDING_TIMEOUT_S = 5.0
+#: connections waiting for their first packet at one time; more are closed at once
+MAX_PENDING = 64
+
+
+def ssrc_key(packet: bytes) -> bytes:
+    """The bytes that carry an RTP packet's SSRC (8-12), the key streams are found by.
+
+    A packet too short to have them gives fewer than four bytes, which matches no key, so the
+    caller needs no length check. Whether the rest is RTP at all is the stream's receiver's
+    business: a key only decides where a packet is looked at.
+    """
+    return packet[8:12]
+
+
+def _key(ssrc: int) -> bytes:
+    return ssrc.to_bytes(4, "big")
+
+
+class SinglePortMux(asyncio.DatagramProtocol):
+    """The node's one media port: a UDP socket and a TCP listener on `host`:`port`, and which
+    stream each SSRC belongs to. Open with `open` when the hub starts, `close` at its end."""
+
+    def __init__(self, host: str, port: int, rcvbuf: int) -> None:
+        self.host, self.port, self.rcvbuf = host, port, rcvbuf
+        self._udp: dict[bytes, SharedUdpReceiver] = {}
+        self._tcp: dict[bytes, SharedTcpReceiver] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self._pending: set[_Pending] = set()
+        #: datagrams whose SSRC no stream has (dropped)
+        self.unknown_ssrc = 0
+        #: TCP connections closed unbound: unknown SSRC, a host the stream does not expect, a
+        #: stream already connected, nothing sent in time, too many waiting
+        self.refused_connections = 0
+        self.granted_rcvbuf = 0
+        self._serving: asyncio.Task[None] | None = None
+
+    @classmethod
+    def bind(cls, host: str, port: int, rcvbuf: int) -> SinglePortMux:
+        """Bind UDP and TCP `port` on `host` (SO_RCVBUF `rcvbuf` on both, as the pool's
+        sockets have) and start serving them on the running loop; `OSError` at once if either
+        cannot be bound. The loop takes them up in a moment: `ready` waits for that."""
+        self = cls(host, port, rcvbuf)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.granted_rcvbuf = set_rcvbuf(udp, rcvbuf)
+            udp.bind((host, port))
+            udp.setblocking(False)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            set_rcvbuf(tcp, rcvbuf)  # before listen(): accepted sockets inherit it
+            tcp.bind((host, port))
+            tcp.listen(128)
+            tcp.setblocking(False)
+        except BaseException:
+            udp.close()
+            tcp.close()
+            raise
+        self._serving = asyncio.get_running_loop().create_task(self._serve(udp, tcp))
+        self._serving.add_done_callback(self._served)
+        return self
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cannot serve the single media port %s:%d: %s", self.host, self.port,
+                      task.exception())
+
+    async def _serve(self, udp: socket.socket, tcp: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_datagram_endpoint(lambda: self, sock=udp)
+        except BaseException:
+            udp.close()
+            tcp.close()
+            raise
+        try:
+            self.server = await loop.create_server(lambda: _Pending(self), sock=tcp)
+        except BaseException:
+            tcp.close()
+            raise
+
+    async def ready(self) -> None:
+        """Wait until both sockets are served (at once after the first time); the error that
+        kept them from it, if any."""
+        if self._serving is None:
+            raise OSError("the single media port is closed")
+        await asyncio.shield(self._serving)
+
+    def stats(self) -> dict[str, int]:
+        """The node-wide counters of the port (what no single stream can count)."""
+        return {"port": self.port, "udp_streams": len(self._udp), "tcp_streams": len(self._tcp),
+                "unknown_ssrc": self.unknown_ssrc,
+                "refused_connections": self.refused_connections}
+
+    def close(self) -> None:
+        """Close both sockets and the connections still waiting for their first packet."""
+        if self._serving is not None:
+            self._serving.cancel()  # if still taking them up, its cleanup closes them
+            self._serving = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for pending in list(self._pending):
+            pending.refuse()
+
+    # ----- which stream has which SSRC -----
+    def _add(self, table: dict[bytes, Any], ssrc: int, receiver: Any) -> None:
+        key = _key(ssrc)
+        if key in self._udp or key in self._tcp:
+            raise ValueError(f"SSRC {ssrc:010d} is in use by another stream on the single "
+                             f"media port")
+        table[key] = receiver
+
+    def _rekey(self, table: dict[bytes, Any], old: int, new: int, receiver: Any) -> None:
+        if old == new:
+            return
+        self._add(table, new, receiver)
+        if table.get(_key(old)) is receiver:
+            del table[_key(old)]
+
+    def _remove(self, table: dict[bytes, Any], ssrc: int, receiver: Any) -> None:
+        key = _key(ssrc)
+        if table.get(key) is receiver:
+            del table[key]
+
+    # ----- UDP -----
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        receiver = self._udp.get(data[8:12])  # ssrc_key, inlined: once per packet
+        if receiver is None:
+            self.unknown_ssrc += 1
+            return
+        receiver.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors for a receive-only socket say nothing useful
+
+    # ----- TCP -----
+    def _bind(self, pending: _Pending, first: bytes) -> SharedTcpReceiver | None:
+        """The stream a new connection carries, by its first packet and its peer; None:
+        refused."""
+        receiver = self._tcp.get(ssrc_key(first))
+        if receiver is None or not receiver._admits(pending.peer):
+            return None
+        return receiver
+
+
+class SharedUdpReceiver(UdpRtpReceiver):
+    """One stream's UDP receiver on the single port: what `UdpRtpReceiver` does, fed by the
+    mux instead of a socket of its own. Registered under the offered SSRC at `open`."""
+
+    def __init__(self, sink: RtpSink, config: RtpReceiveConfig | None = None) -> None:
+        super().__init__(sink, config)
+        self.mux: SinglePortMux | None = None
+        self.key_ssrc = 0
+
+    @classmethod
+    async def attach(
+        cls, mux: SinglePortMux, ssrc: int, sink: RtpSink,
+        config: RtpReceiveConfig | None = None,
+    ) -> SharedUdpReceiver:
+        """A receiver for the stream offered `ssrc` (which gets nothing before `expect`)."""
+        self = cls(sink, config)
+        mux._add(mux._udp, ssrc, self)
+        self.mux, self.key_ssrc = mux, ssrc
+        self.port, self.rcvbuf = mux.port, mux.granted_rcvbuf
+        self._loop = asyncio.get_running_loop()
+        return self
+
+    def expect(
+        self, source_host: str | Iterable[str] | None = None, ssrc: int | None = None
+    ) -> None:
+        """As `UdpRtpReceiver.expect`; an answered SSRC other than the offer's moves the
+        stream to it (ValueError if another stream has it). Without one, the offered SSRC
+        stays the key: the device can only be heard with it."""
+        if ssrc is not None and self.mux is not None:
+            self.mux._rekey(self.mux._udp, self.key_ssrc, ssrc, self)
+            self.key_ssrc = ssrc
+        super().expect(source_host, ssrc)
+
+    def close(self) -> None:
+        """Leave the mux, release held packets to the sink."""
+        if self.mux is not None:
+            self.mux._remove(self.mux._udp, self.key_ssrc, self)
+            self.mux = None
+        super().close()
+
+
+class SharedTcpReceiver(TcpRtpReceiver):
+    """One stream's RFC 4571 receiver on the single port: the connection the mux binds to it
+    (passive), or one it opens itself (`connect_tcp`, active, from an ephemeral port)."""
+
+    def __init__(self, sink: RtpSink, config: RtpReceiveConfig | None = None) -> None:
+        super().__init__(sink, config)
+        self.mux: SinglePortMux | None = None
+        self.key_ssrc = 0
+
+    def attach(self, mux: SinglePortMux, ssrc: int, peers: Iterable[str] | None) -> int:
+        """Take the connection that comes with `ssrc` from one of `peers` (anybody if None;
+        nobody if empty, as for tcp-active); return the port to offer."""
+        mux._add(mux._tcp, ssrc, self)
+        self.mux, self.key_ssrc = mux, ssrc
+        if peers is not None:
+            self._peer_hosts = frozenset(peers)
+        self.port = mux.port
+        self._loop = asyncio.get_running_loop()
+        return mux.port
+
+    def _admits(self, peer: Any) -> bool:
+        hosts = self._peer_hosts
+        return not self._claimed and (hosts is None or bool(peer) and peer[0] in hosts)
+
+    def expect(self, ssrc: int | None = None, peers: Iterable[str] | None = None) -> None:
+        """As `TcpRtpReceiver.expect`; an answered SSRC other than the offer's moves the
+        stream to it (ValueError if another stream has it)."""
+        if ssrc is not None and self.mux is not None:
+            self.mux._rekey(self.mux._tcp, self.key_ssrc, ssrc, self)
+            self.key_ssrc = ssrc
+        super().expect(ssrc, peers)
+
+    def close(self) -> None:
+        """Leave the mux, close the connection."""
+        if self.mux is not None:
+            self.mux._remove(self.mux._tcp, self.key_ssrc, self)
+            self.mux = None
+        super().close()
+
+
+class _Pending(asyncio.BufferedProtocol):
+    """A connection to the single TCP port until its first packet says which stream it is.
+
+    Its deframer then goes to the stream's receiver with whatever it holds beyond that packet,
+    and the transport talks to the receiver directly from then on."""
+
+    def __init__(self, mux: SinglePortMux) -> None:
+        self.mux = mux
+        self.deframer = Deframer()
+        self.transport: asyncio.Transport | None = None
+        self.peer: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self.peer = transport.get_extra_info("peername")
+        mux = self.mux
+        if len(mux._pending) >= MAX_PENDING or mux.server is None:
+            self.refuse()
+            return
+        mux._pending.add(self)
+        self._timer = asyncio.get_running_loop().call_later(PENDING_TIMEOUT_S, self.refuse)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.deframer.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        packets = self.deframer.buffer_updated(nbytes)
+        if not packets or self.transport is None:
+            return
+        first: bytes = packets[0]  # type: ignore[assignment]  # always bytes here
+        receiver = self.mux._bind(self, first)
+        if receiver is None:
+            self.refuse()
+            return
+        self._settle()
+        transport, self.transport = self.transport, None
+        receiver._claimed = True
+        receiver.deframer = self.deframer  # with the bytes read past these packets
+        transport.set_protocol(receiver)
+        receiver.connection_made(transport)
+        on_rtp = receiver._on_rtp
+        for packet in packets:
+            on_rtp(packet)  # type: ignore[arg-type]  # always bytes here
+
+    def refuse(self) -> None:
+        """Close the connection unbound, and count it."""
+        self._settle()
+        if self.transport is not None:
+            self.mux.refused_connections += 1
+            self.transport.close()
+            self.transport = None
+
+    def _settle(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.mux._pending.discard(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._settle()
+        self.transport = None
