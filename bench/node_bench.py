@@ -3,7 +3,8 @@
     .venv/bin/python bench/node_bench.py [--streams 100,200,300,400,500] [--transport udp,tcp]
         [--recording off,on] [--workers 1,2] [--runs 3] [--window 20] [--warmup 5]
         [--mix 720p@2,720p@4,1080p@4,1080p@8] [--segment 10] [--senders 1]
-        [--overload] [--capacity N] [--quick] [--node-root DIR] [--no-doc] [--json FILE]
+        [--overload] [--capacity N] [--single-port] [--quick] [--node-root DIR] [--no-doc]
+        [--json FILE]
     make bench-node      the full sweep (about 90 minutes)
     make bench           runs it with --quick (about 2 minutes)
 
@@ -41,6 +42,12 @@ CPU: on 2 cores or more, passes with one worker have the node (and every process
 pinned to the first CPU, as is the bare loop, and the senders to the second; passes with more
 workers pin nothing (`--pin-workers` pins those too, to as many CPUs as workers). A node that
 refuses a `media.workers` value (`check-config`) has those passes skipped, with its message.
+
+`--single-port`: every one-worker node pass is followed by the same pass with
+`media.single_port` (every stream on one UDP and TCP port, told apart by SSRC; the senders
+send to the port the node's offers name, so all to that one). These passes are reported in a
+table of their own ("Single port", per-port against single-port with each one's ratio to the
+bare loop of the same run), not in the tables above.
 
 `--overload`: after the runs, each (transport, recording, workers) config again at 110 % and
 150 % of its capacity, estimated from the largest stream count it carried without loss (N over
@@ -214,11 +221,28 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         return int(s.getsockname()[1])
 
 
+def free_single_port(above: int) -> int:
+    """A port above `above` (the RTP range, which `media.single_port` must stay out of) that
+    is free for both UDP and TCP right now."""
+    for port in range(above + 1, 65536):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                udp.bind((HOST, port))
+                tcp.bind((HOST, port))
+            except OSError:
+                continue
+        return port
+    raise OSError(f"no free port above {above} for media.single_port")
+
+
 def node_config(tmp: Path, n: int, transport: str, recording: bool, workers: int,
-                segment_s: int, fsync_s: float = 2.0) -> tuple[Path, int, int]:
+                segment_s: int, fsync_s: float = 2.0,
+                single_port: bool = False) -> tuple[Path, int, int]:
     """The node's configuration file for one pass; returns it with its SIP and HTTP ports.
     `media.workers` is written only when it is not 1 (the default), so that a node from before
-    the setting runs the one-worker passes."""
+    the setting runs the one-worker passes; `media.single_port` only when asked for, on a
+    free port above the RTP range."""
     sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
     high = RTP_BASE + max(1000, 4 * n + 100)
     media = f"  transport: {'udp' if transport == 'udp' else 'tcp-passive'}\n"
@@ -226,6 +250,8 @@ def node_config(tmp: Path, n: int, transport: str, recording: bool, workers: int
     media += "  timeout_s: 120\n"
     if workers != 1:
         media += f"  workers: {workers}\n"
+    if single_port:
+        media += f"  single_port: {free_single_port(high)}\n"
     text = f"""\
 node:
   id: "{NODE_ID}"
@@ -521,14 +547,19 @@ def channel_ids_in(value: Any, channels: set[str]) -> set[str]:
 
 
 async def node_pass(transport: str, n: int, recording: bool, workers: int, kinds: list[str],
-                    args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+                    args: argparse.Namespace, tmp: Path,
+                    single_port: bool = False) -> dict[str, Any]:
     import aiohttp
 
     from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 
     loop = asyncio.get_running_loop()
     config, sip_port, http_port = node_config(tmp, n, transport, recording, workers,
-                                              args.segment, args.fsync)
+                                              args.segment, args.fsync, single_port)
+    if single_port:
+        problem = await loop.run_in_executor(None, check_config, config, args.node_root)
+        if problem is not None:
+            raise Skip(f"the node refuses media.single_port: {problem}")
     if workers != 1:
         problem = await loop.run_in_executor(None, check_config, config, args.node_root)
         if problem is not None:
@@ -549,8 +580,10 @@ async def node_pass(transport: str, n: int, recording: bool, workers: int, kinds
                 raise RuntimeError(f"GET {path}: {resp.status} {await resp.text()}")
             return await resp.json()
 
-    out: dict[str, Any] = {"kind": "node", "transport": transport, "streams": n,
-                           "recording": recording, "workers": workers, "pinned": node.pinned}
+    # Single-port passes are a kind of their own, kept out of the per-port tables.
+    out: dict[str, Any] = {"kind": "single" if single_port else "node", "transport": transport,
+                           "streams": n, "recording": recording, "workers": workers,
+                           "pinned": node.pinned}
     try:
         async def answering() -> bool:
             if node.proc.poll() is not None:
@@ -634,6 +667,9 @@ async def node_pass(transport: str, n: int, recording: bool, workers: int, kinds
         out["recording_stats"] = {k: v for k, v in (stats.get("recording") or {}).items()
                                   if k in ("units", "segments_closed", "write_errors",
                                            "dropped_units", "syncs", "last_error")}
+        if single_port:
+            ports = {s.remote[1] for s in order}
+            out["single_port_offered"] = sorted(ports)  # the one port, if the node used it
         if "overload" in stats:
             out["overload_report"] = stats["overload"]
             out["shed"] = sorted(channel_ids_in(stats["overload"], set(channels)))
@@ -656,7 +692,8 @@ def label(r: dict[str, Any]) -> str:
     if r["kind"] == "bare":
         return f"{r['transport']} N={r['streams']} bare"
     return (f"{r['transport']} N={r['streams']} {'record' if r['recording'] else 'ingest'} "
-            f"{r['workers']} worker{'s' if r['workers'] > 1 else ''}")
+            f"{r['workers']} worker{'s' if r['workers'] > 1 else ''}"
+            + (" single port" if r["kind"] == "single" else ""))
 
 
 def one(kind: str, transport: str, n: int, recording: bool, workers: int, kinds: list[str],
@@ -667,7 +704,8 @@ def one(kind: str, transport: str, n: int, recording: bool, workers: int, kinds:
             return bare_pass(transport, n, kinds, args, tmp)
         import uvloop
 
-        return uvloop.run(node_pass(transport, n, recording, workers, kinds, args, tmp))
+        return uvloop.run(node_pass(transport, n, recording, workers, kinds, args, tmp,
+                                    single_port=kind == "single"))
 
 
 def show(r: dict[str, Any]) -> str:
@@ -686,6 +724,47 @@ def show(r: dict[str, Any]) -> str:
 
 def configs(args: argparse.Namespace) -> list[tuple[bool, int]]:
     return [(rec, w) for rec in args.recording for w in args.workers]
+
+
+def passes(args: argparse.Namespace) -> list[tuple[str, bool, int]]:
+    """One round's passes at one N: the bare loop, each config, and with `--single-port` each
+    one-worker config again on the single port, right after its per-port pass."""
+    out = [("bare", False, 1)]
+    for rec, w in configs(args):
+        out.append(("node", rec, w))
+        if args.single_port and w == 1:
+            out.append(("single", rec, w))
+    return out
+
+
+def single_port_table(results: list[dict[str, Any]]) -> list[str]:
+    """Per-port against single-port passes of the same run, N, transport and recording: CPU
+    per packet, its ratio to the bare loop of that run, CPU share, loss."""
+    rows = [r for r in results if r["kind"] == "single" and not r.get("overload")]
+    if not rows:
+        return []
+    lines = ["### Single port (`--single-port`)", "",
+             "| pass | per-port µs/pkt | single-port µs/pkt | single / per-port | per-port "
+             "x bare | single-port x bare | CPU per-port | CPU single-port | lost per-port "
+             "| lost single-port |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in rows:
+        same = [r for r in results if r["kind"] == "node" and r.get("run") == s.get("run")
+                and r["transport"] == s["transport"] and r["streams"] == s["streams"]
+                and r["recording"] == s["recording"] and r["workers"] == s["workers"]]
+        bare = [r for r in results if r["kind"] == "bare" and r.get("run") == s.get("run")
+                and r["transport"] == s["transport"] and r["streams"] == s["streams"]]
+        if not same:
+            continue
+        p = same[0]
+        base = bare[0]["us_per_packet"] if bare else float("nan")
+        lines.append(
+            f"| {s['transport']} N={s['streams']} {'record' if s['recording'] else 'ingest'} "
+            f"run {s.get('run')} | {p['us_per_packet']:.2f} | {s['us_per_packet']:.2f} | "
+            f"{s['us_per_packet'] / p['us_per_packet']:.2f} | {p['us_per_packet'] / base:.2f} | "
+            f"{s['us_per_packet'] / base:.2f} | {100 * p['cpu_share']:.1f} % | "
+            f"{100 * s['cpu_share']:.1f} % | {p['lost']:,} | {s['lost']:,} |")
+    return lines
 
 
 def capacity(results: list[dict[str, Any]], transport: str, recording: bool, workers: int,
@@ -709,10 +788,9 @@ def sweep(args: argparse.Namespace, results: list[dict[str, Any]], skipped: dict
     for run in range(1, args.runs + 1):
         for transport in args.transports:
             for n in args.streams:
-                passes = [("bare", False, 1)] + [("node", rec, w) for rec, w in configs(args)]
-                for kind, rec, w in passes:
-                    key = f"media.workers: {w}"
-                    if kind == "node" and key in skipped:
+                for kind, rec, w in passes(args):
+                    key = f"media.workers: {w}" if kind == "node" else "media.single_port"
+                    if kind != "bare" and key in skipped:
                         continue
                     try:
                         r = one(kind, transport, n, rec, w, kinds_by_n[n], args)
@@ -822,6 +900,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--overload", action="store_true",
                         help="then each config at 110 %% and 150 %% of its capacity")
     parser.add_argument("--capacity", type=int, help="the capacity in streams for --overload")
+    parser.add_argument("--single-port", action="store_true",
+                        help="each one-worker node pass again with media.single_port")
     parser.add_argument("--quick", action="store_true",
                         help="the short pass of `make bench`: " + ", ".join(
                             f"--{k} {v}" for k, v in QUICK.items()))
@@ -876,14 +956,14 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     failures: list[str] = []
-    per_run = len(args.transports) * len(args.streams) * (1 + len(configs(args)))
+    per_run = len(args.transports) * len(args.streams) * len(passes(args))
     total = args.runs * per_run
     log(f"{total} passes of about {args.warmup + args.window + 15:.0f} s each")
 
     def publish(final: bool) -> str:
         notes = list(args.note)
         notes += [f"Skipped: {text}" for text in skipped.values()]
-        done = sum(1 for r in results if not r.get("overload"))
+        done = sum(1 for r in results if not r.get("overload") and r["kind"] != "single")
         live = [c for c in configs(args) if f"media.workers: {c[1]}" not in skipped]
         planned = args.runs * len(args.transports) * len(args.streams) * (1 + len(live))
         if done + len(failures) < planned:
@@ -892,6 +972,9 @@ def main(argv: list[str] | None = None) -> int:
         notes += [f"Failed pass: {f}" for f in failures]
         text = report(results, args, info, clips, command, time.perf_counter() - started,
                       notes)
+        single = single_port_table(results)
+        if single:  # the single-port passes, in a table of their own after the report
+            text += "\n\n" + "\n".join(single) + "\n"
         if args.json:
             Path(args.json).write_text(json.dumps(
                 {"machine": info, "clips": clips, "results": results, "skipped": skipped,

@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 PENDING_TIMEOUT_S = 5.0
 #: connections waiting for their first packet at one time; more are closed at once
 MAX_PENDING = 64
+#: the one UDP socket's receive buffer, in streams' worth: it takes the datagrams that as many
+#: sockets of their own would, and keyframe bursts of many streams at once overflow a shared
+#: buffer long before they overflow one per stream. Measured at 200 streams of 4 Mbit/s
+#: (docs/benchmarks.md, "Single port"): one stream's worth lost a third of the packets of
+#: every stream and had streams shed, 64 streams' worth still lost more than the ports of
+#: their own, 256 about as little. The kernel takes the memory only while datagrams wait.
+UDP_BUFFER_STREAMS = 256
 
 
 def ssrc_key(packet: bytes) -> bytes:
@@ -82,15 +89,19 @@ class SinglePortMux(asyncio.DatagramProtocol):
 
     @classmethod
     def bind(cls, host: str, port: int, rcvbuf: int) -> SinglePortMux:
-        """Bind UDP and TCP `port` on `host` (SO_RCVBUF `rcvbuf` on both, as the pool's
-        sockets have) and start serving them on the running loop; `OSError` at once if either
-        cannot be bound. The loop takes them up in a moment: `ready` waits for that."""
+        """Bind UDP and TCP `port` on `host` and start serving them on the running loop;
+        `OSError` at once if either cannot be bound. The loop takes them up in a moment:
+        `ready` waits for that.
+
+        `rcvbuf` is the SO_RCVBUF of a stream's socket (the pool's): connections accepted on
+        the TCP port get it, the UDP socket `UDP_BUFFER_STREAMS` times that (the kernel takes
+        the memory only while datagrams wait)."""
         self = cls(host, port, rcvbuf)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         udp = socket.socket(family, socket.SOCK_DGRAM)
         tcp = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self.granted_rcvbuf = set_rcvbuf(udp, rcvbuf)
+            self.granted_rcvbuf = set_rcvbuf(udp, rcvbuf * UDP_BUFFER_STREAMS)
             udp.bind((host, port))
             udp.setblocking(False)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
