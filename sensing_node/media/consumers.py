@@ -35,7 +35,10 @@ class Consumer:
     :cvar remote_feed: what it needs of a stream that a media worker receives
         (`media.workers` > 1): ``units`` (the frames, sent over to the node's process: the
         default), ``record`` (the worker records the frames itself; `on_unit` and `on_loss`
-        are not called in the node's process) or ``none`` (it only keeps the stream up).
+        are not called in the node's process), ``relay`` (a relay to an upstream whose sender
+        runs in the worker, fed there: `workers.relays.RemoteRelay`; no frames are sent over
+        for it, `on_unit` and `on_loss` are not called, `on_gap` and `on_end` are) or
+        ``none`` (it only keeps the stream up).
     """
 
     name = "consumer"

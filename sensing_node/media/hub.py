@@ -12,7 +12,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rtp.ps import AccessUnit
 from sip.dialog import Dialog
 from sip.errors import ParseError, SipError
 from sip.headers import Headers
@@ -33,12 +32,12 @@ from ..transport.rtp import (
 from ..transport.single_port import SinglePortMux
 from ..transport.sip import SipEndpoint, TransactionTimeout
 from ..workers.pool import MediaWorkers, RemoteReceiver
+from ..workers.relays import HubRelay, RemoteRelay
 from .addresses import media_bind_host
 from .consumers import Consumer, StreamError, _ApiHold
 from .control import RelayEnded, RelayOpened, RelaySpec
 from .overload import MAIN, LoadMeter, OverloadGuard
 from .playback import PlaybackCommand, PlaybackRelay, PlaybackSpec
-from .relay import RelaySender
 from .stream import History, LiveStream
 
 log = logging.getLogger(__name__)
@@ -103,7 +102,9 @@ class StreamHub:
         self._tick_task: asyncio.Task[None] | None = None
         self._supervisor = Supervisor()  # replaced by the node's in start()
         self._background: set[asyncio.Future[Any]] = set()
-        self.relays: dict[int, _HubRelay] = {}
+        #: live relays to upstreams (and device playbacks passed on): senders in this
+        #: process, or handles on senders in the channel's media worker
+        self.relays: dict[int, HubRelay | RemoteRelay] = {}
         self._relay_ends: dict[int, RelayEnded] = {}
         self._relay_seq = 0
         #: RTP counters of the streams that ended, in all and by (channel, device)
@@ -344,12 +345,12 @@ class StreamHub:
         self._serials.discard(serial)
 
     # ----- relays to upstreams (the control interface, media/control.py) -----
-    def _new_relay(self, spec: RelaySpec | PlaybackSpec) -> tuple[int, _HubRelay]:
+    def _new_relay(self, spec: RelaySpec | PlaybackSpec) -> tuple[int, HubRelay]:
         """A relay ID and the sender of a new relay to an upstream (not opened yet)."""
         media = self.settings.media
         self._relay_seq += 1
         relay_id = self._relay_seq
-        sender = _HubRelay(
+        sender = HubRelay(
             ssrc=spec.ssrc, transport=spec.transport, remote=spec.remote, port_pool=self.pool,
             bind_host=self.media_bind_host, payload_max=media.rtp_payload_max,
             timeout_s=float(media.timeout_s), connect_timeout_s=media.connect_timeout_s,
@@ -361,6 +362,10 @@ class StreamHub:
         return relay_id, sender
 
     async def open_relay(self, spec: RelaySpec, on_end: RelayEnded) -> RelayOpened:
+        """With media workers the sender runs in the worker that receives the channel
+        (`_open_remote_relay`); otherwise here, a consumer of the channel's stream."""
+        if self.workers is not None:
+            return await self._open_remote_relay(spec, on_end)
         relay_id, sender = self._new_relay(spec)
         sender.on_stream_lost = lambda reason: self._relay_ended(
             relay_id, f"camera stream stopped: {reason}"
@@ -376,6 +381,39 @@ class StreamHub:
             raise
         if relay_id not in self.relays:  # ended while the stream started
             raise StreamError(502, sender.end_reason or "relay ended")
+        return RelayOpened(relay_id, port)
+
+    async def _open_remote_relay(self, spec: RelaySpec, on_end: RelayEnded) -> RelayOpened:
+        """A relay whose sender runs in the channel's media worker: this process binds its
+        port (the pool's books stay here), passes it over, and joins the stream with a
+        consumer that takes no frames, so the stream stays pulled and its gaps and end reach
+        the relay. The worker feeds the sender from the stream it receives, cut-through
+        included (`_fan_out`)."""
+        assert self.workers is not None
+        media = self.settings.media
+        self._relay_seq += 1
+        relay_id = self._relay_seq
+        relay = RemoteRelay(
+            relay_id, channel_id=spec.channel_id, ssrc=spec.ssrc, transport=spec.transport,
+            remote=spec.remote, port_pool=self.pool, bind_host=self.media_bind_host,
+            payload_max=media.rtp_payload_max, timeout_s=float(media.timeout_s),
+            connect_timeout_s=media.connect_timeout_s, max_buffer_bytes=RELAY_BUFFER_BYTES,
+            gap_timeout_s=float(media.timeout_s),
+            on_end=lambda reason: self._relay_ended(relay_id, reason),
+            on_stream_lost=lambda reason: self._relay_ended(
+                relay_id, f"camera stream stopped: {reason}"),
+        )
+        self.relays[relay_id] = relay
+        self._relay_ends[relay_id] = on_end
+        self._fan_out()
+        try:
+            port = await self.workers.open_relay(relay)
+            await self.subscribe(spec.channel_id, relay)
+        except BaseException:
+            self._drop_relay(relay_id, "not opened")
+            raise
+        if relay_id not in self.relays:  # ended while the stream started
+            raise StreamError(502, relay.end_reason or "relay ended")
         return RelayOpened(relay_id, port)
 
     async def open_playback(
@@ -404,7 +442,11 @@ class StreamHub:
         """A playback or download of the device's own recordings (`history`), passed on to an
         upstream as a live relay is: the device is INVITEd for the range on a stream of this
         relay's own (never shared, never invited again), and its MediaStatus 121 calls
-        `on_done`. Raises as `open_relay` does."""
+        `on_done`. Raises as `open_relay` does.
+
+        Its sender runs in this process even with media workers (the worker that receives
+        the device's stream sends the frames over for it), as do playbacks of the node's
+        own recordings (`open_playback`)."""
         device = self.device_for(spec.channel_id)
         relay_id, sender = self._new_relay(spec)
         sender.cut_through = False
@@ -659,36 +701,3 @@ class StreamHub:
         TCP connections refused); None without single-port mode."""
         return self.single_port.stats() if self.single_port is not None else None
 
-
-class _HubRelay(RelaySender):
-    """A relay as the hub runs it: a camera stream that pauses (it is being invited again) and
-    brings no frame within `gap_timeout_s` ends the relay, so that the upstream hears of it
-    instead of waiting on a silent session."""
-
-    channel_id = ""
-    gap_timeout_s = 10.0
-    on_stream_lost: Callable[[str], None] | None = None
-    _units = 0
-    _gap_timer: asyncio.TimerHandle | None = None
-
-    def on_unit(self, unit: AccessUnit) -> None:
-        self._units += 1
-        super().on_unit(unit)
-
-    def on_gap(self, reason: str) -> None:
-        super().on_gap(reason)
-        if self._gap_timer is None:
-            self._gap_timer = asyncio.get_running_loop().call_later(
-                self.gap_timeout_s, self._gap_over, self._units, reason
-            )
-
-    def _gap_over(self, seen: int, reason: str) -> None:
-        self._gap_timer = None
-        if self._units == seen and self.on_stream_lost is not None:
-            self.on_stream_lost(reason)
-
-    def close(self, reason: str = "closed") -> None:
-        if self._gap_timer is not None:
-            self._gap_timer.cancel()
-            self._gap_timer = None
-        super().close(reason)

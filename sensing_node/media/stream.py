@@ -26,6 +26,7 @@ from ..transport.rtp import (
 )
 from ..transport.single_port import SharedTcpReceiver, SharedUdpReceiver
 from ..workers.pool import RemoteReceiver
+from ..workers.relays import RemoteRelay
 from .consumers import Consumer, StreamError
 
 if TYPE_CHECKING:
@@ -308,11 +309,13 @@ class LiveStream:
 
     def _feed(self) -> None:
         """A stream a media worker receives: tell it what the consumers need (the frames
-        sent over, the channel recorded there)."""
+        sent over, the channel recorded there, the relays it sends there). Called for each
+        new receiver too, so the relays follow the stream from attempt to attempt."""
         receiver = self.receiver
         if isinstance(receiver, RemoteReceiver):
             feeds = {c.remote_feed for c in self.consumers}
-            receiver.feed("units" in feeds, "record" in feeds)
+            relays = tuple(c.relay_id for c in self.consumers if isinstance(c, RemoteRelay))
+            receiver.feed("units" in feeds, "record" in feeds, relays)
 
     def _linger_over(self) -> None:
         self._linger = None
@@ -368,10 +371,11 @@ class LiveStream:
 
     # ----- what a media worker reports (`media.workers` > 1) -----
     def _remote_loss(self, missing: int) -> None:
-        """The worker gave packets up; it restarted its demuxer and told its recorder."""
+        """The worker gave packets up; it restarted its demuxer and told its recorder and
+        relays."""
         self.gop, self._gop_bytes = [], 0
         for consumer in list(self.consumers):
-            if consumer.remote_feed != "record":
+            if consumer.remote_feed not in ("record", "relay"):
                 self._call(consumer, consumer.on_loss, missing)
 
     def _remote_key(self, codec: str | None, width: int | None, height: int | None) -> None:

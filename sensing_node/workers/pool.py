@@ -6,10 +6,13 @@ channel stays with one worker while that lives, so its recording goes on in one 
 the worker carrying the fewest packets per second. The node's process binds the RTP port
 from its port pool, as with one process, and passes the socket over; the worker receives,
 demuxes and records. What the node's process keeps of such a stream is a `RemoteReceiver`:
-the `LiveStream` (signalling, retries, consumers) talks to it as to a local receiver.
+the `LiveStream` (signalling, retries, consumers) talks to it as to a local receiver. A relay
+to an upstream goes the same way to the channel's worker (`open_relay`), which sends it from
+the stream it receives; the node's process keeps a `relays.RemoteRelay`.
 
 A worker that dies is started again (after a pause that grows while it keeps dying); its
-streams end their attempt ("media worker N stopped") and are invited again, and the segments
+streams end their attempt ("media worker N stopped") and are invited again, its relays end
+(with the same reason, so the upstream gets a BYE) and give their ports back, and the segments
 it left open are finished and indexed as after a crash (`recorder.recovery.recover`, for its
 channels only).
 """
@@ -35,6 +38,7 @@ from rtp.ps import AccessUnit
 from ..runtime.supervise import Supervisor
 from ..settings import Settings
 from ..transport.rtp import PortPool, RtpReceiveConfig
+from .relays import RemoteRelay
 from .wire import Link, RemoteError
 from .worker import RECEIVER_COUNTERS, RECORDER_COUNTERS
 
@@ -100,6 +104,7 @@ class RemoteReceiver:
         self.ended = False
         self._tap = False
         self._record = False
+        self._relays: tuple[int, ...] = ()
 
     def update(self, stats: dict[str, Any], now: float) -> None:
         for name in RECEIVER_COUNTERS:
@@ -130,8 +135,12 @@ class RemoteReceiver:
         if failed:
             raise ConnectionError(answer.get("message", "connect failed"))
 
-    def feed(self, tap: bool, record: bool) -> None:
-        """Whether the node's process wants the frames, and whether the worker records them."""
+    def feed(self, tap: bool, record: bool, relays: tuple[int, ...] = ()) -> None:
+        """Whether the node's process wants the frames, whether the worker records them, and
+        which of the worker's relays (`RemoteRelay.relay_id`) it feeds."""
+        if relays != self._relays:
+            self._relays = relays
+            self.worker.send({"op": "relays", "sid": self.sid, "rids": list(relays)})
         if tap != self._tap:
             self._tap = tap
             self.worker.send({"op": "tap", "sid": self.sid, "on": tap})
@@ -167,6 +176,8 @@ class _Worker:
         self.fds: socket.socket | None = None
         self.alive = False
         self.streams: dict[int, RemoteReceiver] = {}
+        #: the relays to upstreams it sends, by relay ID
+        self.relays: dict[int, RemoteRelay] = {}
         #: channels that stay with this worker while it lives
         self.channels: set[str] = set()
         self.stats: dict[str, Any] = {}
@@ -356,6 +367,10 @@ class MediaWorkers:
             receiver._pool.release(receiver.port)
             receiver.stream.end_attempt(f"media worker {worker.index} stopped", bye=True)
         worker.streams.clear()
+        # Its relays end as a relay that fails does (the port back, BYE to the upstream).
+        for relay in list(worker.relays.values()):
+            relay.ended(f"media worker {worker.index} stopped", gap=False)
+        worker.relays.clear()
         worker.stats = {}
 
     async def _recover(self, worker: _Worker) -> None:
@@ -450,12 +465,59 @@ class MediaWorkers:
             raise
         return receiver
 
+    async def open_relay(self, relay: RemoteRelay) -> int:
+        """Bind the relay's port as `RelaySender.open` does, hand it to the channel's worker
+        (the one its stream is received in) and open the sender there; the port. Raises
+        `PortsExhausted` or `OSError` (the worker's failures included)."""
+        worker = self.worker_for(relay.channel_id)
+        pool, host = relay.port_pool, relay.bind_host
+        if relay.transport == "udp":
+            sock, port = await pool.acquire_udp(host)
+        else:
+            # tcp-passive listens on it; for tcp-active the worker's sender replaces the
+            # pool's listener with a plain bound socket on the same port.
+            sock, port = await pool.acquire_tcp(host)
+        self._sid += 1
+        token = self._sid
+        try:
+            if worker.fds is None:
+                raise ConnectionError(f"media worker {worker.index} is not running")
+            socket.send_fds(worker.fds, [token.to_bytes(8, "big")], [sock.fileno()])
+        except BaseException:
+            pool.release(port)
+            raise
+        finally:
+            sock.close()
+        relay.worker, relay.local_port, relay.port_held = worker, port, True
+        worker.relays[relay.relay_id] = relay
+        try:
+            await worker.request({**relay.open_request(), "token": token,
+                                  "clock": self._clock()})
+        except BaseException:
+            worker.relays.pop(relay.relay_id, None)
+            worker.send({"op": "relay_close", "rid": relay.relay_id, "reason": "not opened"})
+            relay._release()
+            raise
+        if relay.state != "new":  # closed while it opened
+            worker.send({"op": "relay_close", "rid": relay.relay_id, "reason": "not opened"})
+            return port
+        relay.state, relay.opened = "open", True
+        if not relay.cut_through:  # changed while it opened
+            worker.send({"op": "relay_cut", "rid": relay.relay_id, "on": False})
+        return port
+
     # ----- from the workers -----
     def _event(self, worker: _Worker, message: dict[str, Any]) -> None:
+        event = message.get("ev")
+        if event == "relay_end":
+            relay = worker.relays.pop(int(message["rid"]), None)
+            if relay is not None:
+                relay.ended(str(message.get("reason")), gap=bool(message.get("gap")),
+                            stats=message.get("stats"))
+            return
         receiver = worker.streams.get(message.get("sid", -1))
         if receiver is None:
             return
-        event = message.get("ev")
         if event == "loss":
             receiver.stream._remote_loss(int(message["missing"]))
         elif event == "key":
@@ -499,6 +561,10 @@ class MediaWorkers:
                     if receiver is not None:
                         receiver.update(stats, now)
                     packets += stats.get("packets", 0)
+                for rid, stats in answer.get("relays", {}).items():
+                    relay = worker.relays.get(int(rid))
+                    if relay is not None:
+                        relay.update(stats)
                 last = worker._last
                 if last is not None and now > last[0] and packets >= last[1]:
                     worker.rate = (packets - last[1]) / (now - last[0])

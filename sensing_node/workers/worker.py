@@ -3,10 +3,12 @@
 Started by `sensing_node.workers.pool` as ``python -m sensing_node.workers.worker CTL FDS``
 with the two socket ends it inherits (see `wire`). For each stream it receives the RTP (on
 the socket the node's process bound and passed over), puts it back in order, demuxes the PS,
-records the frames with its own `Recorder` when the channel is recorded, and sends the frames
-to the node's process only while something there wants them (a relay, a viewer). It keeps no
-state that outlives it: when it dies, the node's process invites its streams again elsewhere
-and finishes what it was recording (`recorder.recovery`).
+records the frames with its own `Recorder` when the channel is recorded, sends the channel's
+relays to upper platforms (`relays.HubRelay`, on ports the node's process bound and passed
+over), and sends the frames to the node's process only while something there wants them (a
+viewer). It keeps no state that outlives it: when it dies, the node's process invites its
+streams again elsewhere, ends its relays and finishes what it was recording
+(`recorder.recovery`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..transport.rtp import (
     TcpRtpReceiver,
     UdpRtpReceiver,
 )
+from .relays import HubRelay
 from .wire import Link
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,8 @@ class _Passed:
 
 
 class WorkerStream:
-    """One stream's receive path in a worker: the `RtpSink` of its receiver."""
+    """One stream's receive path in a worker: the `RtpSink` of its receiver, and what feeds
+    the relays the node's process named for it (`relays`)."""
 
     def __init__(self, worker: Worker, sid: int, channel_id: str) -> None:
         self.worker = worker
@@ -84,6 +88,10 @@ class WorkerStream:
         self.gop: list[AccessUnit] = []
         self._gop_bytes = 0
         self._late_wall: float | None = None
+        #: the relays it feeds, and of those the ones that may pass packets on as they come
+        #: (empty: the hot path does nothing for relays)
+        self.relays: list[HubRelay] = []
+        self.rtp_relays: tuple[HubRelay, ...] = ()
 
     # ----- the hot path -----
     def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
@@ -91,6 +99,12 @@ class WorkerStream:
             if self._next_seq >= 0:
                 self._discontinuity((seq - self._next_seq) & 0xFFFF)
         self._next_seq = (seq + 1) & 0xFFFF
+        if self.rtp_relays:
+            for relay in self.rtp_relays:
+                try:
+                    relay.on_rtp(payload, seq, ts, marker)
+                except Exception:
+                    self.worker.relay_failed(relay)
         self.ingest.on_packet(payload, seq, ts, marker)
 
     def _discontinuity(self, missing: int) -> None:
@@ -99,6 +113,11 @@ class WorkerStream:
         worker = self.worker
         if self.record and worker.recorder is not None:
             worker.recorder.lost(self.channel_id, worker.wall(), f"{missing} RTP packet(s) lost")
+        for relay in self.relays:
+            try:
+                relay.on_loss(missing)
+            except Exception:
+                worker.relay_failed(relay)
         worker.link.send({"ev": "loss", "sid": self.sid, "missing": missing})
 
     def _units(self, units: list[AccessUnit]) -> None:
@@ -122,6 +141,12 @@ class WorkerStream:
                 channel_id = self.channel_id
                 for unit in units:
                     recorder.submit(channel_id, unit, wall)
+        for relay in self.relays:
+            try:
+                for unit in units:
+                    relay.on_unit(unit)
+            except Exception:
+                self.worker.relay_failed(relay)
         if self.tap:
             self.worker.link.send_frames(self.sid, units)
 
@@ -141,6 +166,22 @@ class WorkerStream:
         if on and not self.tap and self.gop:
             self.worker.link.send_frames(self.sid, list(self.gop))
         self.tap = on
+
+    def set_relays(self, relays: list[HubRelay]) -> None:
+        """The relays it feeds from now on; one that joins gets the cached GOP first (as
+        `LiveStream.add` gives it, from the keyframe), so it can send at once."""
+        joined = [relay for relay in relays if relay not in self.relays]
+        self.relays = relays
+        self.cut_changed()
+        for relay in joined:
+            try:
+                for unit in self.gop:
+                    relay.on_unit(unit)
+            except Exception:
+                self.worker.relay_failed(relay)
+
+    def cut_changed(self) -> None:
+        self.rtp_relays = tuple(relay for relay in self.relays if relay.cut_through)
 
     def stats(self, now: float) -> dict[str, Any]:
         receiver = self.receiver
@@ -173,6 +214,7 @@ class WorkerStream:
         final["frames"] = self.frames
         self.tap = self.record = False
         self.gop = []
+        self.relays, self.rtp_relays = [], ()  # the next attempt's stream feeds them
         return final
 
 
@@ -185,6 +227,11 @@ class Worker:
         self.config = RtpReceiveConfig()
         self.recorder: Recorder | None = None
         self.streams: dict[int, WorkerStream] = {}
+        #: relays to upper platforms, by the node's relay ID; and the ones still opening
+        #: (True once closed meanwhile)
+        self.relays: dict[int, HubRelay] = {}
+        self._opening: dict[int, bool] = {}
+        self.relay_errors = 0
         self.lag_s = 0.0
         self.max_lag_s = 0.0
         self._sockets: dict[int, socket.socket] = {}
@@ -284,6 +331,8 @@ class Worker:
             return self._open(message)
         if op == "connect":
             return self._connect(message)
+        if isinstance(op, str) and op.startswith("relay"):
+            return self._relay_control(op, message)
         stream = self.streams.get(message.get("sid", -1))
         if op == "expect":
             if stream is not None and stream.receiver is not None:
@@ -375,6 +424,108 @@ class Worker:
             return {"failed": "connection", "message": str(exc)}
         return {}
 
+    # ----- relays to upper platforms -----
+    def _relay_control(self, op: str, message: dict[str, Any]) -> Any:
+        if op == "relay":
+            return self._relay_open(message)
+        rid = int(message.get("rid", -1))
+        if op == "relays":  # which relays a stream feeds
+            stream = self.streams.get(int(message.get("sid", -1)))
+            if stream is not None:
+                rids = message.get("rids") or []
+                stream.set_relays([self.relays[r] for r in rids if r in self.relays])
+            return None
+        relay = self.relays.get(rid)
+        if op == "relay_close":
+            if rid in self._opening:
+                self._opening[rid] = True
+            if relay is not None:
+                self._drop_relay(rid)
+                relay.close(str(message.get("reason", "closed")))
+            return None
+        if relay is None:
+            return None
+        if op == "relay_start":
+            relay.start()
+        elif op == "relay_cut":
+            relay.allow_cut_through(bool(message.get("on")))
+            for stream in self.streams.values():
+                if relay in stream.relays:
+                    stream.cut_changed()
+        elif op == "relay_gap":
+            relay.on_gap(str(message.get("reason", "")))
+        else:
+            raise ValueError(f"unknown request {op!r}")
+        return None
+
+    async def _relay_open(self, message: dict[str, Any]) -> dict[str, Any]:
+        rid = int(message["rid"])
+        self._opening[rid] = False
+        try:
+            sock = await self._socket(int(message["token"]))
+            port = sock.getsockname()[1]
+            remote = message["remote"]
+            pool: Any = _Passed(sock, port)
+            relay = HubRelay(
+                ssrc=int(message["ssrc"]), transport=str(message["transport"]),
+                remote=(str(remote[0]), int(remote[1])), port_pool=pool,
+                bind_host=str(message["bind_host"]), payload_max=int(message["payload_max"]),
+                timeout_s=float(message["timeout_s"]),
+                connect_timeout_s=float(message["connect_timeout_s"]),
+                max_buffer_bytes=int(message["max_buffer"]),
+                on_end=lambda reason: self._relay_ended(rid, reason, gap=False),
+            )
+            relay.channel_id = str(message["channel"])
+            relay.gap_timeout_s = float(message["gap_timeout_s"])
+            relay.on_stream_lost = lambda reason: self._relay_ended(rid, reason, gap=True)
+            relay.cut_through = bool(message.get("cut", True))
+            try:
+                await relay.open()
+            except BaseException:
+                sock.close()
+                raise
+            if self._opening.get(rid):  # closed by the node's process meanwhile
+                relay.close("not opened")
+                return {"port": port}
+            self.relays[rid] = relay
+        finally:
+            self._opening.pop(rid, None)
+        return {"port": port}
+
+    def _relay_ended(self, rid: int, reason: str, *, gap: bool) -> None:
+        """A relay ended by itself (`on_end`), or its camera's stream brought nothing after a
+        gap (`on_stream_lost`): closed here, and the node's process told once."""
+        relay = self._drop_relay(rid)
+        if relay is None:
+            return
+        relay.close(reason)
+        self.link.send({"ev": "relay_end", "rid": rid, "reason": reason, "gap": gap,
+                        "stats": relay.stats()})
+
+    def _drop_relay(self, rid: int) -> HubRelay | None:
+        relay = self.relays.pop(rid, None)
+        if relay is not None:
+            for stream in self.streams.values():
+                if relay in stream.relays:
+                    stream.set_relays([r for r in stream.relays if r is not relay])
+        return relay
+
+    def relay_failed(self, relay: HubRelay) -> None:
+        """A relay's call raised (a bug): counted, logged the first time; the stream and the
+        other relays go on."""
+        self.relay_errors += 1
+        if self.relay_errors == 1:
+            log.exception("worker %d: relay of %s failed (further failures only counted)",
+                          self.index, relay.channel_id)
+
+    def _close_relays(self, reason: str) -> None:
+        relays, self.relays = self.relays, {}
+        for relay in relays.values():
+            try:
+                relay.close(reason)
+            except Exception:
+                log.exception("worker %d: closing a relay", self.index)
+
     def _recorder_call(self, message: dict[str, Any]) -> None:
         recorder = self.recorder
         if recorder is None:
@@ -401,6 +552,8 @@ class Worker:
         max_lag, self.max_lag_s = self.max_lag_s, self.lag_s
         return {
             "streams": {str(sid): s.stats(now) for sid, s in self.streams.items()},
+            "relays": {str(rid): relay.stats() for rid, relay in self.relays.items()},
+            "relay_errors": self.relay_errors,
             "recorder": rec,
             "lag_s": self.lag_s,
             "max_lag_s": max_lag,
@@ -410,7 +563,9 @@ class Worker:
         }
 
     async def _stop(self, wall: float | None) -> dict[str, Any]:
-        """Close every stream, then the recorder (open segments durable and indexed)."""
+        """Close every relay and stream, then the recorder (open segments durable and
+        indexed)."""
+        self._close_relays("node stopping")
         self._close_streams()
         recorder, self.recorder = self.recorder, None
         if recorder is not None:
@@ -431,6 +586,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         """The node's process went away without a stop: close what is open."""
+        self._close_relays("node stopped")
         self._close_streams()
         recorder, self.recorder = self.recorder, None
         if recorder is not None:

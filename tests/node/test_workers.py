@@ -2,7 +2,8 @@
 
 The streams of two cameras go to two workers, which receive and record them while the node's
 process keeps the signalling; a worker killed with SIGKILL is started again, its stream is
-invited again, and the segment it left open is recovered. The message format between the
+invited again, and the segment it left open is recovered. A relay to an upstream is sent by
+the worker that receives its camera, and ends with it. The message format between the
 processes is checked on its own (any bytes are a message or `WireError`).
 """
 
@@ -31,9 +32,11 @@ from sensing_node.media.consumers import FrameQueue
 from sensing_node.media.overload import Load
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sensing_node.workers.pool import RemoteReceiver
+from sensing_node.workers.relays import RemoteRelay
 from sensing_node.workers.wire import CODECS, WireError, decode_frames, encode_frames
 
 from .conftest import PASSWORD, RunningNode, StartNode, stop, wait_for
+from .test_cascade import Setup, cascade, check_media  # noqa: F401  (cascade: a fixture)
 from .test_cli import ROOT, write_config
 
 CAMERAS = ("31011200001320000001", "31011200001320000002")
@@ -147,6 +150,71 @@ async def test_a_killed_worker_is_restarted_and_its_stream_recovered(
         await stop(running)
         for cam in cams:
             await cam.stop(unregister=False)
+
+
+def socket_holders(port: int, pids: list[int]) -> set[int]:
+    """Which of `pids` hold a UDP socket bound to `port` (by the socket's inode, from
+    /proc/net/udp and each process's file descriptors)."""
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    holders = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    holders.add(pid)
+            except OSError:
+                continue  # closed meanwhile
+    return holders
+
+
+async def test_a_relay_to_an_upstream_is_sent_by_the_worker_that_receives_its_camera(
+    cascade: Setup,  # noqa: F811
+) -> None:
+    """An upstream plays a channel of a node with two media workers: the relay's sender runs
+    in the worker that receives the camera (its socket is there, not in the node's process,
+    and it passes the camera's packets on as they come), the node's process gets no frames
+    for it, and the upstream gets the camera's PS byte for byte. SIGKILL of that worker ends
+    the relay: the upstream gets a BYE and the port goes back to the pool."""
+    running, upstream, camera = await cascade(node={"media.workers": 2})
+    hub = running.node.media
+    restreamer = running.node.cascade.restreamer
+    channel = camera.channel_ids[0]
+    session = await upstream.invite(channel, "udp")
+    assert session.ok, (session.status, session.reason)
+    await session.wait_units(40)
+    check_media(session)
+    stream = hub.streams[channel]
+    receiver = stream.receiver
+    assert isinstance(receiver, RemoteReceiver)
+    worker = receiver.worker
+    [relay] = hub.relays.values()
+    assert isinstance(relay, RemoteRelay) and relay.worker is worker
+    assert worker.pid is not None
+    # The worker sends it ...
+    answer = await worker.request({"op": "stats"})
+    sent = answer["relays"][str(relay.relay_id)]
+    assert sent["state"] == "sending" and sent["packets"] > 0 and sent["forwarding"]
+    assert sent["local_port"] == relay.local_port
+    assert socket_holders(relay.local_port, [os.getpid(), worker.pid]) == {worker.pid}
+    # ... and the node's process is sent no frames for it (the stream's tap stays off).
+    assert receiver._tap is False and stream.gop == []
+    stats = hub.relay_stats(relay.relay_id)
+    assert stats["worker"] == worker.index and stats["packets"] > 0
+    # SIGKILL of that worker ends the relay, as a relay that fails ends: BYE upstream.
+    os.kill(worker.pid, signal.SIGKILL)
+    reason = await session.wait_ended(timeout=10)
+    assert "BYE" in reason
+    await wait_for(lambda: not restreamer.live())
+    assert (await running.get("/api/upstreams"))["sessions"] == []
+    assert restreamer.ended[-1]["end_reason"] == f"media worker {worker.index} stopped"
+    assert relay.relay_id not in hub.relays and relay.relay_id not in worker.relays
+    # Its port is back in the pool, and the camera's once its stream has ended.
+    await wait_for(lambda: hub.pool.in_use == 0, timeout=15)
 
 
 def _unit(i: int, codec: str) -> AccessUnit:
