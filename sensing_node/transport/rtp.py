@@ -31,6 +31,7 @@ import errno
 import logging
 import socket
 import struct
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -62,6 +63,9 @@ EARLY_PACKETS = 64  # packets held from before the answer, at most...
 EARLY_BYTES = 128 * 1024  # ...and at most this many bytes of them
 _PLAIN = struct.Struct("!BHII")  # after the first byte: M/PT, sequence, timestamp, SSRC
 _rcvbuf_warned = False
+#: SO_RCVBUFFORCE, which Python's socket module does not name (Linux only)
+_SO_RCVBUFFORCE: int | None = getattr(socket, "SO_RCVBUFFORCE",
+                                      33 if sys.platform.startswith("linux") else None)
 
 # (payload, sequence, timestamp, marker): what the reorder buffer holds per packet.
 _Item = tuple[memoryview, int, int, bool]
@@ -111,9 +115,9 @@ def set_rcvbuf(sock: socket.socket, size: int) -> int:
     global _rcvbuf_warned
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
     granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-    if granted < size and hasattr(socket, "SO_RCVBUFFORCE"):
+    if granted < size and _SO_RCVBUFFORCE is not None:
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, size)
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
         except OSError:
             pass  # not privileged
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)

@@ -45,13 +45,8 @@ log = logging.getLogger(__name__)
 PENDING_TIMEOUT_S = 5.0
 #: connections waiting for their first packet at one time; more are closed at once
 MAX_PENDING = 64
-#: the one UDP socket's receive buffer, in streams' worth: it takes the datagrams that as many
-#: sockets of their own would, and keyframe bursts of many streams at once overflow a shared
-#: buffer long before they overflow one per stream. Measured at 200 streams of 4 Mbit/s
-#: (docs/benchmarks.md, "Single port"): one stream's worth lost a third of the packets of
-#: every stream and had streams shed, 64 streams' worth still lost more than the ports of
-#: their own, 256 about as little. The kernel takes the memory only while datagrams wait.
-UDP_BUFFER_STREAMS = 256
+#: the one UDP socket's receive buffer grows with the streams on it, this many at a time
+UDP_BUFFER_STEP = 16
 
 
 def ssrc_key(packet: bytes) -> bytes:
@@ -86,6 +81,8 @@ class SinglePortMux(asyncio.DatagramProtocol):
         self.refused_connections = 0
         self.granted_rcvbuf = 0
         self._serving: asyncio.Task[None] | None = None
+        self._udp_sock: socket.socket | None = None
+        self._buffered_for = UDP_BUFFER_STEP  # UDP streams the socket's buffer is sized for
 
     @classmethod
     def bind(cls, host: str, port: int, rcvbuf: int) -> SinglePortMux:
@@ -94,14 +91,14 @@ class SinglePortMux(asyncio.DatagramProtocol):
         `ready` waits for that.
 
         `rcvbuf` is the SO_RCVBUF of a stream's socket (the pool's): connections accepted on
-        the TCP port get it, the UDP socket `UDP_BUFFER_STREAMS` times that (the kernel takes
-        the memory only while datagrams wait)."""
+        the TCP port get it, and the UDP socket that many times over as it has UDP streams
+        (`_grow_buffer`)."""
         self = cls(host, port, rcvbuf)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         udp = socket.socket(family, socket.SOCK_DGRAM)
         tcp = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self.granted_rcvbuf = set_rcvbuf(udp, rcvbuf * UDP_BUFFER_STREAMS)
+            self.granted_rcvbuf = set_rcvbuf(udp, rcvbuf * UDP_BUFFER_STEP)
             udp.bind((host, port))
             udp.setblocking(False)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -113,6 +110,7 @@ class SinglePortMux(asyncio.DatagramProtocol):
             udp.close()
             tcp.close()
             raise
+        self._udp_sock = udp
         self._serving = asyncio.get_running_loop().create_task(self._serve(udp, tcp))
         self._serving.add_done_callback(self._served)
         return self
@@ -157,6 +155,7 @@ class SinglePortMux(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+        self._udp_sock = None
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -170,6 +169,20 @@ class SinglePortMux(asyncio.DatagramProtocol):
             raise ValueError(f"SSRC {ssrc:010d} is in use by another stream on the single "
                              f"media port")
         table[key] = receiver
+        if table is self._udp and len(table) > self._buffered_for:
+            self._grow_buffer(len(table))
+
+    def _grow_buffer(self, streams: int) -> None:
+        """Size the UDP socket's buffer for `streams` (rounded up to `UDP_BUFFER_STEP`): as
+        much as their sockets of their own would have. One buffer for all of them fills in a
+        stall of the loop as fast as all of theirs together, and what overflows is lost from
+        every stream at once; sized for a few streams, it lost a third of the packets of 200
+        and had streams shed (docs/benchmarks.md, "Single port"). It only grows: the kernel
+        takes the memory only while datagrams wait."""
+        if self._udp_sock is None or self.transport is None:
+            return
+        self._buffered_for = -(-streams // UDP_BUFFER_STEP) * UDP_BUFFER_STEP
+        self.granted_rcvbuf = set_rcvbuf(self._udp_sock, self.rcvbuf * self._buffered_for)
 
     def _rekey(self, table: dict[bytes, Any], old: int, new: int, receiver: Any) -> None:
         if old == new:

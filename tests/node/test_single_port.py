@@ -22,7 +22,9 @@ from rtp.framing import frame
 from rtp.packet import RtpPacket, build_rtp
 from sensing_node.media.consumers import FrameQueue
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
+from sensing_node.transport.rtp import MediaIngest
 from sensing_node.transport.single_port import (
+    UDP_BUFFER_STEP,
     SharedTcpReceiver,
     SharedUdpReceiver,
     SinglePortMux,
@@ -303,6 +305,27 @@ async def test_a_port_already_taken_is_reported_at_bind() -> None:
         holder.bind(("127.0.0.1", 0))
         with pytest.raises(OSError):
             SinglePortMux.bind("127.0.0.1", holder.getsockname()[1], 1 << 20)
+
+
+async def test_the_udp_buffer_grows_with_the_streams_on_the_port() -> None:
+    """As much buffer as the streams' sockets of their own would have, in steps."""
+    mux = SinglePortMux.bind("127.0.0.1", 0, 4096)
+    await mux.ready()
+    sock = mux.transport.get_extra_info("socket")  # type: ignore[union-attr]
+
+    def granted() -> int:
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+    try:
+        assert granted() == 2 * 4096 * UDP_BUFFER_STEP  # Linux reports twice what it took
+        receivers = [await SharedUdpReceiver.attach(mux, ssrc, MediaIngest())
+                     for ssrc in range(UDP_BUFFER_STEP + 1)]
+        assert granted() == 2 * 4096 * 2 * UDP_BUFFER_STEP
+        for receiver in receivers:
+            receiver.close()
+        assert mux.stats()["udp_streams"] == 0
+    finally:
+        mux.close()
 
 
 # ----- the demultiplexing key, on any bytes -----
