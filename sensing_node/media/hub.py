@@ -411,6 +411,8 @@ class StreamHub:
             await self.subscribe(spec.channel_id, relay)
         except BaseException:
             self._drop_relay(relay_id, "not opened")
+            if spec.channel_id not in self.streams:  # the relay took the channel's worker
+                self.workers.release(spec.channel_id)
             raise
         if relay_id not in self.relays:  # ended while the stream started
             raise StreamError(502, relay.end_reason or "relay ended")

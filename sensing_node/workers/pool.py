@@ -490,9 +490,9 @@ class MediaWorkers:
             sock.close()
         relay.worker, relay.local_port, relay.port_held = worker, port, True
         worker.relays[relay.relay_id] = relay
+        request = relay.open_request()
         try:
-            await worker.request({**relay.open_request(), "token": token,
-                                  "clock": self._clock()})
+            await worker.request({**request, "token": token, "clock": self._clock()})
         except BaseException:
             worker.relays.pop(relay.relay_id, None)
             worker.send({"op": "relay_close", "rid": relay.relay_id, "reason": "not opened"})
@@ -502,8 +502,8 @@ class MediaWorkers:
             worker.send({"op": "relay_close", "rid": relay.relay_id, "reason": "not opened"})
             return port
         relay.state, relay.opened = "open", True
-        if not relay.cut_through:  # changed while it opened
-            worker.send({"op": "relay_cut", "rid": relay.relay_id, "on": False})
+        if relay.cut_through != request["cut"]:  # changed while it opened
+            worker.send({"op": "relay_cut", "rid": relay.relay_id, "on": relay.cut_through})
         return port
 
     # ----- from the workers -----

@@ -295,6 +295,30 @@ async def test_camera_loss_ends_the_upstream_session_with_bye(cascade):
     assert "BYE" in reason
 
 
+async def test_a_relay_follows_its_camera_invited_again_and_ends_if_it_does_not_come_back(
+    cascade,
+):
+    """The camera's stream dies with its dialog up: the relay goes on with the stream's next
+    attempt (with media workers, the new receiver is told to feed it). When the camera then
+    answers no INVITE, nothing comes within media.timeout_s of the gap and the relay ends."""
+    running, upstream, camera = await cascade(node={"media.answer_timeout_s": 8})
+    channel = camera.channel_ids[0]
+    session = await upstream.invite(channel, "udp")
+    await session.wait_units(20)
+    stream = running.node.media.streams[channel]
+    camera.stop_media()
+    await wait_for(lambda: stream.attempts >= 2 and stream.state == "playing", timeout=15)
+    count = len(session.units)
+    await session.wait_units(count + 20)
+    assert not session.ended.is_set()
+    camera.config.answer_invite = False
+    camera.stop_media()
+    reason = await session.wait_ended(timeout=15)
+    assert "BYE" in reason
+    ended = running.node.cascade.restreamer.ended
+    assert ended[-1]["end_reason"] == "camera stream stopped: no media for 2 s"
+
+
 async def test_a_stalled_tcp_upstream_does_not_disturb_another(cascade):
     running, upstream, camera = await cascade(transport="tcp")
     channel = camera.channel_ids[0]
