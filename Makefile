@@ -24,19 +24,19 @@ run: $(VENV)/.installed
 	@echo "Console: http://127.0.0.1:8080/ (sign in with the demo token, demo-token)"
 	$(BIN)/sensing-node run -c $(CONFIG)
 
-# `make test-workers` runs the media tests a second time with the streams in two media worker processes
-# (media.workers: 2; tests/node/test_workers.py starts its own), bounded in all.
+# `make test` runs the whole suite, then the media tests a second time with the streams in two
+# media worker processes (media.workers: 2; tests/node/test_workers.py starts its own), bounded
+# in all; `make test-workers` runs that second pass alone.
 MEDIA_TESTS := tests/node/test_live.py tests/node/test_recording.py tests/node/test_cascade.py \
                tests/node/test_webrtc.py tests/node/test_trust.py tests/node/test_clock.py \
                tests/node/test_metrics.py
 
 test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-workers
 
-# Not yet part of `make test`: with two workers a run of these can stop for good after a
-# failing test (the event loop's close never returns); see docs/benchmarks.md, Whole node.
 test-workers: $(VENV)/.installed-test
-	SENSING_NODE_TEST_WORKERS=2 timeout 1200 $(BIN)/python -m pytest -q $(MEDIA_TESTS)
+	SENSING_NODE_TEST_WORKERS=2 timeout 1500 $(BIN)/python -m pytest -q $(MEDIA_TESTS)
 
 # The figures a reviewer needs, about 4 minutes: registrations, keepalives, idle and memory (one
 # round), and the whole node at 300 streams with and without recording, 1 and 2 media workers.

@@ -22,7 +22,7 @@ import gc
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -255,22 +255,25 @@ class Node:
             self.registrar.on_request(event)
 
     async def stop(self) -> None:
+        """Stop in order; a step that fails is logged and the later ones still run, so the
+        node's sockets, media workers and stores are closed whatever went wrong before."""
         for task in list(self._reloads):  # a SIGHUP's reload does not outlive the node
             task.cancel()
         await asyncio.gather(*self._reloads, return_exceptions=True)
         # Upstream sessions first (BYE, then Expires: 0 to every upstream), then the streams,
         # while the devices (and the built-in cameras) can still take the BYE.
-        await self.cascade.stop()
-        await self.recording.stop()  # open segments closed, hashed and indexed
-        await self.media.close()  # BYE to every device still streaming
+        await self._stop_step("cascade", self.cascade.stop())
+        # open segments closed, hashed and indexed
+        await self._stop_step("recording", self.recording.stop())
+        await self._stop_step("media", self.media.close())  # BYE to every device still streaming
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if self.queries is not None:
-            await self.queries.stop()
-        await self.access.stop()
-        await self.endpoint.close()
+            await self._stop_step("device queries", self.queries.stop())
+        await self._stop_step("access", self.access.stop())
+        await self._stop_step("SIP", self.endpoint.close())
         self.registry.log_changes()
         gc.unfreeze()
         try:
@@ -278,6 +281,13 @@ class Node:
         except Exception as exc:
             log.error("final write of the registry failed: %s", exc)
         await asyncio.get_running_loop().run_in_executor(None, self.store.close)
+
+    @staticmethod
+    async def _stop_step(name: str, step: Awaitable[object]) -> None:
+        try:
+            await step
+        except Exception:
+            log.exception("stopping the node: %s failed; going on with the rest", name)
 
     async def _housekeeping(self) -> None:
         """Wall clock step checks, offline sweeps and batched SQLite writes, twice a second.
