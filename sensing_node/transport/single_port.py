@@ -20,9 +20,11 @@ the signalling gave, and never changes which source feeds it.
 TCP (RFC 4571): a connection to the listener is bound to a stream by the SSRC of its first
 packet, and only if the connecting host is one the stream expects (the device's, as a
 `tcp-passive` port of its own would check) and the stream has no connection yet; others are
-closed and counted (`refused_connections`). A connection that sends no whole packet within
-`PENDING_TIMEOUT_S` is closed too, and at most `MAX_PENDING` wait at a time, so strangers
-cannot hold sockets open. `tcp-active` streams connect out from an ephemeral port as before.
+closed and counted (`refused_connections`). One whose SSRC no stream has waits for a stream
+to take it (a device's answer with an SSRC of its own may still be on its way). A connection
+not bound within `PENDING_TIMEOUT_S` is closed too, and at most `MAX_PENDING` wait at a time,
+so strangers cannot hold sockets open. `tcp-active` streams connect out from an ephemeral
+port as before.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class SinglePortMux(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.server: asyncio.AbstractServer | None = None
         self._pending: set[_Pending] = set()
+        #: connections whose first packet carries an SSRC no stream has yet, by that SSRC
+        self._parked: dict[bytes, list[_Pending]] = {}
         #: datagrams whose SSRC no stream has (dropped)
         self.unknown_ssrc = 0
         #: TCP connections closed unbound: unknown SSRC, a host the stream does not expect, a
@@ -82,6 +86,7 @@ class SinglePortMux(asyncio.DatagramProtocol):
         self.granted_rcvbuf = 0
         self._serving: asyncio.Task[None] | None = None
         self._udp_sock: socket.socket | None = None
+        self.closed = False
         self._buffered_for = UDP_BUFFER_STEP  # UDP streams the socket's buffer is sized for
 
     @classmethod
@@ -149,6 +154,7 @@ class SinglePortMux(asyncio.DatagramProtocol):
 
     def close(self) -> None:
         """Close both sockets and the connections still waiting for their first packet."""
+        self.closed = True
         if self._serving is not None:
             self._serving.cancel()  # if still taking them up, its cleanup closes them
             self._serving = None
@@ -171,6 +177,8 @@ class SinglePortMux(asyncio.DatagramProtocol):
         table[key] = receiver
         if table is self._udp and len(table) > self._buffered_for:
             self._grow_buffer(len(table))
+        for pending in self._parked.pop(key, ()):
+            pending.bind()
 
     def _grow_buffer(self, streams: int) -> None:
         """Size the UDP socket's buffer for `streams` (rounded up to `UDP_BUFFER_STEP`): as
@@ -211,13 +219,25 @@ class SinglePortMux(asyncio.DatagramProtocol):
         pass  # ICMP errors for a receive-only socket say nothing useful
 
     # ----- TCP -----
-    def _bind(self, pending: _Pending, first: bytes) -> SharedTcpReceiver | None:
-        """The stream a new connection carries, by its first packet and its peer; None:
-        refused."""
-        receiver = self._tcp.get(ssrc_key(first))
+    def _bind(self, pending: _Pending, key: bytes) -> SharedTcpReceiver | None:
+        """The stream a new connection carries, by the SSRC of its first packet and its
+        peer; None: refused. One whose SSRC no stream has yet waits (`_Pending.park`)."""
+        receiver = self._tcp.get(key)
+        if receiver is None and len(key) == 4 and not pending.parked:
+            pending.park()
+            self._parked.setdefault(key, []).append(pending)
+            return None
         if receiver is None or not receiver._admits(pending.peer):
+            pending.refuse()
             return None
         return receiver
+
+    def _unpark(self, pending: _Pending, key: bytes) -> None:
+        waiting = self._parked.get(key)
+        if waiting is not None and pending in waiting:
+            waiting.remove(pending)
+            if not waiting:
+                del self._parked[key]
 
 
 class SharedUdpReceiver(UdpRtpReceiver):
@@ -273,12 +293,12 @@ class SharedTcpReceiver(TcpRtpReceiver):
     def attach(self, mux: SinglePortMux, ssrc: int, peers: Iterable[str] | None) -> int:
         """Take the connection that comes with `ssrc` from one of `peers` (anybody if None;
         nobody if empty, as for tcp-active); return the port to offer."""
-        mux._add(mux._tcp, ssrc, self)
-        self.mux, self.key_ssrc = mux, ssrc
         if peers is not None:
             self._peer_hosts = frozenset(peers)
         self.port = mux.port
         self._loop = asyncio.get_running_loop()
+        mux._add(mux._tcp, ssrc, self)  # may bind a waiting connection: set up first
+        self.mux, self.key_ssrc = mux, ssrc
         return mux.port
 
     def _admits(self, peer: Any) -> bool:
@@ -287,7 +307,10 @@ class SharedTcpReceiver(TcpRtpReceiver):
 
     def expect(self, ssrc: int | None = None, peers: Iterable[str] | None = None) -> None:
         """As `TcpRtpReceiver.expect`; an answered SSRC other than the offer's moves the
-        stream to it (ValueError if another stream has it)."""
+        stream to it (ValueError if another stream has it), which binds a connection that
+        waits with that SSRC if its host is one of `peers`."""
+        if peers is not None:
+            self._peer_hosts = frozenset(peers)
         if ssrc is not None and self.mux is not None:
             self.mux._rekey(self.mux._tcp, self.key_ssrc, ssrc, self)
             self.key_ssrc = ssrc
@@ -305,20 +328,25 @@ class _Pending(asyncio.BufferedProtocol):
     """A connection to the single TCP port until its first packet says which stream it is.
 
     Its deframer then goes to the stream's receiver with whatever it holds beyond that packet,
-    and the transport talks to the receiver directly from then on."""
+    and the transport talks to the receiver directly from then on. A device that answers with
+    an SSRC of its own may connect and send before the node has read its answer (and moved
+    the stream to that SSRC), so a first packet of an SSRC no stream has parks the connection,
+    not reading further, until a stream takes that SSRC or `PENDING_TIMEOUT_S` is over."""
 
     def __init__(self, mux: SinglePortMux) -> None:
         self.mux = mux
         self.deframer = Deframer()
         self.transport: asyncio.Transport | None = None
         self.peer: Any = None
+        self.parked = False
+        self._packets: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         self.peer = transport.get_extra_info("peername")
         mux = self.mux
-        if len(mux._pending) >= MAX_PENDING or mux.server is None:
+        if len(mux._pending) >= MAX_PENDING or mux.closed:
             self.refuse()
             return
         mux._pending.add(self)
@@ -329,22 +357,38 @@ class _Pending(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         packets = self.deframer.buffer_updated(nbytes)
-        if not packets or self.transport is None:
+        if self.transport is None:
             return
-        first: bytes = packets[0]  # type: ignore[assignment]  # always bytes here
-        receiver = self.mux._bind(self, first)
+        self._packets += packets  # type: ignore[arg-type]  # always bytes here
+        if self._packets and not self.parked:
+            self.bind()
+
+    def bind(self) -> None:
+        """Hand the connection to the stream its first packet names, if it may have it."""
+        transport = self.transport
+        if transport is None:
+            return
+        receiver = self.mux._bind(self, ssrc_key(self._packets[0]))
         if receiver is None:
-            self.refuse()
             return
         self._settle()
-        transport, self.transport = self.transport, None
+        self.transport = None
+        packets, self._packets = self._packets, []
         receiver._claimed = True
         receiver.deframer = self.deframer  # with the bytes read past these packets
         transport.set_protocol(receiver)
         receiver.connection_made(transport)
+        if self.parked:
+            transport.resume_reading()
         on_rtp = receiver._on_rtp
         for packet in packets:
-            on_rtp(packet)  # type: ignore[arg-type]  # always bytes here
+            on_rtp(packet)
+
+    def park(self) -> None:
+        """Wait for a stream to take the first packet's SSRC; read nothing more meanwhile."""
+        self.parked = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def refuse(self) -> None:
         """Close the connection unbound, and count it."""
@@ -359,6 +403,8 @@ class _Pending(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
         self.mux._pending.discard(self)
+        if self.parked and self._packets:
+            self.mux._unpark(self, ssrc_key(self._packets[0]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._settle()

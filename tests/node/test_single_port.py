@@ -22,6 +22,7 @@ from rtp.framing import frame
 from rtp.packet import RtpPacket, build_rtp
 from sensing_node.media.consumers import FrameQueue
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
+from sensing_node.transport import single_port
 from sensing_node.transport.rtp import MediaIngest
 from sensing_node.transport.single_port import (
     UDP_BUFFER_STEP,
@@ -227,9 +228,13 @@ async def test_an_answered_ssrc_another_stream_has_is_refused(single: Setup) -> 
     assert first.state == "playing" and first.counter("lost") == 0
 
 
-@pytest.mark.parametrize("transport", ["tcp-passive", "tcp-active"])
-async def test_tcp_streams_in_single_port_mode(single: Setup, transport: str) -> None:
-    running, (cam,), port = await single(transport="tcp")
+@pytest.mark.parametrize(("transport", "answer_ssrc"), [
+    ("tcp-passive", None), ("tcp-active", None), ("tcp-passive", "0123456789"),
+])
+async def test_tcp_streams_in_single_port_mode(
+    single: Setup, transport: str, answer_ssrc: str | None,
+) -> None:
+    running, (cam,), port = await single(transport="tcp", answer_ssrc=answer_ssrc)
     hub = running.node.media
     channel = cam.channel_ids[0]
     response = await running.client.post(f"/api/channels/{channel}/live",
@@ -238,6 +243,7 @@ async def test_tcp_streams_in_single_port_mode(single: Setup, transport: str) ->
     assert response.status == 200, await response.text()
     stream = hub.streams[channel]
     assert isinstance(stream.receiver, SharedTcpReceiver)
+    assert stream.ssrc == (answer_ssrc or stream.ssrc)
     (session,) = cam.media_sessions.values()
     assert session.remote[1] == port  # the offer names the one port either way
     queue = FrameQueue()
@@ -252,7 +258,10 @@ async def test_tcp_streams_in_single_port_mode(single: Setup, transport: str) ->
     assert stats["refused_connections"] == 0
 
 
-async def test_tcp_connections_that_name_no_stream_of_theirs_are_refused(single: Setup) -> None:
+async def test_tcp_connections_that_name_no_stream_of_theirs_are_refused(
+    single: Setup, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(single_port, "PENDING_TIMEOUT_S", 0.3)
     running, (cam,), port = await single(transport="tcp")
     hub = running.node.media
     channel = cam.channel_ids[0]
@@ -274,7 +283,7 @@ async def test_tcp_connections_that_name_no_stream_of_theirs_are_refused(single:
         writer.close()
         return rest
 
-    assert await refused(stream.ssrc_value ^ 1, "127.0.0.1") == b""  # no such stream
+    assert await refused(stream.ssrc_value ^ 1, "127.0.0.1") == b""  # no such stream (waits)
     assert await refused(stream.ssrc_value, "127.0.0.2") == b""  # not the device's host
     assert await refused(stream.ssrc_value, "127.0.0.1") == b""  # the stream has its own
     stats = hub.single_port_stats()
@@ -305,6 +314,57 @@ async def test_a_port_already_taken_is_reported_at_bind() -> None:
         holder.bind(("127.0.0.1", 0))
         with pytest.raises(OSError):
             SinglePortMux.bind("127.0.0.1", holder.getsockname()[1], 1 << 20)
+
+
+class Payloads:
+    """An RtpSink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, bytes]] = []
+
+    def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+        self.seen.append((seq, bytes(payload)))
+
+
+async def test_a_connection_before_the_answer_waits_for_the_ssrc_the_device_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A device that answers with an SSRC of its own may connect and send before the node has
+    read the answer: its connection waits, and is bound when the stream moves to that SSRC;
+    one whose SSRC no stream ever takes is closed after PENDING_TIMEOUT_S and counted."""
+    monkeypatch.setattr(single_port, "PENDING_TIMEOUT_S", 1.0)
+    port = free_port()
+    mux = SinglePortMux.bind("127.0.0.1", port, 1 << 16)
+    await mux.ready()
+    sink = Payloads()
+    receiver = SharedTcpReceiver(sink)
+    assert receiver.attach(mux, 1111, ["127.0.0.1"]) == port
+    sent = [(seq, bytes([seq]) * 300) for seq in range(20)]
+    stream = b"".join(frame(build_rtp(96, seq, seq // 5, 2222, seq % 5 == 4, payload))
+                      for seq, payload in sent)
+    writers = []
+    try:
+        _, early = await asyncio.open_connection("127.0.0.1", port)
+        _, stranger = await asyncio.open_connection("127.0.0.1", port)
+        writers += [early, stranger]
+        early.write(stream[:1000])  # the first packets, and part of one
+        stranger.write(frame(build_rtp(96, 0, 0, 3333, True, JUNK)))
+        await asyncio.gather(early.drain(), stranger.drain())
+        await wait_for(lambda: len(mux._parked) == 2)
+        assert receiver.transport is None and not sink.seen
+        receiver.expect(2222, ["127.0.0.1"])  # the answer is read
+        early.write(stream[1000:])
+        await early.drain()
+        await wait_for(lambda: len(sink.seen) == len(sent))
+        assert sink.seen == sent
+        assert receiver.peer == early.get_extra_info("sockname")
+        await wait_for(lambda: mux.refused_connections == 1, timeout=3)  # the stranger
+        assert not mux._parked and not mux._pending
+    finally:
+        for writer in writers:
+            writer.close()
+        receiver.close()
+        mux.close()
 
 
 async def test_the_udp_buffer_grows_with_the_streams_on_the_port() -> None:
