@@ -309,13 +309,16 @@ class LiveStream:
 
     def _feed(self) -> None:
         """A stream a media worker receives: tell it what the consumers need (the frames
-        sent over, the channel recorded there, the relays it sends there). Called for each
-        new receiver too, so the relays follow the stream from attempt to attempt."""
+        sent over, the channel recorded there, the relays it sends and the WebRTC viewers
+        it serves there). Called for each new receiver too, so the relays and viewers follow
+        the stream from attempt to attempt."""
         receiver = self.receiver
         if isinstance(receiver, RemoteReceiver):
             feeds = {c.remote_feed for c in self.consumers}
             relays = tuple(c.relay_id for c in self.consumers if isinstance(c, RemoteRelay))
-            receiver.feed("units" in feeds, "record" in feeds, relays)
+            viewers = tuple(getattr(c, "viewer_id", "") for c in self.consumers
+                            if c.remote_feed == "viewer")
+            receiver.feed("units" in feeds, "record" in feeds, relays, viewers)
 
     def _linger_over(self) -> None:
         self._linger = None

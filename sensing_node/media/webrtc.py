@@ -18,6 +18,12 @@ ICE gathering is done: no trickle), ends them on request, when their peer connec
 closes, when their stream ends, and all of them at node stop. What a viewer may watch, the
 session limits and the audit are the caller's (`api/webrtc.py`); it hears of every end through
 the viewer's `on_end`.
+
+With media workers (`media.workers` > 1, the hub's `workers`) the peer connection, the track
+and the feed of a viewer run in the worker that receives its channel, with these same classes
+(`workers.viewers`); what `Viewers` keeps here is the `Viewer` record, whose counters are the
+worker's last report, and a `workers.viewers.RemoteViewer` among the stream's consumers. The
+caller sees no difference.
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import av
 from aiortc import (
@@ -46,8 +52,12 @@ from rtp.nal import H264_IDR, H264_PPS, H264_SPS, iter_nal_units
 from rtp.ps import AccessUnit
 
 from ..settings import IceServer
+from ..workers.viewers import RemoteViewer
 from .consumers import FrameQueue, StreamError
 from .stream import LiveStream
+
+if TYPE_CHECKING:
+    from ..workers.pool import MediaWorkers
 
 __all__ = [
     "HubVideoTrack",
@@ -60,6 +70,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 CLOCK_RATE = 90_000
 TIME_BASE = Fraction(1, CLOCK_RATE)
@@ -299,7 +310,8 @@ class HubVideoTrack(MediaStreamTrack):
 
 
 class Hub(Protocol):
-    """What `Viewers` needs of the stream hub (`media.hub.StreamHub`)."""
+    """What `Viewers` needs of the stream hub (`media.hub.StreamHub`). A hub with media
+    workers also has `workers` (`workers.pool.MediaWorkers`, else None) and `streams`."""
 
     async def subscribe(
         self, channel_id: str, consumer: Any, *, transport: str | None = None,
@@ -313,7 +325,13 @@ class Hub(Protocol):
 
 
 class Viewer:
-    """One browser watching one channel."""
+    """One browser watching one channel.
+
+    With media workers its peer connection, track and feed run in the channel's worker:
+    `remote` is then this process's handle on it, `feed` that handle (the stream's
+    consumer here), and the counters and the connection's state are the worker's last
+    report (at most `workers.pool.STATS_S` old).
+    """
 
     def __init__(self, viewer_id: str, channel_id: str, user: str, started: float) -> None:
         self.id = viewer_id
@@ -321,9 +339,11 @@ class Viewer:
         self.user = user
         #: wall time the viewer was asked for
         self.started = started
-        self.feed = ViewerFeed()
+        self.feed: ViewerFeed | RemoteViewer = ViewerFeed()
         self.track: HubVideoTrack | None = None
         self.pc: RTCPeerConnection | None = None
+        self.transceiver: Any = None  # the pc's video transceiver, once the offer is taken
+        self.remote: RemoteViewer | None = None
         self.state = "starting"  # starting | playing | ended
         self.source_codec: str | None = None
         #: called once when the viewer ends, with the reason
@@ -335,24 +355,44 @@ class Viewer:
 
     @property
     def frames_sent(self) -> int:
+        if self.remote is not None:
+            return int(self.remote.reported.get("frames_sent", 0))
         return self.track.frames_sent if self.track is not None else 0
 
-    def as_json(self) -> dict[str, Any]:
+    def counters(self) -> dict[str, Any]:
+        """The peer connection's state and the feed's and track's counters."""
+        if self.remote is not None:
+            return self.remote.counters()
         return {
+            "connection": self.pc.connectionState if self.pc is not None else None,
+            "frames_received": self.feed.received,
+            "frames_sent": self.frames_sent,
+            "bytes_sent": self.track.bytes_sent if self.track is not None else 0,
+            "dropped": self.feed.dropped,
+            "queued": len(self.feed.items) if isinstance(self.feed, ViewerFeed) else 0,
+            "connected_at": self.connected_at,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        counters = self.counters()
+        out = {
             "session_id": self.id,
             "channel_id": self.channel_id,
             "user": self.user,
             "started": self.started,
             "state": self.state,
-            "connection": self.pc.connectionState if self.pc is not None else None,
+            "connection": counters["connection"],
             "codec": "h264",
             "source_codec": self.source_codec,
-            "frames_received": self.feed.received,
-            "frames_sent": self.frames_sent,
-            "bytes_sent": self.track.bytes_sent if self.track is not None else 0,
-            "dropped": self.feed.dropped,
-            "queued": len(self.feed.items),
+            "frames_received": counters["frames_received"],
+            "frames_sent": counters["frames_sent"],
+            "bytes_sent": counters["bytes_sent"],
+            "dropped": counters["dropped"],
+            "queued": counters["queued"],
         }
+        if self.remote is not None and self.remote.worker is not None:
+            out["worker"] = self.remote.worker.index
+        return out
 
 
 def ice_configuration(servers: tuple[IceServer, ...]) -> RTCConfiguration:
@@ -395,11 +435,13 @@ class Viewers:
         return sum(1 for v in self.viewers.values()
                    if channel_id is None or v.channel_id == channel_id)
 
-    def reserve(self, channel_id: str, user: str) -> Viewer:
-        """A new viewer, counted from now on; `start` it, or `end` it."""
+    def reserve(self, channel_id: str, user: str, viewer_id: str | None = None) -> Viewer:
+        """A new viewer, counted from now on; `start` it, or `end` it. `viewer_id`: the ID
+        it has (a media worker's viewers have the node's IDs), else a new one."""
         if self._closed:
             raise ViewerError(503, "the node is stopping")
-        viewer_id = secrets.token_urlsafe(12)
+        if viewer_id is None or viewer_id in self.viewers:
+            viewer_id = secrets.token_urlsafe(12)
         while viewer_id in self.viewers:
             viewer_id = secrets.token_urlsafe(12)
         viewer = Viewer(viewer_id, channel_id, user, self.wall())
@@ -412,15 +454,39 @@ class Viewers:
     ) -> str:
         """Answer the browser's `offer` (SDP, receiving video) with the channel's video;
         returns the SDP answer once ICE gathering is done. `ice_servers` empty: host
-        candidates only.
+        candidates only. With media workers (the hub's `workers`) the peer connection runs in
+        the channel's worker (`_start_remote`).
 
         Raises ViewerError (400, 415, 502, 504; 410 for a viewer ended meanwhile by DELETE or
-        node stop; 500 for what aiortc failed at) or the hub's StreamError; the viewer has then
-        ended.
+        node stop; 500 for what aiortc failed at, 503 a media worker that failed) or the
+        hub's StreamError; the viewer has then ended.
         """
+        workers = getattr(self.hub, "workers", None)
+        if workers is not None:
+            return await self._guarded(viewer, self._start_remote(
+                workers, viewer, offer, ice_servers, transcode_h265, first_frame_timeout_s))
+        return await self._guarded(viewer, self._start(
+            viewer, offer, ice_servers, transcode_h265, first_frame_timeout_s))
+
+    async def take_offer(
+        self, viewer: Viewer, offer: str, ice_servers: tuple[IceServer, ...] = ()
+    ) -> None:
+        """The first half of `start`, as a media worker runs it: the peer connection made
+        and the browser's offer taken. Raises as `start` does; the viewer has then ended."""
+        await self._guarded(viewer, self._take_offer(viewer, offer, ice_servers))
+
+    async def answer(
+        self, viewer: Viewer, *, transcode_h265: bool = False,
+        first_frame_timeout_s: float = 10.0,
+    ) -> str:
+        """The second half of `start`, once the viewer's feed is on the stream: the SDP
+        answer. Raises as `start` does; the viewer has then ended."""
+        return await self._guarded(viewer, self._answer(viewer, transcode_h265,
+                                                        first_frame_timeout_s))
+
+    async def _guarded(self, viewer: Viewer, starting: Coroutine[Any, Any, _T]) -> _T:
         try:
-            return await self._start(viewer, offer, ice_servers, transcode_h265,
-                                     first_frame_timeout_s)
+            return await starting
         except (ViewerError, StreamError) as exc:
             self.end(viewer.id, exc.reason)
             raise
@@ -440,10 +506,25 @@ class Viewers:
         self, viewer: Viewer, offer: str, ice_servers: tuple[IceServer, ...],
         transcode_h265: bool, first_frame_timeout_s: float,
     ) -> str:
+        await self._take_offer(viewer, offer, ice_servers)
+        feed = viewer.feed
+
+        def stream_ended(reason: str) -> None:
+            self.end(viewer.id, f"stream ended: {reason}")
+
+        feed.on_stream_end = stream_ended
+        viewer._subscribed = True
+        await self.hub.subscribe(viewer.channel_id, feed, from_keyframe=True)
+        self._check(viewer)
+        return await self._answer(viewer, transcode_h265, first_frame_timeout_s)
+
+    async def _take_offer(
+        self, viewer: Viewer, offer: str, ice_servers: tuple[IceServer, ...]
+    ) -> None:
         if len(offer.encode()) > MAX_OFFER_BYTES:
             raise ViewerError(400, f"the offer is longer than {MAX_OFFER_BYTES} bytes")
         pc = viewer.pc = RTCPeerConnection(ice_configuration(ice_servers))
-        transceiver = pc.addTransceiver("video", direction="sendonly")
+        transceiver = viewer.transceiver = pc.addTransceiver("video", direction="sendonly")
         h264 = [c for c in RTCRtpSender.getCapabilities("video").codecs
                 if c.mimeType.lower() in ("video/h264", "video/rtx")]
         transceiver.setCodecPreferences(h264)
@@ -458,15 +539,11 @@ class Viewers:
             raise ViewerError(400, "the offer has no video to receive")
         self._check(viewer)
 
-        feed = viewer.feed
-
-        def stream_ended(reason: str) -> None:
-            self.end(viewer.id, f"stream ended: {reason}")
-
-        feed.on_stream_end = stream_ended
-        viewer._subscribed = True
-        await self.hub.subscribe(viewer.channel_id, feed, from_keyframe=True)
-        self._check(viewer)
+    async def _answer(
+        self, viewer: Viewer, transcode_h265: bool, first_frame_timeout_s: float
+    ) -> str:
+        pc, transceiver, feed = viewer.pc, viewer.transceiver, viewer.feed
+        assert pc is not None and transceiver is not None and isinstance(feed, ViewerFeed)
         try:
             codec = await asyncio.wait_for(feed.first_codec(), first_frame_timeout_s)
         except TimeoutError:
@@ -511,6 +588,67 @@ class Viewers:
         )
         return str(pc.localDescription.sdp)
 
+    async def _start_remote(
+        self, workers: MediaWorkers, viewer: Viewer, offer: str,
+        ice_servers: tuple[IceServer, ...], transcode_h265: bool, first_frame_timeout_s: float,
+    ) -> str:
+        """A viewer whose peer connection, track and feed run in the channel's media worker
+        (`workers.viewers`): the worker takes the offer (before the stream is pulled, so an
+        offer refused with 400 pulls nothing), this process joins the stream with the
+        viewer's `RemoteViewer` (no frames come over; the stream's `_feed` has the worker
+        feed the viewer from the stream it receives), then the worker answers."""
+        if len(offer.encode()) > MAX_OFFER_BYTES:
+            raise ViewerError(400, f"the offer is longer than {MAX_OFFER_BYTES} bytes")
+        remote = viewer.remote = RemoteViewer(viewer.id, viewer.channel_id, viewer.user)
+        viewer.feed = remote
+        remote.on_worker_end = lambda reason: self.end(viewer.id, reason)
+        await self._remote_step(viewer, workers.open_viewer(remote, {
+            "offer": offer,
+            "ice_servers": [{"urls": list(s.urls), "username": s.username,
+                             "credential": s.credential} for s in ice_servers],
+            "connect_timeout_s": self.connect_timeout_s,
+            "queue_frames": VIEWER_QUEUE_FRAMES, "queue_bytes": VIEWER_QUEUE_BYTES,
+        }))
+        self._check(viewer)
+
+        def stream_ended(reason: str) -> None:
+            self.end(viewer.id, f"stream ended: {reason}")
+
+        remote.on_stream_end = stream_ended
+        viewer._subscribed = True
+        try:
+            await self.hub.subscribe(viewer.channel_id, remote, from_keyframe=True)
+        except BaseException:
+            if viewer.channel_id not in getattr(self.hub, "streams", {}):
+                workers.release(viewer.channel_id)  # the viewer took the channel's worker
+            raise
+        self._check(viewer)
+        answer = await self._remote_step(viewer, remote.answer(
+            transcode_h265=transcode_h265, first_frame_timeout_s=first_frame_timeout_s))
+        self._check(viewer)
+        viewer.source_codec = answer.get("codec")
+        viewer.state = "playing"
+        return str(answer["sdp"])
+
+    async def _remote_step(
+        self, viewer: Viewer, step: Coroutine[Any, Any, dict[str, Any]]
+    ) -> dict[str, Any]:
+        """A request to the viewer's worker: a refusal there raised here as it was (its
+        status), a worker that failed as 503."""
+        try:
+            answer = await step
+        except (OSError, TimeoutError) as exc:
+            self._check(viewer)
+            raise ViewerError(503, f"media worker: {exc or type(exc).__name__}") from None
+        status = answer.get("status")
+        if status is not None:
+            remote = viewer.remote
+            if remote is not None and remote.stream_ended is not None:
+                raise ViewerError(502, f"the stream ended: {remote.stream_ended}")
+            self._check(viewer)
+            raise ViewerError(int(status), str(answer.get("reason")), codec=answer.get("codec"))
+        return answer
+
     def _check(self, viewer: Viewer) -> None:
         if viewer.state == "ended":
             raise ViewerError(410, viewer.end_reason or "ended")
@@ -532,10 +670,16 @@ class Viewers:
         viewer.feed.on_stream_end = None
         if viewer._subscribed:
             self.hub.unsubscribe(viewer.channel_id, viewer.feed, reason=reason)
-        viewer.feed.on_end(reason)  # a track waiting for a frame ends
-        if viewer.pc is not None:
+        closing: Coroutine[Any, Any, Any] | None = None
+        if viewer.remote is not None:
+            closing = viewer.remote.close(reason)  # in its worker, where its pc runs
+        else:
+            viewer.feed.on_end(reason)  # a track waiting for a frame ends
+            if viewer.pc is not None:
+                closing = viewer.pc.close()
+        if closing is not None:
             task = asyncio.get_running_loop().create_task(
-                viewer.pc.close(), name=f"webrtc close {viewer_id}"
+                closing, name=f"webrtc close {viewer_id}"
             )
             self._closing.add(task)
             task.add_done_callback(self._closed_one)
@@ -559,8 +703,12 @@ class Viewers:
         self._closed = True
         for viewer_id in list(self.viewers):
             self.end(viewer_id, reason)
+        await self.wait_closed()
+
+    async def wait_closed(self, timeout: float = 5.0) -> None:
+        """Wait for the peer connections of the viewers ended so far to close."""
         if self._closing:
-            await asyncio.wait(list(self._closing), timeout=5.0)
+            await asyncio.wait(list(self._closing), timeout=timeout)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [viewer.as_json() for viewer in self.viewers.values()]

@@ -8,11 +8,14 @@ from its port pool, as with one process, and passes the socket over; the worker 
 demuxes and records. What the node's process keeps of such a stream is a `RemoteReceiver`:
 the `LiveStream` (signalling, retries, consumers) talks to it as to a local receiver. A relay
 to an upstream goes the same way to the channel's worker (`open_relay`), which sends it from
-the stream it receives; the node's process keeps a `relays.RemoteRelay`.
+the stream it receives; the node's process keeps a `relays.RemoteRelay`. So does a WebRTC
+viewer of the channel (`open_viewer`): its peer connection runs in the worker, the node's
+process keeps a `viewers.RemoteViewer`.
 
 A worker that dies is started again (after a pause that grows while it keeps dying); its
 streams end their attempt ("media worker N stopped") and are invited again, its relays end
-(with the same reason, so the upstream gets a BYE) and give their ports back, and the segments
+(with the same reason, so the upstream gets a BYE) and give their ports back, its viewers
+end (with the same reason, audited as any other end), and the segments
 it left open are finished and indexed as after a crash (`recorder.recovery.recover`, for its
 channels only).
 """
@@ -39,6 +42,7 @@ from ..runtime.supervise import Supervisor
 from ..settings import Settings
 from ..transport.rtp import PortPool, RtpReceiveConfig
 from .relays import RemoteRelay
+from .viewers import RemoteViewer
 from .wire import Link, RemoteError
 from .worker import RECEIVER_COUNTERS, RECORDER_COUNTERS
 
@@ -105,6 +109,7 @@ class RemoteReceiver:
         self._tap = False
         self._record = False
         self._relays: tuple[int, ...] = ()
+        self._viewers: tuple[str, ...] = ()
 
     def update(self, stats: dict[str, Any], now: float) -> None:
         for name in RECEIVER_COUNTERS:
@@ -135,12 +140,19 @@ class RemoteReceiver:
         if failed:
             raise ConnectionError(answer.get("message", "connect failed"))
 
-    def feed(self, tap: bool, record: bool, relays: tuple[int, ...] = ()) -> None:
+    def feed(
+        self, tap: bool, record: bool, relays: tuple[int, ...] = (),
+        viewers: tuple[str, ...] = (),
+    ) -> None:
         """Whether the node's process wants the frames, whether the worker records them, and
-        which of the worker's relays (`RemoteRelay.relay_id`) it feeds."""
+        which of the worker's relays (`RemoteRelay.relay_id`) and WebRTC viewers
+        (`RemoteViewer.viewer_id`) it feeds."""
         if relays != self._relays:
             self._relays = relays
             self.worker.send({"op": "relays", "sid": self.sid, "rids": list(relays)})
+        if viewers != self._viewers:
+            self._viewers = viewers
+            self.worker.send({"op": "viewers", "sid": self.sid, "vids": list(viewers)})
         if tap != self._tap:
             self._tap = tap
             self.worker.send({"op": "tap", "sid": self.sid, "on": tap})
@@ -178,6 +190,8 @@ class _Worker:
         self.streams: dict[int, RemoteReceiver] = {}
         #: the relays to upstreams it sends, by relay ID
         self.relays: dict[int, RemoteRelay] = {}
+        #: the WebRTC viewers whose peer connections it runs, by viewer ID
+        self.viewers: dict[str, RemoteViewer] = {}
         #: channels that stay with this worker while it lives
         self.channels: set[str] = set()
         self.stats: dict[str, Any] = {}
@@ -371,6 +385,10 @@ class MediaWorkers:
         for relay in list(worker.relays.values()):
             relay.ended(f"media worker {worker.index} stopped", gap=False)
         worker.relays.clear()
+        # Its viewers' peer connections went with it: they end (and are audited) here.
+        viewers, worker.viewers = list(worker.viewers.values()), {}
+        for viewer in viewers:
+            viewer.ended(f"media worker {worker.index} stopped")
         worker.stats = {}
 
     async def _recover(self, worker: _Worker) -> None:
@@ -506,6 +524,26 @@ class MediaWorkers:
             worker.send({"op": "relay_cut", "rid": relay.relay_id, "on": relay.cut_through})
         return port
 
+    async def open_viewer(self, viewer: RemoteViewer, options: dict[str, Any]) -> dict[str, Any]:
+        """Make a WebRTC viewer's peer connection in the channel's worker (the one its
+        stream is, or will be, received in) and have it take the browser's offer
+        (`options`: ``offer``, ``ice_servers``, the limits); the worker's answer: {} or
+        the ``status`` and ``reason`` it refused the offer with. Raises `OSError`."""
+        worker = self.worker_for(viewer.channel_id)
+        viewer.worker = worker
+        worker.viewers[viewer.viewer_id] = viewer
+        try:
+            answer = await worker.request(viewer.open_request(options))
+        except BaseException:
+            if worker.viewers.get(viewer.viewer_id) is viewer:
+                del worker.viewers[viewer.viewer_id]
+                worker.send({"op": "viewer_close", "vid": viewer.viewer_id,
+                             "reason": "not started"})
+            raise
+        if "status" not in answer and viewer.state == "new":
+            viewer.state = "open"
+        return answer
+
     # ----- from the workers -----
     def _event(self, worker: _Worker, message: dict[str, Any]) -> None:
         event = message.get("ev")
@@ -514,6 +552,11 @@ class MediaWorkers:
             if relay is not None:
                 relay.ended(str(message.get("reason")), gap=bool(message.get("gap")),
                             stats=message.get("stats"))
+            return
+        if event == "viewer_end":
+            viewer = worker.viewers.pop(str(message["vid"]), None)
+            if viewer is not None:
+                viewer.ended(str(message.get("reason")), message.get("stats"))
             return
         receiver = worker.streams.get(message.get("sid", -1))
         if receiver is None:
@@ -565,6 +608,10 @@ class MediaWorkers:
                     relay = worker.relays.get(int(rid))
                     if relay is not None:
                         relay.update(stats)
+                for vid, stats in answer.get("viewers", {}).items():
+                    viewer = worker.viewers.get(vid)
+                    if viewer is not None:
+                        viewer.update(stats)
                 last = worker._last
                 if last is not None and now > last[0] and packets >= last[1]:
                     worker.rate = (packets - last[1]) / (now - last[0])
@@ -590,6 +637,7 @@ class MediaWorkers:
             "lag_s": w.stats.get("lag_s"), "max_lag_s": w.stats.get("max_lag_s"),
             "cpu_s": w.stats.get("cpu_s"), "restarts": w.restarts,
             "frames_dropped": w.stats.get("frames_dropped", 0),
+            "viewers": len(w.viewers),
         } for w in self.workers]
 
 

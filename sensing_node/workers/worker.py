@@ -5,10 +5,11 @@ with the two socket ends it inherits (see `wire`). For each stream it receives t
 the socket the node's process bound and passed over), puts it back in order, demuxes the PS,
 records the frames with its own `Recorder` when the channel is recorded, sends the channel's
 relays to upper platforms (`relays.HubRelay`, on ports the node's process bound and passed
-over), and sends the frames to the node's process only while something there wants them (a
-viewer). It keeps no state that outlives it: when it dies, the node's process invites its
-streams again elsewhere, ends its relays and finishes what it was recording
-(`recorder.recovery`).
+over), serves the channel's WebRTC viewers (`viewers.WorkerViewers`: their peer connections
+run here, on aiortc's own sockets), and sends the frames to the node's process only while
+something there wants them (a consumer there that takes frames). It keeps no state that
+outlives it: when it dies, the node's process invites its streams again elsewhere, ends its
+relays and viewers and finishes what it was recording (`recorder.recovery`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recorder.service import Recorder
 from rtp.ps import AccessUnit
@@ -36,6 +37,10 @@ from ..transport.rtp import (
 )
 from .relays import HubRelay
 from .wire import Link
+
+if TYPE_CHECKING:
+    from ..media.webrtc import ViewerFeed
+    from .viewers import WorkerViewers
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ class _Passed:
 
 class WorkerStream:
     """One stream's receive path in a worker: the `RtpSink` of its receiver, and what feeds
-    the relays the node's process named for it (`relays`)."""
+    the relays and viewers the node's process named for it (`relays`, `viewers`)."""
 
     def __init__(self, worker: Worker, sid: int, channel_id: str) -> None:
         self.worker = worker
@@ -92,6 +97,8 @@ class WorkerStream:
         #: (empty: the hot path does nothing for relays)
         self.relays: list[HubRelay] = []
         self.rtp_relays: tuple[HubRelay, ...] = ()
+        #: the feeds of the WebRTC viewers it feeds
+        self.viewers: list[ViewerFeed] = []
 
     # ----- the hot path -----
     def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
@@ -118,6 +125,8 @@ class WorkerStream:
                 relay.on_loss(missing)
             except Exception:
                 worker.relay_failed(relay)
+        for feed in self.viewers:  # skips to the next keyframe
+            feed.on_loss(missing)
         worker.link.send({"ev": "loss", "sid": self.sid, "missing": missing})
 
     def _units(self, units: list[AccessUnit]) -> None:
@@ -147,6 +156,12 @@ class WorkerStream:
                     relay.on_unit(unit)
             except Exception:
                 self.worker.relay_failed(relay)
+        for feed in self.viewers:
+            try:
+                for unit in units:
+                    feed.on_unit(unit)
+            except Exception:
+                self.worker.viewer_failed(self.channel_id)
         if self.tap:
             self.worker.link.send_frames(self.sid, units)
 
@@ -179,6 +194,22 @@ class WorkerStream:
                     relay.on_unit(unit)
             except Exception:
                 self.worker.relay_failed(relay)
+
+    def set_viewers(self, feeds: list[ViewerFeed]) -> None:
+        """The viewers' feeds it feeds from now on. One that joins gets the cached GOP first,
+        as a consumer that joins the stream does; one that comes from the attempt before (a
+        stream invited again) starts over at a keyframe, which a browser needs after a
+        gap."""
+        joined = [feed for feed in feeds if feed not in self.viewers]
+        self.viewers = feeds
+        for feed in joined:
+            try:
+                if feed.received:
+                    feed.on_loss(0)
+                for unit in self.gop:
+                    feed.on_unit(unit)
+            except Exception:
+                self.worker.viewer_failed(self.channel_id)
 
     def cut_changed(self) -> None:
         self.rtp_relays = tuple(relay for relay in self.relays if relay.cut_through)
@@ -215,6 +246,7 @@ class WorkerStream:
         self.tap = self.record = False
         self.gop = []
         self.relays, self.rtp_relays = [], ()  # the next attempt's stream feeds them
+        self.viewers = []
         return final
 
 
@@ -232,6 +264,9 @@ class Worker:
         self.relays: dict[int, HubRelay] = {}
         self._opening: dict[int, bool] = {}
         self.relay_errors = 0
+        #: the WebRTC viewers it serves (made with the first: aiortc is imported then)
+        self._viewers: WorkerViewers | None = None
+        self.viewer_errors = 0
         self.lag_s = 0.0
         self.max_lag_s = 0.0
         self._sockets: dict[int, socket.socket] = {}
@@ -333,6 +368,8 @@ class Worker:
             return self._connect(message)
         if isinstance(op, str) and op.startswith("relay"):
             return self._relay_control(op, message)
+        if isinstance(op, str) and op.startswith("viewer"):
+            return self._viewer_control(op, message)
         stream = self.streams.get(message.get("sid", -1))
         if op == "expect":
             if stream is not None and stream.receiver is not None:
@@ -526,6 +563,36 @@ class Worker:
             except Exception:
                 log.exception("worker %d: closing a relay", self.index)
 
+    # ----- WebRTC viewers -----
+    def _viewer_control(self, op: str, message: dict[str, Any]) -> Any:
+        if op == "viewer":
+            if self._viewers is None:
+                from .viewers import WorkerViewers
+
+                self._viewers = WorkerViewers(self)
+            return self._viewers.open(message)
+        viewers = self._viewers
+        if op == "viewers":  # which viewers a stream feeds
+            stream = self.streams.get(int(message.get("sid", -1)))
+            if stream is not None:
+                ids = [str(v) for v in message.get("vids") or []]
+                stream.set_viewers(viewers.feeds(ids) if viewers is not None else [])
+            return None
+        if op == "viewer_answer":
+            if viewers is None:
+                return {"status": 410, "reason": "ended"}
+            return viewers.answer(message)
+        if op == "viewer_close":
+            return viewers.close(message) if viewers is not None else None
+        raise ValueError(f"unknown request {op!r}")
+
+    def viewer_failed(self, channel_id: str) -> None:
+        """A viewer's feed raised (a bug): counted, logged the first time."""
+        self.viewer_errors += 1
+        if self.viewer_errors == 1:
+            log.exception("worker %d: webrtc viewer of %s failed (further failures only "
+                          "counted)", self.index, channel_id)
+
     def _recorder_call(self, message: dict[str, Any]) -> None:
         recorder = self.recorder
         if recorder is None:
@@ -554,6 +621,8 @@ class Worker:
             "streams": {str(sid): s.stats(now) for sid, s in self.streams.items()},
             "relays": {str(rid): relay.stats() for rid, relay in self.relays.items()},
             "relay_errors": self.relay_errors,
+            "viewers": self._viewers.stats() if self._viewers is not None else {},
+            "viewer_errors": self.viewer_errors,
             "recorder": rec,
             "lag_s": self.lag_s,
             "max_lag_s": max_lag,
@@ -563,9 +632,11 @@ class Worker:
         }
 
     async def _stop(self, wall: float | None) -> dict[str, Any]:
-        """Close every relay and stream, then the recorder (open segments durable and
-        indexed)."""
+        """Close every relay, viewer and stream, then the recorder (open segments durable
+        and indexed)."""
         self._close_relays("node stopping")
+        if self._viewers is not None:
+            await self._viewers.stop("node stopping")
         self._close_streams()
         recorder, self.recorder = self.recorder, None
         if recorder is not None:
@@ -587,6 +658,8 @@ class Worker:
     def _shutdown(self) -> None:
         """The node's process went away without a stop: close what is open."""
         self._close_relays("node stopped")
+        if self._viewers is not None:
+            self._viewers.shutdown("node stopped")
         self._close_streams()
         recorder, self.recorder = self.recorder, None
         if recorder is not None:

@@ -3,8 +3,9 @@
 The streams of two cameras go to two workers, which receive and record them while the node's
 process keeps the signalling; a worker killed with SIGKILL is started again, its stream is
 invited again, and the segment it left open is recovered. A relay to an upstream is sent by
-the worker that receives its camera, and ends with it. The message format between the
-processes is checked on its own (any bytes are a message or `WireError`).
+the worker that receives its camera, and ends with it; so is a browser's WebRTC viewer. The
+message format between the processes is checked on its own (any bytes are a message or
+`WireError`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 
 from recorder.index import RecordIndex
 from rtp.ps import AccessUnit
+from sensing_node.api.webrtc import WEBRTC
 from sensing_node.media.consumers import FrameQueue
 from sensing_node.media.overload import Load
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
@@ -38,6 +40,7 @@ from sensing_node.workers.wire import CODECS, WireError, decode_frames, encode_f
 from .conftest import PASSWORD, RunningNode, StartNode, stop, wait_for
 from .test_cascade import Setup, cascade, check_media  # noqa: F401  (cascade: a fixture)
 from .test_cli import ROOT, write_config
+from .test_webrtc import Browser, watch
 
 CAMERAS = ("31011200001320000001", "31011200001320000002")
 
@@ -215,6 +218,72 @@ async def test_a_relay_to_an_upstream_is_sent_by_the_worker_that_receives_its_ca
     assert relay.relay_id not in hub.relays and relay.relay_id not in worker.relays
     # Its port is back in the pool, and the camera's once its stream has ended.
     await wait_for(lambda: hub.pool.in_use == 0, timeout=15)
+
+
+async def test_a_webrtc_viewer_runs_in_the_worker_that_receives_its_camera(
+    start_node: StartNode,
+) -> None:
+    """A browser (aiortc on loopback) watches a channel of a node with two media workers:
+    the viewer's peer connection runs in the worker that receives the camera (its ICE socket
+    is there, the worker's stats list it), the node's process is sent no frames for it, and
+    the browser decodes the camera's H.264. SIGKILL of that worker ends the viewer: it leaves
+    GET /api/webrtc and its end is audited with the reason."""
+    running, cams = await two_cameras(start_node)
+    node = running.node
+    browser = Browser()
+    try:
+        channel = cams[0].channel_ids[0]
+        body = await watch(running, browser, channel)
+        viewer_id = body["session_id"]
+        frames = [await browser.frame() for _ in range(20)]
+        assert all((f.width, f.height) == (640, 360) for f in frames)
+        stream = node.media.streams[channel]
+        receiver = stream.receiver
+        assert isinstance(receiver, RemoteReceiver)
+        worker = receiver.worker
+        assert worker.pid is not None
+        # The worker runs it ...
+        await wait_for(lambda: worker.stats.get("viewers", {}).get(viewer_id, {})
+                       .get("frames_sent", 0) >= 20, timeout=5)
+        reported = worker.stats["viewers"][viewer_id]
+        assert reported["connection"] == "connected" and reported["dropped"] == 0
+        (other,) = [w for w in node.media.workers.workers if w is not worker]
+        assert other.viewers == {} and not other.stats.get("viewers")
+        ports = {int(line.split()[5]) for line in body["sdp"].splitlines()
+                 if line.startswith("a=candidate:") and line.split()[2].lower() == "udp"}
+        assert ports
+        for port in ports:
+            assert socket_holders(port, [os.getpid(), worker.pid]) == {worker.pid}
+        viewer = running.client.app[WEBRTC].viewers.get(viewer_id)
+        assert viewer is not None and viewer.pc is None and viewer.remote is not None
+        (listed,) = await running.get("/api/webrtc")
+        assert listed["worker"] == worker.index and listed["frames_sent"] > 0
+        assert [c.name for c in stream.consumers] == ["webrtc"]
+        # ... and the node's process is sent no frames for it (the stream's tap stays off).
+        assert receiver._tap is False and stream.gop == []
+        # SIGKILL of that worker ends the viewer, audited as any other end.
+        os.kill(worker.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while await running.get("/api/webrtc") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await running.get("/api/webrtc") == []
+        assert viewer.state == "ended"
+        assert viewer.end_reason == f"media worker {worker.index} stopped"
+        assert viewer_id not in worker.viewers and "webrtc" not in [
+            c.name for c in stream.consumers]
+        entries: list[Any] = []
+        while len(entries) < 2 and time.monotonic() < deadline:
+            entries = await running.get("/api/audit?action=live_view")
+            await asyncio.sleep(0.05)
+        ended = entries[0]
+        assert ended["result"] == "ok" and ended["detail"].startswith(f"webrtc {viewer_id} "
+                                                                      "ended after")
+        assert ended["detail"].endswith(f": media worker {worker.index} stopped")
+    finally:
+        await browser.close()
+        await stop(running)
+        for cam in cams:
+            await cam.stop(unregister=False)
 
 
 def _unit(i: int, codec: str) -> AccessUnit:
