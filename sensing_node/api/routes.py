@@ -211,6 +211,7 @@ async def stats(request: web.Request) -> web.Response:
     body["recording"] = node.recording.stats()
     workers = node.media.workers  # media.workers > 1: each worker process's figures
     body["workers"] = workers.snapshot() if workers is not None else []
+    body["single_port"] = node.media.single_port_stats()  # None: a port per stream
     body["tasks"] = node.supervisor.as_dict()  # failures and restarts of long-lived tasks
     body["overload"] = overload = node.media.overload.as_json()  # media/overload.py
     tz = node.settings.node.tz

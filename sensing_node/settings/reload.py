@@ -5,7 +5,8 @@ A running node takes most of a new file at once, but some keys are bound at star
 (`node.sip_listen`, `node.http_listen`, `node.rtp_ports`, `node.media_ip`, `node.media_bind`),
 the storage (`node.data_dir`, `recording.dir`) and how the recorder cuts and dates segments
 (`recording.segment_s`, `recording.fsync_s`, `node.timezone`), the node's identity (`node.id`,
-`node.realm`), the receivers' `media.connect_timeout_s` and the built-in cameras (`simulator`).
+`node.realm`), the receivers' `media.connect_timeout_s`, the media processes and ports
+(`media.workers`, `media.single_port`) and the built-in cameras (`simulator`).
 `merge` keeps the running values of those, so that no part of the node ever sees half of a
 change, and names the keys whose new values wait for a restart.
 """
@@ -36,7 +37,8 @@ RESTART_KEYS: dict[str, dict[str, str]] = {
     },
     "recording": {"dir": "recording.dir", "segment_s": "recording.segment_s",
                   "fsync_s": "recording.fsync_s"},
-    "media": {"connect_timeout_s": "media.connect_timeout_s"},
+    "media": {"connect_timeout_s": "media.connect_timeout_s", "workers": "media.workers",
+              "single_port": "media.single_port"},
     "simulator": {"cameras": "simulator.cameras",
                   "channels_per_camera": "simulator.channels_per_camera"},
 }

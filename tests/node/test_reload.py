@@ -346,6 +346,23 @@ async def test_keys_bound_at_start_are_named_and_kept(node_from_file, tmp_path):
     assert "restart needed for node.id, node.realm, node.sip_listen" in entry.detail
 
 
+async def test_the_media_processes_and_ports_wait_for_a_restart(node_from_file):
+    running, config = await node_from_file()
+    before = running.node.settings.media
+    config.write(**{"media.workers": 2})
+    status, body = await reload(running)
+    assert status == 200, body
+    assert body["restart_needed"] == ["media.workers"]
+    config.write(**{"media.single_port": 4999})
+    status, body = await reload(running)
+    assert status == 200, body
+    assert body["restart_needed"] == ["media.single_port"]
+    after = running.node.settings.media
+    assert (after.workers, after.single_port) == (before.workers, before.single_port)
+    assert running.node.media.workers is None and running.node.media.single_port is None
+    assert (await running.get("/api/stats"))["single_port"] is None
+
+
 async def test_the_recording_plan_is_reconciled(node_from_file, peers):
     running, config = await node_from_file()
     await camera(running, peers)

@@ -130,6 +130,7 @@ async def test_two_udp_cameras_share_the_port_each_channel_gets_its_own_frames(
     await wait_for(lambda: not hub.streams)
     assert hub.single_port_stats() == {"port": port, "udp_streams": 0, "tcp_streams": 0,
                                        "unknown_ssrc": 0, "refused_connections": 0}
+    assert (await running.get("/api/stats"))["single_port"] == hub.single_port_stats()
 
 
 async def test_a_foreign_ssrc_is_dropped_and_counted_and_disturbs_nothing(single: Setup) -> None:
