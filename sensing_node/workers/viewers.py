@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..media.consumers import Consumer
 
 if TYPE_CHECKING:
-    from ..media.webrtc import Viewer, ViewerFeed, Viewers
+    from ..media.webrtc import Viewer, ViewerError, ViewerFeed, Viewers
     from .pool import _Worker
     from .worker import Worker
 
@@ -60,7 +60,7 @@ class RemoteViewer(Consumer):
         #: the stream's end, as `ViewerFeed.on_stream_end`
         self.on_stream_end: Callable[[str], None] | None = None
         #: the viewer ended in the worker (or the worker died), with the reason
-        self.on_worker_end: Callable[[str], None] | None = None
+        self.on_worker_end: Callable[[str], object] | None = None
         #: why the stream ended, once it did
         self.stream_ended: str | None = None
 
@@ -157,9 +157,6 @@ class WorkerViewers:
         self.viewers: Viewers = Viewers(_NoHub(), wall=worker.wall)
         self._starting: set[str] = set()
         self._quiet: set[str] = set()  # ended by the node's process: no event back
-
-    def __len__(self) -> int:
-        return len(self.viewers)
 
     async def open(self, message: dict[str, Any]) -> dict[str, Any]:
         """Make the viewer's peer connection and take the offer; {} or the refusal."""
@@ -269,7 +266,7 @@ class _NoHub:
         """Nothing to do: `WorkerViewers._ended` takes the feed off its stream."""
 
 
-def _refusal(exc: Any) -> dict[str, Any]:
+def _refusal(exc: ViewerError) -> dict[str, Any]:
     out: dict[str, Any] = {"status": exc.status, "reason": exc.reason}
     if exc.codec:
         out["codec"] = exc.codec

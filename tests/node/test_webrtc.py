@@ -218,6 +218,28 @@ async def test_second_viewer_joins_the_running_stream(
     assert len(cam.media_sessions) == 1  # one ingest for both viewers
 
 
+async def test_viewer_goes_on_with_its_camera_invited_again(
+    live: Setup, browsers: Callable[[], Browser]
+) -> None:
+    """The camera's stream dies with its dialog up: the viewer stays and plays the stream's
+    next attempt (with media workers, the new receiver in the worker is told to feed it)."""
+    running, cam = await live()
+    channel = cam.channel_ids[0]
+    browser = browsers()
+    body = await watch(running, browser, channel)
+    for _ in range(5):
+        await browser.frame()
+    stream = running.node.media.streams[channel]
+    cam.stop_media()
+    await wait_for(lambda: stream.attempts >= 2 and stream.state == "playing", timeout=20)
+    # More than the browser could still hold from before the gap.
+    frames = [await browser.frame(10.0) for _ in range(30)]
+    assert all((f.width, f.height) == (640, 360) for f in frames)
+    (listed,) = await running.get("/api/webrtc")
+    assert listed["session_id"] == body["session_id"] and listed["state"] == "playing"
+    assert consumers(running, channel) == ["webrtc"]
+
+
 # ----- ending ------------------------------------------------------------------------------------
 async def test_delete_ends_the_viewer_and_its_consumer(
     live: Setup, browsers: Callable[[], Browser]
