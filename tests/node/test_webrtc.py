@@ -298,6 +298,19 @@ async def test_viewer_ends_when_the_browser_closes(
     assert "peer connection" in entries[0]["detail"], entries[0]
 
 
+async def test_viewer_ends_when_the_browser_does_not_connect(
+    live: Setup, browsers: Callable[[], Browser]
+) -> None:
+    running, cam = await live()
+    viewers = running.client.app[WEBRTC].viewers
+    viewers.connect_timeout_s = 1.0  # (with media workers, sent with the offer)
+    status, body = await post_offer(running, cam.channel_ids[0], await browsers().offer())
+    assert status == 200, body  # the browser never takes the answer
+    await wait_for(lambda: len(viewers) == 0, timeout=5.0)
+    entries = await wait_for_audit(running, 2)
+    assert entries[0]["detail"].endswith("the browser did not connect within 1 s"), entries[0]
+
+
 async def test_delete_while_starting(live: Setup, browsers: Callable[[], Browser]) -> None:
     running, cam = await live(answer_delay_s=1.0)
     channel = cam.channel_ids[0]
