@@ -263,7 +263,11 @@ class MediaWorkers:
         """Start every worker (each is restarted when it dies) and the stats poll."""
         if supervisor is not None:
             self._supervisor = supervisor
-        await asyncio.gather(*(self._spawn(worker) for worker in self.workers))
+        # One after the other: each worker's recorder opens the recording index, and the
+        # first to open it sets it up (WAL mode, the schema), which SQLite may refuse to a
+        # second process doing the same at that moment ("database is locked").
+        for worker in self.workers:
+            await self._spawn(worker)
         for worker in self.workers:
             self._watchers.append(asyncio.create_task(
                 self._watch(worker), name=f"media worker {worker.index} watch"))

@@ -183,7 +183,9 @@ async def test_each_node_task_recovers_from_an_injected_failure(
     try:
         recording = await wait_for(lambda: node.recording.recordings.get(CHANNEL), 15.0)
         stream = await wait_for(lambda: node.media.streams.get(CHANNEL), 15.0)
-        await wait_for(lambda: stream.state == "playing" and recording.units > 0, 15.0)
+        # (the recorder's count: with media workers the channel is recorded in one of them)
+        await wait_for(lambda: stream.state == "playing" and recording is not None
+                       and node.recording.stats()["units"] > 0, 15.0)
 
         # A stream's tick failing ends that stream's attempt, which is invited again; the
         # ticker itself goes on for the other streams (the failure is counted all the same).
@@ -223,8 +225,10 @@ async def test_each_node_task_recovers_from_an_injected_failure(
                          *queries._workers]
     await running.client.close()  # node stop: every task ends, none of that is a failure
     assert all(task is not None and task.done() for task in tasks_before_stop)
-    assert {name: h.failures for name, h in supervisor.tasks.items()} == {
-        "housekeeping": 1, "recording": 1, "stream ticker": 1, "device queries": 0}
+    expected = {"housekeeping": 1, "recording": 1, "stream ticker": 1, "device queries": 0}
+    if node.media.workers is not None:
+        expected["media worker stats"] = 0
+    assert {name: h.failures for name, h in supervisor.tasks.items()} == expected
 
 
 async def test_a_failed_query_worker_is_restarted_and_the_pool_keeps_working(
