@@ -37,6 +37,7 @@ from .devices.registrar import Registrar
 from .devices.registry import Registry
 from .devices.store import Store
 from .media.hub import StreamHub
+from .media.workers.pool import MediaWorkers
 from .recording.service import RecordingService
 from .runtime.clock import NodeClock
 from .runtime.stats import Stats
@@ -45,7 +46,6 @@ from .settings import ConfigError, Settings, load_settings
 from .settings.reload import merge
 from .sim.camera import CameraConfig, SimulatedCamera
 from .transport.sip import SipEndpoint
-from .workers.pool import MediaWorkers
 
 log = logging.getLogger(__name__)
 

@@ -91,7 +91,6 @@ APP_LAYERS: list[set[str]] = [
     {"access"},
     {"transport"},
     {"devices", "sim"},
-    {"workers"},  # the media worker processes and their handles, below the streams
     {"media"},
     {"recording"},
     {"cascade"},
@@ -116,17 +115,20 @@ def _rank(part: str) -> int:
 
 
 def _app_imports(path: Path) -> list[tuple[str, bool]]:
-    """(absolute module, type-only) for every import of sensing_node modules in `path`."""
+    """(absolute module, deferred) for every import of sensing_node modules in `path`;
+    deferred: type-only, or inside a function (run when it is called, not at import)."""
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
     if path.name != "__init__.py":
         package = package.rpartition(".")[0]
     else:
         package = package.removesuffix(".__init__")
     tree = ast.parse(path.read_text(), str(path))
-    type_only: set[int] = set()
+    deferred: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            type_only.update(id(sub) for stmt in node.body for sub in ast.walk(stmt))
+            deferred.update(id(sub) for stmt in node.body for sub in ast.walk(stmt))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            deferred.update(id(sub) for stmt in node.body for sub in ast.walk(stmt))
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -141,7 +143,7 @@ def _app_imports(path: Path) -> list[tuple[str, bool]]:
             names = [alias.name for alias in node.names]
         else:
             continue
-        found += [(name, id(node) in type_only) for name in names
+        found += [(name, id(node) in deferred) for name in names
                   if name.split(".")[0] == "sensing_node"]
     return found
 
@@ -167,7 +169,8 @@ def test_app_imports_only_downward():
 
 def test_app_has_no_import_cycle():
     """Module-level imports between the application's modules form no cycle (type-only imports
-    may point back within a part, e.g. a stream naming its hub's type)."""
+    and imports inside functions may point back within a part, e.g. a stream naming its hub's
+    type, a media worker loading the WebRTC module with its first viewer)."""
     graph: dict[str, set[str]] = {}
     names = {}
     for path in modules("sensing_node"):
@@ -175,8 +178,8 @@ def test_app_has_no_import_cycle():
         names[name] = path
     for name, path in names.items():
         graph[name] = set()
-        for module, type_only in _app_imports(path):
-            if type_only:
+        for module, deferred in _app_imports(path):
+            if deferred:
                 continue
             while module and module not in names:
                 module = module.rpartition(".")[0]

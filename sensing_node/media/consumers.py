@@ -37,8 +37,10 @@ class Consumer:
         default), ``record`` (the worker records the frames itself; `on_unit` and `on_loss`
         are not called in the node's process), ``relay`` (a relay to an upstream whose sender
         runs in the worker, fed there: `workers.relays.RemoteRelay`; no frames are sent over
-        for it, `on_unit` and `on_loss` are not called, `on_gap` and `on_end` are) or
-        ``none`` (it only keeps the stream up).
+        for it, `on_unit` and `on_loss` are not called, `on_gap` and `on_end` are),
+        ``viewer`` (a WebRTC viewer whose peer connection runs in the worker, fed there:
+        `workers.viewers.RemoteViewer`, called as a relay is) or ``none`` (it only keeps the
+        stream up).
     """
 
     name = "consumer"

@@ -3,10 +3,11 @@
 The control plane (SIP signalling, registry, cascade, API, settings) and the data plane
 (receivers, the hub's streams, the recorder feed, relay senders, viewers) meet here and nowhere
 else. Everything that crosses is plain data: channel IDs, relay specs, ports, reasons and dicts
-of counters. That is what lets the data plane move into per-core worker processes later with
-these calls turned into messages, without the cascade or the API changing.
+of counters. That is what lets the data plane run in per-core worker processes with these
+calls turned into messages, without the cascade or the API changing.
 
-`StreamHub` implements it in-process today.
+`StreamHub` implements it: in the node's process with `media.workers: 1`; with media workers the
+calls become messages to the channel's worker (`workers`), where the relay senders run.
 """
 
 from __future__ import annotations

@@ -31,14 +31,14 @@ from ..transport.rtp import (
 )
 from ..transport.single_port import SinglePortMux
 from ..transport.sip import SipEndpoint, TransactionTimeout
-from ..workers.pool import MediaWorkers, RemoteReceiver
-from ..workers.relays import HubRelay, RemoteRelay
 from .addresses import media_bind_host
 from .consumers import Consumer, StreamError, _ApiHold
 from .control import RelayEnded, RelayOpened, RelaySpec
 from .overload import MAIN, LoadMeter, OverloadGuard
 from .playback import PlaybackCommand, PlaybackRelay, PlaybackSpec
 from .stream import History, LiveStream
+from .workers.pool import MediaWorkers, RemoteReceiver
+from .workers.relays import HubRelay, RemoteRelay
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from ..transport.rtp import (
     UdpRtpReceiver,
 )
 from ..transport.single_port import SharedTcpReceiver, SharedUdpReceiver
-from ..workers.pool import RemoteReceiver
-from ..workers.relays import RemoteRelay
 from .consumers import Consumer, StreamError
+from .workers.pool import RemoteReceiver
+from .workers.relays import RemoteRelay
 
 if TYPE_CHECKING:
     from .hub import StreamHub

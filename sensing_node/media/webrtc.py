@@ -52,12 +52,12 @@ from rtp.nal import H264_IDR, H264_PPS, H264_SPS, iter_nal_units
 from rtp.ps import AccessUnit
 
 from ..settings import IceServer
-from ..workers.viewers import RemoteViewer
 from .consumers import FrameQueue, StreamError
 from .stream import LiveStream
+from .workers.viewers import RemoteViewer
 
 if TYPE_CHECKING:
-    from ..workers.pool import MediaWorkers
+    from .workers.pool import MediaWorkers
 
 __all__ = [
     "HubVideoTrack",

@@ -40,9 +40,9 @@ from sip import ids, manscdp
 from ..devices.registry import Registry
 from ..media.consumers import Consumer, StreamError
 from ..media.hub import StreamHub
+from ..media.workers.pool import MediaWorkers, RoutedRecorder
 from ..runtime.supervise import Supervisor
 from ..settings import RecordingSettings, Settings
-from ..workers.pool import MediaWorkers, RoutedRecorder
 
 __all__ = ["ChannelRecording", "RecordingService", "StoragePlan", "plan_storage"]
 

@@ -17,10 +17,10 @@ import pytest
 from rtp.packet import build_rtp
 from rtp.ps import AccessUnit
 from sensing_node.media.consumers import Consumer, FrameQueue, StreamError
+from sensing_node.media.workers.pool import RemoteReceiver
 from sensing_node.sim.camera import SimulatedCamera
 from sensing_node.sim.media import load_clip
 from sensing_node.transport.rtp import TcpRtpReceiver, UdpRtpReceiver
-from sensing_node.workers.pool import RemoteReceiver
 
 from .conftest import PASSWORD, CameraSetup, RunningNode, StartNode, wait_for
 

@@ -32,10 +32,10 @@ from rtp.ps import AccessUnit
 from sensing_node.api.webrtc import WEBRTC
 from sensing_node.media.consumers import FrameQueue
 from sensing_node.media.overload import Load
+from sensing_node.media.workers.pool import RemoteReceiver
+from sensing_node.media.workers.relays import RemoteRelay
+from sensing_node.media.workers.wire import CODECS, WireError, decode_frames, encode_frames
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
-from sensing_node.workers.pool import RemoteReceiver
-from sensing_node.workers.relays import RemoteRelay
-from sensing_node.workers.wire import CODECS, WireError, decode_frames, encode_frames
 
 from .conftest import PASSWORD, RunningNode, StartNode, stop, wait_for
 from .test_cascade import Setup, cascade, check_media  # noqa: F401  (cascade: a fixture)
@@ -355,8 +355,8 @@ async def test_an_overloaded_worker_sheds_its_newest_stream(start_node: StartNod
 async def test_a_worker_that_stops_answering_is_killed_and_started_again(
     start_node: StartNode, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("sensing_node.workers.pool.STATS_TIMEOUT_S", 0.3)
-    monkeypatch.setattr("sensing_node.workers.pool.HUNG_AFTER", 2)
+    monkeypatch.setattr("sensing_node.media.workers.pool.STATS_TIMEOUT_S", 0.3)
+    monkeypatch.setattr("sensing_node.media.workers.pool.HUNG_AFTER", 2)
     running = await start_node(media__workers=2)
     try:
         workers = running.node.media.workers

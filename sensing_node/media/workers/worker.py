@@ -1,7 +1,7 @@
 """One media worker process: the data plane of the streams the node's process gives it.
 
-Started by `sensing_node.workers.pool` as ``python -m sensing_node.workers.worker CTL FDS``
-with the two socket ends it inherits (see `wire`). For each stream it receives the RTP (on
+Started by `pool` as ``python -m sensing_node.media.workers.worker CTL FDS`` with the two
+socket ends it inherits (see `wire`). For each stream it receives the RTP (on
 the socket the node's process bound and passed over), puts it back in order, demuxes the PS,
 records the frames with its own `Recorder` when the channel is recorded, sends the channel's
 relays to upper platforms (`relays.HubRelay`, on ports the node's process bound and passed
@@ -27,9 +27,9 @@ from recorder.service import Recorder
 from rtp.ps import AccessUnit
 from rtp.sps import find_video_format
 
-from ..runtime.logs import configure_logging
-from ..settings.node import system_timezone
-from ..transport.rtp import (
+from ...runtime.logs import configure_logging
+from ...settings.node import system_timezone
+from ...transport.rtp import (
     MediaIngest,
     RtpReceiveConfig,
     TcpRtpReceiver,
@@ -39,7 +39,7 @@ from .relays import HubRelay
 from .wire import Link
 
 if TYPE_CHECKING:
-    from ..media.webrtc import ViewerFeed
+    from ..webrtc import ViewerFeed
     from .viewers import WorkerViewers
 
 log = logging.getLogger(__name__)

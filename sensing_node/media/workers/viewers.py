@@ -24,10 +24,10 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ..media.consumers import Consumer
+from ..consumers import Consumer
 
 if TYPE_CHECKING:
-    from ..media.webrtc import Viewer, ViewerError, ViewerFeed, Viewers
+    from ..webrtc import Viewer, ViewerError, ViewerFeed, Viewers
     from .pool import _Worker
     from .worker import Worker
 
@@ -151,7 +151,7 @@ class WorkerViewers:
     """
 
     def __init__(self, worker: Worker) -> None:
-        from ..media.webrtc import Viewers
+        from ..webrtc import Viewers
 
         self.worker = worker
         self.viewers: Viewers = Viewers(_NoHub(), wall=worker.wall)
@@ -160,8 +160,8 @@ class WorkerViewers:
 
     async def open(self, message: dict[str, Any]) -> dict[str, Any]:
         """Make the viewer's peer connection and take the offer; {} or the refusal."""
-        from ..media.webrtc import ViewerError, ViewerFeed
-        from ..settings import IceServer
+        from ...settings import IceServer
+        from ..webrtc import ViewerError, ViewerFeed
 
         viewers = self.viewers
         viewers.connect_timeout_s = float(message["connect_timeout_s"])
@@ -189,7 +189,7 @@ class WorkerViewers:
     async def answer(self, message: dict[str, Any]) -> dict[str, Any]:
         """Wait for the viewer's first frame and answer: ``sdp`` and ``codec``, or the
         refusal."""
-        from ..media.webrtc import ViewerError
+        from ..webrtc import ViewerError
 
         viewer = self.viewers.get(str(message["vid"]))
         if viewer is None:
@@ -215,7 +215,7 @@ class WorkerViewers:
         return self.viewers.wait_closed()
 
     def feeds(self, viewer_ids: list[str]) -> list[ViewerFeed]:
-        from ..media.webrtc import ViewerFeed
+        from ..webrtc import ViewerFeed
 
         out = []
         for viewer_id in viewer_ids:

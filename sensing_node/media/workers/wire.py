@@ -17,7 +17,7 @@ Each worker has two socketpairs with the node's process:
 * a SOCK_SEQPACKET socket that carries bound sockets (a stream's RTP port, bound by the
   node's port pool) as SCM_RIGHTS, each message the 8-byte token a control request names.
 
-The JSON requests and events are documented in `sensing_node.workers` (see its docstring).
+The JSON requests and events are documented in `sensing_node.media.workers` (see its docstring).
 """
 
 from __future__ import annotations

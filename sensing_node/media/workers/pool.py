@@ -1,6 +1,6 @@
 """The node's side of the media workers: starting them, giving them streams, watching them.
 
-`MediaWorkers` runs `media.workers` worker processes (`sensing_node.workers.worker`). A new
+`MediaWorkers` runs `media.workers` worker processes (`sensing_node.media.workers.worker`). A new
 stream goes to a worker when its receiver is opened: the channel's worker if it has one (a
 channel stays with one worker while that lives, so its recording goes on in one place), else
 the worker carrying the fewest packets per second. The node's process binds the RTP port
@@ -38,9 +38,9 @@ from recorder.recovery import recover
 from recorder.service import Recorder, root_index
 from rtp.ps import AccessUnit
 
-from ..runtime.supervise import Supervisor
-from ..settings import Settings
-from ..transport.rtp import PortPool, RtpReceiveConfig
+from ...runtime.supervise import Supervisor
+from ...settings import Settings
+from ...transport.rtp import PortPool, RtpReceiveConfig
 from .relays import RemoteRelay
 from .viewers import RemoteViewer
 from .wire import Link, RemoteError
@@ -304,7 +304,7 @@ class MediaWorkers:
         env.setdefault("SENSING_NODE_LOG_FORMAT", "text")
         try:
             worker.process = subprocess.Popen(
-                [sys.executable, "-m", "sensing_node.workers.worker",
+                [sys.executable, "-m", "sensing_node.media.workers.worker",
                  str(ctl_child.fileno()), str(fds_child.fileno())],
                 pass_fds=(ctl_child.fileno(), fds_child.fileno()), env=env,
             )

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from rtp.ps import AccessUnit
 
-from ..media.consumers import Consumer
-from ..media.relay import RelaySender
+from ..consumers import Consumer
+from ..relay import RelaySender
 
 if TYPE_CHECKING:
-    from ..transport.rtp import PortPool
+    from ...transport.rtp import PortPool
     from .pool import _Worker
 
 log = logging.getLogger(__name__)
