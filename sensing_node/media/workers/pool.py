@@ -447,6 +447,30 @@ class MediaWorkers:
             for worker in self.workers:
                 worker.channels.discard(channel_id)
 
+    async def _hand_over(
+        self, worker: _Worker, pool: PortPool, host: str, udp: bool
+    ) -> tuple[int, int, tuple[str, int]]:
+        """Bind a port from `pool` (UDP, or a TCP listener) and pass its socket to `worker`:
+        the token the worker knows it by, the port and the address it is bound to. Raises
+        `PortsExhausted` or `OSError`; the port goes back to the pool if it cannot be passed."""
+        if udp:
+            sock, port = await pool.acquire_udp(host)
+        else:
+            sock, port = await pool.acquire_tcp(host)
+        self._sid += 1
+        token = self._sid
+        try:
+            bound = sock.getsockname()[:2]
+            if worker.fds is None:
+                raise ConnectionError(f"media worker {worker.index} is not running")
+            socket.send_fds(worker.fds, [token.to_bytes(8, "big")], [sock.fileno()])
+        except BaseException:
+            pool.release(port)
+            raise
+        finally:
+            sock.close()
+        return token, port, bound
+
     async def open_receiver(
         self, stream: LiveStream, transport: str, host: str, pool: PortPool,
         peers: Iterable[str] | None,
@@ -454,22 +478,7 @@ class MediaWorkers:
         """Bind the stream's port, hand it to the channel's worker, and return the handle.
         Raises `PortsExhausted` or `OSError` (the worker's failures included)."""
         worker = self.worker_for(stream.channel_id)
-        if transport == "udp":
-            sock, port = await pool.acquire_udp(host)
-        else:
-            sock, port = await pool.acquire_tcp(host)
-        self._sid += 1
-        sid = self._sid
-        try:
-            bound = sock.getsockname()[:2]
-            if worker.fds is None:
-                raise ConnectionError(f"media worker {worker.index} is not running")
-            socket.send_fds(worker.fds, [sid.to_bytes(8, "big")], [sock.fileno()])
-        except BaseException:
-            pool.release(port)
-            raise
-        finally:
-            sock.close()
+        sid, port, bound = await self._hand_over(worker, pool, host, transport == "udp")
         receiver = RemoteReceiver(worker, sid, stream, port, pool)
         receiver.bound = bound
         worker.streams[sid] = receiver
@@ -492,24 +501,10 @@ class MediaWorkers:
         (the one its stream is received in) and open the sender there; the port. Raises
         `PortsExhausted` or `OSError` (the worker's failures included)."""
         worker = self.worker_for(relay.channel_id)
-        pool, host = relay.port_pool, relay.bind_host
-        if relay.transport == "udp":
-            sock, port = await pool.acquire_udp(host)
-        else:
-            # tcp-passive listens on it; for tcp-active the worker's sender replaces the
-            # pool's listener with a plain bound socket on the same port.
-            sock, port = await pool.acquire_tcp(host)
-        self._sid += 1
-        token = self._sid
-        try:
-            if worker.fds is None:
-                raise ConnectionError(f"media worker {worker.index} is not running")
-            socket.send_fds(worker.fds, [token.to_bytes(8, "big")], [sock.fileno()])
-        except BaseException:
-            pool.release(port)
-            raise
-        finally:
-            sock.close()
+        # tcp-passive listens on the pool's socket; for tcp-active the worker's sender replaces
+        # the pool's listener with a plain bound socket on the same port.
+        token, port, _ = await self._hand_over(worker, relay.port_pool, relay.bind_host,
+                                               relay.transport == "udp")
         relay.worker, relay.local_port, relay.port_held = worker, port, True
         worker.relays[relay.relay_id] = relay
         request = relay.open_request()
