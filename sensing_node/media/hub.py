@@ -321,15 +321,20 @@ class StreamHub:
 
     def _forget(self, stream: LiveStream) -> None:
         # What an ended stream received stays in the node's totals (/metrics).
-        counts = {name: stream.counter(name) for name in RTP_TOTALS}
-        self.ended_totals.update(counts)
-        self.ended_by_channel.setdefault((stream.channel_id, stream.device_id),
-                                         Counter()).update(counts)
+        self.count_ended(stream, {name: stream.counter(name) for name in RTP_TOTALS})
         if self.streams.get(stream.channel_id) is stream:
             del self.streams[stream.channel_id]
             self._holds.pop(stream.channel_id, None)
             if self.workers is not None:
                 self.workers.release(stream.channel_id)
+
+    def count_ended(self, stream: LiveStream, counts: dict[str, int]) -> None:
+        """Add what an ended stream received to the totals; again for the last counts a
+        worker reports after the stream was forgotten."""
+        counts = {name: counts[name] for name in RTP_TOTALS if counts.get(name)}
+        self.ended_totals.update(counts)
+        self.ended_by_channel.setdefault((stream.channel_id, stream.device_id),
+                                         Counter()).update(counts)
 
     # ----- SSRC serials (the last 4 digits of y=) -----
     def allocate_serial(self) -> int:

@@ -693,6 +693,14 @@ class LiveStream:
             self._video_mark = mark
         return self._video_since
 
+    def _late_counts(self, counts: dict[str, int]) -> None:
+        """A worker's last counts for a receiver already closed here: they join the stream's
+        totals, and the node's if the stream has already ended."""
+        for name, count in counts.items():
+            self._totals[name] += count
+        if self.state == "ended":
+            self.hub.count_ended(self, counts)
+
     def counter(self, name: str) -> int:
         receiver = self.receiver
         return self._totals[name] + (getattr(receiver, name) if receiver is not None else 0)

@@ -56,6 +56,8 @@ class LiveStream(Protocol):
 
     def end_attempt(self, reason: str, *, bye: bool = True) -> None: ...
 
+    def _late_counts(self, counts: dict[str, int]) -> None: ...
+
     def _remote_loss(self, missing: int) -> None: ...
 
     def _remote_key(self, codec: str | None, width: int | None, height: int | None) -> None: ...
@@ -172,10 +174,9 @@ class RemoteReceiver:
             self.worker.spawn_request({"op": "close", "sid": self.sid}, self._closed)
 
     def _closed(self, final: dict[str, Any]) -> None:
-        totals = self.stream._totals
-        for name in totals:
-            if name in final:
-                totals[name] += final[name] - getattr(self, name)
+        late = {name: final[name] - getattr(self, name)
+                for name in self.stream._totals if name in final}
+        self.stream._late_counts(late)
 
 
 class _Worker:
