@@ -127,7 +127,8 @@ class Node:
         )
         self.registrar = Registrar(settings, self.registry, self.stats, wall=wall,
                                    monotonic=monotonic)
-        self.endpoint = SipEndpoint(self._route, stats=self.stats)
+        self.endpoint = SipEndpoint(self._route, stats=self.stats,
+                                    udp_read_pace_s=settings.node.sip_read_pace_ms / 1000)
         self.registrar.endpoint = self.endpoint
         self.queries: DeviceQueries | None = None
         self.media = StreamHub(settings, self.registry, self.endpoint, wall=self.clock.stamp)
@@ -366,6 +367,8 @@ class Node:
         """Hand `settings` (merged: nothing bound at start changes) to every part; the sessions
         ended and the upstreams added, removed and changed."""
         self.settings = settings
+        if self.endpoint.udp is not None:
+            self.endpoint.udp.pace_s = settings.node.sip_read_pace_ms / 1000
         self.registrar.apply_settings(settings)
         devices = settings.devices
         self.registry.apply_settings(keepalive_timeout_s=devices.keepalive_timeout_s,

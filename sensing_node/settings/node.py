@@ -20,6 +20,7 @@ from .schema import (
     _boolean,
     _Ctx,
     _device_id,
+    _integer,
     _Invalid,
     _Parsed,
     _quoted,
@@ -27,6 +28,9 @@ from .schema import (
     _string,
     _text,
 )
+
+#: the longest `sip_read_pace_ms` (a tenth of SIP's first retransmission interval, T1)
+MAX_SIP_READ_PACE_MS = 50
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,9 @@ class NodeSettings:
     timezone_name: str | None
     #: where RTP binds; None: media_ip if it is an address of this host, else the SIP host
     media_bind: str | None = None
+    #: SIP over UDP is read at most this often while it carries a moderate rate (0: each
+    #: datagram as it comes); see `transport.sip._SipUdpSocket`
+    sip_read_pace_ms: int = 50
 
     @cached_property
     def tz(self) -> datetime.tzinfo:
@@ -150,6 +157,14 @@ def _path(node: yaml.Node, ctx: _Ctx) -> Path:
     return Path(_text(node, ctx)).expanduser()
 
 
+def _pace_ms(node: yaml.Node, ctx: _Ctx) -> int:
+    value = _integer(0)(node, ctx)
+    if value > MAX_SIP_READ_PACE_MS:
+        raise _Invalid(f"must be at most {MAX_SIP_READ_PACE_MS} (a tenth of the 500 ms after "
+                       f"which SIP over UDP retransmits), got {value}")
+    return value
+
+
 def _zone(node: yaml.Node, ctx: _Ctx) -> str:
     name = _string(node, "a time zone name such as Asia/Shanghai")
     try:
@@ -177,6 +192,9 @@ NODE_KEYS: tuple[Key, ...] = (
     Key("media_bind", _bind_ip, None,
         "address RTP binds; default: media_ip if it is an address of this host, else the SIP "
         "host (1:1 NAT, a cloud public IP)"),
+    Key("sip_read_pace_ms", _pace_ms, 50,
+        "read SIP over UDP at most this often while it brings 20-2,000 datagrams a second "
+        "(fewer wake-ups for many idle devices); 0: each datagram as it comes"),
 )
 
 
@@ -198,4 +216,5 @@ def _build_node(reader: _Reader, parsed: _Parsed) -> NodeSettings:
         data_dir=(reader.base_dir / v["data_dir"]).resolve(),
         timezone_name=v["timezone"],
         media_bind=v["media_bind"],
+        sip_read_pace_ms=v["sip_read_pace_ms"],
     )

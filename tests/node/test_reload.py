@@ -363,6 +363,20 @@ async def test_the_media_processes_and_ports_wait_for_a_restart(node_from_file):
     assert (await running.get("/api/stats"))["single_port"] is None
 
 
+async def test_the_sip_read_pace_changes_at_once(node_from_file):
+    running, config = await node_from_file()
+    udp = running.node.endpoint.udp
+    assert udp is not None and udp.pace_s == 0.05
+    config.write(**{"node.sip_read_pace_ms": 0})
+    status, body = await reload(running)
+    assert status == 200, body
+    assert body["restart_needed"] == [] and "node" in body["applied"]
+    assert running.node.endpoint.udp is udp and udp.pace_s == 0
+    config.write(**{"node.sip_read_pace_ms": 20})
+    status, body = await reload(running)
+    assert status == 200 and udp.pace_s == 0.02
+
+
 async def test_the_recording_plan_is_reconciled(node_from_file, peers):
     running, config = await node_from_file()
     await camera(running, peers)

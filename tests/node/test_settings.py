@@ -237,6 +237,12 @@ ERRORS = [
     (MINIMAL + "simulator: [1]\n", 3, "simulator", "expected a mapping"),
     ("node:\n  api_token: a\n  api_token: b\ndevices: {password: p}\n", 3, "node.api_token",
      "duplicate key (first on line 2)"),
+    ('node:\n  api_token: t\n  sip_read_pace_ms: 51\ndevices: {password: p}\n', 3,
+     "node.sip_read_pace_ms", "must be at most 50 (a tenth of the 500 ms"),
+    ('node:\n  api_token: t\n  sip_read_pace_ms: -1\ndevices: {password: p}\n', 3,
+     "node.sip_read_pace_ms", "must be at least 0, got -1"),
+    ('node:\n  api_token: t\n  sip_read_pace_ms: 2.5\ndevices: {password: p}\n', 3,
+     "node.sip_read_pace_ms", "expected a whole number"),
 ]
 
 
@@ -572,6 +578,12 @@ def test_media_transport_keys(tmp_path: Path) -> None:
     assert "expected an IPv4 or IPv6 address" in problems[0]
     assert problems[2].endswith('unknown value "tpc-passive"; did you mean "tcp-passive"?')
     assert problems[3].endswith("udp is listed twice")
+
+
+def test_sip_read_pace_defaults_to_50_ms_and_0_turns_it_off() -> None:
+    assert parse_settings(MINIMAL).node.sip_read_pace_ms == 50
+    off = parse_settings('node: {api_token: t, sip_read_pace_ms: 0}\ndevices: {password: p}\n')
+    assert off.node.sip_read_pace_ms == 0
 
 
 def test_single_port_is_off_by_default_and_a_port_outside_the_rtp_range() -> None:
