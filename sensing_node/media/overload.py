@@ -16,8 +16,12 @@ Two halves, so that each media process measures itself and one guard decides for
 The rules (the constants are attributes of the guard):
 
 - A tick is *hot* when the wake-up came `lag_hot_s` (0.1 s) late or later, or when at least
-  `spread_min` (3) streams and `spread_share` (a quarter) of those playing lost packets. One
-  camera losing packets is a camera's problem, not overload.
+  `spread_min` (3) streams and `spread_share` (a quarter) of those playing lost packets, or
+  when the process was `busy_hot` (90 %) busy or more and at least `spread_min` streams lost
+  packets (a saturated process that loses a little on several streams at a time, a few
+  streams here and a few there, is overloaded as surely). One camera losing packets is a
+  camera's problem, not overload. *Busy* is the larger of the event loop thread's share of
+  the tick and the whole process's (the recorder's threads too) per CPU it may run on.
 - A process is *overloaded* once at least `hot_share` (3/4) of its ticks over the last
   `sustain_s` (3 s) were hot. It is clear again after `clear_s` (5 s) of *calm* ticks only:
   a wake-up less than `lag_calm_s` (0.025 s) late and at most one stream losing packets.
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -76,7 +81,8 @@ class Load:
     #: packets the kernel dropped on the streams' UDP sockets (a full receive buffer: the
     #: process did not read fast enough) since the last tick; None where unknown
     drops: int | None = None
-    #: share of the tick its event loop's thread spent on the CPU; None where unknown
+    #: share of the tick its event loop's thread spent on the CPU, or the whole process's per
+    #: CPU it may run on, whichever is larger; None where unknown
     busy: float | None = None
 
 
@@ -125,6 +131,7 @@ class OverloadGuard:
     lag_calm_s = 0.025
     spread_min = 3
     spread_share = 0.25
+    busy_hot = 0.9
     sustain_s = 3.0
     hot_share = 0.75
     clear_s = 5.0
@@ -207,7 +214,9 @@ class OverloadGuard:
     def hot(self, load: Load) -> bool:
         """A tick that counts toward overload."""
         spread = max(self.spread_min, math.ceil(load.streams * self.spread_share))
-        return load.lag_s >= self.lag_hot_s or load.lossy >= spread
+        saturated = load.busy is not None and load.busy >= self.busy_hot
+        return load.lag_s >= self.lag_hot_s or load.lossy >= spread \
+            or (saturated and load.lossy >= self.spread_min)
 
     def calm(self, load: Load) -> bool:
         """A tick that counts toward the end of an overload."""
@@ -375,21 +384,26 @@ def _named(channels: Iterable[str]) -> str:
 class LoadMeter:
     """Measures one media process's `Load` once a tick, from its streams' counters (never per
     packet); `drops` reads the kernel's per-socket drop counts of the given UDP ports
-    (`udp_drops`), `cpu` the event loop thread's CPU time."""
+    (`udp_drops`), `cpu` the event loop thread's CPU time, `process_cpu` the whole process's
+    and `cores` how many CPUs the process may run on."""
 
     def __init__(
         self,
         *,
         cpu: Callable[[], float] = time.thread_time,
+        process_cpu: Callable[[], float] | None = time.process_time,
+        cores: Callable[[], int] = lambda: allowed_cpus(),
         drops: Callable[[Collection[int]], dict[int, int] | None] | None = None,
     ) -> None:
         self.cpu = cpu
+        self.process_cpu = process_cpu
+        self.cores = cores
         self.drops = drops if drops is not None else udp_drops
         #: a load to report instead of the one measured (a drill, and the tests)
         self.fed: Load | None = None
         #: channel -> (the stream, its packets, lost, UDP port, kernel drops) at the last tick
         self._marks: dict[str, tuple[int, int, int, int, int]] = {}
-        self._cpu_mark: tuple[float, float] | None = None
+        self._cpu_mark: tuple[float, float, float] | None = None
 
     def sample(
         self, now: float, lag_s: float, streams: Iterable[LiveStream]
@@ -419,15 +433,28 @@ class LoadMeter:
                 lossy += 1
         self._marks = marks
         cpu = self.cpu()
+        process_cpu = self.process_cpu() if self.process_cpu is not None else 0.0
         busy = None
-        if self._cpu_mark is not None and now > self._cpu_mark[0]:
-            busy = (cpu - self._cpu_mark[1]) / (now - self._cpu_mark[0])
-        self._cpu_mark = (now, cpu)
+        mark = self._cpu_mark
+        if mark is not None and now > mark[0]:
+            span = now - mark[0]
+            busy = (cpu - mark[1]) / span
+            if self.process_cpu is not None:
+                busy = max(busy, (process_cpu - mark[2]) / span / max(1, self.cores()))
+        self._cpu_mark = (now, cpu, process_cpu)
         load = Load(lag_s=max(0.0, lag_s), streams=len(playing), lossy=lossy, packets=packets,
                     lost=lost, drops=dropped if kernel is not None else None, busy=busy)
         if self.fed is not None:
             load = self.fed
         return load, [Candidate(s.channel_id, s.started_at) for s in playing]
+
+
+def allowed_cpus() -> int:
+    """How many CPUs this process may run on (its affinity; all of them where unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def udp_drops(ports: Collection[int], tables: Sequence[str] = ("/proc/net/udp",

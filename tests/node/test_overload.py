@@ -94,6 +94,24 @@ def test_spread_loss_sustained_sheds_the_newest_first() -> None:
     assert run.guard.admit(name(18)) is None
 
 
+def test_a_saturated_process_losing_on_a_few_streams_at_a_time_is_overload() -> None:
+    # 3 of 20 streams lose packets each tick (under a quarter): overload only when busy.
+    run = Run(policy="shed-newest")
+    few = Load(lag_s=0.01, streams=20, lossy=3, packets=7000, lost=40, busy=0.7)
+    assert run.tick(few, 10.0) == [] and run.state == "ok"
+    saturated_no_loss = Load(lag_s=0.01, streams=20, lossy=0, packets=7200, busy=0.99)
+    assert run.tick(saturated_no_loss, 10.0) == [] and run.state == "ok"
+    saturated_one_camera = Load(lag_s=0.01, streams=20, lossy=2, packets=7100, lost=30,
+                                busy=0.99)
+    assert run.tick(saturated_one_camera, 10.0) == [] and run.state == "ok"
+    saturated = Load(lag_s=0.01, streams=20, lossy=3, packets=7000, lost=40, busy=0.95)
+    assert run.tick(saturated, 3.5) == [name(19)]
+    assert run.state == "overloaded"
+    decision = run.guard.last_decision
+    assert decision is not None and decision["action"] == "shed"
+    assert "3 of 20 streams lost packets" in decision["reason"]
+
+
 def test_late_wake_up_sustained_is_overload_but_a_spike_is_not() -> None:
     run = Run(policy="shed-newest")
     late = Load(lag_s=0.3, streams=20)
@@ -265,7 +283,7 @@ class FakeStream:
 def test_load_meter_counts_deltas_per_stream() -> None:
     drops = {30000: 5, 30002: 0}
     cpu = [10.0]
-    meter = LoadMeter(cpu=lambda: cpu[0], drops=lambda ports: dict(drops))
+    meter = LoadMeter(cpu=lambda: cpu[0], process_cpu=None, drops=lambda ports: dict(drops))
     a = FakeStream("a", 1.0, port=30000)
     b = FakeStream("b", 2.0, port=30002)
     c = FakeStream("c", 3.0, transport="tcp-passive", port=30004)
@@ -288,6 +306,19 @@ def test_load_meter_counts_deltas_per_stream() -> None:
     assert [x.channel_id for x in carried] == ["a", "b", "d"]
     meter.fed = HOT
     assert meter.sample(101.5, 0.0, [a])[0] is HOT
+
+
+@pytest.mark.parametrize(("cores", "busy"), [(1, 0.96), (2, 0.6)])
+def test_load_meter_busy_counts_the_whole_process_per_cpu(cores: int, busy: float) -> None:
+    # The loop's thread ran 0.3 s of the 0.5 s tick; the process (the recorder's threads with
+    # it) 0.48 s: on one CPU the process was saturated, on two the loop was the busiest.
+    thread, process = [10.0], [20.0]
+    meter = LoadMeter(cpu=lambda: thread[0], process_cpu=lambda: process[0],
+                      cores=lambda: cores, drops=lambda ports: {})
+    meter.sample(100.0, 0.0, [])
+    thread[0], process[0] = 10.3, 20.48
+    load, _ = meter.sample(100.5, 0.0, [])
+    assert load.busy == pytest.approx(busy)
 
 
 def test_udp_drops_reads_a_real_overflowing_socket() -> None:

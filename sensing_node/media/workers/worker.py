@@ -35,6 +35,7 @@ from ...transport.rtp import (
     TcpRtpReceiver,
     UdpRtpReceiver,
 )
+from ..overload import allowed_cpus
 from .relays import HubRelay
 from .wire import Link
 
@@ -628,6 +629,7 @@ class Worker:
             "max_lag_s": max_lag,
             "cpu_s": time.process_time(),
             "loop_cpu_s": time.thread_time(),  # the loop's thread (stats are answered on it)
+            "cores": allowed_cpus(),  # how many CPUs it may run on (its affinity)
             "frames_dropped": self.link.frames_dropped,
         }
 
