@@ -461,14 +461,22 @@ class _SipUdpSocket:
             self.loop.add_reader(self.fd, self._readable)
 
     def _pace(self, received: int) -> bool:
-        """Whether to wait `pace_s` before reading again, after a read that took `received`."""
+        """Whether to wait `pace_s` before reading again, after a read that took `received`.
+
+        The rate is taken over whole seconds; a read that finds more than a pace's worth at
+        the top of the band ends the pacing at once (a registration storm beginning)."""
         if self._closed or not self.pace_s:
             return False
         now = self.loop.time()
         if now - self._since >= 1.0:
             self.rate = self._count / (now - self._since)
             self._count, self._since = 0, now
-        return 0 < received < self.MAX_BATCH and self.PACE_FROM <= self.rate <= self.PACE_UNTIL
+        if received > self.PACE_UNTIL * self.pace_s:
+            # the rate over this pace, until the next whole second says otherwise
+            self.rate = received / self.pace_s
+            self._count, self._since = 0, now
+            return False
+        return received > 0 and self.PACE_FROM <= self.rate <= self.PACE_UNTIL
 
     def _drain(self) -> int:
         recvfrom, endpoint = self.sock.recvfrom, self.endpoint

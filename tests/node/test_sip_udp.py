@@ -70,10 +70,19 @@ async def endpoint(pace_s: float, **fail: Any) -> SipEndpoint:
     return ep
 
 
+async def client_socket() -> Client:
+    """A client whose socket holds a read's worth of answers (up to `MAX_BATCH` at once)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind(("127.0.0.1", 0))
+    _, client = await asyncio.get_running_loop().create_datagram_endpoint(Client, sock=sock)
+    return client
+
+
 async def run(ep: SipEndpoint, rate: float, seconds: float, first: int = 0) -> Client:
     """Send at `rate` a second for `seconds`, then wait for the last answers."""
     loop = asyncio.get_running_loop()
-    _, client = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
+    client = await client_socket()
     start = loop.time()
     count = int(rate * seconds)
     for i in range(count):
@@ -137,6 +146,25 @@ async def test_moderate_rate_is_read_once_per_pace() -> None:
     assert max(reads.sizes) >= 5
 
 
+async def test_a_surge_ends_the_pacing_at_the_next_read() -> None:
+    ep = await endpoint(PACE_S)
+    assert ep.udp is not None
+    reads = Reads(ep)
+    try:
+        await run(ep, rate=200, seconds=1.2)
+        await run(ep, rate=200, seconds=0.3, first=1_000)  # paced by now
+        assert ep.udp._paced is not None or ep.udp.rate > ep.udp.PACE_FROM
+        reads.sizes.clear()
+        # 3,000 a second: the first read after the pace finds more than 100 (2,000/s x 50 ms)
+        # and reading goes on at once, long before the rate of the second is known.
+        surge = await run(ep, rate=3_000, seconds=0.6, first=2_000)
+    finally:
+        await ep.close()
+    late = [surge.answered[n] - surge.sent[n] for n in surge.answered if n >= 2_000 + 300]
+    assert sorted(late)[int(0.95 * len(late))] < PACE_S / 2, sorted(late)[-20:]
+    assert max(reads.sizes) > ep.udp.PACE_UNTIL * PACE_S  # the read that ended it
+
+
 async def test_sparse_and_busy_traffic_are_not_paced() -> None:
     ep = await endpoint(PACE_S)
     assert ep.udp is not None
@@ -162,8 +190,7 @@ async def test_a_read_takes_at_most_a_batch_and_then_reads_on() -> None:
     assert ep.udp is not None
     ep.udp.MAX_BATCH = 8
     reads = Reads(ep)
-    loop = asyncio.get_running_loop()
-    _, client = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
+    client = await client_socket()
     try:
         for n in range(40):  # all at once, before the loop reads any
             client.send(n, ep.local)
@@ -181,8 +208,7 @@ async def test_a_read_takes_at_most_a_batch_and_then_reads_on() -> None:
 async def test_a_failing_request_does_not_stop_the_reading() -> None:
     ep = await endpoint(PACE_S, call_id="pace-3")
     try:
-        loop = asyncio.get_running_loop()
-        _, client = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
+        client = await client_socket()
         for n in range(6):
             client.send(n, ep.local)
         client.transport.sendto(b"garbage\r\n\r\n", ep.local)
@@ -223,8 +249,7 @@ async def test_sends_the_kernel_refuses_wait_in_a_bounded_queue() -> None:
     ep.udp.MAX_QUEUED = 5
     refusing = _Refusing(ep.udp.sock)
     ep.udp.sock = refusing  # type: ignore[assignment]
-    loop = asyncio.get_running_loop()
-    _, client = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
+    client = await client_socket()
     try:
         for n in range(8):
             client.send(n, ep.local)
