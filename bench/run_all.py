@@ -624,6 +624,23 @@ def verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
+PROFILE_TITLE = "## Where the node's time goes"
+
+
+def kept_section(title: str, doc: Path = DOC) -> str:
+    """The section of the current doc that starts with heading `title`, to its next `## `
+    heading (without trailing blank lines); "" when the doc has none."""
+    try:
+        text = doc.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    start = text.find(f"\n{title}\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + len(title) + 2)
+    return text[start + 1:end if end >= 0 else len(text)].rstrip()
+
+
 def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
               sipp: dict[str, Any], profile: dict[str, Any] | None, memory: dict[str, Any],
               rounds: list[dict[str, Any]], elapsed: float, command: str,
@@ -915,11 +932,16 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
         add("SIPp is not installed (Debian package `sip-tester`); skipped.")
     add("")
 
-    # --- profile
+    # --- profile (a pass without one keeps the section of the last run that had one)
+    if not profile:
+        kept = kept_section(PROFILE_TITLE)
+        if kept:
+            add(kept)
+            add("")
     if profile:
         reg_cpu = m["node_reg_cpu_us"]["median"]
         ka_cpu = m["node_ka_cpu_us"]["median"]
-        add("## Where the node's time goes")
+        add(PROFILE_TITLE)
         add("")
         add("cProfile on the event-loop thread of a separate node, during one registration "
             "pass, one keepalive pass and an idle period. cProfile adds a fixed cost per Python "
