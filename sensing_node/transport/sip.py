@@ -412,14 +412,16 @@ class _SipUdpSocket:
     band each datagram is read as it comes (a lone exchange is not slowed), and above it the
     busy loop reads several datagrams per wake-up anyway, and pacing would only add delay.
 
-    Sending: `sendto` at once; a datagram the kernel will not take now waits in a queue of
-    `MAX_QUEUED` (beyond that it is dropped and counted: SIP over UDP retransmits).
+    Sending: `sendto` at once; a datagram the kernel will not take now waits in a queue of at
+    most `MAX_QUEUED` datagrams and `MAX_QUEUED_BYTES` (beyond that it is dropped and counted:
+    SIP over UDP retransmits).
     """
 
     PACE_FROM = 20.0  # datagrams per second
     PACE_UNTIL = 2_000.0
-    MAX_BATCH = 512
+    MAX_BATCH = 512  # datagrams per read (also the most a read holds the loop for)
     MAX_QUEUED = 4_096
+    MAX_QUEUED_BYTES = 4 << 20
     MAX_DATAGRAM = 65_535
 
     def __init__(self, endpoint: SipEndpoint, sock: socket.socket, pace_s: float) -> None:
@@ -430,6 +432,7 @@ class _SipUdpSocket:
         self.fd = sock.fileno()
         sock.setblocking(False)
         self._queue: collections.deque[tuple[bytes, tuple[str, int]]] = collections.deque()
+        self._queued_bytes = 0
         self._closed = False
         self._paced: asyncio.TimerHandle | None = None
         self._count = 0  # datagrams since `_since`
@@ -481,12 +484,14 @@ class _SipUdpSocket:
     def _drain(self) -> int:
         recvfrom, endpoint = self.sock.recvfrom, self.endpoint
         received = 0
-        while received < self.MAX_BATCH and not self._closed:
+        for _ in range(self.MAX_BATCH):
+            if self._closed:
+                break
             try:
                 data, addr = recvfrom(self.MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # an ICMP error queued on the socket
+            except OSError as exc:  # an ICMP error queued on the socket (read, so gone)
                 log.debug("UDP error: %s", exc)
                 continue
             received += 1
@@ -509,10 +514,12 @@ class _SipUdpSocket:
             except OSError as exc:  # unreachable network and the like: as a lost datagram
                 log.debug("UDP send to %s:%s failed: %s", addr[0], addr[1], exc)
                 return
-        if len(self._queue) >= self.MAX_QUEUED:
+        if len(self._queue) >= self.MAX_QUEUED \
+                or self._queued_bytes + len(data) > self.MAX_QUEUED_BYTES:
             self.endpoint.stats.dropped["udp_send_queue_full"] += 1
             return
         self._queue.append((data, addr))
+        self._queued_bytes += len(data)
 
     def _writable(self) -> None:
         queue = self._queue
@@ -525,6 +532,7 @@ class _SipUdpSocket:
             except OSError as exc:
                 log.debug("UDP send to %s:%s failed: %s", addr[0], addr[1], exc)
             queue.popleft()
+            self._queued_bytes -= len(data)
         self.loop.remove_writer(self.fd)
 
     def close(self) -> None:
@@ -536,6 +544,7 @@ class _SipUdpSocket:
         self.loop.remove_reader(self.fd)
         self.loop.remove_writer(self.fd)
         self._queue.clear()
+        self._queued_bytes = 0
         self.sock.close()
 
 

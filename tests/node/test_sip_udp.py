@@ -265,6 +265,31 @@ async def test_sends_the_kernel_refuses_wait_in_a_bounded_queue() -> None:
                 break
             await asyncio.sleep(0.01)
         assert sorted(client.answered) == [0, 1, 2, 3, 4] and not ep.udp._queue
+        assert ep.udp._queued_bytes == 0
+        # The bound in bytes: room for two and a half answers.
+        refusing.open = False
+        client.send(10, ep.local)
+        for _ in range(50):
+            if ep.udp._queue:
+                break
+            await asyncio.sleep(0.01)
+        size = len(ep.udp._queue[0][0])
+        assert ep.udp._queued_bytes == size
+        ep.udp.MAX_QUEUED_BYTES = 2 * size + size // 2
+        client.send(11, ep.local)
+        client.send(12, ep.local)
+        for _ in range(50):
+            if ep.stats.dropped["udp_send_queue_full"] == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert len(ep.udp._queue) == 2 and ep.stats.dropped["udp_send_queue_full"] == 4
+        refusing.open = True
+        for _ in range(100):
+            if {10, 11} <= set(client.answered):
+                break
+            await asyncio.sleep(0.01)
+        assert {10, 11} <= set(client.answered) and 12 not in client.answered
+        assert ep.udp._queued_bytes == 0
         client.send(20, ep.local)  # and sends at once again
         for _ in range(100):
             if 20 in client.answered:
