@@ -227,6 +227,7 @@ def constants(node) -> dict[str, float]:  # type: ignore[no-untyped-def]
         "keepalive_persist_interval_s": node.registry.keepalive_persist_s,
         "keepalive_timeout_s": node.registry.keepalive_timeout_s,
         "max_server_transactions": tx.max_server_transactions,
+        "max_server_bytes": tx.max_server_bytes,
         "timer_j_s": 64 * tx.timers.t1,
     }
 
