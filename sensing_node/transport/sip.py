@@ -30,7 +30,6 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
 
 from sip.errors import MessageTooLarge, ParseError
 from sip.fastpath import FastRequest, recognise
@@ -439,13 +438,6 @@ class _SipUdpSocket:
         self._since = self.loop.time()
         self.rate = 0.0  # datagrams per second over the last full second
         self.loop.add_reader(self.fd, self._readable)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "sockname":
-            return self.sock.getsockname()
-        if name == "socket":
-            return self.sock
-        return default
 
     def _readable(self) -> None:
         if self._pace(self._drain()):

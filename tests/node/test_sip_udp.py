@@ -306,10 +306,13 @@ async def test_close_stops_reading_and_frees_the_port(pace_s: float) -> None:
     ep = await endpoint(pace_s)
     await run(ep, rate=100, seconds=1.2)  # paced by now when pace_s is set
     port = ep.local[1]
+    udp = ep.udp
+    assert udp is not None
+    paced = udp._paced
     await ep.close()
+    assert udp._closed and (paced is None or paced.cancelled())
     again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         again.bind(("127.0.0.1", port))
     finally:
         again.close()
-    await asyncio.sleep(PACE_S * 2)  # a pace timer left armed would read a closed socket
