@@ -22,6 +22,10 @@ node's passive port, RFC 4571 framing (`rtp.framing`), one `sendall` per frame.
 Lateness is how long after its due time a stream's frame started to go out; the sender reports
 its distribution, the packets sent per stream and its own CPU time as one JSON object.
 
+`--control`: the sender reads commands from its standard input between frame rounds, one
+per line: `STOP i` stops stream i (its index in the targets file) for the rest of the run, as
+a camera stops on the node's BYE. Its packets sent so far stay counted.
+
 The targets file is a JSON object: `{"host": "127.0.0.1", "ports": [...]}`; stream i goes to
 ports[i] with SSRC 0x0B000000 + i. Within the process, streams `first` .. `first + count - 1`
 are sent. Two optional lists, as long as `ports`, change that per stream: `ssrcs` (the SSRC each
@@ -257,8 +261,36 @@ def session_start(frames: list[tuple[bytes, bool]]) -> list[bytes]:
 # ----- sending ---------------------------------------------------------------------------------
 
 
+class Commands:
+    """`STOP i` lines from a pipe, read without blocking (`--control`)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.rest = b""
+        os.set_blocking(fd, False)
+
+    def stopped(self) -> list[int]:
+        """The streams named in the lines that arrived since the last call."""
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return []
+        if not data:  # the orchestrator closed the pipe: no more commands
+            self.fd = -1
+            return []
+        lines = (self.rest + data).split(b"\n")
+        self.rest = lines.pop()
+        out = []
+        for line in lines:
+            word, _, value = line.decode().strip().partition(" ")
+            if word == "STOP" and value.strip().isdigit():
+                out.append(int(value))
+        return out
+
+
 def run(targets: dict[str, Any], transport: str, duration: float, first: int, count: int,
-        total_streams: int, gso: bool = True, first_headers: bool = False) -> dict[str, Any]:
+        total_streams: int, gso: bool = True, first_headers: bool = False,
+        commands: Commands | None = None) -> dict[str, Any]:
     tcp = transport == "tcp"
     host, ports = targets["host"], targets["ports"]
     ssrcs = targets.get("ssrcs") or [SSRC_BASE + i for i in range(len(ports))]
@@ -319,6 +351,7 @@ def run(targets: dict[str, Any], transport: str, duration: float, first: int, co
     progress: list[tuple[float, int]] = []
     next_tick = start
     total_sent = 0
+    stopped: set[int] = set()
     k = 0
     perf = time.monotonic
     sleep = time.sleep
@@ -327,6 +360,11 @@ def run(targets: dict[str, Any], transport: str, duration: float, first: int, co
         if base >= stop:
             break
         ts = (k * FRAME_TICKS) & 0xFFFFFFFF
+        if commands is not None and commands.fd >= 0:
+            stop_now = set(commands.stopped())
+            if stop_now:
+                order = [item for item in order if item[2] not in stop_now]
+                stopped |= stop_now & set(streams)
         for phase, j, i, position, tpl in order:
             due = base + phase
             now = perf()
@@ -385,6 +423,7 @@ def run(targets: dict[str, Any], transport: str, duration: float, first: int, co
         "sent_bytes_per_stream": stream_bytes,
         "progress": progress + [(time.monotonic(), total_sent)],
         "send_errors": errors,
+        "stopped": sorted(stopped),
         "wall_s": wall,
         "cpu_s": cpu,
         "lateness_ms": {
@@ -409,6 +448,8 @@ def main() -> int:
     parser.add_argument("--session-start", action="store_true",
                         help="every stream's first pack carries the system header and PSM, as a "
                         "camera's first pack on a new session does (see session_start)")
+    parser.add_argument("--control", action="store_true",
+                        help="read STOP commands from standard input (see the module's text)")
     parser.add_argument("--no-gso", action="store_true",
                         help="UDP: one send per packet instead of UDP GSO sends")
     parser.add_argument("--prepare", action="store_true", help="only encode the clip, print stats")
@@ -421,7 +462,8 @@ def main() -> int:
     count = args.count if args.count is not None else total - args.first
     pin(args.cpu)
     result = run(targets, args.transport, args.duration, args.first, count, total,
-                 gso=not args.no_gso, first_headers=args.session_start)
+                 gso=not args.no_gso, first_headers=args.session_start,
+                 commands=Commands(sys.stdin.fileno()) if args.control else None)
     text = json.dumps(result)
     if args.out:
         Path(args.out).write_text(text)

@@ -351,7 +351,8 @@ class Senders:
     """`--senders` processes of `bench/ingest_sender.py`, the streams split among them."""
 
     def __init__(self, targets: dict[str, Any], transport: str, duration: float,
-                 processes: int, cpu: int | None, tmp: Path, label: str) -> None:
+                 processes: int, cpu: int | None, tmp: Path, label: str,
+                 control: bool = False) -> None:
         path = tmp / f"targets-{label}.json"
         path.write_text(json.dumps(targets))
         n = len(targets["ports"])
@@ -368,8 +369,23 @@ class Senders:
                    str(count), "--out", str(out), "--session-start"]
             if cpu is not None:
                 cmd += ["--cpu", str(cpu)]
-            self.procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT,
-                                                start_new_session=True), out))
+            if control:
+                cmd.append("--control")
+            self.procs.append((subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stdin=subprocess.PIPE if control else None,
+                cwd=ROOT, start_new_session=True), out))
+
+    def stop_streams(self, indexes: list[int]) -> None:
+        """Stop these streams (indexes into the targets), as cameras do on the node's BYE:
+        every sender is told, each stops those it sends."""
+        text = "".join(f"STOP {i}\n" for i in indexes).encode()
+        for proc, _ in self.procs:
+            if proc.stdin is not None and proc.poll() is None:
+                try:
+                    proc.stdin.write(text)
+                    proc.stdin.flush()
+                except (OSError, ValueError):  # it ended, or its pipe is closed
+                    pass
 
     def started(self) -> float:
         """Wait for every sender's START line; the monotonic time they all start at."""
@@ -384,6 +400,8 @@ class Senders:
     def results(self) -> list[dict[str, Any]]:
         out = []
         for proc, path in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
             proc.wait(self.duration + 120)
             if proc.returncode != 0:
                 raise RuntimeError(f"a sender failed ({proc.returncode})")
@@ -436,27 +454,39 @@ def sender_figures(sent: list[dict[str, Any]], t0: float, t1: float) -> dict[str
 
 
 def finish(out: dict[str, Any], got: list[int], taken_t0: float, taken_t1: float,
-           cpu_s: float, seconds: float) -> dict[str, Any]:
-    """Loss per stream, backlog and cost per packet of one pass, into `out`."""
-    lost = [max(0, s - g) for s, g in zip(out["sent_per_stream"], got, strict=True)]
+           cpu_s: float, seconds: float, gone: frozenset[int] = frozenset(),
+           gone_by_t1: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """Loss per stream, backlog and cost per packet of one pass, into `out`.
+
+    `gone`: the streams whose dialog the node ended (shed for overload, say). Their counters
+    left the node's API with them, so what it took of them is not known: they count neither
+    as lost nor as delivered (their loss is None). `gone_by_t1`: those of them that had
+    ended, and so stopped sending, by the window's end: not backlog either.
+    """
     sent = out.pop("sent_per_stream")
+    lost: list[int | None] = [None if i in gone else max(0, s - g)
+                              for i, (s, g) in enumerate(zip(sent, got, strict=True))]
     out.pop("sent_bytes_per_stream", None)
     # Packets taken in the window: those sent in it, less the pass's share lost. (The node's
     # own counters at the window's ends would do as well, but with worker processes the API
     # has them only as often as the workers report, and that would blur a short window.)
-    delivered = min(1.0, sum(got) / max(1, sum(sent)))
+    known = [i for i in range(len(sent)) if i not in gone]
+    delivered = min(1.0, sum(got[i] for i in known) / max(1, sum(sent[i] for i in known)))
     window_packets = out["window_sent"] * delivered
     rate = out["window_sent"] / seconds
+    counted = [x or 0 for x in lost]
     out.update(
         seconds=seconds, cpu_s=cpu_s, cpu_share=cpu_s / seconds,
-        sent=sum(sent), received=sum(got), lost=sum(lost), sent_by_stream=sent,
-        streams_with_loss=sum(1 for x in lost if x),
-        max_stream_loss=max((x / s for x, s in zip(lost, sent, strict=True) if s), default=0.0),
-        lost_per_stream=lost,
+        sent=sum(sent), received=sum(got), lost=sum(counted), sent_by_stream=sent,
+        streams_with_loss=sum(1 for x in counted if x),
+        max_stream_loss=max((x / s for x, s in zip(counted, sent, strict=True) if s),
+                            default=0.0),
+        lost_per_stream=lost, streams_gone=len(gone),
         window_packets=window_packets, packets_per_s=window_packets / seconds,
         window_counted=taken_t1 - taken_t0,
         us_per_packet=1e6 * cpu_s / max(1, window_packets),
-        backlog_ms=1000 * max(0.0, out.pop("sent_by_t1") - taken_t1) / max(1.0, rate),
+        backlog_ms=1000 * max(0.0, out.pop("sent_by_t1") - sum(sent[i] for i in gone_by_t1)
+                              - taken_t1) / max(1.0, rate),
     )
     return out
 
@@ -571,6 +601,7 @@ async def node_pass(transport: str, n: int, recording: bool, workers: int, kinds
     node = Node(config, args.node_root, cpus, tmp / "node.log")
     camera: SimulatedCamera | None = None
     senders: Senders | None = None
+    watcher: asyncio.Task[None] | None = None
     http = aiohttp.ClientSession(f"http://{HOST}:{http_port}",
                                  headers={"Authorization": f"Bearer {TOKEN}"})
 
@@ -630,23 +661,48 @@ async def node_pass(transport: str, n: int, recording: bool, workers: int, kinds
                    "ssrcs": [s.ssrc for s in order], "clips": kinds}
         sender_cpu = None if not pinned else args.cpus[1]
         senders = Senders(targets, transport, args.warmup + args.window + args.tail,
-                          args.senders, sender_cpu, tmp, f"node-{transport}-{n}")
+                          args.senders, sender_cpu, tmp, f"node-{transport}-{n}",
+                          control=True)
         start = await loop.run_in_executor(None, senders.started)
+        index = {c: i for i, c in enumerate(channels)}
+        ended_at: dict[str, float] = {}  # channel -> when its dialog ended, s after start
+
+        async def follow_byes() -> None:
+            """Stop the streams whose dialog the node ended (a BYE: shed for overload, say),
+            as their cameras would."""
+            assert camera is not None
+            while True:
+                live = {s.channel_id for s in camera.media_sessions.values()}
+                gone = [c for c in channels if c not in live and c not in ended_at]
+                if gone:
+                    now = time.monotonic() - start
+                    ended_at.update((c, now) for c in gone)
+                    senders.stop_streams([index[c] for c in gone])
+                await asyncio.sleep(0.1)
+
+        watcher = asyncio.create_task(follow_byes())
         await asyncio.sleep(max(0.0, start + args.warmup - time.monotonic()))
 
-        async def taken() -> tuple[dict[str, int], int]:
+        async def streams_now() -> dict[str, tuple[int, int]]:
             rows = await get("/api/streams")
             rows = rows if isinstance(rows, list) else rows.get("streams", [])
-            by = {r["channel_id"]: int(r.get("packets") or 0) for r in rows}
+            return {r["channel_id"]: (int(r.get("packets") or 0), int(r.get("lost") or 0))
+                    for r in rows}
+
+        async def taken() -> tuple[dict[str, int], int]:
+            by = {c: v[0] for c, v in (await streams_now()).items()}
             return by, sum(by.values())
 
-        _, taken0 = await taken()
+        rows0 = await streams_now()
+        taken0 = sum(v[0] for v in rows0.values())
         busy0, own0 = busy_cpu_seconds(), time.process_time()
         t0, (cpu0, procs0) = time.monotonic(), node.cpu()
         await asyncio.sleep(max(0.0, start + args.warmup + args.window - time.monotonic()))
         t1, (cpu1, procs1) = time.monotonic(), node.cpu()
         busy1, own1 = busy_cpu_seconds(), time.process_time()
-        _, taken1 = await taken()
+        rows1 = await streams_now()
+        taken1 = sum(v[0] for v in rows1.values())
+        watcher.cancel()
         sent = await loop.run_in_executor(None, senders.results)
         # Until the node's counters stop moving; worker processes report theirs every 0.5 s.
         pause = args.drain if max(procs0, procs1) <= 1 else max(args.drain, 1.2)
@@ -659,7 +715,10 @@ async def node_pass(transport: str, n: int, recording: bool, workers: int, kinds
             await asyncio.sleep(pause)
         stats = await get("/api/stats")
         out.update(sender_figures(sent, t0, t1))
-        finish(out, [by.get(c, 0) for c in channels], taken0, taken1, cpu1 - cpu0, t1 - t0)
+        gone = frozenset(i for i, c in enumerate(channels) if c not in by or c in ended_at)
+        gone_by_t1 = frozenset(index[c] for c, t in ended_at.items() if start + t < t1 - 0.5)
+        finish(out, [by.get(c, 0) for c in channels], taken0, taken1, cpu1 - cpu0, t1 - t0,
+               gone, gone_by_t1)
         out["processes"] = max(procs0, procs1)
         out["other_load"] = max(0.0, (busy1 - busy0 - out["cpu_s"] - (own1 - own0)
                                       - out["sender_cpu_share"] * (t1 - t0)) / (t1 - t0))
@@ -673,9 +732,29 @@ async def node_pass(transport: str, n: int, recording: bool, workers: int, kinds
         if "overload" in stats:
             out["overload_report"] = stats["overload"]
             out["shed"] = sorted(channel_ids_in(stats["overload"], set(channels)))
+        # The window alone, from the node's own counters (RTP sequence gaps, `lost`): the
+        # streams it carried from the window's start to its end and did not shed.
+        shed = set(out.get("shed") or ()) | set(ended_at)
+        kept = [c for c in channels if c in rows0 and c in rows1 and c not in shed]
+        window_lost = [rows1[c][1] - rows0[c][1] for c in kept]
+        out["window_kept"] = {
+            "streams": len(kept),
+            "packets": sum(rows1[c][0] - rows0[c][0] for c in kept),
+            "lost": sum(window_lost),
+            "with_loss": sum(1 for x in window_lost if x > 0),
+        }
+        window_start = args.warmup
+        out["ended"] = {
+            "streams": len(ended_at),
+            "last_s": round(max(ended_at.values()), 1) if ended_at else None,
+            "in_window": sum(1 for t in ended_at.values()
+                             if window_start <= t <= window_start + args.window),
+        }
         out["channels"] = channels
         out["problems"] = node.problems()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         if senders is not None:
             senders.kill()
         await http.close()

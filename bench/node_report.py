@@ -85,9 +85,12 @@ def loss_split(r: dict[str, Any]) -> dict[str, Any]:
     for i, channel in enumerate(channels):
         part = gone if channel in shed else kept
         part["n"] += 1
-        part["lost"] += lost[i] if i < len(lost) else 0
+        x = lost[i] if i < len(lost) else 0
+        if x is None:  # the stream ended: what the node took of it is not known
+            continue
+        part["lost"] += x
         part["sent"] += sent[i] if i < len(sent) else 0
-        part["with_loss"] += 1 if i < len(lost) and lost[i] else 0
+        part["with_loss"] += 1 if x else 0
     return {"kept": kept, "shed": gone}
 
 
@@ -212,6 +215,17 @@ def goals(results: list[dict[str, Any]], args: Any) -> list[str]:
     return L
 
 
+def window(r: dict[str, Any]) -> str:
+    """The kept streams over the measurement window alone: streams, packets lost (share of
+    those counted), streams with loss; a dash for a pass that did not measure it."""
+    w = r.get("window_kept")
+    if not w:
+        return "–"
+    seen = w["packets"] + w["lost"]
+    share = f" ({100 * w['lost'] / seen:.2f}%)" if seen and w["lost"] else ""
+    return f"{w['streams']}, {w['lost']:,}{share}, {w['with_loss']}"
+
+
 def overload(results: list[dict[str, Any]]) -> list[str]:
     rows = [r for r in results if r.get("overload")]
     if not rows:
@@ -221,9 +235,15 @@ def overload(results: list[dict[str, Any]]) -> list[str]:
          "on its cores, from the largest stream count it took without loss). µs/pkt: CPU per "
          "packet taken; at capacity: the same at that stream count. Kept / shed: the streams "
          "the node kept and those it named as shed under `overload` in `/api/stats`; lost: "
-         "packets of theirs sent and not taken.", "",
+         "packets of theirs sent and not taken, over the whole pass (the build-up and the "
+         "shedding included). Kept in the window: the streams carried through the measurement "
+         "window and not shed, and the packets the node counted lost on them (RTP sequence "
+         "gaps) in the window alone. Last shed: when the last shed stream's dialog ended, in "
+         "s after the senders started (the window starts at the warm-up's end); a camera "
+         "whose dialog ended stops sending.", "",
          "| transport | pass | capacity (from N) | N | CPU | µs/pkt | at capacity | kept: streams, "
-         "lost, with loss | shed: streams, lost |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+         "lost, with loss | shed: streams, lost | kept in the window: streams, lost, with "
+         "loss | last shed |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         base = node_rows(results, r["transport"], r.get("capacity_from") or -1, r["recording"],
                          r["workers"])
@@ -238,7 +258,8 @@ def overload(results: list[dict[str, Any]]) -> list[str]:
                  f"({r.get('capacity_from') or 'given'}) | {r['streams']} | "
                  f"{100 * r['cpu_share']:.1f}% | {r['us_per_packet']:.2f} | "
                  f"{cell([b['us_per_packet'] for b in base], 2)} | {k['n']}, {share(k)}, "
-                 f"{k['with_loss']} | {s['n']}, {share(s)} |")
+                 f"{k['with_loss']} | {s['n']}, {share(s)} | {window(r)} | "
+                 f"{(r.get('ended') or {}).get('last_s') or '–'} |")
     L.append("")
     reports = [r for r in rows if "overload_report" in r]
     if reports:

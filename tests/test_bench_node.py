@@ -4,9 +4,12 @@ reaped; the stream mix; what counts as shed in the node's overload report."""
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +123,77 @@ def test_finish_counts_loss_per_stream() -> None:
     assert out["window_packets"] == pytest.approx(95.0)  # sent in the window, less 5 % lost
     assert out["us_per_packet"] == pytest.approx(1e6 * 0.5 / 95.0)
     assert out["backlog_ms"] == pytest.approx(100.0)  # 10 packets behind at 100 packets/s
+
+
+def test_finish_leaves_out_streams_that_ended() -> None:
+    # Stream 2 was shed at the window's start: its counters left the node with it, so it is
+    # neither lost nor delivered, and its packets sent before it stopped are no backlog.
+    out = {"sent_per_stream": [100, 100, 40], "window_sent": 100.0, "sent_by_t1": 190.0}
+    node_bench.finish(out, [100, 90, 0], 0, 140, cpu_s=0.5, seconds=1.0,
+                      gone=frozenset({2}), gone_by_t1=frozenset({2}))
+    assert out["lost_per_stream"] == [0, 10, None]
+    assert out["lost"] == 10 and out["streams_with_loss"] == 1 and out["streams_gone"] == 1
+    assert out["window_packets"] == pytest.approx(95.0)
+    assert out["backlog_ms"] == pytest.approx(100.0)
+    split = node_report.loss_split({**out, "channels": ["a", "b", "c"], "shed": ["c"]})
+    assert split["kept"] == {"n": 2, "lost": 10, "sent": 200, "with_loss": 1}
+    assert split["shed"] == {"n": 1, "lost": 0, "sent": 0, "with_loss": 0}  # not known
+
+
+def test_window_cell_of_the_kept_streams() -> None:
+    assert node_report.window({}) == "–"
+    assert node_report.window({"window_kept": {"streams": 180, "packets": 99_000, "lost": 0,
+                                               "with_loss": 0}}) == "180, 0, 0"
+    assert node_report.window({"window_kept": {"streams": 180, "packets": 99_000,
+                                               "lost": 1_000, "with_loss": 7}}) \
+        == "180, 1,000 (1.00%), 7"
+
+
+def test_sender_stops_a_stream_when_told(tmp_path: Path) -> None:
+    # Two small streams to two sockets of ours; one is stopped half a second in, as the
+    # bench does on the node's BYE. What each socket got is what the sender says it sent.
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.setblocking(False)
+        targets = tmp_path / "targets.json"
+        targets.write_text(json.dumps({"host": "127.0.0.1",
+                                       "ports": [s.getsockname()[1] for s in socks],
+                                       "clips": ["320x240@300k"] * 2}))
+        out = tmp_path / "sent.json"
+        with subprocess.Popen(
+            [sys.executable, str(Path(ingest_sender.__file__)), "--targets", str(targets),
+             "--duration", "1.5", "--out", str(out), "--control"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+            try:
+                line = proc.stdout.readline()  # type: ignore[union-attr]
+                assert line.startswith("START "), line
+                time.sleep(max(0.0, float(line.split()[1]) + 0.5 - time.monotonic()))
+                proc.stdin.write("STOP 1\n")  # type: ignore[union-attr]
+                proc.stdin.flush()  # type: ignore[union-attr]
+                proc.stdin.close()  # type: ignore[union-attr]
+                assert proc.wait(120) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        result = json.loads(out.read_text())
+        got = [0, 0]
+        for i, sock in enumerate(socks):
+            while True:
+                try:
+                    sock.recv(2048)
+                except BlockingIOError:
+                    break
+                got[i] += 1
+    finally:
+        for sock in socks:
+            sock.close()
+    assert result["stopped"] == [1]
+    full, stopped = result["sent_packets"]
+    assert 0 < stopped < 0.6 * full  # about a third of the run's 1.5 s
+    assert got == result["sent_packets"]
 
 
 def pass_result(kind: str, us: float, share: float, *, recording: bool = False,
