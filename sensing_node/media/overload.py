@@ -29,8 +29,13 @@ The rules (the constants are attributes of the guard):
 - While overloaded (unless the policy is ``off``), a step stops the first streams of the
   policy's order: ``shed-newest`` the most recently started, ``shed-lowest-priority`` the
   lowest `channels.overrides.<id>.priority`, of equal priority the most recently started.
-  A step stops `shed_share` (5 %) of the process's streams, more when the share of packets
-  lost says more is needed (at most `shed_share_max`, 25 %), at least one. The next step
+  A step stops at least `shed_share` (5 %) of the process's streams (at least one), more when
+  the ticks since the last step say more is needed, at most `shed_share_max` (a third): the
+  share of packets lost over them, or, for a process that was `busy_hot` busy on average,
+  what brings it down to `busy_target` (90 %, out of the saturated band) with nothing lost (it
+  took 1 - lost of the packets at its busy share, so it can take (1 - lost) x target / busy of
+  them). So a process well past what it can carry sheds up to a third at once rather than 5 %
+  every 5 s. The next step
   needs `settle_s` (2 s) and then a fresh `sustain_s` of hot ticks.
 - Only the channels' live streams are shed. Relays to upstreams and viewers ride on them and
   end with them, never on their own; playbacks of recordings are no candidates.
@@ -117,6 +122,7 @@ class _Process:
     window_start: float | None = None
     ticks: deque[bool] = field(default_factory=deque)  # hot or not, over the window
     times: deque[float] = field(default_factory=deque)
+    seen: deque[Load] = field(default_factory=deque)  # each tick's load, over the window
     calm_since: float | None = None
     previous: float | None = None  # when the tick before this one was fed
     hold_until: float = 0.0
@@ -137,7 +143,8 @@ class OverloadGuard:
     clear_s = 5.0
     settle_s = 2.0
     shed_share = 0.05
-    shed_share_max = 0.25
+    shed_share_max = 1 / 3
+    busy_target = 0.9
     cooldown_s = 60.0
     cooldown_max_s = 960.0
     strike_s = 600.0
@@ -177,9 +184,11 @@ class OverloadGuard:
             state.window_start = now
         state.ticks.append(hot)
         state.times.append(now)
+        state.seen.append(load)
         while state.times and state.times[0] < now - self.sustain_s:
             state.times.popleft()
             state.ticks.popleft()
+            state.seen.popleft()
         # A tick's figures cover the time since the one before.
         began = state.previous if state.previous is not None else now
         state.previous = now
@@ -203,10 +212,12 @@ class OverloadGuard:
         victims: list[str] = []
         if state.state == "overloaded" and now >= state.hold_until \
                 and self._sustained(state, now):
-            victims = self._shed(process, now, load, candidates, policy)
+            victims = self._shed(process, now, load, candidates, policy,
+                                 self.step_share(state.seen))
             state.hold_until = now + self.settle_s
             state.ticks.clear()
             state.times.clear()
+            state.seen.clear()
             state.window_start = state.hold_until
         self._readmit(now, policy)
         return victims
@@ -228,6 +239,20 @@ class OverloadGuard:
             return False
         return sum(state.ticks) >= self.hot_share * len(state.ticks)
 
+    def step_share(self, loads: Collection[Load]) -> float:
+        """The share of a process's streams one step sheds, from its loads since the last
+        step (see the module's docstring)."""
+        packets = sum(x.packets for x in loads)
+        lost = sum(x.lost for x in loads)
+        lost_share = lost / (packets + lost) if packets + lost else 0.0
+        share = lost_share
+        busy = [x.busy for x in loads if x.busy is not None]
+        if busy:
+            mean = sum(busy) / len(busy)
+            if mean >= self.busy_hot:
+                share = max(share, 1.0 - (1.0 - lost_share) * self.busy_target / mean)
+        return min(max(self.shed_share, share), self.shed_share_max)
+
     def _rank(self, policy: str) -> Callable[[Shed], tuple[float, ...]]:
         """The shedding order, first shed first (its reverse is the order of coming back)."""
         if policy == "shed-newest":
@@ -236,7 +261,7 @@ class OverloadGuard:
 
     def _shed(
         self, process: str, now: float, load: Load, candidates: Sequence[Candidate],
-        policy: str,
+        policy: str, share: float,
     ) -> list[str]:
         wall = self.wall()
         items = [
@@ -246,9 +271,6 @@ class OverloadGuard:
         ]
         if not items:
             return []
-        received = load.packets + load.lost
-        lost_share = load.lost / received if received else 0.0
-        share = min(max(self.shed_share, lost_share), self.shed_share_max)
         count = max(1, math.ceil(len(items) * share))
         chosen = sorted(items, key=self._rank(policy))[:count]
         reason = f"shed: media overload ({policy}; {self._describe(load)})"

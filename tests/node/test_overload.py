@@ -105,7 +105,8 @@ def test_a_saturated_process_losing_on_a_few_streams_at_a_time_is_overload() -> 
                                 busy=0.99)
     assert run.tick(saturated_one_camera, 10.0) == [] and run.state == "ok"
     saturated = Load(lag_s=0.01, streams=20, lossy=3, packets=7000, lost=40, busy=0.95)
-    assert run.tick(saturated, 3.5) == [name(19)]
+    # Sized to bring it to 90 % busy: 1 - (1 - 40/7040) x 0.9 / 0.95 = 6 % of 20, 2 streams.
+    assert run.tick(saturated, 3.5) == [name(19), name(18)]
     assert run.state == "overloaded"
     decision = run.guard.last_decision
     assert decision is not None and decision["action"] == "shed"
@@ -145,9 +146,9 @@ def test_steps_settle_then_shed_more_until_the_signal_clears() -> None:
     # settle_s (2 s) then a fresh sustain_s (3 s) of hot ticks before the next step
     assert run.tick(HOT, 4.5) == []
     assert run.tick(HOT, TICK) == [name(18)]
-    # Loss spread and heavy (30 % of packets): the step follows the loss share, at most 25 %.
+    # Loss spread and heavy (30 % of packets): the step follows the loss share.
     heavy = Load(lag_s=0.0, streams=18, lossy=18, packets=7000, lost=3000)
-    assert run.tick(heavy, 5.0) == [name(n) for n in (17, 16, 15, 14, 13)]  # 25 % of 18
+    assert run.tick(heavy, 5.0) == [name(n) for n in (17, 16, 15, 14, 13, 12)]  # 30 % of 18
     # Not calm (one tick in two still late) but no longer hot: no more shedding, and the
     # overload holds until clear_s (5 s) of calm ticks only.
     between = Load(lag_s=0.05, streams=13, lossy=1)
@@ -159,6 +160,36 @@ def test_steps_settle_then_shed_more_until_the_signal_clears() -> None:
     assert run.state == "ok"
     assert run.guard.last_decision is not None
     assert run.guard.last_decision["action"] == "clear"
+
+
+@pytest.mark.parametrize(
+    ("loads", "share"),
+    [
+        # 150 % of what the process carries: it takes two thirds, the rest is lost; a
+        # third at most in one step.
+        ([Load(0.02, 30, 30, 6000, 3000, busy=1.0)] * 6, 1 / 3),
+        # 110 %: saturated, a little lost on a few streams at a time: down to 90 % busy.
+        ([Load(0.02, 30, 4, 9900, 100, busy=1.0)] * 6, 1 - 0.99 * 0.9),
+        # The same loss, busy on average under busy_hot: the loss share, at least 5 %.
+        ([Load(0.02, 30, 4, 9900, 100, busy=0.8)] * 6, 0.05),
+        # Late wake-ups and spread loss with no busy figure: the loss share over the ticks
+        # since the last step, not the last tick's alone.
+        ([Load(0.2, 30, 10, 9000, 1000), Load(0.2, 30, 10, 10000, 0)] * 3, 0.05),
+        ([Load(0.2, 30, 10, 8000, 2000), Load(0.2, 30, 10, 10000, 0)] * 3, 0.10),
+        ([], 0.05),
+    ],
+)
+def test_a_step_is_sized_to_the_overload(loads: list[Load], share: float) -> None:
+    assert OverloadGuard().step_share(loads) == pytest.approx(share)
+
+
+def test_a_process_at_150_percent_sheds_a_third_in_one_step() -> None:
+    run = Run(policy="shed-newest")
+    run.candidates = [Candidate(f"3101120000131001{n:04d}", float(n)) for n in range(30)]
+    over = Load(lag_s=0.02, streams=30, lossy=30, packets=6000, lost=3000, busy=1.0)
+    assert len(run.tick(over, 3.5)) == 10
+    assert run.guard.last_decision is not None
+    assert "10 of 30 streams" in run.guard.last_decision["reason"]
 
 
 # ----- cool-down and coming back -----
