@@ -53,7 +53,14 @@ bare loop of the same run), not in the tables above.
 150 % of its capacity, estimated from the largest stream count it carried without loss (N over
 its share of the cores it had), or `--capacity N`. Reported: cost per packet taken, loss of the
 streams the node kept and of those it shed: the channels named under `overload` in its
-`/api/stats`, when it has that (printed as it is), else none.
+`/api/stats`, when it has that (printed as it is), else none. Kept streams are also reported
+over the window alone: those carried from its start to its end and not shed, with the packets
+the node counted lost on them (its RTP sequence gaps, `/api/streams` `lost`) in the window.
+
+In every node pass a camera whose dialog the node ended (a BYE: a stream shed for overload)
+stops sending, as a real one does: the bench tells the sender processes (`--control`). Such
+streams' counters leave the node's API with them, so their loss is not known and they count
+in neither the loss nor the backlog.
 
 Writes the section "Whole node" of docs/benchmarks.md (between `<!-- node:begin -->` and
 `<!-- node:end -->`) unless --no-doc. `bench/ingest.py`, `bench/record.py` and

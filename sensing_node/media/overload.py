@@ -9,7 +9,8 @@ Two halves, so that each media process measures itself and one guard decides for
   Once a tick it turns what it sees into a `Load`, a few plain numbers: how late its own
   periodic wake-up came, how busy its event loop was, how many streams lost packets (RTP
   sequence gaps, or the kernel's receive-buffer drops on their UDP sockets) since the last
-  tick, and the streams it carries (`Candidate`s). Nothing here is done per packet.
+  tick, how much the receive queues of their UDP sockets grew, and the streams it carries
+  (`Candidate`s). Nothing here is done per packet.
 - `OverloadGuard` takes each process's `Load` and decides: which streams to stop now, which
   channels are refused and until when, and which one comes back next.
 
@@ -19,19 +20,27 @@ The rules (the constants are attributes of the guard):
   `spread_min` (3) streams and `spread_share` (a quarter) of those playing lost packets, or
   when the process was `busy_hot` (90 %) busy or more and at least `spread_min` streams lost
   packets (a saturated process that loses a little on several streams at a time, a few
-  streams here and a few there, is overloaded as surely). One camera losing packets is a
-  camera's problem, not overload. *Busy* is the larger of the event loop thread's share of
-  the tick and the whole process's (the recorder's threads too) per CPU it may run on.
+  streams here and a few there, is overloaded as surely), or when it was `busy_hot` busy and
+  the receive queues of its UDP streams grew by more than `backlog_share` (2 %) of the
+  packets it took in the tick. That last one comes first: with 1-2 MiB of kernel buffer per
+  socket, a process that falls behind queues packets for seconds (about 10 s at 150 % of its
+  capacity) before the first one is dropped, and shedding then loses nothing of what it keeps.
+  One camera losing packets is a camera's problem, not overload. *Busy* is the larger of the
+  event loop thread's share of the tick and the whole process's (the recorder's threads too)
+  per CPU it may run on.
 - A process is *overloaded* once at least `hot_share` (3/4) of its ticks over the last
   `sustain_s` (3 s) were hot. It is clear again after `clear_s` (5 s) of *calm* ticks only:
-  a wake-up less than `lag_calm_s` (0.025 s) late and at most one stream losing packets.
+  a wake-up less than `lag_calm_s` (0.025 s) late, at most one stream losing packets and the
+  receive queues not growing past `backlog_share`.
   Between the two nothing changes, so the state does not flap.
 - While overloaded (unless the policy is ``off``), a step stops the first streams of the
   policy's order: ``shed-newest`` the most recently started, ``shed-lowest-priority`` the
   lowest `channels.overrides.<id>.priority`, of equal priority the most recently started.
   A step stops at least `shed_share` (5 %) of the process's streams (at least one), more when
   the ticks since the last step say more is needed, at most `shed_share_max` (a third): the
-  share of packets lost over them, or, for a process that was `busy_hot` busy on average,
+  share of packets lost or left queued over them (the queues' growth in bytes counted as
+  packets of `queued_packet_bytes`, what the kernel charges for a 1,400-byte datagram), or,
+  for a process that was `busy_hot` busy on average,
   what brings it down to `busy_target` (90 %, out of the saturated band) with nothing lost (it
   took 1 - lost of the packets at its busy share, so it can take (1 - lost) x target / busy of
   them). So a process well past what it can carry sheds up to a third at once rather than 5 %
@@ -89,6 +98,11 @@ class Load:
     #: share of the tick its event loop's thread spent on the CPU, or the whole process's per
     #: CPU it may run on, whichever is larger; None where unknown
     busy: float | None = None
+    #: bytes waiting in the receive queues of the streams' UDP sockets at the tick's end (as
+    #: the kernel charges them), and how much those of the streams carried at both ends of
+    #: the tick grew (negative: shrank); None and 0 where unknown
+    queued: int | None = None
+    grew: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,10 @@ class OverloadGuard:
     shed_share = 0.05
     shed_share_max = 1 / 3
     busy_target = 0.9
+    backlog_share = 0.02
+    #: what the kernel charges a receive queue for one datagram of about 1,400 bytes (its
+    #: buffer's true size: 2,304 bytes on Linux x86-64 over loopback)
+    queued_packet_bytes = 2304
     cooldown_s = 60.0
     cooldown_max_s = 960.0
     strike_s = 600.0
@@ -227,11 +245,16 @@ class OverloadGuard:
         spread = max(self.spread_min, math.ceil(load.streams * self.spread_share))
         saturated = load.busy is not None and load.busy >= self.busy_hot
         return load.lag_s >= self.lag_hot_s or load.lossy >= spread \
-            or (saturated and load.lossy >= self.spread_min)
+            or (saturated and (load.lossy >= self.spread_min or self.backlogged(load)))
+
+    def backlogged(self, load: Load) -> bool:
+        """The streams' receive queues grew by more than `backlog_share` of the packets the
+        process took in the tick."""
+        return load.grew > self.backlog_share * load.packets * self.queued_packet_bytes
 
     def calm(self, load: Load) -> bool:
         """A tick that counts toward the end of an overload."""
-        return load.lag_s < self.lag_calm_s and load.lossy <= 1
+        return load.lag_s < self.lag_calm_s and load.lossy <= 1 and not self.backlogged(load)
 
     def _sustained(self, state: _Process, now: float) -> bool:
         if state.window_start is None or now - state.window_start < self.sustain_s \
@@ -243,7 +266,8 @@ class OverloadGuard:
         """The share of a process's streams one step sheds, from its loads since the last
         step (see the module's docstring)."""
         packets = sum(x.packets for x in loads)
-        lost = sum(x.lost for x in loads)
+        lost = sum(x.lost for x in loads) \
+            + max(0, sum(x.grew for x in loads)) / self.queued_packet_bytes
         lost_share = lost / (packets + lost) if packets + lost else 0.0
         share = lost_share
         busy = [x.busy for x in loads if x.busy is not None]
@@ -355,7 +379,7 @@ class OverloadGuard:
                 **({} if last is None else {
                     "lag_s": round(last.lag_s, 4), "streams": last.streams,
                     "lossy": last.lossy, "packets": last.packets, "lost": last.lost,
-                    "drops": last.drops,
+                    "drops": last.drops, "queued": last.queued, "grew": last.grew,
                     "busy": None if last.busy is None else round(last.busy, 3),
                 }),
             }
@@ -381,6 +405,8 @@ class OverloadGuard:
             text += f" ({load.lost} of {load.packets + load.lost})"
         if load.drops:
             text += f", {load.drops} dropped by the kernel"
+        if self.backlogged(load):
+            text += f", receive queues grew by {load.grew // 1024} KiB"
         return text
 
     def _decide(self, action: str, process: str, channels: tuple[str, ...], reason: str) -> None:
@@ -405,9 +431,9 @@ def _named(channels: Iterable[str]) -> str:
 
 class LoadMeter:
     """Measures one media process's `Load` once a tick, from its streams' counters (never per
-    packet); `drops` reads the kernel's per-socket drop counts of the given UDP ports
-    (`udp_drops`), `cpu` the event loop thread's CPU time, `process_cpu` the whole process's
-    and `cores` how many CPUs the process may run on."""
+    packet); `sockets` reads the kernel's drop count and receive queue of each of the given
+    UDP ports (`udp_sockets`), `cpu` the event loop thread's CPU time, `process_cpu` the whole
+    process's and `cores` how many CPUs the process may run on."""
 
     def __init__(
         self,
@@ -415,16 +441,17 @@ class LoadMeter:
         cpu: Callable[[], float] = time.thread_time,
         process_cpu: Callable[[], float] | None = time.process_time,
         cores: Callable[[], int] = lambda: allowed_cpus(),
-        drops: Callable[[Collection[int]], dict[int, int] | None] | None = None,
+        sockets: Callable[[Collection[int]], dict[int, tuple[int, int]] | None] | None = None,
     ) -> None:
         self.cpu = cpu
         self.process_cpu = process_cpu
         self.cores = cores
-        self.drops = drops if drops is not None else udp_drops
+        self.sockets = sockets if sockets is not None else udp_sockets
         #: a load to report instead of the one measured (a drill, and the tests)
         self.fed: Load | None = None
-        #: channel -> (the stream, its packets, lost, UDP port, kernel drops) at the last tick
-        self._marks: dict[str, tuple[int, int, int, int, int]] = {}
+        #: channel -> (the stream, its packets, lost, UDP port, kernel drops, queued bytes)
+        #: at the last tick
+        self._marks: dict[str, tuple[int, int, int, int, int, int]] = {}
         self._cpu_mark: tuple[float, float, float] | None = None
 
     def sample(
@@ -434,20 +461,25 @@ class LoadMeter:
         playing = [s for s in streams if s.state == "playing"]
         ports = {s.channel_id: getattr(s.receiver, "port", 0) for s in playing
                  if s.transport == "udp"}
-        kernel = self.drops(ports.values()) if ports else {}
-        marks: dict[str, tuple[int, int, int, int, int]] = {}
-        lossy = packets = lost = dropped = 0
+        kernel = self.sockets(ports.values()) if ports else {}
+        marks: dict[str, tuple[int, int, int, int, int, int]] = {}
+        lossy = packets = lost = dropped = queued = grew = 0
         for stream in playing:
             channel_id = stream.channel_id
             port = ports.get(channel_id, 0)
             now_packets, now_lost = stream.counter("packets"), stream.counter("lost")
-            now_drops = kernel.get(port, 0) if kernel is not None and port else 0
-            mark = marks[channel_id] = (id(stream), now_packets, now_lost, port, now_drops)
+            now_drops, now_queued = kernel.get(port, (0, 0)) if kernel is not None and port \
+                else (0, 0)
+            queued += now_queued
+            mark = marks[channel_id] = (id(stream), now_packets, now_lost, port, now_drops,
+                                        now_queued)
             before = self._marks.get(channel_id)
             if before is None or before[0] != mark[0]:
                 continue  # a stream new since the last tick: counted from now on
             new_lost = now_lost - before[2]
-            new_drops = now_drops - before[4] if port == before[3] else 0
+            same_port = port == before[3]
+            new_drops = now_drops - before[4] if same_port else 0
+            grew += now_queued - before[5] if same_port else 0
             packets += now_packets - before[1]
             lost += new_lost
             dropped += max(0, new_drops)
@@ -464,8 +496,10 @@ class LoadMeter:
             if self.process_cpu is not None:
                 busy = max(busy, (process_cpu - mark[2]) / span / max(1, self.cores()))
         self._cpu_mark = (now, cpu, process_cpu)
+        known = kernel is not None
         load = Load(lag_s=max(0.0, lag_s), streams=len(playing), lossy=lossy, packets=packets,
-                    lost=lost, drops=dropped if kernel is not None else None, busy=busy)
+                    lost=lost, drops=dropped if known else None, busy=busy,
+                    queued=queued if known else None, grew=grew)
         if self.fed is not None:
             load = self.fed
         return load, [Candidate(s.channel_id, s.started_at) for s in playing]
@@ -479,14 +513,15 @@ def allowed_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def udp_drops(ports: Collection[int], tables: Sequence[str] = ("/proc/net/udp",
-                                                               "/proc/net/udp6")) -> \
-        dict[int, int] | None:
-    """The kernel's drop count of each UDP socket bound to one of `ports` (the last column of
-    /proc/net/udp: datagrams dropped, mostly for a full receive buffer); None where the table
-    cannot be read (not Linux)."""
+def udp_sockets(ports: Collection[int], tables: Sequence[str] = ("/proc/net/udp",
+                                                                 "/proc/net/udp6")) -> \
+        dict[int, tuple[int, int]] | None:
+    """(drops, queued bytes) of each UDP socket bound to one of `ports`, from /proc/net/udp:
+    its last column, the datagrams the kernel dropped (mostly for a full receive buffer), and
+    its rx_queue, the bytes waiting to be read as the kernel charges them; None where the
+    table cannot be read (not Linux)."""
     wanted = set(ports)
-    found: dict[int, int] = {}
+    found: dict[int, tuple[int, int]] = {}
     read = False
     for table in tables:
         try:
@@ -498,7 +533,9 @@ def udp_drops(ports: Collection[int], tables: Sequence[str] = ("/proc/net/udp",
                         continue
                     port = int(fields[1].rpartition(":")[2], 16)
                     if port in wanted:
-                        found[port] = found.get(port, 0) + int(fields[-1])
+                        drops, queued = found.get(port, (0, 0))
+                        found[port] = (drops + int(fields[-1]),
+                                       queued + int(fields[4].rpartition(":")[2], 16))
             read = True
         except (OSError, ValueError):
             continue

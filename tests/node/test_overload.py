@@ -18,7 +18,7 @@ from sensing_node.media.overload import (
     Load,
     LoadMeter,
     OverloadGuard,
-    udp_drops,
+    udp_sockets,
 )
 from sensing_node.settings import ConfigError, parse_settings
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera, channel_ids
@@ -176,6 +176,8 @@ def test_steps_settle_then_shed_more_until_the_signal_clears() -> None:
         # since the last step, not the last tick's alone.
         ([Load(0.2, 30, 10, 9000, 1000), Load(0.2, 30, 10, 10000, 0)] * 3, 0.05),
         ([Load(0.2, 30, 10, 8000, 2000), Load(0.2, 30, 10, 10000, 0)] * 3, 0.10),
+        # Queues that grew count as lost: 1,000 packets' worth a tick of 9,000 taken.
+        ([Load(0.01, 30, 0, 9000, 0, busy=0.5, grew=2304 * 1000)] * 6, 0.10),
         ([], 0.05),
     ],
 )
@@ -312,9 +314,10 @@ class FakeStream:
 
 
 def test_load_meter_counts_deltas_per_stream() -> None:
-    drops = {30000: 5, 30002: 0}
+    kernel = {30000: (5, 0), 30002: (0, 4608)}  # port: (drops, queued bytes)
     cpu = [10.0]
-    meter = LoadMeter(cpu=lambda: cpu[0], process_cpu=None, drops=lambda ports: dict(drops))
+    meter = LoadMeter(cpu=lambda: cpu[0], process_cpu=None,
+                      sockets=lambda ports: {p: kernel[p] for p in ports if p in kernel})
     a = FakeStream("a", 1.0, port=30000)
     b = FakeStream("b", 2.0, port=30002)
     c = FakeStream("c", 3.0, transport="tcp-passive", port=30004)
@@ -324,13 +327,15 @@ def test_load_meter_counts_deltas_per_stream() -> None:
     a.counts = {"packets": 350, "lost": 0}
     b.counts = {"packets": 340, "lost": 10}
     c.counts = {"packets": 360, "lost": 0}
-    drops[30000] = 9  # a's socket overflowed: lost in the kernel before any sequence check
+    kernel[30000] = (9, 0)  # a's socket overflowed: lost in the kernel before any sequence check
+    kernel[30002] = (0, 2304 * 12)  # b's queue grew by 10 datagrams
+    kernel[30006] = (0, 2304 * 50)  # d's is new: its queue counts, its growth not yet
     cpu[0] = 10.3
     d = FakeStream("d", 4.0, port=30006)
     d.counts = {"packets": 5000, "lost": 400}  # new since the last tick: counted from now on
     load, _ = meter.sample(100.5, 0.2, [a, b, c, d])
     assert load == Load(lag_s=0.2, streams=4, lossy=2, packets=1050, lost=10, drops=4,
-                        busy=pytest.approx(0.6))
+                        busy=pytest.approx(0.6), queued=2304 * 62, grew=2304 * 10)
     c.state = "retrying"  # not playing: neither counted nor a candidate
     load, carried = meter.sample(101.0, -0.001, [a, b, c, d])
     assert load.streams == 3 and load.lag_s == 0.0
@@ -345,27 +350,62 @@ def test_load_meter_busy_counts_the_whole_process_per_cpu(cores: int, busy: floa
     # it) 0.48 s: on one CPU the process was saturated, on two the loop was the busiest.
     thread, process = [10.0], [20.0]
     meter = LoadMeter(cpu=lambda: thread[0], process_cpu=lambda: process[0],
-                      cores=lambda: cores, drops=lambda ports: {})
+                      cores=lambda: cores, sockets=lambda ports: {})
     meter.sample(100.0, 0.0, [])
     thread[0], process[0] = 10.3, 20.48
     load, _ = meter.sample(100.5, 0.0, [])
     assert load.busy == pytest.approx(busy)
 
 
-def test_udp_drops_reads_a_real_overflowing_socket() -> None:
+def test_udp_sockets_reads_a_real_queue_and_overflow() -> None:
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with receiver, sender:
-        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
         receiver.bind(("127.0.0.1", 0))
         port = receiver.getsockname()[1]
-        before = udp_drops([port])
-        assert before == {port: 0}
-        for _ in range(200):  # never read: the small buffer overflows
-            sender.sendto(b"x" * 1200, ("127.0.0.1", port))
-        after = udp_drops([port])
-        assert after is not None and after[port] > 0
-    assert udp_drops([port], tables=("/nonexistent/udp",)) is None
+        assert udp_sockets([port]) == {port: (0, 0)}
+        for _ in range(5):  # not read yet: queued, as the kernel charges them
+            sender.sendto(b"x" * 1400, ("127.0.0.1", port))
+        found = udp_sockets([port])
+        assert found is not None
+        drops, queued = found[port]
+        assert drops == 0 and 5 * 1400 < queued <= 5 * 4 * 1400
+        for _ in range(500):  # never read: the buffer overflows
+            sender.sendto(b"x" * 1400, ("127.0.0.1", port))
+        found = udp_sockets([port])
+        assert found is not None and found[port][0] > 0
+        receiver.setblocking(False)
+        while True:
+            try:
+                receiver.recv(2048)
+            except BlockingIOError:
+                break
+        found = udp_sockets([port])
+        assert found is not None and found[port][1] == 0  # read: nothing queued
+    assert udp_sockets([port], tables=("/nonexistent/udp",)) is None
+
+
+def test_a_saturated_process_falling_behind_is_overload_before_it_loses_anything() -> None:
+    # 20 streams, nothing lost yet, the process 98 % busy and its streams' receive queues
+    # growing by 12 % of what it takes: hot, and the step sheds that share (and a bit more,
+    # down to 90 % busy) before the kernel drops anything.
+    run = Run(policy="shed-newest")
+    keeping_up = Load(lag_s=0.01, streams=20, packets=3600, busy=0.98, queued=2304 * 40,
+                      grew=2304 * 20)  # under backlog_share (2 %) of 3,600 packets
+    assert run.tick(keeping_up, 10.0) == [] and run.state == "ok"
+    behind = Load(lag_s=0.01, streams=20, packets=3600, busy=0.98, queued=2304 * 4000,
+                  grew=2304 * 432)
+    assert run.guard.hot(behind) and not run.guard.hot(keeping_up)
+    shed = run.tick(behind, 3.5)
+    # lost or queued: 432 of 4,032 packets a tick (10.7 %); to 90 % busy:
+    # 1 - (1 - 0.107) x 0.9 / 0.98 = 18 % of 20 streams, 4 of them
+    assert shed == [name(n) for n in (19, 18, 17, 16)]
+    decision = run.guard.last_decision
+    assert decision is not None and "receive queues grew by 972 KiB" in decision["reason"]
+    # Growth without a busy process (a stall, say) is the lag rule's business, not this one's.
+    assert not OverloadGuard().hot(Load(lag_s=0.01, streams=20, packets=3600, busy=0.5,
+                                        grew=2304 * 1000))
 
 
 # ----- settings -----
