@@ -14,6 +14,14 @@ from typing import Any
 
 # (id, label, [(path suffix, function name), ...], [(path suffix, function name) to subtract])
 GROUPS: list[tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]] = [
+    ("recognise", "recognise a common REGISTER or keepalive from its bytes (`sip.fastpath`)",
+     [("sip/fastpath.py", "recognise")], []),
+    ("fast", "fast-path glue: transaction entry, answer bytes (`fast_transaction`, "
+     "`FastRequest.response`, `respond_bytes` without `sendto`)",
+     [("sensing_node/transport/sip.py", "fast_transaction"),
+      ("sip/fastpath.py", "response"),
+      ("sensing_node/transport/sip.py", "respond_bytes")],
+     [("sensing_node/transport/sip.py", "_flush")]),
     ("parse", "parse the datagram (`sip.message.parse_message`: split, header checks by regex)",
      [("sip/message.py", "parse_message")], []),
     ("lookup", "transaction lookup (`TransactionLayer.receive`, incl. `server_key` -> `top_via`)",

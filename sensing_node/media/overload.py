@@ -22,30 +22,30 @@ The rules (the constants are attributes of the guard):
   packets (a saturated process that loses a little on several streams at a time, a few
   streams here and a few there, is overloaded as surely), or when it was `busy_hot` busy and
   the receive queues of its UDP streams grew by more than `backlog_share` (2 %) of the
-  packets it took in the tick. That last one comes first: with 1-2 MiB of kernel buffer per
-  socket, a process that falls behind queues packets for seconds (about 10 s at 150 % of its
-  capacity) before the first one is dropped, and shedding then loses nothing of what it keeps.
+  packets it took in the tick. That last one can come first: with 1-2 MiB of kernel buffer
+  per socket, a process that falls behind queues packets for seconds (about 10 s at 150 % of
+  its capacity) before the kernel drops one. (The queues also move in a saw-tooth from one
+  tick to the next, key-frame bursts and the recorder's batches, so it is not always first.)
   One camera losing packets is a camera's problem, not overload. *Busy* is the larger of the
   event loop thread's share of the tick and the whole process's (the recorder's threads too)
   per CPU it may run on.
 - A process is *overloaded* once at least `hot_share` (3/4) of its ticks over the last
   `sustain_s` (3 s) were hot. It is clear again after `clear_s` (5 s) of *calm* ticks only:
   a wake-up less than `lag_calm_s` (0.025 s) late, at most one stream losing packets and the
-  receive queues not growing past `backlog_share`.
-  Between the two nothing changes, so the state does not flap.
+  receive queues not growing past `backlog_share`. Between the two nothing changes, so the
+  state does not flap.
 - While overloaded (unless the policy is ``off``), a step stops the first streams of the
   policy's order: ``shed-newest`` the most recently started, ``shed-lowest-priority`` the
   lowest `channels.overrides.<id>.priority`, of equal priority the most recently started.
   A step stops at least `shed_share` (5 %) of the process's streams (at least one), more when
-  the ticks since the last step say more is needed, at most `shed_share_max` (a third): the
-  share of packets lost or left queued over them (the queues' growth in bytes counted as
-  packets of `queued_packet_bytes`, what the kernel charges for a 1,400-byte datagram), or,
-  for a process that was `busy_hot` busy on average,
-  what brings it down to `busy_target` (90 %, out of the saturated band) with nothing lost (it
-  took 1 - lost of the packets at its busy share, so it can take (1 - lost) x target / busy of
-  them). So a process well past what it can carry sheds up to a third at once rather than 5 %
-  every 5 s. The next step
-  needs `settle_s` (2 s) and then a fresh `sustain_s` of hot ticks.
+  the ticks since the last step say more is needed, at most `shed_share_max` (a third). What
+  they say: the share of packets lost or left queued over them (the queues' growth in bytes
+  counted as packets of `queued_packet_bytes`, what the kernel charges for a 1,400-byte
+  datagram); or, for a process that was `busy_hot` busy on average, what brings it down to
+  `busy_target` (90 %, out of the saturated band) with nothing lost: it took 1 - lost of the
+  packets at its busy share, so it can take (1 - lost) x target / busy of them. So a process
+  well past what it can carry sheds up to a third at once rather than 5 % every 5 s. The next
+  step needs `settle_s` (2 s) and then a fresh `sustain_s` of hot ticks.
 - Only the channels' live streams are shed. Relays to upstreams and viewers ride on them and
   end with them, never on their own; playbacks of recordings are no candidates.
 - A shed channel is refused (`admit`) for a cool-down of `cooldown_s` (60 s), doubled for each
