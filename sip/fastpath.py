@@ -30,11 +30,8 @@ from .uri import is_name_addr_list, is_request_uri
 __all__ = ["FastRequest", "recognise"]
 
 _HEAD_END = b"\r\n\r\n"
-# One header line after a CRLF: a token name, the colon, the value without the SP and HTAB
-# around it (as the parser stores it).
-_FIELD = re.compile(
-    rb"\r\n([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*((?:[^\r\n]*[^\r\n \t])?)[ \t]*(?=\r\n|\Z)"
-)
+# The characters of a token (RFC 3261 25.1), which a header name is made of.
+_TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
 _PORT = rb"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[0-5]?[0-9]{1,4})"
 _OTHER_VIA_PARAMS = rb"(?:;rport(?:=[0-9]{1,5})?|;received=[0-9.]{1,39})*"
 _BRANCH_CHARS = rb"[A-Za-z0-9.\-_!%*+`'~]"
@@ -176,14 +173,19 @@ def recognise(data: bytes) -> FastRequest | None:
         return None
     if not _uri_ok(start[1]):
         return None
-    fields = _FIELD.findall(head)
-    if len(fields) != breaks:
-        return None  # a line that is no `name: value` (folded, no colon, a bad name)
     raw: dict[str, bytes] = {}
     copied: list[bytes] = []
     to_index = -1
     keys = _KEYS
-    for name, value in fields:
+    # Each header line: a token name, optional SP or HTAB, the colon, and the value without
+    # the SP and HTAB around it (as the parser stores it). A line that is none of that (folded,
+    # no colon, a name that is no token) is the parser's job.
+    for line in head[line_end + 2:].split(b"\r\n") if line_end >= 0 else ():
+        name, colon, value = line.partition(b":")
+        name = name.rstrip(b" \t")
+        if not colon or not name or name.translate(None, _TOKEN_CHARS):
+            return None
+        value = value.strip(b" \t")
         key = keys.get(name) or _key(name)
         if key in raw or key in _REFUSED:
             return None

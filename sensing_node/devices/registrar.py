@@ -528,8 +528,24 @@ def requested_expires(req: Request) -> int:
 
 
 def gb_date(now: float, settings: Settings) -> str:
-    """GB/T 28181 9.10.3 time sync: local time, milliseconds, no zone."""
-    return manscdp.format_gb_time(datetime.fromtimestamp(now, settings.node.tz), millis=True)
+    """GB/T 28181 9.10.3 time sync: local time, milliseconds, no zone.
+
+    The text up to the second is worked out once a second (every registration's 200 carries
+    one). The microseconds are rounded as `datetime.fromtimestamp` rounds them, and the
+    milliseconds then truncated as `format_gb_time` truncates them: the same text as theirs."""
+    tz = settings.node.tz
+    second = int(now // 1)
+    micros = round((now - second) * 1e6)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached = _DATE
+    if cached[0] != second or cached[1] is not tz:
+        cached[:] = [second, tz, manscdp.format_gb_time(datetime.fromtimestamp(second, tz))]
+    return f"{cached[2]}.{micros // 1000:03d}"
+
+
+# (Unix second, zone, the Date text up to that second) of the last `gb_date`
+_DATE: list = [None, None, ""]  # type: ignore[type-arg]
 
 
 def answer_charset(msg: ManscdpMessage, body: bytes, previous: str) -> str:

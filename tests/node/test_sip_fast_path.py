@@ -16,20 +16,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sensing_node.devices.registrar import Registrar
+from sensing_node.devices.registrar import Registrar, gb_date
 from sensing_node.devices.registry import Registry
 from sensing_node.runtime.stats import Stats
 from sensing_node.settings import settings_for_tests
 from sensing_node.transport.sip import SipEndpoint, _SipTcpConnection
 from sip.auth import NonceTracker
 from sip.fastpath import recognise
+from sip.manscdp import format_gb_time
 from sip.message import parse_message
 from sip.transaction import server_key
 
@@ -563,3 +567,20 @@ def test_mutated_requests_are_answered_alike(tmp_path_factory, noise, at):
         at = min(at, len(base))
         pair.send(base[:at] + noise + base[at:])
         pair.send(base[:at] + noise[:1] + base[at + 1:])
+
+
+# ----- the Date of a registration's 200 ----------------------------------------------------
+
+
+@given(now=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+       zone=st.sampled_from(["Asia/Shanghai", "Europe/Berlin", "America/New_York", "UTC"]))
+@example(now=1_780_000_000.9999995, zone="Asia/Shanghai")  # rounds up into the next second
+@example(now=1_780_000_000.0004995, zone="UTC")
+def test_the_date_worked_out_once_a_second_is_the_date_of_datetime(now: float, zone: str) -> None:
+    """`gb_date` keeps the text up to the second: the same text as formatting the datetime
+    of `now` afresh, at any instant and in any zone (daylight-saving ones too)."""
+    tz = ZoneInfo(zone)
+    settings: Any = SimpleNamespace(node=SimpleNamespace(tz=tz))
+    want = format_gb_time(datetime.fromtimestamp(now, tz), millis=True)
+    assert gb_date(now, settings) == want
+    assert gb_date(now, settings) == want  # from the cache
