@@ -490,7 +490,11 @@ class _SipUdpSocket:
             try:
                 endpoint.datagram_received(data, addr)
             except Exception:  # never lose the reader to one datagram
-                log.exception("SIP datagram from %s:%s failed", addr[0], addr[1])
+                endpoint.stats.dropped["failed"] += 1
+                held = endpoint.log_throttle.allow(f"failed/{addr[0]}", self.loop.time())
+                if held is not None:  # one line a second per host, with a count of the rest
+                    log.exception("SIP datagram from %s:%s failed%s", addr[0], addr[1],
+                                  f" ({held} more from this host not logged)" if held else "")
         self._count += received
         return received
 

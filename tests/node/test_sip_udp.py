@@ -7,6 +7,7 @@ Real sockets on 127.0.0.1; a client sends OPTIONS at a given rate and times the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any
 
@@ -223,6 +224,39 @@ async def test_a_failing_request_does_not_stop_the_reading() -> None:
         await ep.close()
     assert sorted(client.answered) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
     assert client.statuses[3] == 500  # the application failed on it
+
+
+async def test_datagrams_that_fail_are_counted_and_logged_once_a_second_per_host(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A fault past the transaction layer (not an application's: those are answered 500) on
+    # every datagram of one kind: each is dropped and counted, the log gets one line a
+    # second from that host, and the reader goes on with the rest.
+    ep = await endpoint(0.0)
+    received = ep.datagram_received
+
+    def faulty(data: bytes, addr: tuple[str, int]) -> None:
+        if data.startswith(b"FAULT"):
+            raise ValueError("a fault")
+        received(data, addr)
+
+    ep.datagram_received = faulty  # type: ignore[method-assign]
+    try:
+        client = await client_socket()
+        with caplog.at_level(logging.ERROR, logger="sensing_node.transport.sip"):
+            for n in range(50):
+                client.transport.sendto(b"FAULT %d" % n, ep.local)
+            client.send(1, ep.local)
+            for _ in range(100):
+                if client.answered:
+                    break
+                await asyncio.sleep(0.01)
+        client.transport.close()
+    finally:
+        await ep.close()
+    assert list(client.answered) == [1]
+    assert ep.stats.dropped["failed"] == 50
+    lines = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].exc_info is not None
 
 
 class _Refusing:
