@@ -209,10 +209,30 @@ def goals(results: list[dict[str, Any]], args: Any) -> list[str]:
                          f"{one} streams, two {bound}{two} ({bound}{ratio:.2f}x; goal "
                          f"≥ {GOAL_SCALE}x; the sweep's steps bound both): "
                          f"**{'met' if ok else 'not shown' if bound else 'not met'}**.")
+    for r in results:
+        if r.get("overload") != 1.5 or not r.get("window_kept"):
+            continue
+        w = r["window_kept"]
+        shed = len(set(r.get("shed") or ())) or (r.get("ended") or {}).get("streams", 0)
+        ok = w["streams"] > 0 and w["lost"] == 0
+        L.append(f"- {r['transport'].upper()}, {'recording' if r['recording'] else 'ingest'}, "
+                 f"{r['workers']} worker{'s' if r['workers'] > 1 else ''}, 150 % of the capacity "
+                 f"({r['streams']} streams): kept {w['streams']} and shed {shed}; the kept "
+                 f"streams lost {w['lost']:,} packets over the window (goal: none): "
+                 f"**{'met' if ok else 'not met'}** (over the whole pass, the build-up "
+                 f"included: {window_whole(r)}).")
     if len(L) == 2:
         L.append("- No pass of this run measures a goal (they are at 400 streams).")
     L.append("")
     return L
+
+
+def window_whole(r: dict[str, Any]) -> str:
+    """The kept streams' loss over the whole pass, as a share of what they sent."""
+    kept = loss_split(r)["kept"]
+    if not kept["sent"]:
+        return "not known"
+    return f"{100 * kept['lost'] / kept['sent']:.2f} % lost on {kept['with_loss']} streams"
 
 
 def window(r: dict[str, Any]) -> str:

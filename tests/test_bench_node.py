@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -147,6 +148,21 @@ def test_window_cell_of_the_kept_streams() -> None:
     assert node_report.window({"window_kept": {"streams": 180, "packets": 99_000,
                                                "lost": 1_000, "with_loss": 7}}) \
         == "180, 1,000 (1.00%), 7"
+
+
+def test_goal_line_of_an_overload_pass_at_150_percent() -> None:
+    args = SimpleNamespace(transports=["udp"], workers=[1], recording=[True], streams=[180])
+    result = {"kind": "node", "transport": "udp", "streams": 285, "recording": True,
+              "workers": 1, "overload": 1.5, "channels": ["a", "b", "c"], "shed": ["c"],
+              "lost_per_stream": [0, 12, None], "sent_by_stream": [1000, 1000, 300],
+              "window_kept": {"streams": 2, "packets": 900, "lost": 0, "with_loss": 0}}
+    lines = node_report.goals([result], args)
+    line = next(x for x in lines if "150 %" in x)
+    assert "kept 2 and shed 1" in line and "**met**" in line
+    assert "0.60 % lost on 1 streams" in line
+    result["window_kept"] = {"streams": 2, "packets": 900, "lost": 3, "with_loss": 1}
+    line = next(x for x in node_report.goals([result], args) if "150 %" in x)
+    assert "lost 3 packets" in line and "**not met**" in line
 
 
 def test_sender_stops_a_stream_when_told(tmp_path: Path) -> None:
