@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sip import auth, ids, manscdp
 from sip.errors import ParseError
@@ -545,7 +545,7 @@ def gb_date(now: float, settings: Settings) -> str:
 
 
 # (Unix second, zone, the Date text up to that second) of the last `gb_date`
-_DATE: list = [None, None, ""]  # type: ignore[type-arg]
+_DATE: list[Any] = [None, None, ""]
 
 
 def answer_charset(msg: ManscdpMessage, body: bytes, previous: str) -> str:
