@@ -79,9 +79,10 @@ class StreamHub:
         self.endpoint = endpoint
         self.wall = wall
         node = settings.node
-        self.pool = PortPool(node.rtp_port_min, node.rtp_port_max)
+        rcvbuf = settings.media.receive_buffer_kib * 1024
+        self.pool = PortPool(node.rtp_port_min, node.rtp_port_max, rcvbuf=rcvbuf)
         self.receive_config = RtpReceiveConfig(
-            connect_timeout_s=settings.media.connect_timeout_s
+            connect_timeout_s=settings.media.connect_timeout_s, rcvbuf=rcvbuf
         )
         # RTP is bound where devices are told to send it, whatever address SIP listens on
         # (a wildcard would take packets for this port from any interface), unless that is

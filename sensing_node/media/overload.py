@@ -25,27 +25,33 @@ The rules (the constants are attributes of the guard):
   packets it took in the tick. That last one can come first: with 1-2 MiB of kernel buffer
   per socket, a process that falls behind queues packets for seconds (about 10 s at 150 % of
   its capacity) before the kernel drops one. (The queues also move in a saw-tooth from one
-  tick to the next, key-frame bursts and the recorder's batches, so it is not always first.)
-  One camera losing packets is a camera's problem, not overload. *Busy* is the larger of the
-  event loop thread's share of the tick and the whole process's (the recorder's threads too)
-  per CPU it may run on.
+  tick to the next, key-frame bursts and the recorder's batches, so it is not always first:
+  see the trend below.) One camera losing packets is a camera's problem, not overload.
+  *Busy* is the larger of the event loop thread's share of the tick and the whole process's
+  (the recorder's threads too) per CPU it may run on.
 - A process is *overloaded* once at least `hot_share` (3/4) of its ticks over the last
-  `sustain_s` (3 s) were hot. It is clear again after `clear_s` (5 s) of *calm* ticks only:
-  a wake-up less than `lag_calm_s` (0.025 s) late, at most one stream losing packets and the
-  receive queues not growing past `backlog_share`. Between the two nothing changes, so the
-  state does not flap.
+  `sustain_s` (3 s) were hot, or once its receive queues' *trend* over the last `trend_s`
+  (6 s) rises by more than `backlog_share` of what it took while it was `busy_hot` busy on
+  average. The trend is the least-squares slope of the queues' summed growth, which the
+  saw-tooth does not move: it sees a process that falls behind seconds before the kernel
+  drops anything, where the per-tick rule may see it only one tick in two. It is clear again
+  after `clear_s` (5 s) of *calm* ticks only: a wake-up less than `lag_calm_s` (0.025 s)
+  late, at most one stream losing packets and the receive queues not growing past
+  `backlog_share`. Between the two nothing changes, so the state does not flap.
 - While overloaded (unless the policy is ``off``), a step stops the first streams of the
   policy's order: ``shed-newest`` the most recently started, ``shed-lowest-priority`` the
   lowest `channels.overrides.<id>.priority`, of equal priority the most recently started.
   A step stops at least `shed_share` (5 %) of the process's streams (at least one), more when
   the ticks since the last step say more is needed, at most `shed_share_max` (a third). What
-  they say: the share of packets lost or left queued over them (the queues' growth in bytes
-  counted as packets of `queued_packet_bytes`, what the kernel charges for a 1,400-byte
-  datagram); or, for a process that was `busy_hot` busy on average, what brings it down to
-  `busy_target` (90 %, out of the saturated band) with nothing lost: it took 1 - lost of the
-  packets at its busy share, so it can take (1 - lost) x target / busy of them. So a process
-  well past what it can carry sheds up to a third at once rather than 5 % every 5 s. The next
-  step needs `settle_s` (2 s) and then a fresh `sustain_s` of hot ticks.
+  they say: the share of packets lost or left queued over them (the queues' growth in bytes,
+  from the trend where it is known, counted as packets of `queued_packet_bytes`, what the
+  kernel charges for a 1,400-byte datagram); or, for a process that was `busy_hot` busy on
+  average, what brings it down to `busy_target` (90 %, out of the saturated band) with nothing
+  lost: it took 1 - lost of the packets at its busy share, so it can take
+  (1 - lost) x target / busy of them. So a process well past what it can carry sheds up to a
+  third at once rather than 5 % every 5 s. The next
+  step needs `settle_s` (2 s) and then a fresh `sustain_s` of hot ticks or `trend_s` of
+  rising queues.
 - Only the channels' live streams are shed. Relays to upstreams and viewers ride on them and
   end with them, never on their own; playbacks of recordings are no candidates.
 - A shed channel is refused (`admit`) for a cool-down of `cooldown_s` (60 s), doubled for each
@@ -137,6 +143,11 @@ class _Process:
     ticks: deque[bool] = field(default_factory=deque)  # hot or not, over the window
     times: deque[float] = field(default_factory=deque)
     seen: deque[Load] = field(default_factory=deque)  # each tick's load, over the window
+    #: (time, the queues' growth summed since `trend_start`, packets, busy) of each tick over
+    #: the last `trend_s`
+    trend: deque[tuple[float, int, int, float | None]] = field(default_factory=deque)
+    trend_start: float | None = None
+    grown: int = 0
     calm_since: float | None = None
     previous: float | None = None  # when the tick before this one was fed
     hold_until: float = 0.0
@@ -160,6 +171,7 @@ class OverloadGuard:
     shed_share_max = 1 / 3
     busy_target = 0.9
     backlog_share = 0.02
+    trend_s = 6.0
     #: what the kernel charges a receive queue for one datagram of about 1,400 bytes (its
     #: buffer's true size: 2,304 bytes on Linux x86-64 over loopback)
     queued_packet_bytes = 2304
@@ -207,15 +219,22 @@ class OverloadGuard:
             state.times.popleft()
             state.ticks.popleft()
             state.seen.popleft()
+        if state.trend_start is None:
+            state.trend_start = now
+        state.grown += load.grew
+        state.trend.append((now, state.grown, load.packets, load.busy))
+        while state.trend and state.trend[0][0] < now - self.trend_s:
+            state.trend.popleft()
         # A tick's figures cover the time since the one before.
         began = state.previous if state.previous is not None else now
         state.previous = now
         state.calm_since = (state.calm_since if state.calm_since is not None else began) \
             if calm else None
         policy = self.policy()
-        if state.state == "ok" and self._sustained(state, now):
+        rising = self.rising(state, now)
+        if state.state == "ok" and (self._sustained(state, now) or rising is not None):
             state.state, state.since = "overloaded", now
-            self._decide("overload", process, (), self._describe(load)
+            self._decide("overload", process, (), self._describe(load, rising)
                          + ("; media.overload is off: nothing is shed" if policy == "off" else ""))
         elif state.state == "overloaded" and state.calm_since is not None \
                 and now - state.calm_since >= self.clear_s:
@@ -229,14 +248,15 @@ class OverloadGuard:
             return []
         victims: list[str] = []
         if state.state == "overloaded" and now >= state.hold_until \
-                and self._sustained(state, now):
-            victims = self._shed(process, now, load, candidates, policy,
-                                 self.step_share(state.seen))
+                and (self._sustained(state, now) or rising is not None):
+            victims = self._shed(process, now, load, rising, candidates, policy,
+                                 self.step_share(state.seen, self.trend(state, now)))
             state.hold_until = now + self.settle_s
             state.ticks.clear()
             state.times.clear()
             state.seen.clear()
-            state.window_start = state.hold_until
+            state.trend.clear()
+            state.window_start = state.trend_start = state.hold_until
         self._readmit(now, policy)
         return victims
 
@@ -256,18 +276,53 @@ class OverloadGuard:
         """A tick that counts toward the end of an overload."""
         return load.lag_s < self.lag_calm_s and load.lossy <= 1 and not self.backlogged(load)
 
+    def rising(self, state: _Process, now: float) -> float | None:
+        """The share of its intake by which a busy process's receive queues rose over the
+        last `trend_s`, if more than `backlog_share`; else None. Busy is the mean over those
+        ticks: a process with time to spare is catching up, whatever its queues do."""
+        share = self.trend(state, now)
+        busy = [point[3] for point in state.trend]
+        if share is None or share <= self.backlog_share or None in busy:
+            return None
+        return share if sum(busy) / len(busy) >= self.busy_hot else None  # type: ignore[arg-type]
+
+    def trend(self, state: _Process, now: float) -> float | None:
+        """How fast the process's receive queues rose over the last `trend_s`, as a share of
+        what it took (negative: they fell); None until it has `trend_s` of ticks.
+
+        The rise is the least-squares slope of the queues' summed growth against time, so the
+        tick-to-tick saw-tooth (key-frame bursts, the recorder's batches) averages out; the
+        intake is the packets taken over the same ticks, in the kernel's bytes."""
+        points = state.trend
+        if state.trend_start is None or now - state.trend_start < self.trend_s \
+                or len(points) < 4:
+            return None
+        first, last = points[0][0], points[-1][0]
+        taken = sum(point[2] for point in points) - points[0][2]
+        if last <= first or taken <= 0:
+            return None
+        mean_t = sum(point[0] for point in points) / len(points)
+        mean_q = sum(point[1] for point in points) / len(points)
+        spread = sum((point[0] - mean_t) ** 2 for point in points)
+        slope = sum((point[0] - mean_t) * (point[1] - mean_q) for point in points) / spread
+        return slope / (taken / (last - first) * self.queued_packet_bytes)
+
     def _sustained(self, state: _Process, now: float) -> bool:
         if state.window_start is None or now - state.window_start < self.sustain_s \
                 or not state.ticks:
             return False
         return sum(state.ticks) >= self.hot_share * len(state.ticks)
 
-    def step_share(self, loads: Collection[Load]) -> float:
+    def step_share(self, loads: Collection[Load], trend: float | None = None) -> float:
         """The share of a process's streams one step sheds, from its loads since the last
-        step (see the module's docstring)."""
+        step and, where known, the trend of its receive queues (see the module's
+        docstring)."""
         packets = sum(x.packets for x in loads)
-        lost = sum(x.lost for x in loads) \
-            + max(0, sum(x.grew for x in loads)) / self.queued_packet_bytes
+        lost: float = sum(x.lost for x in loads)
+        if trend is None:  # the queues' growth over the ticks, saw-tooth and all
+            lost += max(0, sum(x.grew for x in loads)) / self.queued_packet_bytes
+        else:
+            lost += max(0.0, trend) * packets
         lost_share = lost / (packets + lost) if packets + lost else 0.0
         share = lost_share
         busy = [x.busy for x in loads if x.busy is not None]
@@ -284,8 +339,8 @@ class OverloadGuard:
         return lambda item: (item.priority, -item.started)
 
     def _shed(
-        self, process: str, now: float, load: Load, candidates: Sequence[Candidate],
-        policy: str, share: float,
+        self, process: str, now: float, load: Load, rising: float | None,
+        candidates: Sequence[Candidate], policy: str, share: float,
     ) -> list[str]:
         wall = self.wall()
         items = [
@@ -297,7 +352,7 @@ class OverloadGuard:
             return []
         count = max(1, math.ceil(len(items) * share))
         chosen = sorted(items, key=self._rank(policy))[:count]
-        reason = f"shed: media overload ({policy}; {self._describe(load)})"
+        reason = f"shed: media overload ({policy}; {self._describe(load, rising)})"
         for item in chosen:
             came_back, strikes = self._returned.pop(item.channel_id, (-math.inf, 0))
             item.strikes = strikes + 1 if now - came_back < self.strike_s else 1
@@ -307,7 +362,7 @@ class OverloadGuard:
             self.shed[item.channel_id] = item
         names = tuple(item.channel_id for item in chosen)
         self._decide("shed", process, names,
-                     f"{self._describe(load)}; {len(chosen)} of {len(items)} streams by "
+                     f"{self._describe(load, rising)}; {len(chosen)} of {len(items)} streams by "
                      f"{policy}")
         return list(names)
 
@@ -369,7 +424,8 @@ class OverloadGuard:
 
     def as_json(self) -> dict[str, Any]:
         """The `overload` object of /api/stats: `since` in Unix seconds, `cool_down_s` the
-        seconds of cool-down a shed channel has left (0: it comes back in its turn)."""
+        seconds of cool-down a shed channel has left (0: it comes back in its turn),
+        `queues_trend` a process's receive queues' trend (`trend`; null until known)."""
         lags = [s.last.lag_s for s in self.processes.values() if s.last is not None]
         processes = {}
         for name, state in self.processes.items():
@@ -382,6 +438,8 @@ class OverloadGuard:
                     "drops": last.drops, "queued": last.queued, "grew": last.grew,
                     "busy": None if last.busy is None else round(last.busy, 3),
                 }),
+                "queues_trend": None if (trend := self.trend(state, self._now)) is None
+                else round(trend, 4),
             }
         return {
             "state": "overloaded" if self.overloaded else "ok",
@@ -398,7 +456,7 @@ class OverloadGuard:
             "last_decision": self.last_decision,
         }
 
-    def _describe(self, load: Load) -> str:
+    def _describe(self, load: Load, rising: float | None = None) -> str:
         text = f"wake-up {load.lag_s:.3f} s late, {load.lossy} of {load.streams} streams lost " \
                f"packets"
         if load.lost:
@@ -407,6 +465,9 @@ class OverloadGuard:
             text += f", {load.drops} dropped by the kernel"
         if self.backlogged(load):
             text += f", receive queues grew by {load.grew // 1024} KiB"
+        if rising is not None:
+            text += f", receive queues rising by {rising:.1%} of the intake over " \
+                    f"{self.trend_s:g} s"
         return text
 
     def _decide(self, action: str, process: str, channels: tuple[str, ...], reason: str) -> None:
@@ -489,12 +550,12 @@ class LoadMeter:
         cpu = self.cpu()
         process_cpu = self.process_cpu() if self.process_cpu is not None else 0.0
         busy = None
-        mark = self._cpu_mark
-        if mark is not None and now > mark[0]:
-            span = now - mark[0]
-            busy = (cpu - mark[1]) / span
+        before_cpu = self._cpu_mark
+        if before_cpu is not None and now > before_cpu[0]:
+            span = now - before_cpu[0]
+            busy = (cpu - before_cpu[1]) / span
             if self.process_cpu is not None:
-                busy = max(busy, (process_cpu - mark[2]) / span / max(1, self.cores()))
+                busy = max(busy, (process_cpu - before_cpu[2]) / span / max(1, self.cores()))
         self._cpu_mark = (now, cpu, process_cpu)
         known = kernel is not None
         load = Load(lag_s=max(0.0, lag_s), streams=len(playing), lossy=lossy, packets=packets,

@@ -60,6 +60,8 @@ class MediaSettings:
     linger_s: int
     answer_timeout_s: int
     connect_timeout_s: float
+    #: SO_RCVBUF asked for on each stream's socket, KiB
+    receive_buffer_kib: int = 4096
     #: transports to move on to when one fails in a way another could avoid
     transport_fallback: tuple[str, ...] = ()
     #: media worker processes; 0 stands for "auto" (one per core the node may run on)
@@ -205,6 +207,9 @@ MEDIA_KEYS: tuple[Key, ...] = (
     Key("answer_timeout_s", _integer(1), 10, "wait this long for a device to answer an INVITE"),
     Key("connect_timeout_s", _number(0.1), 5,
         "tcp-active: give up connecting to the device's media port after this long"),
+    Key("receive_buffer_kib", _bounded(64, 1 << 20), 4096,
+        "receive buffer asked for on each stream's socket, KiB (Linux grants twice this, its "
+        "bookkeeping included): how long a stream rides out its media process falling behind"),
     Key("transport_fallback", _transports, (),
         "transports to try next when one fails in a way another could avoid; empty: none"),
     Key("workers", _workers, 1,

@@ -20,8 +20,10 @@ SDP answer, retrying for a while because the device may open it late, within
 `connect_timeout_s` in all).
 
 The receive path is the hot path: no logging and no objects per packet beyond the payload view
-and one tuple; the kernel buffer of every RTP socket is raised to `rcvbuf` (1 MiB by default),
-because keyframe bursts overflow the default on loopback and LAN alike.
+and one tuple; the kernel buffer of every RTP socket is raised to `rcvbuf` (1 MiB by default;
+the node asks for `media.receive_buffer_kib`, 4 MiB), because keyframe bursts overflow the
+default on loopback and LAN alike, and so that a stream rides out its process falling behind
+for the seconds the overload guard takes to shed others.
 """
 
 from __future__ import annotations

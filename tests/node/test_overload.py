@@ -4,6 +4,7 @@ sheds the newest of its simulated cameras' streams and says so in /healthz and /
 
 from __future__ import annotations
 
+import math
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -183,6 +184,18 @@ def test_steps_settle_then_shed_more_until_the_signal_clears() -> None:
 )
 def test_a_step_is_sized_to_the_overload(loads: list[Load], share: float) -> None:
     assert OverloadGuard().step_share(loads) == pytest.approx(share)
+
+
+def test_a_known_trend_sizes_the_step_instead_of_the_saw_tooth() -> None:
+    # The ticks since the last step end on the high side of the saw-tooth (30 MB more than
+    # they began with); the trend says the queues rise by 10 % of the intake.
+    loads = [Load(0.01, 30, 0, 9000, 0, busy=0.5, grew=30_000_000)] + \
+        [Load(0.01, 30, 0, 9000, 0, busy=0.5)] * 5
+    guard = OverloadGuard()
+    swing = 30_000_000 / 2304  # 13,021 packets' worth
+    assert guard.step_share(loads) == pytest.approx(swing / (54_000 + swing))  # 19 %
+    assert guard.step_share(loads, 0.10) == pytest.approx(0.1 / 1.1)
+    assert guard.step_share(loads, -0.2) == pytest.approx(0.05)  # falling: the floor
 
 
 def test_a_process_at_150_percent_sheds_a_third_in_one_step() -> None:
@@ -389,8 +402,10 @@ def test_udp_sockets_reads_a_real_queue_and_overflow() -> None:
 def test_a_saturated_process_falling_behind_is_overload_before_it_loses_anything() -> None:
     # 20 streams, nothing lost yet, the process 98 % busy and its streams' receive queues
     # growing by 12 % of what it takes: hot, and the step sheds that share (and a bit more,
-    # down to 90 % busy) before the kernel drops anything.
+    # down to 90 % busy) before the kernel drops anything. (The per-tick rule alone: the
+    # trend over trend_s is the next test's.)
     run = Run(policy="shed-newest")
+    run.guard.trend_s = math.inf
     keeping_up = Load(lag_s=0.01, streams=20, packets=3600, busy=0.98, queued=2304 * 40,
                       grew=2304 * 20)  # under backlog_share (2 %) of 3,600 packets
     assert run.tick(keeping_up, 10.0) == [] and run.state == "ok"
@@ -406,6 +421,54 @@ def test_a_saturated_process_falling_behind_is_overload_before_it_loses_anything
     # Growth without a busy process (a stall, say) is the lag rule's business, not this one's.
     assert not OverloadGuard().hot(Load(lag_s=0.01, streams=20, packets=3600, busy=0.5,
                                         grew=2304 * 1000))
+
+
+def saw_tooth(rise: float, busy: float, packets: int = 27000) -> list[Load]:
+    """Two ticks of a busy process whose receive queues swing by 30 MB from one tick to the
+    next (at capacity too: key-frame bursts, the recorder's batches) and rise by `rise` of
+    its intake underneath."""
+    net = round(rise * packets * 2304)
+    swing = 30_000_000
+    return [Load(lag_s=0.01, streams=20, packets=packets, busy=busy, grew=swing + net),
+            Load(lag_s=0.01, streams=20, packets=packets, busy=busy, grew=-swing + net)]
+
+
+def test_receive_queues_rising_under_the_saw_tooth_are_overload_before_any_loss() -> None:
+    # At capacity the queues swing but do not rise: never overload, however long.
+    run = Run(policy="shed-newest")
+    for _ in range(60):
+        assert run.tick(saw_tooth(0.0, 0.98)[0], TICK) == []
+        assert run.tick(saw_tooth(0.0, 0.98)[1], TICK) == []
+    assert run.state == "ok"
+    trend = run.guard.as_json()["processes"][MAIN]["queues_trend"]
+    assert trend is not None and abs(trend) < 0.001
+    # Rising by 5 % of the intake: only one tick in two is hot (short of three in four), yet
+    # the process is overloaded once trend_s (6 s) of ticks show the rise, before the
+    # kernel has dropped anything, and the step sheds at least that share.
+    rising = Run(policy="shed-newest")
+    while not rising.shed:
+        for load in saw_tooth(0.05, 0.98):
+            rising.tick(load, TICK)
+    # trend_s after the first tick (the trend's start), with the tick of the first shedding
+    assert rising.now == 7.0 and rising.state == "overloaded"
+    # 1 - (1 - 0.05 / 1.05) x 0.9 / 0.98 = 12.5 % of 20: 3 streams
+    assert rising.shed == [[name(19), name(18), name(17)]]
+    decision = rising.guard.last_decision
+    assert decision is not None
+    assert "receive queues rising by 5.0% of the intake over 6 s" in decision["reason"]
+    # Without the trend, the per-tick rule never sees it: one tick in two is hot.
+    per_tick = Run(policy="shed-newest")
+    per_tick.guard.trend_s = math.inf
+    for _ in range(30):
+        for load in saw_tooth(0.05, 0.98):
+            assert per_tick.tick(load, TICK) == []
+    assert per_tick.state == "ok"
+    # The same rise in a process with time to spare is catching up, not overload.
+    idle = Run(policy="shed-newest")
+    for _ in range(30):
+        for load in saw_tooth(0.05, 0.7):
+            assert idle.tick(load, TICK) == []
+    assert idle.state == "ok"
 
 
 # ----- settings -----
