@@ -83,6 +83,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -245,11 +246,12 @@ def free_single_port(above: int) -> int:
 
 def node_config(tmp: Path, n: int, transport: str, recording: bool, workers: int,
                 segment_s: int, fsync_s: float = 2.0,
-                single_port: bool = False) -> tuple[Path, int, int]:
+                single_port: bool = False,
+                media_extra: Sequence[str] = ()) -> tuple[Path, int, int]:
     """The node's configuration file for one pass; returns it with its SIP and HTTP ports.
     `media.workers` is written only when it is not 1 (the default), so that a node from before
     the setting runs the one-worker passes; `media.single_port` only when asked for, on a
-    free port above the RTP range."""
+    free port above the RTP range; `media_extra` ("key: value" lines, `--media`) as given."""
     sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
     high = RTP_BASE + max(1000, 4 * n + 100)
     media = f"  transport: {'udp' if transport == 'udp' else 'tcp-passive'}\n"
@@ -259,6 +261,7 @@ def node_config(tmp: Path, n: int, transport: str, recording: bool, workers: int
         media += f"  workers: {workers}\n"
     if single_port:
         media += f"  single_port: {free_single_port(high)}\n"
+    media += "".join(f"  {line}\n" for line in media_extra)
     text = f"""\
 node:
   id: "{NODE_ID}"
@@ -592,7 +595,7 @@ async def node_pass(transport: str, n: int, recording: bool, workers: int, kinds
 
     loop = asyncio.get_running_loop()
     config, sip_port, http_port = node_config(tmp, n, transport, recording, workers,
-                                              args.segment, args.fsync, single_port)
+                                              args.segment, args.fsync, single_port, args.media)
     if single_port:
         problem = await loop.run_in_executor(None, check_config, config, args.node_root)
         if problem is not None:
@@ -995,6 +998,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="run the node from this source tree (bench/compare.py)")
     parser.add_argument("--dir", default=tempfile.gettempdir(),
                         help="where each pass's node data and recordings go (a real disk)")
+    parser.add_argument("--media", action="append", default=[], metavar="'KEY: VALUE'",
+                        help="a line of the node's media: section, e.g. "
+                        "'receive_buffer_kib: 1024' (repeatable)")
     parser.add_argument("--note", action="append", default=[])
     parser.add_argument("--no-doc", action="store_true")
     parser.add_argument("--json", help="also write every raw figure to this file")

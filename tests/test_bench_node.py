@@ -237,6 +237,16 @@ def test_report_states_each_goal_against_the_bare_loop_of_its_run() -> None:
     assert "one worker 400 streams, two at least 400" in text  # the sweep's top: a bound
 
 
+def test_media_lines_go_into_the_media_section(tmp_path: Path) -> None:
+    config, _, _ = node_bench.node_config(tmp_path, 10, "udp", True, 1, 10,
+                                          media_extra=["receive_buffer_kib: 1024"])
+    assert "\n  receive_buffer_kib: 1024\n" in config.read_text()
+    assert node_bench.check_config(config, node_bench.ROOT) is None
+    config.write_text(config.read_text().replace("1024", "1"))
+    problem = node_bench.check_config(config, node_bench.ROOT)
+    assert problem is not None and "media.receive_buffer_kib" in problem
+
+
 def test_a_workers_value_the_node_refuses_is_named(tmp_path: Path) -> None:
     config, _, _ = node_bench.node_config(tmp_path, 10, "udp", True, 2, 10)
     assert "workers: 2" in config.read_text()
