@@ -9,7 +9,8 @@ Two halves, so that each media process measures itself and one guard decides for
   Once a tick it turns what it sees into a `Load`, a few plain numbers: how late its own
   periodic wake-up came, how busy its event loop was, how many streams lost packets (RTP
   sequence gaps, or the kernel's receive-buffer drops on their UDP sockets) since the last
-  tick, how much the receive queues of their UDP sockets grew, and the streams it carries
+  tick, how much the receive queues of their sockets grew (UDP sockets and TCP connections),
+  and the streams it carries
   (`Candidate`s). Nothing here is done per packet.
 - `OverloadGuard` takes each process's `Load` and decides: which streams to stop now, which
   channels are refused and until when, and which one comes back next.
@@ -21,10 +22,11 @@ The rules (the constants are attributes of the guard):
   when the process was `busy_hot` (90 %) busy or more and at least `spread_min` streams lost
   packets (a saturated process that loses a little on several streams at a time, a few
   streams here and a few there, is overloaded as surely), or when it was `busy_hot` busy and
-  the receive queues of its UDP streams grew by more than `backlog_share` (2 %) of the
-  packets it took in the tick. That last one can come first: with 1-2 MiB of kernel buffer
-  per socket, a process that falls behind queues packets for seconds (about 10 s at 150 % of
-  its capacity) before the kernel drops one. (The queues also move in a saw-tooth from one
+  the receive queues of its streams grew by more than `backlog_share` (2 %) of the
+  packets it took in the tick. That last one can come first: with megabytes of kernel buffer
+  per socket (`media.receive_buffer_kib`), a process that falls behind queues packets for
+  seconds before the kernel drops one (UDP) or the camera is made to wait (TCP, whose
+  cameras then drop frames the node never sees). (The queues also move in a saw-tooth from one
   tick to the next, key-frame bursts and the recorder's batches, so it is not always first:
   see the trend below.) One camera losing packets is a camera's problem, not overload.
   *Busy* is the larger of the event loop thread's share of the tick and the whole process's
@@ -68,7 +70,7 @@ import logging
 import math
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -104,9 +106,9 @@ class Load:
     #: share of the tick its event loop's thread spent on the CPU, or the whole process's per
     #: CPU it may run on, whichever is larger; None where unknown
     busy: float | None = None
-    #: bytes waiting in the receive queues of the streams' UDP sockets at the tick's end (as
-    #: the kernel charges them), and how much those of the streams carried at both ends of
-    #: the tick grew (negative: shrank); None and 0 where unknown
+    #: bytes waiting in the receive queues of the streams' sockets at the tick's end (UDP: as
+    #: the kernel charges them; TCP: the bytes as sent), and how much those of the streams
+    #: carried at both ends of the tick grew (negative: shrank); None and 0 where unknown
     queued: int | None = None
     grew: int = 0
 
@@ -493,8 +495,13 @@ def _named(channels: Iterable[str]) -> str:
 class LoadMeter:
     """Measures one media process's `Load` once a tick, from its streams' counters (never per
     packet); `sockets` reads the kernel's drop count and receive queue of each of the given
-    UDP ports (`udp_sockets`), `cpu` the event loop thread's CPU time, `process_cpu` the whole
-    process's and `cores` how many CPUs the process may run on."""
+    UDP ports (`udp_sockets`), `tcp` the receive queue of the established TCP connections on
+    each of the given local ports (`tcp_queues`), `cpu` the event loop thread's CPU time,
+    `process_cpu` the whole process's and `cores` how many CPUs the process may run on.
+
+    The kernel's figures are taken per socket, not per stream: streams that share one port
+    (`media.single_port`) share its queue and its drops, which count once. A drop on a shared
+    socket makes no stream lossy by itself (which of them lost is in their sequence gaps)."""
 
     def __init__(
         self,
@@ -503,16 +510,20 @@ class LoadMeter:
         process_cpu: Callable[[], float] | None = time.process_time,
         cores: Callable[[], int] = lambda: allowed_cpus(),
         sockets: Callable[[Collection[int]], dict[int, tuple[int, int]] | None] | None = None,
+        tcp: Callable[[Collection[int]], dict[int, int] | None] | None = None,
     ) -> None:
         self.cpu = cpu
         self.process_cpu = process_cpu
         self.cores = cores
         self.sockets = sockets if sockets is not None else udp_sockets
+        self.tcp = tcp if tcp is not None else tcp_queues
         #: a load to report instead of the one measured (a drill, and the tests)
         self.fed: Load | None = None
-        #: channel -> (the stream, its packets, lost, UDP port, kernel drops, queued bytes)
-        #: at the last tick
-        self._marks: dict[str, tuple[int, int, int, int, int, int]] = {}
+        #: channel -> (the stream, its packets, lost) at the last tick
+        self._marks: dict[str, tuple[int, int, int]] = {}
+        #: socket -> (kernel drops, queued bytes) at the last tick; a socket is ("udp" or
+        #: "tcp", port, the stream's identity), the identity 0 for a port streams share
+        self._sockets: dict[tuple[str, int, int], tuple[int, int]] = {}
         self._cpu_mark: tuple[float, float, float] | None = None
 
     def sample(
@@ -520,33 +531,49 @@ class LoadMeter:
     ) -> tuple[Load, list[Candidate]]:
         """The load over the tick that ended at monotonic `now`, and the streams carried."""
         playing = [s for s in streams if s.state == "playing"]
-        ports = {s.channel_id: getattr(s.receiver, "port", 0) for s in playing
-                 if s.transport == "udp"}
-        kernel = self.sockets(ports.values()) if ports else {}
-        marks: dict[str, tuple[int, int, int, int, int, int]] = {}
+        where = {s.channel_id: stream_socket(s) for s in playing}
+        by_port = Counter(key for key in where.values() if key[1])
+        udp_ports = {port for kind, port in by_port if kind == "udp"}
+        tcp_ports = {port for kind, port in by_port if kind == "tcp"}
+        udp = self.sockets(udp_ports) if udp_ports else {}
+        tcp = self.tcp(tcp_ports) if tcp_ports else {}
+        known = udp is not None and tcp is not None
+        marks: dict[str, tuple[int, int, int]] = {}
+        sockets: dict[tuple[str, int, int], tuple[int, int]] = {}
         lossy = packets = lost = dropped = queued = grew = 0
         for stream in playing:
             channel_id = stream.channel_id
-            port = ports.get(channel_id, 0)
+            identity = id(stream)
             now_packets, now_lost = stream.counter("packets"), stream.counter("lost")
-            now_drops, now_queued = kernel.get(port, (0, 0)) if kernel is not None and port \
-                else (0, 0)
-            queued += now_queued
-            mark = marks[channel_id] = (id(stream), now_packets, now_lost, port, now_drops,
-                                        now_queued)
+            mark = marks[channel_id] = (identity, now_packets, now_lost)
+            kind, port = where[channel_id]
+            new_drops = 0
+            if port:
+                key = (kind, port, 0 if by_port[kind, port] > 1 else identity)
+                if key not in sockets:
+                    if kind == "udp":
+                        figures = (udp or {}).get(port, (0, 0))
+                    else:
+                        figures = (0, (tcp or {}).get(port, 0))
+                    sockets[key] = figures
+                    queued += figures[1]
+                    before_socket = self._sockets.get(key)
+                    if before_socket is not None:  # carried at both ends of the tick
+                        grew += figures[1] - before_socket[1]
+                        new_drops = max(0, figures[0] - before_socket[0])
+                        dropped += new_drops
+                        if key[2] == 0:
+                            new_drops = 0  # shared: not this stream's loss by itself
             before = self._marks.get(channel_id)
             if before is None or before[0] != mark[0]:
                 continue  # a stream new since the last tick: counted from now on
             new_lost = now_lost - before[2]
-            same_port = port == before[3]
-            new_drops = now_drops - before[4] if same_port else 0
-            grew += now_queued - before[5] if same_port else 0
             packets += now_packets - before[1]
             lost += new_lost
-            dropped += max(0, new_drops)
             if new_lost > 0 or new_drops > 0:
                 lossy += 1
         self._marks = marks
+        self._sockets = sockets
         cpu = self.cpu()
         process_cpu = self.process_cpu() if self.process_cpu is not None else 0.0
         busy = None
@@ -557,13 +584,24 @@ class LoadMeter:
             if self.process_cpu is not None:
                 busy = max(busy, (process_cpu - before_cpu[2]) / span / max(1, self.cores()))
         self._cpu_mark = (now, cpu, process_cpu)
-        known = kernel is not None
         load = Load(lag_s=max(0.0, lag_s), streams=len(playing), lossy=lossy, packets=packets,
                     lost=lost, drops=dropped if known else None, busy=busy,
                     queued=queued if known else None, grew=grew)
         if self.fed is not None:
             load = self.fed
         return load, [Candidate(s.channel_id, s.started_at) for s in playing]
+
+
+def stream_socket(stream: LiveStream) -> tuple[str, int]:
+    """("udp" or "tcp", the local port) of the socket a stream's media arrives on; port 0
+    where unknown (a TCP stream not connected yet, or one a media worker connected out)."""
+    receiver = stream.receiver
+    if stream.transport == "udp":
+        return "udp", int(getattr(receiver, "port", 0) or 0)
+    port = getattr(receiver, "local_port", None)
+    if port is None and stream.transport == "tcp-passive":
+        port = getattr(receiver, "port", 0)  # the listening port: the connection's own
+    return "tcp", int(port or 0)
 
 
 def allowed_cpus() -> int:
@@ -581,8 +619,42 @@ def udp_sockets(ports: Collection[int], tables: Sequence[str] = ("/proc/net/udp"
     its last column, the datagrams the kernel dropped (mostly for a full receive buffer), and
     its rx_queue, the bytes waiting to be read as the kernel charges them; None where the
     table cannot be read (not Linux)."""
-    wanted = set(ports)
+    rows = _sockets_on(ports, tables)
+    if rows is None:
+        return None
     found: dict[int, tuple[int, int]] = {}
+    for port, queued, fields in rows:
+        if len(fields) >= 13 and fields[-1].isdigit():
+            drops, before = found.get(port, (0, 0))
+            found[port] = (drops + int(fields[-1]), before + queued)
+    return found
+
+
+def tcp_queues(ports: Collection[int], tables: Sequence[str] = ("/proc/net/tcp",
+                                                                "/proc/net/tcp6")) -> \
+        dict[int, int] | None:
+    """Bytes waiting to be read on the established TCP connections whose local port is one of
+    `ports`, from /proc/net/tcp: the rx_queue of each (the stream's bytes as sent, not as the
+    kernel charges them: about 1,414 of them per 1,400-byte payload, where UDP's queues count
+    2,304); a listening socket's entry (its accept queue) is left out. None where the table
+    cannot be read (not Linux)."""
+    rows = _sockets_on(ports, tables)
+    if rows is None:
+        return None
+    found: dict[int, int] = {}
+    for port, queued, fields in rows:
+        if fields[3] == "01":  # ESTABLISHED
+            found[port] = found.get(port, 0) + queued
+    return found
+
+
+def _sockets_on(ports: Collection[int], tables: Sequence[str]) -> \
+        list[tuple[int, int, list[str]]] | None:
+    """(local port, rx_queue, all fields) of each socket of the /proc/net `tables` (udp, tcp
+    and their v6 twins share the layout) whose local port is one of `ports`; None where no
+    table can be read. A line that does not parse is left out."""
+    wanted = set(ports)
+    rows: list[tuple[int, int, list[str]]] = []
     read = False
     for table in tables:
         try:
@@ -590,14 +662,13 @@ def udp_sockets(ports: Collection[int], tables: Sequence[str] = ("/proc/net/udp"
                 next(lines, None)  # the header
                 for line in lines:
                     fields = line.split()
-                    if len(fields) < 13:
+                    try:
+                        port = int(fields[1].rpartition(":")[2], 16)
+                        if port in wanted:
+                            rows.append((port, int(fields[4].rpartition(":")[2], 16), fields))
+                    except (IndexError, ValueError):
                         continue
-                    port = int(fields[1].rpartition(":")[2], 16)
-                    if port in wanted:
-                        drops, queued = found.get(port, (0, 0))
-                        found[port] = (drops + int(fields[-1]),
-                                       queued + int(fields[4].rpartition(":")[2], 16))
             read = True
-        except (OSError, ValueError):
+        except (OSError, UnicodeDecodeError):
             continue
-    return found if read else None
+    return rows if read else None

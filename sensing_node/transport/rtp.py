@@ -451,6 +451,9 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
         self.peer: Any = None
         self.refused_connections = 0
         self.connect_attempts = 0
+        #: the local port of the connection carrying the stream (its receive queue is read
+        #: by that port), once there is one
+        self.local_port: int | None = None
         self.closed = asyncio.Event()
         self._claimed = False
         self._peer_hosts: frozenset[str] | None = None  # who may connect; None: anybody
@@ -535,6 +538,9 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and not self.rcvbuf:
             self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple) and len(local) >= 2:
+            self.local_port = int(local[1])
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.deframer.get_buffer(sizehint)

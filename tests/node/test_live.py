@@ -17,6 +17,7 @@ import pytest
 from rtp.packet import build_rtp
 from rtp.ps import AccessUnit
 from sensing_node.media.consumers import Consumer, FrameQueue, StreamError
+from sensing_node.media.overload import stream_socket, tcp_queues, udp_sockets
 from sensing_node.media.workers.pool import RemoteReceiver
 from sensing_node.sim.camera import SimulatedCamera
 from sensing_node.sim.media import load_clip
@@ -293,6 +294,15 @@ async def test_a_streams_socket_has_the_configured_receive_buffer(
         expected = set_rcvbuf(probe, 3072 * 1024)
     assert isinstance(receiver, (UdpRtpReceiver, TcpRtpReceiver))
     assert receiver.rcvbuf == expected
+    # The overload guard's meter finds the socket and reads its receive queue.
+    kind, port = stream_socket(stream)
+    if transport == "udp":
+        assert kind == "udp" and port == receiver.port
+        found = udp_sockets([port])
+    else:
+        assert kind == "tcp" and port
+        found = {p: (0, queued) for p, queued in (tcp_queues([port]) or {}).items()}
+    assert found is not None and port in found
 
 
 async def test_linger_then_bye_when_nobody_watches(live: Setup) -> None:

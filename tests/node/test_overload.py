@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
@@ -19,6 +20,7 @@ from sensing_node.media.overload import (
     Load,
     LoadMeter,
     OverloadGuard,
+    tcp_queues,
     udp_sockets,
 )
 from sensing_node.settings import ConfigError, parse_settings
@@ -328,9 +330,11 @@ class FakeStream:
 
 def test_load_meter_counts_deltas_per_stream() -> None:
     kernel = {30000: (5, 0), 30002: (0, 4608)}  # port: (drops, queued bytes)
+    tcp = {30004: 1000}  # port: bytes waiting on its established connection
     cpu = [10.0]
     meter = LoadMeter(cpu=lambda: cpu[0], process_cpu=None,
-                      sockets=lambda ports: {p: kernel[p] for p in ports if p in kernel})
+                      sockets=lambda ports: {p: kernel[p] for p in ports if p in kernel},
+                      tcp=lambda ports: {p: tcp[p] for p in ports if p in tcp})
     a = FakeStream("a", 1.0, port=30000)
     b = FakeStream("b", 2.0, port=30002)
     c = FakeStream("c", 3.0, transport="tcp-passive", port=30004)
@@ -343,18 +347,63 @@ def test_load_meter_counts_deltas_per_stream() -> None:
     kernel[30000] = (9, 0)  # a's socket overflowed: lost in the kernel before any sequence check
     kernel[30002] = (0, 2304 * 12)  # b's queue grew by 10 datagrams
     kernel[30006] = (0, 2304 * 50)  # d's is new: its queue counts, its growth not yet
+    tcp[30004] = 1000 + 1414 * 5  # c's connection: 5 packets more wait
     cpu[0] = 10.3
     d = FakeStream("d", 4.0, port=30006)
     d.counts = {"packets": 5000, "lost": 400}  # new since the last tick: counted from now on
     load, _ = meter.sample(100.5, 0.2, [a, b, c, d])
     assert load == Load(lag_s=0.2, streams=4, lossy=2, packets=1050, lost=10, drops=4,
-                        busy=pytest.approx(0.6), queued=2304 * 62, grew=2304 * 10)
+                        busy=pytest.approx(0.6), queued=2304 * 62 + 1000 + 1414 * 5,
+                        grew=2304 * 10 + 1414 * 5)
     c.state = "retrying"  # not playing: neither counted nor a candidate
     load, carried = meter.sample(101.0, -0.001, [a, b, c, d])
     assert load.streams == 3 and load.lag_s == 0.0
     assert [x.channel_id for x in carried] == ["a", "b", "d"]
     meter.fed = HOT
     assert meter.sample(101.5, 0.0, [a])[0] is HOT
+
+
+def test_streams_sharing_one_port_count_its_queue_and_drops_once() -> None:
+    # media.single_port: three streams on one UDP port, one on its own.
+    kernel = {10000: (0, 2304 * 100), 30000: (0, 0)}
+    meter = LoadMeter(cpu=lambda: 0.0, process_cpu=None,
+                      sockets=lambda ports: {p: kernel[p] for p in ports if p in kernel},
+                      tcp=lambda ports: {})
+    shared = [FakeStream(f"s{n}", float(n), port=10000) for n in range(3)]
+    own = FakeStream("own", 5.0, port=30000)
+    streams = [*shared, own]
+    assert meter.sample(100.0, 0.0, streams)[0].queued == 2304 * 100
+    for stream in streams:
+        stream.counts = {"packets": 300, "lost": 0}
+    kernel[10000] = (7, 2304 * 160)  # the shared socket overflowed and its queue grew
+    load, _ = meter.sample(100.5, 0.0, streams)
+    assert load.queued == 2304 * 160 and load.grew == 2304 * 60 and load.drops == 7
+    assert load.lossy == 0  # which of the three lost shows in their sequence gaps
+    shared[1].counts = {"packets": 600, "lost": 4}
+    kernel[30000] = (2, 0)
+    load, _ = meter.sample(101.0, 0.0, streams)
+    assert load.lossy == 2 and load.drops == 2 and load.grew == 0
+
+
+def test_tcp_queues_reads_a_real_connection_and_leaves_the_listener_out() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        assert tcp_queues([port]) == {}  # listening only: nothing established
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            server, _ = listener.accept()
+            with server:
+                client.sendall(b"\x00" * 50_000)
+                found: dict[int, int] | None = {}
+                for _ in range(200):  # bounded: loopback delivers within milliseconds
+                    found = tcp_queues([port])
+                    if found and found.get(port) == 50_000:
+                        break
+                    time.sleep(0.01)
+                assert found == {port: 50_000}  # the server's end; the client's port differs
+                assert len(server.recv(65536)) > 0
+    assert tcp_queues([port], tables=("/nonexistent/tcp",)) is None
 
 
 @pytest.mark.parametrize(("cores", "busy"), [(1, 0.96), (2, 0.6)])
