@@ -10,8 +10,7 @@ Two halves, so that each media process measures itself and one guard decides for
   periodic wake-up came, how busy its event loop was, how many streams lost packets (RTP
   sequence gaps, or the kernel's receive-buffer drops on their UDP sockets) since the last
   tick, how much the receive queues of their sockets grew (UDP sockets and TCP connections),
-  and the streams it carries
-  (`Candidate`s). Nothing here is done per packet.
+  and the streams it carries (`Candidate`s). Nothing here is done per packet.
 - `OverloadGuard` takes each process's `Load` and decides: which streams to stop now, which
   channels are refused and until when, and which one comes back next.
 
@@ -26,9 +25,9 @@ The rules (the constants are attributes of the guard):
   packets it took in the tick. That last one can come first: with megabytes of kernel buffer
   per socket (`media.receive_buffer_kib`), a process that falls behind queues packets for
   seconds before the kernel drops one (UDP) or the camera is made to wait (TCP, whose
-  cameras then drop frames the node never sees). (The queues also move in a saw-tooth from one
-  tick to the next, key-frame bursts and the recorder's batches, so it is not always first:
-  see the trend below.) One camera losing packets is a camera's problem, not overload.
+  cameras then drop frames the node never sees). (The queues also move in a saw-tooth from
+  one tick to the next, key-frame bursts and the recorder's batches, so it is not always
+  first: see the trend below.) One camera losing packets is a camera's problem, not overload.
   *Busy* is the larger of the event loop thread's share of the tick and the whole process's
   (the recorder's threads too) per CPU it may run on.
 - A process is *overloaded* once at least `hot_share` (3/4) of its ticks over the last
@@ -51,9 +50,8 @@ The rules (the constants are attributes of the guard):
   average, what brings it down to `busy_target` (90 %, out of the saturated band) with nothing
   lost: it took 1 - lost of the packets at its busy share, so it can take
   (1 - lost) x target / busy of them. So a process well past what it can carry sheds up to a
-  third at once rather than 5 % every 5 s. The next
-  step needs `settle_s` (2 s) and then a fresh `sustain_s` of hot ticks or `trend_s` of
-  rising queues.
+  third at once rather than 5 % every 5 s. The next step needs `settle_s` (2 s) and then a
+  fresh `sustain_s` of hot ticks or `trend_s` of rising queues.
 - Only the channels' live streams are shed. Relays to upstreams and viewers ride on them and
   end with them, never on their own; playbacks of recordings are no candidates.
 - A shed channel is refused (`admit`) for a cool-down of `cooldown_s` (60 s), doubled for each
@@ -283,10 +281,10 @@ class OverloadGuard:
         last `trend_s`, if more than `backlog_share`; else None. Busy is the mean over those
         ticks: a process with time to spare is catching up, whatever its queues do."""
         share = self.trend(state, now)
-        busy = [point[3] for point in state.trend]
-        if share is None or share <= self.backlog_share or None in busy:
+        busy = [point[3] for point in state.trend if point[3] is not None]
+        if share is None or share <= self.backlog_share or len(busy) < len(state.trend):
             return None
-        return share if sum(busy) / len(busy) >= self.busy_hot else None  # type: ignore[arg-type]
+        return share if sum(busy) / len(busy) >= self.busy_hot else None
 
     def trend(self, state: _Process, now: float) -> float | None:
         """How fast the process's receive queues rose over the last `trend_s`, as a share of
