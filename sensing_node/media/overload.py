@@ -592,7 +592,7 @@ class LoadMeter:
 
 def stream_socket(stream: LiveStream) -> tuple[str, int]:
     """("udp" or "tcp", the local port) of the socket a stream's media arrives on; port 0
-    where unknown (a TCP stream not connected yet, or one a media worker connected out)."""
+    where unknown (a TCP stream not connected yet)."""
     receiver = stream.receiver
     if stream.transport == "udp":
         return "udp", int(getattr(receiver, "port", 0) or 0)

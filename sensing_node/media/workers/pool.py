@@ -104,6 +104,9 @@ class RemoteReceiver:
         self.ssrc: int | None = None  # the SSRC the worker accepts (latched from the first)
         self.refused_connections = 0  # TCP: connections turned away
         self.peer: tuple[Any, ...] | None = None  # TCP: who carries the stream
+        #: TCP: the local port of the connection carrying the stream (the overload meter
+        #: reads its receive queue by it), once the worker has one
+        self.local_port: int | None = None
         #: the address the port is bound to (by the node's pool, before it was passed over)
         self.bound: tuple[str, int] = ("", port)
         self.closed = asyncio.Event()
@@ -126,6 +129,7 @@ class RemoteReceiver:
         self.refused_connections = stats.get("refused_connections", 0)
         peer = stats.get("peer")
         self.peer = tuple(peer) if peer else None
+        self.local_port = stats.get("local_port", self.local_port)
 
     def expect(self, hosts: Iterable[str], ssrc: int | None, peers: Iterable[str] | None) -> None:
         self.worker.send({"op": "expect", "sid": self.sid, "hosts": sorted(hosts),

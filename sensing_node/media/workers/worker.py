@@ -228,6 +228,7 @@ class WorkerStream:
         if isinstance(receiver, TcpRtpReceiver):
             out["refused_connections"] = receiver.refused_connections
             out["peer"] = receiver.peer
+            out["local_port"] = receiver.local_port
         return out
 
     def close(self) -> dict[str, Any]:
