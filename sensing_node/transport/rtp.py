@@ -59,6 +59,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_RCVBUF = 1 << 20
+#: the largest receive buffer asked for: Linux grants at most half of INT_MAX whatever is
+#: asked, and a C int holds no more (a single port's buffer, sized per stream, reaches it at
+#: 256 streams of 4 MiB)
+RCVBUF_MAX = (2**31 - 1) // 2
 _MAX_PAYLOAD = 0xFFFF  # no RTP payload is longer (a UDP datagram, an RFC 4571 frame)
 _PACK_HEADER = b"\x00\x00\x01\xba"
 EARLY_PACKETS = 64  # packets held from before the answer, at most...
@@ -110,11 +114,13 @@ class RtpSink(Protocol):
 def set_rcvbuf(sock: socket.socket, size: int) -> int:
     """Ask for a `size`-byte receive buffer and return what the kernel granted.
 
-    Linux reports twice the value it accepted (the extra half is its bookkeeping). When the
-    kernel caps the request (net.core.rmem_max), SO_RCVBUFFORCE is tried, and if the buffer is
-    still short a warning is logged once per process.
+    Linux reports twice the value it accepted (the extra half is its bookkeeping). A request
+    over `RCVBUF_MAX` asks for that. When the kernel caps the request (net.core.rmem_max),
+    SO_RCVBUFFORCE is tried, and if the buffer is still short a warning is logged once per
+    process.
     """
     global _rcvbuf_warned
+    size = min(size, RCVBUF_MAX)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
     granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     if granted < size and _SO_RCVBUFFORCE is not None:

@@ -22,12 +22,14 @@ from rtp.psmux import PsMuxer, RtpPacketizer
 from sensing_node.transport.rtp import (
     EARLY_BYTES,
     EARLY_PACKETS,
+    RCVBUF_MAX,
     MediaIngest,
     PortPool,
     PortsExhausted,
     RtpReceiveConfig,
     TcpRtpReceiver,
     UdpRtpReceiver,
+    set_rcvbuf,
 )
 from tests.conftest import DATA
 
@@ -141,6 +143,14 @@ async def test_udp_stream_arrives_whole_and_in_order(stream, pool):
     assert receiver.last_packet_at is not None
     assert receiver.dropped_foreign == receiver.dropped_invalid == receiver.rtcp == 0
     assert pool.in_use == 0
+
+
+def test_a_receive_buffer_past_what_an_int_holds_is_asked_for_at_the_most() -> None:
+    # A single port's buffer grows with its streams: 600 of 4 MiB is 2.4 GiB, more than
+    # setsockopt's C int holds. It gets the most there is instead of an OverflowError.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        most = set_rcvbuf(sock, RCVBUF_MAX)
+        assert set_rcvbuf(sock, 600 * (4 << 20)) == most > 0
 
 
 async def test_udp_socket_gets_a_large_receive_buffer(pool):
