@@ -220,14 +220,14 @@ def goals(results: list[dict[str, Any]], args: Any) -> list[str]:
                  f"({r['streams']} streams): kept {w['streams']} and shed {shed}; the kept "
                  f"streams lost {w['lost']:,} packets over the window (goal: none): "
                  f"**{'met' if ok else 'not met'}** (over the whole pass, the build-up "
-                 f"included: {window_whole(r)}).")
+                 f"included: {whole_pass_loss(r)}).")
     if len(L) == 2:
         L.append("- No pass of this run measures a goal (they are at 400 streams).")
     L.append("")
     return L
 
 
-def window_whole(r: dict[str, Any]) -> str:
+def whole_pass_loss(r: dict[str, Any]) -> str:
     """The kept streams' loss over the whole pass, as a share of what they sent."""
     kept = loss_split(r)["kept"]
     if not kept["sent"]:
