@@ -61,6 +61,8 @@ _KEYS_LIMIT = 512
 
 
 def _key(name: bytes) -> str:
+    """The key of a header name that is a token: lower case, compact forms expanded. The names
+    met first are kept, so `_KEYS` holds tokens only."""
     key = _KEYS.get(name)
     if key is None:
         lowered = name.decode("ascii").lower()
@@ -182,11 +184,14 @@ def recognise(data: bytes) -> FastRequest | None:
     # no colon, a name that is no token) is the parser's job.
     for line in head[line_end + 2:].split(b"\r\n") if line_end >= 0 else ():
         name, colon, value = line.partition(b":")
-        name = name.rstrip(b" \t")
-        if not colon or not name or name.translate(None, _TOKEN_CHARS):
-            return None
+        # a name seen before is a token with no space before the colon
+        key = keys.get(name) if colon else None
+        if key is None:
+            name = name.rstrip(b" \t")
+            if not colon or not name or name.translate(None, _TOKEN_CHARS):
+                return None
+            key = _key(name)
         value = value.strip(b" \t")
-        key = keys.get(name) or _key(name)
         if key in raw or key in _REFUSED:
             return None
         raw[key] = value

@@ -333,6 +333,11 @@ def test_what_the_fast_path_leaves_goes_the_full_way(tmp_path):
     pair.send(build("REGISTER", register_fields(branch="z9hG4bK3003") + [("Require", "foo")]))
     pair.send(build("REGISTER", register_fields(branch="z9hG4bK3004"), eol=b"\n"))
     pair.send(build("REGISTER", register_fields(branch="z9hG4bK3005"), length=False))
+    # A line that is only a header name the recogniser has met before, with no colon.
+    bare = build("REGISTER", register_fields(branch="z9hG4bK3006")).replace(
+        b"\r\nUser-Agent: IP Camera\r\n", b"\r\nUser-Agent\r\n")
+    assert recognise(bare) is None
+    pair.send(bare)
     assert pair.fast.fast_taken == taken
 
 
