@@ -47,7 +47,6 @@ _TAGGED = re.compile(_ADDR + rb"(;tag=[A-Za-z0-9.\-_!%*+`'~]+)?")
 _CONTACT = re.compile(_ADDR)
 _CALL_ID = re.compile(rb"[!-~]+")
 _CSEQ = re.compile(rb"([0-9]{1,10}) (REGISTER|MESSAGE)")
-_DIGITS = re.compile(rb"[0-9]{1,10}")
 _KEEPALIVE = b"<CmdType>Keepalive</CmdType>"
 
 # Headers whose presence sends a request the full way: the checks of `validate_request` that the
@@ -250,17 +249,17 @@ def _check(
     expires = None
     value = get("expires")
     if value is not None:
-        if _DIGITS.fullmatch(value) is None or int(value) > 2**32 - 1:
+        if not value.isdigit() or len(value) > 10 or int(value) > 2**32 - 1:
             return None
         expires = int(value)
     value = get("max-forwards")
-    if value is not None and (_DIGITS.fullmatch(value) is None or int(value) > 255):
+    if value is not None and (not value.isdigit() or len(value) > 10 or int(value) > 255):
         return None
     for name in ("route", "record-route"):
         if name in raw and not is_name_addr_list(_text(raw[name])):
             return None
     length = get("content-length")
-    if length is None or _DIGITS.fullmatch(length) is None:
+    if length is None or not length.isdigit() or len(length) > 10:
         return None
     body_start = head_end + 4
     body_end = body_start + int(length)
