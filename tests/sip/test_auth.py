@@ -511,7 +511,7 @@ def test_verification_hashes_three_times_and_the_nonce_check_once(monkeypatch):
 
     Counted, not timed (a timed bound fails on a loaded machine and speed lives in `bench/`):
     MD5 digest verification is HA1, HA2 and the response, three hashes of a few dozen bytes; the
-    nonce check is one HMAC. Key stretching or a per-call loop would show up here.
+    nonce check is one keyed BLAKE2b. Key stretching or a per-call loop would show up here.
     """
     import sip.auth as auth_module
 
