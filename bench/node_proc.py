@@ -8,7 +8,7 @@ It prints one JSON line with the port and PID, then answers one JSON line per co
 
     info            RSS, devices, online devices, live transactions, counters, garbage
                     collections per generation with their total and longest pause, objects
-                    tracked and frozen, the longest `Registry.sweep` and `snapshot_dirty`
+                    tracked and frozen, the longest `Registry.sweep` and `rows_of`
     trace on        start tracemalloc (slows everything; for the memory pass only)
     expire          release all server transactions now (as Timer J would) and collect garbage
     full-gc         time what `Node._housekeeping` does every `FULL_GC_INTERVAL_S`:
@@ -132,7 +132,7 @@ class Control:
         self.profile: cProfile.Profile | None = None
         self.gc = GcWatch()
         self.sweep = Timed(node.registry, "sweep")
-        self.snapshot = Timed(node.registry, "snapshot_dirty")
+        self.rows = Timed(node.registry, "rows_of")  # a slice of `Registry.flush`
 
     def readable(self) -> None:
         chunk = os.read(sys.stdin.fileno(), 65536)
@@ -172,7 +172,7 @@ class Control:
                 if self.freezes is None or self.freezes.first is None
                 else round(self.freezes.first - self.gc.created, 3),
                 "sweep": self.sweep.report(),
-                "snapshot_dirty": self.snapshot.report(),
+                "rows_of": self.rows.report(),
             }
         if words[0] == "trace" and words[1:] == ["on"]:
             tracemalloc.start()

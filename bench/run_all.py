@@ -326,7 +326,8 @@ def round_pass(i: int, args: argparse.Namespace, tmp: Path, cpus: tuple[int | No
 
 def node_pass(args: argparse.Namespace, workdir: Path, cpus: tuple[int | None, int | None],
               node_args: list[str] | None = None) -> dict[str, Any]:
-    """The node's part of a round: register, keep alive, quiet, idle, register at half load."""
+    """The node's part of a round: register, keep alive, quiet, idle, register at half load,
+    then register at the goal rate."""
     server_cpu, client_cpu = cpus
     n, w = args.devices, args.window
     out: dict[str, Any] = {}
@@ -336,6 +337,13 @@ def node_pass(args: argparse.Namespace, workdir: Path, cpus: tuple[int | None, i
         out["node"], out["node_other_load"] = other_load(
             lambda: loadgen(node.port, node.pid, "reg,ka,quiet,idle,regrate", client_cpu,
                             devices=n, window=w, extra=extra),
+            [node.pid])
+        # The latency goal is set at the throughput goal: registrations of yet more devices
+        # started at GOAL_REGISTER_TPS transactions a second (open loop).
+        out["goal_rate"], _ = other_load(
+            lambda: loadgen(node.port, node.pid, "regrate", client_cpu, devices=n, window=w,
+                            extra=["--first", str(1 + n), "--reg-rate",
+                                   str(GOAL_REGISTER_TPS / 2)]),
             [node.pid])
         out["node_before"] = before
         out["node_after"] = node.cmd("info")
@@ -538,6 +546,15 @@ def collect(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
     m["cpu_ratio_ka"] = series(lambda r: ph(r, "node", "ka")["server_cpu_s"]
                                / ph(r, "echo", "ka")["server_cpu_s"])
     m["half_rate"] = series(lambda r: 2 * ph(r, "node", "regrate")["offered_rate_per_s"])
+    goal = "goal_rate"
+    m["goal_offered"] = series(lambda r: 2 * r[goal]["phases"]["regrate"]["offered_rate_per_s"])
+    m["goal_achieved"] = series(lambda r: 2 * r[goal]["phases"]["regrate"]["rate_per_s"])
+    m["goal_p50_auth"] = series(
+        lambda r: r[goal]["phases"]["regrate"]["latency_authorized_ms"]["p50"])
+    m["goal_p99_auth"] = series(
+        lambda r: r[goal]["phases"]["regrate"]["latency_authorized_ms"]["p99"])
+    m["goal_retransmissions"] = series(
+        lambda r: r[goal]["phases"]["regrate"]["retransmissions"])
     m["half_achieved"] = series(lambda r: 2 * ph(r, "node", "regrate")["rate_per_s"])
     m["half_p50_auth"] = series(lambda r: ph(r, "node", "regrate")["latency_authorized_ms"]["p50"])
     m["half_p99_auth"] = series(lambda r: ph(r, "node", "regrate")["latency_authorized_ms"]["p99"])
@@ -575,7 +592,7 @@ def collect(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
     m["full_gc_objects"] = series(lambda r: r["full_gc"]["objects"])
     m["devices_at_end"] = series(lambda r: r["node_after"]["devices"])
     m["sweep_longest"] = series(lambda r: r["node_after"]["sweep"]["longest_ms"])
-    m["snapshot_longest"] = series(lambda r: r["node_after"]["snapshot_dirty"]["longest_ms"])
+    m["snapshot_longest"] = series(lambda r: r["node_after"]["rows_of"]["longest_ms"])
     # From the first registration to the last idle keepalive (which goes to a device registered
     # at the start), with the load generator's 1 s settling pause before the quiet phase.
     m["idle_span_s"] = series(lambda r: 1.0 + sum(
@@ -683,7 +700,7 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
 
     # --- goals
     reg_tps, reg_p99 = m["node_reg_tps"], m["half_p99_auth"]
-    both = reg_p99["median"] < GOAL_REGISTER_P99_MS and reg_tps["median"] >= GOAL_REGISTER_TPS
+    goal_p99 = m["goal_p99_auth"]
     add("## Goals")
     add("")
     add("| goal | measured: median (min – max) of the rounds | |")
@@ -704,12 +721,18 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
         f"each a 401 and a 200 transaction); CPU-bound capacity "
         f"{fmt(m['node_reg_capacity_tps']['median'])}/s | "
         f"{verdict(reg_tps['median'] >= GOAL_REGISTER_TPS)} |")
-    add(f"| p99 < {GOAL_REGISTER_P99_MS:.0f} ms | authorized REGISTER → 200: "
-        f"{spread('half_p99_auth', 1)} ms at half load ({fmt(m['half_rate']['median'])} "
-        f"transactions/s); {fmt(m['node_reg_p99_auth']['median'], 1)} ms at saturation with "
-        f"{args.window} in flight | "
-        f"{verdict(both)}"
-        f" (latency alone at half load: {half_verdict}) |")
+    # Met only at the goal rate: the node offered GOAL_REGISTER_TPS, keeping up with it, with
+    # the p99 under the bound.
+    at_goal = (goal_p99["median"] < GOAL_REGISTER_P99_MS
+               and m["goal_achieved"]["median"] >= 0.99 * GOAL_REGISTER_TPS)
+    add(f"| p99 < {GOAL_REGISTER_P99_MS:.0f} ms at {GOAL_REGISTER_TPS:,} REGISTER "
+        f"transactions/s | authorized REGISTER → 200: {spread('goal_p99_auth', 1)} ms with "
+        f"{fmt(m['goal_offered']['median'])} transactions/s offered ("
+        f"{fmt(m['goal_achieved']['median'])}/s answered, "
+        f"{fmt(m['goal_retransmissions']['median'])} retransmissions); "
+        f"{spread('half_p99_auth', 1)} ms at half load "
+        f"({fmt(m['half_rate']['median'])} transactions/s: {half_verdict}) | "
+        f"{verdict(at_goal)} |")
     add(f"| ≥ {GOAL_KEEPALIVE_PS:,} keepalive MESSAGEs/s | {spread('node_ka_ps')}/s; "
         f"CPU-bound capacity {fmt(m['node_ka_capacity']['median'])}/s | "
         f"{verdict(m['node_ka_ps']['median'] >= GOAL_KEEPALIVE_PS)} |")
@@ -789,6 +812,12 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
     row("p99 authorized REGISTER → 200, ms", "half_p99_auth", 2)
     row("p99.9 authorized REGISTER → 200, ms", "half_p999_auth", 2)
     row("p99 whole exchange, ms", "half_p99_exchange", 2)
+    add(f"| **Registration at the goal rate (open loop, {n:,} more devices)** | | |")
+    row("offered REGISTER transactions/s", "goal_offered")
+    row("achieved REGISTER transactions/s", "goal_achieved")
+    row("p50 authorized REGISTER → 200, ms", "goal_p50_auth", 2)
+    row("p99 authorized REGISTER → 200, ms", "goal_p99_auth", 2)
+    row("retransmissions by the load generator", "goal_retransmissions")
     add(f"| **Keepalive MESSAGEs, {args.ka_rounds if hasattr(args, 'ka_rounds') else 2} per "
         f"device, {args.window} in flight** | | |")
     row("node: MESSAGEs/s", "node_ka_ps")
@@ -824,7 +853,7 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
         "full_gc_ms", 1)
     add("| **Housekeeping on the event loop (whole round)** | | |")
     row("longest `Registry.sweep`, ms", "sweep_longest", 2)
-    row("longest `Registry.snapshot_dirty`, ms", "snapshot_longest", 2)
+    row("longest `Registry.rows_of` (a slice of `Registry.flush`), ms", "snapshot_longest", 2)
     add("| **Memory** | | |")
     row("node RSS at start, MiB", "rss_start_mib", 1)
     row(f"RSS growth per device after registering {n:,}, bytes", "rss_per_device")
@@ -891,7 +920,8 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
             ("full collections", "gc2_count", 0, 1.0),
             ("longest full collection, ms", "gc2_longest_ms", 1, 1.0),
             ("objects left to the collector at the end", "gc_tracked", 0, 1.0),
-            ("longest `Registry.snapshot_dirty`, ms", "snapshot_longest", 2, 1.0),
+            ("longest `Registry.rows_of` (a slice of `Registry.flush`), ms", "snapshot_longest",
+             2, 1.0),
         ]
         for label, key, digits, scale in lines:
             cells = [fmt(m[key]["median"] * scale, digits)]
@@ -1141,10 +1171,12 @@ def analysis(m: dict[str, Any], memory: dict[str, Any], n: int, exp: dict[str, d
         register_gap = (f"Closing the remaining {reg_cpu - budget:.0f} µs takes the request "
                         "path in C (or on a second core), not more Python.")
     else:
-        register_gap = (f"This run is {budget - reg_cpu:.1f} µs inside the budget: no margin, "
-                        "and other runs on this machine fall short (\"Header lines and the "
-                        "Date\" below); a margin takes the request path in C (or on a second "
-                        "core), not more Python.")
+        register_gap = (f"This run is {budget - reg_cpu:.1f} µs inside the budget "
+                        f"({(budget - reg_cpu) / budget:.0%} of it). A p99 under "
+                        f"{GOAL_REGISTER_P99_MS:.0f} ms at the goal rate needs the core well "
+                        f"short of saturation: at about 80 % busy, {0.8 * budget:.0f} µs per "
+                        "transaction, which takes the request path in C (or a second core), "
+                        "not more Python.")
     return f"""
 ## What it would take to meet the goals
 
@@ -1217,16 +1249,18 @@ each, with a half-load p99 of {e["half_p99_ms"]:.1f} ms (History above). This ru
 ### What remains
 
 - **REGISTER: {reg_cpu:.0f} µs per transaction against the {budget:.1f} µs budget.** What is
-  left is spread thin. Measured in one process, with no sockets ("Registrations and
-  keepalives" below): recognising a REGISTER about 13 µs, `parse_digest` 6-7 µs, the nonce's
-  HMAC 2.7 µs to make and 2.6 µs to check, the digest 2.7 µs. Outside the request path: the
+  left is spread thin. Measured in one process, with no sockets ("Known header names and a
+  BLAKE2b nonce" below): recognising a REGISTER 9.6-10.6 µs, `parse_digest` 6 µs, the nonce
+  0.9 µs to make and 1.2 µs to check, the digest 2.6 µs. Outside the request path: the
   socket, uvloop and housekeeping, about 25-30 µs, against the bare echo loop's
   {echo_cpu:.1f} µs per transaction. Compiling `sip.fastpath` and `sip.auth` with mypyc was
   measured (2026-12-07): recognising 14.8 → 14.5 µs, `parse_digest` 6.0 → 5.9 µs. Their time
-  is in `re` and the bytes methods, which are C already. The last two cuts took about 3 % off a
-  transaction in the whole node ("Header lines and the Date" below): the header lines split
-  with `bytes.split` and `partition` instead of a regular expression, and the `Date` text
-  worked out once a second. {register_gap}
+  is in `re` and the bytes methods, which are C already. The last cuts took about 3 % and then
+  5 % off a transaction in the whole node ("Header lines and the Date" and "Known header names
+  and a BLAKE2b nonce" below): the header lines split with `bytes.split` and `partition`
+  instead of a regular expression, the `Date` text worked out once a second, a header name
+  met before looked up as it stands, digits checked without a regular expression, and the
+  nonce signed with keyed BLAKE2b instead of HMAC-SHA256. {register_gap}
 - **The server transaction cache against Timer J.** `TransactionLayer` keeps each answered
   UDP transaction for Timer J ({timer_j:.0f} s) to absorb retransmissions, in an
   `OrderedDict` bounded by the bytes of its entries (`max_server_bytes`,
@@ -1248,9 +1282,10 @@ the slowest in {slowest:.0f} ms. The collector no longer sets it: at the end of 
 {fmt(m["gc_tracked"]["median"])} objects were left to it and {fmt(m["gc_frozen"]["median"])}
 frozen, and {full_text}. What remains is work that holds the loop between two datagrams:
 `Registry.sweep` (longest {m["sweep_longest"]["median"]:.1f} ms),
-`Registry.snapshot_dirty` building the rows of the devices changed in the last half second
-(longest {m["snapshot_longest"]["median"]:.1f} ms; at half load about
-{fmt(m["half_rate"]["median"] / 4)} registrations per tick), young collections (longest
+`Registry.flush` building the rows of the devices changed in the last half second
+(about {fmt(m["half_rate"]["median"] / 4)} registrations per tick at half load), now in
+slices of `FLUSH_SLICE` rows with the loop served in between (`Registry.rows_of`, longest
+{m["snapshot_longest"]["median"]:.1f} ms), young collections (longest
 {m["gc01_longest_ms"]["median"]:.1f} ms), and the SQLite writer thread taking the GIL while it
 binds those rows. The full collection every {full_gc_s / 60:.0f} minutes stays: timed at the
 end of a round, with {fmt(m["devices_at_end"]["median"])} devices and
@@ -1323,9 +1358,9 @@ METHOD = """
   per device after the transactions are released; and RSS with {mem:,} devices.
 - **Collector and housekeeping.** `bench/node_proc.py` records the pause of every garbage
   collection through `gc.callbacks`, notes when the node first calls `gc.freeze()`, and wraps
-  `Registry.sweep` and `Registry.snapshot_dirty` to keep their longest run. After the round's
-  figures are taken it times `gc.unfreeze()` and `gc.collect()` once, as the node does every
-  `FULL_GC_INTERVAL_S`.
+  `Registry.sweep` and `Registry.rows_of` (a slice of `Registry.flush`) to keep their longest
+  run. After the round's figures are taken it times `gc.unfreeze()` and `gc.collect()` once,
+  as the node does every `FULL_GC_INTERVAL_S`.
 - **Profile.** cProfile in a separate node (not in the timed rounds).
 - **Noise.** Other processes' CPU use during each measurement is computed from `/proc/stat`
   minus our processes, and reported above.

@@ -29,7 +29,7 @@ import logging
 import math
 import operator
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 _row_values = operator.attrgetter(*DEVICE_COLUMNS)
 
 
+
+# Device rows built per turn of the event loop when the registry is written. A registration
+# storm marks thousands of devices dirty in each half-second tick; their rows built in one go
+# held the loop for up to 10 ms, which set the REGISTER p99 at 15,000 transactions/s.
+FLUSH_SLICE = 500
 
 MAX_QUIRKS = 16  # quirks kept per device
 MAX_QUIRK_CHARS = 120
@@ -120,6 +125,7 @@ class Registry:
         self.devices: dict[str, Device] = {}
         self._dirty: set[str] = set()
         self._dirty_channels: set[str] = set()
+        self._flushing = asyncio.Lock()
         self._channel_owner: dict[str, str] = {}
         self.channel_takeover_s = channel_takeover_s
         self.wall = wall
@@ -191,23 +197,52 @@ class Registry:
     def snapshot_dirty(
         self, now: float
     ) -> tuple[list[tuple[Any, ...]], list[tuple[str, list[tuple[str, dict[str, str]]], float]]]:
-        rows = [self.devices[d].row() for d in self._dirty if d in self.devices]
-        chans = [
-            (d, list(self.devices[d].channels.items()), now)
-            for d in self._dirty_channels
-            if d in self.devices
-        ]
+        """The rows of every dirty device and the channel lists changed, taken off the dirty
+        sets (in one go: `flush` builds the rows in slices)."""
+        rows = self.rows_of(self._dirty)
+        chans = self._channel_sets(now)
         self._dirty.clear()
-        self._dirty_channels.clear()
         return rows, chans
 
+    def rows_of(self, device_ids: Iterable[str]) -> list[tuple[Any, ...]]:
+        """The store rows of those of `device_ids` still known."""
+        devices = self.devices
+        return [devices[d].row() for d in device_ids if d in devices]
+
+    def _channel_sets(
+        self, now: float
+    ) -> list[tuple[str, list[tuple[str, dict[str, str]]], float]]:
+        devices = self.devices
+        chans = [(d, list(devices[d].channels.items()), now)
+                 for d in self._dirty_channels if d in devices]
+        self._dirty_channels.clear()
+        return chans
+
     async def flush(self, now: float) -> None:
-        """Write dirty devices and channel lists in one transaction on the writer thread."""
+        """Write dirty devices and channel lists in one transaction on the writer thread.
+
+        The rows are built `FLUSH_SLICE` at a time with the event loop served in between; a
+        device changed meanwhile is dirty again and goes in the next write. Flushes run one
+        at a time, so rows reach the store in the order they were built. Cancelled before
+        the write (the node stopping), the devices taken are marked dirty again, for the
+        final flush."""
         if self.store is None or not (self._dirty or self._dirty_channels):
             return
-        rows, chans = self.snapshot_dirty(now)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.store.executor, self.store.write, rows, chans)
+        async with self._flushing:
+            ids, self._dirty = list(self._dirty), set()
+            chans = self._channel_sets(now)
+            rows: list[tuple[Any, ...]] = []
+            try:
+                for start in range(0, len(ids), FLUSH_SLICE):
+                    if start:
+                        await asyncio.sleep(0)
+                    rows += self.rows_of(ids[start:start + FLUSH_SLICE])
+            except asyncio.CancelledError:
+                self._dirty.update(ids)
+                self._dirty_channels.update(d for d, _, _ in chans)
+                raise
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.store.executor, self.store.write, rows, chans)
 
     @property
     def dirty_count(self) -> int:
