@@ -50,12 +50,13 @@ SUPPORTED_ALGORITHMS = frozenset(_ALGORITHMS)
 
 # One `name = value` pair: the value is a quoted string (group 2) or a token (group 3) and must
 # be followed by a separator (comma or whitespace) or the end. Separators before it are skipped.
-_PARAM = re.compile(
-    r"[\s,]*([A-Za-z0-9_.!%*+`'~-]+)[ \t]*=[ \t]*"
-    r'(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^\s,"]*))(?=[\s,]|$)',
+# Where no pair starts, group 4 takes the one character there that is no separator: garbage.
+# `findall` thus reads the list in one pass, pair by pair as `match` from each pair's end would.
+_PARAMS = re.compile(
+    r"[\s,]*(?:([A-Za-z0-9_.!%*+`'~-]+)[ \t]*=[ \t]*"
+    r'(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^\s,"]*))(?=[\s,]|$)|([^\s,]))',
     re.DOTALL,
 )
-_TAIL = re.compile(r"[\s,]*")
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _NEEDS_QUOTING = re.compile(r'["\\]')
 
@@ -70,31 +71,23 @@ def parse_digest(value: str) -> dict[str, str]:
     text = value.strip()
     if text[:6].lower() != "digest" or (len(text) > 6 and not text[6].isspace()):
         raise ParseError("authentication scheme is not Digest")
-    pos = 6
-    end = len(text)
-    params: dict[str, str] = {}
-    match = _PARAM.match
-    while True:
-        m = match(text, pos)
-        if m is None:
-            break
-        name, quoted, token = m.groups()
-        if quoted is None:
-            val = token
-        elif "\\" in quoted:
-            val = _ESCAPE.sub(r"\1", quoted)
-        else:
-            val = quoted
-        name = name.lower()
-        if name in params:
-            raise ParseError(f"duplicate Digest parameter {name!r}")
-        params[name] = val
-        pos = m.end()
-    tail = _TAIL.match(text, pos)
-    if tail is None or tail.end() != end:
-        raise ParseError("malformed Digest parameter list")
+    found = _PARAMS.findall(text, 6)
+    # A quoted value is group 2, a token group 3; a group that took no part is "".
+    params = {name.lower(): quoted or token for name, quoted, token, _ in found}
+    if len(params) != len(found) or "" in params:  # garbage (no name), or a name twice
+        seen: set[str] = set()
+        for name, _, _, garbage in found:
+            if garbage:
+                raise ParseError("malformed Digest parameter list")
+            if name.lower() in seen:
+                raise ParseError(f"duplicate Digest parameter {name.lower()!r}")
+            seen.add(name.lower())
     if not params:
         raise ParseError("empty Digest parameter list")
+    if "\\" in text:
+        for name, quoted, _, _ in found:
+            if "\\" in quoted:
+                params[name.lower()] = _ESCAPE.sub(r"\1", quoted)
     return params
 
 

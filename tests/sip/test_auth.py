@@ -1,9 +1,10 @@
 """Digest authentication (RFC 2617, RFC 3261 section 22) as GB/T 28181 devices use it."""
 
 import hashlib
+import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sip.auth import (
@@ -315,6 +316,58 @@ def test_parse_digest_any_text_parses_or_raises_parse_error(value):
     except ParseError:
         return
     assert params and all(name == name.lower() for name in params)
+
+
+def _parse_digest_pair_by_pair(value: str) -> dict[str, str]:
+    """`parse_digest` as it was first written: one match per pair, a duplicate refused as it
+    comes, then the tail. Kept to compare the one-pass reading with on any text."""
+    param = re.compile(
+        r"[\s,]*([A-Za-z0-9_.!%*+`'~-]+)[ \t]*=[ \t]*"
+        r'(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^\s,"]*))(?=[\s,]|$)',
+        re.DOTALL,
+    )
+    text = value.strip()
+    if text[:6].lower() != "digest" or (len(text) > 6 and not text[6].isspace()):
+        raise ParseError("authentication scheme is not Digest")
+    pos, params = 6, {}
+    while (m := param.match(text, pos)) is not None:
+        name, quoted, token = m.groups()
+        val = token if quoted is None else re.sub(r"\\(.)", r"\1", quoted, flags=re.DOTALL)
+        if name.lower() in params:
+            raise ParseError("duplicate Digest parameter")
+        params[name.lower()] = val
+        pos = m.end()
+    if re.fullmatch(r"[\s,]*", text[pos:]) is None or not params:
+        raise ParseError("malformed or empty Digest parameter list")
+    return params
+
+
+# Texts made mostly of what a Digest list is made of, so that both readings meet every corner:
+# quotes, escapes, separators, `=` in odd places, names twice in another case.
+_DIGEST_PIECES = st.lists(
+    st.sampled_from(["Digest ", "digest", " ", "\t", "\n", "\r\n", ",", "=", '"', "\\",
+                     "a", "A", "nonce", "Realm", "realm", "1", "x-y", "é", ";", "$"]),
+    max_size=24,
+).map("".join)
+
+
+@given(st.one_of(_DIGEST_PIECES, _DIGEST_PIECES.map(lambda tail: "Digest " + tail),
+                 st.text(max_size=80)))
+@example('Digest a="x\\"y", b=z')
+@example('Digest a= "unterminated')
+@example('Digest a= b"c"')
+@example("Digest a=1, b")
+@example('Digest a=1, A=2, garbage="')
+def test_parse_digest_reads_as_pair_by_pair(value):
+    """The one-pass reading takes and refuses exactly what the pair-by-pair one does, with
+    the same values."""
+    try:
+        expected = _parse_digest_pair_by_pair(value)
+    except ParseError:
+        with pytest.raises(ParseError):
+            parse_digest(value)
+        return
+    assert parse_digest(value) == expected
 
 
 @given(
