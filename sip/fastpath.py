@@ -165,11 +165,11 @@ def recognise(data: bytes) -> FastRequest | None:
     if head_end < 0:
         return None
     head = data[:head_end]
-    breaks = head.count(b"\r\n")
+    lines = head.split(b"\r\n")
+    breaks = len(lines) - 1
     if head.count(b"\r") != breaks or head.count(b"\n") != breaks:
         return None  # a bare CR or LF: the parser's job
-    line_end = head.find(b"\r\n")
-    start = (head if line_end < 0 else head[:line_end]).split(b" ")
+    start = lines[0].split(b" ")
     if len(start) != 3 or start[2] != b"SIP/2.0":
         return None
     if not _uri_ok(start[1]):
@@ -181,7 +181,7 @@ def recognise(data: bytes) -> FastRequest | None:
     # Each header line: a token name, optional SP or HTAB, the colon, and the value without
     # the SP and HTAB around it (as the parser stores it). A line that is none of that (folded,
     # no colon, a name that is no token) is the parser's job.
-    for line in head[line_end + 2:].split(b"\r\n") if line_end >= 0 else ():
+    for line in lines[1:]:
         name, colon, value = line.partition(b":")
         # a name seen before is a token with no space before the colon
         key = keys.get(name) if colon else None
