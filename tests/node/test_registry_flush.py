@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from sensing_node.devices.registry import FLUSH_SLICE, Registry
 from sensing_node.devices.store import Store
@@ -32,10 +35,22 @@ def stored(path: Path) -> dict[str, str]:
         return dict(conn.execute("SELECT id, contact FROM devices"))
 
 
-async def test_a_storm_is_written_whole_with_the_loop_served_between_slices(tmp_path):
-    path = tmp_path / "registry.sqlite3"
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "registry.sqlite3"
+
+
+@pytest.fixture
+def registry(path: Path) -> Iterator[Registry]:
+    """A registry on a real store, with COUNT devices registered (contact "sip:a")."""
     registry = Registry(Store(path), keepalive_timeout_s=180)
     register_all(registry, "sip:a")
+    yield registry
+    assert registry.store is not None
+    registry.store.close()
+
+
+async def test_a_storm_is_written_whole_with_the_loop_served_between_slices(registry, path):
     turns = 0
 
     async def other_work() -> None:  # what the loop serves while the rows are built
@@ -53,14 +68,9 @@ async def test_a_storm_is_written_whole_with_the_loop_served_between_slices(tmp_
     assert turns - before >= COUNT // FLUSH_SLICE
     assert registry.dirty_count == 0
     assert stored(path) == {device(k): "sip:a" for k in range(COUNT)}
-    assert registry.store is not None
-    registry.store.close()
 
 
-async def test_a_change_made_while_rows_are_built_is_in_the_next_write(tmp_path):
-    path = tmp_path / "registry.sqlite3"
-    registry = Registry(Store(path), keepalive_timeout_s=180)
-    register_all(registry, "sip:a")
+async def test_a_change_made_while_rows_are_built_is_in_the_next_write(registry, path):
 
     async def change_everything_once() -> None:
         await asyncio.sleep(0)  # after the first slice's rows are built
@@ -72,14 +82,9 @@ async def test_a_change_made_while_rows_are_built_is_in_the_next_write(tmp_path)
     assert registry.dirty_count == COUNT  # changed after the flush took them
     await registry.flush(1001.0)
     assert stored(path) == {device(k): "sip:b" for k in range(COUNT)}
-    assert registry.store is not None
-    registry.store.close()
 
 
-async def test_a_flush_cancelled_while_building_leaves_its_devices_to_the_next(tmp_path):
-    path = tmp_path / "registry.sqlite3"
-    registry = Registry(Store(path), keepalive_timeout_s=180)
-    register_all(registry, "sip:a")
+async def test_a_flush_cancelled_while_building_leaves_its_devices_to_the_next(registry, path):
     flushing = asyncio.create_task(registry.flush(1000.0))
     await asyncio.sleep(0)  # the first slice is built, the task waits for its next turn
     flushing.cancel()
@@ -89,14 +94,9 @@ async def test_a_flush_cancelled_while_building_leaves_its_devices_to_the_next(t
     assert registry.dirty_count == COUNT
     await registry.flush(1000.0)  # the node's final flush
     assert stored(path) == {device(k): "sip:a" for k in range(COUNT)}
-    assert registry.store is not None
-    registry.store.close()
 
 
-async def test_flushes_run_one_at_a_time_so_the_newest_row_is_stored_last(tmp_path):
-    path = tmp_path / "registry.sqlite3"
-    registry = Registry(Store(path), keepalive_timeout_s=180)
-    register_all(registry, "sip:a")
+async def test_flushes_run_one_at_a_time_so_the_newest_row_is_stored_last(registry, path):
     slices: list[list[str]] = []
     rows_of = registry.rows_of
 
@@ -114,5 +114,3 @@ async def test_flushes_run_one_at_a_time_so_the_newest_row_is_stored_last(tmp_pa
     await asyncio.gather(first, registry.flush(1001.0))
     assert stored(path) == {device(k): "sip:b" if device(k) in changed else "sip:a"
                             for k in range(COUNT)}
-    assert registry.store is not None
-    registry.store.close()
