@@ -114,3 +114,18 @@ async def test_flushes_run_one_at_a_time_so_the_newest_row_is_stored_last(regist
     await asyncio.gather(first, registry.flush(1001.0))
     assert stored(path) == {device(k): "sip:b" if device(k) in changed else "sip:a"
                             for k in range(COUNT)}
+
+
+async def test_a_flush_that_finds_everything_taken_writes_nothing(registry, path):
+    assert registry.store is not None
+    writes: list[int] = []
+    write = registry.store.write
+
+    def counted(rows, channel_sets):
+        writes.append(len(rows))
+        write(rows, channel_sets)
+
+    registry.store.write = counted  # type: ignore[method-assign]
+    await asyncio.gather(registry.flush(1000.0), registry.flush(1000.0))
+    assert writes == [COUNT]
+    assert len(stored(path)) == COUNT
