@@ -231,8 +231,6 @@ class Registry:
         async with self._flushing:
             ids, self._dirty = list(self._dirty), set()
             chans = self._channel_sets(now)
-            if not ids and not chans:
-                return  # a flush that ran meanwhile took them
             rows: list[tuple[Any, ...]] = []
             try:
                 for start in range(0, len(ids), FLUSH_SLICE):

@@ -116,7 +116,7 @@ async def test_flushes_run_one_at_a_time_so_the_newest_row_is_stored_last(regist
                             for k in range(COUNT)}
 
 
-async def test_a_flush_that_finds_everything_taken_writes_nothing(registry, path):
+async def test_two_flushes_at_once_write_each_device_once(registry, path):
     assert registry.store is not None
     writes: list[int] = []
     write = registry.store.write
