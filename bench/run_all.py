@@ -1519,6 +1519,7 @@ def print_summary(m: dict[str, Any], sipp: dict[str, Any], memory: dict[str, Any
     line("echo CPU µs per REGISTER transaction", m["echo_reg_cpu_us"], 1)
     line("node p99 authorized REGISTER ms, saturated", m["node_reg_p99_auth"], 1)
     line("node p99 authorized REGISTER ms, half load", m["half_p99_auth"], 2)
+    line(f"node p99 authorized REGISTER ms, {GOAL_REGISTER_TPS:,}/s offered", m["goal_p99_auth"], 2)
     line("node keepalive MESSAGEs/s", m["node_ka_ps"])
     line("echo keepalive MESSAGEs/s", m["echo_ka_ps"])
     line("ratio node/echo (keepalive)", m["ratio_ka"], 3)
