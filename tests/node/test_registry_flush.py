@@ -59,13 +59,22 @@ async def test_a_storm_is_written_whole_with_the_loop_served_between_slices(regi
             turns += 1
             await asyncio.sleep(0)
 
+    seen: list[tuple[int, int]] = []  # (rows asked for, turns of the other work so far)
+    rows_of = registry.rows_of
+
+    def noted(device_ids):
+        device_ids = list(device_ids)
+        seen.append((len(device_ids), turns))
+        return rows_of(device_ids)
+
+    registry.rows_of = noted  # type: ignore[method-assign]
     task = asyncio.create_task(other_work())
     await asyncio.sleep(0)
-    before = turns
     await registry.flush(1000.0)
     task.cancel()
-    # one turn at least between each two of the four slices
-    assert turns - before >= COUNT // FLUSH_SLICE
+    # four slices, the other work served between each two
+    assert [n for n, _ in seen] == [FLUSH_SLICE] * 3 + [COUNT - 3 * FLUSH_SLICE]
+    assert all(later > earlier for (_, earlier), (_, later) in zip(seen, seen[1:], strict=False))
     assert registry.dirty_count == 0
     assert stored(path) == {device(k): "sip:a" for k in range(COUNT)}
 
