@@ -721,10 +721,12 @@ def write_doc(info: dict[str, Any], args: argparse.Namespace, m: dict[str, Any],
         f"each a 401 and a 200 transaction); CPU-bound capacity "
         f"{fmt(m['node_reg_capacity_tps']['median'])}/s | "
         f"{verdict(reg_tps['median'] >= GOAL_REGISTER_TPS)} |")
-    # Met only at the goal rate: the node offered GOAL_REGISTER_TPS, keeping up with it, with
-    # the p99 under the bound.
+    # Met only at the goal rate: the node offered GOAL_REGISTER_TPS and keeping up with it (no
+    # retransmission; "achieved" counts the last answers' wait too, so it falls a little short
+    # of the offer even then), with the p99 under the bound.
     at_goal = (goal_p99["median"] < GOAL_REGISTER_P99_MS
-               and m["goal_achieved"]["median"] >= 0.99 * GOAL_REGISTER_TPS)
+               and m["goal_retransmissions"]["max"] == 0
+               and m["goal_achieved"]["median"] >= 0.95 * GOAL_REGISTER_TPS)
     add(f"| p99 < {GOAL_REGISTER_P99_MS:.0f} ms at {GOAL_REGISTER_TPS:,} REGISTER "
         f"transactions/s | authorized REGISTER → 200: {spread('goal_p99_auth', 1)} ms with "
         f"{fmt(m['goal_offered']['median'])} transactions/s offered ("
