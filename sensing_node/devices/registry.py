@@ -194,16 +194,6 @@ class Registry:
                 owner.channels[channel_id] = fields
         return valid
 
-    def snapshot_dirty(
-        self, now: float
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, list[tuple[str, dict[str, str]]], float]]]:
-        """The rows of every dirty device and the channel lists changed, taken off the dirty
-        sets (in one go: `flush` builds the rows in slices)."""
-        rows = self.rows_of(self._dirty)
-        chans = self._channel_sets(now)
-        self._dirty.clear()
-        return rows, chans
-
     def rows_of(self, device_ids: Iterable[str]) -> list[tuple[Any, ...]]:
         """The store rows of those of `device_ids` still known."""
         devices = self.devices
