@@ -133,15 +133,21 @@ async def wait_for(predicate, timeout: float = 5.0, step: float = 0.02):
 
 
 def free_even_range(count: int, lowest: int, highest: int) -> tuple[int, int]:
-    """A stretch of `count` even ports in [lowest, highest) whose first one is free right now
-    (the RTP port pool skips busy ones); test modules use disjoint stretches."""
+    """A stretch of `count` even ports in [lowest, highest) that are all free right now (the
+    RTP port pool skips busy ones). A stretch below the kernel's ephemeral range (32768 and
+    up here) cannot be taken meanwhile by a socket bound to port 0."""
     rng = random.Random()
     for _ in range(100):
         low = rng.randrange(lowest, highest, 2)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", low))
-            except OSError:
-                continue
-        return low, low + 2 * count - 1
+        if all(_udp_port_free(port) for port in range(low, low + 2 * count, 2)):
+            return low, low + 2 * count - 1
     raise AssertionError("no free port found")
+
+
+def _udp_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -419,7 +419,7 @@ async def test_an_upstream_that_refused_the_node_gets_403(cascade):
 
 
 async def test_no_port_left_answers_503_with_retry_after(cascade):
-    low, high = free_even_range(2, 33000, 34000)
+    low, high = free_even_range(2, 31000, 32700)  # below the ephemeral ports: exactly two
     running, upstream, camera = await cascade(node={"node.rtp_ports": f"{low}-{high}"})
     channel = camera.channel_ids[0]
     first = await upstream.invite(channel, "udp")  # the camera's port and this relay's
