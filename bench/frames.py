@@ -182,7 +182,7 @@ def build_chain(step: str, loop: Any) -> tuple[Any, Any]:
         hub = _Namespace(wall=time.time, streams={})
         stream = LiveStream.__new__(LiveStream)  # the media path only: no hub, no INVITE
         stream.hub = hub
-        stream._next_seq = -1
+        stream._next_seq = stream.next_seq = -1  # the name changed (the base may be older)
         stream._rtp_consumers = ()
         stream.consumers = []
         stream.frames = 0
@@ -213,6 +213,9 @@ def build_chain(step: str, loop: Any) -> tuple[Any, Any]:
     receiver = UdpRtpReceiver(sink)
     receiver._loop = loop
     receiver.expect(SOURCE[0], SSRC)
+    if level >= 2 and hasattr(receiver, "attach_fast"):  # what LiveStream._feed does
+        receiver._fast.clock = loop.time
+        receiver.attach_fast(stream, stream.ingest.on_packet)
     return receiver, intake
 
 
@@ -223,7 +226,8 @@ class _Namespace:
 
 def feed(receiver: Any, intake: Any, packets: list[bytes]) -> int:
     """Feed every packet, timed in batches; return the ns spent in them."""
-    receive = receiver.datagram_received
+    # The node's socket gives its datagrams to `receive_datagram` where there is one.
+    receive = getattr(receiver, "receive_datagram", receiver.datagram_received)
     clock = time.perf_counter_ns
     total = 0
     source = SOURCE

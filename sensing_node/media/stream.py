@@ -96,7 +96,7 @@ class LiveStream:
         self.receiver: UdpRtpReceiver | TcpRtpReceiver | RemoteReceiver | None = None
         self._frames_base = 0  # frames counted before the current remote receiver
         self.ingest = MediaIngest(on_units=self._units)
-        self._next_seq = -1  # the RTP sequence number expected next; -1 before the first
+        self.next_seq = -1  # the RTP sequence number expected next; -1 before the first
         self.acked_at: float | None = None  # loop time
         # What the media looks like.
         self.codec: str | None = None
@@ -313,6 +313,10 @@ class LiveStream:
         it serves there). Called for each new receiver too, so the relays and viewers follow
         the stream from attempt to attempt."""
         receiver = self.receiver
+        if isinstance(receiver, UdpRtpReceiver):
+            # With no consumer of single packets, `on_packet` is `next_seq` and the
+            # ingest's: the receiver's fast path does both itself.
+            receiver.attach_fast(self, None if self._rtp_consumers else self.ingest.on_packet)
         if isinstance(receiver, RemoteReceiver):
             feeds = {c.remote_feed for c in self.consumers}
             relays = tuple(c.relay_id for c in self.consumers if isinstance(c, RemoteRelay))
@@ -339,10 +343,10 @@ class LiveStream:
 
     # ----- media (the hot path) -----
     def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
-        if seq != self._next_seq:
-            if self._next_seq >= 0:
-                self._discontinuity((seq - self._next_seq) & 0xFFFF)
-        self._next_seq = (seq + 1) & 0xFFFF
+        if seq != self.next_seq:
+            if self.next_seq >= 0:
+                self._discontinuity((seq - self.next_seq) & 0xFFFF)
+        self.next_seq = (seq + 1) & 0xFFFF
         for consumer in self._rtp_consumers:
             self._call(consumer, consumer.on_rtp, payload, seq, ts, marker)
         self.ingest.on_packet(payload, seq, ts, marker)
@@ -431,7 +435,7 @@ class LiveStream:
         self.ssrc = gb_ssrc(settings.node.id, self.serial, history=history is not None)
         self.ssrc_value = int(self.ssrc)
         self.ingest = MediaIngest(on_units=self._units)
-        self._next_seq = -1
+        self.next_seq = -1
         self.gop, self._gop_bytes = [], 0
         self.codec = self.width = self.height = None
         port = await self._open_receiver(device)
@@ -524,6 +528,7 @@ class LiveStream:
                 if self.transport == "udp":
                     self.receiver = await SharedUdpReceiver.attach(
                         mux, self.ssrc_value, self, hub.receive_config)
+                    self._feed()
                     return mux.port
                 shared = SharedTcpReceiver(self, hub.receive_config)
                 port = shared.attach(mux, self.ssrc_value, (device.host_port[0],)
@@ -548,6 +553,7 @@ class LiveStream:
             if self.transport == "udp":
                 udp = await UdpRtpReceiver.open(host, hub.pool, self, hub.receive_config)
                 self.receiver = udp
+                self._feed()
                 return udp.port
             tcp = TcpRtpReceiver(self, hub.receive_config)
             self.receiver = tcp

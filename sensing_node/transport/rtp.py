@@ -46,6 +46,8 @@ from rtp.ps import MAX_BUFFERED, AccessUnit
 from rtp.psframe import PsFrameDemuxer, opens_keyframe
 from rtp.reorder import ReorderBuffer
 
+from .native import FastReceive
+
 __all__ = [
     "MediaIngest",
     "PortPool",
@@ -213,16 +215,20 @@ class _RtpReceiver:
     """What the UDP and TCP receivers share: SSRC check, reorder buffer, timer, counters, and
     the packets held from before the answer."""
 
+    #: the common packet's path: compiled where the build could (`transport.native`)
+    fast_class: type[FastReceive] = FastReceive
+
     def __init__(self, sink: RtpSink, config: RtpReceiveConfig | None = None) -> None:
         self.config = config or RtpReceiveConfig()
         self.sink = sink
         self._deliver = sink.on_packet
+        # The common packet's path (compiled where the build could), and the keeper of the
+        # counters, SSRC, source and reorder buffer that both paths share.
+        self._fast = fast = self.fast_class()
+        fast.on_error = self._sink_failed
         self.reorder: ReorderBuffer[_Item] = ReorderBuffer(
             self.config.reorder_window, self.config.max_delay_s
         )
-        self.ssrc: int | None = None
-        self.packets = 0
-        self.bytes = 0
         self.rtcp = 0
         self.dropped_foreign = 0
         self.dropped_invalid = 0
@@ -231,12 +237,56 @@ class _RtpReceiver:
         self.answered = False  # set by expect(): until then packets are only held
         self._early: deque[tuple[bytes, Any]] = deque()  # (packet, source address)
         self._early_bytes = 0
-        self.last_packet_at: float | None = None
         self.rcvbuf = 0
         self.port = 0
         self._pool: PortPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+
+    # What the two paths share, kept by the fast one.
+    @property
+    def reorder(self) -> ReorderBuffer[_Item]:
+        return self._reorder
+
+    @reorder.setter
+    def reorder(self, reorder: ReorderBuffer[_Item]) -> None:
+        self._reorder = self._fast.reorder = reorder
+
+    @property
+    def ssrc(self) -> int | None:
+        ssrc = self._fast.ssrc
+        return None if ssrc < 0 else ssrc
+
+    @ssrc.setter
+    def ssrc(self, ssrc: int | None) -> None:
+        self._fast.ssrc = -1 if ssrc is None else ssrc
+
+    @property
+    def packets(self) -> int:
+        return self._fast.packets
+
+    @property
+    def bytes(self) -> int:
+        return self._fast.bytes
+
+    @property
+    def last_packet_at(self) -> float | None:
+        at = self._fast.last_packet_at
+        return None if at < 0 else at
+
+    @property
+    def fast_packets(self) -> int:
+        """Packets the fast path took (`rtp.fast`)."""
+        return self._fast.fast
+
+    def attach_fast(
+        self, keeper: Any, deliver: Callable[[memoryview, int, int, bool], None] | None
+    ) -> None:
+        """Let the common packet skip the sink's `on_packet`: the sink's own per-packet work
+        is then `keeper.next_seq` (the sequence number it expects next, kept up to date) and
+        `deliver`. The sink calls this again, with None, whenever its `on_packet` has more to
+        do than that (consumers of single packets); see `rtp.fast`."""
+        self._fast.attach(keeper, deliver)
 
     # Counters kept by the reorder buffer.
     @property
@@ -257,11 +307,12 @@ class _RtpReceiver:
         # our SSRC, the one expected next; it goes straight to the sink.
         if len(data) > 12 and data[0] == 0x80:
             second, seq, ts, ssrc = _PLAIN.unpack_from(data, 1)
-            if ssrc == self.ssrc and not 192 <= second <= 223 and self.reorder.take(seq):
+            fast = self._fast
+            if ssrc == fast.ssrc and not 192 <= second <= 223 and self._reorder.take(seq):
                 assert self._loop is not None
-                self.packets += 1
-                self.bytes += len(data)
-                self.last_packet_at = self._loop.time()
+                fast.packets += 1
+                fast.bytes += len(data)
+                fast.last_packet_at = self._loop.time()
                 try:
                     self._deliver(memoryview(data)[12:], seq, ts, second > 0x7F)
                 except Exception:
@@ -282,16 +333,17 @@ class _RtpReceiver:
         else:
             _, seq, ts, ssrc, marker, offset = header
             payload = memoryview(data)[offset:]
-        if ssrc != self.ssrc:
-            if self.ssrc is not None:
+        fast = self._fast
+        if ssrc != fast.ssrc:
+            if fast.ssrc >= 0:
                 self.dropped_foreign += 1
                 return False
-            self.ssrc = ssrc
+            fast.ssrc = ssrc
         assert self._loop is not None
         now = self._loop.time()
-        self.packets += 1
-        self.bytes += len(data)
-        self.last_packet_at = now
+        fast.packets += 1
+        fast.bytes += len(data)
+        fast.last_packet_at = now
         out = self.reorder.push(seq, (payload, seq, ts, marker), now)
         self._release(out)
         if len(out) != 1 and self._timer is None:
@@ -372,8 +424,21 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
     def __init__(self, sink: RtpSink, config: RtpReceiveConfig | None = None) -> None:
         super().__init__(sink, config)
         self.transport: asyncio.DatagramTransport | None = None
-        self.source: Any = None  # the latched (host, port)
         self._source_hosts: frozenset[str] | None = None
+        fast = self._fast
+        fast.slow = self.datagram_received
+        fast.on_connection = self.connection_made
+        #: what a socket's datagrams are given to: the fast path, then `datagram_received`
+        self.receive_datagram = fast.datagram_received
+
+    @property
+    def source(self) -> Any:
+        """The latched (host, port)."""
+        return self._fast.source
+
+    @source.setter
+    def source(self, source: Any) -> None:
+        self._fast.source = source
 
     @classmethod
     async def open(
@@ -386,8 +451,11 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
         self._pool = pool
         self.rcvbuf = set_rcvbuf(sock, self.config.rcvbuf)
         self._loop = asyncio.get_running_loop()
+        self._fast.clock = self._loop.time
         try:
-            await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
+            # The loop calls the fast path, which hands every other packet to
+            # `datagram_received` below.
+            await self._loop.create_datagram_endpoint(lambda: self._fast, sock=sock)
         except BaseException:
             sock.close()
             pool.release(self.port)
@@ -419,10 +487,10 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        if addr != self.source:
+        if addr != self._fast.source:
             # No source is latched before the answer, so its packets all come this way and
             # the latched source's packets never pay for the check.
-            if self.source is not None or (
+            if self._fast.source is not None or (
                 self._source_hosts is not None and addr[0] not in self._source_hosts
             ):
                 self.dropped_foreign += 1

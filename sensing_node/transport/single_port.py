@@ -213,7 +213,7 @@ class SinglePortMux(asyncio.DatagramProtocol):
         if receiver is None:
             self.unknown_ssrc += 1
             return
-        receiver.datagram_received(data, addr)
+        receiver.receive_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP errors for a receive-only socket say nothing useful
@@ -260,6 +260,7 @@ class SharedUdpReceiver(UdpRtpReceiver):
         self.mux, self.key_ssrc = mux, ssrc
         self.port, self.rcvbuf = mux.port, mux.granted_rcvbuf
         self._loop = asyncio.get_running_loop()
+        self._fast.clock = self._loop.time
         return self
 
     def expect(

@@ -85,7 +85,7 @@ class WorkerStream:
         self.channel_id = channel_id
         self.receiver: UdpRtpReceiver | TcpRtpReceiver | None = None
         self.ingest = MediaIngest(on_units=self._units)
-        self._next_seq = -1
+        self.next_seq = -1
         self.frames = 0
         self.tap = False  # the node's process wants the frames
         self.record = False  # this worker's recorder writes them
@@ -103,10 +103,10 @@ class WorkerStream:
 
     # ----- the hot path -----
     def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
-        if seq != self._next_seq:
-            if self._next_seq >= 0:
-                self._discontinuity((seq - self._next_seq) & 0xFFFF)
-        self._next_seq = (seq + 1) & 0xFFFF
+        if seq != self.next_seq:
+            if self.next_seq >= 0:
+                self._discontinuity((seq - self.next_seq) & 0xFFFF)
+        self.next_seq = (seq + 1) & 0xFFFF
         if self.rtp_relays:
             for relay in self.rtp_relays:
                 try:
@@ -214,6 +214,14 @@ class WorkerStream:
 
     def cut_changed(self) -> None:
         self.rtp_relays = tuple(relay for relay in self.relays if relay.cut_through)
+        self.arm_fast()
+
+    def arm_fast(self) -> None:
+        """With no relay taking single packets, `on_packet` is `next_seq` and the ingest's:
+        the receiver's fast path does both itself."""
+        receiver = self.receiver
+        if isinstance(receiver, UdpRtpReceiver):
+            receiver.attach_fast(self, None if self.rtp_relays else self.ingest.on_packet)
 
     def stats(self, now: float) -> dict[str, Any]:
         receiver = self.receiver
@@ -431,6 +439,7 @@ class Worker:
         try:
             if message["transport"] == "udp":
                 stream.receiver = await UdpRtpReceiver.open(self.host, pool, stream, self.config)
+                stream.arm_fast()
             else:
                 tcp = TcpRtpReceiver(stream, self.config)
                 stream.receiver = tcp

@@ -1,0 +1,229 @@
+"""The common RTP packet's fast path (`rtp.fast`, compiled by make) against the receiver's full
+path: the same packets reach the consumer, in the same order, with the same counters, whatever
+the datagrams are; and a real socket's stream takes the fast path."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rtp.fast
+from sensing_node.transport import native
+from sensing_node.transport.rtp import PortPool, UdpRtpReceiver
+
+from .conftest import free_even_range
+
+SOURCE = ("127.0.0.1", 40000)
+SSRC = 0x0BADCAFE
+
+CLASSES = [pytest.param(rtp.fast.FastReceive, id="pure")]
+if native.COMPILED:
+    CLASSES.append(pytest.param(native.FastReceive, id="compiled"))
+
+
+class Keeper:
+    """A stream's sink as `LiveStream` is one: `next_seq`, a gap check, then the ingest's
+    `on_packet`, which records what it is given (and fails on `fail_at`)."""
+
+    def __init__(self, fail_at: int = -1) -> None:
+        self.next_seq = -1
+        self.events: list[tuple[Any, ...]] = []
+        self.fail_at = fail_at
+
+    def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+        if seq != self.next_seq and self.next_seq >= 0:
+            self.events.append(("gap", (seq - self.next_seq) & 0xFFFF))
+        self.next_seq = (seq + 1) & 0xFFFF
+        self.take(payload, seq, ts, marker)
+
+    def take(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+        self.events.append((bytes(payload), seq, ts, marker))
+        if seq == self.fail_at:
+            raise RuntimeError("consumer failed")
+
+
+class Loop:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def time(self) -> float:
+        self.now += 0.001
+        return self.now
+
+    def call_at(self, when: float, callback: Any) -> Any:
+        return asyncio.get_event_loop_policy()  # never fires: an object with no use
+
+
+COUNTERS = ("packets", "bytes", "last_packet_at", "lost", "reordered", "duplicates", "rtcp",
+            "dropped_foreign", "dropped_invalid", "sink_errors", "ssrc", "source")
+
+
+def receiver(cls: type, fast: bool, fail_at: int) -> tuple[UdpRtpReceiver, Keeper]:
+    kind = type("Receiver", (UdpRtpReceiver,), {"fast_class": cls})
+    keeper = Keeper(fail_at)
+    r = kind(keeper)
+    loop = Loop()
+    r._loop = loop  # type: ignore[assignment]
+    r._fast.clock = loop.time
+    r._arm_timer = lambda: None  # type: ignore[method-assign]  # no timer: nothing expires
+    r.expect(SOURCE[0], SSRC)
+    if fast:
+        r.attach_fast(keeper, keeper.take)
+    return r, keeper
+
+
+def packet(seq: int, ts: int, marker: bool, ssrc: int = SSRC, first: int = 0x80,
+           pt: int = 96, size: int = 20) -> bytes:
+    head = struct.pack("!BBHII", first, pt | (0x80 if marker else 0), seq & 0xFFFF,
+                       ts & 0xFFFFFFFF, ssrc)
+    return head + bytes((seq + i) & 0xFF for i in range(size))
+
+
+@st.composite
+def datagrams(draw: st.DrawFn) -> list[tuple[bytes, tuple[str, int]]]:
+    """A camera's stream (frames of a few packets, a marker on each last one) with what the
+    network and strangers do to it: loss, reordering, duplicates, other sources and SSRCs,
+    RTCP, packets with padding or an extension, garbage, a sequence number jump."""
+    seq = draw(st.integers(0, 0xFFFF))
+    ts = draw(st.integers(0, 0xFFFFFFFF))
+    stream: list[bytes] = []
+    for _ in range(draw(st.integers(1, 12))):
+        count = draw(st.integers(1, 5))
+        for i in range(count):
+            stream.append(packet(seq, ts, i == count - 1))
+            seq += 1
+        ts += 3600
+        if draw(st.integers(0, 20)) == 0:
+            seq += draw(st.integers(2, 40000))  # a jump: a gap, or a restart
+    out: list[tuple[bytes, tuple[str, int]]] = [(p, SOURCE) for p in stream]
+    for _ in range(draw(st.integers(0, 12))):
+        at = draw(st.integers(0, len(out)))
+        what = draw(st.sampled_from(
+            ["drop", "swap", "duplicate", "stranger", "ssrc", "rtcp", "padding", "extension",
+             "garbage", "other port"]))
+        if what == "drop" and at < len(out):
+            del out[at]
+        elif what == "swap" and at + 1 < len(out):
+            out[at], out[at + 1] = out[at + 1], out[at]
+        elif what == "duplicate" and at < len(out):
+            out.insert(at, out[at])
+        elif what == "stranger":
+            out.insert(at, (packet(seq, ts, False), ("127.0.0.2", 40000)))
+        elif what == "other port":
+            out.insert(at, (packet(seq, ts, False), (SOURCE[0], 40002)))
+        elif what == "ssrc":
+            out.insert(at, (packet(seq, ts, False, ssrc=SSRC + 1), SOURCE))
+        elif what == "rtcp":
+            out.insert(at, (packet(seq, ts, False, pt=200 - 128), SOURCE))
+        elif what == "padding" and at < len(out) and len(out[at][0]) > 12:
+            data = bytearray(out[at][0])
+            data[0] |= 0x20
+            data += b"\x00\x00\x02"  # three bytes of padding, the last its count
+            data[-1] = 3
+            out[at] = (bytes(data), SOURCE)
+        elif what == "extension" and at < len(out) and len(out[at][0]) > 12:
+            data = out[at][0]
+            ext = struct.pack("!HH", 0xABAC, 1) + b"\x01\x02\x03\x04"
+            out[at] = (bytes([data[0] | 0x10]) + data[1:12] + ext + data[12:], SOURCE)
+        elif what == "garbage":
+            out.insert(at, (draw(st.binary(max_size=16)), SOURCE))
+    return out
+
+
+def feed(cls: type, fast: bool, items: list[tuple[bytes, tuple[str, int]]],
+         fail_at: int) -> tuple[list[tuple[Any, ...]], dict[str, Any], int]:
+    r, keeper = receiver(cls, fast, fail_at)
+    receive = r.receive_datagram if fast else r.datagram_received
+    for data, addr in items:
+        receive(data, addr)
+    r._finish()  # what is held, counted as lost where gaps remain
+    return keeper.events, {name: getattr(r, name) for name in COUNTERS}, r.fast_packets
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@settings(max_examples=300, deadline=None)
+@given(items=datagrams(), fail=st.integers(-1, 30))
+def test_the_fast_path_does_what_the_full_path_does(cls: type, items: Any, fail: int) -> None:
+    fail_at = -1 if fail < 0 else items[fail % len(items)][0][2:4] if items else -1
+    if isinstance(fail_at, bytes):
+        fail_at = int.from_bytes(fail_at, "big")
+    full = feed(cls, False, items, fail_at)
+    quick = feed(cls, True, items, fail_at)
+    assert quick[0] == full[0]
+    assert quick[1] == full[1]
+    assert full[2] == 0  # without a consumer attached, nothing takes the fast path
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_an_ordinary_stream_takes_the_fast_path(cls: type) -> None:
+    items = [(packet(65530 + i, 1000 + (i // 4) * 3600, i % 4 == 3), SOURCE) for i in range(40)]
+    events, counters, fast = feed(cls, True, items, -1)
+    assert [e[1] for e in events] == [(65530 + i) & 0xFFFF for i in range(40)]
+    assert counters["packets"] == 40 and counters["lost"] == 0
+    # The first packet latches the source and the sequence; every later one is fast.
+    assert fast == 39
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_a_consumer_of_single_packets_turns_the_fast_path_off(cls: type) -> None:
+    r, keeper = receiver(cls, True, -1)
+    items = [packet(10 + i, 0, False) for i in range(10)]
+    for data in items[:5]:
+        r.receive_datagram(data, SOURCE)
+    r.attach_fast(keeper, None)  # what LiveStream does when a relay takes single packets
+    for data in items[5:]:
+        r.receive_datagram(data, SOURCE)
+    assert r.fast_packets == 4
+    assert [e[1] for e in keeper.events] == list(range(10, 20))
+
+
+def test_a_compiled_build_is_used_only_for_the_source_it_was_built_from() -> None:
+    built = list((native.Path(rtp.fast.__file__).parent).glob("_fast_native.*"))
+    if not built:
+        assert not native.COMPILED
+        pytest.skip(f"not compiled here: {native.WHY}")
+    import hashlib
+
+    import rtp._fast_native as compiled  # type: ignore[import-not-found]
+
+    digest = hashlib.sha256(native.Path(rtp.fast.__file__).read_bytes()).hexdigest()
+    assert compiled.SOURCE_SHA256 == digest
+    assert native.COMPILED and native.FastReceive is compiled.FastReceive
+    assert type(UdpRtpReceiver(Keeper())._fast) is compiled.FastReceive
+
+
+async def test_a_stream_over_a_real_socket_takes_the_fast_path() -> None:
+    low, high = free_even_range(2, 31000, 32700)
+    pool = PortPool(low, high)
+    keeper = Keeper()
+    r = await UdpRtpReceiver.open("127.0.0.1", pool, keeper)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.bind(("127.0.0.1", 0))
+        r.expect("127.0.0.1", SSRC)
+        r.attach_fast(keeper, keeper.take)
+        items = [packet(i, 90 * (i // 5), i % 5 == 4, size=1200) for i in range(200)]
+        loop = asyncio.get_running_loop()
+        for i, data in enumerate(items):
+            sender.sendto(data, ("127.0.0.1", r.port))
+            if i % 20 == 19:
+                await asyncio.sleep(0.005)  # within the socket's buffer
+        for _ in range(200):
+            if r.packets == len(items):
+                break
+            await asyncio.sleep(0.01)
+        assert [e[1] for e in keeper.events] == list(range(200))
+        assert keeper.events[7][0] == items[7][12:]
+        assert r.packets == 200 and r.bytes == sum(map(len, items))
+        assert r.fast_packets == 199
+        assert r.last_packet_at is not None and r.last_packet_at <= loop.time()
+        assert r.source == sender.getsockname()
+    finally:
+        sender.close()
+        r.close()
