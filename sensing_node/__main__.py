@@ -227,6 +227,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings_or_exit(args.config)
     loop_name = install_event_loop_policy()
     log.info("event loop: %s", loop_name)
+    from .transport import native
+
+    if native.COMPILED:
+        log.info("RTP fast path: compiled")
+    else:
+        log.info("RTP fast path: pure Python (%s)", native.WHY)
     return asyncio.run(_run(settings))
 
 
