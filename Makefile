@@ -20,10 +20,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,native]'
 	touch $@ $(VENV)/.installed
 
-# The RTP fast path compiled with mypyc (rtp/fast.py -> rtp/_fast_native), again whenever
-# its source changes; without a C compiler the node runs it as pure Python.
+# The RTP fast path compiled with mypyc (rtp/fast.py and rtp/reorder.py -> rtp/_fast_native,
+# rtp/_reorder_native), again whenever they change; without a C compiler the node runs them
+# as pure Python.
 NATIVE := $(VENV)/.native
-$(NATIVE): rtp/fast.py tools/build_native.py | $(VENV)/.installed
+$(NATIVE): rtp/fast.py rtp/reorder.py tools/build_native.py | $(VENV)/.installed
 	$(BIN)/python tools/build_native.py
 	touch $@
 
@@ -40,8 +41,14 @@ MEDIA_TESTS := tests/node/test_live.py tests/node/test_recording.py tests/node/t
                tests/node/test_webrtc.py tests/node/test_trust.py tests/node/test_clock.py \
                tests/node/test_metrics.py
 
+# The RTP receive path's tests run once more on the pure Python (as where nothing compiles).
+PURE_TESTS := tests/rtp tests/node/test_rtp_fast_path.py tests/node/test_rtp_transport.py \
+              tests/node/test_ingest_fast_path.py tests/node/test_ingest_resume.py \
+              tests/node/test_single_port.py
+
 test: $(VENV)/.installed-test $(NATIVE) chromium
 	$(BIN)/python -m pytest -q
+	SENSING_NODE_PURE_PYTHON=1 $(BIN)/python -m pytest -q $(PURE_TESTS)
 	$(MAKE) --no-print-directory test-workers
 
 test-workers: $(VENV)/.installed-test $(NATIVE)
@@ -118,4 +125,5 @@ lint: $(VENV)/.installed-test
 	$(BIN)/python -m mypy sip rtp recorder
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .hypothesis rtp/_fast_native*
+	rm -rf $(VENV) data .pytest_cache .hypothesis rtp/_fast_native* rtp/_reorder_native* \
+	       rtp/_native__mypyc*

@@ -9,9 +9,10 @@ full path would not have changed for the same packet, in the same way: the same 
 same reorder state (through `ReorderBuffer.take`), the same sequence number expected next, the
 same call to the payload's consumer.
 
-The module is plain typed Python and is compiled with mypyc when the build has a C compiler
-(`make`, see `sensing_node.transport.native`): then the event loop calls
-`datagram_received` with no Python frame at all, which is most of what the fast path is for.
+The module is plain typed Python and is compiled with mypyc, together with `rtp.reorder`,
+when the build has a C compiler (`make`, see `sensing_node.transport.native`): then the event
+loop calls `datagram_received` with no Python frame, and `ReorderBuffer.take` is a call into C,
+which is most of what the fast path is for.
 Compiled, attributes keep their declared types, so the owner sets them with values of those
 types (no SSRC is `-1` here, not None).
 """
@@ -21,7 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FastReceive"]
+from rtp.reorder import ReorderBuffer
+
+__all__ = ["FastReceive", "FrameAssembly"]
 
 
 def _nothing() -> None:
@@ -39,9 +42,11 @@ def _zero() -> float:
 class FastReceive:
     """One UDP stream's datagram protocol: the common packet here, every other to `slow`.
 
-    Set by the owner: `slow(data, addr)`, `clock()` (the loop's time, for `last_packet_at`),
-    `source` (the latched address; None sends everything to `slow`), `ssrc` (-1: none yet),
-    `reorder` (the stream's `ReorderBuffer`), and with `attach` the sequence keeper and the
+    `reorder` is the stream's `ReorderBuffer` (compiled, the compiled class of
+    `rtp/reorder.py`; the owner may replace it with another). Set by the owner: `slow(data,
+    addr)`, `clock()` (the loop's time, for `last_packet_at`), `source` (the latched address;
+    None sends everything to `slow`), `ssrc` (-1: none yet), and with `attach` the sequence
+    keeper and the
     payload's consumer: `keeper.next_seq` is the sequence number the consumer expects next
     (-1 before the first), and `deliver(payload, seq, ts, marker)` takes the payload. Without
     a consumer attached every packet goes to `slow`. `on_error()` is called when `deliver`
@@ -49,14 +54,14 @@ class FastReceive:
     stream, whichever path took it (the full path adds to them too).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reorder: ReorderBuffer[Any]) -> None:
+        self.reorder = reorder
         self.slow: Callable[[bytes, Any], None] = _ignore
         self.clock: Callable[[], float] = _zero
         self.on_error: Callable[[], None] = _nothing
         self.on_connection: Callable[[Any], None] = _ignore_transport
         self.source: object = None
         self.ssrc = -1
-        self.reorder: Any = None
         self.keeper: Any = None
         self.deliver: Callable[[memoryview, int, int, bool], None] | None = None
         self.packets = 0
@@ -110,3 +115,35 @@ class FastReceive:
 
 def _ignore_transport(transport: Any) -> None:
     pass
+
+
+class FrameAssembly:
+    """The frame in progress of a stream: the RTP payloads of one timestamp, in order.
+
+    `add(payload, ts, marker)` is a packet's share of the ingest's work: a new timestamp ends
+    the frame before it (`end_frame()`, which takes `parts` and starts a new list), the
+    payload is added, and a marker ends the frame with it. Once the frame has `check_at`
+    payloads, `frame_full()` is asked whether one more could take it past its bounds (and may
+    move `check_at` on); if so, the frame ends there. The owner (`MediaIngest`) sets
+    `check_at` and `ts` back as it needs.
+    """
+
+    def __init__(
+        self, check_at: int, end_frame: Callable[[], None], frame_full: Callable[[], bool]
+    ) -> None:
+        self.parts: list[memoryview] = []
+        self.ts = -1
+        self.check_at = check_at
+        self.end_frame = end_frame
+        self.frame_full = frame_full
+
+    def add(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+        parts = self.parts
+        if ts != self.ts:
+            if parts:
+                self.end_frame()
+                parts = self.parts
+            self.ts = ts
+        parts.append(payload)
+        if marker or (len(parts) >= self.check_at and self.frame_full()):
+            self.end_frame()

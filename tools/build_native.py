@@ -1,11 +1,13 @@
-"""Compile `rtp/fast.py` with mypyc into `rtp/_fast_native` (an extension module beside it).
+"""Compile the RTP fast path with mypyc: `rtp/fast.py` and `rtp/reorder.py`, as the extension
+modules `rtp/_fast_native` and `rtp/_reorder_native` (and their library, `rtp/_native__mypyc`).
 
 The node runs the same code either way; compiled, the event loop calls the fast path of an
-RTP packet with no Python frame (`rtp.fast`). The compiled module carries the SHA-256 of the
-source it was built from (`SOURCE_SHA256`), and `sensing_node.transport.native` uses it only
-while `rtp/fast.py` still has that digest, so an edited source is never shadowed by an old
-build. Without mypyc or a C compiler this prints why and leaves the pure Python in use (exit
-status 0); `--strict` makes that an error.
+RTP packet with no Python frame (`rtp.fast`), and the reorder buffer's calls from it are calls
+into C. The compiled modules get their own names, so that they never shadow the sources, and
+carry the SHA-256 of the sources they were built from (`SOURCE_SHA256`):
+`sensing_node.transport.native` uses them only while the sources still have that digest.
+Without mypyc or a C compiler this prints why and leaves the pure Python in use (exit status
+0); `--strict` makes that an error.
 
     python tools/build_native.py [--strict]
 """
@@ -22,12 +24,30 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "rtp" / "fast.py"
-MODULE = "_fast_native"
+#: source module -> the compiled module's name, in the order they import each other
+MODULES = {"reorder": "_reorder_native", "fast": "_fast_native"}
+GROUP = "rtp._native"
+
+SETUP = f"""
+from setuptools import setup
+from mypyc.build import mypycify
+
+setup(name="rtp-native", ext_modules=mypycify(
+    [{", ".join(repr(f"rtp/{name}.py") for name in MODULES.values())}], group_name={GROUP!r}))
+"""
+
+
+def digest() -> str:
+    """The SHA-256 of the sources, in `MODULES` order (what `transport.native` checks)."""
+    h = hashlib.sha256()
+    for name in MODULES:
+        h.update((ROOT / "rtp" / f"{name}.py").read_bytes())
+    return h.hexdigest()
 
 
 def built() -> list[Path]:
-    return sorted((ROOT / "rtp").glob(f"{MODULE}.*"))
+    return sorted(p for name in (*MODULES.values(), "_native__mypyc")
+                  for p in (ROOT / "rtp").glob(f"{name}*"))
 
 
 def main() -> int:
@@ -36,29 +56,33 @@ def main() -> int:
     args = parser.parse_args()
     for old in built():
         old.unlink()
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()
+    stamp = f'\n\nSOURCE_SHA256 = "{digest()}"\n'
     with tempfile.TemporaryDirectory(prefix="native-") as tmp:
         stage = Path(tmp)
         shutil.copytree(ROOT / "rtp", stage / "rtp",
                         ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-        (stage / "rtp" / f"{MODULE}.py").write_bytes(
-            source + f'\n\nSOURCE_SHA256 = "{digest}"\n'.encode())
+        for name, compiled in MODULES.items():
+            text = (ROOT / "rtp" / f"{name}.py").read_text()
+            for other, other_compiled in MODULES.items():  # compiled imports compiled
+                text = text.replace(f"from rtp.{other} import", f"from rtp.{other_compiled} import")
+            (stage / "rtp" / f"{compiled}.py").write_text(text + stamp)
+        (stage / "setup.py").write_text(SETUP)
         done = subprocess.run(
-            [sys.executable, "-m", "mypyc", f"rtp/{MODULE}.py"],
+            [sys.executable, "setup.py", "build_ext", "--inplace"],
             cwd=stage, capture_output=True, text=True,
         )
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
-        # The module, and the library mypyc puts its code in (`<module>__mypyc`).
-        products = sorted((stage / "rtp").glob(f"{MODULE}*{suffix}"))
-        if done.returncode or not (stage / "rtp" / f"{MODULE}{suffix}").exists():
+        products = [stage / "rtp" / f"{name}{suffix}"
+                    for name in (*MODULES.values(), "_native__mypyc")]
+        if done.returncode or not all(p.exists() for p in products):
             why = (done.stderr or done.stdout).strip().splitlines()[-3:]
             print("rtp.fast not compiled (the pure Python is used): " + " | ".join(why),
                   file=sys.stderr)
             return 1 if args.strict else 0
         for product in products:
             shutil.copy2(product, ROOT / "rtp" / product.name)
-    print("compiled rtp/fast.py into " + ", ".join(f"rtp/{p.name}" for p in products))
+    print("compiled rtp/fast.py and rtp/reorder.py into "
+          + ", ".join(f"rtp/{p.name}" for p in products))
     return 0
 
 

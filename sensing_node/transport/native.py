@@ -1,9 +1,12 @@
-"""The compiled build of `rtp.fast`, where there is a fresh one (`tools/build_native.py`).
+"""The compiled build of the RTP fast path, where there is a fresh one (`tools/build_native.py`).
 
-`FastReceive` is the compiled class when `rtp/_fast_native` exists, was built from the
-`rtp/fast.py` that is there now (same SHA-256) and `SENSING_NODE_PURE_PYTHON` is not set;
-otherwise it is the pure Python class of `rtp.fast`, which does the same more slowly.
-`COMPILED` says which, and `WHY` why not.
+`FastReceive`, `FrameAssembly` and `ReorderBuffer` are the compiled classes when
+`rtp/_fast_native` and `rtp/_reorder_native` exist, were built from the `rtp/fast.py` and
+`rtp/reorder.py` that are there now (the same SHA-256) and `SENSING_NODE_PURE_PYTHON` is not
+set; otherwise they are the pure Python classes of `rtp.fast` and `rtp.reorder`, which do the
+same more slowly. They are taken together: the compiled fast path takes only the compiled
+reorder buffer. `COMPILED` says
+which, and `WHY` why not.
 """
 
 from __future__ import annotations
@@ -15,23 +18,41 @@ from pathlib import Path
 from typing import Any
 
 import rtp.fast
+import rtp.reorder
+
+#: the sources, in the order the build hashes them
+SOURCES = (rtp.reorder, rtp.fast)
 
 
-def _load() -> tuple[Any, str]:
+def source_digest() -> str:
+    h = hashlib.sha256()
+    for module in SOURCES:
+        h.update(Path(module.__file__ or "").read_bytes())
+    return h.hexdigest()
+
+
+def _load() -> tuple[Any, Any, str]:
     if os.environ.get("SENSING_NODE_PURE_PYTHON"):
-        return None, "SENSING_NODE_PURE_PYTHON is set"
+        return None, None, "SENSING_NODE_PURE_PYTHON is set"
     try:
-        native = importlib.import_module("rtp._fast_native")
+        fast = importlib.import_module("rtp._fast_native")
+        reorder = importlib.import_module("rtp._reorder_native")
     except ImportError:
-        return None, "not built (make builds it with mypyc)"
-    source = Path(rtp.fast.__file__).read_bytes()
-    if getattr(native, "SOURCE_SHA256", None) != hashlib.sha256(source).hexdigest():
-        return None, "built from another rtp/fast.py (make builds it again)"
-    return native, ""
+        return None, None, "not built (make builds it with mypyc)"
+    wanted = source_digest()
+    if fast.SOURCE_SHA256 != wanted or reorder.SOURCE_SHA256 != wanted:
+        return None, None, "built from other sources (make builds it again)"
+    return fast, reorder, ""
 
 
-_native, WHY = _load()
-COMPILED = _native is not None
+_fast, _reorder, WHY = _load()
+COMPILED = _fast is not None
 FastReceive: type[rtp.fast.FastReceive] = (
-    _native.FastReceive if _native is not None else rtp.fast.FastReceive
+    _fast.FastReceive if _fast is not None else rtp.fast.FastReceive
+)
+ReorderBuffer: type[rtp.reorder.ReorderBuffer[Any]] = (
+    _reorder.ReorderBuffer if _reorder is not None else rtp.reorder.ReorderBuffer
+)
+FrameAssembly: type[rtp.fast.FrameAssembly] = (
+    _fast.FrameAssembly if _fast is not None else rtp.fast.FrameAssembly
 )

@@ -46,6 +46,7 @@ from rtp.ps import MAX_BUFFERED, AccessUnit
 from rtp.psframe import PsFrameDemuxer, opens_keyframe
 from rtp.reorder import ReorderBuffer
 
+from . import native
 from .native import FastReceive
 
 __all__ = [
@@ -224,11 +225,9 @@ class _RtpReceiver:
         self._deliver = sink.on_packet
         # The common packet's path (compiled where the build could), and the keeper of the
         # counters, SSRC, source and reorder buffer that both paths share.
-        self._fast = fast = self.fast_class()
+        self._fast = fast = self.fast_class(self._new_reorder())
         fast.on_error = self._sink_failed
-        self.reorder: ReorderBuffer[_Item] = ReorderBuffer(
-            self.config.reorder_window, self.config.max_delay_s
-        )
+        self._reorder: ReorderBuffer[_Item] = fast.reorder
         self.rtcp = 0
         self.dropped_foreign = 0
         self.dropped_invalid = 0
@@ -242,6 +241,10 @@ class _RtpReceiver:
         self._pool: PortPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+
+    def _new_reorder(self) -> ReorderBuffer[_Item]:
+        """A reorder buffer of the class the fast path takes (compiled or not)."""
+        return native.ReorderBuffer(self.config.reorder_window, self.config.max_delay_s)
 
     # What the two paths share, kept by the fast one.
     @property
@@ -372,7 +375,7 @@ class _RtpReceiver:
             self._timer.cancel()
             self._timer = None
         if self.reorder.received:  # expected again: what came before is not this stream
-            self.reorder = ReorderBuffer(self.config.reorder_window, self.config.max_delay_s)
+            self.reorder = self._new_reorder()
         self.answered = True
         early, self._early = list(self._early), deque()
         self._early_bytes = 0
@@ -714,6 +717,8 @@ class MediaIngest:
     #: a "frame" that never ends (no marker, one timestamp) is cut after this many packets
     MAX_FRAME_PACKETS = 4096
 
+    on_packet: Callable[[memoryview, int, int, bool], None]
+
     def __init__(
         self,
         on_unit: Callable[[AccessUnit], None] | None = None,
@@ -726,34 +731,24 @@ class MediaIngest:
         self.units: list[AccessUnit] = []
         self.on_unit = on_unit if on_unit is not None else self.units.append
         self._deliver = on_units if on_units is not None else self._one_by_one
-        self._parts: list[memoryview] = []
-        # The frame's size is checked when it has this many packets: the payloads counted
+        # The frame's size is checked when it has `check_at` packets: the payloads counted
         # so far (`_size`, the first `_counted` parts) leave room for that many more.
         self._first_check = min(self.MAX_FRAME_PACKETS, max_buffered // _MAX_PAYLOAD)
-        self._check_at = self._first_check
+        #: the frame in progress (compiled where the build could, as the fast path is)
+        self._frame = native.FrameAssembly(self._first_check, self.end_frame, self._frame_full)
+        #: a packet's payload, in order: `on_packet` of `RtpSink` (a call into the frame)
+        self.on_packet = self._frame.add
         self._size = 0
         self._counted = 0
-        self._ts = -1
         self.frames = 0
         self.fast_path_resumed = 0
         self._after_hole = False  # restart() gave the demuxer a map: resume at a whole frame
         self._fast_before = self._slow_before = 0  # frames of the demuxers replaced
 
-    def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
-        parts = self._parts
-        if ts != self._ts:
-            if parts:
-                self.end_frame()
-                parts = self._parts
-            self._ts = ts
-        parts.append(payload)
-        if marker or (len(parts) >= self._check_at and self._frame_full()):
-            self.end_frame()
-
     @property
     def buffered(self) -> int:
         """Bytes held: the payloads of the frame in progress and the demuxer's."""
-        return sum(len(part) for part in self._parts) + self.demuxer.buffered
+        return sum(len(part) for part in self._frame.parts) + self.demuxer.buffered
 
     @property
     def limit(self) -> int:
@@ -763,7 +758,7 @@ class MediaIngest:
     def _frame_full(self) -> bool:
         """Whether one more payload could take the frame past its bounds; if not, when to
         ask again."""
-        parts = self._parts
+        parts = self._frame.parts
         size = self._size
         for part in parts[self._counted :]:
             size += len(part)
@@ -771,15 +766,17 @@ class MediaIngest:
         if room <= 0 or len(parts) >= self.MAX_FRAME_PACKETS:
             return True
         self._size, self._counted = size, len(parts)
-        self._check_at = min(self.MAX_FRAME_PACKETS, len(parts) + room)
+        self._frame.check_at = min(self.MAX_FRAME_PACKETS, len(parts) + room)
         return False
 
     def end_frame(self) -> None:
         """Demux the payloads collected so far as one frame."""
-        parts, self._parts = self._parts, []
+        frame = self._frame
+        parts = frame.parts
         if not parts:
             return
-        self._check_at, self._size, self._counted = self._first_check, 0, 0
+        frame.parts = []
+        frame.check_at, self._size, self._counted = self._first_check, 0, 0
         self.frames += 1
         data = b"".join(parts)
         demuxer = self.demuxer
@@ -839,7 +836,7 @@ class MediaIngest:
         types = self.demuxer.stream_types
         self._replace(PsFrameDemuxer(self.max_buffered, types))
         self._after_hole = bool(types)
-        self._ts = -1
+        self._frame.ts = -1
 
     def _one_by_one(self, units: list[AccessUnit]) -> None:
         for unit in units:

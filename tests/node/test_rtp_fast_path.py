@@ -5,6 +5,7 @@ the datagrams are; and a real socket's stream takes the fast path."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 from typing import Any
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rtp.fast
+import rtp.reorder
 from sensing_node.transport import native
 from sensing_node.transport.rtp import PortPool, UdpRtpReceiver
 
@@ -22,9 +24,10 @@ from .conftest import free_even_range
 SOURCE = ("127.0.0.1", 40000)
 SSRC = 0x0BADCAFE
 
-CLASSES = [pytest.param(rtp.fast.FastReceive, id="pure")]
+#: the fast path and the reorder buffer it takes, as built (compiled or not) and pure
+CLASSES = [pytest.param((rtp.fast.FastReceive, rtp.reorder.ReorderBuffer), id="pure")]
 if native.COMPILED:
-    CLASSES.append(pytest.param(native.FastReceive, id="compiled"))
+    CLASSES.append(pytest.param((native.FastReceive, native.ReorderBuffer), id="compiled"))
 
 
 class Keeper:
@@ -64,8 +67,14 @@ COUNTERS = ("packets", "bytes", "last_packet_at", "lost", "reordered", "duplicat
             "dropped_foreign", "dropped_invalid", "sink_errors", "ssrc", "source")
 
 
-def receiver(cls: type, fast: bool, fail_at: int) -> tuple[UdpRtpReceiver, Keeper]:
-    kind = type("Receiver", (UdpRtpReceiver,), {"fast_class": cls})
+def receiver(cls: tuple[type, type], fast: bool, fail_at: int) -> tuple[UdpRtpReceiver, Keeper]:
+    fast_class, reorder_class = cls
+
+    def new_reorder(self: UdpRtpReceiver) -> Any:
+        return reorder_class(self.config.reorder_window, self.config.max_delay_s)
+
+    kind = type("Receiver", (UdpRtpReceiver,),
+                {"fast_class": fast_class, "_new_reorder": new_reorder})
     keeper = Keeper(fail_at)
     r = kind(keeper)
     loop = Loop()
@@ -136,7 +145,7 @@ def datagrams(draw: st.DrawFn) -> list[tuple[bytes, tuple[str, int]]]:
     return out
 
 
-def feed(cls: type, fast: bool, items: list[tuple[bytes, tuple[str, int]]],
+def feed(cls: tuple[type, type], fast: bool, items: list[tuple[bytes, tuple[str, int]]],
          fail_at: int) -> tuple[list[tuple[Any, ...]], dict[str, Any], int]:
     r, keeper = receiver(cls, fast, fail_at)
     receive = r.receive_datagram if fast else r.datagram_received
@@ -149,10 +158,13 @@ def feed(cls: type, fast: bool, items: list[tuple[bytes, tuple[str, int]]],
 @pytest.mark.parametrize("cls", CLASSES)
 @settings(max_examples=300, deadline=None)
 @given(items=datagrams(), fail=st.integers(-1, 30))
-def test_the_fast_path_does_what_the_full_path_does(cls: type, items: Any, fail: int) -> None:
-    fail_at = -1 if fail < 0 else items[fail % len(items)][0][2:4] if items else -1
-    if isinstance(fail_at, bytes):
-        fail_at = int.from_bytes(fail_at, "big")
+def test_the_fast_path_does_what_the_full_path_does(
+    cls: tuple[type, type], items: Any, fail: int
+) -> None:
+    # The consumer fails on one of the packets' sequence numbers, or never.
+    fail_at = -1
+    if fail >= 0 and items:
+        fail_at = int.from_bytes(items[fail % len(items)][0][2:4], "big")
     full = feed(cls, False, items, fail_at)
     quick = feed(cls, True, items, fail_at)
     assert quick[0] == full[0]
@@ -161,7 +173,7 @@ def test_the_fast_path_does_what_the_full_path_does(cls: type, items: Any, fail:
 
 
 @pytest.mark.parametrize("cls", CLASSES)
-def test_an_ordinary_stream_takes_the_fast_path(cls: type) -> None:
+def test_an_ordinary_stream_takes_the_fast_path(cls: tuple[type, type]) -> None:
     items = [(packet(65530 + i, 1000 + (i // 4) * 3600, i % 4 == 3), SOURCE) for i in range(40)]
     events, counters, fast = feed(cls, True, items, -1)
     assert [e[1] for e in events] == [(65530 + i) & 0xFFFF for i in range(40)]
@@ -171,7 +183,7 @@ def test_an_ordinary_stream_takes_the_fast_path(cls: type) -> None:
 
 
 @pytest.mark.parametrize("cls", CLASSES)
-def test_a_consumer_of_single_packets_turns_the_fast_path_off(cls: type) -> None:
+def test_a_consumer_of_single_packets_turns_the_fast_path_off(cls: tuple[type, type]) -> None:
     r, keeper = receiver(cls, True, -1)
     items = [packet(10 + i, 0, False) for i in range(10)]
     for data in items[:5]:
@@ -183,19 +195,69 @@ def test_a_consumer_of_single_packets_turns_the_fast_path_off(cls: type) -> None
     assert [e[1] for e in keeper.events] == list(range(10, 20))
 
 
-def test_a_compiled_build_is_used_only_for_the_source_it_was_built_from() -> None:
+def test_a_compiled_build_is_used_only_for_the_sources_it_was_built_from() -> None:
     built = list((native.Path(rtp.fast.__file__).parent).glob("_fast_native.*"))
-    if not built:
+    if not built or os.environ.get("SENSING_NODE_PURE_PYTHON"):
         assert not native.COMPILED
         pytest.skip(f"not compiled here: {native.WHY}")
     import hashlib
 
-    import rtp._fast_native as compiled  # type: ignore[import-not-found]
+    import rtp._fast_native as fast  # type: ignore[import-not-found]
+    import rtp._reorder_native as reorder  # type: ignore[import-not-found]
 
-    digest = hashlib.sha256(native.Path(rtp.fast.__file__).read_bytes()).hexdigest()
-    assert compiled.SOURCE_SHA256 == digest
-    assert native.COMPILED and native.FastReceive is compiled.FastReceive
-    assert type(UdpRtpReceiver(Keeper())._fast) is compiled.FastReceive
+    h = hashlib.sha256()
+    for module in (rtp.reorder, rtp.fast):
+        h.update(native.Path(module.__file__ or "").read_bytes())
+    assert fast.SOURCE_SHA256 == reorder.SOURCE_SHA256 == h.hexdigest()
+    assert native.COMPILED
+    assert (native.FastReceive, native.ReorderBuffer) == (fast.FastReceive, reorder.ReorderBuffer)
+    r = UdpRtpReceiver(Keeper())
+    assert type(r._fast) is fast.FastReceive and type(r.reorder) is reorder.ReorderBuffer
+    r.reorder = r._new_reorder()  # as after an answer: the fast path follows
+    assert r._fast.reorder is r.reorder
+
+
+@st.composite
+def reorder_steps(draw: st.DrawFn) -> list[tuple[str, int, float]]:
+    """What a receiver does to its reorder buffer: pushes (in order, out of order, repeated,
+    far off), takes, flushes as time goes by, and a drain."""
+    seq = draw(st.integers(0, 0xFFFF))
+    now = 0.0
+    steps: list[tuple[str, int, float]] = []
+    for _ in range(draw(st.integers(1, 80))):
+        now += draw(st.sampled_from([0.0, 0.001, 0.05, 0.3]))
+        what = draw(st.sampled_from(["push", "push", "push", "take", "flush"]))
+        step = draw(st.sampled_from([1, 1, 1, 2, 3, -1, -2, 0, 100, 5000, 40000]))
+        seq = (seq + step) & 0xFFFF
+        steps.append((what, seq, now))
+    steps.append(("drain", 0, now))
+    return steps
+
+
+@pytest.mark.skipif(not native.COMPILED, reason=native.WHY or "compiled")
+@settings(max_examples=400, deadline=None)
+@given(steps=reorder_steps(), window=st.sampled_from([1, 4, 64]))
+def test_the_compiled_reorder_buffer_does_what_the_pure_one_does(
+    steps: list[tuple[str, int, float]], window: int
+) -> None:
+    results = []
+    for cls in (rtp.reorder.ReorderBuffer, native.ReorderBuffer):
+        buf = cls(window, 0.2)
+        out: list[Any] = []
+        for what, seq, now in steps:
+            if what == "push":
+                out.append(buf.push(seq, (seq, now), now))
+            elif what == "take":
+                out.append(buf.take(seq))
+            elif what == "flush":
+                out.append((buf.flush(now), buf.next_deadline()))
+            else:
+                out.append(buf.drain())
+            out.append(buf.held)
+        counters = [getattr(buf, name) for name in (
+            "received", "lost", "reordered", "duplicates", "late", "discarded", "restarts")]
+        results.append((out, counters))
+    assert results[0] == results[1]
 
 
 async def test_a_stream_over_a_real_socket_takes_the_fast_path() -> None:
