@@ -20,11 +20,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,native]'
 	touch $@ $(VENV)/.installed
 
-# The RTP fast path compiled with mypyc (rtp/fast.py and rtp/reorder.py -> rtp/_fast_native,
-# rtp/_reorder_native), again whenever they change; without a C compiler the node runs them
+# The RTP receive path compiled with mypyc (rtp/fast.py, rtp/reorder.py, rtp/psframe.py ->
+# rtp/_fast_native, ...), again whenever they change; without a C compiler the node runs them
 # as pure Python.
 NATIVE := $(VENV)/.native
-$(NATIVE): rtp/fast.py rtp/reorder.py tools/build_native.py | $(VENV)/.installed
+$(NATIVE): rtp/fast.py rtp/reorder.py rtp/psframe.py tools/build_native.py | $(VENV)/.installed
 	$(BIN)/python tools/build_native.py
 	touch $@
 
@@ -125,5 +125,4 @@ lint: $(VENV)/.installed-test
 	$(BIN)/python -m mypy sip rtp recorder
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .hypothesis rtp/_fast_native* rtp/_reorder_native* \
-	       rtp/_native__mypyc*
+	rm -rf $(VENV) data .pytest_cache .hypothesis rtp/_*_native* rtp/_native__mypyc*

@@ -1,11 +1,13 @@
-"""Compile the RTP fast path with mypyc: `rtp/fast.py` and `rtp/reorder.py`, as the extension
-modules `rtp/_fast_native` and `rtp/_reorder_native` (and their library, `rtp/_native__mypyc`).
+"""Compile the RTP receive path with mypyc: `rtp/reorder.py`, `rtp/fast.py` and
+`rtp/psframe.py`, as the extension modules `rtp/_reorder_native`, `rtp/_fast_native` and
+`rtp/_psframe_native` (and their library, `rtp/_native__mypyc`).
 
 The node runs the same code either way; compiled, the event loop calls the fast path of an
-RTP packet with no Python frame (`rtp.fast`), and the reorder buffer's calls from it are calls
-into C. The compiled modules get their own names, so that they never shadow the sources, and
-carry the SHA-256 of the sources they were built from (`SOURCE_SHA256`):
-`sensing_node.transport.native` uses them only while the sources still have that digest.
+RTP packet with no Python frame (`rtp.fast`), the reorder buffer's calls from it are calls
+into C, and so is the per-frame demuxer (`rtp.psframe`). The compiled modules get their own
+names, so that they never shadow the sources, and carry the SHA-256 of the sources they were
+built from (`SOURCE_SHA256`): `sensing_node.transport.native` uses them only while the sources
+still have that digest.
 Without mypyc or a C compiler this prints why and leaves the pure Python in use (exit status
 0); `--strict` makes that an error.
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: source module -> the compiled module's name, in the order they import each other
-MODULES = {"reorder": "_reorder_native", "fast": "_fast_native"}
+MODULES = {"reorder": "_reorder_native", "fast": "_fast_native", "psframe": "_psframe_native"}
 GROUP = "rtp._native"
 
 SETUP = f"""
@@ -81,7 +83,7 @@ def main() -> int:
             return 1 if args.strict else 0
         for product in products:
             shutil.copy2(product, ROOT / "rtp" / product.name)
-    print("compiled rtp/fast.py and rtp/reorder.py into "
+    print(f"compiled {', '.join(f'rtp/{name}.py' for name in MODULES)} into "
           + ", ".join(f"rtp/{p.name}" for p in products))
     return 0
 

@@ -1,12 +1,12 @@
 """The compiled build of the RTP fast path, where there is a fresh one (`tools/build_native.py`).
 
-`FastReceive`, `FrameAssembly` and `ReorderBuffer` are the compiled classes when
-`rtp/_fast_native` and `rtp/_reorder_native` exist, were built from the `rtp/fast.py` and
-`rtp/reorder.py` that are there now (the same SHA-256) and `SENSING_NODE_PURE_PYTHON` is not
-set; otherwise they are the pure Python classes of `rtp.fast` and `rtp.reorder`, which do the
-same more slowly. They are taken together: the compiled fast path takes only the compiled
-reorder buffer. `COMPILED` says
-which, and `WHY` why not.
+`FastReceive`, `FrameAssembly`, `ReorderBuffer`, `PsFrameDemuxer` and `opens_keyframe` are
+the compiled ones when `rtp/_fast_native`, `rtp/_reorder_native` and `rtp/_psframe_native`
+exist, were built from the `rtp/fast.py`, `rtp/reorder.py` and `rtp/psframe.py` that are there
+now (the same SHA-256) and `SENSING_NODE_PURE_PYTHON` is not set; otherwise they are the pure
+Python ones of `rtp.fast`, `rtp.reorder` and `rtp.psframe`, which do the same more slowly.
+They are taken together: the compiled fast path takes only the compiled reorder buffer.
+`COMPILED` says which, and `WHY` why not.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import rtp.fast
+import rtp.psframe
 import rtp.reorder
 
 #: the sources, in the order the build hashes them
-SOURCES = (rtp.reorder, rtp.fast)
+SOURCES = (rtp.reorder, rtp.fast, rtp.psframe)
 
 
 def source_digest() -> str:
@@ -31,28 +32,31 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
-def _load() -> tuple[Any, Any, str]:
+def _load() -> tuple[dict[str, Any], str]:
+    """The compiled modules by the name of their source module, or none and why."""
     if os.environ.get("SENSING_NODE_PURE_PYTHON"):
-        return None, None, "SENSING_NODE_PURE_PYTHON is set"
+        return {}, "SENSING_NODE_PURE_PYTHON is set"
+    modules = {}
     try:
-        fast = importlib.import_module("rtp._fast_native")
-        reorder = importlib.import_module("rtp._reorder_native")
+        for source in SOURCES:
+            name = source.__name__.rsplit(".", 1)[1]
+            modules[name] = importlib.import_module(f"rtp._{name}_native")
     except ImportError:
-        return None, None, "not built (make builds it with mypyc)"
+        return {}, "not built (make builds it with mypyc)"
     wanted = source_digest()
-    if fast.SOURCE_SHA256 != wanted or reorder.SOURCE_SHA256 != wanted:
-        return None, None, "built from other sources (make builds it again)"
-    return fast, reorder, ""
+    if any(module.SOURCE_SHA256 != wanted for module in modules.values()):
+        return {}, "built from other sources (make builds it again)"
+    return modules, ""
 
 
-_fast, _reorder, WHY = _load()
-COMPILED = _fast is not None
-FastReceive: type[rtp.fast.FastReceive] = (
-    _fast.FastReceive if _fast is not None else rtp.fast.FastReceive
-)
+_compiled, WHY = _load()
+COMPILED = bool(_compiled)
+_fast = _compiled.get("fast", rtp.fast)
+FastReceive: type[rtp.fast.FastReceive] = _fast.FastReceive
+FrameAssembly: type[rtp.fast.FrameAssembly] = _fast.FrameAssembly
 ReorderBuffer: type[rtp.reorder.ReorderBuffer[Any]] = (
-    _reorder.ReorderBuffer if _reorder is not None else rtp.reorder.ReorderBuffer
+    _compiled.get("reorder", rtp.reorder).ReorderBuffer
 )
-FrameAssembly: type[rtp.fast.FrameAssembly] = (
-    _fast.FrameAssembly if _fast is not None else rtp.fast.FrameAssembly
-)
+_psframe = _compiled.get("psframe", rtp.psframe)
+PsFrameDemuxer: type[rtp.psframe.PsFrameDemuxer] = _psframe.PsFrameDemuxer
+opens_keyframe = _psframe.opens_keyframe

@@ -43,7 +43,7 @@ from rtp.errors import RtpError
 from rtp.framing import Deframer
 from rtp.packet import RtpPacket, is_rtcp, peek_rtp_header
 from rtp.ps import MAX_BUFFERED, AccessUnit
-from rtp.psframe import PsFrameDemuxer, opens_keyframe
+from rtp.psframe import PsFrameDemuxer
 from rtp.reorder import ReorderBuffer
 
 from . import native
@@ -727,7 +727,7 @@ class MediaIngest:
         max_buffered: int = MAX_BUFFERED,
     ) -> None:
         self.max_buffered = max_buffered
-        self.demuxer = PsFrameDemuxer(max_buffered)
+        self.demuxer = native.PsFrameDemuxer(max_buffered)
         self.units: list[AccessUnit] = []
         self.on_unit = on_unit if on_unit is not None else self.units.append
         self._deliver = on_units if on_units is not None else self._one_by_one
@@ -784,7 +784,7 @@ class MediaIngest:
             # Something did not fit the fast path (a lost packet, a start without a PSM):
             # a keyframe with its PSM is a clean place to take it up again, and after a hole
             # any frame that starts with a pack header, given the map the stream had.
-            if opens_keyframe(data):
+            if native.opens_keyframe(data):
                 demuxer = self._resume(None)
             elif self._after_hole and data.startswith(_PACK_HEADER):
                 demuxer = self._resume(demuxer.stream_types)
@@ -800,7 +800,7 @@ class MediaIngest:
         units = old.flush()
         if units:
             self._deliver(units)
-        self._replace(PsFrameDemuxer(self.max_buffered, stream_types))
+        self._replace(native.PsFrameDemuxer(self.max_buffered, stream_types))
         self.fast_path_resumed += 1
         self._after_hole = False  # one try per hole; then the keyframe rule
         return self.demuxer
@@ -834,7 +834,7 @@ class MediaIngest:
         map the stream had, so that a frame without a PSM can take the fast path."""
         self.flush()
         types = self.demuxer.stream_types
-        self._replace(PsFrameDemuxer(self.max_buffered, types))
+        self._replace(native.PsFrameDemuxer(self.max_buffered, types))
         self._after_hole = bool(types)
         self._frame.ts = -1
 

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rtp.fast
+import rtp.psframe
 import rtp.reorder
 from sensing_node.transport import native
 from sensing_node.transport.rtp import PortPool, UdpRtpReceiver
@@ -203,13 +204,14 @@ def test_a_compiled_build_is_used_only_for_the_sources_it_was_built_from() -> No
     import hashlib
 
     import rtp._fast_native as fast  # type: ignore[import-not-found]
+    import rtp._psframe_native as psframe  # type: ignore[import-not-found]
     import rtp._reorder_native as reorder  # type: ignore[import-not-found]
 
     h = hashlib.sha256()
-    for module in (rtp.reorder, rtp.fast):
+    for module in (rtp.reorder, rtp.fast, rtp.psframe):  # the order of tools/build_native.py
         h.update(native.Path(module.__file__ or "").read_bytes())
-    assert fast.SOURCE_SHA256 == reorder.SOURCE_SHA256 == h.hexdigest()
-    assert native.COMPILED
+    assert fast.SOURCE_SHA256 == reorder.SOURCE_SHA256 == psframe.SOURCE_SHA256 == h.hexdigest()
+    assert native.COMPILED and native.PsFrameDemuxer is psframe.PsFrameDemuxer
     assert (native.FastReceive, native.ReorderBuffer) == (fast.FastReceive, reorder.ReorderBuffer)
     r = UdpRtpReceiver(Keeper())
     assert type(r._fast) is fast.FastReceive and type(r.reorder) is reorder.ReorderBuffer

@@ -9,11 +9,27 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import rtp.psframe
 from rtp.ps import MAX_UNIT_PES, AccessUnit, PsDemuxer
 from rtp.psframe import PsFrameDemuxer
 from rtp.psmux import PsMuxer, RtpPacketizer
 from sensing_node.sim.media import load_clip
+from sensing_node.transport import native
 from tests.conftest import load
+
+# Every test runs on the pure class and, where make compiled it, on the compiled one (what the
+# node uses then): the module's `PsFrameDemuxer` is set to each in turn.
+BUILDS = [pytest.param(rtp.psframe.PsFrameDemuxer, id="pure")]
+if native.COMPILED:
+    BUILDS.append(pytest.param(native.PsFrameDemuxer, id="compiled"))
+
+
+@pytest.fixture(autouse=True, scope="module", params=BUILDS)
+def _build(request: pytest.FixtureRequest) -> object:
+    global PsFrameDemuxer
+    PsFrameDemuxer = request.param
+    yield request.param
+    PsFrameDemuxer = rtp.psframe.PsFrameDemuxer
 
 GB_FILES = ["gb_h264_zlm.ps", "gb_h265_zlm.ps", "gb_h264_alaw_zlm.ps"]
 FFMPEG_FILES = ["h264_640x360_25fps_10s_ffmpeg.ps", "h265_640x360_25fps_10s_ffmpeg.ps"]
