@@ -215,7 +215,7 @@ def build_chain(step: str, loop: Any) -> tuple[Any, Any]:
     receiver.expect(SOURCE[0], SSRC)
     if level >= 2 and hasattr(receiver, "attach_fast"):  # what LiveStream._feed does
         receiver._fast.clock = loop.time
-        receiver.attach_fast(stream, stream.ingest.on_packet)
+        receiver.attach_fast(stream.ingest.frame)
     return receiver, intake
 
 

@@ -3,16 +3,16 @@
 Nearly every datagram of a camera's stream is plain RTP (version 2, no padding, extension or
 CSRC) from the latched source, of the answered SSRC, with the sequence number expected next
 and no gap waiting in the reorder buffer. `FastReceive.datagram_received` takes such a packet
-by itself and hands its payload straight to the frame assembly; anything else goes to `slow`,
-the receiver's full path, which does what it always did. The fast path changes nothing the
-full path would not have changed for the same packet, in the same way: the same counters, the
-same reorder state (through `ReorderBuffer.take`), the same sequence number expected next, the
-same call to the payload's consumer.
+by itself and adds its payload straight to the stream's frame in progress (`FrameAssembly`);
+anything else goes to `slow`, the receiver's full path, which does what it always did. The
+fast path changes nothing the full path would not have changed for the same packet, in the
+same way: the same counters, the same reorder state (through `ReorderBuffer.take`), the same
+sequence number expected next, the same call to the frame.
 
-The module is plain typed Python and is compiled with mypyc, together with `rtp.reorder`,
-when the build has a C compiler (`make`, see `sensing_node.transport.native`): then the event
-loop calls `datagram_received` with no Python frame, and `ReorderBuffer.take` is a call into C,
-which is most of what the fast path is for.
+The module is plain typed Python and is compiled with mypyc, together with `rtp.reorder` and
+`rtp.psframe`, when the build has a C compiler (`make`, see `sensing_node.transport.native`):
+then the event loop calls `datagram_received` with no Python frame, and `ReorderBuffer.take`
+and `FrameAssembly.add` are calls into C, which is most of what the fast path is for.
 Compiled, attributes keep their declared types, so the owner sets them with values of those
 types (no SSRC is `-1` here, not None).
 """
@@ -35,104 +35,38 @@ def _ignore(data: bytes, addr: Any) -> None:
     pass
 
 
+def _ignore_transport(transport: Any) -> None:
+    pass
+
+
 def _zero() -> float:
     return 0.0
 
 
-class FastReceive:
-    """One UDP stream's datagram protocol: the common packet here, every other to `slow`.
-
-    `reorder` is the stream's `ReorderBuffer` (compiled, the compiled class of
-    `rtp/reorder.py`; the owner may replace it with another). Set by the owner: `slow(data,
-    addr)`, `clock()` (the loop's time, for `last_packet_at`), `source` (the latched address;
-    None sends everything to `slow`), `ssrc` (-1: none yet), and with `attach` the sequence
-    keeper and the
-    payload's consumer: `keeper.next_seq` is the sequence number the consumer expects next
-    (-1 before the first), and `deliver(payload, seq, ts, marker)` takes the payload. Without
-    a consumer attached every packet goes to `slow`. `on_error()` is called when `deliver`
-    raises. `packets`, `bytes` and `last_packet_at` (-1.0: never) count every packet of the
-    stream, whichever path took it (the full path adds to them too).
-    """
-
-    def __init__(self, reorder: ReorderBuffer[Any]) -> None:
-        self.reorder = reorder
-        self.slow: Callable[[bytes, Any], None] = _ignore
-        self.clock: Callable[[], float] = _zero
-        self.on_error: Callable[[], None] = _nothing
-        self.on_connection: Callable[[Any], None] = _ignore_transport
-        self.source: object = None
-        self.ssrc = -1
-        self.keeper: Any = None
-        self.deliver: Callable[[memoryview, int, int, bool], None] | None = None
-        self.packets = 0
-        self.bytes = 0
-        self.last_packet_at = -1.0
-        self.fast = 0  # packets this path took
-
-    def attach(
-        self, keeper: Any, deliver: Callable[[memoryview, int, int, bool], None] | None
-    ) -> None:
-        """Take packets for `deliver` (None: take none) on `keeper`'s sequence numbers."""
-        self.keeper = keeper if deliver is not None else None
-        self.deliver = deliver
-
-    # ----- asyncio's datagram protocol -----
-    def connection_made(self, transport: Any) -> None:
-        self.on_connection(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        pass
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors for a receive-only socket say nothing useful
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        deliver = self.deliver
-        if deliver is None or addr != self.source or len(data) <= 12 or data[0] != 0x80:
-            self.slow(data, addr)
-            return
-        second = data[1]
-        if 192 <= second <= 223:  # RTCP on the RTP port
-            self.slow(data, addr)
-            return
-        ssrc = (data[8] << 24) | (data[9] << 16) | (data[10] << 8) | data[11]
-        seq = (data[2] << 8) | data[3]
-        keeper = self.keeper
-        if ssrc != self.ssrc or seq != keeper.next_seq or not self.reorder.take(seq):
-            self.slow(data, addr)
-            return
-        self.fast += 1
-        self.packets += 1
-        self.bytes += len(data)
-        self.last_packet_at = self.clock()
-        keeper.next_seq = (seq + 1) & 0xFFFF
-        ts = (data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7]
-        try:
-            deliver(memoryview(data)[12:], seq, ts, second > 0x7F)
-        except Exception:
-            self.on_error()
-
-
-def _ignore_transport(transport: Any) -> None:
-    pass
+def _never() -> bool:
+    return False
 
 
 class FrameAssembly:
     """The frame in progress of a stream: the RTP payloads of one timestamp, in order.
 
-    `add(payload, ts, marker)` is a packet's share of the ingest's work: a new timestamp ends
-    the frame before it (`end_frame()`, which takes `parts` and starts a new list), the
+    `add(payload, seq, ts, marker)` is a packet's share of the ingest's work: a new timestamp
+    ends the frame before it (`end_frame()`, which takes `parts` and starts a new list), the
     payload is added, and a marker ends the frame with it. Once the frame has `check_at`
     payloads, `frame_full()` is asked whether one more could take it past its bounds (and may
     move `check_at` on); if so, the frame ends there. The owner (`MediaIngest`) sets
-    `check_at` and `ts` back as it needs.
+    `check_at` and `ts` back as it needs. `next_seq` is the sequence number the stream
+    expects next (-1 before the first), kept by whoever hands the packets over: the stream's
+    `on_packet`, or the fast path.
     """
 
     def __init__(
-        self, check_at: int, end_frame: Callable[[], None], frame_full: Callable[[], bool]
+        self, check_at: int, end_frame: Callable[[], None] = _nothing,
+        frame_full: Callable[[], bool] = _never,
     ) -> None:
         self.parts: list[memoryview] = []
         self.ts = -1
+        self.next_seq = -1
         self.check_at = check_at
         self.end_frame = end_frame
         self.frame_full = frame_full
@@ -147,3 +81,70 @@ class FrameAssembly:
         parts.append(payload)
         if marker or (len(parts) >= self.check_at and self.frame_full()):
             self.end_frame()
+
+
+class FastReceive:
+    """One UDP stream's datagram protocol: the common packet here, every other to `slow`.
+
+    `reorder` is the stream's `ReorderBuffer` (compiled, the compiled class of
+    `rtp/reorder.py`; the owner may replace it with another). Set by the owner: `slow(data,
+    addr)`, `clock()` (the loop's time, for `last_packet_at`), `source` (the latched address;
+    None sends everything to `slow`), `ssrc` (-1: none yet), and with `attach` the stream's
+    frame in progress, whose `next_seq` it keeps as the stream's `on_packet` would; without a
+    frame attached every packet goes to `slow`. `on_error()` is called when the frame raises.
+    `packets`, `bytes` and `last_packet_at` (-1.0: never) count every packet of the stream,
+    whichever path took it (the full path adds to them too); `fast` the packets taken here.
+    """
+
+    def __init__(self, reorder: ReorderBuffer[Any]) -> None:
+        self.reorder = reorder
+        self.slow: Callable[[bytes, Any], None] = _ignore
+        self.clock: Callable[[], float] = _zero
+        self.on_error: Callable[[], None] = _nothing
+        self.on_connection: Callable[[Any], None] = _ignore_transport
+        self.source: object = None
+        self.ssrc = -1
+        self.frame: FrameAssembly | None = None
+        self.packets = 0
+        self.bytes = 0
+        self.last_packet_at = -1.0
+        self.fast = 0
+
+    def attach(self, frame: FrameAssembly | None) -> None:
+        """Take packets into `frame` (None: take none)."""
+        self.frame = frame
+
+    # ----- asyncio's datagram protocol -----
+    def connection_made(self, transport: Any) -> None:
+        self.on_connection(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors for a receive-only socket say nothing useful
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        frame = self.frame
+        if frame is None or addr != self.source or len(data) <= 12 or data[0] != 0x80:
+            self.slow(data, addr)
+            return
+        second = data[1]
+        if 192 <= second <= 223:  # RTCP on the RTP port
+            self.slow(data, addr)
+            return
+        ssrc = (data[8] << 24) | (data[9] << 16) | (data[10] << 8) | data[11]
+        seq = (data[2] << 8) | data[3]
+        if ssrc != self.ssrc or seq != frame.next_seq or not self.reorder.take(seq):
+            self.slow(data, addr)
+            return
+        self.fast += 1
+        self.packets += 1
+        self.bytes += len(data)
+        self.last_packet_at = self.clock()
+        frame.next_seq = (seq + 1) & 0xFFFF
+        ts = (data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7]
+        try:
+            frame.add(memoryview(data)[12:], seq, ts, second > 0x7F)
+        except Exception:
+            self.on_error()

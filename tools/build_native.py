@@ -9,7 +9,8 @@ names, so that they never shadow the sources, and carry the SHA-256 of the sourc
 built from (`SOURCE_SHA256`): `sensing_node.transport.native` uses them only while the sources
 still have that digest.
 Without mypyc or a C compiler this prints why and leaves the pure Python in use (exit status
-0); `--strict` makes that an error.
+0); `--strict`, or `SENSING_NODE_REQUIRE_NATIVE=1` in the environment (as CI sets it), makes
+that an error.
 
     python tools/build_native.py [--strict]
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -56,6 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strict", action="store_true", help="fail when it cannot compile")
     args = parser.parse_args()
+    args.strict = args.strict or bool(os.environ.get("SENSING_NODE_REQUIRE_NATIVE"))
     for old in built():
         old.unlink()
     stamp = f'\n\nSOURCE_SHA256 = "{digest()}"\n'

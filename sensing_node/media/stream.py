@@ -96,7 +96,6 @@ class LiveStream:
         self.receiver: UdpRtpReceiver | TcpRtpReceiver | RemoteReceiver | None = None
         self._frames_base = 0  # frames counted before the current remote receiver
         self.ingest = MediaIngest(on_units=self._units)
-        self.next_seq = -1  # the RTP sequence number expected next; -1 before the first
         self.acked_at: float | None = None  # loop time
         # What the media looks like.
         self.codec: str | None = None
@@ -314,9 +313,9 @@ class LiveStream:
         the stream from attempt to attempt."""
         receiver = self.receiver
         if isinstance(receiver, UdpRtpReceiver):
-            # With no consumer of single packets, `on_packet` is `next_seq` and the
-            # ingest's: the receiver's fast path does both itself.
-            receiver.attach_fast(self, None if self._rtp_consumers else self.ingest.on_packet)
+            # With no consumer of single packets, `on_packet` is the ingest's frame's
+            # `next_seq` and `add`: the receiver's fast path does both itself.
+            receiver.attach_fast(None if self._rtp_consumers else self.ingest.frame)
         if isinstance(receiver, RemoteReceiver):
             feeds = {c.remote_feed for c in self.consumers}
             relays = tuple(c.relay_id for c in self.consumers if isinstance(c, RemoteRelay))
@@ -343,13 +342,16 @@ class LiveStream:
 
     # ----- media (the hot path) -----
     def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
-        if seq != self.next_seq:
-            if self.next_seq >= 0:
-                self._discontinuity((seq - self.next_seq) & 0xFFFF)
-        self.next_seq = (seq + 1) & 0xFFFF
+        # The ingest's frame keeps the RTP sequence number expected next (-1 before the first):
+        # a new attempt's ingest starts afresh.
+        frame = self.ingest.frame
+        if seq != frame.next_seq:
+            if frame.next_seq >= 0:
+                self._discontinuity((seq - frame.next_seq) & 0xFFFF)
+        frame.next_seq = (seq + 1) & 0xFFFF
         for consumer in self._rtp_consumers:
             self._call(consumer, consumer.on_rtp, payload, seq, ts, marker)
-        self.ingest.on_packet(payload, seq, ts, marker)
+        frame.add(payload, seq, ts, marker)
 
     def _discontinuity(self, missing: int) -> None:
         """Packets were given up (or the sender restarted its sequence): hand out what was
@@ -435,7 +437,6 @@ class LiveStream:
         self.ssrc = gb_ssrc(settings.node.id, self.serial, history=history is not None)
         self.ssrc_value = int(self.ssrc)
         self.ingest = MediaIngest(on_units=self._units)
-        self.next_seq = -1
         self.gop, self._gop_bytes = [], 0
         self.codec = self.width = self.height = None
         port = await self._open_receiver(device)

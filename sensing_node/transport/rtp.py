@@ -47,7 +47,7 @@ from rtp.psframe import PsFrameDemuxer
 from rtp.reorder import ReorderBuffer
 
 from . import native
-from .native import FastReceive
+from .native import FastReceive, FrameAssembly
 
 __all__ = [
     "MediaIngest",
@@ -282,14 +282,12 @@ class _RtpReceiver:
         """Packets the fast path took (`rtp.fast`)."""
         return self._fast.fast
 
-    def attach_fast(
-        self, keeper: Any, deliver: Callable[[memoryview, int, int, bool], None] | None
-    ) -> None:
-        """Let the common packet skip the sink's `on_packet`: the sink's own per-packet work
-        is then `keeper.next_seq` (the sequence number it expects next, kept up to date) and
-        `deliver`. The sink calls this again, with None, whenever its `on_packet` has more to
-        do than that (consumers of single packets); see `rtp.fast`."""
-        self._fast.attach(keeper, deliver)
+    def attach_fast(self, frame: FrameAssembly | None) -> None:
+        """Let the common packet skip the sink's `on_packet` and go into `frame` (its
+        ingest's, `MediaIngest.frame`): the sink's own per-packet work is then the frame's
+        `next_seq` and `add`. The sink calls this again, with None, whenever its `on_packet`
+        has more to do than that (consumers of single packets); see `rtp.fast`."""
+        self._fast.attach(frame)
 
     # Counters kept by the reorder buffer.
     @property
@@ -734,10 +732,11 @@ class MediaIngest:
         # The frame's size is checked when it has `check_at` packets: the payloads counted
         # so far (`_size`, the first `_counted` parts) leave room for that many more.
         self._first_check = min(self.MAX_FRAME_PACKETS, max_buffered // _MAX_PAYLOAD)
-        #: the frame in progress (compiled where the build could, as the fast path is)
-        self._frame = native.FrameAssembly(self._first_check, self.end_frame, self._frame_full)
+        #: the frame in progress (compiled where the build could, as the fast path is), and
+        #: in it the sequence number the stream expects next (`next_seq`, kept by the sink)
+        self.frame = native.FrameAssembly(self._first_check, self.end_frame, self._frame_full)
         #: a packet's payload, in order: `on_packet` of `RtpSink` (a call into the frame)
-        self.on_packet = self._frame.add
+        self.on_packet = self.frame.add
         self._size = 0
         self._counted = 0
         self.frames = 0
@@ -748,7 +747,7 @@ class MediaIngest:
     @property
     def buffered(self) -> int:
         """Bytes held: the payloads of the frame in progress and the demuxer's."""
-        return sum(len(part) for part in self._frame.parts) + self.demuxer.buffered
+        return sum(len(part) for part in self.frame.parts) + self.demuxer.buffered
 
     @property
     def limit(self) -> int:
@@ -758,7 +757,7 @@ class MediaIngest:
     def _frame_full(self) -> bool:
         """Whether one more payload could take the frame past its bounds; if not, when to
         ask again."""
-        parts = self._frame.parts
+        parts = self.frame.parts
         size = self._size
         for part in parts[self._counted :]:
             size += len(part)
@@ -766,12 +765,12 @@ class MediaIngest:
         if room <= 0 or len(parts) >= self.MAX_FRAME_PACKETS:
             return True
         self._size, self._counted = size, len(parts)
-        self._frame.check_at = min(self.MAX_FRAME_PACKETS, len(parts) + room)
+        self.frame.check_at = min(self.MAX_FRAME_PACKETS, len(parts) + room)
         return False
 
     def end_frame(self) -> None:
         """Demux the payloads collected so far as one frame."""
-        frame = self._frame
+        frame = self.frame
         parts = frame.parts
         if not parts:
             return
@@ -836,7 +835,7 @@ class MediaIngest:
         types = self.demuxer.stream_types
         self._replace(native.PsFrameDemuxer(self.max_buffered, types))
         self._after_hole = bool(types)
-        self._frame.ts = -1
+        self.frame.ts = -1
 
     def _one_by_one(self, units: list[AccessUnit]) -> None:
         for unit in units:

@@ -85,7 +85,6 @@ class WorkerStream:
         self.channel_id = channel_id
         self.receiver: UdpRtpReceiver | TcpRtpReceiver | None = None
         self.ingest = MediaIngest(on_units=self._units)
-        self.next_seq = -1
         self.frames = 0
         self.tap = False  # the node's process wants the frames
         self.record = False  # this worker's recorder writes them
@@ -103,17 +102,18 @@ class WorkerStream:
 
     # ----- the hot path -----
     def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
-        if seq != self.next_seq:
-            if self.next_seq >= 0:
-                self._discontinuity((seq - self.next_seq) & 0xFFFF)
-        self.next_seq = (seq + 1) & 0xFFFF
+        frame = self.ingest.frame  # which keeps the sequence number expected next
+        if seq != frame.next_seq:
+            if frame.next_seq >= 0:
+                self._discontinuity((seq - frame.next_seq) & 0xFFFF)
+        frame.next_seq = (seq + 1) & 0xFFFF
         if self.rtp_relays:
             for relay in self.rtp_relays:
                 try:
                     relay.on_rtp(payload, seq, ts, marker)
                 except Exception:
                     self.worker.relay_failed(relay)
-        self.ingest.on_packet(payload, seq, ts, marker)
+        frame.add(payload, seq, ts, marker)
 
     def _discontinuity(self, missing: int) -> None:
         self.ingest.restart()
@@ -217,11 +217,11 @@ class WorkerStream:
         self.arm_fast()
 
     def arm_fast(self) -> None:
-        """With no relay taking single packets, `on_packet` is `next_seq` and the ingest's:
-        the receiver's fast path does both itself."""
+        """With no relay taking single packets, `on_packet` is the ingest's frame's `next_seq`
+        and `add`: the receiver's fast path does both itself."""
         receiver = self.receiver
         if isinstance(receiver, UdpRtpReceiver):
-            receiver.attach_fast(self, None if self.rtp_relays else self.ingest.on_packet)
+            receiver.attach_fast(None if self.rtp_relays else self.ingest.frame)
 
     def stats(self, now: float) -> dict[str, Any]:
         receiver = self.receiver
