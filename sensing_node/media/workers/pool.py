@@ -99,6 +99,7 @@ class RemoteReceiver:
         self.last_packet_at: float | None = None
         self.packets = self.bytes = self.lost = self.reordered = self.duplicates = 0
         self.dropped_foreign = self.dropped_early = 0
+        self.fast_packets = 0  # of `packets`, those the worker's fast path took (`rtp.fast`)
         self.frames = 0
         self.refusal: str | None = None
         self.ssrc: int | None = None  # the SSRC the worker accepts (latched from the first)

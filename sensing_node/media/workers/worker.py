@@ -56,7 +56,7 @@ MAX_PENDING_SOCKETS = 256
 RECORDER_COUNTERS = ("units", "bytes", "segments_closed", "write_errors", "dropped_units",
                      "queue_depth", "queue_bytes", "syncs")
 RECEIVER_COUNTERS = ("packets", "bytes", "lost", "reordered", "duplicates", "dropped_foreign",
-                     "dropped_early")
+                     "dropped_early", "fast_packets")
 
 
 class _Passed:
