@@ -39,6 +39,10 @@ def _ignore_transport(transport: Any) -> None:
     pass
 
 
+def _ignore_packet(data: bytes) -> object:
+    return None
+
+
 def _zero() -> float:
     return 0.0
 
@@ -85,6 +89,8 @@ class FrameAssembly:
 
 class FastReceive:
     """One UDP stream's datagram protocol: the common packet here, every other to `slow`.
+    For a stream over TCP, `packet_received` takes each packet out of the RFC 4571 framing
+    the same way, every other to `slow_packet(data)`.
 
     `reorder` is the stream's `ReorderBuffer` (compiled, the compiled class of
     `rtp/reorder.py`; the owner may replace it with another). Set by the owner: `slow(data,
@@ -99,6 +105,7 @@ class FastReceive:
     def __init__(self, reorder: ReorderBuffer[Any]) -> None:
         self.reorder = reorder
         self.slow: Callable[[bytes, Any], None] = _ignore
+        self.slow_packet: Callable[[bytes], object] = _ignore_packet
         self.clock: Callable[[], float] = _zero
         self.on_error: Callable[[], None] = _nothing
         self.on_connection: Callable[[Any], None] = _ignore_transport
@@ -126,18 +133,27 @@ class FastReceive:
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         frame = self.frame
-        if frame is None or addr != self.source or len(data) <= 12 or data[0] != 0x80:
+        if frame is None or addr != self.source or not self._take(frame, data):
             self.slow(data, addr)
-            return
+
+    def packet_received(self, data: bytes) -> None:
+        """An RTP packet of a stream over TCP, out of its RFC 4571 framing: as a datagram,
+        but with no source to check (the connection was, when it was taken)."""
+        frame = self.frame
+        if frame is None or not self._take(frame, data):
+            self.slow_packet(data)
+
+    def _take(self, frame: FrameAssembly, data: bytes) -> bool:
+        """Take `data` if it is the common packet; False: nothing was changed."""
+        if len(data) <= 12 or data[0] != 0x80:
+            return False
         second = data[1]
         if 192 <= second <= 223:  # RTCP on the RTP port
-            self.slow(data, addr)
-            return
+            return False
         ssrc = (data[8] << 24) | (data[9] << 16) | (data[10] << 8) | data[11]
         seq = (data[2] << 8) | data[3]
         if ssrc != self.ssrc or seq != frame.next_seq or not self.reorder.take(seq):
-            self.slow(data, addr)
-            return
+            return False
         self.fast += 1
         self.packets += 1
         self.bytes += len(data)
@@ -148,3 +164,4 @@ class FastReceive:
             frame.add(memoryview(data)[12:], seq, ts, second > 0x7F)
         except Exception:
             self.on_error()
+        return True

@@ -312,7 +312,7 @@ class LiveStream:
         it serves there). Called for each new receiver too, so the relays and viewers follow
         the stream from attempt to attempt."""
         receiver = self.receiver
-        if isinstance(receiver, UdpRtpReceiver):
+        if isinstance(receiver, UdpRtpReceiver | TcpRtpReceiver):
             # With no consumer of single packets, `on_packet` is the ingest's frame's
             # `next_seq` and `add`: the receiver's fast path does both itself.
             receiver.attach_fast(None if self._rtp_consumers else self.ingest.frame)
@@ -535,6 +535,7 @@ class LiveStream:
                 port = shared.attach(mux, self.ssrc_value, (device.host_port[0],)
                                      if self.transport == "tcp-passive" else ())
                 self.receiver = shared
+                self._feed()
                 return port
             except ValueError as exc:  # a device answered another stream with our SSRC
                 raise StreamError(503, str(exc)) from None
@@ -558,6 +559,7 @@ class LiveStream:
                 return udp.port
             tcp = TcpRtpReceiver(self, hub.receive_config)
             self.receiver = tcp
+            self._feed()
             # tcp-active needs no listener, but its offer still names a port of ours, and
             # holding it keeps the offer truthful; a connection to it is refused.
             peers = (device.host_port[0],) if self.transport == "tcp-passive" else ()

@@ -548,6 +548,7 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
             self._peer_hosts = frozenset(peers)
         sock, port = await pool.acquire_tcp(host)
         self._loop = asyncio.get_running_loop()
+        self._fast.clock = self._loop.time
         try:
             server = await self._loop.create_server(self._accept, sock=sock)
         except BaseException:
@@ -570,6 +571,7 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
         called.
         """
         loop = self._loop = asyncio.get_running_loop()
+        self._fast.clock = loop.time
         self._claimed = True
         if not self.answered:
             self.expect(self.ssrc)
@@ -636,7 +638,13 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
         if peers is not None:
             self._peer_hosts = frozenset(peers)
         early = self._answer()
-        self._on_rtp = self._receive
+        # From now on the common packet takes the fast path (once the sink attaches its
+        # frame), every other the receive path.
+        fast = self._fast
+        fast.slow_packet = self._receive
+        if self._loop is not None:
+            fast.clock = self._loop.time
+        self._on_rtp = fast.packet_received
         for packet, _ in early:
             self._receive(packet)
 
@@ -715,8 +723,6 @@ class MediaIngest:
     #: a "frame" that never ends (no marker, one timestamp) is cut after this many packets
     MAX_FRAME_PACKETS = 4096
 
-    on_packet: Callable[[memoryview, int, int, bool], None]
-
     def __init__(
         self,
         on_unit: Callable[[AccessUnit], None] | None = None,
@@ -735,14 +741,17 @@ class MediaIngest:
         #: the frame in progress (compiled where the build could, as the fast path is), and
         #: in it the sequence number the stream expects next (`next_seq`, kept by the sink)
         self.frame = native.FrameAssembly(self._first_check, self.end_frame, self._frame_full)
-        #: a packet's payload, in order: `on_packet` of `RtpSink` (a call into the frame)
-        self.on_packet = self.frame.add
         self._size = 0
         self._counted = 0
         self.frames = 0
         self.fast_path_resumed = 0
         self._after_hole = False  # restart() gave the demuxer a map: resume at a whole frame
         self._fast_before = self._slow_before = 0  # frames of the demuxers replaced
+
+    def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
+        """A packet's payload, in order (`RtpSink`). The streams and the fast path call
+        `frame.add` themselves; this is for the other sinks."""
+        self.frame.add(payload, seq, ts, marker)
 
     @property
     def buffered(self) -> int:

@@ -298,6 +298,7 @@ class SharedTcpReceiver(TcpRtpReceiver):
             self._peer_hosts = frozenset(peers)
         self.port = mux.port
         self._loop = asyncio.get_running_loop()
+        self._fast.clock = self._loop.time
         mux._add(mux._tcp, ssrc, self)  # may bind a waiting connection: set up first
         self.mux, self.key_ssrc = mux, ssrc
         return mux.port

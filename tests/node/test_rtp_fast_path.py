@@ -18,7 +18,7 @@ import rtp.fast
 import rtp.psframe
 import rtp.reorder
 from sensing_node.transport import native
-from sensing_node.transport.rtp import PortPool, UdpRtpReceiver
+from sensing_node.transport.rtp import PortPool, TcpRtpReceiver, UdpRtpReceiver
 
 from .conftest import free_even_range
 
@@ -80,21 +80,24 @@ COUNTERS = ("packets", "bytes", "last_packet_at", "lost", "reordered", "duplicat
             "dropped_foreign", "dropped_invalid", "sink_errors", "ssrc", "source")
 
 
-def receiver(cls: Classes, fast: bool, fail_at: int) -> tuple[UdpRtpReceiver, Keeper]:
+def receiver(cls: Classes, fast: bool, fail_at: int, via: str = "udp") -> tuple[Any, Keeper]:
     fast_class, reorder_class, frame_class = cls
 
     def new_reorder(self: UdpRtpReceiver) -> Any:
         return reorder_class(self.config.reorder_window, self.config.max_delay_s)
 
-    kind = type("Receiver", (UdpRtpReceiver,),
-                {"fast_class": fast_class, "_new_reorder": new_reorder})
+    base = UdpRtpReceiver if via == "udp" else TcpRtpReceiver
+    kind = type("Receiver", (base,), {"fast_class": fast_class, "_new_reorder": new_reorder})
     keeper = Keeper(frame_class, fail_at)
     r = kind(keeper)
     loop = Loop()
-    r._loop = loop  # type: ignore[assignment]
+    r._loop = loop
     r._fast.clock = loop.time
-    r._arm_timer = lambda: None  # type: ignore[method-assign]  # no timer: nothing expires
-    r.expect(SOURCE[0], SSRC)
+    r._arm_timer = lambda: None  # no timer: nothing expires
+    if via == "udp":
+        r.expect(SOURCE[0], SSRC)
+    else:
+        r.expect(SSRC)
     if fast:
         r.attach_fast(keeper.frame)
     return r, keeper
@@ -159,32 +162,42 @@ def datagrams(draw: st.DrawFn) -> list[tuple[bytes, tuple[str, int]]]:
 
 
 def feed(cls: Classes, fast: bool, items: list[tuple[bytes, tuple[str, int]]],
-         fail_at: int) -> tuple[list[tuple[Any, ...]], dict[str, Any], int]:
-    r, keeper = receiver(cls, fast, fail_at)
-    receive = r.receive_datagram if fast else r.datagram_received
-    for data, addr in items:
-        receive(data, addr)
+         fail_at: int, via: str = "udp") -> tuple[list[tuple[Any, ...]], dict[str, Any], int]:
+    r, keeper = receiver(cls, fast, fail_at, via)
+    if via == "udp":
+        receive = r.receive_datagram if fast else r.datagram_received
+        for data, addr in items:
+            receive(data, addr)
+    else:
+        # What the RFC 4571 deframer hands on: the packets of the one connection, never empty.
+        take = r._on_rtp if fast else r._receive
+        for data, addr in items:
+            if addr == SOURCE and data:
+                take(data)
     r._finish()  # what is held, counted as lost where gaps remain
-    return keeper.rest(), {name: getattr(r, name) for name in COUNTERS}, r.fast_packets
+    counters = COUNTERS if via == "udp" else tuple(c for c in COUNTERS if c != "source")
+    return keeper.rest(), {name: getattr(r, name) for name in counters}, r.fast_packets
 
 
 @pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("via", ["udp", "tcp"])
 @settings(max_examples=300, deadline=None)
 @given(items=datagrams(), fail=st.integers(-1, 12))
 def test_the_fast_path_does_what_the_full_path_does(
-    cls: Classes, items: Any, fail: int
+    cls: Classes, via: str, items: Any, fail: int
 ) -> None:
-    full = feed(cls, False, items, fail)
-    quick = feed(cls, True, items, fail)
+    full = feed(cls, False, items, fail, via)
+    quick = feed(cls, True, items, fail, via)
     assert quick[0] == full[0]
     assert quick[1] == full[1]
     assert full[2] == 0  # without a frame attached, nothing takes the fast path
 
 
 @pytest.mark.parametrize("cls", CLASSES)
-def test_an_ordinary_stream_takes_the_fast_path(cls: Classes) -> None:
+@pytest.mark.parametrize("via", ["udp", "tcp"])
+def test_an_ordinary_stream_takes_the_fast_path(cls: Classes, via: str) -> None:
     items = [packet(65530 + i, 1000 + (i // 4) * 3600, i % 4 == 3) for i in range(40)]
-    events, counters, fast = feed(cls, True, [(p, SOURCE) for p in items], -1)
+    events, counters, fast = feed(cls, True, [(p, SOURCE) for p in items], -1, via)
     assert events[:-1] == [(b"".join(p[12:] for p in items[i:i + 4]), 1000 + i // 4 * 3600)
                            for i in range(0, 40, 4)]
     assert events[-1] == ("open", b"", 1000 + 9 * 3600)

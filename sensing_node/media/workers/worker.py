@@ -220,7 +220,7 @@ class WorkerStream:
         """With no relay taking single packets, `on_packet` is the ingest's frame's `next_seq`
         and `add`: the receiver's fast path does both itself."""
         receiver = self.receiver
-        if isinstance(receiver, UdpRtpReceiver):
+        if receiver is not None:
             receiver.attach_fast(None if self.rtp_relays else self.ingest.frame)
 
     def stats(self, now: float) -> dict[str, Any]:
@@ -443,6 +443,7 @@ class Worker:
             else:
                 tcp = TcpRtpReceiver(stream, self.config)
                 stream.receiver = tcp
+                stream.arm_fast()
                 await tcp.listen_tcp(self.host, pool, message.get("peers"))
                 watch = asyncio.create_task(self._watch_closed(sid, tcp))
                 self._watches.add(watch)
