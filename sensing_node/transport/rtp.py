@@ -218,6 +218,9 @@ class _RtpReceiver:
 
     #: the common packet's path: compiled where the build could (`transport.native`)
     fast_class: type[FastReceive] = FastReceive
+    #: whether packets go through it. Only compiled does it pay: as Python it costs about
+    #: what it saves, and the receive path stays as it was (its counters still kept there).
+    fast_path: bool = native.COMPILED
 
     def __init__(self, sink: RtpSink, config: RtpReceiveConfig | None = None) -> None:
         self.config = config or RtpReceiveConfig()
@@ -286,8 +289,10 @@ class _RtpReceiver:
         """Let the common packet skip the sink's `on_packet` and go into `frame` (its
         ingest's, `MediaIngest.frame`): the sink's own per-packet work is then the frame's
         `next_seq` and `add`. The sink calls this again, with None, whenever its `on_packet`
-        has more to do than that (consumers of single packets); see `rtp.fast`."""
-        self._fast.attach(frame)
+        has more to do than that (consumers of single packets); see `rtp.fast`. Without
+        `fast_path` it does nothing."""
+        if self.fast_path:
+            self._fast.attach(frame)
 
     # Counters kept by the reorder buffer.
     @property
@@ -430,7 +435,8 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
         fast.slow = self.datagram_received
         fast.on_connection = self.connection_made
         #: what a socket's datagrams are given to: the fast path, then `datagram_received`
-        self.receive_datagram = fast.datagram_received
+        self.receive_datagram = fast.datagram_received if self.fast_path \
+            else self.datagram_received
 
     @property
     def source(self) -> Any:
@@ -456,7 +462,8 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
         try:
             # The loop calls the fast path, which hands every other packet to
             # `datagram_received` below.
-            await self._loop.create_datagram_endpoint(lambda: self._fast, sock=sock)
+            protocol = self._fast if self.fast_path else self
+            await self._loop.create_datagram_endpoint(lambda: protocol, sock=sock)
         except BaseException:
             sock.close()
             pool.release(self.port)
@@ -644,7 +651,7 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
         fast.slow_packet = self._receive
         if self._loop is not None:
             fast.clock = self._loop.time
-        self._on_rtp = fast.packet_received
+        self._on_rtp = fast.packet_received if self.fast_path else self._receive
         for packet, _ in early:
             self._receive(packet)
 

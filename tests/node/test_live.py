@@ -21,6 +21,7 @@ from sensing_node.media.overload import stream_socket, tcp_queues, udp_sockets
 from sensing_node.media.workers.pool import RemoteReceiver
 from sensing_node.sim.camera import SimulatedCamera
 from sensing_node.sim.media import load_clip
+from sensing_node.transport import native
 from sensing_node.transport.rtp import TcpRtpReceiver, UdpRtpReceiver, set_rcvbuf
 
 from .conftest import PASSWORD, CameraSetup, RunningNode, StartNode, wait_for
@@ -101,11 +102,14 @@ async def test_live_play_over_each_transport(live: Setup, transport: str) -> Non
     assert item["consumers"] == 2
     assert item["bitrate_bps"] > 0
     assert (await running.get("/api/streams"))[0]["channel_id"] == channel
-    # Past the first packet of the stream, the camera's packets take the fast path, over UDP
-    # and TCP alike (in a media worker too, as its stats report).
+    # Past the first packet of the stream, the camera's packets take the fast path where it
+    # is compiled, over UDP and TCP alike (in a media worker too, as its stats report).
     receiver = hub.streams[channel].receiver
     await wait_for(lambda: receiver.packets > 2)
-    assert receiver.fast_packets >= receiver.packets - 2
+    if native.COMPILED:
+        assert receiver.fast_packets >= receiver.packets - 2
+    else:
+        assert receiver.fast_packets == 0
 
     hub.unsubscribe(channel, queue)
     status, body = await delete_live(running, channel)

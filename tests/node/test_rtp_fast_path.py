@@ -87,7 +87,8 @@ def receiver(cls: Classes, fast: bool, fail_at: int, via: str = "udp") -> tuple[
         return reorder_class(self.config.reorder_window, self.config.max_delay_s)
 
     base = UdpRtpReceiver if via == "udp" else TcpRtpReceiver
-    kind = type("Receiver", (base,), {"fast_class": fast_class, "_new_reorder": new_reorder})
+    kind = type("Receiver", (base,), {"fast_class": fast_class, "_new_reorder": new_reorder,
+                                      "fast_path": True})
     keeper = Keeper(frame_class, fail_at)
     r = kind(keeper)
     loop = Loop()
@@ -223,6 +224,9 @@ def test_a_compiled_build_is_used_only_for_the_sources_it_was_built_from() -> No
     built = list((native.Path(rtp.fast.__file__).parent).glob("_fast_native.*"))
     if not built or os.environ.get("SENSING_NODE_PURE_PYTHON"):
         assert not native.COMPILED
+        # Without it the receive path is as it was: the receiver is the socket's protocol.
+        r = UdpRtpReceiver(Keeper())
+        assert not r.fast_path and r.receive_datagram == r.datagram_received
         pytest.skip(f"not compiled here: {native.WHY}")
     import hashlib
 
@@ -238,6 +242,7 @@ def test_a_compiled_build_is_used_only_for_the_sources_it_was_built_from() -> No
     assert (native.FastReceive, native.ReorderBuffer) == (fast.FastReceive, reorder.ReorderBuffer)
     r = UdpRtpReceiver(Keeper())
     assert type(r._fast) is fast.FastReceive and type(r.reorder) is reorder.ReorderBuffer
+    assert r.fast_path and r.receive_datagram == r._fast.datagram_received
     r.reorder = r._new_reorder()  # as after an answer: the fast path follows
     assert r._fast.reorder is r.reorder
 
@@ -289,7 +294,10 @@ async def test_a_stream_over_a_real_socket_takes_the_fast_path() -> None:
     low, high = free_even_range(2, 31000, 32700)
     pool = PortPool(low, high)
     keeper = Keeper()
-    r = await UdpRtpReceiver.open("127.0.0.1", pool, keeper)
+    # The fast path as the socket's protocol (as the node has it when compiled; pure here
+    # when the pure Python is in use).
+    kind = type("Receiver", (UdpRtpReceiver,), {"fast_path": True})
+    r = await kind.open("127.0.0.1", pool, keeper)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sender.bind(("127.0.0.1", 0))
