@@ -206,7 +206,7 @@ async def stats(request: web.Request) -> web.Response:
     body = node.stats.as_dict()
     body["devices"] = len(node.registry)
     body["online"] = node.registry.online_count()
-    body["channels"] = sum(1 for _ in node.registry.channels())
+    body["channels"] = len(node.registry.channel_ids())
     body["tcp_connections"] = len(node.endpoint.connections)
     body["recording"] = node.recording.stats()
     workers = node.media.workers  # media.workers > 1: each worker process's figures

@@ -124,6 +124,8 @@ class Cascade:
                                      wall=wall)
         self.refused = 0
         self._view: dict[str, dict[str, str]] = {}
+        #: `Registry.channels_version` when `_view` was taken: the view is the same while it is
+        self._view_version = -1
         #: per upstream, the channels it saw at the last look (for NOTIFY when a grant starts
         #: or ends, or the settings change, while the catalog stays the same)
         self._seen: dict[str, frozenset[str]] = {}
@@ -150,6 +152,7 @@ class Cascade:
         for upstream in self.settings.upstreams:
             self._start_link(upstream)
         self._view = channel_view(self.registry)
+        self._view_version = self.registry.channels_version
         self._seen = {link_id: frozenset(cat.shared_channels(self._view, self.policy, link_id))
                       for link_id in self.links}
         self._seen_key = self.access.epoch(), self.access.next_change()
@@ -543,8 +546,12 @@ class Cascade:
     def _publish_changes(self) -> None:
         """NOTIFY every subscription of what changed in its upstream's view since the last
         look."""
-        view = channel_view(self.registry)
         key = self.access.epoch(), self.access.next_change()
+        version = self.registry.channels_version
+        if version == self._view_version and key == self._seen_key:
+            return  # without a walk over every channel: twice a second on a large site
+        view = channel_view(self.registry)
+        self._view_version = version
         if view == self._view and key == self._seen_key:
             return
         before, self._view, self._seen_key = self._view, view, key

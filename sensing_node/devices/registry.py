@@ -29,7 +29,7 @@ import logging
 import math
 import operator
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, KeysView
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
@@ -127,6 +127,10 @@ class Registry:
         self._dirty_channels: set[str] = set()
         self._flushing = asyncio.Lock()
         self._channel_owner: dict[str, str] = {}
+        #: Moves on whenever what `channels()` yields may have changed (a catalog taken, a
+        #: channel released or moved) or a device that has channels goes online or offline:
+        #: those who derive something from every channel redo it only then.
+        self.channels_version = 0
         self.channel_takeover_s = channel_takeover_s
         self.wall = wall
         self.mono = mono
@@ -192,6 +196,7 @@ class Registry:
             # A channel stored under two devices (written before ownership) stays with one.
             if self._channel_owner.setdefault(channel_id, device_id) == device_id:
                 owner.channels[channel_id] = fields
+        self.channels_version += 1
         return valid
 
     def rows_of(self, device_ids: Iterable[str]) -> list[tuple[Any, ...]]:
@@ -375,6 +380,7 @@ class Registry:
             if self._channel_owner.get(channel_id) == device_id:
                 del self._channel_owner[channel_id]
         dev.channels = kept
+        self.channels_version += 1
         for channel_id in kept:
             self._channel_owner[channel_id] = device_id
             self._claims.pop(channel_id, None)
@@ -400,6 +406,7 @@ class Registry:
             return None
         owner = self.devices[owner_id]
         owner.channels.pop(channel_id, None)
+        self.channels_version += 1
         self._dirty_channels.add(owner_id)
         claimant_id = self._claims.pop(channel_id, None)
         claimant = self.devices.get(claimant_id) if claimant_id is not None else None
@@ -454,6 +461,8 @@ class Registry:
     def _set_online(self, dev: Device, online: bool) -> None:
         if dev.online != online:
             dev.online = online
+            if dev.channels:
+                self.channels_version += 1
             state = "online" if online else "offline"
             log.debug("device %s %s (%s)", dev.id, state, dev.remote)
             changes = self._changes[state]
@@ -489,6 +498,11 @@ class Registry:
         if owner is not None:
             return self.devices.get(owner)
         return self.devices.get(channel_id)
+
+    def channel_ids(self) -> KeysView[str]:
+        """The IDs of every channel some device's catalog lists: the channels `channels()`
+        yields, without a walk over the devices that have none."""
+        return self._channel_owner.keys()
 
     def channels(self) -> Iterator[tuple[Device, str, dict[str, str]]]:
         for dev in self.devices.values():

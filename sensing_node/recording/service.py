@@ -197,6 +197,9 @@ class RecordingService:
         #: planned channels whose device was offline, said once until they are subscribed
         self._offline: set[str] = set()
         self._reconciled = False
+        # `wanted()`'s last answer and what it depended on: the catalogs, the configuration
+        # and the minute of the week.
+        self._wanted: tuple[object, frozenset[str]] | None = None
 
     def apply_settings(self, settings: Settings) -> None:
         """Take reloaded settings: the plan (`recording.channels`) is reconciled at once
@@ -277,19 +280,29 @@ class RecordingService:
                 await self.sweep()
 
     # ----- which channels -----
-    def wanted(self) -> set[str]:
+    def wanted(self) -> frozenset[str]:
         """The channels to record now. "all" means every catalogued video source (cameras,
         IPCs and the like): catalog items that are folders, alarm inputs or platforms are not
-        streams; a channel the operator names is recorded whatever its type."""
+        streams; a channel the operator names is recorded whatever its type.
+
+        Worked out again only when a catalog, the configuration or the minute changed: called
+        every `RECONCILE_S`, it must not walk every channel of a large site each time.
+        """
         local = datetime.fromtimestamp(self.wall(), self.settings.node.tz)
         weekday, minute = local.weekday(), local.hour * 60 + local.minute
-        every = self.config.channels is None
-        return {
+        key = (self.registry.channels_version, self.config, weekday, minute)
+        if self._wanted is not None and self._wanted[0] == key:
+            return self._wanted[1]
+        config = self.config  # compared by value: a reload with the same plan keeps the answer
+        every = config.channels is None
+        wanted = frozenset(
             channel_id
-            for _, channel_id, _ in self.registry.channels()
-            if self.config.wants(channel_id, weekday, minute)
+            for channel_id in self.registry.channel_ids()
+            if config.wants(channel_id, weekday, minute)
             and (not every or _is_video_source(channel_id))
-        }
+        )
+        self._wanted = key, wanted
+        return wanted
 
     def reconcile(self) -> None:
         """Subscribe the channels due now, unsubscribe the others."""

@@ -559,8 +559,14 @@ async def test_all_means_every_video_source_and_schedules_follow_the_clock(recor
     registry = running.node.registry
     await wait_for(lambda: registry.get(CAMERA) and registry.get(CAMERA).channels)
     folder, alarm = "31011200002150000001", "31011200001340000001"
+    before = running.node.recording.wanted()
+    assert running.node.recording.wanted() is before  # not worked out again: nothing changed
     registry.set_channels(CAMERA, {**registry.get(CAMERA).channels,
                                    folder: {"Name": "Group"}, alarm: {"Name": "Door"}})
+    assert running.node.recording.wanted() == {CHANNEL}
+    registry.set_channels(CAMERA, {})  # the catalog changed: so does the plan
+    assert running.node.recording.wanted() == set()
+    registry.set_channels(CAMERA, {CHANNEL: {"Name": "Cam"}})
     assert running.node.recording.wanted() == {CHANNEL}
     await segments_of(running, 1)  # and it is being recorded
 
