@@ -41,6 +41,20 @@ DEVICE_COLUMNS = (
     "expires_at", "online", "media_transport", "quirks",
 )  # fmt: skip
 
+# A device's row is updated where it lies (an upsert), not deleted and inserted again as
+# INSERT OR REPLACE does: about a sixth less work per row for the writer thread.
+UPSERT_DEVICE = (
+    f"INSERT INTO devices ({', '.join(DEVICE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(DEVICE_COLUMNS))}) "
+    f"ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in DEVICE_COLUMNS[1:])
+)
+
+#: SQLite's page cache for the writer's connection, KiB (taken as pages are read, so a small
+#: site uses little). The default 2 MiB holds about 8,000 devices' rows; a registration storm
+#: on a larger site then reads most pages it updates back from the OS at every write.
+CACHE_KIB = 65536
+
 
 class Store:
     """One SQLite file under `data_dir`, used from one writer thread only."""
@@ -57,6 +71,7 @@ class Store:
             conn = sqlite3.connect(self.path)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             conn.executescript(SCHEMA)
             # A file written by an older node lacks the newer columns: add them (empty).
             have = {row[1] for row in conn.execute("PRAGMA table_info(devices)")}
@@ -88,13 +103,8 @@ class Store:
         channel_sets: Iterable[tuple[str, list[tuple[str, dict[str, str]]], float]],
     ) -> None:
         conn = self._conn()
-        placeholders = ",".join("?" * len(DEVICE_COLUMNS))
         with conn:
-            conn.executemany(
-                f"INSERT OR REPLACE INTO devices ({','.join(DEVICE_COLUMNS)}) "
-                f"VALUES ({placeholders})",
-                devices,
-            )
+            conn.executemany(UPSERT_DEVICE, devices)
             for device_id, channels, now in channel_sets:
                 conn.execute("DELETE FROM channels WHERE device_id = ?", (device_id,))
                 conn.executemany(
