@@ -171,6 +171,26 @@ async def test_camera_going_offline_is_notified_within_two_seconds(cascade):
     assert sorted((e.channel_id, e.event) for e in events) == [(ch[0], "OFF"), (ch[1], "OFF")]
 
 
+async def test_the_catalog_view_is_taken_again_only_after_a_change(cascade, monkeypatch):
+    import sensing_node.cascade.service as service
+
+    running, upstream, camera = await cascade()
+    ch = camera.channel_ids
+    subscription = await upstream.subscribe_catalog(expires=600)
+    taken: list[int] = []
+    real = service.channel_view
+    monkeypatch.setattr(service, "channel_view", lambda reg: taken.append(1) or real(reg))
+    await asyncio.sleep(4 * service.TICK_S)  # ticks with nothing changed: no walk
+    assert taken == []
+    registry = running.node.registry
+    renamed = {**registry.get(CAMERA).channels}
+    renamed[ch[0]] = {**renamed[ch[0]], "Name": "Renamed gate"}
+    registry.set_channels(CAMERA, renamed)
+    event = await subscription.next_event(timeout=2.0)
+    assert event.channel_id == ch[0] and event.event == "UPDATE"
+    assert len(taken) == 1
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp-active", "tcp-passive"])
 async def test_live_video_over_each_transport(cascade, transport):
     sip = "udp" if transport == "udp" else "tcp"
