@@ -1173,12 +1173,23 @@ def analysis(m: dict[str, Any], memory: dict[str, Any], n: int, exp: dict[str, d
         register_gap = (f"Closing the remaining {reg_cpu - budget:.0f} µs takes the request "
                         "path in C (or on a second core), not more Python.")
     else:
+        goal_p99 = m["goal_p99_auth"]
+        busy = GOAL_REGISTER_TPS * reg_cpu / 1e6
+        if goal_p99["max"] < GOAL_REGISTER_P99_MS:
+            tail = (f"At the goal rate the core is about {busy:.0%} busy, and the p99 was under "
+                    f"{GOAL_REGISTER_P99_MS:.0f} ms in every round ({goal_p99['max']:.1f} ms "
+                    "at the worst). The margin is the host's: on a busier one the same pass "
+                    "has given 29 ms in the median. A p99 that holds there needs the core "
+                    f"further from saturation, about 80 % busy ({0.8 * budget:.0f} µs per "
+                    "transaction), which takes the request path in C (or a second core), "
+                    "not more Python.")
+        else:
+            tail = (f"A p99 under {GOAL_REGISTER_P99_MS:.0f} ms at the goal rate needs the core "
+                    f"well short of saturation: at about 80 % busy, {0.8 * budget:.0f} µs per "
+                    "transaction, which takes the request path in C (or a second core), not "
+                    "more Python.")
         register_gap = (f"This run is {budget - reg_cpu:.1f} µs inside the budget "
-                        f"({(budget - reg_cpu) / budget:.0%} of it). A p99 under "
-                        f"{GOAL_REGISTER_P99_MS:.0f} ms at the goal rate needs the core well "
-                        f"short of saturation: at about 80 % busy, {0.8 * budget:.0f} µs per "
-                        "transaction, which takes the request path in C (or a second core), "
-                        "not more Python.")
+                        f"({(budget - reg_cpu) / budget:.0%} of it). {tail}")
     return f"""
 ## What it would take to meet the goals
 
