@@ -555,6 +555,10 @@ def collect(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
         lambda r: r[goal]["phases"]["regrate"]["latency_authorized_ms"]["p99"])
     m["goal_retransmissions"] = series(
         lambda r: r[goal]["phases"]["regrate"]["retransmissions"])
+    # how many rounds had the goal pass's p99 under the bound
+    m["goal_p99_under"] = series(lambda r: float(sum(
+        1 for q in rounds
+        if q[goal]["phases"]["regrate"]["latency_authorized_ms"]["p99"] < GOAL_REGISTER_P99_MS)))
     m["half_achieved"] = series(lambda r: 2 * ph(r, "node", "regrate")["rate_per_s"])
     m["half_p50_auth"] = series(lambda r: ph(r, "node", "regrate")["latency_authorized_ms"]["p50"])
     m["half_p99_auth"] = series(lambda r: ph(r, "node", "regrate")["latency_authorized_ms"]["p99"])
@@ -1175,11 +1179,13 @@ def analysis(m: dict[str, Any], memory: dict[str, Any], n: int, exp: dict[str, d
     else:
         goal_p99 = m["goal_p99_auth"]
         busy = GOAL_REGISTER_TPS * reg_cpu / 1e6
-        if goal_p99["max"] < GOAL_REGISTER_P99_MS:
+        if goal_p99["median"] < GOAL_REGISTER_P99_MS:
+            under = m["goal_p99_under"]["median"]
             tail = (f"At the goal rate the core is about {busy:.0%} busy, and the p99 was under "
-                    f"{GOAL_REGISTER_P99_MS:.0f} ms in every round ({goal_p99['max']:.1f} ms "
-                    "at the worst). The margin is the host's: on a busier one the same pass "
-                    "has given 29 ms in the median. A p99 that holds there needs the core "
+                    f"{GOAL_REGISTER_P99_MS:.0f} ms in {under:.0f} of {goal_p99['n']} rounds "
+                    f"({goal_p99['max']:.1f} ms at the worst). The margin is the host's: on a "
+                    "busier one the same pass has given 29 ms in the median (2026-12-07, 12:12 "
+                    "UTC, an earlier node). A p99 that holds there needs the core "
                     f"further from saturation, about 80 % busy ({0.8 * budget:.0f} µs per "
                     "transaction), which takes the request path in C (or a second core), "
                     "not more Python.")
