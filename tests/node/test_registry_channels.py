@@ -11,24 +11,10 @@ from hypothesis import strategies as st
 from sensing_node.cascade.service import channel_view
 from sensing_node.devices.registry import Registry
 
+from .test_registry_sweep import Clock, register
+
 DEVICES = [f"3101120000132000000{i}" for i in range(4)]
 CHANNELS = [f"3101120000131000000{i}" for i in range(6)]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def wall(self) -> float:
-        return 1_780_000_000.0 + self.now
-
-    def mono(self) -> float:
-        return self.now
-
-
-def register(registry: Registry, clock: Clock, device_id: str) -> None:
-    registry.register(device_id, now=clock.wall(), expires=3600, transport="udp",
-                      remote="127.0.0.1:5060", contact="", call_id="c")
 
 
 catalog = st.dictionaries(st.sampled_from(CHANNELS + ["not-an-id"]),
@@ -52,7 +38,7 @@ def test_channel_ids_match_and_the_version_moves_with_the_view(steps):
     view, version = channel_view(registry), registry.channels_version
     for action, *args in steps:
         if action == "register":
-            register(registry, clock, args[0])
+            register(registry, clock, args[0], 3600)
         elif action == "unregister":
             registry.unregister(args[0], clock.wall())
         elif action == "catalog":
@@ -73,11 +59,11 @@ def test_devices_without_channels_leave_the_version_alone():
     clock = Clock()
     registry = Registry(None, keepalive_timeout_s=180.0, wall=clock.wall, mono=clock.mono)
     for device_id in DEVICES:
-        register(registry, clock, device_id)
+        register(registry, clock, device_id, 3600)
     before = registry.channels_version
     clock.now += 1000.0
     assert len(registry.sweep(clock.mono())) == len(DEVICES)  # all offline now
     for device_id in DEVICES:
-        register(registry, clock, device_id)
+        register(registry, clock, device_id, 3600)
     assert registry.channels_version == before
     assert list(registry.channel_ids()) == []
