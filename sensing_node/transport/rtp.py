@@ -285,6 +285,12 @@ class _RtpReceiver:
         """Packets the fast path took (`rtp.fast`)."""
         return self._fast.fast
 
+    def _take_loop(self) -> asyncio.AbstractEventLoop:
+        """Make the running loop this receiver's, and its clock the fast path's."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._fast.clock = loop.time
+        return loop
+
     def attach_fast(self, frame: FrameAssembly | None) -> None:
         """Let the common packet skip the sink's `on_packet` and go into `frame` (its
         ingest's, `MediaIngest.frame`): the sink's own per-packet work is then the frame's
@@ -457,13 +463,12 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
         sock, self.port = await pool.acquire_udp(host)
         self._pool = pool
         self.rcvbuf = set_rcvbuf(sock, self.config.rcvbuf)
-        self._loop = asyncio.get_running_loop()
-        self._fast.clock = self._loop.time
+        loop = self._take_loop()
         try:
             # The loop calls the fast path, which hands every other packet to
             # `datagram_received` below.
             protocol = self._fast if self.fast_path else self
-            await self._loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+            await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
         except BaseException:
             sock.close()
             pool.release(self.port)
@@ -554,10 +559,9 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
         if peers is not None:
             self._peer_hosts = frozenset(peers)
         sock, port = await pool.acquire_tcp(host)
-        self._loop = asyncio.get_running_loop()
-        self._fast.clock = self._loop.time
+        loop = self._take_loop()
         try:
-            server = await self._loop.create_server(self._accept, sock=sock)
+            server = await loop.create_server(self._accept, sock=sock)
         except BaseException:
             sock.close()
             pool.release(port)
@@ -577,8 +581,7 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
         The address comes from the answer, so this counts as answered if `expect` was not
         called.
         """
-        loop = self._loop = asyncio.get_running_loop()
-        self._fast.clock = loop.time
+        loop = self._take_loop()
         self._claimed = True
         if not self.answered:
             self.expect(self.ssrc)
@@ -649,8 +652,6 @@ class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):
         # frame), every other the receive path.
         fast = self._fast
         fast.slow_packet = self._receive
-        if self._loop is not None:
-            fast.clock = self._loop.time
         self._on_rtp = fast.packet_received if self.fast_path else self._receive
         for packet, _ in early:
             self._receive(packet)

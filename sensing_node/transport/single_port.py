@@ -259,8 +259,7 @@ class SharedUdpReceiver(UdpRtpReceiver):
         mux._add(mux._udp, ssrc, self)
         self.mux, self.key_ssrc = mux, ssrc
         self.port, self.rcvbuf = mux.port, mux.granted_rcvbuf
-        self._loop = asyncio.get_running_loop()
-        self._fast.clock = self._loop.time
+        self._take_loop()
         return self
 
     def expect(
@@ -297,8 +296,7 @@ class SharedTcpReceiver(TcpRtpReceiver):
         if peers is not None:
             self._peer_hosts = frozenset(peers)
         self.port = mux.port
-        self._loop = asyncio.get_running_loop()
-        self._fast.clock = self._loop.time
+        self._take_loop()
         mux._add(mux._tcp, ssrc, self)  # may bind a waiting connection: set up first
         self.mux, self.key_ssrc = mux, ssrc
         return mux.port
