@@ -7,10 +7,19 @@ concatenate to the stream), so each file plays on its own. Layout::
     <root>/<channel>/<YYYY-MM-DD>/<YYYYmmddTHHMMSS.fff>.ps       (local time of the first frame)
     <root>/<channel>/<YYYY-MM-DD>/<YYYYmmddTHHMMSS.fff>.ps.part  (while being written)
 
-Life of a segment: units are batched in memory and written about 1 MiB at a time, with one
-writev(2) of the units' own bytes per batch, after which the segment's SHA-256 is updated with
-the batch (unit by unit: hashlib takes no list of buffers, and joining the batch first costs more
-than the calls it saves). ``sync()`` also writes out the batch and fdatasyncs the ``.part`` file,
+Life of a segment: units are batched in memory and written about 1 MiB at a time. Where the
+file system takes it (Linux: ext4, XFS, btrfs, tmpfs...), a segment is written past the page
+cache (``O_DIRECT``): each batch is copied into a page-aligned buffer (:class:`Stage`) behind
+the last partial block of the file, the whole blocks go out in one direct write and the rest
+(under 4 KiB) in one ordinary write, so the file holds every byte of the batch when the call
+returns, as before; the next batch writes that last block again, whole. At a few hundred
+streams this costs about a third of the CPU of writing through the page cache (the kernel no
+longer copies every byte into cache pages and tracks them dirty) and leaves the cache to the
+index and to playback instead of filling it with recordings nobody reads back soon. Elsewhere
+(or with ``direct=False``) a batch is one writev(2) of the units' own bytes. Then the segment's
+SHA-256 is updated with the batch: in one call over the aligned buffer, or unit by unit
+(hashlib takes no list of buffers, and joining the batch first costs more than the calls it
+saves). ``sync()`` also writes out the batch and fdatasyncs the ``.part`` file,
 and the directory holding it the first time; the recorder's periodic pass uses
 ``written_out()`` instead and leaves the syncing to a thread of its own. On close the file is
 fsync'd, renamed from ``.part`` and its directory fsync'd, and only then indexed, with the SHA-256
@@ -35,8 +44,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import hashlib
 import logging
+import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +66,7 @@ __all__ = [
     "PART_SUFFIX",
     "SEGMENT_SUFFIX",
     "SegmentWriter",
+    "Stage",
     "check_channel_id",
     "fsync_dir",
     "index_segment",
@@ -82,11 +94,41 @@ NOT_STARTED = "not recorded: stream not started"
 
 _IOV_MAX = 1024  # buffers per writev(2) call (Linux's UIO_MAXIOV)
 
+#: ``os.O_DIRECT`` where the platform has it (Linux), else 0: then every write goes through the
+#: page cache
+O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+#: What a direct write is aligned to: its file offset, its length and its buffer's address.
+#: 4 KiB suits disks of 512-byte and of 4 KiB logical blocks alike.
+BLOCK = 4096
+
 
 def _write(fd: int, buffers: list[bytes | memoryview]) -> int:
     """The only place segment bytes reach the disk (tests patch it to inject errors): one
     writev(2) of the units' own bytes, so they are never copied into a staging buffer."""
     return os.writev(fd, buffers)
+
+
+def _round_up(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
+class Stage:
+    """The page-aligned buffer (an anonymous mmap) that direct writes go out of. A batch is
+    copied into it, so one serves every segment writer of a thread, one batch at a time. It
+    grows to the largest batch seen: the batch size plus the unit that filled it, and the
+    partial block before it (under 4 KiB)."""
+
+    def __init__(self, size: int = BUFFER_BYTES + BLOCK) -> None:
+        self._map = mmap.mmap(-1, _round_up(size))
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def view(self, size: int) -> memoryview:
+        """The buffer, at least ``size`` bytes of it."""
+        if size > len(self._map):  # the old map goes once no view of it is left
+            self._map = mmap.mmap(-1, _round_up(size))
+        return memoryview(self._map)
 
 
 def _from(chunks: list[bytes], offset: int) -> list[bytes | memoryview]:
@@ -251,6 +293,9 @@ class _Open:
     start_pts: int | None = None
     end_pts: int | None = None
     last_wall: float = 0.0
+    #: the descriptor's status flags with O_DIRECT, while the file is written past the cache
+    direct: int = 0
+    tail: bytes = b""  # the file's bytes past its last whole block (direct writes only)
 
 
 class SegmentWriter:
@@ -263,6 +308,10 @@ class SegmentWriter:
     :param finisher: given, a closed segment is handed to it (:class:`Closing`) instead of being
         made durable and indexed here: the caller does both, in order, and keeps the chain
         (``index.chain_head`` to begin with); ``write()`` and the others then return no rows.
+    :param direct: write past the page cache (``O_DIRECT``) where the file system takes it; the
+        first file it refuses turns it off for this writer (logged).
+    :param stage: the aligned buffer of direct writes, shared by the writers of one thread (the
+        writer makes its own otherwise).
 
     ``write()``, ``gap()``, ``lost()``, ``sync()`` and ``close()`` return the segment rows they
     indexed. Counters: ``units``, ``bytes``, ``dropped_units`` (not written: before a keyframe),
@@ -281,6 +330,8 @@ class SegmentWriter:
         buffer_bytes: int = BUFFER_BYTES,
         log_errors: bool = True,
         finisher: Callable[[Closing], None] | None = None,
+        direct: bool = True,
+        stage: Stage | None = None,
     ) -> None:
         if segment_s < 1:
             raise ValueError(f"segment_s must be at least 1 second, not {segment_s}")
@@ -292,6 +343,8 @@ class SegmentWriter:
         self.buffer_bytes = buffer_bytes
         self.log_errors = log_errors
         self.finisher = finisher
+        self.direct = direct and O_DIRECT != 0
+        self._stage = stage
         self.units = 0
         self.bytes = 0
         self.dropped_units = 0
@@ -525,11 +578,30 @@ class SegmentWriter:
             return None
         self._resume(wall)
         rel = f"{self.channel_id}/{day}/{stem}{SEGMENT_SUFFIX}"
-        self._open = _Open(rel, part, fd, wall, unit.codec, last_wall=wall)
+        self._open = _Open(rel, part, fd, wall, unit.codec, last_wall=wall,
+                           direct=self._go_direct(fd, part) if self.direct else 0)
         return self._open
+
+    def _go_direct(self, fd: int, part: Path) -> int:
+        """Set O_DIRECT on a new segment's descriptor; its flags with it, or 0 (and direct
+        writes off for this writer) where the file system refuses it."""
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL) | O_DIRECT
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        except OSError as exc:
+            self._no_direct(part, exc)
+            return 0
+        return flags
+
+    def _no_direct(self, part: Path, exc: OSError) -> None:
+        self.direct = False
+        log.warning("channel %s: %s cannot be written past the page cache (%s); writing through "
+                    "it from now on", self.channel_id, part.parent, exc.strerror or exc)
 
     def _flush(self, seg: _Open) -> list[SegmentRow]:
         """Write the buffer out; on an error end the segment at the last complete unit."""
+        if seg.direct:
+            return self._flush_direct(seg)
         done = 0
         chunks = seg.chunks
         try:
@@ -542,14 +614,75 @@ class SegmentWriter:
         self._commit(seg, seg.buffered, len(seg.pending))
         return []
 
-    def _commit(self, seg: _Open, size: int, count: int) -> None:
-        """The first ``size`` buffered bytes (``count`` units) are in the file: hash them (the
-        same bytes in the same order as the file, so the digest is the file's) and add their
-        frames and times to the row."""
+    def _flush_direct(self, seg: _Open) -> list[SegmentRow]:
+        """:meth:`_flush` past the page cache: the file's last partial block and the batch are
+        copied into the stage; its whole blocks are written from the block's start with
+        O_DIRECT, the rest through the cache (so the file holds the whole batch, and a power
+        loss after the next sync keeps it); that rest is the tail the next batch starts with."""
+        stage = self._stage
+        if stage is None:
+            stage = self._stage = Stage(self.buffer_bytes + BLOCK)
+        tail = seg.tail
+        t = len(tail)
+        n = t + seg.buffered
+        view = stage.view(n)
+        view[:t] = tail
+        end = t
+        for chunk in seg.chunks:
+            start, end = end, end + len(chunk)
+            view[start:end] = chunk
+        whole = n - n % BLOCK  # bytes of whole blocks
+        base = seg.written - t  # the file offset of the stage's first byte (aligned)
+        reached = seg.written  # the file holds the stream up to here
+        try:
+            if whole:
+                if t:
+                    os.lseek(seg.fd, base, os.SEEK_SET)
+                done = 0
+                while done < whole:
+                    done += _write(seg.fd, [view[done:whole]])
+                    reached = max(reached, base + done)
+            rest = max(whole, t)
+            if rest < n:
+                fcntl.fcntl(seg.fd, fcntl.F_SETFL, seg.direct & ~O_DIRECT)
+                try:
+                    while rest < n:
+                        rest += _write(seg.fd, [view[rest:n]])
+                        reached = base + rest
+                finally:
+                    fcntl.fcntl(seg.fd, fcntl.F_SETFL, seg.direct)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and reached == seg.written:
+                # the file system refuses this alignment: write through the cache instead
+                return self._undirect(seg, exc)
+            return self._fail(seg, reached - seg.written, exc)
+        seg.sha.update(view[t:n])
+        seg.tail = bytes(view[whole:n])
+        self._commit(seg, seg.buffered, len(seg.pending), hashed=True)
+        return []
+
+    def _undirect(self, seg: _Open, exc: OSError) -> list[SegmentRow]:
+        """A direct write was refused (EINVAL) before anything of the batch reached the file:
+        write this segment and the next ones through the page cache."""
+        self._no_direct(seg.part, exc)
+        try:
+            fcntl.fcntl(seg.fd, fcntl.F_SETFL, seg.direct & ~O_DIRECT)
+            os.lseek(seg.fd, seg.written, os.SEEK_SET)
+        except OSError as again:
+            return self._fail(seg, 0, again)
+        seg.direct = 0
+        seg.tail = b""
+        return self._flush(seg)
+
+    def _commit(self, seg: _Open, size: int, count: int, hashed: bool = False) -> None:
+        """The first ``size`` buffered bytes (``count`` units) are in the file: hash them, unless
+        ``hashed`` (the same bytes in the same order as the file, so the digest is the file's),
+        and add their frames and times to the row."""
         whole = count == len(seg.pending)  # the usual case: the whole batch was written
-        update = seg.sha.update
-        for chunk in seg.chunks if whole else seg.chunks[:count]:
-            update(chunk)
+        if not hashed:
+            update = seg.sha.update
+            for chunk in seg.chunks if whole else seg.chunks[:count]:
+                update(chunk)
         frames, start_pts, end_pts = seg.frames, seg.start_pts, seg.end_pts
         for _end, _wall, pts, video in seg.pending if whole else seg.pending[:count]:
             if video:

@@ -89,6 +89,8 @@ class Recorder:
     :param sync_whole_fs: make each pass durable with one ``syncfs(2)`` of the file system
         holding ``root`` (where the platform has it) instead of one fdatasync per segment that
         grew (see Durability above).
+    :param direct_io: write segments past the page cache (``O_DIRECT``) where the file system
+        takes it (``recorder.segments``); False: through the cache.
     :param monotonic: the clock of the sync pass (tests pass a fake one).
     :param recover_on_start: first thing in the thread, finish and index what a crash left
         (``recorder.recovery.recover``); the rows are announced through ``on_segment`` too.
@@ -121,6 +123,7 @@ class Recorder:
         monotonic: Callable[[], float] = time.monotonic,
         recover_on_start: bool = True,
         sync_whole_fs: bool = False,
+        direct_io: bool = True,
     ) -> None:
         if segment_s < 1:
             raise ValueError(f"segment_s must be at least 1 second, not {segment_s}")
@@ -139,6 +142,8 @@ class Recorder:
         self.fsync_s = fsync_s or None
         self.sync_whole_fs = sync_whole_fs and segments.syncfs is not None
         self.monotonic = monotonic
+        self.direct_io = direct_io
+        self._stage: segments.Stage | None = None  # the writers' aligned buffer (writer thread)
         #: how long the writer thread pauses when it has emptied the queue
         self.batch_pause_s = 0.01
         # Owned by the writer thread:
@@ -459,6 +464,8 @@ class Recorder:
     def _writer(self, channel_id: str) -> SegmentWriter:
         writer = self._writers.get(channel_id)
         if writer is None:
+            if self.direct_io and self._stage is None:
+                self._stage = segments.Stage(self.buffer_bytes + segments.BLOCK)
             writer = SegmentWriter(
                 self.root,
                 self.index,
@@ -469,6 +476,8 @@ class Recorder:
                 log_errors=False,  # logged here, throttled
                 # closed segments are made durable and indexed on the sync thread, if any
                 finisher=self._to_sync_thread if self._syncer is not None else None,
+                direct=self.direct_io,
+                stage=self._stage,
             )
             self._writers[channel_id] = writer
         return writer

@@ -205,7 +205,7 @@ class RecordingService:
         """Take reloaded settings: the plan (`recording.channels`) is reconciled at once
         (recordings start and stop), retention, the disk alarm and the search span apply from
         their next use. Where segments go and how they are cut are bound at start: the node
-        passes the running `dir`, `segment_s` and `fsync_s` (see `settings.reload`)."""
+        passes the running `dir`, `segment_s`, `fsync_s` and `direct_io` (see `settings.reload`)."""
         self.settings = settings
         self.config = settings.recording
         if self.recorder is not None and self._task is not None:
@@ -220,7 +220,7 @@ class RecordingService:
         self.up = self.wall()
         recorder = await loop.run_in_executor(None, lambda: Recorder(
             self.root, segment_s=self.config.segment_s, tz=tz, clock=self.wall,
-            fsync_s=self.config.fsync_s,
+            fsync_s=self.config.fsync_s, direct_io=self.config.direct_io,
         ))
         self.recorder = recorder
         if self.workers is not None:

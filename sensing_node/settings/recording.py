@@ -64,6 +64,8 @@ class RecordingSettings:
     allow_short_retention: bool
     segment_s: int
     fsync_s: float
+    #: write segments past the page cache (O_DIRECT) where the file system takes it
+    direct_io: bool
     dir: Path | None
     min_free_gb: float
     channels: Mapping[str, Schedule] | None
@@ -198,6 +200,8 @@ RECORDING_KEYS: tuple[Key, ...] = (
     Key("segment_s", _integer(1), 60, "target segment length; cut at the next keyframe"),
     Key("fsync_s", _number(0), 2,
         "open segments are fdatasync'd this often (seconds; 0: only when they close)"),
+    Key("direct_io", _boolean, True,
+        "write segments past the page cache (O_DIRECT) where the file system takes it"),
     Key("dir", _optional_path, None, "segment directory; default <data_dir>/recordings"),
     Key("min_free_gb", _number(0), 5, "free-space alarm threshold, GB"),
     Key("channels", _recorded_channels, None,

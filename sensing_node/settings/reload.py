@@ -3,10 +3,11 @@ configuration as the API shows it.
 
 A running node takes most of a new file at once, but some keys are bound at start: the sockets
 (`node.sip_listen`, `node.http_listen`, `node.rtp_ports`, `node.media_ip`, `node.media_bind`),
-the storage (`node.data_dir`, `recording.dir`) and how the recorder cuts and dates segments
-(`recording.segment_s`, `recording.fsync_s`, `node.timezone`), the node's identity (`node.id`,
-`node.realm`), the receivers' `media.connect_timeout_s`, the media processes and ports
-(`media.workers`, `media.single_port`) and the built-in cameras (`simulator`).
+the storage (`node.data_dir`, `recording.dir`), how the recorder cuts, dates and writes
+segments (`recording.segment_s`, `recording.fsync_s`, `recording.direct_io`, `node.timezone`),
+the node's identity (`node.id`, `node.realm`), the receivers' `media.connect_timeout_s`, the
+media processes and ports (`media.workers`, `media.single_port`) and the built-in cameras
+(`simulator`).
 `merge` keeps the running values of those, so that no part of the node ever sees half of a
 change, and names the keys whose new values wait for a restart.
 """
@@ -36,7 +37,7 @@ RESTART_KEYS: dict[str, dict[str, str]] = {
         "data_dir": "node.data_dir", "timezone_name": "node.timezone",
     },
     "recording": {"dir": "recording.dir", "segment_s": "recording.segment_s",
-                  "fsync_s": "recording.fsync_s"},
+                  "fsync_s": "recording.fsync_s", "direct_io": "recording.direct_io"},
     "media": {"connect_timeout_s": "media.connect_timeout_s", "workers": "media.workers",
               "single_port": "media.single_port"},
     "simulator": {"cameras": "simulator.cameras",

@@ -30,7 +30,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from recorder.index import RecordIndex
 from recorder.search import parse_file_path
-from recorder.segments import NODE_NOT_RUNNING
+from recorder.segments import NODE_NOT_RUNNING, O_DIRECT
 from recorder.verify import check_timeline, verify
 from rtp.ps import PsDemuxer
 from sensing_node.api.routes import NODE
@@ -38,6 +38,7 @@ from sensing_node.app import build_app
 from sensing_node.settings import settings_for_tests
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sip import manscdp
+from tests.recorder.media import open_part_flags
 
 from .conftest import PASSWORD, TOKEN, WORKERS, RunningNode, StartNode, wait_for
 from .test_cli import ROOT, write_config
@@ -236,6 +237,34 @@ async def test_shutdown_closes_the_open_segment(recording) -> None:
         index.close()
     data = (root / row.path).read_bytes()
     assert hashlib.sha256(data).hexdigest() == row.sha256
+    assert row.frames > 30 and decoded_frames(data, "mpeg") == row.frames
+
+
+@pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "cached"])
+async def test_segments_are_written_past_the_page_cache_unless_told_not_to(
+    recording, direct_io
+) -> None:
+    running, _ = await recording(**{"recording.segment_s": 60,
+                                    "recording.direct_io": direct_io})
+    root = running.node.recording.root
+    workers = running.node.media.workers
+    # The segment is open where the stream is: in the node's process or in its media worker.
+    pids: list[int | str] = ["self"] if workers is None else [w.pid for w in workers.workers]
+
+    def open_parts() -> list[int]:
+        return [flags for pid in pids for flags in open_part_flags(root, pid)]
+
+    await wait_for(lambda: running.node.recording.stats()["units"] > 30, timeout=10)
+    await wait_for(open_parts, timeout=10)
+    assert all(bool(flags & O_DIRECT) == direct_io for flags in open_parts())
+    await running.client.close()
+    index = RecordIndex(root / "index.sqlite3")
+    try:
+        (row,) = index.segments(CHANNEL)
+    finally:
+        index.close()
+    data = (root / row.path).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == row.sha256 and len(data) == row.bytes
     assert row.frames > 30 and decoded_frames(data, "mpeg") == row.frames
 
 

@@ -327,13 +327,15 @@ async def test_keys_bound_at_start_are_named_and_kept(node_from_file, tmp_path):
     config.write(**{
         "node.sip_listen": "127.0.0.1:5999", "node.data_dir": str(tmp_path / "elsewhere"),
         "node.id": "31011200002000000001", "recording.dir": str(tmp_path / "segments"),
-        "recording.segment_s": 30, "limits.max_outgoing_streams": 3,
+        "recording.segment_s": 30, "recording.direct_io": False,
+        "limits.max_outgoing_streams": 3,
         "media.linger_s": 1,
     })
     status, body = await reload(running)
     assert status == 200, body
     assert body["restart_needed"] == ["node.id", "node.realm", "node.sip_listen",
-                                      "node.data_dir", "recording.dir", "recording.segment_s"]
+                                      "node.data_dir", "recording.dir", "recording.segment_s",
+                                      "recording.direct_io"]
     assert body["applied"] == ["media", "limits"]
     after = running.node.settings
     assert after.node == before.node and after.recording == before.recording

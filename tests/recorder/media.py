@@ -1,8 +1,9 @@
-"""What the recorder tests share: real media through the demuxer, fake wall clocks,
-and PyAV decoding of the segment files."""
+"""What the recorder tests share: real media through the demuxer, fake wall clocks, PyAV
+decoding of the segment files, and how a process's open segments are open."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from datetime import timedelta, timezone
 from functools import cache
@@ -69,3 +70,19 @@ def frame_number(frame: av.VideoFrame) -> int:
     for bit in range(16):
         value = value << 1 | int(row[8 + bit * 38 + 17] > 128)
     return value
+
+
+def open_part_flags(root: Path, pid: int | str = "self") -> list[int]:
+    """The status flags of process ``pid``'s descriptors open on ``.part`` files under ``root``
+    (from /proc/<pid>/fdinfo, as the kernel holds them)."""
+    flags = []
+    for entry in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(entry)
+            info = (Path(f"/proc/{pid}/fdinfo") / entry.name).read_text()
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith(str(root)) and target.endswith(".ps.part"):
+            (line,) = [x for x in info.splitlines() if x.startswith("flags:")]
+            flags.append(int(line.split()[1], 8))
+    return flags

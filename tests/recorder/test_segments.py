@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -196,15 +197,31 @@ def test_settings_are_checked(root, index):
             SegmentWriter(root, index, bad)
 
 
+def is_direct(fd: int) -> bool:
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & recorder.segments.O_DIRECT)
+
+
 class DiskFull:
-    """Stands in for os.writev: the disk holds ``room`` more bytes, then ENOSPC."""
+    """Stands in for os.writev: the disk holds ``room`` more bytes, then ENOSPC. A direct write
+    (O_DIRECT) is cut at a whole block, as the kernel cuts it, and written from the caller's
+    aligned buffer."""
 
     def __init__(self, room: float) -> None:
         self.room = room
         self.failures = 0
+        self.direct_writes = 0
 
     def __call__(self, fd: int, buffers: list[bytes | memoryview]) -> int:
-        if self.room <= 0:
+        if is_direct(fd):
+            (view,) = buffers  # one aligned buffer
+            take = int(min(len(view), self.room)) // recorder.segments.BLOCK
+            take *= recorder.segments.BLOCK
+            if take:
+                self.direct_writes += 1
+                n = os.writev(fd, [memoryview(view)[:take]])
+                self.room -= n
+                return n
+        if self.room <= 0 or is_direct(fd):
             self.failures += 1
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         data = b"".join(buffers)  # a short write, as writev(2) makes when the disk fills
@@ -213,11 +230,16 @@ class DiskFull:
         return n
 
 
-def test_disk_full_keeps_what_was_written_and_resumes_at_a_keyframe(root, index, monkeypatch):
+both_ways = pytest.mark.parametrize("direct", [True, False], ids=["direct", "cached"])
+
+
+@both_ways
+def test_disk_full_keeps_what_was_written_and_resumes_at_a_keyframe(root, index, monkeypatch,
+                                                                    direct):
     disk = DiskFull(room=200_000)
     monkeypatch.setattr(recorder.segments, "_write", disk)
     items = list(timed(units("gb_h264_zlm.ps")))
-    w = writer(root, index, buffer_bytes=16 * 1024)
+    w = writer(root, index, buffer_bytes=16 * 1024, direct=direct)
     rows: list[SegmentRow] = []
     for k, (unit, wall) in enumerate(items):
         if k == 120:  # space comes back (the sweeper ran)
@@ -244,11 +266,13 @@ def test_disk_full_keeps_what_was_written_and_resumes_at_a_keyframe(root, index,
     assert rows[-1].end_wall == pytest.approx(T0 + 10)
     assert not list(root.rglob("*.part"))
     assert verify(root, index).ok
+    assert w.direct == direct and (disk.direct_writes > 0) == direct
 
 
-def test_disk_full_before_anything_was_written_leaves_no_file(root, index, monkeypatch):
+@both_ways
+def test_disk_full_before_anything_was_written_leaves_no_file(root, index, monkeypatch, direct):
     monkeypatch.setattr(recorder.segments, "_write", DiskFull(room=0))
-    w = writer(root, index)
+    w = writer(root, index, direct=direct)
     rows = feed(w, units("gb_h264_zlm.ps")[:60]) + w.close()
     assert rows == [] and not list(root.rglob("*.ps*"))
     gaps = [
@@ -267,8 +291,9 @@ PREFIX_BYTES = b"".join(u.ps_bytes for u in PREFIX)
     cuts=st.lists(st.integers(1, len(PREFIX_BYTES) - 1), max_size=40, unique=True),
     buffer_bytes=st.integers(1, 300_000),
     segment_s=st.sampled_from([1, 2, 60]),
+    direct=st.booleans(),
 )
-def test_chunking_and_batching_do_not_change_the_files(cuts, buffer_bytes, segment_s):
+def test_chunking_and_batching_do_not_change_the_files(cuts, buffer_bytes, segment_s, direct):
     demuxer = PsDemuxer()
     edges = [0, *sorted(cuts), len(PREFIX_BYTES)]
     fed: list[AccessUnit] = []
@@ -276,7 +301,8 @@ def test_chunking_and_batching_do_not_change_the_files(cuts, buffer_bytes, segme
         fed += demuxer.feed(PREFIX_BYTES[a:b])
     fed += demuxer.flush()
     with tempfile.TemporaryDirectory() as tmp, RecordIndex(Path(tmp) / "i.sqlite3") as idx:
-        w = SegmentWriter(tmp, idx, CHANNEL, segment_s=segment_s, tz=TZ, buffer_bytes=buffer_bytes)
+        w = SegmentWriter(tmp, idx, CHANNEL, segment_s=segment_s, tz=TZ,
+                          buffer_bytes=buffer_bytes, direct=direct)
         rows = feed(w, fed) + w.close()
         files = contents(Path(tmp), rows)
     assert b"".join(files) == PREFIX_BYTES
@@ -311,11 +337,12 @@ def _row_values(rows: list[SegmentRow]) -> list[tuple[str, int, int | None, int 
     return [(r.sha256, r.frames, r.start_pts, r.end_pts) for r in rows]
 
 
+@both_ways
 @pytest.mark.parametrize("buffer_bytes", [1, 16 * 1024, 1 << 20])
 @pytest.mark.parametrize("name", ["gb_h264_alaw_zlm.ps", "h265_640x360_25fps_10s_ffmpeg.ps"])
 def test_batched_hashing_gives_the_files_hash_and_the_unit_by_unit_rows(root, index, name,
-                                                                         buffer_bytes):
-    rows = record(root, index, name, buffer_bytes=buffer_bytes)
+                                                                         buffer_bytes, direct):
+    rows = record(root, index, name, buffer_bytes=buffer_bytes, direct=direct)
     files = contents(root, rows)
     assert len(rows) >= 4
     assert _row_values(rows) == _reference_rows(name, files)
@@ -323,10 +350,12 @@ def test_batched_hashing_gives_the_files_hash_and_the_unit_by_unit_rows(root, in
     assert [r.prev_sha256 for r in rows] == [None] + [r.sha256 for r in rows[:-1]]
 
 
-def test_a_failed_batch_hashes_only_the_units_that_reached_the_file(root, index, monkeypatch):
+@both_ways
+def test_a_failed_batch_hashes_only_the_units_that_reached_the_file(root, index, monkeypatch,
+                                                                    direct):
     disk = DiskFull(room=150_000)  # a batch of 200 KB is written in part: whole units kept
     monkeypatch.setattr(recorder.segments, "_write", disk)
-    w = writer(root, index, buffer_bytes=200_000, segment_s=60)
+    w = writer(root, index, buffer_bytes=200_000, segment_s=60, direct=direct)
     rows: list[SegmentRow] = []
     for unit, wall in timed(units("gb_h264_zlm.ps")):
         rows += w.write(unit, wall)
@@ -337,3 +366,77 @@ def test_a_failed_batch_hashes_only_the_units_that_reached_the_file(root, index,
     files = contents(root, rows)
     assert 0 < len(files[0]) <= 150_000
     assert _row_values(rows) == _reference_rows("gb_h264_zlm.ps", files)
+    assert w.direct == direct
+
+
+@pytest.mark.parametrize("buffer_bytes", [1, 5_000, 16 * 1024, 1 << 20])
+def test_a_direct_segment_holds_every_byte_of_each_batch_written(root, index, buffer_bytes):
+    """Past the page cache the whole blocks go out with O_DIRECT and the rest through the
+    cache, so after every batch (and every flush) the file is the stream so far, whatever its
+    length; the next batch writes the partial block again."""
+    name = "gb_h264_zlm.ps"
+    w = writer(root, index, buffer_bytes=buffer_bytes, segment_s=60)
+    sent = bytearray()
+    sizes = set()
+    for k, (unit, wall) in enumerate(timed(units(name)[:150])):
+        w.write(unit, wall)
+        sent += unit.ps_bytes
+        if k % 7 == 6:
+            w.flush()
+        (part,) = root.rglob("*.ps.part")
+        on_disk = part.read_bytes()
+        assert sent.startswith(on_disk)
+        if k % 7 == 6:
+            assert on_disk == sent
+            sizes.add(len(on_disk) % recorder.segments.BLOCK)
+        seg = w._open
+        assert seg is not None and is_direct(seg.fd)
+    (row,) = w.close()
+    assert (root / row.path).read_bytes() == sent
+    assert row.sha256 == hashlib.sha256(sent).hexdigest()
+    assert len(sizes) > 5  # files that end inside a block, many ways
+
+
+def test_a_file_system_refusing_direct_writes_gets_cached_ones(root, index, monkeypatch, caplog):
+    """As on a disk of larger logical blocks than the stage's alignment: the first direct write
+    fails with EINVAL, nothing of the batch is lost, and the writer goes on through the cache."""
+    refused = []
+
+    def picky(fd: int, buffers: list[bytes | memoryview]) -> int:
+        if is_direct(fd):
+            refused.append(fd)
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return os.writev(fd, buffers)
+
+    monkeypatch.setattr(recorder.segments, "_write", picky)
+    name = "gb_h264_zlm.ps"
+    w = writer(root, index, buffer_bytes=64 * 1024)
+    rows = feed(w, units(name)) + w.close()
+    assert len(refused) == 1 and not w.direct
+    assert "cannot be written past the page cache" in caplog.text
+    assert b"".join(contents(root, rows)) == stream(name)[units(name)[0].offset :]
+    assert [r.sha256 for r in rows] == [hashlib.sha256(b).hexdigest() for b in contents(root, rows)]
+    assert w.write_errors == 0
+
+
+def test_a_file_system_without_o_direct_is_written_through_the_cache(root, index, monkeypatch,
+                                                                    caplog):
+    """Setting O_DIRECT on a new segment's descriptor is refused (EINVAL): the segment, and the
+    writer's next ones, go through the page cache."""
+    real = fcntl.fcntl
+    calls = []
+
+    def setfl(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & recorder.segments.O_DIRECT:
+            calls.append(fd)
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(recorder.segments.fcntl, "fcntl", setfl)
+    name = "gb_h264_zlm.ps"
+    w = writer(root, index)
+    rows = feed(w, units(name)) + w.close()
+    assert len(calls) == 1 and not w.direct
+    assert "cannot be written past the page cache" in caplog.text
+    assert b"".join(contents(root, rows)) == stream(name)[units(name)[0].offset :]
+    assert len(rows) == 5 and w.write_errors == 0

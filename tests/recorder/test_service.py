@@ -18,7 +18,16 @@ from recorder.index import RecordIndex, SegmentRow
 from recorder.service import Recorder
 from recorder.verify import verify
 from rtp.ps import AccessUnit
-from tests.recorder.media import CHANNEL, T0, TZ, decode, stream, timed, units
+from tests.recorder.media import (
+    CHANNEL,
+    T0,
+    TZ,
+    decode,
+    open_part_flags,
+    stream,
+    timed,
+    units,
+)
 
 NAME = "gb_h264_zlm.ps"
 WAIT = 30.0  # upper bound for waits on the writer thread; never reached when things work
@@ -60,9 +69,11 @@ def record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     return calls
 
 
-def test_units_submitted_are_recorded_and_close_finishes_every_segment(root):
+@pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "cached"])
+def test_units_submitted_are_recorded_and_close_finishes_every_segment(root, direct_io):
     announced: list[SegmentRow] = []
-    recorder = Recorder(root, segment_s=2, tz=TZ, on_segment=announced.append)
+    recorder = Recorder(root, segment_s=2, tz=TZ, on_segment=announced.append,
+                        direct_io=direct_io)
     for unit, wall in timed(units(NAME)):
         recorder.submit(CHANNEL, unit, wall)
         recorder.submit("34020000001320000002", unit, wall)
@@ -70,6 +81,9 @@ def test_units_submitted_are_recorded_and_close_finishes_every_segment(root):
     assert recorder.queue_depth == 0
     assert recorder.segments_closed == 8  # 4 per channel; the last ones are still open
     assert list(root.rglob("*.ps.part"))
+    flags = open_part_flags(root)
+    assert len(flags) == 2  # the two open segments, one descriptor each
+    assert all(bool(f & segment_files.O_DIRECT) == direct_io for f in flags)
     recorder.close()  # as on SIGTERM
     assert not list(root.rglob("*.ps.part"))
     assert recorder.segments_closed == len(announced) == 10

@@ -12,7 +12,8 @@ opened in the worker.
 Requests of the node's process to a worker (JSON, answered; see `wire` for the framing):
 
 =================  ===============================================================================
-``hello``          index, bind host, receive settings, recording (root, segment_s, fsync_s, tz)
+``hello``          index, bind host, receive settings, recording (root, segment_s, fsync_s,
+                   direct_io, tz)
 ``open``           a stream: ``sid``, ``channel``, ``transport``, ``token`` of the passed socket,
                    ``peers`` (who may connect to a TCP port); answer ``port``
 ``expect``         the answer's ``hosts``, ``ssrc`` and TCP ``peers`` (no answer)

@@ -332,7 +332,8 @@ class MediaWorkers:
         if self.recording_root is not None:
             rec = self.settings.recording
             recording = {"root": str(self.recording_root), "segment_s": rec.segment_s,
-                         "fsync_s": rec.fsync_s, "tz": self.settings.node.timezone_name}
+                         "fsync_s": rec.fsync_s, "direct_io": rec.direct_io,
+                         "tz": self.settings.node.timezone_name}
         answer = await worker.request({
             "op": "hello", "clock": self._clock(), "index": worker.index, "host": self.host,
             "receive": {"reorder_window": config.reorder_window,

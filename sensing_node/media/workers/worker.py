@@ -427,6 +427,7 @@ class Worker:
                 recording["root"], segment_s=recording["segment_s"],
                 tz=system_timezone() if tz is None else _zone(tz),
                 fsync_s=recording.get("fsync_s"), recover_on_start=False,
+                direct_io=bool(recording.get("direct_io", True)),
             )
         return {"pid": os.getpid()}
 
