@@ -116,10 +116,14 @@ class Stage:
     """The page-aligned buffer (an anonymous mmap) that direct writes go out of. A batch is
     copied into it, so one serves every segment writer of a thread, one batch at a time. It
     grows to the largest batch seen: the batch size plus the unit that filled it, and the
-    partial block before it (under 4 KiB)."""
+    partial block before it (under 4 KiB).
+
+    ``refused`` is set when the file system refuses a direct write or O_DIRECT itself: the
+    writers sharing the stage then write through the cache, and only the first says so."""
 
     def __init__(self, size: int = BUFFER_BYTES + BLOCK) -> None:
         self._map = mmap.mmap(-1, _round_up(size))
+        self.refused = False
 
     def __len__(self) -> int:
         return len(self._map)
@@ -309,7 +313,8 @@ class SegmentWriter:
         made durable and indexed here: the caller does both, in order, and keeps the chain
         (``index.chain_head`` to begin with); ``write()`` and the others then return no rows.
     :param direct: write past the page cache (``O_DIRECT``) where the file system takes it; the
-        first file it refuses turns it off for this writer (logged).
+        first file it refuses turns it off for this writer and those sharing its stage (logged
+        once).
     :param stage: the aligned buffer of direct writes, shared by the writers of one thread (the
         writer makes its own otherwise).
 
@@ -343,8 +348,8 @@ class SegmentWriter:
         self.buffer_bytes = buffer_bytes
         self.log_errors = log_errors
         self.finisher = finisher
-        self.direct = direct and O_DIRECT != 0
-        self._stage = stage
+        self._stage = stage if stage is not None or not (direct and O_DIRECT) else Stage(
+            buffer_bytes + BLOCK)
         self.units = 0
         self.bytes = 0
         self.dropped_units = 0
@@ -362,6 +367,11 @@ class SegmentWriter:
         self._frame_s = 0.0  # last video frame interval from PTS, for end times
         self._last_pts: int | None = None
         self._last_wall = 0.0
+
+    @property
+    def direct(self) -> bool:
+        """Whether the next segment is to be written past the page cache."""
+        return self._stage is not None and not self._stage.refused
 
     @property
     def recording(self) -> bool:
@@ -594,9 +604,11 @@ class SegmentWriter:
         return flags
 
     def _no_direct(self, part: Path, exc: OSError) -> None:
-        self.direct = False
-        log.warning("channel %s: %s cannot be written past the page cache (%s); writing through "
-                    "it from now on", self.channel_id, part.parent, exc.strerror or exc)
+        stage = self._stage
+        if stage is not None and not stage.refused:
+            stage.refused = True
+            log.warning("%s cannot be written past the page cache (%s); segments are written "
+                        "through it from now on", part.parent, exc.strerror or exc)
 
     def _flush(self, seg: _Open) -> list[SegmentRow]:
         """Write the buffer out; on an error end the segment at the last complete unit."""
@@ -620,8 +632,7 @@ class SegmentWriter:
         O_DIRECT, the rest through the cache (so the file holds the whole batch, and a power
         loss after the next sync keeps it); that rest is the tail the next batch starts with."""
         stage = self._stage
-        if stage is None:
-            stage = self._stage = Stage(self.buffer_bytes + BLOCK)
+        assert stage is not None  # a segment is opened direct only with a stage
         tail = seg.tail
         t = len(tail)
         n = t + seg.buffered

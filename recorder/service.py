@@ -464,7 +464,7 @@ class Recorder:
     def _writer(self, channel_id: str) -> SegmentWriter:
         writer = self._writers.get(channel_id)
         if writer is None:
-            if self.direct_io and self._stage is None:
+            if self.direct_io and segments.O_DIRECT and self._stage is None:
                 self._stage = segments.Stage(self.buffer_bytes + segments.BLOCK)
             writer = SegmentWriter(
                 self.root,

@@ -4,6 +4,8 @@ by bytes), the periodic sync pass and the retention sweep beside the writer."""
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import os
 import sqlite3
@@ -690,3 +692,33 @@ def test_segments_made_durable_meanwhile_are_indexed_in_one_transaction(root, mo
             first, second = index.chain(channel)
             assert (first.prev_sha256, second.prev_sha256) == (None, first.sha256)
         assert verify(root, index).ok
+
+
+def test_a_file_system_refusing_o_direct_is_reported_once_for_every_channel(root, monkeypatch,
+                                                                            caplog):
+    """The channels' writers share one stage: the first refusal turns direct writes off for
+    all of them, with one warning, and every channel is recorded through the cache."""
+    real = fcntl.fcntl
+    refused = []
+
+    def setfl(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & segment_files.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(segment_files.fcntl, "fcntl", setfl)
+    channels = [f"3402000000132000000{i}" for i in range(1, 5)]
+    with Recorder(root, segment_s=60, tz=TZ) as recorder:
+        for unit, wall in timed(units(NAME)):
+            for channel in channels:
+                recorder.submit(channel, unit, wall)
+        assert recorder.drain(WAIT)
+        assert len(open_part_flags(root)) == len(channels)
+        assert not any(flags & segment_files.O_DIRECT for flags in open_part_flags(root))
+    assert len(refused) == 1
+    assert caplog.text.count("cannot be written past the page cache") == 1
+    with RecordIndex(root / "index.sqlite3") as index:
+        for channel in channels:
+            (row,) = index.segments(channel)
+            assert (root / row.path).read_bytes() == stream(NAME)
