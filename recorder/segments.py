@@ -116,7 +116,8 @@ class Stage:
     """The page-aligned buffer (an anonymous mmap) that direct writes go out of. A batch is
     copied into it, so one serves every segment writer of a thread, one batch at a time. It
     grows to the largest batch seen: the batch size plus the unit that filled it, and the
-    partial block before it (under 4 KiB).
+    partial block before it (under 4 KiB); a unit is at most one frame, which the receive path
+    cuts at ``rtp.ps.MAX_BUFFERED`` (8 MiB), so the stage stays under 9 MiB and 4 KiB.
 
     ``refused`` is set when the file system refuses a direct write or O_DIRECT itself: the
     writers sharing the stage then write through the cache, and only the first says so."""
