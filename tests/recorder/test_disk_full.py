@@ -48,8 +48,8 @@ def test_a_full_file_system_ends_segments_at_their_last_whole_unit(small_disk, t
                           direct=direct, log_errors=False)
         rows = []
         t0 = T0
-        for _ in range(8):  # 8 x 10 s of a 1.1 Mbit/s clip, more than 3 MiB: the first
-            # segment (60 s) fills the disk half-way
+        for _ in range(8):  # 8 x 10 s of a 0.6 Mbit/s clip, 6 MB: the first segment (60 s,
+            # about 4.7 MB) fills the disk before it ends
             for unit, wall in timed(units(NAME), t0):
                 rows += w.write(unit, wall)
             t0 += 10.5
