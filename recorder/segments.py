@@ -317,7 +317,7 @@ class SegmentWriter:
         first file it refuses turns it off for this writer and those sharing its stage (logged
         once).
     :param stage: the aligned buffer of direct writes, shared by the writers of one thread (the
-        writer makes its own otherwise).
+        writer makes its own otherwise; unused when not writing direct).
 
     ``write()``, ``gap()``, ``lost()``, ``sync()`` and ``close()`` return the segment rows they
     indexed. Counters: ``units``, ``bytes``, ``dropped_units`` (not written: before a keyframe),
@@ -349,8 +349,11 @@ class SegmentWriter:
         self.buffer_bytes = buffer_bytes
         self.log_errors = log_errors
         self.finisher = finisher
-        self._stage = stage if stage is not None or not (direct and O_DIRECT) else Stage(
-            buffer_bytes + BLOCK)
+        if not (direct and O_DIRECT):
+            stage = None  # through the page cache: no stage, whatever was given
+        elif stage is None:
+            stage = Stage(buffer_bytes + BLOCK)
+        self._stage = stage
         self.units = 0
         self.bytes = 0
         self.dropped_units = 0

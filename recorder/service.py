@@ -143,7 +143,9 @@ class Recorder:
         self.sync_whole_fs = sync_whole_fs and segments.syncfs is not None
         self.monotonic = monotonic
         self.direct_io = direct_io
-        self._stage: segments.Stage | None = None  # the writers' aligned buffer (writer thread)
+        #: the writers' aligned buffer, used on the writer thread only (an anonymous map: its
+        #: pages are taken when first written)
+        self._stage = segments.Stage(buffer_bytes + segments.BLOCK) if direct_io else None
         #: how long the writer thread pauses when it has emptied the queue
         self.batch_pause_s = 0.01
         # Owned by the writer thread:
@@ -464,8 +466,6 @@ class Recorder:
     def _writer(self, channel_id: str) -> SegmentWriter:
         writer = self._writers.get(channel_id)
         if writer is None:
-            if self.direct_io and segments.O_DIRECT and self._stage is None:
-                self._stage = segments.Stage(self.buffer_bytes + segments.BLOCK)
             writer = SegmentWriter(
                 self.root,
                 self.index,
