@@ -5,7 +5,9 @@ A thin asyncio layer over the sans-I/O `rtp` package. Each stream gets one even 
 the expected source (the device's host; its port and SSRC are latched from the first good packet
 unless given, since devices often send from a port other than the one in their SDP), put back in
 sequence order by `rtp.reorder.ReorderBuffer` and handed to an `RtpSink` in order. Everything
-else (RTCP, other sources or SSRCs, bytes that are not RTP) is dropped and counted.
+else (RTCP, other sources or SSRCs, bytes that are not RTP) is dropped and counted; once a UDP
+stream's source is latched, its socket is connected to it and the kernel drops other senders'
+datagrams before the node sees them.
 
 A receiver is opened before the INVITE (its port goes into the offer) but learns what to expect
 only from the answer, so until `expect()` nothing reaches the sink: the packets that come first
@@ -29,6 +31,7 @@ for the seconds the overload guard takes to shed others.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import socket
@@ -70,6 +73,11 @@ _MAX_PAYLOAD = 0xFFFF  # no RTP payload is longer (a UDP datagram, an RFC 4571 f
 _PACK_HEADER = b"\x00\x00\x01\xba"
 EARLY_PACKETS = 64  # packets held from before the answer, at most...
 EARLY_BYTES = 128 * 1024  # ...and at most this many bytes of them
+#: datagrams a UDP receiver reads per wake-up at most, so that one busy stream cannot hold the
+#: loop from the others
+READ_BATCH = 64
+#: what a UDP receiver reads a datagram into: any datagram fits whole
+RECV_SIZE = 0x10000
 _PLAIN = struct.Struct("!BHII")  # after the first byte: M/PT, sequence, timestamp, SSRC
 _rcvbuf_warned = False
 #: SO_RCVBUFFORCE, which Python's socket module does not name (Linux only)
@@ -427,19 +435,30 @@ class _RtpReceiver:
             self._pool = None
 
 
-class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
+class UdpRtpReceiver(_RtpReceiver):
     """One stream on one UDP port. Create with `open`, start with `expect`, stop with `close`.
 
     Until `expect`, packets are held (see the module's docstring), whoever sends them.
+
+    The receiver reads its socket itself (`loop.add_reader`), up to `READ_BATCH` datagrams
+    per wake-up. Once the source is latched the socket is connected to it: the kernel then
+    hands over only that source's datagrams and refuses every other sender's (with an ICMP
+    port unreachable), so the node never sees them. Reading is then a plain `recv`, with no
+    address to build per datagram, the largest cost of a datagram in Python after the
+    system call. `dropped_foreign` counts what came from other sources before the latch.
+    Datagrams queued before the connect are still read with their addresses and checked: the
+    switch to `recv` comes only once the queue was seen empty after the connect. A new
+    `expect` dissolves the connection.
     """
 
     def __init__(self, sink: RtpSink, config: RtpReceiveConfig | None = None) -> None:
         super().__init__(sink, config)
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None
+        self._io: asyncio.AbstractEventLoop | None = None  # the loop that reads the socket
+        self._connected = False  # the socket is connected to the latched source
         self._source_hosts: frozenset[str] | None = None
         fast = self._fast
         fast.slow = self.datagram_received
-        fast.on_connection = self.connection_made
         #: what a socket's datagrams are given to: the fast path, then `datagram_received`
         self.receive_datagram = fast.datagram_received if self.fast_path \
             else self.datagram_received
@@ -452,6 +471,19 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
     @source.setter
     def source(self, source: Any) -> None:
         self._fast.source = source
+        sock, io = self.sock, self._io
+        if sock is None or io is None:
+            return
+        if source is not None:
+            try:
+                sock.connect(source)
+            except OSError:
+                return  # read with addresses, as before the latch
+            self._connected = True
+        elif self._connected:
+            _disconnect(sock)
+            self._connected = False
+            io.add_reader(sock.fileno(), self._read_any)
 
     @classmethod
     async def open(
@@ -465,15 +497,51 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
         self.rcvbuf = set_rcvbuf(sock, self.config.rcvbuf)
         loop = self._take_loop()
         try:
-            # The loop calls the fast path, which hands every other packet to
-            # `datagram_received` below.
-            protocol = self._fast if self.fast_path else self
-            await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+            sock.setblocking(False)  # a socket passed to a media worker is a new object
+            loop.add_reader(sock.fileno(), self._read_any)
         except BaseException:
             sock.close()
             pool.release(self.port)
             raise
+        self.sock, self._io = sock, loop
         return self
+
+    def _read_any(self) -> None:
+        """Read what is queued, with each datagram's address (no source latched, or
+        datagrams from before the connect still queued)."""
+        sock = self.sock
+        if sock is None:
+            return
+        recvfrom = sock.recvfrom
+        receive = self.receive_datagram
+        try:
+            for _ in range(READ_BATCH):
+                data, addr = recvfrom(RECV_SIZE)
+                receive(data, addr)
+        except (BlockingIOError, InterruptedError):
+            # Empty. Once connected, whatever comes next is from the source.
+            if self._connected and self.sock is sock and self._io is not None:
+                self._io.add_reader(sock.fileno(), self._read_source)
+        except OSError:
+            pass  # an ICMP error reported on the socket, or closed meanwhile
+
+    def _read_source(self) -> None:
+        """Read what is queued on the socket connected to the source."""
+        sock = self.sock
+        if sock is None:
+            return
+        recv = sock.recv
+        receive = self.receive_datagram
+        source = self._fast.source
+        try:
+            for _ in range(READ_BATCH):
+                receive(recv(RECV_SIZE), source)
+                if not self._connected:  # a new answer, from the sink: addresses again
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            pass  # an ICMP error reported on the socket, or closed meanwhile
 
     def expect(
         self, source_host: str | Iterable[str] | None = None, ssrc: int | None = None
@@ -496,9 +564,6 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
         for data, addr in self._answer():
             self.datagram_received(data, addr)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if addr != self._fast.source:
             # No source is latched before the answer, so its packets all come this way and
@@ -514,15 +579,22 @@ class UdpRtpReceiver(_RtpReceiver, asyncio.DatagramProtocol):
             return
         self._receive(data)
 
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors for a receive-only socket say nothing useful
-
     def close(self) -> None:
         """Close the socket, release held packets to the sink and the port to the pool."""
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            if self._io is not None and not self._io.is_closed():
+                self._io.remove_reader(sock.fileno())
+            sock.close()
         self._finish()
+
+
+def _disconnect(sock: socket.socket) -> None:
+    """Dissolve a UDP socket's connection (connect to AF_UNSPEC), so that it takes any
+    sender's datagrams again. Python's `connect` cannot name AF_UNSPEC: libc's can."""
+    libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's among them
+    if libc.connect(sock.fileno(), bytes(16), 16) != 0:
+        raise OSError(ctypes.get_errno(), "cannot dissolve the UDP socket's connection")
 
 
 class TcpRtpReceiver(_RtpReceiver, asyncio.BufferedProtocol):

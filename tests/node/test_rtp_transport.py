@@ -90,6 +90,22 @@ class Sender:
             if index % pace == pace - 1:
                 await asyncio.sleep(0.001)
 
+    async def refused(self, datagrams: list[bytes]) -> int:
+        """Send each of `datagrams` on the socket connected to a receiver; how many the
+        receiving kernel refused (ICMP port unreachable, reported to the next call)."""
+        refused = 0
+        for datagram in datagrams:
+            self.sock.send(datagram)
+            for _ in range(100):
+                try:
+                    self.sock.recv(1)
+                except ConnectionRefusedError:
+                    refused += 1
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+        return refused
+
     def close(self) -> None:
         self.sock.close()
 
@@ -112,10 +128,12 @@ class Tap:
 
     def __init__(self) -> None:
         self.seqs: list[int] = []
+        self.payloads: list[bytes] = []
         self.ingest = MediaIngest()
 
     def on_packet(self, payload: memoryview, seq: int, ts: int, marker: bool) -> None:
         self.seqs.append(seq)
+        self.payloads.append(bytes(payload))
         self.ingest.on_packet(payload, seq, ts, marker)
 
 
@@ -156,8 +174,8 @@ def test_a_receive_buffer_past_what_an_int_holds_is_asked_for_at_the_most() -> N
 async def test_udp_socket_gets_a_large_receive_buffer(pool):
     receiver = await UdpRtpReceiver.open(HOST, pool, MediaIngest())
     try:
-        assert receiver.transport is not None
-        sock = receiver.transport.get_extra_info("socket")
+        sock = receiver.sock
+        assert sock is not None
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= MIB
         assert receiver.rcvbuf >= MIB
     finally:
@@ -192,6 +210,9 @@ async def test_udp_reordered_and_duplicated_packets_come_out_in_order(stream, po
 
 
 async def test_foreign_sources_ssrcs_rtcp_and_garbage_are_dropped_and_counted(stream, pool):
+    """Once the source is latched the socket is connected to it: another sender's datagrams
+    (the stream's SSRC and sequence numbers, from another port) never reach the node, the
+    kernel refuses them. The device's own wrong SSRCs, RTCP and garbage are counted."""
     expected, packets = stream
     ingest = MediaIngest()
     receiver = await UdpRtpReceiver.open(HOST, pool, ingest)
@@ -199,13 +220,17 @@ async def test_foreign_sources_ssrcs_rtcp_and_garbage_are_dropped_and_counted(st
     device, intruder = Sender(), Sender()
     receiver_report = bytes.fromhex("81C90007") + struct.pack("!I", SSRC) + bytes(24)
     garbage = [b"", b"hello", b"\x00" * 40, bytes.fromhex("80") + bytes(5)]
+    refused = 0
     try:
         await device.send(packets[:1], receiver.port)
         await until(lambda: receiver.packets == 1)
+        assert receiver.sock is not None
+        assert receiver.sock.getpeername() == device.sock.getsockname()
+        intruder.sock.connect((HOST, receiver.port))  # so that the refusal reaches it
         sent = 1
         for start in range(1, len(packets), 40):
             chunk = packets[start : start + 40]
-            await intruder.send(chunk[:2], receiver.port)  # same SSRC, other socket
+            refused += await intruder.refused(chunk[:2])  # same SSRC, other socket
             await device.send([with_ssrc(p, SSRC ^ 1) for p in chunk[:3]], receiver.port)
             await device.send([receiver_report, *garbage], receiver.port)
             await device.send(chunk, receiver.port)
@@ -218,10 +243,64 @@ async def test_foreign_sources_ssrcs_rtcp_and_garbage_are_dropped_and_counted(st
         receiver.close()
     assert frames_of(ingest) == expected
     assert receiver.packets == len(packets)
-    assert receiver.dropped_foreign == rounds * 5
+    assert refused == rounds * 2
+    assert receiver.dropped_foreign == rounds * 3
     assert receiver.rtcp == rounds
     assert receiver.dropped_invalid == rounds * len(garbage)  # an empty datagram counts too
     assert receiver.lost == receiver.duplicates == 0
+
+
+async def test_datagrams_queued_before_the_latch_are_still_checked(stream, pool):
+    """Another sender's datagrams that wait in the socket's queue behind the packet that
+    latches the source (so before the connect) are read with their address and dropped, not
+    taken as the source's."""
+    _, packets = stream
+    tap = Tap()
+    receiver = await UdpRtpReceiver.open(HOST, pool, tap)
+    receiver.expect(HOST, SSRC)
+    device, intruder = Sender(), Sender()
+    try:
+        # All queued before the loop reads any: the device's first, the intruder's copies of
+        # the next two, then the device's.
+        device.sock.sendto(packets[0], (HOST, receiver.port))
+        for packet in packets[1:3]:
+            intruder.sock.sendto(packet[:12] + b"\xff" * (len(packet) - 12),
+                                 (HOST, receiver.port))
+        for packet in packets[1:10]:
+            device.sock.sendto(packet, (HOST, receiver.port))
+        await until(lambda: receiver.packets == 10)
+        assert receiver.source == device.sock.getsockname()
+        assert receiver.dropped_foreign == 2
+        assert tap.seqs == [seq_of(p) for p in packets[:10]]
+        assert tap.payloads == [p[12:] for p in packets[:10]]
+    finally:
+        device.close()
+        intruder.close()
+        receiver.close()
+
+
+async def test_a_new_answer_takes_a_new_source(stream, pool):
+    """`expect` again (a new answer) dissolves the connection to the old source: the first
+    good packet of another port is latched as the source."""
+    _, packets = stream
+    receiver = await UdpRtpReceiver.open(HOST, pool, Tap())
+    first, second = Sender(), Sender()
+    try:
+        receiver.expect(HOST, SSRC)
+        await first.send(packets[:5], receiver.port)
+        await until(lambda: receiver.packets == 5)
+        assert receiver.source == first.sock.getsockname()
+        receiver.expect(HOST, SSRC)
+        await second.send(packets[5:10], receiver.port)
+        await until(lambda: receiver.packets == 10)
+        assert receiver.source == second.sock.getsockname()
+        assert receiver.sock is not None
+        assert receiver.sock.getpeername() == second.sock.getsockname()
+        assert receiver.dropped_foreign == 0
+    finally:
+        first.close()
+        second.close()
+        receiver.close()
 
 
 async def test_expected_ssrc_and_host_are_enforced(stream, pool):
