@@ -21,10 +21,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 # The RTP receive path compiled with mypyc (rtp/fast.py, rtp/reorder.py, rtp/psframe.py ->
-# rtp/_fast_native, ...), again whenever they change; without a C compiler the node runs them
-# as pure Python.
+# rtp/_fast_native, ...) and the compiled demuxer's start code search in C (rtp/_startcode.c),
+# again whenever they change; without a C compiler the node runs them as pure Python.
 NATIVE := $(VENV)/.native
-$(NATIVE): rtp/fast.py rtp/reorder.py rtp/psframe.py tools/build_native.py | $(VENV)/.installed
+$(NATIVE): rtp/fast.py rtp/reorder.py rtp/psframe.py rtp/_startcode.c tools/build_native.py \
+           | $(VENV)/.installed
 	$(BIN)/python tools/build_native.py
 	touch $@
 
@@ -125,4 +126,5 @@ lint: $(VENV)/.installed-test
 	$(BIN)/python -m mypy sip rtp recorder
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .hypothesis rtp/_*_native* rtp/_native__mypyc*
+	rm -rf $(VENV) data .pytest_cache .hypothesis rtp/_*_native* rtp/_native__mypyc* \
+	       rtp/_startcode.*.so

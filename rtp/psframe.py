@@ -7,7 +7,10 @@ payloads joined) and walks it by length fields: pack header (14 bytes plus stuff
 header, PSM and PES packets (6 bytes plus PES_packet_length). The only byte scan is one
 search pass over the frame's video payload for NAL start codes, which proves that the
 frame holds exactly one access unit and gives the keyframe flag (and, on the first frames
-until the codec shows, the NAL headers ``rtp.nal.detect_video_codec`` would look at).
+until the codec shows, the NAL headers ``rtp.nal.detect_video_codec`` would look at). The
+search is ``_find_start``: a compiled regular expression here, and in the compiled build
+(``tools/build_native.py``) the C function ``rtp._startcode.find``, which gives the same
+results several times faster.
 
 Equivalence. For every frame it accepts (the fast path), the units are exactly those
 ``PsDemuxer`` gives for the same byte stream, fed whole or frame by frame (same stream id,
@@ -133,6 +136,26 @@ _H264_KINDS = _nal_kinds(h264=True)
 _H265_KINDS = _nal_kinds(h264=False)
 
 
+def _search_start(data: bytes, pos: int) -> int:
+    """The index of the first ``00 00 01`` in `data` at or after `pos`, or -1: as
+    ``data.find(_START, pos)`` (a negative `pos` counts from the end); the compiled regex
+    searches about 2x faster than ``bytes.find`` does."""
+    if pos < 0:
+        pos = max(pos + len(data), 0)
+    elif pos > len(data):
+        return -1
+    found = _START_CODE.search(data, pos)
+    return -1 if found is None else found.start()
+
+
+# The start code search of _scan_video. tools/build_native.py replaces this line in the
+# compiled module with `from rtp._startcode import find as _find_start`: the same search in C
+# (rtp/_startcode.c), built with that module and covered by its SHA-256 check. So the pure
+# Python (with SENSING_NODE_PURE_PYTHON, without a compiler, or beside a stale build) runs no
+# compiled code, and the compiled module always runs the C search.
+_find_start = _search_start
+
+
 def _scan_video(codec: str, data: bytes) -> tuple[bool, list[int]] | None:
     """Keyframe flag and NAL header offsets of a frame's video payload holding exactly one
     access unit, else None."""
@@ -147,7 +170,7 @@ def _scan_video(codec: str, data: bytes) -> tuple[bool, list[int]] | None:
     first = True
     seen_vcl = keyframe = False
     headers: list[int] = []
-    search = _START_CODE.search  # as data.find(_START, header), about 2x faster
+    find = _find_start
     while k >= 0:
         header = k + 3
         if header + need > end:
@@ -170,8 +193,7 @@ def _scan_video(codec: str, data: bytes) -> tuple[bool, list[int]] | None:
             seen_vcl = True
             if key:
                 keyframe = True
-        found = search(data, header)
-        k = -1 if found is None else found.start()
+        k = find(data, header)
     return (keyframe, headers) if seen_vcl else None
 
 

@@ -1,13 +1,16 @@
 """Compile the RTP receive path with mypyc: `rtp/reorder.py`, `rtp/fast.py` and
 `rtp/psframe.py`, as the extension modules `rtp/_reorder_native`, `rtp/_fast_native` and
-`rtp/_psframe_native` (and their library, `rtp/_native__mypyc`).
+`rtp/_psframe_native` (and their library, `rtp/_native__mypyc`); and with them the C extension
+`rtp/_startcode` (`rtp/_startcode.c`), the start code search of the compiled `rtp/psframe.py`.
 
 The node runs the same code either way; compiled, the event loop calls the fast path of an
 RTP packet with no Python frame (`rtp.fast`), the reorder buffer's calls from it are calls
 into C, and so is the per-frame demuxer (`rtp.psframe`). The compiled modules get their own
 names, so that they never shadow the sources, and carry the SHA-256 of the sources they were
-built from (`SOURCE_SHA256`): `sensing_node.transport.native` uses them only while the sources
-still have that digest.
+built from (`SOURCE_SHA256`, the C source included): `sensing_node.transport.native` uses them
+only while the sources still have that digest. The compiled `rtp/psframe.py` imports
+`rtp._startcode` (see `REPLACE`); the pure Python never does, so a stale C build goes unused
+with the rest.
 Without mypyc or a C compiler this prints why and leaves the pure Python in use (exit status
 0); `--strict`, or `SENSING_NODE_REQUIRE_NATIVE=1` in the environment (as CI sets it), makes
 that an error.
@@ -31,27 +34,41 @@ ROOT = Path(__file__).resolve().parent.parent
 #: source module -> the compiled module's name, in the order they import each other
 MODULES = {"reorder": "_reorder_native", "fast": "_fast_native", "psframe": "_psframe_native"}
 GROUP = "rtp._native"
+#: C extension modules built with them: module name in rtp/ -> its source in rtp/
+EXTENSIONS = {"_startcode": "_startcode.c"}
+#: source module -> (line, what its compiled module has in its place); each line must be there
+REPLACE = {
+    "psframe": ("_find_start = _search_start\n",
+                "from rtp._startcode import find as _find_start\n"),
+}
 
 SETUP = f"""
-from setuptools import setup
+from setuptools import Extension, setup
 from mypyc.build import mypycify
 
 setup(name="rtp-native", ext_modules=mypycify(
-    [{", ".join(repr(f"rtp/{name}.py") for name in MODULES.values())}], group_name={GROUP!r}))
+    [{", ".join(repr(f"rtp/{name}.py") for name in MODULES.values())}], group_name={GROUP!r})
+    + [{", ".join(f"Extension({f'rtp.{name}'!r}, [{f'rtp/{source}'!r}])"
+                  for name, source in EXTENSIONS.items())}])
 """
 
 
 def digest() -> str:
-    """The SHA-256 of the sources, in `MODULES` order (what `transport.native` checks)."""
+    """The SHA-256 of the sources, in `MODULES` order, then the C sources in `EXTENSIONS`
+    order (what `transport.native` checks)."""
     h = hashlib.sha256()
     for name in MODULES:
         h.update((ROOT / "rtp" / f"{name}.py").read_bytes())
+    for source in EXTENSIONS.values():
+        h.update((ROOT / "rtp" / source).read_bytes())
     return h.hexdigest()
 
 
 def built() -> list[Path]:
-    return sorted(p for name in (*MODULES.values(), "_native__mypyc")
-                  for p in (ROOT / "rtp").glob(f"{name}*"))
+    """What a build left in rtp/ (not the C sources and stubs of `EXTENSIONS`)."""
+    sources = {*EXTENSIONS.values(), *(f"{name}.pyi" for name in EXTENSIONS)}
+    return sorted(p for name in (*MODULES.values(), "_native__mypyc", *EXTENSIONS)
+                  for p in (ROOT / "rtp").glob(f"{name}.*") if p.name not in sources)
 
 
 def main() -> int:
@@ -70,6 +87,11 @@ def main() -> int:
             text = (ROOT / "rtp" / f"{name}.py").read_text()
             for other, other_compiled in MODULES.items():  # compiled imports compiled
                 text = text.replace(f"from rtp.{other} import", f"from rtp.{other_compiled} import")
+            if name in REPLACE:
+                line, replacement = REPLACE[name]
+                if text.count(line) != 1:  # never a compiled module that differs silently
+                    raise SystemExit(f"rtp/{name}.py must hold {line.strip()!r} exactly once")
+                text = text.replace(line, replacement)
             (stage / "rtp" / f"{compiled}.py").write_text(text + stamp)
         (stage / "setup.py").write_text(SETUP)
         done = subprocess.run(
@@ -78,7 +100,7 @@ def main() -> int:
         )
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
         products = [stage / "rtp" / f"{name}{suffix}"
-                    for name in (*MODULES.values(), "_native__mypyc")]
+                    for name in (*MODULES.values(), "_native__mypyc", *EXTENSIONS)]
         if done.returncode or not all(p.exists() for p in products):
             why = (done.stderr or done.stdout).strip().splitlines()[-3:]
             print("rtp.fast not compiled (the pure Python is used): " + " | ".join(why),
@@ -86,8 +108,8 @@ def main() -> int:
             return 1 if args.strict else 0
         for product in products:
             shutil.copy2(product, ROOT / "rtp" / product.name)
-    print(f"compiled {', '.join(f'rtp/{name}.py' for name in MODULES)} into "
-          + ", ".join(f"rtp/{p.name}" for p in products))
+    sources = [f"rtp/{name}.py" for name in MODULES] + [f"rtp/{c}" for c in EXTENSIONS.values()]
+    print(f"compiled {', '.join(sources)} into " + ", ".join(f"rtp/{p.name}" for p in products))
     return 0
 
 

@@ -3,10 +3,12 @@
 `FastReceive`, `FrameAssembly`, `ReorderBuffer`, `PsFrameDemuxer` and `opens_keyframe` are
 the compiled ones when `rtp/_fast_native`, `rtp/_reorder_native` and `rtp/_psframe_native`
 exist, were built from the `rtp/fast.py`, `rtp/reorder.py` and `rtp/psframe.py` that are there
-now (the same SHA-256) and `SENSING_NODE_PURE_PYTHON` is not set; otherwise they are the pure
-Python ones of `rtp.fast`, `rtp.reorder` and `rtp.psframe`, which do the same more slowly.
-They are taken together: the compiled fast path takes only the compiled reorder buffer.
-`COMPILED` says which, and `WHY` why not.
+now (the same SHA-256, over `rtp/_startcode.c` too) and `SENSING_NODE_PURE_PYTHON` is not
+set; otherwise they are the pure Python ones of `rtp.fast`, `rtp.reorder` and `rtp.psframe`,
+which do the same more slowly. They are taken together: the compiled fast path takes only the
+compiled reorder buffer, and the compiled demuxer imports the C start code search
+`rtp._startcode` built with it (the pure `rtp.psframe` never does: with the pure Python, no
+compiled code runs). `COMPILED` says which, and `WHY` why not.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import rtp.fast
 import rtp.psframe
 import rtp.reorder
 
-#: the sources, in the order the build hashes them
+#: the sources, in the order the build hashes them: the compiled modules', then the C ones
 SOURCES = (rtp.reorder, rtp.fast, rtp.psframe)
+C_SOURCES = (Path(rtp.psframe.__file__ or "").with_name("_startcode.c"),)
 
 
 def source_digest() -> str:
     h = hashlib.sha256()
-    for module in SOURCES:
-        h.update(Path(module.__file__ or "").read_bytes())
+    for path in [Path(module.__file__ or "") for module in SOURCES] + list(C_SOURCES):
+        h.update(path.read_bytes())
     return h.hexdigest()
 
 
@@ -43,7 +46,10 @@ def _load() -> tuple[dict[str, Any], str]:
             modules[name] = importlib.import_module(f"rtp._{name}_native")
     except ImportError:
         return {}, "not built (make builds it with mypyc)"
-    wanted = source_digest()
+    try:
+        wanted = source_digest()
+    except OSError:  # a C source not installed beside a build
+        return {}, "its sources are missing (make builds it in a source tree)"
     if any(module.SOURCE_SHA256 != wanted for module in modules.values()):
         return {}, "built from other sources (make builds it again)"
     return modules, ""
