@@ -50,10 +50,15 @@ class ReorderBuffer(Generic[T]):
         self.late = 0
         self.discarded = 0
         self.restarts = 0
-        # Released sequence numbers by slot, to tell a duplicate from a late packet.
+        # Released sequence numbers by slot, to tell a duplicate from a late packet (one at
+        # most `_history` behind). A slot holds the rest of the number (its lap, `sequence >>
+        # _shift`): with at least 256 slots a lap is below 256, an int Python keeps cached,
+        # so that noting a packet as released costs no allocation.
         self._history = 1 << max(7, (2 * window - 1).bit_length())
-        self._mask = self._history - 1  # slot of a sequence number in _released
-        self._released = [-1] * self._history
+        slots = max(256, self._history)
+        self._mask = slots - 1  # slot of a sequence number in _released
+        self._shift = slots.bit_length() - 1
+        self._released = [-1] * slots
         self._next: int | None = None  # the sequence number to release next
         self._highest = 0
         self._held: dict[int, tuple[T, float]] = {}
@@ -67,7 +72,7 @@ class ReorderBuffer(Generic[T]):
         if sequence != self._next or self._held:
             return False
         self.received += 1
-        self._released[sequence & self._mask] = sequence
+        self._released[sequence & self._mask] = sequence >> self._shift
         self._next = (sequence + 1) & 0xFFFF
         self._highest = sequence
         if self._candidate is not None:
@@ -84,7 +89,7 @@ class ReorderBuffer(Generic[T]):
             expected = sequence
         delta = ((sequence - expected + 0x8000) & 0xFFFF) - 0x8000
         if delta == 0 and not self._held:
-            self._released[sequence & self._mask] = sequence
+            self._released[sequence & self._mask] = sequence >> self._shift
             self._next = (sequence + 1) & 0xFFFF
             self._highest = sequence
             if self._candidate is not None:
@@ -94,7 +99,7 @@ class ReorderBuffer(Generic[T]):
         out: list[T] = []
         if delta < 0:
             if -delta <= self._history:
-                if self._released[sequence & self._mask] == sequence:
+                if self._released[sequence & self._mask] == sequence >> self._shift:
                     self.duplicates += 1
                 else:
                     self.late += 1
@@ -165,7 +170,7 @@ class ReorderBuffer(Generic[T]):
     def _start(self, sequence: int) -> None:
         self._next = sequence
         self._highest = (sequence - 1) & 0xFFFF
-        self._released = [-1] * self._history
+        self._released = [-1] * (self._mask + 1)
 
     def _probation(self, sequence: int, item: T, now: float, out: list[T]) -> None:
         candidate = self._candidate
@@ -201,7 +206,7 @@ class ReorderBuffer(Generic[T]):
                 if (seq - expected) & 0xFFFF >= gap:
                     break
                 out.append(held.pop(seq)[0])
-                self._released[seq & self._mask] = seq
+                self._released[seq & self._mask] = seq >> self._shift
                 missing -= 1
         self.lost += missing
         self._next = sequence
@@ -214,13 +219,13 @@ class ReorderBuffer(Generic[T]):
         assert expected is not None
         held = self._held
         released = self._released
-        mask = self._mask
+        mask, shift = self._mask, self._shift
         entry = held.pop(expected, None)
         if entry is None:
             return
         while entry is not None:
             out.append(entry[0])
-            released[expected & mask] = expected
+            released[expected & mask] = expected >> shift
             expected = (expected + 1) & 0xFFFF
             entry = held.pop(expected, None)
         self._next = expected

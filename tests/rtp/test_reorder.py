@@ -271,3 +271,16 @@ def test_take_then_push_is_push(offsets: list[int]) -> None:
     assert out_fast == out_plain
     for name in ("received", "lost", "reordered", "duplicates", "late", "discarded", "restarts"):
         assert getattr(fast, name) == getattr(plain, name), name
+
+
+@pytest.mark.parametrize("start", [0, 255, 256, 1000, 65400])
+def test_a_taken_packet_sent_again_is_a_duplicate(start: int) -> None:
+    """A packet released through `take` is remembered as released, whichever lap of slots its
+    sequence number is on: sent again it counts as a duplicate, not as late."""
+    buf: ReorderBuffer[int] = ReorderBuffer(64, 0.2)
+    assert buf.push(start, start, 0.0) == [start]
+    seqs = [(start + i) & 0xFFFF for i in range(1, 300)]
+    assert all(buf.take(seq) for seq in seqs)
+    for seq in seqs[-100:]:  # within the history
+        assert buf.push(seq, seq, 0.1) == []
+    assert (buf.duplicates, buf.late) == (100, 0)
