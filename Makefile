@@ -21,11 +21,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 # The RTP receive path compiled with mypyc (rtp/fast.py, rtp/reorder.py, rtp/psframe.py ->
-# rtp/_fast_native, ...) and the compiled demuxer's start code search in C (rtp/_startcode.c),
-# again whenever they change; without a C compiler the node runs them as pure Python.
+# rtp/_fast_native, ...), the compiled demuxer's start code search in C (rtp/_startcode.c) and
+# the UDP reader (sensing_node/transport/_drain.c), again whenever they change; without a C
+# compiler the node runs them as pure Python.
 NATIVE := $(VENV)/.native
-$(NATIVE): rtp/fast.py rtp/reorder.py rtp/psframe.py rtp/_startcode.c tools/build_native.py \
-           | $(VENV)/.installed
+$(NATIVE): rtp/fast.py rtp/reorder.py rtp/psframe.py rtp/_startcode.c \
+           sensing_node/transport/_drain.c tools/build_native.py | $(VENV)/.installed
 	$(BIN)/python tools/build_native.py
 	touch $@
 
@@ -127,4 +128,4 @@ lint: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis rtp/_*_native* rtp/_native__mypyc* \
-	       rtp/_startcode.*.so
+	       rtp/_startcode.*.so sensing_node/transport/_drain.*.so

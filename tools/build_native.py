@@ -1,7 +1,9 @@
 """Compile the RTP receive path with mypyc: `rtp/reorder.py`, `rtp/fast.py` and
 `rtp/psframe.py`, as the extension modules `rtp/_reorder_native`, `rtp/_fast_native` and
-`rtp/_psframe_native` (and their library, `rtp/_native__mypyc`); and with them the C extension
-`rtp/_startcode` (`rtp/_startcode.c`), the start code search of the compiled `rtp/psframe.py`.
+`rtp/_psframe_native` (and their library, `rtp/_native__mypyc`); and with them the C extensions
+`rtp/_startcode` (`rtp/_startcode.c`), the start code search of the compiled `rtp/psframe.py`,
+and `sensing_node/transport/_drain` (`_drain.c`), which reads a UDP stream's datagrams many per
+system call.
 
 The node runs the same code either way; compiled, the event loop calls the fast path of an
 RTP packet with no Python frame (`rtp.fast`), the reorder buffer's calls from it are calls
@@ -34,8 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 #: source module -> the compiled module's name, in the order they import each other
 MODULES = {"reorder": "_reorder_native", "fast": "_fast_native", "psframe": "_psframe_native"}
 GROUP = "rtp._native"
-#: C extension modules built with them: module name in rtp/ -> its source in rtp/
-EXTENSIONS = {"_startcode": "_startcode.c"}
+#: C extension modules built with them: module name -> its source, from the repository's root
+EXTENSIONS = {
+    "rtp._startcode": "rtp/_startcode.c",  # the compiled rtp/psframe.py's start code search
+    "sensing_node.transport._drain": "sensing_node/transport/_drain.c",  # UDP reads (recvmmsg)
+}
 #: source module -> (line, what its compiled module has in its place); each line must be there
 REPLACE = {
     "psframe": ("_find_start = _search_start\n",
@@ -48,8 +53,7 @@ from mypyc.build import mypycify
 
 setup(name="rtp-native", ext_modules=mypycify(
     [{", ".join(repr(f"rtp/{name}.py") for name in MODULES.values())}], group_name={GROUP!r})
-    + [{", ".join(f"Extension({f'rtp.{name}'!r}, [{f'rtp/{source}'!r}])"
-                  for name, source in EXTENSIONS.items())}])
+    + [{", ".join(f"Extension({name!r}, [{source!r}])" for name, source in EXTENSIONS.items())}])
 """
 
 
@@ -60,15 +64,21 @@ def digest() -> str:
     for name in MODULES:
         h.update((ROOT / "rtp" / f"{name}.py").read_bytes())
     for source in EXTENSIONS.values():
-        h.update((ROOT / "rtp" / source).read_bytes())
+        h.update((ROOT / source).read_bytes())
     return h.hexdigest()
 
 
+def _product(name: str) -> Path:
+    """Where the built extension module `name` goes, relative to the root, without suffix."""
+    return Path(*name.split("."))
+
+
 def built() -> list[Path]:
-    """What a build left in rtp/ (not the C sources and stubs of `EXTENSIONS`)."""
-    sources = {*EXTENSIONS.values(), *(f"{name}.pyi" for name in EXTENSIONS)}
-    return sorted(p for name in (*MODULES.values(), "_native__mypyc", *EXTENSIONS)
-                  for p in (ROOT / "rtp").glob(f"{name}.*") if p.name not in sources)
+    """What a build left (not the C sources and stubs of `EXTENSIONS`)."""
+    stems = [Path("rtp", name) for name in (*MODULES.values(), "_native__mypyc")]
+    stems += [_product(name) for name in EXTENSIONS]
+    return sorted(p for stem in stems for p in (ROOT / stem.parent).glob(f"{stem.name}.*")
+                  if p.suffix not in (".c", ".pyi"))
 
 
 def main() -> int:
@@ -83,6 +93,9 @@ def main() -> int:
         stage = Path(tmp)
         shutil.copytree(ROOT / "rtp", stage / "rtp",
                         ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+        for source in EXTENSIONS.values():
+            (stage / source).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / source, stage / source)
         for name, compiled in MODULES.items():
             text = (ROOT / "rtp" / f"{name}.py").read_text()
             for other, other_compiled in MODULES.items():  # compiled imports compiled
@@ -99,17 +112,18 @@ def main() -> int:
             cwd=stage, capture_output=True, text=True,
         )
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
-        products = [stage / "rtp" / f"{name}{suffix}"
-                    for name in (*MODULES.values(), "_native__mypyc", *EXTENSIONS)]
-        if done.returncode or not all(p.exists() for p in products):
+        stems = [Path("rtp", name) for name in (*MODULES.values(), "_native__mypyc")]
+        stems += [_product(name) for name in EXTENSIONS]
+        products = [stem.with_name(stem.name + suffix) for stem in stems]
+        if done.returncode or not all((stage / p).exists() for p in products):
             why = (done.stderr or done.stdout).strip().splitlines()[-3:]
             print("rtp.fast not compiled (the pure Python is used): " + " | ".join(why),
                   file=sys.stderr)
             return 1 if args.strict else 0
         for product in products:
-            shutil.copy2(product, ROOT / "rtp" / product.name)
-    sources = [f"rtp/{name}.py" for name in MODULES] + [f"rtp/{c}" for c in EXTENSIONS.values()]
-    print(f"compiled {', '.join(sources)} into " + ", ".join(f"rtp/{p.name}" for p in products))
+            shutil.copy2(stage / product, ROOT / product)
+    sources = [f"rtp/{name}.py" for name in MODULES] + list(EXTENSIONS.values())
+    print(f"compiled {', '.join(sources)} into " + ", ".join(map(str, products)))
     return 0
 
 

@@ -526,9 +526,13 @@ class UdpRtpReceiver(_RtpReceiver):
             pass  # an ICMP error reported on the socket, or closed meanwhile
 
     def _read_source(self) -> None:
-        """Read what is queued on the socket connected to the source."""
+        """Read what is queued on the socket connected to the source: in the compiled build
+        with `recvmmsg`, many datagrams per system call (`native.drain`)."""
         sock = self.sock
         if sock is None:
+            return
+        if native.drain is not None:
+            native.drain(sock.fileno(), self.receive_datagram, self._fast.source, READ_BATCH)
             return
         recv = sock.recv
         receive = self.receive_datagram

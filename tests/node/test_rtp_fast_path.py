@@ -228,6 +228,7 @@ def test_a_compiled_build_is_used_only_for_the_sources_it_was_built_from() -> No
         # Without it the receive path is as it was: the receiver is the socket's protocol.
         r = UdpRtpReceiver(Keeper())
         assert not r.fast_path and r.receive_datagram == r.datagram_received
+        assert native.drain is None  # and reads with Python's recv
         pytest.skip(f"not compiled here: {native.WHY}")
     import hashlib
 
@@ -239,6 +240,7 @@ def test_a_compiled_build_is_used_only_for_the_sources_it_was_built_from() -> No
     for module in (rtp.reorder, rtp.fast, rtp.psframe):  # the order of tools/build_native.py
         h.update(native.Path(module.__file__ or "").read_bytes())
     h.update(native.Path(rtp.fast.__file__ or "").with_name("_startcode.c").read_bytes())
+    h.update(native.Path(native.__file__ or "").with_name("_drain.c").read_bytes())
     assert fast.SOURCE_SHA256 == reorder.SOURCE_SHA256 == psframe.SOURCE_SHA256 == h.hexdigest()
     assert native.COMPILED and native.PsFrameDemuxer is psframe.PsFrameDemuxer
     assert (native.FastReceive, native.ReorderBuffer) == (fast.FastReceive, reorder.ReorderBuffer)
@@ -247,21 +249,32 @@ def test_a_compiled_build_is_used_only_for_the_sources_it_was_built_from() -> No
     assert r.fast_path and r.receive_datagram == r._fast.datagram_received
     r.reorder = r._new_reorder()  # as after an answer: the fast path follows
     assert r._fast.reorder is r.reorder
+    import sensing_node.transport._drain as drain  # type: ignore[import-not-found]
+
+    assert native.drain is drain.drain
 
 
 @pytest.mark.skipif(not native.COMPILED, reason=native.WHY or "compiled")
 def test_a_build_from_another_c_source_is_not_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The compiled demuxer imports the C start code search built with it: a changed
-    # rtp/_startcode.c makes the whole build stale, and a missing one leaves it unused.
-    changed = tmp_path / "_startcode.c"
-    changed.write_bytes(native.C_SOURCES[0].read_bytes() + b"\n")
-    monkeypatch.setattr(native, "C_SOURCES", (changed,))
-    assert native._load() == ({}, "built from other sources (make builds it again)")
-    monkeypatch.setattr(native, "C_SOURCES", (tmp_path / "missing.c",))
-    modules, why = native._load()
-    assert modules == {} and why.startswith("its sources are missing")
+    # The compiled demuxer imports the C start code search built with it, and the receivers
+    # read with the C reader built with it: a change to either C source makes the whole build
+    # stale, and a missing one leaves it unused.
+    sources = native.C_SOURCES
+    assert [p.name for p in sources] == ["_startcode.c", "_drain.c"]
+    assert native._load()[1] == ""
+    for index, source in enumerate(sources):
+        changed = tmp_path / source.name
+        changed.write_bytes(source.read_bytes() + b"\n")
+        swapped = tuple(changed if i == index else p for i, p in enumerate(sources))
+        monkeypatch.setattr(native, "C_SOURCES", swapped)
+        assert native._load() == ({}, "built from other sources (make builds it again)")
+        missing = tuple(tmp_path / "missing.c" if i == index else p
+                        for i, p in enumerate(sources))
+        monkeypatch.setattr(native, "C_SOURCES", missing)
+        modules, why = native._load()
+        assert modules == {} and why.startswith("its sources are missing")
 
 
 @st.composite
