@@ -214,7 +214,9 @@ class StreamHub:
                 meter = self._worker_meters[worker.index] = LoadMeter(
                     cpu=lambda w=worker: float(w.stats.get("loop_cpu_s", 0.0)),
                     process_cpu=lambda w=worker: float(w.stats.get("cpu_s", 0.0)),
-                    cores=lambda w=worker: int(w.stats.get("cores") or 1))
+                    cores=lambda w=worker: int(w.stats.get("cores") or 1),
+                    recorder_queue=lambda w=worker: int(
+                        (w.stats.get("recorder") or {}).get("queue_bytes") or 0))
             load, streams = meter.sample(now, float(worker.stats.get("max_lag_s") or 0.0),
                                          carried[worker.index])
             victims += self.overload.feed(f"worker {worker.index}", now, load, streams)

@@ -27,7 +27,10 @@ The rules (the constants are attributes of the guard):
   seconds before the kernel drops one (UDP) or the camera is made to wait (TCP, whose
   cameras then drop frames the node never sees). (The queues also move in a saw-tooth from
   one tick to the next, key-frame bursts and the recorder's batches, so it is not always
-  first: see the trend below.) One camera losing packets is a camera's problem, not overload.
+  first: see the trend below.) The recorder's queue counts as one of them, its PS bytes
+  charged as the datagrams that carried them: a writer that falls behind fills it, and a full
+  queue drops units of every stream. One camera losing packets is a camera's problem, not
+  overload.
   *Busy* is the larger of the event loop thread's share of the tick and the whole process's
   (the recorder's threads too) per CPU it may run on.
 - A process is *overloaded* once at least `hot_share` (3/4) of its ticks over the last
@@ -85,6 +88,12 @@ MAIN = "main"
 NAMED_MAX = 20
 
 
+#: what the kernel charges a receive queue for one datagram of about 1,400 bytes (its
+#: buffer's true size: 2,304 bytes on Linux x86-64 over loopback), and that payload
+QUEUED_PACKET_BYTES = 2304
+RTP_PAYLOAD_BYTES = 1400
+
+
 @dataclass(frozen=True)
 class Load:
     """What one media process measured over its last tick."""
@@ -105,8 +114,9 @@ class Load:
     #: CPU it may run on, whichever is larger; None where unknown
     busy: float | None = None
     #: bytes waiting in the receive queues of the streams' sockets at the tick's end (UDP: as
-    #: the kernel charges them; TCP: the bytes as sent), and how much those of the streams
-    #: carried at both ends of the tick grew (negative: shrank); None and 0 where unknown
+    #: the kernel charges them; TCP: the bytes as sent) and in the recorder's queue (charged
+    #: as UDP), and how much those of the streams carried at both ends of the tick and the
+    #: recorder's grew (negative: shrank); None and 0 where unknown
     queued: int | None = None
     grew: int = 0
 
@@ -172,9 +182,8 @@ class OverloadGuard:
     busy_target = 0.9
     backlog_share = 0.02
     trend_s = 6.0
-    #: what the kernel charges a receive queue for one datagram of about 1,400 bytes (its
-    #: buffer's true size: 2,304 bytes on Linux x86-64 over loopback)
-    queued_packet_bytes = 2304
+    #: what the kernel charges a receive queue for one datagram of about 1,400 bytes
+    queued_packet_bytes = QUEUED_PACKET_BYTES
     cooldown_s = 60.0
     cooldown_max_s = 960.0
     strike_s = 600.0
@@ -509,8 +518,13 @@ class LoadMeter:
         cores: Callable[[], int] = lambda: allowed_cpus(),
         sockets: Callable[[Collection[int]], dict[int, tuple[int, int]] | None] | None = None,
         tcp: Callable[[Collection[int]], dict[int, int] | None] | None = None,
+        recorder_queue: Callable[[], int] | None = None,
     ) -> None:
         self.cpu = cpu
+        #: PS bytes waiting in the process's recorder queue (`Recorder.queue_bytes`), set
+        #: where the process records
+        self.recorder_queue = recorder_queue
+        self._recorder_mark: int | None = None  # what it held at the last tick, as charged
         self.process_cpu = process_cpu
         self.cores = cores
         self.sockets = sockets if sockets is not None else udp_sockets
@@ -572,6 +586,15 @@ class LoadMeter:
                 lossy += 1
         self._marks = marks
         self._sockets = sockets
+        if self.recorder_queue is not None:
+            # The recorder's queue is one more queue the process must keep up with: a writer
+            # that falls behind drops units of every stream once the queue is full. Its PS
+            # bytes are charged as the kernel charges the datagrams that carried them.
+            charged = self.recorder_queue() * QUEUED_PACKET_BYTES // RTP_PAYLOAD_BYTES
+            queued += charged
+            if self._recorder_mark is not None:
+                grew += charged - self._recorder_mark
+            self._recorder_mark = charged
         cpu = self.cpu()
         process_cpu = self.process_cpu() if self.process_cpu is not None else 0.0
         busy = None

@@ -223,6 +223,9 @@ class RecordingService:
             fsync_s=self.config.fsync_s, direct_io=self.config.direct_io,
         ))
         self.recorder = recorder
+        # A recorder that falls behind is overload too (media/overload.py); the workers
+        # report their own recorders' queues.
+        self.hub.load_meter.recorder_queue = lambda: recorder.queue_bytes
         if self.workers is not None:
             # What a crash left is finished before any worker opens a segment of its own.
             await loop.run_in_executor(None, recorder.drain)

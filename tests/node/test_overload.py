@@ -555,6 +555,10 @@ async def test_node_sheds_the_newest_stream_and_says_so(start_node: StartNode) -
     running = await start_node(**{"media.overload": "shed-newest", "media.workers": 1})
     hub = running.node.media
     hub.overload.sustain_s = 1.0  # the rules unchanged, sooner
+    # The recorder's queue is measured with the sockets' (each worker reports its own).
+    recorder = running.node.recording.recorder
+    assert recorder is not None and hub.load_meter.recorder_queue is not None
+    assert hub.load_meter.recorder_queue() == recorder.queue_bytes == 0
     cameras = []
     try:
         channels = []
@@ -602,3 +606,47 @@ async def test_node_sheds_the_newest_stream_and_says_so(start_node: StartNode) -
     finally:
         for camera in cameras:
             await camera.stop(unregister=False)
+
+
+def test_a_recorder_falling_behind_is_overload_before_it_drops_a_unit() -> None:
+    """The recorder's queue is counted as one more receive queue (its PS bytes charged as the
+    datagrams that carried them): a busy process whose recorder queue keeps rising sheds
+    streams while no packet is lost, before the queue fills and drops units of every
+    stream."""
+    kernel = {30000 + 2 * n: (0, 0) for n in range(20)}
+    recorder = [0]
+    cpu = [0.0]
+    meter = LoadMeter(cpu=lambda: cpu[0], process_cpu=None,
+                      sockets=lambda ports: {p: kernel[p] for p in ports},
+                      tcp=lambda ports: {}, recorder_queue=lambda: recorder[0])
+    streams = [FakeStream(s.channel_id, s.started, port=30000 + 2 * n)
+               for n, s in enumerate(STREAMS)]
+    load, _ = meter.sample(0.0, 0.0, streams)
+    assert load.queued == 0 and load.grew == 0
+    run = Run(policy="shed-newest")
+    packets = 0
+    while not run.shed and run.now < 30:
+        packets += 3500  # 20 streams of 350 packets/s, half a second
+        for stream in streams:
+            stream.counts = {"packets": packets // 20, "lost": 0}
+        recorder[0] += 3500 * 1400 // 20  # the queue gains 5 % of the intake's PS bytes
+        cpu[0] += 0.48  # 96 % busy
+        load, carried = meter.sample(run.now + TICK, 0.0, streams)
+        assert load.lost == 0 and load.drops == 0
+        assert load.grew == 3500 * 2304 // 20
+        assert load.queued == recorder[0] * 2304 // 1400
+        run.candidates = list(carried)
+        run.tick(load, TICK)
+    assert run.shed and run.now <= 7.0 and run.state == "overloaded"
+    decision = run.guard.last_decision
+    assert decision is not None and "receive queues grew by 393 KiB" in decision["reason"]
+    # A recorder that catches up (its queue shrinking) is no overload.
+    calm = Run(policy="shed-newest")
+    for _ in range(20):
+        recorder[0] = max(0, recorder[0] - 100_000)
+        packets += 3500
+        for stream in streams:
+            stream.counts = {"packets": packets // 20, "lost": 0}
+        cpu[0] += 0.48
+        load, _ = meter.sample(calm.now + TICK, 0.0, streams)
+        assert calm.tick(load, TICK) == []

@@ -332,6 +332,11 @@ async def test_an_overloaded_worker_sheds_its_newest_stream(start_node: StartNod
         assert all(isinstance(r, RemoteReceiver) for r in receivers)
         victim = receivers[1].worker.index  # type: ignore[union-attr]
         await wait_for(lambda: victim in hub._worker_meters, timeout=5)
+        # Its recorder's queue is measured from what it reports, with its sockets' queues.
+        worker = receivers[1].worker  # type: ignore[union-attr]
+        meter = hub._worker_meters[victim]
+        assert meter.recorder_queue is not None
+        assert meter.recorder_queue() == worker.stats["recorder"]["queue_bytes"]
         hub._worker_meters[victim].fed = Load(lag_s=0.0, streams=3, lossy=3, packets=1000,
                                               lost=300)
         await wait_for(lambda: hub.overload.shed, timeout=10)
