@@ -11,8 +11,9 @@ sequence number expected next, the same call to the frame.
 
 The module is plain typed Python and is compiled with mypyc, together with `rtp.reorder` and
 `rtp.psframe`, when the build has a C compiler (`make`, see `sensing_node.transport.native`):
-then the event loop calls `datagram_received` with no Python frame, and `ReorderBuffer.take`
-and `FrameAssembly.add` are calls into C, which is most of what the fast path is for.
+then the receiver's reader (`sensing_node.transport._drain`, in C too) calls
+`datagram_received` with no Python frame, and `ReorderBuffer.take` and `FrameAssembly.add` are
+calls into C, which is most of what the fast path is for.
 Compiled, attributes keep their declared types, so the owner sets them with values of those
 types (no SSRC is `-1` here, not None).
 """
@@ -32,10 +33,6 @@ def _nothing() -> None:
 
 
 def _ignore(data: bytes, addr: Any) -> None:
-    pass
-
-
-def _ignore_transport(transport: Any) -> None:
     pass
 
 
@@ -88,7 +85,7 @@ class FrameAssembly:
 
 
 class FastReceive:
-    """One UDP stream's datagram protocol: the common packet here, every other to `slow`.
+    """One UDP stream's datagrams: the common packet here, every other to `slow`.
     For a stream over TCP, `packet_received` takes each packet out of the RFC 4571 framing
     the same way, every other to `slow_packet(data)`.
 
@@ -108,7 +105,6 @@ class FastReceive:
         self.slow_packet: Callable[[bytes], object] = _ignore_packet
         self.clock: Callable[[], float] = _zero
         self.on_error: Callable[[], None] = _nothing
-        self.on_connection: Callable[[Any], None] = _ignore_transport
         self.source: object = None
         self.ssrc = -1
         self.frame: FrameAssembly | None = None
@@ -120,16 +116,6 @@ class FastReceive:
     def attach(self, frame: FrameAssembly | None) -> None:
         """Take packets into `frame` (None: take none)."""
         self.frame = frame
-
-    # ----- asyncio's datagram protocol -----
-    def connection_made(self, transport: Any) -> None:
-        self.on_connection(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        pass
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors for a receive-only socket say nothing useful
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         frame = self.frame
