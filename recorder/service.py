@@ -54,7 +54,7 @@ from .recovery import recover
 from .retention import BATCH_SIZE, check_retention_days, sweep
 from .segments import BUFFER_BYTES, SegmentWriter, check_channel_id, local_tz
 
-__all__ = ["FSYNC_S", "MAX_QUEUE_BYTES", "Recorder", "RecorderClosed"]
+__all__ = ["FSYNC_S", "MAX_QUEUE", "MAX_QUEUE_BYTES", "Recorder", "RecorderClosed"]
 
 log = logging.getLogger("recorder.service")
 
@@ -66,6 +66,7 @@ _SYNC_CHECK_ITEMS = 256  # in a long batch, read the clock for the sync pass thi
 #: stalled writer, what the 10,000-unit bound holds at their ~20 KB frames, while a queue of
 #: 300 KB keyframes can no longer grow to gigabytes.
 MAX_QUEUE_BYTES = 256 << 20
+MAX_QUEUE = 10_000
 #: Default interval of the sync pass (fdatasync of every open segment), seconds.
 FSYNC_S = 2.0
 
@@ -116,7 +117,7 @@ class Recorder:
         tz: tzinfo | None = None,
         clock: Callable[[], float] = time.time,
         on_segment: Callable[[SegmentRow], None] | None = None,
-        max_queue: int = 10_000,
+        max_queue: int = MAX_QUEUE,
         max_queue_bytes: int = MAX_QUEUE_BYTES,
         buffer_bytes: int = BUFFER_BYTES,
         fsync_s: float | None = FSYNC_S,

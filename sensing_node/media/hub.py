@@ -34,7 +34,7 @@ from ..transport.sip import SipEndpoint, TransactionTimeout
 from .addresses import media_bind_host
 from .consumers import Consumer, StreamError, _ApiHold
 from .control import RelayEnded, RelayOpened, RelaySpec
-from .overload import MAIN, LoadMeter, OverloadGuard
+from .overload import MAIN, LoadMeter, OverloadGuard, recorder_backlog
 from .playback import PlaybackCommand, PlaybackRelay, PlaybackSpec
 from .stream import History, LiveStream
 from .workers.pool import MediaWorkers, RemoteReceiver
@@ -215,8 +215,9 @@ class StreamHub:
                     cpu=lambda w=worker: float(w.stats.get("loop_cpu_s", 0.0)),
                     process_cpu=lambda w=worker: float(w.stats.get("cpu_s", 0.0)),
                     cores=lambda w=worker: int(w.stats.get("cores") or 1),
-                    recorder_queue=lambda w=worker: int(
-                        (w.stats.get("recorder") or {}).get("queue_bytes") or 0))
+                    recorder_queue=lambda w=worker: recorder_backlog(
+                        int((w.stats.get("recorder") or {}).get("queue_bytes") or 0),
+                        int((w.stats.get("recorder") or {}).get("queue_depth") or 0)))
             load, streams = meter.sample(now, float(worker.stats.get("max_lag_s") or 0.0),
                                          carried[worker.index])
             victims += self.overload.feed(f"worker {worker.index}", now, load, streams)

@@ -27,9 +27,10 @@ The rules (the constants are attributes of the guard):
   seconds before the kernel drops one (UDP) or the camera is made to wait (TCP, whose
   cameras then drop frames the node never sees). (The queues also move in a saw-tooth from
   one tick to the next, key-frame bursts and the recorder's batches, so it is not always
-  first: see the trend below.) The recorder's queue counts as one of them, its PS bytes
-  charged as the datagrams that carried them: a writer that falls behind fills it, and a full
-  queue drops units of every stream. One camera losing packets is a camera's problem, not
+  first: see the trend below.) The recorder's queue counts as one of them once it is past a
+  quarter of its bounds (`recorder_backlog`; below that it rides out the writer's stalls), its
+  PS bytes charged as the datagrams that carried them: a writer that falls behind fills it,
+  and a full queue drops units of every stream. One camera losing packets is a camera's problem, not
   overload.
   *Busy* is the larger of the event loop thread's share of the tick and the whole process's
   (the recorder's threads too) per CPU it may run on.
@@ -75,6 +76,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from recorder.service import MAX_QUEUE, MAX_QUEUE_BYTES
 
 if TYPE_CHECKING:
     from .stream import LiveStream
@@ -521,8 +524,8 @@ class LoadMeter:
         recorder_queue: Callable[[], int] | None = None,
     ) -> None:
         self.cpu = cpu
-        #: PS bytes waiting in the process's recorder queue (`Recorder.queue_bytes`), set
-        #: where the process records
+        #: PS bytes of the process's recorder queue that count as backlog
+        #: (`recorder_backlog`), set where the process records
         self.recorder_queue = recorder_queue
         self._recorder_mark: int | None = None  # what it held at the last tick, as charged
         self.process_cpu = process_cpu
@@ -588,8 +591,9 @@ class LoadMeter:
         self._sockets = sockets
         if self.recorder_queue is not None:
             # The recorder's queue is one more queue the process must keep up with: a writer
-            # that falls behind drops units of every stream once the queue is full. Its PS
-            # bytes are charged as the kernel charges the datagrams that carried them.
+            # that falls behind drops units of every stream once the queue is full. What it
+            # holds past its slack (`recorder_backlog`) is charged as the kernel charges the
+            # datagrams that carried it.
             charged = self.recorder_queue() * QUEUED_PACKET_BYTES // RTP_PAYLOAD_BYTES
             queued += charged
             if self._recorder_mark is not None:
@@ -611,6 +615,23 @@ class LoadMeter:
         if self.fed is not None:
             load = self.fed
         return load, [Candidate(s.channel_id, s.started_at) for s in playing]
+
+
+#: the share of a recorder queue's bounds it may fill before it counts as backlog: the queue
+#: is there to ride out the writer's stalls (segments opening and closing, the disk), which
+#: alone are no overload
+RECORDER_SLACK = 0.25
+
+
+def recorder_backlog(queue_bytes: int, queue_depth: int, max_queue: int = MAX_QUEUE,
+                     max_queue_bytes: int = MAX_QUEUE_BYTES) -> int:
+    """The PS bytes of a recorder's queue past `RECORDER_SLACK` of its bounds (units and bytes,
+    whichever it fills more): what the overload guard counts as backlog. It grows smoothly
+    from zero, so a queue that crosses the slack adds no sudden step."""
+    fill = max(queue_bytes / max_queue_bytes, queue_depth / max_queue)
+    if fill <= RECORDER_SLACK:
+        return 0
+    return int(queue_bytes * (1.0 - RECORDER_SLACK / fill))
 
 
 def stream_socket(stream: LiveStream) -> tuple[str, int]:

@@ -40,6 +40,7 @@ from sip import ids, manscdp
 from ..devices.registry import Registry
 from ..media.consumers import Consumer, StreamError
 from ..media.hub import StreamHub
+from ..media.overload import recorder_backlog
 from ..media.workers.pool import MediaWorkers, RoutedRecorder
 from ..runtime.supervise import Supervisor
 from ..settings import RecordingSettings, Settings
@@ -225,7 +226,9 @@ class RecordingService:
         self.recorder = recorder
         # A recorder that falls behind is overload too (media/overload.py); the workers
         # report their own recorders' queues.
-        self.hub.load_meter.recorder_queue = lambda: recorder.queue_bytes
+        self.hub.load_meter.recorder_queue = lambda: recorder_backlog(
+            recorder.queue_bytes, recorder.queue_depth, recorder.max_queue,
+            recorder.max_queue_bytes)
         if self.workers is not None:
             # What a crash left is finished before any worker opens a segment of its own.
             await loop.run_in_executor(None, recorder.drain)

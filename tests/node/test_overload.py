@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
+from recorder.service import MAX_QUEUE_BYTES
 from sensing_node.media.overload import (
     MAIN,
     Candidate,
     Load,
     LoadMeter,
     OverloadGuard,
+    recorder_backlog,
     tcp_queues,
     udp_sockets,
 )
@@ -559,6 +561,14 @@ async def test_node_sheds_the_newest_stream_and_says_so(start_node: StartNode) -
     recorder = running.node.recording.recorder
     assert recorder is not None and hub.load_meter.recorder_queue is not None
     assert hub.load_meter.recorder_queue() == recorder.queue_bytes == 0
+    recorder.max_queue_bytes = 4  # as if its bounds were nearly reached: what passes the slack
+    recorder._bytes_in += 3
+    try:
+        assert hub.load_meter.recorder_queue() == recorder_backlog(3, 0, recorder.max_queue, 4)
+        assert hub.load_meter.recorder_queue() == 2  # 3 x (1 - 0.25 / 0.75)
+    finally:
+        recorder._bytes_in -= 3
+        recorder.max_queue_bytes = MAX_QUEUE_BYTES
     cameras = []
     try:
         channels = []
@@ -609,10 +619,10 @@ async def test_node_sheds_the_newest_stream_and_says_so(start_node: StartNode) -
 
 
 def test_a_recorder_falling_behind_is_overload_before_it_drops_a_unit() -> None:
-    """The recorder's queue is counted as one more receive queue (its PS bytes charged as the
-    datagrams that carried them): a busy process whose recorder queue keeps rising sheds
-    streams while no packet is lost, before the queue fills and drops units of every
-    stream."""
+    """The recorder's queue (what the meter is given: past its slack, `recorder_backlog`) is
+    counted as one more receive queue, its PS bytes charged as the datagrams that carried
+    them: a busy process whose recorder queue keeps rising sheds streams while no packet is
+    lost, before the queue fills and drops units of every stream."""
     kernel = {30000 + 2 * n: (0, 0) for n in range(20)}
     recorder = [0]
     cpu = [0.0]
@@ -650,3 +660,24 @@ def test_a_recorder_falling_behind_is_overload_before_it_drops_a_unit() -> None:
         cpu[0] += 0.48
         load, _ = meter.sample(calm.now + TICK, 0.0, streams)
         assert calm.tick(load, TICK) == []
+
+
+def test_a_recorder_queue_counts_as_backlog_only_past_its_slack() -> None:
+    """The recorder's queue rides out the writer's stalls: up to a quarter of its bounds it is
+    no backlog; past that, what it holds beyond counts, growing from zero (no step when it
+    crosses), by whichever bound it fills more."""
+    mib = 1 << 20
+    assert recorder_backlog(0, 0) == 0
+    assert recorder_backlog(64 * mib, 100) == 0  # a quarter of 256 MiB
+    assert recorder_backlog(64 * mib + 1024, 100) == pytest.approx(1024, abs=2)
+    assert recorder_backlog(128 * mib, 100) == 64 * mib  # half full: the half past the slack
+    assert recorder_backlog(256 * mib, 100) == 192 * mib
+    # By units: 5,000 of 10,000 queued, 20 MiB of them; the bytes alone are far from theirs.
+    assert recorder_backlog(20 * mib, 5_000) == 10 * mib
+    assert recorder_backlog(20 * mib, 2_500) == 0
+    # Continuous: a byte more never adds more than a byte and a bit.
+    last = 0
+    for queued in range(60 * mib, 70 * mib, 256 * 1024):
+        now = recorder_backlog(queued, 0)
+        assert 0 <= now - last <= 256 * 1024 * 2
+        last = now

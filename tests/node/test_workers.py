@@ -31,7 +31,7 @@ from recorder.index import RecordIndex
 from rtp.ps import AccessUnit
 from sensing_node.api.webrtc import WEBRTC
 from sensing_node.media.consumers import FrameQueue
-from sensing_node.media.overload import Load
+from sensing_node.media.overload import Load, recorder_backlog
 from sensing_node.media.workers.pool import RemoteReceiver
 from sensing_node.media.workers.relays import RemoteRelay
 from sensing_node.media.workers.wire import CODECS, WireError, decode_frames, encode_frames
@@ -336,7 +336,9 @@ async def test_an_overloaded_worker_sheds_its_newest_stream(start_node: StartNod
         worker = receivers[1].worker  # type: ignore[union-attr]
         meter = hub._worker_meters[victim]
         assert meter.recorder_queue is not None
-        assert meter.recorder_queue() == worker.stats["recorder"]["queue_bytes"]
+        recorded = worker.stats["recorder"]
+        assert meter.recorder_queue() == recorder_backlog(recorded["queue_bytes"],
+                                                          recorded["queue_depth"])
         hub._worker_meters[victim].fed = Load(lag_s=0.0, streams=3, lossy=3, packets=1000,
                                               lost=300)
         await wait_for(lambda: hub.overload.shed, timeout=10)
