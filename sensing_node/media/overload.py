@@ -30,8 +30,8 @@ The rules (the constants are attributes of the guard):
   first: see the trend below.) The recorder's queue counts as one of them once it is past a
   quarter of its bounds (`recorder_backlog`; below that it rides out the writer's stalls), its
   PS bytes charged as the datagrams that carried them: a writer that falls behind fills it,
-  and a full queue drops units of every stream. One camera losing packets is a camera's problem, not
-  overload.
+  and a full queue drops units of every stream. One camera losing packets is a camera's
+  problem, not overload.
   *Busy* is the larger of the event loop thread's share of the tick and the whole process's
   (the recorder's threads too) per CPU it may run on.
 - A process is *overloaded* once at least `hot_share` (3/4) of its ticks over the last
