@@ -481,9 +481,11 @@ class UdpRtpReceiver(_RtpReceiver):
                 return  # read with addresses, as before the latch
             self._connected = True
         elif self._connected:
-            _disconnect(sock)
+            # Addresses are read and checked again first, so that should the connection not
+            # dissolve, its source's datagrams still meet the new answer's checks.
             self._connected = False
             io.add_reader(sock.fileno(), self._read_any)
+            _disconnect(sock)
 
     @classmethod
     async def open(
