@@ -10,22 +10,24 @@ segment that closes) runs on a second thread, ``recorder-sync`` (see Durability)
 ``max_queue_bytes`` bytes of PS: past either, units are dropped and the channel resumes at its
 next keyframe, with a gap recorded.
 
-Durability: every ``fsync_s`` seconds the writer thread makes one pass over the open segments and
-writes out what each has buffered; a second thread, ``recorder-sync``, then makes it durable, so
-the writer never waits for the disk in between: one fdatasync per ``.part`` file that grew since
-the last pass (and its directory the first time), or, with ``sync_whole_fs=True`` on Linux, one
-``syncfs(2)`` of the file system holding the recordings (one call and one journal commit per
-pass however many segments are open, but it writes out whatever else is pending on that file
-system, and in ``bench/writer.py`` at 400 streams it held up the writer's own writes in 2 of 5
-passes, which the fdatasyncs never did). A power cut therefore loses at most ``fsync_s`` seconds
-of each open segment plus the time of one pass of syncs (a pass that finds the last one still
-running waits for it, so on a disk that cannot keep up the loss grows with its backlog), plus the
-units still in the queue. A segment that has closed is never lost: the sync thread fsyncs the
-file, renames it and fsyncs its directory, and
-only then hands it back to the writer thread, which indexes it chained to its channel's last
-hash, with the others made durable meanwhile in one transaction (a segment that cannot be made
-durable is left as ``.part`` for recovery, and the chain goes on from the last segment
-indexed).
+Durability: every ``fsync_s`` seconds the writer thread starts a pass over the open segments
+that writes out what each has buffered, one segment at a time between the units it takes off
+the queue, spread over about ``SYNC_SPREAD`` of the interval (all at once, hundreds of buffers
+held the queue up for most of a second), and finished at once if the next pass comes first. A
+second thread, ``recorder-sync``, then makes them durable, so the writer never waits for the
+disk in between: one fdatasync per ``.part`` file that grew since the last pass (and its
+directory the first time), or, with ``sync_whole_fs=True`` on Linux, one ``syncfs(2)`` of the
+file system holding the recordings (one call and one journal commit per pass however many
+segments are open, but it writes out whatever else is pending on that file system, and in
+``bench/writer.py`` at 400 streams it held up the writer's own writes in 2 of 5 passes, which
+the fdatasyncs never did). A power cut therefore loses at most ``fsync_s`` seconds of each
+open segment plus the pass's spread and the time of its syncs (a pass that finds the last one
+still running waits for it, so on a disk that cannot keep up the loss grows with its backlog),
+plus the units still in the queue. A segment that has closed is never lost: the sync thread
+fsyncs the file, renames it and fsyncs its directory, and only then hands it back to the
+writer thread, which indexes it chained to its channel's last hash, with the others made
+durable meanwhile in one transaction (a segment that cannot be made durable is left as
+``.part`` for recovery, and the chain goes on from the last segment indexed).
 
 The writer thread is the index's only writer: segments, gaps, recovery and the retention sweep's
 deletions (:meth:`Recorder.sweep` reads on its caller's thread and hands each batch of
@@ -41,6 +43,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import tzinfo
 from pathlib import Path
@@ -69,6 +72,9 @@ MAX_QUEUE_BYTES = 256 << 20
 MAX_QUEUE = 10_000
 #: Default interval of the sync pass (fdatasync of every open segment), seconds.
 FSYNC_S = 2.0
+#: The share of the interval over which a pass writes out the open segments' buffers, between
+#: the units it takes off the queue.
+SYNC_SPREAD = 0.25
 
 
 class RecorderClosed(RuntimeError):
@@ -149,6 +155,8 @@ class Recorder:
         self._stage = segments.Stage(buffer_bytes + segments.BLOCK) if direct_io else None
         #: how long the writer thread pauses when it has emptied the queue
         self.batch_pause_s = 0.01
+        #: the share of ``fsync_s`` over which a sync pass spreads its write-outs
+        self.sync_spread = SYNC_SPREAD
         # Owned by the writer thread:
         self.units = 0
         self.bytes = 0
@@ -180,6 +188,14 @@ class Recorder:
         ] = queue.SimpleQueue()
         self._pass_idle = threading.Event()
         self._pass_idle.set()
+        # The sync pass under way on the writer thread (_sync, _write_out): the writers still
+        # to write out, one every _pass_stride items, and the files written out so far.
+        self._pass_todo: deque[SegmentWriter] = deque()
+        self._pass_files: list[tuple[int, Path, Path | None]] = []
+        self._pass_stride = 1
+        self._pass_countdown = 1
+        self._pass_began: tuple[float, int] | None = None  # (when, _items) at the last pass
+        self._items = 0  # requests taken off the queue
         self._sync_done = threading.Condition()
         self._sync_pending = 0
         self._durable: queue.SimpleQueue[segments.Closing] = queue.SimpleQueue()
@@ -358,6 +374,7 @@ class Recorder:
         every = idle or math.inf
         next_sync = clock() + every
         check = 0  # items until the clock is read again for the sync pass (0: a batch starts)
+        todo = self._pass_todo  # the sync pass's writers still to write out
         item: tuple[Any, ...] | None
         stopped_at: float | None = None  # where gaps still open end (close(wall=...))
         while True:
@@ -374,20 +391,34 @@ class Recorder:
                     next_sync = clock() + every
             if item is None:
                 check = 0
+                while todo and empty():  # nothing waits: the pass goes on at once
+                    self._write_out(1)
                 continue
             check -= 1
             if item[0] == _STOP:
                 stopped_at = item[1]
                 break
+            self._items += 1
             try:
                 self._handle(item)
             except Exception as exc:  # the thread must outlive any one error
                 self._failed(item, exc)
+            if todo:  # a sync pass under way: its write-outs between the units
+                self._pass_countdown -= 1
+                if self._pass_countdown <= 0:
+                    self._pass_countdown = self._pass_stride
+                    self._write_out(1)
             if empty():
                 check = 0  # the next item starts a batch: the clock is read before it
-                # Let work gather: one wake-up per pause instead of one per access unit, and
-                # the media thread's put() finds nobody to wake (no futex call per frame).
-                time.sleep(self.batch_pause_s)
+                while todo and empty():  # nothing waits: go on with the pass meanwhile
+                    self._write_out(1)
+                if empty():
+                    # Let work gather: one wake-up per pause instead of one per access unit,
+                    # and the media thread's put() finds nobody to wake (no futex call per
+                    # frame).
+                    time.sleep(self.batch_pause_s)
+        if todo:
+            self._write_out(len(todo))
         for channel_id in list(self._writers):
             try:
                 self._handle(("close_channel", channel_id, stopped_at))
@@ -426,6 +457,8 @@ class Recorder:
             return
         if kind in ("barrier", "flush"):
             try:
+                if self._pass_todo:  # what was asked before the request is done before it
+                    self._write_out(len(self._pass_todo))
                 if kind == "barrier":  # drain(): what the sync thread was given is done too
                     with self._sync_done:
                         self._sync_done.wait_for(lambda: self._sync_pending == 0)
@@ -484,22 +517,47 @@ class Recorder:
         return writer
 
     def _sync(self) -> bool:
-        """The sync pass: write out every open segment's buffer, then have the sync thread make
-        the segments that grew since the last pass durable. False (nothing done) while the last
-        pass is still running."""
+        """Start a sync pass: every open segment's buffer is to be written out, and then the
+        sync thread makes the segments that grew since the last pass durable. The write-outs
+        are spread between the units over `sync_spread` of the interval (`_write_out`), so
+        that the queue is not held up for one long stretch (at 400 streams, writing out every
+        buffer at once took 0.3-0.7 s). A pass still writing out when the next is due is
+        finished at once. False (nothing done) while the last pass's syncs still run."""
+        todo = self._pass_todo
+        if todo:
+            self._write_out(len(todo))
         if not self._pass_idle.is_set():
             return False
-        files: list[tuple[int, Path, Path | None]] = []
+        now = self.monotonic()
+        handled = self._items
+        if self._pass_began is not None and now > self._pass_began[0]:
+            rate = (handled - self._pass_began[1]) / (now - self._pass_began[0])
+        else:
+            rate = 0.0
+        self._pass_began = (now, handled)
+        todo.extend(self._writers.values())
+        # Units expected over the spread, shared out between the writers (at least one unit
+        # between two write-outs); an idle writer thread goes faster (see _run).
+        spread = self.sync_spread * (self.fsync_s or 0.0)
+        self._pass_stride = max(1, int(rate * spread / max(1, len(todo))))
+        self._pass_countdown = self._pass_stride
+        return True
+
+    def _write_out(self, count: int) -> None:
+        """Write out the buffers of the next `count` writers of the sync pass; once none is
+        left, hand the files that grew to the sync thread."""
+        todo, files = self._pass_todo, self._pass_files
         dup = not self.sync_whole_fs
-        for writer in list(self._writers.values()):
+        for _ in range(min(count, len(todo))):
+            writer = todo.popleft()
             try:
                 self._apply(writer, writer.written_out, files, dup)
             except Exception as exc:
                 self._failed(("sync", writer.channel_id), exc)
-        if files:
+        if not todo and files:
+            self._pass_files = []
             self._pass_idle.clear()
             self._to_sync_thread(files)
-        return True
 
     def _to_sync_thread(self, item: list[tuple[int, Path, Path | None]] | segments.Closing) -> None:
         with self._sync_done:

@@ -273,9 +273,11 @@ class RecordingService:
         while True:
             self.reconcile()
             await asyncio.sleep(RECONCILE_S)
-            if self.recorder is not None:
+            if self.recorder is not None and not self.config.fsync_s:
                 # Buffered bytes reach the .part files every few seconds, so a crash loses
-                # at most that much (recovery finishes the files at the next start).
+                # at most that much (recovery finishes the files at the next start). With
+                # fsync_s set, the recorder's sync passes write them out (spread between the
+                # units, where a flush would write every buffer at once).
                 self.recorder.flush(timeout=0)
             now = loop.time()
             if now >= next_disk:

@@ -268,6 +268,53 @@ def test_open_segments_are_synced_every_fsync_s_in_one_pass(root, monkeypatch):
         assert verify(root, index).ok
 
 
+def test_a_sync_pass_writes_the_segments_out_between_the_units(root, monkeypatch):
+    # Written out all at once, hundreds of buffers held the queue up for most of a second: a
+    # pass writes out one segment at a time between the units queued meanwhile.
+    synced = record_syncs(monkeypatch)
+    events: list[str] = []
+    gate, inside = threading.Event(), threading.Event()
+    writer_class = segment_files.SegmentWriter
+    real_write, real_out = writer_class.write, writer_class.written_out
+
+    def write(self, unit, wall):
+        if not gate.is_set():  # the writer thread waits here until the units are queued
+            inside.set()
+            assert gate.wait(WAIT)
+        events.append("unit")
+        return real_write(self, unit, wall)
+
+    def written_out(self, files, dup=True):
+        events.append("out")
+        return real_out(self, files, dup)
+
+    channels = [f"340200000013200{n:05d}" for n in range(20)]
+    items = list(timed(units(NAME)))
+    clock = FakeClock(100.0)
+    with Recorder(root, segment_s=60, tz=TZ, fsync_s=2, monotonic=clock) as recorder:
+        gate.set()
+        for channel in channels:
+            recorder.submit(channel, items[0][0], T0)
+        assert recorder.drain(WAIT) and synced == []
+        monkeypatch.setattr(segment_files.SegmentWriter, "write", write)
+        monkeypatch.setattr(segment_files.SegmentWriter, "written_out", written_out)
+        gate.clear()
+        clock.now = 102.0  # due: the next unit starts the pass
+        recorder.submit(channels[0], items[1][0], items[1][1])
+        assert inside.wait(WAIT)
+        for unit, wall in items[2:42]:
+            recorder.submit(channels[0], unit, wall)
+        gate.set()
+        assert recorder.drain(WAIT)
+        # unit, out, unit, out, ...: each unit taken is followed by one segment written out
+        # until all 20 are, then the rest of the units
+        assert events == ["unit", "out"] * 20 + ["unit"] * 21
+        assert recorder.sync_passes == 1 and len(synced) == 20
+        first = next(root.glob(f"{channels[1]}/*/*.ps.part")).resolve()
+        assert (str(first), len(items[0][0].ps_bytes)) in synced
+        assert first.read_bytes() == items[0][0].ps_bytes
+
+
 def test_an_idle_writer_wakes_up_for_its_sync_pass(root, monkeypatch):
     sizes: list[int] = []
     called = threading.Event()
