@@ -34,6 +34,15 @@ The rules (the constants are attributes of the guard):
   problem, not overload.
   *Busy* is the larger of the event loop thread's share of the tick and the whole process's
   (the recorder's threads too) per CPU it may run on.
+- While a process is *starting* its streams (at least `starting_share`, a quarter, of them
+  started in the last `starting_s`, 10 s: the node's start, a worker's channels invited again)
+  it pays once for what a stream's first seconds cost (files opened, buffers and the heap
+  grown: at 400 recorded streams on one core, a quarter of the core for seconds), and its
+  queues absorb that. Such a tick is hot only for loss (the rules above), a wake-up
+  `lag_starting_s` (1 s) late, or, when `busy_hot` busy, queues that hold
+  `behind_starting_s` (1 s) of its intake or more (an overloaded start falls that far behind
+  within seconds; the kernel buffers of `media.receive_buffer_kib` hold several); the trend
+  waits for the end of the start.
 - A process is *overloaded* once at least `hot_share` (3/4) of its ticks over the last
   `sustain_s` (3 s) were hot, or once its receive queues' *trend* over the last `trend_s`
   (6 s) rises by more than `backlog_share` of what it took while it was `busy_hot` busy on
@@ -165,6 +174,7 @@ class _Process:
     previous: float | None = None  # when the tick before this one was fed
     hold_until: float = 0.0
     last: Load | None = None
+    starting: bool = False  # at the last tick (OverloadGuard.starting)
 
 
 class OverloadGuard:
@@ -185,6 +195,10 @@ class OverloadGuard:
     busy_target = 0.9
     backlog_share = 0.02
     trend_s = 6.0
+    starting_s = 10.0
+    starting_share = 0.25
+    lag_starting_s = 1.0
+    behind_starting_s = 1.0
     #: what the kernel charges a receive queue for one datagram of about 1,400 bytes
     queued_packet_bytes = QUEUED_PACKET_BYTES
     cooldown_s = 60.0
@@ -221,7 +235,10 @@ class OverloadGuard:
         state = self.processes.setdefault(process, _Process())
         state.last = load
         self._now = now
-        hot, calm = self.hot(load), self.calm(load)
+        span = now - state.previous if state.previous is not None else 0.0
+        starting = self.starting(candidates)
+        hot, calm = self.hot(load, starting, span), self.calm(load)
+        state.starting = starting
         if state.window_start is None:
             state.window_start = now
         state.ticks.append(hot)
@@ -243,10 +260,11 @@ class OverloadGuard:
         state.calm_since = (state.calm_since if state.calm_since is not None else began) \
             if calm else None
         policy = self.policy()
-        rising = self.rising(state, now)
+        rising = None if starting else self.rising(state, now)
+        behind = self.behind(load, span) if starting else None
         if state.state == "ok" and (self._sustained(state, now) or rising is not None):
             state.state, state.since = "overloaded", now
-            self._decide("overload", process, (), self._describe(load, rising)
+            self._decide("overload", process, (), self._describe(load, rising, behind)
                          + ("; media.overload is off: nothing is shed" if policy == "off" else ""))
         elif state.state == "overloaded" and state.calm_since is not None \
                 and now - state.calm_since >= self.clear_s:
@@ -262,7 +280,7 @@ class OverloadGuard:
         if state.state == "overloaded" and now >= state.hold_until \
                 and (self._sustained(state, now) or rising is not None):
             victims = self._shed(process, now, load, rising, candidates, policy,
-                                 self.step_share(state.seen, self.trend(state, now)))
+                                 self.step_share(state.seen, self.trend(state, now)), behind)
             state.hold_until = now + self.settle_s
             state.ticks.clear()
             state.times.clear()
@@ -272,12 +290,33 @@ class OverloadGuard:
         self._readmit(now, policy)
         return victims
 
-    def hot(self, load: Load) -> bool:
-        """A tick that counts toward overload."""
+    def starting(self, candidates: Sequence[Candidate]) -> bool:
+        """At least `starting_share` of the process's streams started in the last
+        `starting_s` (a node's start, a worker's channels invited again)."""
+        if not candidates:
+            return False
+        since = self.wall() - self.starting_s
+        young = sum(1 for c in candidates if c.started > since)
+        return young >= self.starting_share * len(candidates)
+
+    def hot(self, load: Load, starting: bool = False, span: float = 0.0) -> bool:
+        """A tick that counts toward overload; `starting`: the process is starting its
+        streams (`starting`), and the tick covered `span` seconds."""
         spread = max(self.spread_min, math.ceil(load.streams * self.spread_share))
         saturated = load.busy is not None and load.busy >= self.busy_hot
-        return load.lag_s >= self.lag_hot_s or load.lossy >= spread \
-            or (saturated and (load.lossy >= self.spread_min or self.backlogged(load)))
+        if load.lossy >= spread or (saturated and load.lossy >= self.spread_min):
+            return True
+        if starting:
+            return load.lag_s >= self.lag_starting_s \
+                or (saturated and self.behind(load, span) >= self.behind_starting_s)
+        return load.lag_s >= self.lag_hot_s or (saturated and self.backlogged(load))
+
+    def behind(self, load: Load, span: float) -> float:
+        """How many seconds of its intake a process's queues hold (0 where unknown): over a
+        tick of `span` seconds it took `packets`, charged as the kernel charges them."""
+        if not load.queued or not load.packets or span <= 0:
+            return 0.0
+        return load.queued * span / (load.packets * self.queued_packet_bytes)
 
     def backlogged(self, load: Load) -> bool:
         """The streams' receive queues grew by more than `backlog_share` of the packets the
@@ -353,6 +392,7 @@ class OverloadGuard:
     def _shed(
         self, process: str, now: float, load: Load, rising: float | None,
         candidates: Sequence[Candidate], policy: str, share: float,
+        behind: float | None = None,
     ) -> list[str]:
         wall = self.wall()
         items = [
@@ -364,7 +404,7 @@ class OverloadGuard:
             return []
         count = max(1, math.ceil(len(items) * share))
         chosen = sorted(items, key=self._rank(policy))[:count]
-        reason = f"shed: media overload ({policy}; {self._describe(load, rising)})"
+        reason = f"shed: media overload ({policy}; {self._describe(load, rising, behind)})"
         for item in chosen:
             came_back, strikes = self._returned.pop(item.channel_id, (-math.inf, 0))
             item.strikes = strikes + 1 if now - came_back < self.strike_s else 1
@@ -374,8 +414,8 @@ class OverloadGuard:
             self.shed[item.channel_id] = item
         names = tuple(item.channel_id for item in chosen)
         self._decide("shed", process, names,
-                     f"{self._describe(load, rising)}; {len(chosen)} of {len(items)} streams by "
-                     f"{policy}")
+                     f"{self._describe(load, rising, behind)}; {len(chosen)} of {len(items)} "
+                     f"streams by {policy}")
         return list(names)
 
     def _readmit(self, now: float, policy: str) -> None:
@@ -444,6 +484,7 @@ class OverloadGuard:
             last = state.last
             processes[name] = {
                 "state": state.state,
+                "starting": state.starting,
                 **({} if last is None else {
                     "lag_s": round(last.lag_s, 4), "streams": last.streams,
                     "lossy": last.lossy, "packets": last.packets, "lost": last.lost,
@@ -468,7 +509,8 @@ class OverloadGuard:
             "last_decision": self.last_decision,
         }
 
-    def _describe(self, load: Load, rising: float | None = None) -> str:
+    def _describe(self, load: Load, rising: float | None = None,
+                  behind: float | None = None) -> str:
         text = f"wake-up {load.lag_s:.3f} s late, {load.lossy} of {load.streams} streams lost " \
                f"packets"
         if load.lost:
@@ -480,6 +522,8 @@ class OverloadGuard:
         if rising is not None:
             text += f", receive queues rising by {rising:.1%} of the intake over " \
                     f"{self.trend_s:g} s"
+        if behind is not None:
+            text += f"; starting its streams, queues {behind:.1f} s behind"
         return text
 
     def _decide(self, action: str, process: str, channels: tuple[str, ...], reason: str) -> None:

@@ -4,6 +4,7 @@ sheds the newest of its simulated cameras' streams and says so in /healthz and /
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import socket
 import time
@@ -126,6 +127,57 @@ def test_late_wake_up_sustained_is_overload_but_a_spike_is_not() -> None:
         assert run.tick(CALM, 3 * TICK) == []
     assert run.state == "ok"
     assert run.tick(late, 3.5) == [name(19)]
+
+
+def started_now(run: Run) -> list[Candidate]:
+    """`STREAMS`, all started just now, in their order (a node that has just started them)."""
+    return [Candidate(c.channel_id, run.guard.wall() - 0.01 * (len(STREAMS) - n))
+            for n, c in enumerate(STREAMS)]
+
+
+#: a process starting its 20 streams: saturated, a wake-up 0.2 s late, its queues growing by
+#: 11 % of what it takes, 0.25 s of its intake queued (1,800 packets at 7,200 a second)
+STARTING = Load(lag_s=0.2, streams=20, packets=3600, busy=0.99, queued=2304 * 1800,
+                grew=2304 * 400)
+
+
+def test_a_start_rides_out_its_backlog_while_nothing_is_lost() -> None:
+    # The same ticks in a process whose streams run for long: overload within 3.5 s.
+    assert Run(policy="shed-newest").tick(STARTING, 3.5)[:1] == [name(19)]
+    # Starting its streams (a node's start), it is not: its queues hold a quarter of a
+    # second of its intake, the kernel's buffers several.
+    run = Run(policy="shed-newest")
+    run.candidates = started_now(run)
+    assert run.tick(STARTING, 9.5) == [] and run.state == "ok"
+    assert run.guard.as_json()["processes"][MAIN]["starting"] is True
+    # Once starting_s (10 s) is over, the same ticks are overload again.
+    assert run.tick(STARTING, 4.0)[:1] == [name(19)]
+    assert run.guard.as_json()["processes"][MAIN]["starting"] is False
+
+
+def test_a_start_that_falls_a_second_behind_or_loses_packets_is_overload() -> None:
+    # An overloaded start: its queues hold a second of its intake, nothing lost yet.
+    behind = Run(policy="shed-newest")
+    behind.candidates = started_now(behind)
+    late = dataclasses.replace(STARTING, queued=2304 * 7200)
+    assert behind.guard.hot(late, starting=True, span=TICK)
+    assert not behind.guard.hot(STARTING, starting=True, span=TICK)
+    assert behind.tick(late, 3.5)[:1] == [name(19)]
+    decision = behind.guard.last_decision
+    assert decision is not None
+    assert "starting its streams, queues 1.0 s behind" in decision["reason"]
+    # Spread loss while starting sheds as it always does.
+    lossy = Run(policy="shed-newest")
+    lossy.candidates = started_now(lossy)
+    assert lossy.tick(HOT, 3.5) == [name(19)]
+    # A wake-up a second late too.
+    stalled = Run(policy="shed-newest")
+    stalled.candidates = started_now(stalled)
+    assert stalled.tick(Load(lag_s=1.2, streams=20), 3.5) == [name(19)]
+    # A few streams started among many that run for long: no start.
+    few = Run(policy="shed-newest")
+    few.candidates = [*STREAMS[:16], *started_now(few)[16:]]
+    assert few.tick(STARTING, 3.5)[:1] == [name(19)]
 
 
 def test_shed_lowest_priority_order_and_ties_newest() -> None:
