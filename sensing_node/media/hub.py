@@ -125,7 +125,7 @@ class StreamHub:
         self.single_port: SinglePortMux | None = None
         endpoint.on_response = self.on_response
         # Overload (media/overload.py): what this process measures, and who decides.
-        self.load_meter = LoadMeter()
+        self.load_meter = LoadMeter(buffer_bytes=self._socket_capacity)
         self._worker_meters: dict[int, LoadMeter] = {}  # with media workers: one for each
         self.overload = OverloadGuard(lambda: self.settings.media.overload,
                                       lambda channel: self.settings.channels.priority_for(channel),
@@ -197,6 +197,11 @@ class StreamHub:
                 if stream is not None:
                     stream.stop(self.overload.reason(channel_id))
 
+    def _socket_capacity(self) -> int:
+        """What a stream's UDP socket may queue before the kernel drops: twice the receive
+        buffer asked for (Linux's bookkeeping), for the overload guard."""
+        return 2 * self.settings.media.receive_buffer_kib * 1024
+
     def _worker_loads(self, now: float) -> list[str]:
         """Feed the overload guard each worker's load; the channels to shed."""
         assert self.workers is not None
@@ -215,6 +220,7 @@ class StreamHub:
                     cpu=lambda w=worker: float(w.stats.get("loop_cpu_s", 0.0)),
                     process_cpu=lambda w=worker: float(w.stats.get("cpu_s", 0.0)),
                     cores=lambda w=worker: int(w.stats.get("cores") or 1),
+                    buffer_bytes=self._socket_capacity,
                     recorder_queue=lambda w=worker: recorder_backlog(
                         int((w.stats.get("recorder") or {}).get("queue_bytes") or 0),
                         int((w.stats.get("recorder") or {}).get("queue_depth") or 0)))

@@ -39,10 +39,10 @@ The rules (the constants are attributes of the guard):
   it pays once for what a stream's first seconds cost (files opened, buffers and the heap
   grown: at 400 recorded streams on one core, a quarter of the core for seconds), and its
   queues absorb that. Such a tick is hot only for loss (the rules above), a wake-up
-  `lag_starting_s` (1 s) late, or, when `busy_hot` busy, queues that hold
-  `behind_starting_s` (1 s) of its intake or more (an overloaded start falls that far behind
-  within seconds; the kernel buffers of `media.receive_buffer_kib` hold several); the trend
-  waits for the end of the start.
+  `lag_starting_s` (1 s) late, or, when `busy_hot` busy, a stream's UDP socket holding
+  `fill_starting` (half) of its receive buffer (`media.receive_buffer_kib`, about 5 s of an
+  8 Mbit/s stream): an overloaded start gets there within seconds, before the kernel drops
+  anything. The trend waits for the end of the start.
 - A process is *overloaded* once at least `hot_share` (3/4) of its ticks over the last
   `sustain_s` (3 s) were hot, or once its receive queues' *trend* over the last `trend_s`
   (6 s) rises by more than `backlog_share` of what it took while it was `busy_hot` busy on
@@ -131,6 +131,9 @@ class Load:
     #: recorder's grew (negative: shrank); None and 0 where unknown
     queued: int | None = None
     grew: int = 0
+    #: the largest share of its receive buffer that one stream's UDP socket held at the
+    #: tick's end (the kernel drops past 1.0); None where unknown
+    fullest: float | None = None
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,7 @@ class OverloadGuard:
     starting_s = 10.0
     starting_share = 0.25
     lag_starting_s = 1.0
-    behind_starting_s = 1.0
+    fill_starting = 0.5
     #: what the kernel charges a receive queue for one datagram of about 1,400 bytes
     queued_packet_bytes = QUEUED_PACKET_BYTES
     cooldown_s = 60.0
@@ -235,9 +238,8 @@ class OverloadGuard:
         state = self.processes.setdefault(process, _Process())
         state.last = load
         self._now = now
-        span = now - state.previous if state.previous is not None else 0.0
         starting = self.starting(candidates)
-        hot, calm = self.hot(load, starting, span), self.calm(load)
+        hot, calm = self.hot(load, starting), self.calm(load)
         state.starting = starting
         if state.window_start is None:
             state.window_start = now
@@ -261,7 +263,7 @@ class OverloadGuard:
             if calm else None
         policy = self.policy()
         rising = None if starting else self.rising(state, now)
-        behind = self.behind(load, span) if starting else None
+        behind = load.fullest if starting else None
         if state.state == "ok" and (self._sustained(state, now) or rising is not None):
             state.state, state.since = "overloaded", now
             self._decide("overload", process, (), self._describe(load, rising, behind)
@@ -299,24 +301,17 @@ class OverloadGuard:
         young = sum(1 for c in candidates if c.started > since)
         return young >= self.starting_share * len(candidates)
 
-    def hot(self, load: Load, starting: bool = False, span: float = 0.0) -> bool:
+    def hot(self, load: Load, starting: bool = False) -> bool:
         """A tick that counts toward overload; `starting`: the process is starting its
-        streams (`starting`), and the tick covered `span` seconds."""
+        streams (`starting`)."""
         spread = max(self.spread_min, math.ceil(load.streams * self.spread_share))
         saturated = load.busy is not None and load.busy >= self.busy_hot
         if load.lossy >= spread or (saturated and load.lossy >= self.spread_min):
             return True
         if starting:
-            return load.lag_s >= self.lag_starting_s \
-                or (saturated and self.behind(load, span) >= self.behind_starting_s)
+            return load.lag_s >= self.lag_starting_s or (
+                saturated and load.fullest is not None and load.fullest >= self.fill_starting)
         return load.lag_s >= self.lag_hot_s or (saturated and self.backlogged(load))
-
-    def behind(self, load: Load, span: float) -> float:
-        """How many seconds of its intake a process's queues hold (0 where unknown): over a
-        tick of `span` seconds it took `packets`, charged as the kernel charges them."""
-        if not load.queued or not load.packets or span <= 0:
-            return 0.0
-        return load.queued * span / (load.packets * self.queued_packet_bytes)
 
     def backlogged(self, load: Load) -> bool:
         """The streams' receive queues grew by more than `backlog_share` of the packets the
@@ -489,6 +484,7 @@ class OverloadGuard:
                     "lag_s": round(last.lag_s, 4), "streams": last.streams,
                     "lossy": last.lossy, "packets": last.packets, "lost": last.lost,
                     "drops": last.drops, "queued": last.queued, "grew": last.grew,
+                    "fullest": None if last.fullest is None else round(last.fullest, 3),
                     "busy": None if last.busy is None else round(last.busy, 3),
                 }),
                 "queues_trend": None if (trend := self.trend(state, self._now)) is None
@@ -523,7 +519,8 @@ class OverloadGuard:
             text += f", receive queues rising by {rising:.1%} of the intake over " \
                     f"{self.trend_s:g} s"
         if behind is not None:
-            text += f"; starting its streams, queues {behind:.1f} s behind"
+            text += f"; starting its streams, the fullest receive queue at {behind:.0%} of " \
+                    "its buffer"
         return text
 
     def _decide(self, action: str, process: str, channels: tuple[str, ...], reason: str) -> None:
@@ -566,8 +563,12 @@ class LoadMeter:
         sockets: Callable[[Collection[int]], dict[int, tuple[int, int]] | None] | None = None,
         tcp: Callable[[Collection[int]], dict[int, int] | None] | None = None,
         recorder_queue: Callable[[], int] | None = None,
+        buffer_bytes: Callable[[], int] | None = None,
     ) -> None:
         self.cpu = cpu
+        #: what one stream's UDP socket may queue before the kernel drops (twice the receive
+        #: buffer asked for, as Linux counts it), for `Load.fullest`
+        self.buffer_bytes = buffer_bytes
         #: PS bytes of the process's recorder queue that count as backlog
         #: (`recorder_backlog`), set where the process records
         self.recorder_queue = recorder_queue
@@ -599,7 +600,7 @@ class LoadMeter:
         known = udp is not None and tcp is not None
         marks: dict[str, tuple[int, int, int]] = {}
         sockets: dict[tuple[str, int, int], tuple[int, int]] = {}
-        lossy = packets = lost = dropped = queued = grew = 0
+        lossy = packets = lost = dropped = queued = grew = fullest = 0
         for stream in playing:
             channel_id = stream.channel_id
             identity = id(stream)
@@ -612,6 +613,7 @@ class LoadMeter:
                 if key not in sockets:
                     if kind == "udp":
                         figures = (udp or {}).get(port, (0, 0))
+                        fullest = max(fullest, figures[1])
                     else:
                         figures = (0, (tcp or {}).get(port, 0))
                     sockets[key] = figures
@@ -653,9 +655,11 @@ class LoadMeter:
             if self.process_cpu is not None:
                 busy = max(busy, (process_cpu - before_cpu[2]) / span / max(1, self.cores()))
         self._cpu_mark = (now, cpu, process_cpu)
+        capacity = self.buffer_bytes() if self.buffer_bytes is not None else 0
         load = Load(lag_s=max(0.0, lag_s), streams=len(playing), lossy=lossy, packets=packets,
                     lost=lost, drops=dropped if known else None, busy=busy,
-                    queued=queued if known else None, grew=grew)
+                    queued=queued if known else None, grew=grew,
+                    fullest=fullest / capacity if known and capacity > 0 else None)
         if self.fed is not None:
             load = self.fed
         return load, [Candidate(s.channel_id, s.started_at) for s in playing]

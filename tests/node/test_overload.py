@@ -136,16 +136,16 @@ def started_now(run: Run) -> list[Candidate]:
 
 
 #: a process starting its 20 streams: saturated, a wake-up 0.2 s late, its queues growing by
-#: 11 % of what it takes, 0.25 s of its intake queued (1,800 packets at 7,200 a second)
+#: 11 % of what it takes, its fullest socket at 30 % of its receive buffer
 STARTING = Load(lag_s=0.2, streams=20, packets=3600, busy=0.99, queued=2304 * 1800,
-                grew=2304 * 400)
+                grew=2304 * 400, fullest=0.3)
 
 
 def test_a_start_rides_out_its_backlog_while_nothing_is_lost() -> None:
     # The same ticks in a process whose streams run for long: overload within 3.5 s.
     assert Run(policy="shed-newest").tick(STARTING, 3.5)[:1] == [name(19)]
-    # Starting its streams (a node's start), it is not: its queues hold a quarter of a
-    # second of its intake, the kernel's buffers several.
+    # Starting its streams (a node's start), it is not: the kernel's buffers hold what its
+    # queues do with room to spare.
     run = Run(policy="shed-newest")
     run.candidates = started_now(run)
     assert run.tick(STARTING, 9.5) == [] and run.state == "ok"
@@ -156,16 +156,18 @@ def test_a_start_rides_out_its_backlog_while_nothing_is_lost() -> None:
 
 
 def test_a_start_that_falls_a_second_behind_or_loses_packets_is_overload() -> None:
-    # An overloaded start: its queues hold a second of its intake, nothing lost yet.
+    # An overloaded start: a socket's queue at half its buffer, nothing lost yet.
     behind = Run(policy="shed-newest")
     behind.candidates = started_now(behind)
-    late = dataclasses.replace(STARTING, queued=2304 * 7200)
-    assert behind.guard.hot(late, starting=True, span=TICK)
-    assert not behind.guard.hot(STARTING, starting=True, span=TICK)
+    late = dataclasses.replace(STARTING, fullest=0.5)
+    assert behind.guard.hot(late, starting=True)
+    assert not behind.guard.hot(STARTING, starting=True)
+    assert not behind.guard.hot(dataclasses.replace(late, busy=0.8), starting=True)
     assert behind.tick(late, 3.5)[:1] == [name(19)]
     decision = behind.guard.last_decision
     assert decision is not None
-    assert "starting its streams, queues 1.0 s behind" in decision["reason"]
+    assert "starting its streams, the fullest receive queue at 50% of its buffer" \
+        in decision["reason"]
     # Spread loss while starting sheds as it always does.
     lossy = Run(policy="shed-newest")
     lossy.candidates = started_now(lossy)
@@ -388,7 +390,8 @@ def test_load_meter_counts_deltas_per_stream() -> None:
     cpu = [10.0]
     meter = LoadMeter(cpu=lambda: cpu[0], process_cpu=None,
                       sockets=lambda ports: {p: kernel[p] for p in ports if p in kernel},
-                      tcp=lambda ports: {p: tcp[p] for p in ports if p in tcp})
+                      tcp=lambda ports: {p: tcp[p] for p in ports if p in tcp},
+                      buffer_bytes=lambda: 2304 * 100)
     a = FakeStream("a", 1.0, port=30000)
     b = FakeStream("b", 2.0, port=30002)
     c = FakeStream("c", 3.0, transport="tcp-passive", port=30004)
@@ -408,7 +411,7 @@ def test_load_meter_counts_deltas_per_stream() -> None:
     load, _ = meter.sample(100.5, 0.2, [a, b, c, d])
     assert load == Load(lag_s=0.2, streams=4, lossy=2, packets=1050, lost=10, drops=4,
                         busy=pytest.approx(0.6), queued=2304 * 62 + 1000 + 1414 * 5,
-                        grew=2304 * 10 + 1414 * 5)
+                        grew=2304 * 10 + 1414 * 5, fullest=0.5)  # d's UDP queue, not c's TCP
     c.state = "retrying"  # not playing: neither counted nor a candidate
     load, carried = meter.sample(101.0, -0.001, [a, b, c, d])
     assert load.streams == 3 and load.lag_s == 0.0
@@ -609,6 +612,10 @@ async def test_node_sheds_the_newest_stream_and_says_so(start_node: StartNode) -
     running = await start_node(**{"media.overload": "shed-newest", "media.workers": 1})
     hub = running.node.media
     hub.overload.sustain_s = 1.0  # the rules unchanged, sooner
+    # A socket's queue is measured against what the kernel lets it hold.
+    assert hub.load_meter.buffer_bytes is not None
+    kib = running.node.settings.media.receive_buffer_kib
+    assert hub.load_meter.buffer_bytes() == 2 * kib * 1024
     # The recorder's queue is measured with the sockets' (each worker reports its own).
     recorder = running.node.recording.recorder
     assert recorder is not None and hub.load_meter.recorder_queue is not None
