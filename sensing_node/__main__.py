@@ -227,7 +227,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings_or_exit(args.config)
     loop_name = install_event_loop_policy()
     log.info("event loop: %s", loop_name)
+    from .runtime import collector
     from .transport import native
+
+    collector.tune()
 
     if native.COMPILED:
         log.info("RTP fast path: compiled")

@@ -27,6 +27,7 @@ from recorder.service import Recorder
 from rtp.ps import AccessUnit
 from rtp.sps import find_video_format
 
+from ...runtime import collector
 from ...runtime.logs import configure_logging
 from ...settings.node import system_timezone
 from ...transport.rtp import (
@@ -691,6 +692,7 @@ def main(argv: list[str]) -> int:
     level = os.environ.get("SENSING_NODE_LOG_LEVEL", "INFO")
     fmt = os.environ.get("SENSING_NODE_LOG_FORMAT", "text")
     configure_logging(level, fmt)
+    collector.tune()
     try:
         import uvloop
     except ImportError:
