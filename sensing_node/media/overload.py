@@ -42,7 +42,8 @@ The rules (the constants are attributes of the guard):
   `lag_starting_s` (1 s) late, or, when `busy_hot` busy, a stream's UDP socket holding
   `fill_starting` (half) of its receive buffer (`media.receive_buffer_kib`, about 5 s of an
   8 Mbit/s stream): an overloaded start gets there within seconds, before the kernel drops
-  anything. The trend waits for the end of the start.
+  anything, and such a tick starts a step at once (no `sustain_s` of hot ticks: the rest
+  of the buffer is a few seconds). The trend waits for the end of the start.
 - A process is *overloaded* once at least `hot_share` (3/4) of its ticks over the last
   `sustain_s` (3 s) were hot, or once its receive queues' *trend* over the last `trend_s`
   (6 s) rises by more than `backlog_share` of what it took while it was `busy_hot` busy on
@@ -264,7 +265,11 @@ class OverloadGuard:
         policy = self.policy()
         rising = None if starting else self.rising(state, now)
         behind = load.fullest if starting else None
-        if state.state == "ok" and (self._sustained(state, now) or rising is not None):
+        # A start whose sockets fill up is seconds from losing packets: no waiting for
+        # sustain_s of hot ticks.
+        filling = starting and self.filling(load)
+        if state.state == "ok" and (self._sustained(state, now) or rising is not None
+                                    or filling):
             state.state, state.since = "overloaded", now
             self._decide("overload", process, (), self._describe(load, rising, behind)
                          + ("; media.overload is off: nothing is shed" if policy == "off" else ""))
@@ -280,7 +285,7 @@ class OverloadGuard:
             return []
         victims: list[str] = []
         if state.state == "overloaded" and now >= state.hold_until \
-                and (self._sustained(state, now) or rising is not None):
+                and (self._sustained(state, now) or rising is not None or filling):
             victims = self._shed(process, now, load, rising, candidates, policy,
                                  self.step_share(state.seen, self.trend(state, now)), behind)
             state.hold_until = now + self.settle_s
@@ -309,14 +314,19 @@ class OverloadGuard:
         if load.lossy >= spread or (saturated and load.lossy >= self.spread_min):
             return True
         if starting:
-            return load.lag_s >= self.lag_starting_s or (
-                saturated and load.fullest is not None and load.fullest >= self.fill_starting)
+            return load.lag_s >= self.lag_starting_s or self.filling(load)
         return load.lag_s >= self.lag_hot_s or (saturated and self.backlogged(load))
 
     def backlogged(self, load: Load) -> bool:
         """The streams' receive queues grew by more than `backlog_share` of the packets the
         process took in the tick."""
         return load.grew > self.backlog_share * load.packets * self.queued_packet_bytes
+
+    def filling(self, load: Load) -> bool:
+        """A `busy_hot` busy process with a stream's UDP socket at `fill_starting` of its
+        receive buffer or more."""
+        return load.busy is not None and load.busy >= self.busy_hot \
+            and load.fullest is not None and load.fullest >= self.fill_starting
 
     def calm(self, load: Load) -> bool:
         """A tick that counts toward the end of an overload."""
