@@ -119,35 +119,47 @@ class FastReceive:
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         frame = self.frame
-        if frame is None or addr != self.source or not self._take(frame, data):
+        if frame is None or addr != self.source or not self._take(frame, data, 0, len(data)):
             self.slow(data, addr)
+
+    def datagram_in(self, batch: bytes, start: int, end: int) -> None:
+        """A datagram from the latched source (a socket connected to it), `batch[start:end]`:
+        the compiled reader puts all it read in one call in one bytes object, so a datagram
+        taken here costs a view of it, not an object of its own. Every other datagram goes
+        to `slow` as a bytes object of its own."""
+        frame = self.frame
+        if frame is None or not self._take(frame, batch, start, end):
+            self.slow(batch[start:end], self.source)
 
     def packet_received(self, data: bytes) -> None:
         """An RTP packet of a stream over TCP, out of its RFC 4571 framing: as a datagram,
         but with no source to check (the connection was, when it was taken)."""
         frame = self.frame
-        if frame is None or not self._take(frame, data):
+        if frame is None or not self._take(frame, data, 0, len(data)):
             self.slow_packet(data)
 
-    def _take(self, frame: FrameAssembly, data: bytes) -> bool:
-        """Take `data` if it is the common packet; False: nothing was changed."""
-        if len(data) <= 12 or data[0] != 0x80:
+    def _take(self, frame: FrameAssembly, data: bytes, start: int, end: int) -> bool:
+        """Take the packet `data[start:end]` if it is the common packet; False: nothing was
+        changed."""
+        if end - start <= 12 or data[start] != 0x80:
             return False
-        second = data[1]
+        second = data[start + 1]
         if 192 <= second <= 223:  # RTCP on the RTP port
             return False
-        ssrc = (data[8] << 24) | (data[9] << 16) | (data[10] << 8) | data[11]
-        seq = (data[2] << 8) | data[3]
+        ssrc = (data[start + 8] << 24) | (data[start + 9] << 16) | (data[start + 10] << 8) \
+            | data[start + 11]
+        seq = (data[start + 2] << 8) | data[start + 3]
         if ssrc != self.ssrc or seq != frame.next_seq or not self.reorder.take(seq):
             return False
         self.fast += 1
         self.packets += 1
-        self.bytes += len(data)
+        self.bytes += end - start
         self.last_packet_at = self.clock()
         frame.next_seq = (seq + 1) & 0xFFFF
-        ts = (data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7]
+        ts = (data[start + 4] << 24) | (data[start + 5] << 16) | (data[start + 6] << 8) \
+            | data[start + 7]
         try:
-            frame.add(memoryview(data)[12:], seq, ts, second > 0x7F)
+            frame.add(memoryview(data)[start + 12:end], seq, ts, second > 0x7F)
         except Exception:
             self.on_error()
         return True

@@ -73,7 +73,8 @@ _psframe = _compiled.get("psframe", rtp.psframe)
 PsFrameDemuxer: type[rtp.psframe.PsFrameDemuxer] = _psframe.PsFrameDemuxer
 opens_keyframe = _psframe.opens_keyframe
 #: reads the datagrams of a UDP socket connected to its source, many per system call
-#: (`_drain.c`: `drain(fd, receive, source, limit) -> count`); None where nothing is compiled
-drain: Callable[[int, Callable[[bytes, Any], object], Any, int], int] | None = (
+#: into one bytes object (`_drain.c`: `drain(fd, receive, limit) -> count`, `receive(batch,
+#: start, end)` per datagram); None where nothing is compiled
+drain: Callable[[int, Callable[[bytes, int, int], object], int], int] | None = (
     _compiled["drain"].drain if COMPILED else None
 )

@@ -462,6 +462,9 @@ class UdpRtpReceiver(_RtpReceiver):
         #: what a socket's datagrams are given to: the fast path, then `datagram_received`
         self.receive_datagram = fast.datagram_received if self.fast_path \
             else self.datagram_received
+        #: what the compiled reader gives each datagram of the connected socket to, as
+        #: (batch, start, end) (`native.drain`)
+        self.receive_in = fast.datagram_in if self.fast_path else self._datagram_in
 
     @property
     def source(self) -> Any:
@@ -534,7 +537,7 @@ class UdpRtpReceiver(_RtpReceiver):
         if sock is None:
             return
         if native.drain is not None:
-            native.drain(sock.fileno(), self.receive_datagram, self._fast.source, READ_BATCH)
+            native.drain(sock.fileno(), self.receive_in, READ_BATCH)
             return
         recv = sock.recv
         receive = self.receive_datagram
@@ -569,6 +572,10 @@ class UdpRtpReceiver(_RtpReceiver):
         self.ssrc = ssrc
         for data, addr in self._answer():
             self.datagram_received(data, addr)
+
+    def _datagram_in(self, batch: bytes, start: int, end: int) -> None:
+        """A datagram of the connected socket, off the fast path."""
+        self.datagram_received(batch[start:end], self._fast.source)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if addr != self._fast.source:

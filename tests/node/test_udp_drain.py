@@ -1,6 +1,7 @@
 """The C reader of a UDP stream's connected socket (`sensing_node/transport/_drain.c`,
-`native.drain`): one recvmmsg call, then every datagram whole to the callback; and the
-receiver reading with it where the build is compiled."""
+`native.drain`): one recvmmsg call, every datagram whole into one bytes object, then each
+to the callback as (batch, start, end); and the receiver reading with it where the build is
+compiled."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import asyncio
 import os
 import socket
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -17,7 +17,7 @@ from sensing_node.transport.rtp import READ_BATCH, PortPool, UdpRtpReceiver
 from tests.node import test_rtp_transport
 from tests.node.test_rtp_transport import HOST, Sender, Tap, seq_of, until
 
-Drain = Callable[[int, Callable[[bytes, Any], object], Any, int], int]
+Drain = Callable[[int, Callable[[bytes, int, int], object], int], int]
 
 # the RTP transport tests' fixtures: a camera's packets, a port pool
 stream = test_rtp_transport.stream
@@ -62,18 +62,22 @@ def test_every_queued_datagram_arrives_whole_and_in_order(drain: Drain, pair) ->
     sent.append(os.urandom(65507))  # the largest an IPv4 datagram holds
     for datagram in sent:
         tx.send(datagram)
-    got: list[tuple[bytes, Any]] = []
-    source = object()
+    got: list[tuple[bytes, int, int]] = []
     counts = []
     while len(got) < len(sent):
-        counts.append(drain(rx.fileno(), lambda data, addr: got.append((data, addr)), source,
-                            READ_BATCH))
+        counts.append(drain(rx.fileno(), lambda *call: got.append(call), READ_BATCH))
         assert counts[-1] > 0
-    assert [data for data, _ in got] == sent
-    assert all(addr is source for _, addr in got)
-    assert all(type(data) is bytes for data, _ in got)
+    assert [batch[start:end] for batch, start, end in got] == sent
+    assert all(type(batch) is bytes for batch, _, _ in got)
+    # One object per call, each datagram right after the one before it in it.
+    batches = {id(batch): batch for batch, _, _ in got}
+    assert len(batches) == len(counts)
+    for (batch, start, _), (before, _, end) in zip(got[1:], got[:-1], strict=True):
+        assert start == (end if batch is before else 0)
+    assert all(got[i][2] == len(got[i][0]) for i in range(len(got))
+               if i + 1 == len(got) or got[i + 1][0] is not got[i][0])
     assert max(counts) <= 64 and sum(counts) == len(sent)
-    assert drain(rx.fileno(), got.append, source, READ_BATCH) == 0  # empty: nothing, no error
+    assert drain(rx.fileno(), got.append, READ_BATCH) == 0  # empty: nothing, no error
 
 
 def test_at_most_the_limit_is_read_per_call(drain: Drain, pair) -> None:
@@ -81,9 +85,13 @@ def test_at_most_the_limit_is_read_per_call(drain: Drain, pair) -> None:
     for i in range(10):
         tx.send(bytes([i]))
     got: list[bytes] = []
-    assert drain(rx.fileno(), lambda data, addr: got.append(data), None, 3) == 3
-    assert drain(rx.fileno(), lambda data, addr: got.append(data), None, 0) == 0
-    assert drain(rx.fileno(), lambda data, addr: got.append(data), None, 100) == 7
+
+    def take(batch: bytes, start: int, end: int) -> None:
+        got.append(batch[start:end])
+
+    assert drain(rx.fileno(), take, 3) == 3
+    assert drain(rx.fileno(), take, 0) == 0
+    assert drain(rx.fileno(), take, 100) == 7
     assert got == [bytes([i]) for i in range(10)]
 
 
@@ -95,25 +103,26 @@ def test_a_failing_callback_still_gets_the_rest_then_the_first_error(
         tx.send(bytes([i]))
     got: list[bytes] = []
 
-    def receive(data: bytes, addr: Any) -> None:
+    def receive(batch: bytes, start: int, end: int) -> None:
+        data = batch[start:end]
         got.append(data)
         if data[0] in (1, 3):
             raise ValueError(f"bad {data[0]}")
 
     with pytest.raises(ValueError, match="bad 1"):
-        drain(rx.fileno(), receive, None, READ_BATCH)
+        drain(rx.fileno(), receive, READ_BATCH)
     assert got == [bytes([i]) for i in range(5)]
 
 
 def test_a_socket_error_reads_nothing(drain: Drain) -> None:
     read, write = os.pipe()
     try:
-        assert drain(read, print, None, READ_BATCH) == 0  # not a socket (ENOTSOCK)
+        assert drain(read, print, READ_BATCH) == 0  # not a socket (ENOTSOCK)
     finally:
         os.close(read)
         os.close(write)
     with pytest.raises(ValueError):
-        drain(-1, print, None, READ_BATCH)
+        drain(-1, print, READ_BATCH)
 
 
 async def test_the_receiver_reads_its_latched_source_with_it(
@@ -124,9 +133,8 @@ async def test_the_receiver_reads_its_latched_source_with_it(
     _, packets = stream
     calls: list[int] = []
 
-    def counting(fd: int, receive: Callable[[bytes, Any], object], source: Any,
-                 limit: int) -> int:
-        calls.append(count := drain(fd, receive, source, limit))
+    def counting(fd: int, receive: Callable[[bytes, int, int], object], limit: int) -> int:
+        calls.append(count := drain(fd, receive, limit))
         return count
 
     monkeypatch.setattr(native, "drain", counting)
