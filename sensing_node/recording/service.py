@@ -191,6 +191,10 @@ class RecordingService:
         self._audit_thread = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
         self._task: asyncio.Task[None] | None = None
         self._subscribing: dict[str, asyncio.Task[Any]] = {}
+        #: channel -> why its last subscription was refused, as logged (the reason up to its
+        #: last ";", where a shed channel's says how long it is still refused): a refusal
+        #: repeated every `RECONCILE_S` is logged once
+        self._refused: dict[str, str] = {}
         #: when the node started: the "node not running" gaps end here
         self.up: float | None = None
         #: the channels planned now, told to the recorder (`Recorder.planned`)
@@ -351,10 +355,16 @@ class RecordingService:
     async def _subscribe(self, channel_id: str, consumer: ChannelRecording) -> None:
         try:
             await self.hub.subscribe(channel_id, consumer)
+            self._refused.pop(channel_id, None)
             log.info("recording %s", channel_id)
         except StreamError as exc:
-            # The consumer is persistent: the stream keeps trying on its own.
-            log.warning("recording %s: %s (retrying)", channel_id, exc.reason)
+            # The consumer is persistent: the stream keeps trying on its own. The same refusal
+            # again (a channel shed for overload: refused at every pass for its cool-down) is
+            # not logged again: at 100 shed channels that was 50 lines a second.
+            why = exc.reason.rsplit(";", 1)[0]
+            if self._refused.get(channel_id) != why:
+                self._refused[channel_id] = why
+                log.warning("recording %s: %s (retrying)", channel_id, exc.reason)
         finally:
             self._subscribing.pop(channel_id, None)
 
@@ -363,6 +373,7 @@ class RecordingService:
         return channel_id in self._planned
 
     def _stop_recording(self, channel_id: str) -> None:
+        self._refused.pop(channel_id, None)
         consumer = self.recordings.pop(channel_id)
         task = self._subscribing.pop(channel_id, None)
         if task is not None:

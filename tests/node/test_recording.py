@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import io
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -35,6 +36,7 @@ from recorder.verify import check_timeline, verify
 from rtp.ps import PsDemuxer
 from sensing_node.api.routes import NODE
 from sensing_node.app import build_app
+from sensing_node.media.overload import Shed
 from sensing_node.settings import settings_for_tests
 from sensing_node.sim.camera import CameraConfig, SimulatedCamera
 from sip import manscdp
@@ -160,6 +162,42 @@ async def test_records_searches_and_audits(recording) -> None:
     audit = await running.get("/api/audit")
     assert audit[0]["action"] == "search" and audit[0]["channel_id"] == CHANNEL
     assert audit[0]["actor"].startswith("api-token@")
+
+
+async def test_a_recording_refused_again_and_again_is_logged_once(
+    recording, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A channel shed for overload is asked for at every pass and refused for its cool-down:
+    # one warning, not one every RECONCILE_S per channel.
+    running, _ = await recording()
+    hub, service = running.node.media, running.node.recording
+    await wait_for(lambda: CHANNEL in hub.streams)
+    hub.overload.shed[CHANNEL] = Shed(CHANNEL, "main", 0, 0.0, 0.0, 0.0, 1e9, 1,
+                                      "shed: media overload (a drill; nothing measured)")
+    hub.streams[CHANNEL].stop(hub.overload.reason(CHANNEL))
+    await wait_for(lambda: CHANNEL not in hub.streams)
+    caplog.set_level(logging.WARNING, logger="sensing_node.recording.service")
+
+    async def passes(count: int) -> list[str]:
+        for _ in range(count):
+            service.reconcile()
+            await asyncio.gather(*service._subscribing.values(), return_exceptions=True)
+        return [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith(f"recording {CHANNEL}: shed")]
+
+    refusals = await passes(3)
+    # The stream's end (its reason), then the guard's refusal: each said once
+    assert 1 <= len(refusals) <= 2
+    assert "(a drill; nothing measured); refused until the load is low again" in refusals[-1]
+    assert await passes(3) == refusals
+    del hub.overload.shed[CHANNEL]  # back: recorded again, and a new refusal logged again
+    await passes(1)
+    await wait_for(lambda: CHANNEL in hub.streams)
+    hub.overload.shed[CHANNEL] = Shed(CHANNEL, "main", 0, 0.0, 0.0, 0.0, 1e9, 1,
+                                      "shed: media overload (a drill; nothing measured)")
+    hub.streams[CHANNEL].stop(hub.overload.reason(CHANNEL))
+    await wait_for(lambda: CHANNEL not in hub.streams)
+    assert len(await passes(2)) > len(refusals)
 
 
 async def test_export_needs_a_purpose_and_streams_ps_and_mp4(recording) -> None:
